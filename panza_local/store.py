@@ -1,0 +1,150 @@
+"""SQLite store: WAL, foreign keys, ordered append-only migrations (panza_local/migrations/NNNN_*.sql)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+from . import paths
+from .errors import StoreError
+
+
+def now() -> str:
+    """Current UTC time as ISO 8601 (what every *_at column holds)."""
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def migrations() -> list[tuple[str, str]]:
+    """All migrations as (name, sql), in the order they apply."""
+    pkg = resources.files("panza_local.migrations")
+    files = sorted((p.name, p) for p in pkg.iterdir() if p.name.endswith(".sql"))
+    return [(name, p.read_text(encoding="utf-8")) for name, p in files]
+
+
+def _explain(exc: sqlite3.Error, path: Path) -> StoreError:
+    msg = str(exc)
+    if "readonly" in msg or "unable to open" in msg:
+        return StoreError(f"cannot write the database {path} ({msg})",
+                          fix=f"make {path.parent} writable, or point PANZA_HOME at a writable folder")
+    if "disk is full" in msg or "disk I/O" in msg:
+        return StoreError(f"the disk holding {path} is full ({msg}); nothing was committed",
+                          fix="free some disk space and run the same command again")
+    if "malformed" in msg or "not a database" in msg:
+        return StoreError(f"the database {path} is damaged ({msg})",
+                          fix=f"restore {path} from a backup, or move it aside and re-run ingest")
+    return StoreError(f"database error on {path}: {msg}", fix="run `panza doctor` and report the output")
+
+
+def connect(path: Path | None = None, *, migrate: bool = True) -> sqlite3.Connection:
+    """Open (and migrate) the store. Rows come back as sqlite3.Row."""
+    path = Path(path) if path else paths.db_path()
+    paths.ensure_dir(path.parent)
+    try:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        if migrate:
+            apply_migrations(conn)
+    except sqlite3.Error as exc:
+        raise _explain(exc, path) from None
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(f"{path}{suffix}")
+        if p.exists() and p.stat().st_mode & 0o077:
+            with contextlib.suppress(PermissionError):
+                p.chmod(paths.FILE_MODE)
+    return conn
+
+
+def apply_migrations(conn: sqlite3.Connection) -> list[str]:
+    """Apply every migration not yet applied, each in its own transaction; return their names."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    done = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
+    applied = []
+    for name, sql in migrations():
+        if name in done:
+            continue
+        with transaction(conn):
+            # executescript would COMMIT our transaction; run statements one by one instead.
+            for stmt in _statements(sql):
+                conn.execute(stmt)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (name, now()))
+        applied.append(name)
+    return applied
+
+
+def _statements(sql: str) -> Iterator[str]:
+    buf = ""
+    for line in sql.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                yield buf
+            buf = ""
+    if buf.strip():
+        yield buf
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any exception, Ctrl-C included)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """Number of applied migrations."""
+    return conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0]
+
+
+def health(conn: sqlite3.Connection) -> dict:
+    """Schema version and `PRAGMA integrity_check` result (what doctor reports)."""
+    integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    return {"schema_version": schema_version(conn), "integrity": integrity}
+
+
+def counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Row counts the status views show."""
+    q = {
+        "messages": "SELECT count(*) FROM messages WHERE deleted = 0",
+        "mine": "SELECT count(*) FROM messages WHERE deleted = 0 AND is_mine = 1",
+        "documents": "SELECT count(*) FROM documents WHERE deleted = 0",
+        "pairs": "SELECT count(*) FROM pairs WHERE status = 'ok'",
+        "indexed": "SELECT count(*) FROM index_items",
+        "adapters": "SELECT count(*) FROM adapters",
+        "sources": "SELECT count(*) FROM sources",
+    }
+    return {k: conn.execute(sql).fetchone()[0] for k, sql in q.items()}
+
+
+@contextlib.contextmanager
+def run(conn: sqlite3.Connection, stage: str) -> Iterator[dict]:
+    """Record one stage run in `runs`; the caller fills the yielded dict with its summary."""
+    cur = conn.execute("INSERT INTO runs (stage, started_at) VALUES (?, ?)", (stage, now()))
+    run_id, summary = cur.lastrowid, {}
+    status = "failed"
+    try:
+        yield summary
+        status = "done"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
+                         (now(), status, json.dumps(summary, default=str), run_id))
