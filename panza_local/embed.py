@@ -36,3 +36,47 @@ def dims(name: str = "all-minilm-l6-v2") -> int:
     from . import catalogue
 
     return catalogue.get(name).dims or 384
+
+
+_CHROMA_CLASS = None
+
+
+def chroma_function(name: str = "all-minilm-l6-v2"):
+    """A Chroma embedding function backed by `embed()` (chromadb's default one downloads a model: never used)."""
+    global _CHROMA_CLASS
+    if _CHROMA_CLASS is None:
+        from chromadb.api.types import Documents, EmbeddingFunction
+        from chromadb.utils.embedding_functions import register_embedding_function
+
+        class PanzaEmbedding(EmbeddingFunction[Documents]):
+            """The embedded sentence-transformers model, loaded offline from its package folder."""
+
+            def __init__(self, model_name: str = "all-minilm-l6-v2"):
+                self.model_name = model_name
+
+            def __call__(self, input: Documents):
+                return list(embed(list(input), self.model_name))
+
+            @staticmethod
+            def name() -> str:
+                return "panza-local"
+
+            def get_config(self) -> dict:
+                return {"model": self.model_name}
+
+            @staticmethod
+            def build_from_config(config: dict):
+                return PanzaEmbedding(config.get("model", "all-minilm-l6-v2"))
+
+            def default_space(self):
+                return "cosine"
+
+            def supported_spaces(self):
+                return ["cosine", "ip", "l2"]
+
+        try:
+            register_embedding_function(PanzaEmbedding)
+        except ValueError:  # already registered (module reloaded in the same process)
+            pass
+        _CHROMA_CLASS = PanzaEmbedding
+    return _CHROMA_CLASS(name)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install panza-local into ./.venv (or $PANZA_VENV). Usage: bash install.sh [--dev]
+#   --dev   also the test tools and the mlx CPU backend (what the test suite needs)
+# llama-cpp-python is compiled from source by pip. On x86-64 we build it portably: GGML_NATIVE=OFF
+# (a native build can die with SIGILL on virtual CPUs that report instructions they do not run) and
+# exactly the SIMD levels this CPU has. On Apple Silicon the default build (Metal) is right.
+set -euo pipefail
+cd "$(dirname "$0")"
+venv="${PANZA_VENV:-.venv}"
+extras="mlx"
+[ "${1:-}" = "--dev" ] && extras="mlx,dev"
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "panza-local needs Python >= 3.10" >&2; exit 1; }
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip wheel setuptools
+
+if [ -z "${CMAKE_ARGS:-}" ] && [ "$(uname -m)" = "x86_64" ]; then
+  flags=$(grep -m1 -E '^flags' /proc/cpuinfo 2>/dev/null || true)
+  args="-DGGML_NATIVE=OFF"
+  for f in avx avx2 fma f16c; do
+    case " $flags " in *" $f "*) args="$args -DGGML_$(echo $f | tr a-z A-Z)=ON";; esac
+  done
+  case " $flags " in *" avx512f "*) args="$args -DGGML_AVX512=ON";; esac
+  export CMAKE_ARGS="$args"
+fi
+echo "building llama-cpp-python with CMAKE_ARGS=${CMAKE_ARGS:-<default>} (about 5 minutes on 2 cores, once)"
+# torch 2.13 is the CPU build this project is tested with; a plain `torch` would pull a multi-GB CUDA build.
+"$venv/bin/python" -m pip install "torch==2.13.0" 2>/dev/null || true
+"$venv/bin/python" -m pip install -e ".[$extras]"
+echo "installed: $venv/bin/panza"

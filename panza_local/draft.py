@@ -1,0 +1,486 @@
+"""Drafting: plan (profile + retrieval + adapter + prompt), stream, collect; then save as .eml, Maildir or IMAP.
+
+Layered like every stage: `prepare` builds a DraftPlan (the prompt and everything that went into it),
+`stream(plan)` yields text pieces from the engine, `finish(plan)` turns what was streamed into a Draft;
+`draft()` and `alternatives()` collect, `stream_draft()` is prepare + stream in one call. A missing
+index or adapter never stops a draft: the plan records a one-line notice and drafts without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from . import engine, prompts
+from .errors import NoDataError, PanzaError
+
+log = logging.getLogger(__name__)
+# A draft that repeats this many consecutive words of a retrieved email is copying it, not imitating its
+# style: that leaks mail written to someone else into a new email, so `draft()` regenerates without it.
+COPY_WORDS = 12
+
+
+@dataclass
+class Retrieved:
+    """One past email put in the prompt as a style example."""
+
+    id: str
+    score: float
+    text: str
+    to: str = ""
+    subject: str = ""
+    same_recipient: bool = False
+
+
+@dataclass
+class Reply:
+    """The email a draft answers."""
+
+    message_id: str = ""
+    references: list[str] = field(default_factory=list)
+    subject: str = ""
+    sender: str = ""
+    body: str = ""
+
+
+@dataclass
+class DraftPlan:
+    """Everything a draft is made from; `stream(plan)` fills `pieces`, `finish(plan)` makes the Draft."""
+
+    instruction: str
+    messages: list[dict]
+    settings: object
+    model_path: Path
+    to: str | None = None
+    subject: str | None = None
+    reply: Reply | None = None
+    retrieved: list[Retrieved] = field(default_factory=list)
+    adapter: str | None = None
+    lora_path: Path | None = None
+    profile: prompts.Profile | None = None
+    max_tokens: int = 400
+    seed: int | None = None
+    notices: list[str] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class Draft:
+    """A finished draft (what `--format json` prints)."""
+
+    text: str
+    subject: str
+    to: str
+    adapter: str | None
+    retrieved: list[str]
+    instruction: str = ""
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The JSON object of `panza draft --format json`."""
+        return asdict(self)
+
+
+# -- planning ---------------------------------------------------------------------------------------------
+
+def prepare(instruction: str, *, to: str | None = None, subject: str | None = None,
+            reply_to: str | Path | bytes | Reply | None = None, use_rag: bool = True,
+            use_adapter: bool | str | Path = True, seed: int | None = None, settings=None,
+            examples: list[Retrieved] | None = None, profile: prompts.Profile | None = None,
+            exclude_ids: list[str] | None = None) -> DraftPlan:
+    """Build the prompt for a draft: profile, past emails (recipient first), thread, adapter."""
+    from . import config
+    from . import profile as profiles
+
+    settings = settings or config.load()
+    instruction = (instruction or "").strip()
+    if not instruction:
+        raise PanzaError("the instruction is empty", fix='say what the email should do: panza draft "ask Bob for ..."')
+    model_path, _ = engine.default_model(settings)
+    notices: list[str] = []
+    reply = reply_to if isinstance(reply_to, Reply) or reply_to is None else load_reply(reply_to)
+    if reply:
+        to = to or reply.sender
+        subject = subject or _re(reply.subject)
+    prof = profile if profile is not None else _safe(profiles.load, notices, prompts.Profile())
+    greet = _safe(lambda: profiles.greeting_for(to), notices, None) if to else None
+    if greet:
+        prof = replace(prof, greeting=greet)
+    if examples is None:
+        examples = _retrieve(instruction, to, settings, exclude_ids, notices) if use_rag else []
+    adapter, lora = _adapter(use_adapter, settings, notices)
+    messages = prompts.build(
+        instruction, profile=prof, to=to, subject=subject, thread=_thread_text(reply) if reply else None,
+        examples=[prompts.example(e.text, to=e.to or None, subject=e.subject or None) for e in examples])
+    return DraftPlan(instruction=instruction, messages=messages, settings=settings, model_path=Path(model_path),
+                     to=to, subject=subject, reply=reply, retrieved=list(examples), adapter=adapter,
+                     lora_path=lora, profile=prof, max_tokens=_budget(prof, settings), seed=seed,
+                     notices=notices)
+
+
+def _safe(fn, notices: list[str], default):
+    try:
+        return fn()
+    except PanzaError as exc:
+        notices.append(f"profile not used: {exc.message}")
+        return default
+
+
+def _budget(prof: prompts.Profile, settings) -> int:
+    """Token budget: the setting, capped near 3x the user's typical length (they rarely write essays)."""
+    if prof and prof.typical_words:
+        return min(settings.max_tokens, max(96, int(prof.typical_words * 1.4 * 3)))
+    return settings.max_tokens
+
+
+def _retrieve(query: str, to: str | None, settings, exclude_ids, notices: list[str]) -> list[Retrieved]:
+    """Past emails for the prompt: ones to the same recipient first, then the most similar overall."""
+    try:
+        from . import index
+    except ImportError:
+        notices.append("no retrieval index in this installation: drafting without past emails")
+        return []
+    from .profile import address_of
+
+    k = settings.rag_k
+    addr = address_of(to) if to else ""
+    common = dict(kinds=["sent"], min_score=settings.rag_min_score, exclude_ids=list(exclude_ids or []))
+    try:
+        hits = list(index.search(query, k, to=addr, **common)) if addr else []
+        hits += list(index.search(query, k, **common))
+    except NoDataError as exc:
+        notices.append(f"no index yet: drafting without past emails (fix: {exc.fix or 'panza index'})")
+        return []
+    except PanzaError as exc:
+        notices.append(f"retrieval failed, drafting without past emails: {exc.message}")
+        return []
+    out: list[Retrieved] = []
+    seen: set[str] = set()
+    for h in hits:
+        r = _as_retrieved(h)
+        if r is None or r.id in seen:
+            continue
+        seen.add(r.id)
+        r.same_recipient = bool(addr) and addr.lower() in r.to.lower()
+        out.append(r)
+    out.sort(key=lambda r: (not r.same_recipient, -r.score))
+    log.info("retrieved %d examples (%d to the same recipient)", len(out[:k]), sum(r.same_recipient for r in out[:k]))
+    return out[:k]
+
+
+def _as_retrieved(hit) -> Retrieved | None:
+    """A search hit (object or dict) as a Retrieved, with its full text from the store when needed."""
+    get = hit.get if isinstance(hit, dict) else (lambda k, d=None: getattr(hit, k, d))
+    hid = str(get("id", ""))
+    text = get("text") or get("document") or get("body") or ""
+    to, subject = get("to") or "", get("subject") or ""
+    if not text or not to:
+        row = _message_for_item(hid)
+        if row:
+            text = text or row["body"]
+            to = to or row["to_addrs"] or ""
+            subject = subject or row["subject"] or ""
+    text = text or get("snippet") or ""
+    if not hid or not text:
+        return None
+    return Retrieved(id=hid, score=float(get("score", 0.0) or 0.0), text=text, to=to, subject=subject)
+
+
+def _message_for_item(item_id: str):
+    from . import store
+
+    conn = store.connect()
+    try:
+        return conn.execute("SELECT m.body, m.to_addrs, m.subject FROM index_items i JOIN messages m ON m.id = i.ref_id "
+                            "WHERE i.item_id = ? AND i.kind != 'doc'", (item_id,)).fetchone()
+    finally:
+        conn.close()
+
+
+def _adapter(use_adapter, settings, notices: list[str]) -> tuple[str | None, Path | None]:
+    """(adapter id, GGUF path) of the adapter to draft with, or (None, None) with a notice why not."""
+    if use_adapter is False or use_adapter is None:
+        return None, None
+    if not isinstance(use_adapter, bool):
+        p = Path(use_adapter)
+        if not p.exists():
+            from .errors import AdapterError
+
+            raise AdapterError(f"adapter file {p} does not exist", fix="panza adapters list")
+        return p.stem, p
+    try:
+        cur = _current_adapter()
+    except PanzaError as exc:
+        notices.append(f"adapter not used ({exc.message}): drafting with the stock model")
+        return None, None
+    if not cur:
+        notices.append("no adapter trained yet: drafting with the stock model (run `panza train`)")
+        return None, None
+    gguf = cur.get("gguf") or cur.get("gguf_path")
+    base = cur.get("base_model")
+    if base and base != settings.model:
+        notices.append(f"the current adapter was trained for {base}, not {settings.model}: drafting with the stock model")
+        return None, None
+    if not gguf or not Path(gguf).exists():
+        notices.append(f"adapter {cur.get('id')} has no GGUF export: drafting with the stock model "
+                       f"(fix: panza adapters export {cur.get('id')} --format gguf)")
+        return None, None
+    return str(cur.get("id") or Path(gguf).parent.name), Path(gguf)
+
+
+def _current_adapter() -> dict | None:
+    """The registry's active adapter; without the training module, the home's `adapters/current` pointer."""
+    try:
+        from .train import registry
+    except ImportError:
+        registry = None
+    if registry is not None and hasattr(registry, "current"):
+        return registry.current()
+    from . import paths
+
+    link = paths.home() / "adapters" / "current"
+    if not link.exists():
+        return None
+    folder = link.resolve()
+    ggufs = sorted(folder.glob("*.gguf"))
+    return {"id": folder.name, "gguf": str(ggufs[0]) if ggufs else None}
+
+
+# -- replies ------------------------------------------------------------------------------------------------
+
+def load_reply(ref: str | Path | bytes) -> Reply:
+    """The email being answered: raw bytes, an .eml file, or a Message-ID found in the store."""
+    if isinstance(ref, bytes):
+        return reply_from_bytes(ref)
+    p = Path(ref).expanduser()
+    if p.is_file():
+        return reply_from_bytes(p.read_bytes())
+    mid = str(ref).strip()
+    if "@" not in mid:
+        raise NoDataError(f"{ref} is neither a file nor a Message-ID",
+                          fix="give the path of the .eml you reply to, or its Message-ID (<id@host>)")
+    return reply_from_store(mid)
+
+
+def reply_from_bytes(raw: bytes) -> Reply:
+    """Parse an RFC 5322 message into the Reply a draft needs."""
+    from email import policy
+    from email.parser import BytesParser
+
+    msg = BytesParser(policy=policy.default).parsebytes(raw)
+    body = ""
+    part = msg.get_body(preferencelist=("plain", "html"))
+    if part is not None:
+        try:
+            body = part.get_content()
+        except (LookupError, ValueError):
+            body = part.get_payload(decode=True).decode("utf-8", "replace")
+        if part.get_content_type() == "text/html":
+            body = _html_text(body)
+    refs = str(msg.get("References", "") or "").split()
+    return Reply(message_id=str(msg.get("Message-ID", "") or "").strip(), references=refs,
+                 subject=str(msg.get("Subject", "") or ""),
+                 sender=str(msg.get("Reply-To") or msg.get("From") or ""), body=body.strip())
+
+
+def reply_from_store(message_id: str) -> Reply:
+    """The Reply for a message already ingested, found by its Message-ID."""
+    from . import store
+
+    bare = message_id.strip().strip("<>")
+    conn = store.connect()
+    try:
+        row = None
+        for cand in (bare, f"<{bare}>", bare.lower(), f"<{bare.lower()}>"):
+            row = conn.execute("SELECT * FROM messages WHERE message_id = ? ORDER BY deleted LIMIT 1", (cand,)).fetchone()
+            if row:
+                break
+    finally:
+        conn.close()
+    if row is None:
+        raise NoDataError(f"no ingested message has Message-ID <{bare}>",
+                          fix="pass the .eml file with --reply-to FILE.eml, or ingest the mailbox that holds it")
+    refs = (row["refs"] or "").split()
+    return Reply(message_id=f"<{bare}>", references=refs, subject=row["subject"] or "",
+                 sender=row["from_addr"] or "", body=row["body"] or "")
+
+
+def _html_text(html: str) -> str:
+    try:
+        import html2text
+
+        h = html2text.HTML2Text()
+        h.body_width = 0
+        return h.handle(html)
+    except ImportError:  # pragma: no cover
+        import html as _h
+
+        return _h.unescape(re.sub(r"<[^>]+>", " ", html))
+
+
+def _thread_text(reply: Reply) -> str:
+    head = [f"From: {reply.sender}" if reply.sender else "", f"Subject: {reply.subject}" if reply.subject else ""]
+    return "\n".join([h for h in head if h] + ["", reply.body]).strip()
+
+
+def _re(subject: str) -> str:
+    s = (subject or "").strip()
+    return s if re.match(r"^(re|aw|sv|antw)\s*:", s, re.IGNORECASE) else (f"Re: {s}" if s else "")
+
+
+# -- generation ---------------------------------------------------------------------------------------------
+
+def stream(plan: DraftPlan, *, seed: int | None = None, temperature: float | None = None,
+           max_tokens: int | None = None) -> Iterator[str]:
+    """Yield the draft's text pieces from the engine; `plan.pieces` holds them afterwards."""
+    plan.pieces = []
+    for piece in engine.stream_chat(plan.messages, model_path=plan.model_path, lora_path=plan.lora_path,
+                                    max_tokens=max_tokens or plan.max_tokens, temperature=temperature,
+                                    seed=plan.seed if seed is None else seed, stop=[prompts.FENCE],
+                                    settings=plan.settings):
+        plan.pieces.append(piece)
+        yield piece
+    st = engine.last_stats
+    plan.stats = {"prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
+                  "ttft_s": round(st.ttft_s, 4), "total_s": round(st.total_s, 4),
+                  "tokens_per_s": round(st.tokens_per_s, 1)}
+
+
+def finish(plan: DraftPlan, *, record: bool = True) -> Draft:
+    """The Draft made of what `stream(plan)` produced (stored in the drafts table when `record`)."""
+    text, found_subject = _tidy("".join(plan.pieces))
+    subject = plan.subject or found_subject or _subject_from(plan.instruction)
+    reply = plan.reply
+    refs = [*reply.references, reply.message_id] if reply and reply.message_id else []
+    d = Draft(text=text, subject=subject, to=plan.to or "", adapter=plan.adapter,
+              retrieved=[r.id for r in plan.retrieved], instruction=plan.instruction,
+              in_reply_to=reply.message_id if reply and reply.message_id else None,
+              references=list(dict.fromkeys(refs)), notices=list(plan.notices),
+              copied=copied_from(text, plan.retrieved), stats=dict(plan.stats))
+    if record:
+        _record(d)
+    return d
+
+
+def stream_draft(instruction: str, *, to: str | None = None, subject: str | None = None,
+                 reply_to: str | Path | bytes | Reply | None = None, use_rag: bool = True,
+                 use_adapter: bool | str | Path = True, seed: int | None = None, settings=None):
+    """prepare + stream: yield text pieces; the generator's return value is the finished Draft."""
+    plan = prepare(instruction, to=to, subject=subject, reply_to=reply_to, use_rag=use_rag,
+                   use_adapter=use_adapter, seed=seed, settings=settings)
+    yield from stream(plan)
+    return finish(plan)
+
+
+def draft(instruction: str, **kwargs) -> Draft:
+    """A whole draft. If it copies a retrieved email verbatim, it is written again without that email."""
+    plan = prepare(instruction, **kwargs)
+    for _ in stream(plan):
+        pass
+    d = finish(plan, record=False)
+    if d.copied:
+        log.info("draft copied %d retrieved example(s); regenerating without them", len(d.copied))
+        plan = _without(plan, set(d.copied))
+        for _ in stream(plan):
+            pass
+        d = finish(plan, record=False)
+        d.notices.append("the first draft copied a past email word for word; it was written again without it")
+    _record(d)
+    return d
+
+
+def alternatives(instruction: str, n: int = 3, **kwargs) -> list[Draft]:
+    """`n` different drafts of the same prompt (different seeds; the prompt's KV cache is reused)."""
+    plan = prepare(instruction, **kwargs)
+    base = plan.seed if plan.seed is not None and plan.seed >= 0 else random.randrange(1 << 30)
+    temp = max(plan.settings.temperature, 0.7)
+    out = []
+    for i in range(max(1, n)):
+        for _ in stream(plan, seed=base + i, temperature=temp):
+            pass
+        out.append(finish(plan))
+    return out
+
+
+def _without(plan: DraftPlan, drop: set[str]) -> DraftPlan:
+    kept = [r for r in plan.retrieved if r.id not in drop]
+    new = prepare(plan.instruction, to=plan.to, subject=plan.subject, reply_to=plan.reply, use_rag=False,
+                  use_adapter=plan.lora_path or False, seed=plan.seed, settings=plan.settings, examples=kept,
+                  profile=plan.profile)
+    new.adapter = plan.adapter
+    new.notices = list(plan.notices)
+    return new
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def copied_from(text: str, retrieved: list[Retrieved], n: int = COPY_WORDS) -> list[str]:
+    """Ids of the retrieved emails that `text` repeats `n` or more consecutive words of."""
+    words = _words(text)
+    grams = {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    if not grams:
+        return []
+    out = []
+    for r in retrieved:
+        src = _words(r.text)
+        if any(tuple(src[i:i + n]) in grams for i in range(len(src) - n + 1)):
+            out.append(r.id)
+    return out
+
+
+def _tidy(text: str) -> tuple[str, str]:
+    """Strip the model's stray header lines ("Subject: ...") from the body; return (body, subject found)."""
+    lines = text.strip().splitlines()
+    subject = ""
+    while lines and re.match(r"^\s*(subject|to|from)\s*:", lines[0], re.IGNORECASE):
+        key, _, value = lines.pop(0).partition(":")
+        if key.strip().lower() == "subject":
+            subject = value.strip()
+        while lines and not lines[0].strip():
+            lines.pop(0)
+    return "\n".join(lines).strip(), subject
+
+
+def _subject_from(instruction: str) -> str:
+    words = instruction.split()
+    s = " ".join(words[:8]).rstrip(".,;:!?")
+    return (s[:1].upper() + s[1:] + (" ..." if len(words) > 8 else "")) if s else ""
+
+
+def _record(d: Draft) -> None:
+    import json
+
+    from . import store
+
+    try:
+        conn = store.connect()
+    except PanzaError as exc:  # a read-only home must not cost the user their draft
+        log.warning("draft not recorded: %s", exc.message)
+        return
+    try:
+        meta = {k: v for k, v in d.to_dict().items() if k not in ("text", "instruction")}
+        conn.execute("INSERT INTO drafts (instruction, text, meta, created_at) VALUES (?, ?, ?, ?)",
+                     (d.instruction, d.text, json.dumps(meta), store.now()))
+    except Exception as exc:  # noqa: BLE001 - recording is best effort; the draft itself is what matters
+        log.warning("draft not recorded: %s", type(exc).__name__)
+    finally:
+        conn.close()
+
+
+# -- output -----------------------------------------------------------------------------------------------
+
+from .mailout import save_imap, save_maildir, to_eml  # noqa: E402  (re-exported: draft.to_eml etc.)
+
+__all__ = ["Draft", "DraftPlan", "Reply", "Retrieved", "alternatives", "draft", "finish", "load_reply",
+           "prepare", "save_imap", "save_maildir", "stream", "stream_draft", "to_eml"]

@@ -1,0 +1,432 @@
+"""Retrieval: keep a Chroma collection in step with the store, search it, and build leak-free RAFT context.
+
+Items: the user's sent mail (`sent`, what drafts imitate), received mail (`thread`, context for replies)
+and paragraph chunks of documents (`doc`). `index_items` records each item's content hash and the
+embedding model that built it, so a re-run embeds only what changed and removes what is gone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from email.utils import getaddresses
+
+from . import chroma_store, chunks, config, embed, store
+from .errors import NoDataError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("sent", "thread", "doc")
+MAX_TEXT = 2000  # characters embedded per item; MiniLM reads ~256 tokens, the rest only costs time
+NEAR_DUP = 0.95  # cosine at or above which two emails count as the same email (RAFT exclusion, diversity)
+MMR_LAMBDA = 0.7  # relevance vs. novelty in the diversity step
+
+Progress = Callable[[int, int | None, str | None], None]
+
+
+@dataclass
+class Hit:
+    """One retrieved item: `id` is the index item id, `ref_id` the messages.id or documents.id."""
+
+    id: str
+    ref_id: int
+    score: float
+    kind: str
+    date: str | None
+    subject: str
+    snippet: str
+    text: str
+    to: list[str] = field(default_factory=list)
+    cite: str = ""
+
+    def public(self) -> dict:
+        """The fields `panza search --json` prints (no full text)."""
+        d = asdict(self)
+        d.pop("text")
+        d["score"] = round(self.score, 4)
+        return d
+
+
+@dataclass
+class _Item:
+    id: str
+    kind: str
+    ref_id: int
+    text: str
+    meta: dict
+
+
+# ---------------------------------------------------------------- items from the store
+
+def addresses(raw: str | Iterable[str] | None) -> list[str]:
+    """Lower-cased bare addresses from a header-like string or a list of them."""
+    if not raw:
+        return []
+    parts = [raw] if isinstance(raw, str) else list(raw)
+    out = []
+    for _, addr in getaddresses(parts):
+        addr = addr.strip().lower()
+        if "@" in addr and addr not in out:
+            out.append(addr)
+    return out
+
+
+def timestamp(value) -> int | None:
+    """Seconds since the epoch for an ISO 8601 string, a date/datetime or a number; None if unknown."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return int(value.timestamp())
+
+
+def _message_items(conn: sqlite3.Connection) -> Iterator[_Item]:
+    rows = conn.execute("SELECT id, date, subject, body, from_addr, to_addrs, cc_addrs, is_mine "
+                        "FROM messages WHERE deleted = 0")
+    for r in rows:
+        mine = bool(r["is_mine"])
+        people = addresses([r["to_addrs"] or "", r["cc_addrs"] or ""]) if mine else addresses(r["from_addr"])
+        ts = timestamp(r["date"])
+        meta = {"kind": "sent" if mine else "thread", "ref": r["id"], "ts": ts if ts is not None else -1}
+        if people:
+            meta["people"] = people
+        text = f"{(r['subject'] or '').strip()}\n\n{(r['body'] or '').strip()}".strip()[:MAX_TEXT]
+        yield _Item(f"msg:{r['id']}", meta["kind"], r["id"], text, meta)
+
+
+def _doc_items(conn: sqlite3.Connection) -> Iterator[_Item]:
+    for r in conn.execute("SELECT id, text FROM documents WHERE deleted = 0"):
+        text = r["text"] or ""
+        for c in chunks.chunk(text):
+            meta = {"kind": "doc", "ref": r["id"], "ts": -1, "chunk": c.n, "start": c.start, "end": c.end,
+                    "p0": c.para_start, "p1": c.para_end}
+            yield _Item(f"doc:{r['id']}:{c.n}", "doc", r["id"], text[c.start:c.end][:MAX_TEXT], meta)
+
+
+def items(conn: sqlite3.Connection) -> Iterator[_Item]:
+    """Every item the index should hold, built from the store."""
+    yield from _message_items(conn)
+    yield from _doc_items(conn)
+
+
+def _hash(item: _Item) -> str:
+    raw = json.dumps([item.text, item.meta], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------- sync
+
+def sync(conn: sqlite3.Connection, on_progress: Progress | None = None, *, settings: config.Settings | None = None,
+         embed_fn: Callable[[list[str]], object] | None = None, batch: int = 128) -> dict:
+    """Bring the collection in step with the store: embed new or changed items, remove gone ones."""
+    t0 = time.perf_counter()
+    settings = settings or config.load()
+    model = settings.embedding_model
+    embed_fn = embed_fn or (lambda texts: embed.embed(texts, model))
+    col, notice = chroma_store.open_collection(settings.chroma_url, model, embed.dims(model))
+    if notice:
+        conn.execute("DELETE FROM index_items")
+    have = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT item_id, content_hash, model FROM index_items")}
+    repaired = _reconcile(conn, col, have)
+
+    wanted: set[str] = set()
+    todo: list[_Item] = []
+    skipped: Counter[str] = Counter()
+    hashes: dict[str, str] = {}
+    for it in items(conn):
+        if not it.text.strip():
+            skipped["empty"] += 1
+            continue
+        wanted.add(it.id)
+        h = hashes[it.id] = _hash(it)
+        if have.get(it.id) != (h, model):
+            todo.append(it)
+        else:
+            it.text = ""  # unchanged: free the text early (100k items)
+    gone = [i for i in have if i not in wanted]
+    step = chroma_store.batch_size(col, 5000)
+    for i in range(0, len(gone), step):
+        part = gone[i:i + step]
+        col.delete(ids=part)  # Chroma first, then the ledger: a crash in between repeats a harmless delete
+        with store.transaction(conn):
+            conn.executemany("DELETE FROM index_items WHERE item_id = ?", [(x,) for x in part])
+
+    embedded, errors = 0, []
+    total = len(todo)
+    if on_progress:
+        on_progress(0, total, "embedding")
+    batch = chroma_store.batch_size(col, batch)
+    for i in range(0, total, batch):
+        part = todo[i:i + batch]
+        ok, vecs, errs = _embed_batch(part, embed_fn)
+        errors += errs
+        if ok:
+            col.upsert(ids=[x.id for x in ok], embeddings=vecs, metadatas=[x.meta for x in ok])
+            now = store.now()
+            with store.transaction(conn):
+                conn.executemany(
+                    "INSERT OR REPLACE INTO index_items (item_id, kind, ref_id, content_hash, model, indexed_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", [(x.id, x.kind, x.ref_id, hashes[x.id], model, now) for x in ok])
+            embedded += len(ok)
+        if on_progress:
+            on_progress(min(i + batch, total), total, f"{embedded} embedded")
+    summary = {"embedded": embedded, "removed": len(gone), "unchanged": len(wanted) - total,
+               "total": len(wanted) - len(errors), "failed": len(errors), "errors": errors,
+               "skipped": dict(skipped), "repaired": repaired, "rebuilt": bool(notice), "notice": notice,
+               "model": model, "seconds": round(time.perf_counter() - t0, 2)}
+    log.info("index sync: %s embedded, %s removed, %s unchanged, %s failed",
+             embedded, len(gone), summary["unchanged"], len(errors))
+    return summary
+
+
+def _reconcile(conn: sqlite3.Connection, col, have: dict) -> int:
+    """Repair a ledger that disagrees with the collection (deleted chroma dir, other server, crash)."""
+    if col.count() == len(have):
+        return 0
+    present = chroma_store.all_ids(col)
+    lost = [i for i in have if i not in present]
+    stray = list(present - have.keys())
+    with store.transaction(conn):
+        conn.executemany("DELETE FROM index_items WHERE item_id = ?", [(x,) for x in lost])
+    for x in lost:
+        del have[x]
+    for i in range(0, len(stray), 5000):
+        col.delete(ids=stray[i:i + 5000])
+    if lost or stray:
+        log.warning("index ledger repaired: %d items to re-embed, %d stray items removed", len(lost), len(stray))
+    return len(lost) + len(stray)
+
+
+def _embed_batch(part: list[_Item], embed_fn) -> tuple[list[_Item], object, list[dict]]:
+    """Embed a batch; when it fails, retry item by item so one bad item costs only itself."""
+    import numpy as np
+
+    try:
+        return part, np.asarray(embed_fn([x.text for x in part]), dtype=np.float32), []
+    except Exception as exc:  # noqa: BLE001 - any failure: isolate the item that caused it
+        if len(part) == 1:
+            return [], None, [{"id": part[0].id, "reason": f"{type(exc).__name__}: {exc}"[:200]}]
+    ok, vecs, errors = [], [], []
+    for x in part:
+        o, v, e = _embed_batch([x], embed_fn)
+        ok += o
+        errors += e
+        if o:
+            vecs.append(v[0])
+    return ok, (np.stack(vecs) if vecs else None), errors
+
+
+# ---------------------------------------------------------------- search
+
+@dataclass
+class _Cand:
+    id: str
+    meta: dict
+    vec: object
+    score: float
+
+
+def _where(kinds: Iterable[str], before) -> dict | None:
+    kinds = list(kinds or KINDS)
+    clauses: list[dict] = []
+    if set(kinds) != set(KINDS):
+        clauses.append({"kind": kinds[0]} if len(kinds) == 1 else {"kind": {"$in": kinds}})
+    if before is not None:
+        ts = timestamp(before)
+        if ts is None:
+            raise ValueError(f"before={before!r} is not a date (use ISO 8601, e.g. 2001-05-01)")
+        clauses += [{"ts": {"$lt": ts}}, {"ts": {"$gte": 0}}]  # undated mail cannot be proven older
+    if not clauses:
+        return None
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def _and(where: dict | None, clause: dict) -> dict:
+    if where is None:
+        return clause
+    return {"$and": [*where["$and"], clause]} if "$and" in where else {"$and": [where, clause]}
+
+
+def _candidates(col, qv, where: dict | None, n: int) -> list[_Cand]:
+    import numpy as np
+
+    if n <= 0:
+        return []
+    res = col.query(query_embeddings=[qv], n_results=n, where=where,
+                    include=["metadatas", "distances", "embeddings"])
+    return [_Cand(i, m, np.asarray(e, dtype=np.float32), 1.0 - float(d))
+            for i, m, e, d in zip(res["ids"][0], res["metadatas"][0], res["embeddings"][0], res["distances"][0])]
+
+
+def _mmr(qv, pool: list[_Cand], k: int, chosen: list[_Cand], lam: float = MMR_LAMBDA) -> list[_Cand]:
+    """Maximal marginal relevance: pick relevant items unlike those already picked; skip near-duplicates."""
+    import numpy as np
+
+    picked: list[_Cand] = []
+    pool = list(pool)
+    while pool and len(picked) < k:
+        prev = chosen + picked
+        best, best_val = None, -1e9
+        for c in pool:
+            redundancy = max((float(np.dot(c.vec, p.vec)) for p in prev), default=0.0)
+            if redundancy >= NEAR_DUP:
+                continue
+            val = lam * c.score - (1 - lam) * redundancy
+            if val > best_val:
+                best, best_val = c, val
+        if best is None:
+            break
+        picked.append(best)
+        pool.remove(best)
+    return picked
+
+
+def _item_id(x) -> str:
+    return f"msg:{x}" if isinstance(x, int) or (isinstance(x, str) and x.isdigit()) else str(x)
+
+
+def search(query: str, k: int = 5, kinds: Iterable[str] = ("sent",), before=None, exclude_ids: Iterable = (),
+           min_score: float | None = None, to: str | Iterable[str] | None = None, *,
+           conn: sqlite3.Connection | None = None, settings: config.Settings | None = None,
+           near_dup_of=None) -> list[Hit]:
+    """Top-k diverse hits for `query`; with `to`, past mail to (or from) that person comes first.
+
+    `before` keeps only items dated strictly earlier; `exclude_ids` takes message ids (int) or item ids;
+    `near_dup_of` (a vector) drops anything at or above NEAR_DUP cosine to it.
+    """
+    import numpy as np
+
+    settings = settings or config.load()
+    if k <= 0 or not query or not query.strip():
+        return []
+    col = chroma_store.get_collection(settings.chroma_url, settings.embedding_model)
+    if col is None or col.count() == 0:
+        raise NoDataError("the retrieval index is empty (or was built by another embedding model)",
+                          fix="run `panza index`")
+    qv = embed.embed([query], settings.embedding_model)[0]
+    where = _where(kinds, before)
+    excluded = {_item_id(x) for x in exclude_ids}
+    fetch = min(col.count(), max(4 * k, 20) + len(excluded))
+    pools = [_candidates(col, qv, where, fetch)]
+    people = addresses(to) if to else []
+    if people:
+        match = {"people": {"$contains": people[0]}} if len(people) == 1 else \
+            {"$or": [{"people": {"$contains": a}} for a in people]}
+        pools.insert(0, _candidates(col, qv, _and(where, match), fetch))
+    dup = np.asarray(near_dup_of, dtype=np.float32) if near_dup_of is not None else None
+    chosen: list[_Cand] = []
+    for pool in pools:
+        taken = {c.id for c in chosen}
+        pool = [c for c in pool if c.id not in excluded and c.id not in taken
+                and (min_score is None or c.score >= min_score)
+                and (dup is None or float(np.dot(c.vec, dup)) < NEAR_DUP)]
+        chosen += _mmr(qv, pool, k - len(chosen), chosen)
+    own = conn is None
+    conn = conn or store.connect()
+    try:
+        return _hydrate(conn, chosen)
+    finally:
+        if own:
+            conn.close()
+
+
+def _snippet(text: str, n: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= n else flat[:n - 1].rstrip() + "…"
+
+
+def _hydrate(conn: sqlite3.Connection, cands: list[_Cand]) -> list[Hit]:
+    """Fill hits from the store (the collection holds no text); items gone since the last sync are dropped."""
+    mids = [c.meta["ref"] for c in cands if c.meta.get("kind") != "doc"]
+    dids = [c.meta["ref"] for c in cands if c.meta.get("kind") == "doc"]
+    msgs = {r["id"]: r for r in conn.execute(
+        f"SELECT id, date, subject, body, to_addrs FROM messages WHERE deleted = 0 AND id IN ({','.join('?' * len(mids))})",
+        mids)} if mids else {}
+    docs = {r["id"]: r for r in conn.execute(
+        f"SELECT id, path, title, text FROM documents WHERE deleted = 0 AND id IN ({','.join('?' * len(dids))})",
+        dids)} if dids else {}
+    hits = []
+    for c in cands:
+        m, ref = c.meta, c.meta["ref"]
+        if m.get("kind") == "doc":
+            if ref not in docs:
+                continue
+            d = docs[ref]
+            text = (d["text"] or "")[m["start"]:m["end"]]
+            hits.append(Hit(c.id, ref, c.score, "doc", None, d["title"] or d["path"].rsplit("/", 1)[-1],
+                            _snippet(text), text, cite=chunks.cite(d["path"], m["p0"], m["p1"])))
+        elif ref in msgs:
+            r = msgs[ref]
+            hits.append(Hit(c.id, ref, c.score, m["kind"], r["date"], r["subject"] or "", _snippet(r["body"] or ""),
+                            r["body"] or "", to=addresses(r["to_addrs"])))
+    return hits
+
+
+# ---------------------------------------------------------------- RAFT training context
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def training_context(message_id: int, k: int | None = None, *, conn: sqlite3.Connection | None = None,
+                     settings: config.Settings | None = None, query: str | None = None) -> list[Hit]:
+    """Retrieved examples for one training target: only the user's mail dated strictly before it, never the
+    target itself nor a near-duplicate of it (same text inside, or embedding cosine >= NEAR_DUP)."""
+    settings = settings or config.load()
+    k = settings.rag_k if k is None else k
+    own = conn is None
+    conn = conn or store.connect()
+    try:
+        row = conn.execute("SELECT id, date, subject, body FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            raise NoDataError(f"no message with id {message_id}", fix="see `panza messages list` for ids")
+        if timestamp(row["date"]) is None or k <= 0:
+            return []  # an undated target has no provable past: no context rather than a possible leak
+        if query is None:
+            pair = conn.execute("SELECT instruction FROM pairs WHERE message_id = ? AND status = 'ok' "
+                                "AND instruction IS NOT NULL ORDER BY id DESC LIMIT 1", (message_id,)).fetchone()
+            query = pair[0] if pair else f"{row['subject'] or ''}\n\n{row['body']}"
+        target_text = f"{(row['subject'] or '').strip()}\n\n{(row['body'] or '').strip()}".strip()[:MAX_TEXT]
+        target_vec = embed.embed([target_text], settings.embedding_model)[0]
+        hits = search(query, k=k + 3, kinds=("sent",), before=row["date"], exclude_ids=[message_id],
+                      conn=conn, settings=settings, near_dup_of=target_vec)
+        body = _norm(row["body"] or "")
+        probe = body[:300]
+        keep = [h for h in hits if h.ref_id != message_id and not (
+            probe and (probe in _norm(h.text) or (len(_norm(h.text)) > 40 and _norm(h.text)[:300] in body)))]
+        return keep[:k]
+    finally:
+        if own:
+            conn.close()
+
+
+def carries_context(message_id: int, share: float | None = None) -> bool:
+    """Whether this target's training prompt carries retrieved context (a stable draw at `share`)."""
+    share = config.load().raft_context_share if share is None else share
+    draw = int(hashlib.sha256(f"raft:{message_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return draw < share
+
+
+def status(conn: sqlite3.Connection) -> dict:
+    """What the index holds, by kind (for doctor and the TUI)."""
+    rows = conn.execute("SELECT kind, count(*), max(indexed_at), group_concat(DISTINCT model) "
+                        "FROM index_items GROUP BY kind").fetchall()
+    return {"by_kind": {r[0]: r[1] for r in rows}, "total": sum(r[1] for r in rows),
+            "models": sorted({m for r in rows for m in (r[3] or "").split(",") if m}),
+            "last_indexed": max((r[2] for r in rows), default=None)}

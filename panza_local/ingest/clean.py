@@ -1,0 +1,289 @@
+"""Cleaning: split what the author wrote from what they quoted, and drop signatures and footers.
+
+`clean(text)` returns the author's own text (`body`) and the quoted / forwarded material below or
+between it (`thread`), kept as reply context. Patterns covered: `>` quoting (inline too), "On ... wrote:"
+attributions in the common languages (also wrapped over two or three lines), Outlook separators and
+From/Sent/To header blocks, Lotus Notes `Name MM/DD/YYYY HH:MM AM` headers, forwarded blocks, `-- `
+signatures, mobile footers and confidentiality disclaimers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+
+# --- where quoted material starts ---------------------------------------------------------------
+
+_SEPARATOR = re.compile(
+    r"^\s*[-_=*]{2,}\s*(original message|ursprüngliche nachricht|originalnachricht|message d'origine|"
+    r"message original|mensaje original|messaggio originale|oorspronkelijk bericht|origineel bericht|"
+    r"mensagem original|originalmeddelande|oprindelig meddelelse|opprinnelig melding|alkuperäinen viesti|"
+    r"oryginalna wiadomość|původní zpráva|исходное сообщение|αρχικό μήνυμα|orijinal mesaj|"
+    r"reply message|original)\s*[-_=*]{2,}\s*$",
+    re.I)
+_FORWARD = re.compile(
+    r"^\s*(?:[-_=*>]{2,}\s*)?(forwarded by\b.*|forwarded message|begin forwarded message:?|weitergeleitete nachricht|"
+    r"message transféré|début du message (?:réexpédié|transféré)\s*:?|mensaje reenviado|messaggio inoltrato|"
+    r"doorgestuurd bericht|mensagem encaminhada|vidarebefordrat meddelande|videresendt meddelelse|"
+    r"videresendt melding|välitetty viesti|przekazana wiadomość|пересылаемое сообщение|"
+    r"转发的邮件|転送されたメッセージ)\s*(?:[-_=*]{2,}.*)?$",
+    re.I)
+# "On <date>, <name> wrote:" and its forms; matched against one line or two/three joined lines.
+_ON_WROTE = re.compile(
+    r"^\s*(?:>\s*)?(?:on|le|am|el|il|op|em|no dia|den|på|dne|w dniu|dnia|d\.|в|el día|the|in data|"
+    r"(?:mon|tue|wed|thu|fri|sat|sun|man|tir|ons|tor|fre|lør|søn|ma|ti|ke|to|pe|la|su)\w*\.?)\b"
+    r".{0,400}?\b(?:wrote|writes|a écrit|schrieb|escribió|ha scritto|schreef|escreveu|skrev|skriver|napsal|"
+    r"napisał\(a\)|napisał|napisała|pisze|kirjoitti|написал\(а\)|написала|написал|пишет|έγραψε|yazdı)"
+    r"(?:\s*:?|\s+.{0,200}:)\s*$",
+    re.I | re.S)
+_WROTE_BARE = re.compile(r"^\s*(?:\S.{0,200}?)\s(?:wrote|a écrit|schrieb|escribió|skrev|написал\(а\)|пишет)\s*:\s*$",
+                         re.I | re.S)
+# "11:00 AM, November 17, 2021, "John" <john@x.com>:" — a dated line ending in an address and a colon.
+_DATED_ADDR = re.compile(r"^.{0,200}\d{1,2}:\d{2}.{0,200}<?[\w.+'-]+@[\w-]+(?:\.[\w-]+)+>?\s*:\s*$", re.S)
+_CJK_WROTE = re.compile(r"^.{0,200}(?:写道|寫道|wrote|のメッセージ|さんは書きました|님이 작성)\s*[:：]?\s*$", re.S)
+_HEADER_KEY = (r"(?:from|de|von|van|da|från|fra|od|от|lähettäjä|feladó|sent|date|datum|envoyé|gesendet|"
+               r"enviado|enviada|inviato|verzonden|skickat|sendt|wysłano|отправлено|lähetetty|data|fecha|"
+               r"to|à|a|an|aan|para|till|til|do|кому|vastaanottaja|cc|kopie|subject|objet|betreff|asunto|"
+               r"oggetto|onderwerp|assunto|ämne|emne|temat|тема|aihe|sujet|importance|priorité)")
+_HEADER_LINE = re.compile(r"^\s*[*>]?\s*\*?" + _HEADER_KEY + r"\s?\*?\s*:\s*\*?(?:\t|\s|$)", re.I)
+_FROM_LINE = re.compile(r"^\s*[*>]?\s*\*?(?:from|de|von|van|da|från|fra|od|от|lähettäjä|feladó)\s?\*?\s*:\s*\S",
+                        re.I)
+# Lotus Notes: "Phillip K Allen  12/13/2000 02:14 PM" or a name line followed by a date line.
+_NOTES_DATE = r"\d{1,2}/\d{1,2}/\d{2,4}\s+\d{1,2}:\d{2}(?::\d{2})?\s*(?:AM|PM)?"
+_NOTES_INLINE = re.compile(r"^\s*\S.{0,120}?\s+(?:on\s+)?" + _NOTES_DATE + r"\s*$", re.I)
+_NOTES_DATE_LINE = re.compile(r"^\s*" + _NOTES_DATE + r"\s*$", re.I)
+_QUOTE = re.compile(r"^\s*>")
+
+# --- what trails the author's text ---------------------------------------------------------------
+
+_SIG_DASH = re.compile(r"^(?:--|__)\s*$")
+_MOBILE = re.compile(
+    r"^\s*(?:sent (?:from|via|with|using) (?:my |the )?\S.{0,60}|get outlook for \w+.{0,20}|"
+    r"sent from (?:mail|outlook) for \w+.{0,20}|envoyé de(?:puis)? mon \S.{0,40}|von meinem \S.{0,40}gesendet|"
+    r"enviado (?:desde|de) mi \S.{0,40}|inviato da(?:l mio)? \S.{0,40}|verzonden (?:vanaf|met) mijn \S.{0,40}|"
+    r"enviado do meu \S.{0,40}|skickat från min \S.{0,40}|sendt fra min \S.{0,40}|"
+    r"отправлено с (?:моего )?\S.{0,40}|iphoneから送信|从我的iphone发送|發自我的 iphone)\s*$",
+    re.I)
+_DISCLAIMER_WORDS = re.compile(
+    r"confidential|intended recipient|privileged|disclaimer|unauthori[sz]ed|prohibited|if you have received|"
+    r"this (?:e-?mail|message) (?:and any|is intended|may contain)|virus|notify the sender|vertraulich|"
+    r"destinataire|destinatario", re.I)
+
+# Markers whose presence in a stored body means cleaning missed something (used by tests and bench).
+RESIDUAL = re.compile(
+    r"^\s*>|-----\s*original message|forwarded by|-{3,} ?forwarded message|begin forwarded message|"
+    r"\bwrote:\s*$|^\s*(?:from|sent|to|subject):\s.*\n\s*(?:from|sent|to|subject|cc|date):|"
+    r"(?<![\d/.-])" + _NOTES_DATE + r"\s*$",
+    re.I | re.M)
+
+
+@dataclass
+class Cleaned:
+    body: str
+    thread: str
+
+
+def clean(text: str) -> Cleaned:
+    """Split `text` into the author's own words and the quoted thread; drop signature and footers."""
+    lines = normalise(text).split("\n")
+    cut, inline = _cut_index(lines)
+    head, thread_lines = lines[:cut], lines[cut:]
+    mine = [x for j, x in enumerate(head) if j not in inline and not _QUOTE.match(x)]
+    quoted = [x for j, x in enumerate(head) if j in inline or _QUOTE.match(x)]
+    body_lines = _strip_trailers(mine)
+    body = _tidy("\n".join(body_lines))
+    thread = _tidy("\n".join(quoted + ([""] if quoted and thread_lines else []) + thread_lines))
+    return Cleaned(body=body, thread=thread)
+
+
+def normalise(text: str) -> str:
+    """Unify newlines, drop trailing spaces and control characters, NBSP to space."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u00a0", " ").replace("\u200b", "")
+    text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
+    return "\n".join(line.rstrip() for line in text.split("\n"))
+
+
+def _tidy(text: str) -> str:
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.strip("\n").strip()
+
+
+def _cut_index(lines: list[str]) -> tuple[int, set[int]]:
+    """First line of quoted, forwarded or attributed material, and attribution lines of inline replies."""
+    n = len(lines)
+    inline: set[int] = set()
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if not s or i in inline:
+            continue
+        if _SEPARATOR.match(s) or _FORWARD.match(s):
+            return i, inline
+        span = _attribution(lines, i)
+        if span:
+            if _answered_below(lines, i + span):
+                inline.update(range(i, i + span))  # bottom-posted or inline reply: keep what follows
+                continue
+            return i, inline
+        if _MOBILE.match(line) and any(x.strip() for x in lines[i + 1:]):
+            return i, inline
+        if _FROM_LINE.match(line) and _header_block(lines, i):
+            return i, inline
+        if _is_notes_header(lines, i):
+            return i, inline
+        if _QUOTE.match(line) and _quoted_to_end(lines, i):
+            return i, inline
+    return n, inline
+
+
+def _answered_below(lines: list[str], j: int) -> bool:
+    """After an attribution at j: a `>` block followed by the author's own (unquoted) text."""
+    k = j
+    while k < len(lines) and not lines[k].strip():
+        k += 1
+    if k >= len(lines) or not _QUOTE.match(lines[k]):
+        return False
+    while k < len(lines) and (_QUOTE.match(lines[k]) or not lines[k].strip()):
+        k += 1
+    rest = [x for x in lines[k:] if x.strip()]
+    if not rest or _SEPARATOR.match(rest[0].strip()) or _FORWARD.match(rest[0].strip()):
+        return False
+    own = [x for x in rest if not _QUOTE.match(x) and not _MOBILE.match(x) and not _SIG_DASH.match(x)]
+    return len(" ".join(own).split()) >= 3
+
+
+def _attribution(lines: list[str], i: int) -> int:
+    """Number of lines (1-3) of an "On ... wrote:" attribution starting at line i, else 0."""
+    for span in (1, 2, 3):
+        if i + span > len(lines):
+            break
+        chunk = " ".join(x.strip() for x in lines[i:i + span])
+        if len(chunk) > 500:
+            break
+        if _ON_WROTE.match(chunk) or _CJK_WROTE.match(chunk) or _DATED_ADDR.match(chunk):
+            return span
+        if _WROTE_BARE.match(chunk) and _next_is_quote(lines, i + span):
+            return span
+    return 0
+
+
+def _next_is_quote(lines: list[str], i: int) -> bool:
+    for line in lines[i:i + 3]:
+        if line.strip():
+            return bool(_QUOTE.match(line))
+    return True  # "X wrote:" as the very last line: what follows was cut by the client
+
+
+def _header_block(lines: list[str], i: int) -> bool:
+    """A From: line followed by at least one more header line (Sent/To/Subject/Date/Cc) nearby."""
+    hits = 0
+    for line in lines[i + 1:i + 8]:
+        if _HEADER_LINE.match(line):
+            hits += 1
+        elif re.match(r"^\s*\S+@\S+", line):  # wrapped address list
+            continue
+    return hits >= 1
+
+
+def _is_notes_header(lines: list[str], i: int) -> bool:
+    """Lotus Notes: `Name MM/DD/YYYY HH:MM AM` (or name line + date line) followed by To:/cc:/Subject:."""
+    line = lines[i]
+    if _NOTES_INLINE.match(line):
+        nxt = i + 1
+    elif i + 1 < len(lines) and _NOTES_DATE_LINE.match(lines[i + 1]) and len(line.strip()) <= 80:
+        nxt = i + 2
+    elif _NOTES_DATE_LINE.match(line):
+        nxt = i + 1
+    else:
+        return False
+    for follow in lines[nxt:nxt + 6]:
+        if _HEADER_LINE.match(follow):
+            return True
+    return nxt >= len(lines) - 1
+
+
+def _quoted_to_end(lines: list[str], i: int) -> bool:
+    """True when from line i on, every non-blank line is quoted (or a footer)."""
+    rest = [x for x in lines[i:] if x.strip() and not _QUOTE.match(x)]
+    return all(_MOBILE.match(x) or _SIG_DASH.match(x) for x in rest)
+
+
+def _strip_trailers(lines: list[str]) -> list[str]:
+    """Cut the `-- ` signature, mobile footers and trailing disclaimers."""
+    for i, line in enumerate(lines):
+        if _SIG_DASH.match(line) and i > 0:
+            lines = lines[:i]
+            break
+    lines = [x for x in lines if not _MOBILE.match(x)]
+    # Disclaimers: drop trailing paragraphs with at least two legal keywords.
+    paras = "\n".join(lines).split("\n\n")
+    while len(paras) > 1 and len(_DISCLAIMER_WORDS.findall(paras[-1])) >= 2:
+        paras.pop()
+    while len(paras) > 1 and not paras[-1].strip():
+        paras.pop()
+    return "\n\n".join(paras).split("\n")
+
+
+def content_hash(body: str) -> str:
+    """Hash of the body with case, whitespace and punctuation normalised (the de-dup key)."""
+    norm = re.sub(r"[\W_]+", " ", body.lower()).strip()
+    return hashlib.sha256(norm.encode("utf-8")).hexdigest()
+
+
+def residual_markers(body: str) -> list[str]:
+    """Quote or forward markers still present in a cleaned body (should be none)."""
+    return [m.group(0) for m in RESIDUAL.finditer(body)]
+
+
+# --- language ---------------------------------------------------------------------------------------
+
+_STOP = {
+    "en": "the and to of you is that for it in this on with have be are will i we not at please thanks",
+    "de": "der die und das ist nicht ich sie mit den zu ein eine auch für wir bitte danke auf es",
+    "fr": "le la les et est pas je vous une des pour que dans qui nous avec merci sur ce",
+    "es": "el la los las y es no que de en por para un una con gracias nos se lo",
+    "it": "il lo la gli le e è non che di per un una con grazie sono ho ci della",
+    "nl": "de het een en is niet ik je van dat voor met op zijn wij bedankt dank",
+    "pt": "o a os as e é não que de em para um uma com obrigado você eu",
+    "sv": "och att det är inte jag du en ett på för med som tack vi har",
+    "da": "og at det er ikke jeg du en et på for med som tak vi har",
+    "pl": "i w nie że to jest się na z do dziękuję jak tak ale",
+}
+_STOPSETS = {k: set(v.split()) for k, v in _STOP.items()}
+
+
+def language(text: str) -> str:
+    """Best-guess ISO 639-1 code for `text` (script first, then stop words); 'und' if unsure."""
+    sample = text[:2000]
+    letters = [c for c in sample if c.isalpha()]
+    if not letters:
+        return "und"
+    scripts = {"ja": 0, "zh": 0, "ko": 0, "ru": 0, "el": 0, "ar": 0, "he": 0}
+    for c in letters:
+        o = ord(c)
+        if 0x3040 <= o <= 0x30FF:
+            scripts["ja"] += 1
+        elif 0x4E00 <= o <= 0x9FFF:
+            scripts["zh"] += 1
+        elif 0xAC00 <= o <= 0xD7AF:
+            scripts["ko"] += 1
+        elif 0x0400 <= o <= 0x04FF:
+            scripts["ru"] += 1
+        elif 0x0370 <= o <= 0x03FF:
+            scripts["el"] += 1
+        elif 0x0600 <= o <= 0x06FF:
+            scripts["ar"] += 1
+        elif 0x0590 <= o <= 0x05FF:
+            scripts["he"] += 1
+    if scripts["ja"] and scripts["ja"] + scripts["zh"] > len(letters) * 0.2:
+        return "ja"
+    best = max(scripts, key=scripts.get)
+    if scripts[best] > len(letters) * 0.3:
+        return best
+    words = re.findall(r"[^\W\d_]+", sample.lower())
+    if not words:
+        return "und"
+    scores = {lang: sum(w in stop for w in words) for lang, stop in _STOPSETS.items()}
+    lang = max(scores, key=scores.get)
+    return lang if scores[lang] >= 2 or (scores[lang] >= 1 and len(words) < 8) else "und"

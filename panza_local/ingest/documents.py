@@ -1,0 +1,158 @@
+"""Documents (txt, md, rst, org, html, pdf, docx, odt, rtf, epub) to plain text for retrieval.
+
+Documents feed the retrieval index and the user profile, never the email training pairs. A document
+that cannot be read (encrypted PDF, broken archive) raises `DocumentError` with the reason to count.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from .parse import decode_bytes, html_to_text
+
+EXTS = {".txt", ".text", ".md", ".markdown", ".rst", ".org", ".html", ".htm", ".pdf", ".docx", ".odt",
+        ".rtf", ".epub"}
+MAX_CHARS = 2_000_000  # a pathological file must not fill the database
+
+
+class DocumentError(Exception):
+    """A document could not be turned into text; `reason` is the counted skip reason."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def detect(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix.lower() in EXTS
+    return path.is_dir() and any(p.suffix.lower() in EXTS for p in path.rglob("*") if p.is_file())
+
+
+def files(root: Path) -> Iterator[tuple[Path, str]]:
+    if root.is_file():
+        yield root, "doc"
+        return
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and f.suffix.lower() in EXTS and not f.name.startswith("."):
+            yield f, "doc"
+
+
+def extract(path: Path) -> tuple[str, str]:
+    """(title, text) of a document; raises DocumentError(reason) when it cannot be read."""
+    ext = path.suffix.lower()
+    fn = {".pdf": _pdf, ".docx": _docx, ".odt": _odt, ".rtf": _rtf, ".epub": _epub,
+          ".html": _html, ".htm": _html}.get(ext, _plain)
+    try:
+        title, text = fn(path)
+    except DocumentError:
+        raise
+    except Exception as exc:  # every reader library has its own exception zoo; one reason for them all
+        raise DocumentError("unreadable_document", type(exc).__name__) from None
+    text = re.sub(r"[ \t]+\n", "\n", text.replace("\r\n", "\n")).strip()[:MAX_CHARS]
+    if not text:
+        raise DocumentError("empty_document")
+    return (title or "").strip() or _first_line(text) or path.stem, text
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        line = line.strip().lstrip("#").strip()
+        if line:
+            return line[:120]
+    return ""
+
+
+def _plain(path: Path) -> tuple[str, str]:
+    raw = path.read_bytes()
+    if b"\x00" in raw[:4096]:
+        raise DocumentError("binary_file")
+    text = decode_bytes(raw, None)
+    title = ""
+    if path.suffix.lower() in (".md", ".markdown"):
+        m = re.search(r"(?m)^#\s+(.+)$", text)
+        title = m.group(1) if m else ""
+    return title, text
+
+
+def _html(path: Path) -> tuple[str, str]:
+    html = decode_bytes(path.read_bytes(), None)
+    m = re.search(r"(?is)<title[^>]*>(.*?)</title>", html)
+    return (re.sub(r"\s+", " ", m.group(1)).strip() if m else ""), html_to_text(html)
+
+
+def _pdf(path: Path) -> tuple[str, str]:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(str(path))
+    except PdfReadError as exc:
+        raise DocumentError("unreadable_pdf", str(exc)[:80]) from None
+    if reader.is_encrypted:
+        try:
+            ok = reader.decrypt("")
+        except Exception:  # unsupported encryption algorithm
+            ok = 0
+        if not ok:
+            raise DocumentError("encrypted_pdf", "password-protected")
+    title = ""
+    try:  # metadata is optional and often broken; the text matters more
+        meta = reader.metadata
+        title = str(meta.title) if meta and meta.title else ""
+    except Exception:
+        title = ""
+    pages = []
+    for page in reader.pages:
+        try:
+            pages.append(page.extract_text() or "")
+        except Exception:  # one bad page must not lose the rest of the document
+            pages.append("")
+    return title, "\n\n".join(pages)
+
+
+def _docx(path: Path) -> tuple[str, str]:
+    import docx
+
+    d = docx.Document(str(path))
+    parts = [p.text for p in d.paragraphs]
+    for table in d.tables:
+        for row in table.rows:
+            parts.append("\t".join(c.text for c in row.cells))
+    return (d.core_properties.title or ""), "\n".join(parts)
+
+
+def _odt(path: Path) -> tuple[str, str]:
+    from odf import teletype, text
+    from odf.opendocument import load
+
+    doc = load(str(path))
+    parts = [teletype.extractText(el) for el in doc.getElementsByType(text.H) + doc.getElementsByType(text.P)]
+    title = ""
+    try:
+        from odf import dc
+
+        t = doc.meta.getElementsByType(dc.Title)
+        title = teletype.extractText(t[0]) if t else ""
+    except Exception:  # metadata is optional
+        title = ""
+    return title, "\n".join(parts)
+
+
+def _rtf(path: Path) -> tuple[str, str]:
+    from striprtf.striprtf import rtf_to_text
+
+    return "", rtf_to_text(decode_bytes(path.read_bytes(), "cp1252"), errors="ignore")
+
+
+def _epub(path: Path) -> tuple[str, str]:
+    import ebooklib
+    from ebooklib import epub
+
+    book = epub.read_epub(str(path), options={"ignore_ncx": True})
+    parts = [html_to_text(item.get_content().decode("utf-8", errors="replace"))
+             for item in book.get_items_of_type(ebooklib.ITEM_DOCUMENT)]
+    titles = book.get_metadata("DC", "title")
+    return (titles[0][0] if titles else ""), "\n\n".join(parts)

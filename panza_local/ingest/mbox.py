@@ -1,0 +1,105 @@
+"""mbox (mboxo, mboxrd, mboxcl/Content-Length), also Gmail Takeout: messages split with byte offsets.
+
+A separator is a `From ` line at the start of the file or after a blank line, followed by a header
+line; a valid Content-Length is trusted over `From ` lines in the body. Offsets let a grown mbox be
+read from where the last run stopped.
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from .parse import Item
+
+_HEADER = re.compile(rb"[!-9;-~]+:")
+_CL = re.compile(rb"(?im)^content-length:\s*(\d+)\s*$")
+_ESCAPED = re.compile(rb"(?m)^>(>*From )")
+
+
+def detect(path: Path) -> bool:
+    """A file whose first line is an mbox `From ` separator."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        head = fh.read(1024)
+    return head.startswith(b"From ") and b"\n" in head and bool(_HEADER.match(head.split(b"\n", 1)[1]))
+
+
+def files(root: Path) -> Iterator[tuple[Path, str]]:
+    yield root, "mbox"
+
+
+def _is_sep(buf, pos: int) -> bool:
+    if buf[pos:pos + 5] != b"From ":
+        return False
+    eol = buf.find(b"\n", pos)
+    if eol < 0:
+        return False
+    nxt = buf[eol + 1:eol + 200]
+    return bool(_HEADER.match(nxt))
+
+
+def _next_sep(buf, pos: int, n: int) -> int:
+    """Offset of the next separator line at or after `pos` (n when none)."""
+    while True:
+        k = buf.find(b"\n\nFrom ", pos)
+        k2 = buf.find(b"\n\r\nFrom ", pos)
+        if k < 0 and k2 < 0:
+            return n
+        if k < 0 or (0 <= k2 < k):
+            start, pos = k2 + 3, k2 + 1
+        else:
+            start, pos = k + 2, k + 1
+        if _is_sep(buf, start):
+            return start
+
+
+def split(buf, start: int = 0) -> Iterator[tuple[int, int]]:
+    """(begin, end) byte spans of the messages in `buf` from offset `start`."""
+    n = len(buf)
+    pos = start
+    if pos >= n:
+        return
+    if not _is_sep(buf, pos):
+        nxt = _next_sep(buf, pos, n)
+        if nxt >= n:
+            return
+        pos = nxt
+    while pos < n:
+        hdr_end = buf.find(b"\n\n", pos)
+        if hdr_end < 0:
+            hdr_end = n
+        end = None
+        m = _CL.search(buf[pos:hdr_end])
+        if m:
+            cand = hdr_end + 2 + int(m.group(1))
+            j = cand
+            while j < n and buf[j:j + 1] in (b"\n", b"\r"):
+                j += 1
+            if cand <= n and (j >= n or _is_sep(buf, j)):
+                end = j if j < n else n
+        if end is None:
+            end = _next_sep(buf, hdr_end, n)
+        yield pos, end
+        pos = end
+
+
+def message_bytes(chunk: bytes) -> bytes:
+    """A message without its `From ` line, with mboxrd `>From ` escapes undone."""
+    eol = chunk.find(b"\n")
+    body = chunk[eol + 1:] if eol >= 0 else b""
+    return _ESCAPED.sub(rb"\1", body) if b">From " in body else body
+
+
+def read(path: Path, start: int = 0, folder: str | None = None) -> Iterator[Item]:
+    """Messages of an mbox file from byte `start`; each Item's `end` is where the next begins."""
+    size = path.stat().st_size
+    if size == 0 or start >= size:
+        return
+    folder = folder if folder is not None else path.stem
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        for begin, end in split(buf, start):
+            yield Item(location=f"{path}:{begin}", raw=message_bytes(buf[begin:end]), folder=folder, end=end)

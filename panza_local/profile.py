@@ -1,0 +1,219 @@
+"""The user's writing profile: name, role, greeting, sign-off, languages, typical length.
+
+Seeded from the mail the user wrote (`panza profile seed`), stored as `profile.toml` in the home (0600),
+edited by hand (`panza profile edit|set`). Drafts put it in the prompt; greetings are also learned per
+recipient, so a draft to someone the user has written to before opens the way the user opens with them.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import sys
+from collections import Counter
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from . import paths
+from .errors import ConfigError
+from .prompts import Profile
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+FIELDS = [f.name for f in fields(Profile)]
+# Opening words of a greeting line, in the languages the cleaner knows.
+_GREETING = re.compile(
+    r"^(hi|hello|hey|dear|good (?:morning|afternoon|evening)|morning|greetings|hallo|liebe[rs]?|"
+    r"sehr geehrte[rs]?|bonjour|salut|cher|chère|ciao|buongiorno|hola|estimad[oa]s?|olá|oi|hej|hoi|beste)\b",
+    re.IGNORECASE)
+_SIGNOFF = re.compile(
+    r"^(thanks|thank you|thx|best|best regards|kind regards|regards|warm regards|cheers|sincerely|"
+    r"yours|all the best|talk soon|take care|many thanks|mfg|viele grüße|liebe grüße|gruß|grüße|"
+    r"cordialement|bien à vous|saluti|cordiali saluti|un saluto|saludos|un abrazo|atenciosamente|"
+    r"met vriendelijke groet|groeten|hälsningar|mvh)\b[ ,.!]*$", re.IGNORECASE)
+MIN_SHARE = 0.15  # a habit is one seen in at least this share of emails
+
+
+def path() -> Path:
+    """Where the profile lives: profile.toml in the home."""
+    return paths.home() / "profile.toml"
+
+
+def load(*, seed_if_missing: bool = True) -> Profile:
+    """The stored profile; without one, a profile seeded from the user's mail (not saved)."""
+    p = path()
+    if p.exists():
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p} is not valid TOML: {exc}",
+                              fix=f"fix it with `panza profile edit`, or delete {p} and run `panza profile seed`")
+        return from_dict(data)
+    return seed() if seed_if_missing else Profile()
+
+
+def from_dict(data: dict) -> Profile:
+    """A Profile from a dict, checking field names and types."""
+    unknown = set(data) - set(FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown profile field(s): {', '.join(sorted(unknown))}",
+                          fix=f"use only: {', '.join(FIELDS)}")
+    out = Profile()
+    for name, value in data.items():
+        setattr(out, name, coerce(name, value))
+    return out
+
+
+def coerce(name: str, value) -> object:
+    """Turn a raw value (CLI string or TOML value) into the type of profile field `name`."""
+    if name not in FIELDS:
+        raise ConfigError(f"unknown profile field {name!r}", fix=f"use one of: {', '.join(FIELDS)}")
+    if name == "languages":
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return [str(v).strip() for v in items if str(v).strip()]
+    if name == "typical_words":
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"typical_words must be a whole number, got {value!r}",
+                              fix="panza profile set typical_words 120") from None
+        if n < 0:
+            raise ConfigError("typical_words cannot be negative", fix="panza profile set typical_words 120")
+        return n
+    # \n typed on a command line means a line break (sign-offs are often two lines)
+    return str(value).replace("\\n", "\n")
+
+
+def save(profile: Profile) -> Path:
+    """Write the profile to profile.toml (atomic, 0600)."""
+    import tomli_w
+
+    return paths.write_private(path(), tomli_w.dumps(asdict(profile)))
+
+
+def set_value(name: str, value) -> Profile:
+    """Set one field, save, and return the profile (starting from the seeded one if none is stored)."""
+    prof = load()
+    setattr(prof, name, coerce(name, value))
+    save(prof)
+    return prof
+
+
+def seed(conn=None, settings=None) -> Profile:
+    """A profile inferred from the emails the user wrote (the `messages` rows with is_mine = 1)."""
+    from . import config, store
+
+    settings = settings or config.load()
+    own = conn is None
+    conn = conn or store.connect()
+    try:
+        rows = conn.execute("SELECT body, language FROM messages WHERE is_mine = 1 AND deleted = 0 "
+                            "ORDER BY date DESC LIMIT 5000").fetchall()
+    finally:
+        if own:
+            conn.close()
+    bodies = [r["body"] for r in rows if r["body"]]
+    prof = Profile(name=settings.user_name)
+    if not bodies:
+        return prof
+    prof.typical_words = int(statistics.median(len(b.split()) for b in bodies))
+    prof.greeting = habit([greeting_of(b) for b in bodies], len(bodies))
+    signoffs = [signoff_of(b) for b in bodies]
+    prof.signoff = habit(signoffs, len(bodies))
+    if not prof.name:
+        prof.name = habit([name_of(b) for b in bodies], len(bodies))
+    langs = Counter(r["language"] for r in rows if r["language"])
+    prof.languages = [lang for lang, n in langs.most_common() if n >= max(2, 0.05 * len(rows))]
+    return prof
+
+
+def habit(values: list[str | None], total: int) -> str:
+    """The most common non-empty value when it occurs in at least MIN_SHARE of `total`, else ''."""
+    counts = Counter(v for v in values if v)
+    if not counts:
+        return ""
+    value, n = counts.most_common(1)[0]
+    return value if n >= max(2, MIN_SHARE * total) else ""
+
+
+def _lines(body: str) -> list[str]:
+    return [ln.strip() for ln in body.strip().splitlines() if ln.strip()]
+
+
+def greeting_of(body: str) -> str | None:
+    """The greeting form of an email ("Hi,", "Dear <name>,"), with the addressee's name abstracted."""
+    lines = _lines(body)
+    if not lines:
+        return None
+    first = lines[0]
+    m = _GREETING.match(first)
+    if not m or len(first.split()) > 5:
+        return None
+    word = first[: m.end()]
+    rest = first[m.end():].strip()
+    punct = rest[-1] if rest and rest[-1] in ",!:." else (first[-1] if first[-1] in ",!:." else "")
+    name = rest.rstrip(",!:.").strip()
+    return f"{word} <name>{punct}" if name else f"{word}{punct}"
+
+
+def signoff_of(body: str) -> str | None:
+    """The closing line(s) of an email ("Thanks,\\nPhillip"), when it has one."""
+    lines = _lines(body)
+    for i in range(len(lines) - 1, max(len(lines) - 4, -1), -1):
+        if _SIGNOFF.match(lines[i]):
+            tail = lines[i + 1:]
+            if len(tail) <= 1 and all(len(t.split()) <= 3 for t in tail):
+                return "\n".join([lines[i], *tail])
+            return None
+    return None
+
+
+def name_of(body: str) -> str | None:
+    """The name the user signs with: a short capitalised last line."""
+    lines = _lines(body)
+    if len(lines) < 2:
+        return None
+    last = lines[-1]
+    if 1 <= len(last.split()) <= 3 and all(w[:1].isupper() for w in last.split()) and not _SIGNOFF.match(last):
+        return last.rstrip(".,")
+    return None
+
+
+def greeting_for(to: str | None, conn=None) -> str | None:
+    """How the user usually opens emails to `to` (the first line, name included), if they have written to them."""
+    if not to:
+        return None
+    from . import store
+
+    addr = address_of(to)
+    if not addr:
+        return None
+    own = conn is None
+    conn = conn or store.connect()
+    try:
+        rows = conn.execute("SELECT body FROM messages WHERE is_mine = 1 AND deleted = 0 AND "
+                            "lower(to_addrs) LIKE ? ORDER BY date DESC LIMIT 200",
+                            (f"%{addr.lower()}%",)).fetchall()
+    finally:
+        if own:
+            conn.close()
+    firsts = []
+    for r in rows:
+        lines = _lines(r["body"] or "")
+        if lines and _GREETING.match(lines[0]) and len(lines[0].split()) <= 5:
+            firsts.append(lines[0])
+    if not firsts:
+        return None
+    line, n = Counter(firsts).most_common(1)[0]
+    return line if n >= 0.3 * len(rows) else None
+
+
+def address_of(value: str) -> str:
+    """The bare address of the first recipient in `value` ("Ann <ann@x.org>, b@y" -> "ann@x.org")."""
+    from email.utils import getaddresses
+
+    found = [a for _, a in getaddresses([value]) if "@" in a]
+    return found[0] if found else ""

@@ -1,0 +1,293 @@
+"""Training data, backend-neutral: pairs -> chat examples -> token ids with loss masks -> packed rows.
+
+Every backend (torch, mlx) uses these functions, so what an adapter learns is exactly what the engine
+will ask it: the prompt comes from `prompts.build`, the chat template is the GGUF's own, rendered the way
+llama-cpp-python renders it (Jinja2, trim_blocks, lstrip_blocks, bos/eos from the vocabulary), and the
+text is tokenised by llama.cpp's own tokenizer (a vocab-only load of the same GGUF). Loss is only on the
+email and the end-of-turn token that makes generation stop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import NoDataError
+
+IGNORE = -100
+VAL_SHARE = 0.1
+
+
+@dataclass
+class Example:
+    """One training example: the chat the engine would send, and the email the user actually wrote."""
+
+    messages: list[dict]
+    """System + user turns, as `prompts.build` returns them."""
+    target: str
+    """The email body (the assistant turn the adapter learns to write)."""
+    key: str = ""
+    """Stable id (content hash of the email): decides the split and feeds the data hash."""
+    meta: dict = field(default_factory=dict)
+
+
+def split_of(key: str, val_share: float = VAL_SHARE) -> str:
+    """'train' or 'val' from a stable hash of `key`, so new mail never moves old mail between splits."""
+    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+    return "val" if (h % 10_000) < val_share * 10_000 else "train"
+
+
+def make_example(instruction: str, email: str, key: str = "", *, thread: str | None = None,
+                 examples: list[str] | None = None, profile=None, meta: dict | None = None) -> Example:
+    """An Example whose prompt is exactly what `prompts.build` gives the engine at draft time."""
+    from .. import prompts
+
+    msgs = prompts.build(instruction, profile=profile, examples=examples, thread=thread)
+    key = key or hashlib.sha256(email.encode("utf-8")).hexdigest()
+    return Example(messages=msgs, target=email.strip(), key=key, meta=dict(meta or {}))
+
+
+def _row_get(row, *names, default=None):
+    for n in names:
+        try:
+            v = row[n] if not hasattr(row, n) else getattr(row, n)
+        except (KeyError, IndexError, TypeError):
+            continue
+        if v is not None:
+            return v
+    return default
+
+
+def _playback_rows(conn: sqlite3.Connection, split: str) -> list | None:
+    """Pairs from the playback stage's own API when it exists (None: fall back to the tables)."""
+    try:
+        from .. import playback
+    except ImportError:
+        return None
+    fn = getattr(playback, "pairs", None)
+    if fn is None:
+        return None
+    return list(fn(conn, split))
+
+
+def _table_rows(conn: sqlite3.Connection, split: str) -> list[dict]:
+    """Latest ok pair per email the user wrote, straight from the store, filtered by split."""
+    rows = conn.execute(
+        """SELECT p.instruction, p.content_hash, m.id AS message_id, m.body, m.thread, m.subject
+           FROM pairs p JOIN messages m ON m.id = p.message_id
+           WHERE p.status = 'ok' AND m.deleted = 0 AND p.instruction IS NOT NULL
+           ORDER BY m.id, p.id DESC""").fetchall()
+    out, seen = [], set()
+    for r in rows:
+        if r["message_id"] in seen:
+            continue
+        seen.add(r["message_id"])
+        if split in ("train", "val") and split_of(r["content_hash"]) != split:
+            continue
+        out.append(dict(r))
+    return out
+
+
+def examples(conn: sqlite3.Connection, split: str, settings=None, *, context: bool = True,
+             on_note=None) -> list[Example]:
+    """Training examples of `split` ('train', 'val' or 'all') from the playback pairs in the store.
+
+    A `settings.raft_context_share` share of them (chosen by a stable hash) carry retrieved past emails
+    as context, as drafts do, when the index stage is installed and has an index; otherwise none do.
+    """
+    from .. import config
+
+    settings = settings or config.load()
+    rows = _playback_rows(conn, split)
+    if rows is None:
+        rows = _table_rows(conn, split)
+    out = []
+    for r in rows:
+        instruction = _row_get(r, "instruction")
+        email = _row_get(r, "email", "body", "target", "text")
+        if not instruction or not email:
+            continue
+        key = str(_row_get(r, "content_hash", "key", default="")) or hashlib.sha256(email.encode()).hexdigest()
+        mid = _row_get(r, "message_id", "id")
+        ctx = None
+        if context and mid is not None and _wants_context(key, settings.raft_context_share):
+            ctx = _training_context(conn, mid, settings)
+        out.append(make_example(instruction, email, key, thread=_row_get(r, "thread"), examples=ctx,
+                                meta={"message_id": mid}))
+    return out
+
+
+def _wants_context(key: str, share: float) -> bool:
+    h = int.from_bytes(hashlib.sha256(("raft:" + key).encode()).digest()[:8], "big")
+    return (h % 10_000) < share * 10_000
+
+
+def _training_context(conn, message_id, settings) -> list[str] | None:
+    """Past emails retrieved for one training email (never itself), or None without an index stage."""
+    try:
+        from .. import index
+    except ImportError:
+        return None
+    fn = getattr(index, "training_context", None)
+    if fn is None:
+        return None
+    got = fn(conn, message_id, k=settings.rag_k)
+    return [g if isinstance(g, str) else _row_get(g, "text", "body", "document", default="") for g in got or []]
+
+
+def examples_from_jsonl(path: str | Path, split: str = "all", limit: int | None = None) -> list[Example]:
+    """Examples from a Panza-style JSONL ({"email", "subject"}), the subject as the instruction (tests, benches)."""
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            d = json.loads(line)
+            email = (d.get("email") or "").strip()
+            if not email:
+                continue
+            subject = (d.get("subject") or "").strip()
+            instruction = f"Write an email about: {subject}" if subject else "Write a short email."
+            key = hashlib.sha256(email.encode("utf-8")).hexdigest()
+            if split in ("train", "val") and split_of(key) != split:
+                continue
+            out.append(make_example(instruction, email, key))
+            if limit and len(out) >= limit:
+                break
+    return out
+
+
+def data_hash(exs: Iterable[Example]) -> str:
+    """Hash of what a model is trained on (prompts and targets), order-independent."""
+    parts = sorted(hashlib.sha256(json.dumps([e.messages, e.target], sort_keys=True).encode()).hexdigest()
+                   for e in exs)
+    return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
+
+
+class Tokenizer:
+    """llama.cpp's tokenizer and chat template for one GGUF (vocab-only load: fast, no weights)."""
+
+    def __init__(self, gguf_path: str | Path):
+        from .. import engine, gguf_header
+
+        engine._quiet_env()
+        from llama_cpp import Llama
+
+        self.path = Path(gguf_path)
+        self._llm = Llama(model_path=str(self.path), vocab_only=True, verbose=False)
+        meta = gguf_header.read_header(self.path)["metadata"]
+        self.template = meta.get("tokenizer.chat_template")
+        self.eos_id = int(self._llm.token_eos())
+        self.bos_id = int(self._llm.token_bos())
+        self.eos_token = self._piece(self.eos_id)
+        self.bos_token = self._piece(self.bos_id)
+        self.vocab_size = int(self._llm.n_vocab())
+        self._env = None
+        self.eot = self._end_of_turn()
+
+    def _piece(self, tid: int) -> str:
+        if tid < 0:
+            return ""
+        return self._llm._model.token_get_text(tid)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, special tokens parsed, no BOS added (the template carries its own)."""
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._llm.detokenize(list(ids)).decode("utf-8", errors="replace")
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The prompt text llama-cpp-python's Jinja2ChatFormatter makes of `messages`."""
+        if not self.template:
+            raise NoDataError(f"{self.path} has no chat template (tokenizer.chat_template)",
+                              fix="use an instruction-tuned model from `panza models list`")
+        if self._env is None:
+            import datetime as dt
+
+            import jinja2
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            def raise_exception(message):
+                raise ValueError(message)
+
+            env = ImmutableSandboxedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True)
+            self._env = (env.from_string(self.template), raise_exception,
+                         lambda fmt: dt.datetime.now().strftime(fmt))
+        tmpl, raise_exception, strftime_now = self._env
+        return tmpl.render(messages=messages, eos_token=self.eos_token, bos_token=self.bos_token,
+                           raise_exception=raise_exception, add_generation_prompt=add_generation_prompt,
+                           functions=None, function_call=None, tools=None, tool_choice=None,
+                           strftime_now=strftime_now)
+
+    def _end_of_turn(self) -> str:
+        """The text that closes an assistant turn (`<|im_end|>`, `<end_of_turn>`, ...): generation stops there."""
+        if not self.template:
+            return self.eos_token
+        probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+        marker = "PANZA_PROBE_7f3a"
+        try:
+            head = self.render(probe, add_generation_prompt=True)
+            full = self.render(probe + [{"role": "assistant", "content": marker}], add_generation_prompt=False)
+        except Exception:  # noqa: BLE001 - a template that rejects the probe still has an eos token
+            return self.eos_token
+        if full.startswith(head) and marker in full:
+            tail = full[full.index(marker, len(head)) + len(marker):].rstrip()
+            if tail:
+                return tail
+        return self.eos_token
+
+
+def tokenize(example: Example, tok, max_len: int | None = None) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for one example: labels are the ids on the email + end-of-turn, IGNORE elsewhere.
+
+    Prompt and answer are tokenised separately, as at generation time (llama.cpp tokenises the prompt,
+    then the model emits the answer's tokens one by one). Too-long examples lose the end of the email.
+    """
+    prompt_ids = tok.encode(tok.render(example.messages, add_generation_prompt=True))
+    answer_ids = tok.encode(example.target + tok.eot)
+    ids = prompt_ids + answer_ids
+    labels = [IGNORE] * len(prompt_ids) + answer_ids
+    if max_len and len(ids) > max_len:
+        ids, labels = ids[:max_len], labels[:max_len]
+    return ids, labels
+
+
+def pack(seqs: Sequence[tuple[list[int], list[int]]], seq_len: int) -> list[dict]:
+    """Pack (input_ids, labels) pairs into rows of at most `seq_len` tokens (first-fit decreasing).
+
+    Each row is a dict of equal-length lists: `input_ids`; `targets`, already shifted (targets[t] is the
+    token position t must predict, IGNORE where there is no loss, and at each example's last position so
+    nothing is learnt across examples); `positions`, restarting at 0 for each example; `segments`, the
+    example's index inside the row. Attention must stay within a segment (no cross-contamination).
+    """
+    items = []
+    for ids, labels in seqs:
+        ids, labels = list(ids[:seq_len]), list(labels[:seq_len])
+        targets = labels[1:] + [IGNORE]
+        if any(t != IGNORE for t in targets):
+            items.append((ids, targets))
+    items.sort(key=lambda it: -len(it[0]))
+    rows: list[dict] = []
+    for ids, targets in items:
+        for row in rows:
+            if len(row["input_ids"]) + len(ids) <= seq_len:
+                break
+        else:
+            row = {"input_ids": [], "targets": [], "positions": [], "segments": []}
+            rows.append(row)
+        seg = (row["segments"][-1] + 1) if row["segments"] else 0
+        row["input_ids"] += ids
+        row["targets"] += targets
+        row["positions"] += list(range(len(ids)))
+        row["segments"] += [seg] * len(ids)
+    return rows
+
+
+def n_target_tokens(rows: Iterable[dict]) -> int:
+    """Tokens that carry loss in packed rows."""
+    return sum(sum(1 for t in r["targets"] if t != IGNORE) for r in rows)

@@ -1,0 +1,73 @@
+"""The engine on the real embedded model: streaming, collecting, reuse, stop, grammar, prefix KV reuse."""
+
+from __future__ import annotations
+
+import pytest
+
+from panza_local import engine
+
+
+@pytest.fixture
+def settings(home):
+    from panza_local import config
+
+    return config.load({"n_ctx": 1024, "seed": 1, "temperature": 0.0})
+
+
+MSGS = [{"role": "system", "content": "You write short emails."},
+        {"role": "user", "content": "Write a two-sentence email asking Bob to move our meeting to Friday."}]
+
+
+def test_stream_and_collect_agree(settings, embedded_model):
+    pieces = list(engine.stream_chat(MSGS, model_path=embedded_model, max_tokens=40, settings=settings))
+    assert len(pieces) > 3 and "".join(pieces).strip()
+    again = engine.chat(MSGS, model_path=embedded_model, max_tokens=40, settings=settings)
+    assert again == "".join(pieces)  # greedy decoding is deterministic
+    assert engine.last_stats.completion_tokens > 0 and engine.last_stats.ttft_s > 0
+
+
+def test_one_model_object_is_reused(settings, embedded_model):
+    a = engine.load(embedded_model, n_ctx=settings.n_ctx, threads=settings.threads)
+    b = engine.load(embedded_model, n_ctx=settings.n_ctx, threads=settings.threads)
+    assert a is b
+
+
+def test_stop_sequence_and_max_tokens(settings, embedded_model):
+    text = engine.chat(MSGS, model_path=embedded_model, max_tokens=8, settings=settings)
+    assert 0 < engine.last_stats.completion_tokens <= 8
+    stopped = engine.chat(MSGS, model_path=embedded_model, max_tokens=60, stop=["Bob", "bob"], settings=settings)
+    assert "Bob" not in stopped and len(stopped) <= len(engine.chat(MSGS, model_path=embedded_model,
+                                                                    max_tokens=60, settings=settings))
+    assert text
+
+
+def test_grammar_constrains_output(settings, embedded_model):
+    grammar = 'root ::= ("yes" | "no")'
+    out = engine.chat([{"role": "user", "content": "Is the sky blue? Answer yes or no."}],
+                      model_path=embedded_model, max_tokens=5, grammar=grammar, settings=settings)
+    assert out in ("yes", "no")
+
+
+def test_shared_prefix_is_not_re_evaluated(settings, embedded_model):
+    preamble = "You are a careful assistant. " + "Remember these facts about the company. " * 60
+    llm = engine.load(embedded_model, n_ctx=settings.n_ctx, threads=settings.threads)
+    first = [{"role": "system", "content": preamble}, {"role": "user", "content": "Say hi to Ann."}]
+    second = [{"role": "system", "content": preamble}, {"role": "user", "content": "Say hi to Bob."}]
+    engine.chat(first, model_path=embedded_model, max_tokens=4, settings=settings)
+    cold = engine.last_stats.ttft_s
+    engine.chat(second, model_path=embedded_model, max_tokens=4, settings=settings)
+    warm = engine.last_stats.ttft_s
+    assert engine.last_stats.prompt_tokens > 300 and llm.n_tokens > 300
+    assert warm < cold  # only the differing tail was evaluated
+
+
+def test_missing_model_file_is_a_clear_error(settings, tmp_path):
+    from panza_local.errors import ModelNotFound
+
+    with pytest.raises(ModelNotFound, match="does not exist"):
+        engine.load(tmp_path / "nope.gguf")
+
+
+def test_next_token_logits_shape(embedded_model):
+    logits = engine.next_token_logits("Hello", embedded_model)
+    assert logits.ndim == 1 and logits.shape[0] > 40000

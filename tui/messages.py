@@ -1,0 +1,83 @@
+"""Messages widgets and workers post; screens handle them with @on."""
+
+from __future__ import annotations
+
+from textual.message import Message
+
+
+class PromptSubmitted(Message):
+    """The user pressed enter in a prompt box."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
+class ConversationPicked(Message):
+    """A conversation was chosen in the list."""
+
+    def __init__(self, conversation_id: int) -> None:
+        super().__init__()
+        self.conversation_id = conversation_id
+
+
+class SearchChanged(Message):
+    """The conversation search box changed."""
+
+    def __init__(self, query: str) -> None:
+        super().__init__()
+        self.query = query
+
+
+class StreamChunk(Message):
+    """A piece of generated text arrived from a worker."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
+class StreamDone(Message):
+    """Generation finished (or was stopped); `text` is all of it."""
+
+    def __init__(self, text: str, stopped: bool = False) -> None:
+        super().__init__()
+        self.text = text
+        self.stopped = stopped
+
+
+class StreamFailed(Message):
+    """Generation failed; `error` says why and what fixes it."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class ContextReady(Message):
+    """What a reply or draft is built from: retrieved hits, model, adapter."""
+
+    def __init__(self, hits: list[dict], model: str, adapter: str) -> None:
+        super().__init__()
+        self.hits = hits
+        self.model = model
+        self.adapter = adapter
+
+
+class RetuneProgress(Message):
+    """Progress of a running re-tune."""
+
+    def __init__(self, done: int, total: int | None, note: str) -> None:
+        super().__init__()
+        self.done = done
+        self.total = total
+        self.note = note
+
+
+class RetuneDone(Message):
+    """A re-tune finished with this summary (or an error)."""
+
+    def __init__(self, summary: dict | None, error: str = "") -> None:
+        super().__init__()
+        self.summary = summary
+        self.error = error
