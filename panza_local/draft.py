@@ -117,10 +117,13 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
         prof = replace(prof, greeting=greet)
     if examples is None:
         examples = _retrieve(instruction, to, settings, exclude_ids, notices) if use_rag else []
+    else:
+        examples = [e if isinstance(e, Retrieved) else _as_retrieved(e) for e in examples]
+        examples = [e for e in examples if e is not None]
     adapter, lora = _adapter(use_adapter, settings, notices)
     messages = prompts.build(
-        instruction, profile=prof, to=to, subject=subject, thread=_thread_text(reply) if reply else None,
-        examples=[prompts.example(e.text, to=e.to or None, subject=e.subject or None) for e in examples])
+        instruction, profile=prof, to=to, subject=subject, thread=reply.body if reply else None,
+        examples=[e.text for e in examples])  # raw bodies, exactly as train/data.py builds its prompts
     return DraftPlan(instruction=instruction, messages=messages, settings=settings, model_path=Path(model_path),
                      to=to, subject=subject, reply=reply, retrieved=list(examples), adapter=adapter,
                      lora_path=lora, profile=prof, max_tokens=_budget(prof, settings), seed=seed,
@@ -153,10 +156,9 @@ def _retrieve(query: str, to: str | None, settings, exclude_ids, notices: list[s
 
     k = settings.rag_k
     addr = address_of(to) if to else ""
-    common = dict(kinds=["sent"], min_score=settings.rag_min_score, exclude_ids=list(exclude_ids or []))
-    try:
-        hits = list(index.search(query, k, to=addr, **common)) if addr else []
-        hits += list(index.search(query, k, **common))
+    try:  # with `to`, the index puts past mail to that person first
+        hits = list(index.search(query, k, kinds=["sent"], to=addr or None, min_score=settings.rag_min_score,
+                                 exclude_ids=list(exclude_ids or [])))
     except NoDataError as exc:
         notices.append(f"no index yet: drafting without past emails (fix: {exc.fix or 'panza index'})")
         return []
@@ -172,7 +174,7 @@ def _retrieve(query: str, to: str | None, settings, exclude_ids, notices: list[s
         seen.add(r.id)
         r.same_recipient = bool(addr) and addr.lower() in r.to.lower()
         out.append(r)
-    out.sort(key=lambda r: (not r.same_recipient, -r.score))
+    out.sort(key=lambda r: not r.same_recipient)  # stable: the index's order within each group
     log.info("retrieved %d examples (%d to the same recipient)", len(out[:k]), sum(r.same_recipient for r in out[:k]))
     return out[:k]
 
@@ -183,6 +185,7 @@ def _as_retrieved(hit) -> Retrieved | None:
     hid = str(get("id", ""))
     text = get("text") or get("document") or get("body") or ""
     to, subject = get("to") or "", get("subject") or ""
+    to = ", ".join(to) if isinstance(to, (list, tuple)) else str(to)
     if not text or not to:
         row = _message_for_item(hid)
         if row:
@@ -325,11 +328,6 @@ def _html_text(html: str) -> str:
         import html as _h
 
         return _h.unescape(re.sub(r"<[^>]+>", " ", html))
-
-
-def _thread_text(reply: Reply) -> str:
-    head = [f"From: {reply.sender}" if reply.sender else "", f"Subject: {reply.subject}" if reply.subject else ""]
-    return "\n".join([h for h in head if h] + ["", reply.body]).strip()
 
 
 def _re(subject: str) -> str:
@@ -480,7 +478,193 @@ def _record(d: Draft) -> None:
 
 # -- output -----------------------------------------------------------------------------------------------
 
-from .mailout import save_imap, save_maildir, to_eml  # noqa: E402  (re-exported: draft.to_eml etc.)
+def _sender(sender: str | None, settings=None) -> str:
+    """From: the given sender, else the first of settings.me with the profile's name."""
+    from email.utils import formataddr
 
-__all__ = ["Draft", "DraftPlan", "Reply", "Retrieved", "alternatives", "draft", "finish", "load_reply",
-           "prepare", "save_imap", "save_maildir", "stream", "stream_draft", "to_eml"]
+    if sender:
+        return sender
+    from . import config
+    from . import profile as profiles
+
+    settings = settings or config.load()
+    addr = settings.me[0] if settings.me else ""
+    if not addr:
+        import getpass
+        import socket
+
+        addr = f"{getpass.getuser()}@{socket.gethostname() or 'localhost'}"
+    try:
+        name = profiles.load(seed_if_missing=False).name or settings.user_name
+    except PanzaError:
+        name = settings.user_name
+    return formataddr((name, addr)) if name else addr
+
+
+def to_eml(d: Draft, sender: str | None = None, *, date: str | None = None, settings=None) -> bytes:
+    """The draft as an RFC 5322 message (UTF-8 body, CRLF, In-Reply-To/References for replies)."""
+    from email import policy
+    from email.message import EmailMessage
+    from email.utils import formatdate, make_msgid, parseaddr
+
+    frm = _sender(sender, settings)
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = frm
+    if d.to:
+        msg["To"] = d.to
+    msg["Subject"] = d.subject or ""
+    msg["Date"] = date or formatdate(localtime=True)
+    domain = parseaddr(frm)[1].rpartition("@")[2] or "localhost"
+    msg["Message-ID"] = make_msgid(domain=domain)
+    if d.in_reply_to:
+        msg["In-Reply-To"] = d.in_reply_to
+    if d.references:
+        msg["References"] = " ".join(d.references)
+    msg["X-Mailer"] = "panza-local"
+    text = d.text if d.text.endswith("\n") else d.text + "\n"
+    cte = "7bit" if text.isascii() and max(map(len, text.splitlines() or [""])) <= 998 else "quoted-printable"
+    msg.set_content(text, charset="utf-8", cte=cte)
+    return msg.as_bytes()
+
+
+_DRAFT_FOLDERS = (".Drafts", "Drafts", ".drafts", "drafts", ".INBOX.Drafts")
+
+
+def drafts_folder(path: str | Path) -> Path:
+    """The Maildir a draft goes to: `path` itself if it is a drafts Maildir, else its Drafts folder."""
+    import mailbox
+
+    root = Path(path).expanduser()
+    if root.name.lower().lstrip(".").endswith("drafts"):
+        return root
+    for name in _DRAFT_FOLDERS:
+        if (root / name / "cur").is_dir():
+            return root / name
+    if (root / "cur").is_dir():  # a Maildir++ root: add its .Drafts folder
+        mailbox.Maildir(str(root), create=False).add_folder("Drafts")
+        return root / ".Drafts"
+    return root
+
+
+def save_maildir(d: Draft, path: str | Path, sender: str | None = None, settings=None) -> Path:
+    """Store the draft in a Maildir drafts folder with the Draft (D) and Seen (S) flags; return its file."""
+    import mailbox
+
+    folder = drafts_folder(path)
+    try:
+        box = mailbox.Maildir(str(folder), factory=None, create=True)
+        msg = mailbox.MaildirMessage(to_eml(d, sender, settings=settings).replace(b"\r\n", b"\n"))
+        msg.set_subdir("cur")
+        msg.set_flags("DS")
+        key = box.add(msg)
+    except OSError as exc:
+        raise PanzaError(f"cannot write the draft to the Maildir {folder}: {exc}",
+                         fix="give a writable Maildir: --save-draft maildir:~/Mail/Drafts") from None
+    return folder / "cur" / f"{key}:2,DS"
+
+
+def imap_target(target: str = "imap") -> dict:
+    """IMAP connection details from `imap://user@host:port/Mailbox`, or from the registered IMAP source."""
+    from urllib.parse import unquote, urlparse
+
+    if target in ("imap", "imaps", ""):
+        from . import store
+
+        conn = store.connect()
+        try:
+            row = conn.execute("SELECT uri FROM sources WHERE kind = 'imap' ORDER BY id LIMIT 1").fetchone()
+        finally:
+            conn.close()
+        if row is None:
+            raise NoDataError("no IMAP account is known",
+                              fix="use --save-draft imap://USER@HOST/Drafts, or `panza sources add imap://USER@HOST`")
+        target, from_source = row["uri"], True
+    else:
+        from_source = False
+    u = urlparse(target)
+    if u.scheme not in ("imap", "imaps") or not u.hostname:
+        raise PanzaError(f"{target!r} is not an IMAP address", fix="use imap://USER@HOST[:PORT][/Drafts]")
+    box = unquote(u.path.lstrip("/")) if not from_source else ""
+    return {"host": u.hostname, "port": u.port or 993, "user": unquote(u.username or ""),
+            "password": unquote(u.password) if u.password else None, "mailbox": box or None,
+            "ssl": u.scheme == "imaps" or (u.port or 993) == 993}
+
+
+def imap_password(user: str, host: str) -> str | None:
+    """The IMAP password from the OS keyring (service panza-local), or None."""
+    try:
+        import keyring
+
+        for key in (f"imap://{user}@{host}", f"{user}@{host}"):
+            pw = keyring.get_password("panza-local", key)
+            if pw:
+                return pw
+    except Exception:  # noqa: BLE001 - no keyring backend is a normal state on servers
+        return None
+    return None
+
+
+def save_imap(d: Draft, *, host: str, user: str, password: str | None = None, port: int = 993,
+              mailbox: str | None = None, ssl: bool = True, starttls: bool = True, sender: str | None = None,
+              settings=None, timeout: float = 30) -> str:
+    """APPEND the draft to the IMAP Drafts mailbox (\\Drafts special-use, else "Drafts") with \\Draft; return it."""
+    import imaplib
+    import ssl as _ssl
+    import time
+
+    password = password or imap_password(user, host)
+    if not password:
+        raise PanzaError(f"no password for {user}@{host}",
+                         fix=f"store it in the OS keyring: keyring set panza-local imap://{user}@{host}")
+    raw = to_eml(d, sender, settings=settings)
+    try:
+        if ssl:
+            conn = imaplib.IMAP4_SSL(host, port, ssl_context=_ssl.create_default_context(), timeout=timeout)
+        else:
+            conn = imaplib.IMAP4(host, port, timeout=timeout)
+            if starttls and "STARTTLS" in conn.capabilities:
+                conn.starttls(ssl_context=_ssl.create_default_context())
+        try:
+            conn.login(user, password)
+            box = mailbox or _drafts_mailbox(conn)
+            typ, data = conn.append(_quote(box), r"(\Draft \Seen)", imaplib.Time2Internaldate(time.time()), raw)
+            if typ != "OK":
+                conn.create(_quote(box))
+                typ, data = conn.append(_quote(box), r"(\Draft \Seen)", imaplib.Time2Internaldate(time.time()), raw)
+            if typ != "OK":
+                raise PanzaError(f"the IMAP server refused the draft: {data}",
+                                 fix=f"check that the mailbox {box!r} exists and is writable")
+            conn.logout()
+        finally:
+            try:
+                conn.shutdown()
+            except OSError:
+                pass
+    except imaplib.IMAP4.error as exc:
+        raise PanzaError(f"IMAP error on {host}: {exc}", fix="check the user name and password") from None
+    except OSError as exc:
+        raise PanzaError(f"cannot reach the IMAP server {host}:{port}: {exc}",
+                         fix="check the host and port, and that the server is up") from None
+    return box
+
+
+def _drafts_mailbox(conn) -> str:
+    typ, rows = conn.list()
+    names = []
+    for raw in rows or []:
+        line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        m = re.match(r'\((?P<flags>[^)]*)\) (?:"[^"]*"|NIL) (?P<name>.+)$', line)
+        if not m:
+            continue
+        name = m.group("name").strip().strip('"')
+        if "\\drafts" in m.group("flags").lower():
+            return name
+        names.append(name)
+    for name in names:
+        if name.lower() in ("drafts", "inbox.drafts", "inbox/drafts"):
+            return name
+    return "Drafts"
+
+
+def _quote(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9._/-]+", name) else '"' + name.replace('"', '\\"') + '"'

@@ -167,7 +167,7 @@ def next_token_logits(prompt: str, model_path: str | Path, lora_path: str | Path
     """Logits (numpy, vocab-sized) for the token after `prompt`: used by adapter parity tests."""
     import numpy as np
 
-    llm = load(model_path, lora_path, n_ctx=n_ctx, threads=threads)
+    llm = load(model_path, lora_path, n_ctx=n_ctx, threads=threads, logits_all=True)
     with _LOCK:
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         llm.reset()

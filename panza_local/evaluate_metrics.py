@@ -20,9 +20,10 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 _PUNCT = str.maketrans({c: None for c in string.punctuation})
-# Which hidden layer BERTScore reads. The last layer of a sentence-embedding model is tuned for pooling
-# and scores unrelated texts high; an intermediate layer separates related from unrelated text better.
-BERT_LAYER = 4
+# Which hidden layer BERTScore reads. Measured on fixed texts (a paraphrase, an unrelated email, the same
+# greeting and sign-off around other content): MiniLM's last layer separates them best (F1 0.90 for the
+# paraphrase vs 0.16-0.24 for the others; layer 5: 0.92 vs 0.40-0.49; the embeddings layer 0.81 vs 0.17-0.29).
+BERT_LAYER = -1
 BERT_MAX_TOKENS = 512
 
 
@@ -79,7 +80,7 @@ def rouge(candidate: str, reference: str) -> dict[str, float]:
 
 # --- BERTScore -----------------------------------------------------------------------------------------
 
-def _token_embeddings(texts: Sequence[str], layer: int = BERT_LAYER):
+def _token_embeddings(texts: Sequence[str], layer: int | None = None):
     """Per text: (token ids, L2-normalised contextual embeddings) without [CLS]/[SEP]."""
     import torch
 
@@ -91,7 +92,8 @@ def _token_embeddings(texts: Sequence[str], layer: int = BERT_LAYER):
     with embed._LOCK, torch.inference_mode():
         for text in texts:
             enc = tok(text or " ", return_tensors="pt", truncation=True, max_length=BERT_MAX_TOKENS)
-            hidden = net(**enc, output_hidden_states=True).hidden_states[layer][0]
+            states = net(**enc, output_hidden_states=True).hidden_states
+            hidden = states[BERT_LAYER if layer is None else layer][0]
             ids = enc["input_ids"][0].tolist()
             keep = [i for i, t in enumerate(ids) if t not in tok.all_special_ids]
             vecs = torch.nn.functional.normalize(hidden[keep], dim=-1)
@@ -128,9 +130,9 @@ def bertscore(candidates: Sequence[str], references: Sequence[str], idf: bool = 
         sim = c_vec @ r_vec.T
 
         def w(ids):
-            if weights is None:
-                return np.ones(len(ids))
-            return np.array([weights.get(t, weights["default"]) for t in ids])
+            ws = np.array([weights.get(t, weights["default"]) for t in ids]) if weights else np.ones(len(ids))
+            # Tokens every reference shares weigh 0; if that is all of them, weigh them uniformly instead.
+            return ws if ws.sum() > 1e-9 else np.ones(len(ids))
 
         wc, wr = w(c_ids), w(r_ids)
         p = float((sim.max(axis=1) * wc).sum() / max(wc.sum(), 1e-9))
@@ -178,7 +180,9 @@ def mauve_from_features(p_feats, q_feats, *, num_buckets: int | str = "auto", ex
         curve.append([_kl(q_hist, mix), _kl(p_hist, mix)])
     curve.append([math.inf, 0.0])
     x, y = np.exp(-scaling * np.asarray(curve)).T
-    ix, iy = np.argsort(x), np.argsort(y)
+    # Sort along each axis; ties broken so the curve runs along its upper envelope (identical sets give
+    # exactly 1.0 instead of whatever an unstable argsort makes of the tied points).
+    ix, iy = np.lexsort((-y, x)), np.lexsort((-x, y))
     return float(0.5 * (auc(x[ix], y[ix]) + auc(y[iy], x[iy])))
 
 

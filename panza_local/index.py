@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 KINDS = ("sent", "thread", "doc")
 MAX_TEXT = 2000  # characters embedded per item; MiniLM reads ~256 tokens, the rest only costs time
 NEAR_DUP = 0.95  # cosine at or above which two emails count as the same email (RAFT exclusion, diversity)
+NEAR_DUP_TEXT = 0.8  # share of the shorter text's word 3-grams found in the other: the same email
 MMR_LAMBDA = 0.7  # relevance vs. novelty in the diversity step
 
 Progress = Callable[[int, int | None, str | None], None]
@@ -240,6 +242,28 @@ class _Cand:
     meta: dict
     vec: object
     score: float
+    hit: Hit | None = None
+    _shingles: frozenset | None = None
+
+    def shingles(self) -> frozenset:
+        if self._shingles is None:
+            self._shingles = shingles(self.hit.text if self.hit else "")
+        return self._shingles
+
+
+def shingles(text: str, n: int = 3) -> frozenset:
+    """Word n-grams of the lower-cased text (what near-duplicate detection compares)."""
+    words = re.findall(r"\w+", text.lower())
+    if len(words) < n:
+        return frozenset([" ".join(words)]) if words else frozenset()
+    return frozenset(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+
+
+def near_duplicate(a: frozenset, b: frozenset) -> bool:
+    """One text is (almost) contained in the other: a forward, a re-send, the same email plus a signature."""
+    if not a or not b:
+        return False
+    return len(a & b) / min(len(a), len(b)) >= NEAR_DUP_TEXT
 
 
 def _where(kinds: Iterable[str], before) -> dict | None:
@@ -274,22 +298,31 @@ def _candidates(col, qv, where: dict | None, n: int) -> list[_Cand]:
             for i, m, e, d in zip(res["ids"][0], res["metadatas"][0], res["embeddings"][0], res["distances"][0])]
 
 
-def _mmr(qv, pool: list[_Cand], k: int, chosen: list[_Cand], lam: float = MMR_LAMBDA) -> list[_Cand]:
-    """Maximal marginal relevance: pick relevant items unlike those already picked; skip near-duplicates."""
+def _redundant(c: _Cand, p: _Cand) -> tuple[bool, float]:
     import numpy as np
 
+    sim = float(np.dot(c.vec, p.vec))
+    return sim >= NEAR_DUP or near_duplicate(c.shingles(), p.shingles()), sim
+
+
+def _mmr(pool: list[_Cand], k: int, chosen: list[_Cand], lam: float = MMR_LAMBDA) -> list[_Cand]:
+    """Maximal marginal relevance: pick relevant items unlike those already picked; skip near-duplicates."""
     picked: list[_Cand] = []
     pool = list(pool)
     while pool and len(picked) < k:
-        prev = chosen + picked
         best, best_val = None, -1e9
-        for c in pool:
-            redundancy = max((float(np.dot(c.vec, p.vec)) for p in prev), default=0.0)
-            if redundancy >= NEAR_DUP:
-                continue
-            val = lam * c.score - (1 - lam) * redundancy
-            if val > best_val:
-                best, best_val = c, val
+        for c in list(pool):
+            redundancy = 0.0
+            for p in chosen + picked:
+                dup, sim = _redundant(c, p)
+                if dup:
+                    pool.remove(c)
+                    break
+                redundancy = max(redundancy, sim)
+            else:
+                val = lam * c.score - (1 - lam) * redundancy
+                if val > best_val:
+                    best, best_val = c, val
         if best is None:
             break
         picked.append(best)
@@ -304,14 +337,12 @@ def _item_id(x) -> str:
 def search(query: str, k: int = 5, kinds: Iterable[str] = ("sent",), before=None, exclude_ids: Iterable = (),
            min_score: float | None = None, to: str | Iterable[str] | None = None, *,
            conn: sqlite3.Connection | None = None, settings: config.Settings | None = None,
-           near_dup_of=None) -> list[Hit]:
+           near_dup_of: str | None = None) -> list[Hit]:
     """Top-k diverse hits for `query`; with `to`, past mail to (or from) that person comes first.
 
     `before` keeps only items dated strictly earlier; `exclude_ids` takes message ids (int) or item ids;
-    `near_dup_of` (a vector) drops anything at or above NEAR_DUP cosine to it.
+    `near_dup_of` (a text) drops anything that is a near-duplicate of it (RAFT: the target email).
     """
-    import numpy as np
-
     settings = settings or config.load()
     if k <= 0 or not query or not query.strip():
         return []
@@ -319,7 +350,9 @@ def search(query: str, k: int = 5, kinds: Iterable[str] = ("sent",), before=None
     if col is None or col.count() == 0:
         raise NoDataError("the retrieval index is empty (or was built by another embedding model)",
                           fix="run `panza index`")
-    qv = embed.embed([query], settings.embedding_model)[0]
+    texts = [query] if near_dup_of is None else [query, near_dup_of]
+    vecs = embed.embed(texts, settings.embedding_model)
+    qv = vecs[0]
     where = _where(kinds, before)
     excluded = {_item_id(x) for x in exclude_ids}
     fetch = min(col.count(), max(4 * k, 20) + len(excluded))
@@ -329,21 +362,24 @@ def search(query: str, k: int = 5, kinds: Iterable[str] = ("sent",), before=None
         match = {"people": {"$contains": people[0]}} if len(people) == 1 else \
             {"$or": [{"people": {"$contains": a}} for a in people]}
         pools.insert(0, _candidates(col, qv, _and(where, match), fetch))
-    dup = np.asarray(near_dup_of, dtype=np.float32) if near_dup_of is not None else None
-    chosen: list[_Cand] = []
-    for pool in pools:
-        taken = {c.id for c in chosen}
-        pool = [c for c in pool if c.id not in excluded and c.id not in taken
-                and (min_score is None or c.score >= min_score)
-                and (dup is None or float(np.dot(c.vec, dup)) < NEAR_DUP)]
-        chosen += _mmr(qv, pool, k - len(chosen), chosen)
+    target = _Cand("target", {}, vecs[1], 1.0, Hit("target", -1, 1.0, "", None, "", "", near_dup_of)) \
+        if near_dup_of is not None else None
     own = conn is None
     conn = conn or store.connect()
     try:
-        return _hydrate(conn, chosen)
+        chosen: list[_Cand] = []
+        for pool in pools:
+            taken = {c.id for c in chosen}
+            pool = [c for c in pool if c.id not in excluded and c.id not in taken
+                    and (min_score is None or c.score >= min_score)]
+            pool = _hydrate(conn, pool)
+            if target is not None:
+                pool = [c for c in pool if not _redundant(c, target)[0]]
+            chosen += _mmr(pool, k - len(chosen), chosen)
     finally:
         if own:
             conn.close()
+    return [c.hit for c in chosen]
 
 
 def _snippet(text: str, n: int = 160) -> str:
@@ -351,8 +387,8 @@ def _snippet(text: str, n: int = 160) -> str:
     return flat if len(flat) <= n else flat[:n - 1].rstrip() + "…"
 
 
-def _hydrate(conn: sqlite3.Connection, cands: list[_Cand]) -> list[Hit]:
-    """Fill hits from the store (the collection holds no text); items gone since the last sync are dropped."""
+def _hydrate(conn: sqlite3.Connection, cands: list[_Cand]) -> list[_Cand]:
+    """Attach hits from the store (the collection holds no text); items gone since the last sync drop out."""
     mids = [c.meta["ref"] for c in cands if c.meta.get("kind") != "doc"]
     dids = [c.meta["ref"] for c in cands if c.meta.get("kind") == "doc"]
     msgs = {r["id"]: r for r in conn.execute(
@@ -361,7 +397,7 @@ def _hydrate(conn: sqlite3.Connection, cands: list[_Cand]) -> list[Hit]:
     docs = {r["id"]: r for r in conn.execute(
         f"SELECT id, path, title, text FROM documents WHERE deleted = 0 AND id IN ({','.join('?' * len(dids))})",
         dids)} if dids else {}
-    hits = []
+    out = []
     for c in cands:
         m, ref = c.meta, c.meta["ref"]
         if m.get("kind") == "doc":
@@ -369,25 +405,24 @@ def _hydrate(conn: sqlite3.Connection, cands: list[_Cand]) -> list[Hit]:
                 continue
             d = docs[ref]
             text = (d["text"] or "")[m["start"]:m["end"]]
-            hits.append(Hit(c.id, ref, c.score, "doc", None, d["title"] or d["path"].rsplit("/", 1)[-1],
-                            _snippet(text), text, cite=chunks.cite(d["path"], m["p0"], m["p1"])))
+            c.hit = Hit(c.id, ref, c.score, "doc", None, d["title"] or d["path"].rsplit("/", 1)[-1],
+                        _snippet(text), text, cite=chunks.cite(d["path"], m["p0"], m["p1"]))
         elif ref in msgs:
             r = msgs[ref]
-            hits.append(Hit(c.id, ref, c.score, m["kind"], r["date"], r["subject"] or "", _snippet(r["body"] or ""),
-                            r["body"] or "", to=addresses(r["to_addrs"])))
-    return hits
+            c.hit = Hit(c.id, ref, c.score, m["kind"], r["date"], r["subject"] or "", _snippet(r["body"] or ""),
+                        r["body"] or "", to=addresses(r["to_addrs"]))
+        else:
+            continue
+        out.append(c)
+    return out
 
 
 # ---------------------------------------------------------------- RAFT training context
 
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def training_context(message_id: int, k: int | None = None, *, conn: sqlite3.Connection | None = None,
                      settings: config.Settings | None = None, query: str | None = None) -> list[Hit]:
     """Retrieved examples for one training target: only the user's mail dated strictly before it, never the
-    target itself nor a near-duplicate of it (same text inside, or embedding cosine >= NEAR_DUP)."""
+    target itself nor a near-duplicate of it (mostly the same words, or embedding cosine >= NEAR_DUP)."""
     settings = settings or config.load()
     k = settings.rag_k if k is None else k
     own = conn is None
@@ -402,15 +437,9 @@ def training_context(message_id: int, k: int | None = None, *, conn: sqlite3.Con
             pair = conn.execute("SELECT instruction FROM pairs WHERE message_id = ? AND status = 'ok' "
                                 "AND instruction IS NOT NULL ORDER BY id DESC LIMIT 1", (message_id,)).fetchone()
             query = pair[0] if pair else f"{row['subject'] or ''}\n\n{row['body']}"
-        target_text = f"{(row['subject'] or '').strip()}\n\n{(row['body'] or '').strip()}".strip()[:MAX_TEXT]
-        target_vec = embed.embed([target_text], settings.embedding_model)[0]
-        hits = search(query, k=k + 3, kinds=("sent",), before=row["date"], exclude_ids=[message_id],
-                      conn=conn, settings=settings, near_dup_of=target_vec)
-        body = _norm(row["body"] or "")
-        probe = body[:300]
-        keep = [h for h in hits if h.ref_id != message_id and not (
-            probe and (probe in _norm(h.text) or (len(_norm(h.text)) > 40 and _norm(h.text)[:300] in body)))]
-        return keep[:k]
+        hits = search(query, k=k, kinds=("sent",), before=row["date"], exclude_ids=[message_id],
+                      conn=conn, settings=settings, near_dup_of=row["body"] or "")
+        return [h for h in hits if h.ref_id != message_id]
     finally:
         if own:
             conn.close()

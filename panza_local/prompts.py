@@ -64,13 +64,6 @@ def _fence(label: str, text: str, limit: int | None = None) -> str:
     return f"{label}\n{FENCE}\n{safe}\n{FENCE}"
 
 
-def example(body: str, *, to: str | None = None, subject: str | None = None) -> str:
-    """One retrieved past email as prompt text (recipient and subject first, when known)."""
-    head = [f"To: {to}" if to else "", f"Subject: {subject}" if subject else ""]
-    head = [h for h in head if h]
-    return "\n".join([*head, "", body.strip()]) if head else body.strip()
-
-
 def user_turn(instruction: str, *, profile: Profile | None = None, examples: list[str] | None = None,
               thread: str | None = None, to: str | None = None, subject: str | None = None) -> str:
     """The user message: fenced context first, the instruction last."""

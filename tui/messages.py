@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from textual.message import Message
+from textual.widget import Widget
 
 
 class PromptSubmitted(Message):
-    """The user pressed enter in a prompt box."""
+    """The user pressed enter in a prompt box (`control` is that box, so @on can select it)."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, prompt: Widget, text: str) -> None:
         super().__init__()
+        self.prompt = prompt
         self.text = text
+
+    @property
+    def control(self) -> Widget:
+        return self.prompt
 
 
 class ConversationPicked(Message):

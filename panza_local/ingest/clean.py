@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 
 # --- where quoted material starts ---------------------------------------------------------------
@@ -75,8 +75,14 @@ _DISCLAIMER_WORDS = re.compile(
 RESIDUAL = re.compile(
     r"^\s*>|-----\s*original message|forwarded by|-{3,} ?forwarded message|begin forwarded message|"
     r"\bwrote:\s*$|^\s*(?:from|sent|to|subject):\s.*\n\s*(?:from|sent|to|subject|cc|date):|"
-    r"(?<![\d/.-])" + _NOTES_DATE + r"\s*$",
+    r"(?<![\d/.-])" + _NOTES_DATE + r"\s*\n\s*(?:to|cc|subject)\s*:",
     re.I | re.M)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_VERB_ENDINGS = ("wrote", "writes", "écrit", "schrieb", "escribió", "scritto", "schreef", "escreveu", "skrev",
+                 "skriver", "napsal", "napisał(a)", "napisał", "napisała", "pisze", "kirjoitti", "написал(а)",
+                 "написала", "написал", "пишет", "έγραψε", "yazdı", "写道", "寫道", "書きました", "작성")
 
 
 @dataclass
@@ -101,7 +107,7 @@ def clean(text: str) -> Cleaned:
 def normalise(text: str) -> str:
     """Unify newlines, drop trailing spaces and control characters, NBSP to space."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u00a0", " ").replace("\u200b", "")
-    text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
+    text = _CONTROL.sub("", text)
     return "\n".join(line.rstrip() for line in text.split("\n"))
 
 
@@ -158,6 +164,9 @@ def _attribution(lines: list[str], i: int) -> int:
     for span in (1, 2, 3):
         if i + span > len(lines):
             break
+        tail = lines[i + span - 1].rstrip().lower()
+        if not (tail.endswith((":", "：")) or tail.endswith(_VERB_ENDINGS)):
+            continue
         chunk = " ".join(x.strip() for x in lines[i:i + span])
         if len(chunk) > 500:
             break
@@ -187,20 +196,19 @@ def _header_block(lines: list[str], i: int) -> bool:
 
 
 def _is_notes_header(lines: list[str], i: int) -> bool:
-    """Lotus Notes: `Name MM/DD/YYYY HH:MM AM` (or name line + date line) followed by To:/cc:/Subject:."""
-    line = lines[i]
-    if _NOTES_INLINE.match(line):
-        nxt = i + 1
-    elif i + 1 < len(lines) and _NOTES_DATE_LINE.match(lines[i + 1]) and len(line.strip()) <= 80:
-        nxt = i + 2
-    elif _NOTES_DATE_LINE.match(line):
-        nxt = i + 1
-    else:
-        return False
-    for follow in lines[nxt:nxt + 6]:
-        if _HEADER_LINE.match(follow):
-            return True
-    return nxt >= len(lines) - 1
+    """Lotus Notes: `Name MM/DD/YYYY HH:MM AM` (name, date and time maybe on separate lines) + To:/cc:."""
+    for span in (1, 2, 3):
+        block = lines[i:i + span]
+        if len(block) < span or (span > 1 and not block[-1].strip()):
+            break
+        chunk = " ".join(x.strip() for x in block)
+        if len(chunk) > 160:
+            break
+        if _NOTES_INLINE.match(chunk) or _NOTES_DATE_LINE.match(chunk):
+            nxt = i + span
+            if nxt >= len(lines) - 1 or any(_HEADER_LINE.match(f) for f in lines[nxt:nxt + 6]):
+                return True
+    return False
 
 
 def _quoted_to_end(lines: list[str], i: int) -> bool:
@@ -255,7 +263,7 @@ _STOPSETS = {k: set(v.split()) for k, v in _STOP.items()}
 
 def language(text: str) -> str:
     """Best-guess ISO 639-1 code for `text` (script first, then stop words); 'und' if unsure."""
-    sample = text[:2000]
+    sample = text[:800]
     letters = [c for c in sample if c.isalpha()]
     if not letters:
         return "und"
@@ -284,6 +292,7 @@ def language(text: str) -> str:
     words = re.findall(r"[^\W\d_]+", sample.lower())
     if not words:
         return "und"
-    scores = {lang: sum(w in stop for w in words) for lang, stop in _STOPSETS.items()}
+    counts = Counter(words)
+    scores = {lang: sum(counts[w] for w in stop) for lang, stop in _STOPSETS.items()}
     lang = max(scores, key=scores.get)
     return lang if scores[lang] >= 2 or (scores[lang] >= 1 and len(words) < 8) else "und"

@@ -41,7 +41,11 @@ def read(path: Path, start: int = 0) -> Iterator[Item]:
         yield Item(location=str(path), skip="unparsable_emlx", folder=folder_of(path))
         return
     count = int(first)
-    if count <= 0 or count > len(rest):
+    if count > len(rest) or not rest[count:].lstrip().startswith((b"<?xml", b"<plist")):
+        # .partial.emlx written after attachments were stripped: the count is stale; the plist still ends it
+        count = rest.rfind(b"<?xml")
+        count = len(rest) if count < 0 else count
+    if count <= 0:
         yield Item(location=str(path), skip="unparsable_emlx", folder=folder_of(path))
         return
     msg, plist = rest[:count], rest[count:]

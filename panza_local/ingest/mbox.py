@@ -15,6 +15,8 @@ from pathlib import Path
 from .parse import Item
 
 _HEADER = re.compile(rb"[!-9;-~]+:")
+_BLANK = re.compile(rb"\r?\n\r?\n")
+_SEP_CANDIDATE = re.compile(rb"\n\r?\nFrom ")
 _CL = re.compile(rb"(?im)^content-length:\s*(\d+)\s*$")
 _ESCAPED = re.compile(rb"(?m)^>(>*From )")
 
@@ -45,14 +47,10 @@ def _is_sep(buf, pos: int) -> bool:
 def _next_sep(buf, pos: int, n: int) -> int:
     """Offset of the next separator line at or after `pos` (n when none)."""
     while True:
-        k = buf.find(b"\n\nFrom ", pos)
-        k2 = buf.find(b"\n\r\nFrom ", pos)
-        if k < 0 and k2 < 0:
+        m = _SEP_CANDIDATE.search(buf, pos)
+        if m is None:
             return n
-        if k < 0 or (0 <= k2 < k):
-            start, pos = k2 + 3, k2 + 1
-        else:
-            start, pos = k + 2, k + 1
+        start, pos = m.end() - 5, m.start() + 1
         if _is_sep(buf, start):
             return start
 
@@ -69,13 +67,12 @@ def split(buf, start: int = 0) -> Iterator[tuple[int, int]]:
             return
         pos = nxt
     while pos < n:
-        hdr_end = buf.find(b"\n\n", pos)
-        if hdr_end < 0:
-            hdr_end = n
+        hm = _BLANK.search(buf, pos)
+        hdr_end, body_start = (hm.start(), hm.end()) if hm else (n, n)
         end = None
         m = _CL.search(buf[pos:hdr_end])
         if m:
-            cand = hdr_end + 2 + int(m.group(1))
+            cand = body_start + int(m.group(1))
             j = cand
             while j < n and buf[j:j + 1] in (b"\n", b"\r"):
                 j += 1

@@ -159,7 +159,7 @@ def parse(raw: bytes) -> Parsed:
     p.in_reply_to = norm_message_id(msg.get("In-Reply-To"))
     refs = header_text(msg.get("References"))
     p.refs = " ".join(re.findall(r"<([^<>\s]+)>", refs)).lower() or None
-    p.labels = " ".join(header_text(msg.get(h)) for h in ("X-GM-LABELS", "X-Folder") if msg.get(h))
+    p.labels = " ".join(header_text(msg.get(h)) for h in ("X-GM-LABELS", "X-Gmail-Labels", "X-Folder") if msg.get(h))
     p.auto = _auto_reason(msg, p)
     p.text, p.html_only = body_text(msg)
     return p
@@ -169,9 +169,10 @@ def _auto_reason(msg: Message, p: Parsed) -> str | None:
     auto_sub = header_text(msg.get("Auto-Submitted")).lower()
     if auto_sub and auto_sub != "no":
         return "auto_submitted"
-    if msg.get("X-Autoreply") or msg.get("X-Autorespond") or msg.get("X-Auto-Response-Suppress", "").lower() == "all":
+    if msg.get("X-Autoreply") or msg.get("X-Autorespond") or header_text(msg.get("X-Auto-Response-Suppress")).lower() == "all":
         return "autoreply"
-    if header_text(msg.get("Precedence")).lower() in ("bulk", "junk", "auto_reply"):
+    # list servers stamp every post "Precedence: bulk"; only without List-Id does it mean a robot
+    if header_text(msg.get("Precedence")).lower() in ("bulk", "junk", "auto_reply") and not msg.get("List-Id"):
         return "bulk"
     if msg.get_content_type() in ("multipart/report", "message/delivery-status"):
         return "delivery_report"
@@ -191,7 +192,7 @@ def body_text(msg: Message) -> tuple[str, bool]:
         if part.is_multipart():
             continue
         ctype = part.get_content_type()
-        disp = (part.get("Content-Disposition") or "").lower()
+        disp = header_text(part.get("Content-Disposition")).lower()
         if "attachment" in disp:
             continue
         if ctype == "text/plain" and plain is None:

@@ -93,7 +93,7 @@ class ChatScreen(Screen):
         self.query_one("#conv-search").focus()
 
     def action_toggle_side(self) -> None:
-        self.query_one("#chat-side").toggle_class("hidden")
+        self.query_one("#chat-side").toggle_class("-toggled")
 
     @work
     async def action_rename(self) -> None:

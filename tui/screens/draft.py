@@ -254,4 +254,4 @@ class DraftScreen(Screen):
         self.notify(f"Saved to Drafts: {where}", title="Saved")
 
     def action_toggle_side(self) -> None:
-        self.query_one("#draft-side").toggle_class("hidden")
+        self.query_one("#draft-side").toggle_class("-toggled")

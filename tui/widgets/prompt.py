@@ -24,7 +24,7 @@ class PromptInput(TextArea):
         """Post the text (unless it is blank) and clear the box."""
         text = self.text.strip()
         if text:
-            self.post_message(PromptSubmitted(text))
+            self.post_message(PromptSubmitted(self, text))
             self.clear()
 
     def action_newline(self) -> None:

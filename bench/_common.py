@@ -1,0 +1,65 @@
+"""Shared benchmark helpers: timing, peak RSS, machine description, row format."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "out"
+SHARED = Path(os.environ.get("PANZA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def row(name: str, ours: float, baseline: float, unit: str, higher_is_better: bool = True, note: str = "") -> dict:
+    """One result row: ratio > 1 always means panza-local is better."""
+    if ours and baseline:
+        ratio = ours / baseline if higher_is_better else baseline / ours
+    else:
+        ratio = None
+    return {"name": name, "ours": round(ours, 4), "baseline": round(baseline, 4), "unit": unit,
+            "ratio": round(ratio, 2) if ratio else None, "note": note}
+
+
+def machine() -> str:
+    """One line describing the machine the numbers came from."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 if sys.platform != "darwin" else r / 2**20
+
+
+class Timer:
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.s = time.perf_counter() - self.t0
+
+
+def save(name: str, data: dict) -> Path:
+    OUT.mkdir(exist_ok=True)
+    p = OUT / f"{name}.json"
+    p.write_text(json.dumps({"machine": machine(), **data}, indent=2))
+    return p
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'benchmark':52} {'ours':>12} {'baseline':>12} {'unit':>10} {'ratio':>7}")
+    for r in rows:
+        print(f"{r['name']:52} {r['ours']:>12} {r['baseline']:>12} {r['unit']:>10} {r['ratio'] or '-':>7}")

@@ -1,0 +1,125 @@
+"""`panza draft "INSTRUCTION"`: write an email in the user's voice (streams; text, eml or json)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+from ._out import console
+
+
+def register(sub) -> None:
+    p = sub.add_parser("draft", help="draft an email in your voice",
+                       description="Draft an email. INSTRUCTION '-' reads it from stdin; lines quoted with '>' "
+                                   "there are the email being answered (so mail clients can pipe a reply).")
+    p.add_argument("instruction", help="what the email should say, or - for stdin")
+    p.add_argument("--to", help="recipient (past mail to them is retrieved first)")
+    p.add_argument("--subject")
+    p.add_argument("--reply-to", metavar="FILE.eml|MESSAGE-ID", help="the email this draft answers")
+    p.add_argument("--format", choices=["text", "eml", "json"], default="text")
+    p.add_argument("--save-draft", metavar="maildir:PATH|imap[://USER@HOST/Drafts]",
+                   help="also store the draft in a Maildir drafts folder or the IMAP Drafts mailbox")
+    p.add_argument("--from", dest="sender", metavar="ADDRESS", help="From: of eml/saved drafts (default: settings.me)")
+    p.add_argument("--no-rag", action="store_true", help="no past emails in the prompt")
+    p.add_argument("--no-adapter", action="store_true", help="the stock model, without your adapter")
+    p.add_argument("--n", type=int, default=1, help="number of alternatives (default 1)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.set_defaults(func=run)
+
+
+def split_stdin(text: str) -> tuple[str, str | None]:
+    """(instruction, quoted email) from piped text: '>' lines are the email answered, the rest the ask."""
+    own, quoted = [], []
+    for line in text.splitlines():
+        if line.lstrip().startswith(">"):
+            quoted.append(re.sub(r"^\s*>\s?", "", line))
+        else:
+            own.append(line)
+    # drop the "On <date>, <name> wrote:" attribution line mail clients put above the quote
+    own = [ln for ln in own if not re.match(r"^\s*(on .{0,200} wrote|.{0,80} schrieb|le .{0,200} a écrit)\s*:\s*$",
+                                            ln, re.IGNORECASE)]
+    return "\n".join(own).strip(), ("\n".join(quoted).strip() or None)
+
+
+def run(args) -> int:
+    from .. import config, draft
+    from ..errors import PanzaError
+
+    if args.n < 1 or args.n > 10:
+        raise PanzaError("--n must be between 1 and 10", fix="panza draft ... --n 3")
+    instruction, reply = args.instruction, args.reply_to
+    if instruction == "-":
+        instruction, quoted = split_stdin(sys.stdin.read())
+        if quoted and not reply:
+            reply = draft.Reply(body=quoted)
+    if not instruction.strip():
+        raise PanzaError("the instruction is empty", fix='panza draft "ask Anna to move Friday\'s call to 3pm"')
+    settings = config.load({"seed": args.seed, "max_tokens": args.max_tokens, "temperature": args.temperature})
+    kw = dict(to=args.to, subject=args.subject, reply_to=reply, use_rag=not args.no_rag,
+              use_adapter=not args.no_adapter, settings=settings)
+    err = console()
+    if args.n > 1:
+        drafts = draft.alternatives(instruction, n=args.n, **kw)
+    elif args.format == "text":
+        plan = draft.prepare(instruction, **kw)
+        for note in plan.notices:
+            err.print(f"[dim]note: {note}[/]")
+        for piece in draft.stream(plan):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        drafts = [draft.finish(plan)]
+        if drafts[0].copied:
+            err.print("[yellow]warning: this draft repeats a past email word for word; "
+                      "run it again or use --no-rag[/]")
+    else:
+        drafts = [draft.draft(instruction, **kw)]
+    if args.n > 1 or args.format != "text":
+        for note in drafts[0].notices:
+            err.print(f"[dim]note: {note}[/]")
+        _print(args, drafts, settings)
+    if args.save_draft:
+        for d in drafts:
+            err.print(f"saved draft: {_save(d, args.save_draft, args.sender, settings)}")
+    return 0
+
+
+def _print(args, drafts, settings) -> None:
+    from .. import draft
+
+    if args.format == "json":
+        obj = drafts[0].to_dict()
+        if len(drafts) > 1:
+            obj["alternatives"] = [d.to_dict() for d in drafts]
+        print(json.dumps(obj, indent=2, ensure_ascii=False))
+    elif args.format == "eml":
+        for d in drafts:
+            sys.stdout.buffer.write(draft.to_eml(d, args.sender, settings=settings))
+            sys.stdout.flush()
+    else:
+        for i, d in enumerate(drafts, 1):
+            if len(drafts) > 1:
+                print(f"--- alternative {i} ---")
+            print(d.text)
+
+
+def _save(d, target: str, sender: str | None, settings) -> str:
+    from .. import draft
+    from ..errors import PanzaError
+
+    if target.startswith("maildir:"):
+        return str(draft.save_maildir(d, target[len("maildir:"):], sender, settings=settings))
+    if target.startswith(("imap", "imaps")):
+        where = draft.imap_target(target)
+        password = where.pop("password") or draft.imap_password(where["user"], where["host"])
+        if not password and sys.stdin.isatty():
+            import getpass
+
+            password = getpass.getpass(f"IMAP password for {where['user']}@{where['host']}: ")
+        box = draft.save_imap(d, password=password, sender=sender, settings=settings, **where)
+        return f"imap://{where['user']}@{where['host']}/{box}"
+    raise PanzaError(f"unknown --save-draft target {target!r}",
+                     fix="use maildir:PATH (e.g. maildir:~/Mail/Drafts) or imap (or imap://USER@HOST/Drafts)")

@@ -1,0 +1,50 @@
+"""`panza eval`: score drafts against held-out emails in four configurations, over several seeds."""
+
+from __future__ import annotations
+
+from ._out import add_json, console, emit, progress
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="measure how much the drafts read like you (BLEU, ROUGE, MAUVE, BERTScore, style)")
+    add_json(p)
+    p.add_argument("--report", metavar="DIR", help="write a Markdown report with plots into DIR")
+    p.add_argument("--data", metavar="FILE.jsonl",
+                   help="evaluate on a cleaned corpus (Panza's JSONL: {\"email\", \"subject\"?, \"summary\"?}) "
+                        "instead of the held-out split of your own mail")
+    p.add_argument("--limit", type=int, default=20, metavar="N",
+                   help="held-out emails to draft (default 20; 0 = all). Time grows as N x seeds x configs")
+    p.add_argument("--seeds", type=int, default=3, metavar="K", help="sampling seeds per email (default 3)")
+    p.add_argument("--configs", default="stock,stock+rag,adapter,adapter+rag", metavar="LIST",
+                   help="comma-separated subset of stock, stock+rag, adapter, adapter+rag")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .. import evaluate
+    from ..errors import PanzaError
+
+    if args.seeds < 1 or args.limit < 0:
+        raise PanzaError("--seeds must be at least 1 and --limit 0 or more", fix="e.g. panza eval --limit 20 --seeds 3")
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    with progress("evaluating", enabled=not args.json) as update:
+        result = evaluate.run(data=args.data, limit=args.limit or None, seeds=args.seeds, configs=configs,
+                              report=args.report, on_progress=update)
+    result.pop("samples", None)
+    emit(args, result, _human)
+    return 0
+
+
+def _human(r: dict) -> None:
+    from ..evaluate_report import markdown_table
+
+    print(f"{r['n']} held-out emails x {r['seeds']} seeds ({r['data']}); adapter: {r['adapter'] or 'none'}")
+    print(markdown_table(r))
+    print(markdown_table(r, ("length_words", "greeting_match", "signoff_match", "vocab_overlap")))
+    out = console()
+    for c, why in (r.get("skipped") or {}).items():
+        out.print(f"[yellow]{c} not run:[/] {why}")
+    for note in r.get("notes") or []:
+        out.print(f"[dim]note:[/] {note}")
+    if r.get("report"):
+        print(f"report: {r['report']}")

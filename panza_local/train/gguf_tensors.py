@@ -1,0 +1,95 @@
+"""Fast GGUF tensor access for training: tensor infos parsed once, data memory-mapped, dequantized in torch.
+
+Why not gguf-py's GGUFReader: it parses every metadata array into numpy objects and dequantizes in
+numpy; on the embedded 135M model that took 20 s + 9 s on two cores. This reads the tensor table
+behind the header (the header reader skips the tokenizer arrays) and dequantizes the common types
+(F32, F16, BF16, Q8_0, Q4_0, Q4_1) with a few torch ops; other types go through gguf-py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import NotAGGUF
+from ..gguf_header import _Reader
+
+_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 8: "Q8_0", 30: "BF16"}
+
+
+@dataclass
+class TensorInfo:
+    """One tensor: name, GGUF type number and name, shape in numpy order ([rows, cols]), raw bytes."""
+
+    name: str
+    qtype: int
+    qname: str
+    shape: tuple[int, ...]
+    raw: np.ndarray
+
+
+def read(path: str | Path) -> tuple[dict, dict[str, TensorInfo]]:
+    """(metadata, tensors by name) of a GGUF file; tensor bytes are a read-only memory map."""
+    import gguf
+
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        r = _Reader(fh, size, str(path))
+        if fh.read(4) != b"GGUF":
+            raise NotAGGUF(f"{path} is not a GGUF file", fix="give a .gguf model file")
+        r.scalar("<I")
+        n_tensors, n_kv = r.scalar("<Q"), r.scalar("<Q")
+        meta = {}
+        for _ in range(n_kv):
+            key = r.string()
+            meta[key] = r.value(r.scalar("<I"), False)
+        infos = []
+        for _ in range(n_tensors):
+            name = r.string()
+            dims = [r.scalar("<Q") for _ in range(r.scalar("<I"))]
+            infos.append((name, dims, r.scalar("<I"), r.scalar("<Q")))
+        align = int(meta.get("general.alignment", 32))
+        start = (fh.tell() + align - 1) // align * align
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    out = {}
+    for name, dims, qtype, offset in infos:
+        qt = gguf.GGMLQuantizationType(qtype)
+        block, tbytes = gguf.GGML_QUANT_SIZES[qt]
+        shape = tuple(int(d) for d in reversed(dims))
+        n = int(np.prod(shape))
+        nbytes = n // block * tbytes
+        raw = mm[start + offset: start + offset + nbytes]
+        out[name] = TensorInfo(name, qtype, _TYPES.get(qtype, qt.name), shape, raw)
+    return meta, out
+
+
+def dequantize(t: TensorInfo, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The dense tensor of `t` in `dtype` (numpy order shape)."""
+    raw = torch.from_numpy(np.array(t.raw))  # one copy out of the memory map
+    rows = t.shape[0] if len(t.shape) > 1 else 1
+    if t.qname == "F32":
+        w = raw.view(torch.float32)
+    elif t.qname == "F16":
+        w = raw.view(torch.float16)
+    elif t.qname == "BF16":
+        w = raw.view(torch.bfloat16)
+    elif t.qname == "Q8_0":
+        b = raw.view(-1, 34)
+        w = b[:, 2:].view(torch.int8).to(dtype) * b[:, :2].contiguous().view(torch.float16).to(dtype)
+    elif t.qname in ("Q4_0", "Q4_1"):
+        hb = 2 if t.qname == "Q4_0" else 4
+        b = raw.view(-1, 16 + hb)
+        qs = b[:, hb:]
+        q = torch.cat([qs & 0x0F, qs >> 4], dim=-1).to(dtype)
+        d = b[:, :2].contiguous().view(torch.float16).to(dtype)
+        w = (q - 8) * d if t.qname == "Q4_0" else q * d + b[:, 2:4].contiguous().view(torch.float16).to(dtype)
+    else:
+        from gguf.quants import dequantize as np_dequant
+
+        return torch.from_numpy(np.asarray(np_dequant(np.array(t.raw).reshape(rows, -1), t.qtype),
+                                           dtype=np.float32)).reshape(t.shape).to(dtype)
+    return w.reshape(t.shape).to(dtype)

@@ -1,0 +1,287 @@
+"""torch LoRA backend: the frozen base read straight from the GGUF, a lean forward, LoRA on every projection.
+
+Why not transformers + peft: on a CPU the HF stack costs twice the time and memory for the same maths
+(its GGUF loader keeps several copies while dequantizing; logits for every position in fp32; eager
+attention). Here the frozen weights are plain tensors (fp32 on CPU, where bf16 has no hardware support;
+Q4 blocks on CUDA, dequantized per use by `q4.q4_linear`), no gradient or fp32 master copy exists for
+them, attention is SDPA per packed example, and the vocabulary projection runs only where there is loss.
+The maths is transformers' llama / qwen2 / qwen3 (tests compare the logits with llama.cpp's).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import AdapterError
+from . import q4
+from .data import IGNORE
+
+ARCHS = {"llama", "mistral", "qwen2", "qwen3"}
+PERMUTED = {"llama", "mistral"}
+LINEARS = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_output": "o_proj",
+           "ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "down_proj"}
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class Config:
+    """Shapes and constants of a llama-family model (read from the GGUF header, or given by a bench)."""
+
+    arch: str
+    n_layers: int
+    dim: int
+    n_heads: int
+    n_kv_heads: int
+    ffn: int
+    vocab: int
+    rope_theta: float = 10000.0
+    eps: float = 1e-5
+    head_dim: int = 0
+    qk_norm: bool = False
+
+    def __post_init__(self):
+        self.head_dim = self.head_dim or self.dim // self.n_heads
+
+
+@dataclass
+class Base:
+    """A frozen base: config + weights by GGUF name (dense tensors or q4.Q4Weight)."""
+
+    cfg: Config
+    w: dict = field(default_factory=dict)
+    rope_freqs: torch.Tensor | None = None
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of llama.cpp's q/k row permutation (GGUF layout -> transformers layout)."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def read_config(meta: dict) -> Config:
+    """Config from GGUF metadata (values as gguf_header returns them)."""
+    arch = meta["general.architecture"]
+    if arch not in ARCHS:
+        raise AdapterError(f"the torch backend does not train {arch!r} models yet (it trains {sorted(ARCHS)})",
+                           fix="pick a llama/qwen model (`panza models use NAME`), or `panza train --backend mlx`")
+    g = lambda k, d=None: meta.get(f"{arch}.{k}", d)  # noqa: E731
+    n_heads = int(g("attention.head_count"))
+    return Config(arch=arch, n_layers=int(g("block_count")), dim=int(g("embedding_length")), n_heads=n_heads,
+                  n_kv_heads=int(g("attention.head_count_kv", n_heads)), ffn=int(g("feed_forward_length")),
+                  vocab=int(g("vocab_size", 0) or 0), rope_theta=float(g("rope.freq_base", 10000.0)),
+                  eps=float(g("attention.layer_norm_rms_epsilon", 1e-5)),
+                  head_dim=int(g("attention.key_length", 0) or 0), qk_norm=arch == "qwen3")
+
+
+def load_base(gguf_path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+              keep_q4: bool = False) -> Base:
+    """Read a GGUF into a frozen Base: dequantized to `dtype`, or Q4_0/Q4_1 blocks kept when `keep_q4`."""
+    from . import gguf_tensors
+
+    meta, tensors = gguf_tensors.read(gguf_path)
+    cfg = read_config(meta)
+    base = Base(cfg)
+    for t in tensors.values():
+        name = t.name.removesuffix(".weight")
+        kind = name.split(".")[-1] if name.startswith("blk.") else name
+        heads = cfg.n_heads if kind == "attn_q" else cfg.n_kv_heads
+        permuted = cfg.arch in PERMUTED and kind in ("attn_q", "attn_k")
+        if keep_q4 and t.qname in ("Q4_0", "Q4_1") and kind in LINEARS:
+            qw = q4.from_gguf_blocks(np.array(t.raw), t.qname, t.shape)
+            if permuted:
+                # blocks run along a row, so un-permuting whole rows keeps the Q4 bits exact
+                idx = torch.from_numpy(_unpermute(np.arange(t.shape[0]), heads))
+                qw = q4.Q4Weight(qw.qs[idx], qw.d[idx], qw.m[idx] if qw.m is not None else None, t.shape)
+            base.w[name] = qw.to(device)
+            continue
+        keep_fp32 = t.name.endswith("norm.weight") or t.name.endswith(".bias") or name == "rope_freqs"
+        tensor = gguf_tensors.dequantize(t, torch.float32 if keep_fp32 else dtype)
+        if permuted:
+            idx = torch.from_numpy(_unpermute(np.arange(t.shape[0]), heads))
+            tensor = tensor[idx].contiguous()
+        if name == "rope_freqs":
+            base.rope_freqs = tensor.to(device)
+        else:
+            base.w[name] = tensor.to(device)
+    if not cfg.vocab:
+        cfg.vocab = base.w["token_embd"].shape[0]
+    return base
+
+
+class LoraModel(torch.nn.Module):
+    """A llama-family decoder over a frozen Base with trainable LoRA (A, B) on the chosen projections."""
+
+    def __init__(self, base: Base, rank: int = 8, alpha: float = 16.0, targets=ALL_TARGETS,
+                 lora_dtype: torch.dtype = torch.float32, grad_ckpt: bool = False, seed: int = 0):
+        super().__init__()
+        self.base, self.cfg = base, base.cfg
+        self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
+        self.targets, self.grad_ckpt = tuple(targets), grad_ckpt
+        self.lora = torch.nn.ParameterDict()
+        emb = base.w["token_embd"]
+        device = emb.qs.device if isinstance(emb, q4.Q4Weight) else emb.device
+        gen = torch.Generator().manual_seed(seed)
+        for i in range(self.cfg.n_layers):
+            for gname, hname in LINEARS.items():
+                if hname not in self.targets:
+                    continue
+                out, inn = _shape(base.w[f"blk.{i}.{gname}"])
+                a = torch.empty(rank, inn)
+                bound = 1 / math.sqrt(inn)  # peft's kaiming_uniform(a=sqrt(5)) bound
+                a.uniform_(-bound, bound, generator=gen)
+                self.lora[f"{i}_{hname}_A"] = torch.nn.Parameter(a.to(device, lora_dtype))
+                self.lora[f"{i}_{hname}_B"] = torch.nn.Parameter(torch.zeros(out, rank, device=device,
+                                                                             dtype=lora_dtype))
+        hd = self.cfg.head_dim
+        inv = 1.0 / (self.cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        if base.rope_freqs is not None:
+            inv = inv / base.rope_freqs.float().cpu()
+        self.register_buffer("inv_freq", inv.to(device), persistent=False)
+
+    # -- pieces --------------------------------------------------------------------------------
+    def _lin(self, x, i: int, gname: str):
+        w = self.base.w[f"blk.{i}.{gname}"]
+        y = q4.q4_linear(x, w) if isinstance(w, q4.Q4Weight) else F.linear(x, w)
+        bias = self.base.w.get(f"blk.{i}.{gname}.bias")
+        if bias is not None:
+            y = y + bias.to(y.dtype)
+        hname = LINEARS[gname]
+        if hname in self.targets:
+            a, b = self.lora[f"{i}_{hname}_A"], self.lora[f"{i}_{hname}_B"]
+            y = y + F.linear(F.linear(x.to(a.dtype), a), b).to(y.dtype) * self.scale
+        return y
+
+    def _norm(self, x, w):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.cfg.eps) * w).to(x.dtype)
+
+    def _rope(self, x, cos, sin):
+        half = x.shape[-1] // 2
+        rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rot * sin
+
+    def _layer(self, x, i: int, cos, sin, spans):
+        c, w = self.cfg, self.base.w
+        t = x.shape[0]
+        h = self._norm(x, w[f"blk.{i}.attn_norm"])
+        q = self._lin(h, i, "attn_q").view(t, c.n_heads, c.head_dim)
+        k = self._lin(h, i, "attn_k").view(t, c.n_kv_heads, c.head_dim)
+        v = self._lin(h, i, "attn_v").view(t, c.n_kv_heads, c.head_dim)
+        if c.qk_norm:
+            q, k = self._norm(q, w[f"blk.{i}.attn_q_norm"]), self._norm(k, w[f"blk.{i}.attn_k_norm"])
+        q, k = self._rope(q, cos, sin).transpose(0, 1), self._rope(k, cos, sin).transpose(0, 1)
+        v = v.transpose(0, 1)
+        rep = c.n_heads // c.n_kv_heads
+        if rep > 1:
+            k, v = k.repeat_interleave(rep, dim=0), v.repeat_interleave(rep, dim=0)
+        # one causal attention per packed example: no token sees another example
+        outs = [F.scaled_dot_product_attention(q[:, s:e], k[:, s:e], v[:, s:e], is_causal=True) for s, e in spans]
+        att = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)).transpose(0, 1).reshape(t, -1)
+        x = x + self._lin(att, i, "attn_output")
+        h = self._norm(x, w[f"blk.{i}.ffn_norm"])
+        return x + self._lin(F.silu(self._lin(h, i, "ffn_gate")) * self._lin(h, i, "ffn_up"), i, "ffn_down")
+
+    def hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, spans) -> torch.Tensor:
+        """Final-norm hidden states for one packed row (1-D tensors)."""
+        emb = self.base.w["token_embd"]
+        dtype = self.compute_dtype
+        x = q4.q4_embedding(input_ids, emb, dtype) if isinstance(emb, q4.Q4Weight) else emb[input_ids].to(dtype)
+        ang = positions.to(self.inv_freq.dtype)[:, None] * self.inv_freq[None, :]
+        ang = torch.cat([ang, ang], dim=-1)[:, None, :]
+        cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+        for i in range(self.cfg.n_layers):
+            if self.grad_ckpt and self.training and torch.is_grad_enabled():
+                from torch.utils.checkpoint import checkpoint
+
+                x = checkpoint(self._layer, x, i, cos, sin, spans, use_reentrant=False)
+            else:
+                x = self._layer(x, i, cos, sin, spans)
+        return self._norm(x, self.base.w["output_norm"])
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        emb = self.base.w["token_embd"]
+        return torch.bfloat16 if isinstance(emb, q4.Q4Weight) else emb.dtype
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.base.w.get("output", self.base.w["token_embd"])
+        return (q4.q4_linear(h, out) if isinstance(out, q4.Q4Weight) else F.linear(h, out)).float()
+
+    def forward(self, row: dict) -> tuple[torch.Tensor, int]:
+        """(sum of token losses, number of loss tokens) for one packed row from `data.pack`."""
+        dev = self.inv_freq.device
+        ids = torch.as_tensor(row["input_ids"], device=dev)
+        pos = torch.as_tensor(row["positions"], device=dev)
+        tgt = torch.as_tensor(row["targets"], device=dev)
+        h = self.hidden(ids, pos, spans_of(row["segments"]))
+        sel = tgt != IGNORE
+        n = int(sel.sum())
+        if n == 0:
+            return h.sum() * 0.0, 0
+        # the vocabulary projection only where there is loss: the prompt's positions need none
+        return F.cross_entropy(self.logits(h[sel]), tgt[sel], reduction="sum"), n
+
+    def lora_tensors(self) -> dict[str, np.ndarray]:
+        """The adapter in PEFT naming (`model.layers.N.self_attn.q_proj.lora_A.weight`), fp32 numpy."""
+        out = {}
+        for key, p in self.lora.items():
+            i, rest = key.split("_", 1)
+            hname, ab = rest.rsplit("_", 1)
+            block = "self_attn" if hname in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+            out[f"model.layers.{i}.{block}.{hname}.lora_{ab}.weight"] = p.detach().float().cpu().numpy()
+        return out
+
+    def load_lora_tensors(self, tensors: dict[str, np.ndarray]) -> None:
+        """Set the adapter from PEFT-named tensors (inverse of `lora_tensors`)."""
+        import re
+
+        with torch.no_grad():
+            for key, arr in tensors.items():
+                m = re.search(r"layers\.(\d+)\.\w+\.(\w+?)\.lora_([AB])", key)
+                p = self.lora[f"{m.group(1)}_{m.group(2)}_{m.group(3)}"]
+                p.copy_(torch.as_tensor(arr, dtype=p.dtype))
+
+
+def _shape(w) -> tuple[int, int]:
+    return w.shape if isinstance(w, q4.Q4Weight) else tuple(w.shape)
+
+
+def spans_of(segments) -> list[tuple[int, int]]:
+    """[(start, end)] of each example inside a packed row."""
+    segs = list(segments)
+    spans, start = [], 0
+    for j in range(1, len(segs) + 1):
+        if j == len(segs) or segs[j] != segs[start]:
+            spans.append((start, j))
+            start = j
+    return spans
+
+
+def pick_device(requested: str = "auto") -> str:
+    """cuda, mps or cpu."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def build(gguf_path: str | Path, rank: int, alpha: float, targets=ALL_TARGETS, device: str = "auto",
+          grad_ckpt: bool | None = None, seed: int = 0) -> LoraModel:
+    """The trainable model for a GGUF on the best device: fp32 on CPU, Q4 blocks + bf16 on CUDA."""
+    device = pick_device(device)
+    if device == "cuda":
+        base = load_base(gguf_path, device, torch.bfloat16, keep_q4=True)
+        lora_dtype, ckpt = torch.float32, True if grad_ckpt is None else grad_ckpt
+    elif device == "mps":
+        base, lora_dtype, ckpt = load_base(gguf_path, device, torch.float16), torch.float32, bool(grad_ckpt)
+    else:
+        base, lora_dtype, ckpt = load_base(gguf_path, "cpu", torch.float32), torch.float32, bool(grad_ckpt)
+    return LoraModel(base, rank, alpha, targets, lora_dtype, ckpt, seed)

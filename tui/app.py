@@ -1,0 +1,106 @@
+"""The panza app: chat, draft and status modes, help, first run, palette commands and themes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from panza_local import config, store
+from panza_local.errors import PanzaError
+
+from . import backend
+from .screens.chat import ChatScreen
+from .screens.draft import DraftScreen
+from .screens.first_run import FirstRunScreen
+from .screens.help import HelpScreen
+from .screens.status import StatusScreen
+
+
+class PanzaApp(App):
+    """Chat and draft in your own voice."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "panza"
+    MODES = {"chat": ChatScreen, "draft": DraftScreen, "status": StatusScreen}
+    DEFAULT_MODE = "chat"
+    # Below 110 columns the side panel hides (ctrl+b shows it), so 80x24 keeps a usable transcript.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    BINDINGS = [
+        Binding("f1", "help", "Help"),
+        Binding("f2", "switch_mode('chat')", "Chat"),
+        Binding("f3", "switch_mode('draft')", "Draft"),
+        Binding("f4", "switch_mode('status')", "Status"),
+        Binding("f6", "change_theme", "Theme", show=False),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(self, *, settings=None, first_run: bool | None = None, max_tokens: int | None = None,
+                 seed: int | None = None, use_rag: bool = True, check_model: bool = True) -> None:
+        super().__init__()
+        self.settings = settings or config.load()
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.use_rag = use_rag
+        self._first_run = first_run
+        self._check_model = check_model
+        self.conn = store.connect()
+        self._adapter = backend.current_adapter()
+
+    def on_mount(self) -> None:
+        if self._check_model:
+            try:
+                backend.check_model(self.settings)
+            except PanzaError as exc:
+                self.notify_error(str(exc))
+        first = self._first_run
+        if first is None:
+            first = store.counts(self.conn)["messages"] == 0
+        if first:
+            self.push_screen(FirstRunScreen())
+
+    def on_unmount(self) -> None:
+        self.conn.close()
+
+    # -- shared helpers for screens ------------------------------------------------------------------------
+
+    def adapter_label(self) -> str:
+        """The adapter in use, for display."""
+        return self._adapter["id"] if self._adapter else "none (base model)"
+
+    def refresh_adapter(self) -> None:
+        """Re-read the promoted adapter (after a re-tune)."""
+        self._adapter = backend.current_adapter()
+
+    def notify_error(self, message: str) -> None:
+        """An error notification; the message names the command that fixes it."""
+        self.notify(message, title="Error", severity="error", timeout=12)
+
+    # -- actions and palette -------------------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Chat", "Chat with panza (F2)", lambda: self.switch_mode("chat"))
+        yield SystemCommand("Draft", "Draft an email in your voice (F3)", lambda: self.switch_mode("draft"))
+        yield SystemCommand("Status", "Sources, counts, adapters, re-tune (F4)", lambda: self.switch_mode("status"))
+        yield SystemCommand("Help", "All keys (F1)", self.action_help)
+        yield SystemCommand("Getting started", "The ingest → playback → train guide",
+                            lambda: self.push_screen(FirstRunScreen()))
+        if isinstance(screen, ChatScreen):
+            yield SystemCommand("New conversation", "Start a new chat (ctrl+n)", screen.action_new)
+            yield SystemCommand("Rename conversation", "Rename this chat (ctrl+r)", screen.action_rename)
+            yield SystemCommand("Delete conversation", "Delete this chat (F8)", screen.action_delete)
+        if isinstance(screen, DraftScreen):
+            yield SystemCommand("Regenerate draft", "Draft again (ctrl+g)", screen.action_generate)
+            yield SystemCommand("Alternatives", "Three alternative drafts (ctrl+l)", screen.action_alternatives)
+            yield SystemCommand("Save as .eml", "Write the draft to a file (ctrl+s)", screen.action_save_eml)
+            yield SystemCommand("Save to Drafts", "Into a Maildir Drafts folder (ctrl+o)", screen.action_save_drafts)
+            yield SystemCommand("Copy draft", "To the clipboard (F7)", screen.action_copy)
+        if isinstance(screen, StatusScreen):
+            yield SystemCommand("Re-tune now", "ingest → playback → index → train (r)", screen.action_retune)

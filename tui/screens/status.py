@@ -1,0 +1,142 @@
+"""The pipeline at a glance: sources and last sync, counts, adapters with scores, runs, re-tune now."""
+
+from __future__ import annotations
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Label, ProgressBar, Static
+
+from panza_local import chat
+from panza_local.errors import PanzaError
+
+from .. import backend
+from ..messages import RetuneDone, RetuneProgress
+
+COUNTS = ("messages", "mine", "pairs", "indexed", "adapters", "documents", "sources")
+
+
+class StatusScreen(Screen):
+    """Sources, counts, adapters and recent runs; `r` re-tunes in a worker."""
+
+    BINDINGS = [Binding("r", "retune", "Re-tune now"), Binding("f5", "reload", "Refresh")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.retuning = False
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll(id="status-body"):
+            yield Static(id="status-counts")
+            yield Label("Sources", classes="section")
+            yield DataTable(id="status-sources", cursor_type="row", zebra_stripes=True)
+            yield Label("Adapters", classes="section")
+            yield DataTable(id="status-adapters", cursor_type="row", zebra_stripes=True)
+            yield Label("Recent runs", classes="section")
+            yield DataTable(id="status-runs", cursor_type="row", zebra_stripes=True)
+            yield Label("Re-tune", classes="section")
+            with Horizontal(id="retune-row"):
+                yield ProgressBar(id="retune-bar", show_eta=False)
+                yield Static("idle: press r to re-tune now", id="retune-note")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "status"
+        self.query_one("#status-sources", DataTable).add_columns("source", "kind", "messages", "watched", "last sync")
+        self.query_one("#status-adapters", DataTable).add_columns("adapter", "base model", "status", "scores",
+                                                                  "created")
+        self.query_one("#status-runs", DataTable).add_columns("stage", "status", "started", "finished")
+        self.action_reload()
+        self.query_one("#status-sources").focus()
+
+    def on_screen_resume(self) -> None:
+        self.action_reload()
+
+    def action_reload(self) -> None:
+        """Re-read the store."""
+        st = chat.pipeline_status(self.app.conn)
+        c = st["counts"]
+        self.query_one("#status-counts", Static).update(
+            "  ".join(f"[b]{c[k]}[/] {k}" for k in COUNTS)
+            + f"\nmodel [b]{backend.model_name(self.app.settings)}[/]  adapter [b]{self.app.adapter_label()}[/]")
+        current = (backend.current_adapter() or {}).get("id")
+        sources = self.query_one("#status-sources", DataTable)
+        sources.clear()
+        for s in st["sources"]:
+            sources.add_row(s["uri"], s["kind"], str(s["messages"]), "yes" if s["registered"] else "no",
+                            _when(s["last_sync"]) or "never")
+        if not st["sources"]:
+            sources.add_row("[dim]none: panza ingest PATH or panza sources add PATH[/]", "", "", "", "")
+        adapters = self.query_one("#status-adapters", DataTable)
+        adapters.clear()
+        for a in st["adapters"]:
+            mark = "● " if a["id"] == current else ""
+            adapters.add_row(mark + a["id"], a["base_model"], a["status"], _scores(a["metrics"]),
+                             _when(a["created_at"]))
+        if not st["adapters"]:
+            adapters.add_row("[dim]none: panza train[/]", "", "", "", "")
+        runs = self.query_one("#status-runs", DataTable)
+        runs.clear()
+        for r in st["runs"]:
+            runs.add_row(r["stage"], r["status"], _when(r["started_at"]), _when(r["finished_at"]))
+
+    # -- re-tune in a worker -------------------------------------------------------------------------------
+
+    def action_retune(self) -> None:
+        if self.retuning:
+            self.notify("A re-tune is already running.", severity="warning")
+            return
+        if not backend.retune_available():
+            self.app.notify_error("Re-tuning is not installed in this build.\n"
+                                  "  fix: `panza retune` is not available yet; run ingest → playback → train by hand")
+            return
+        self.retuning = True
+        self.query_one("#retune-note", Static).update("starting…")
+        self.query_one("#retune-bar", ProgressBar).update(total=None, progress=0)
+        self.retune()
+
+    @work(thread=True, exclusive=True, group="retune")
+    def retune(self) -> None:
+        """Run one re-tune; progress and the result come back as messages."""
+        try:
+            summary = backend.run_retune(lambda done, total=None, note=None: self.post_message(
+                RetuneProgress(done, total, note or "")))
+        except PanzaError as exc:
+            self.post_message(RetuneDone(None, str(exc)))
+            return
+        except Exception as exc:  # noqa: BLE001 - shown to the user, never swallowed
+            self.post_message(RetuneDone(None, f"{type(exc).__name__}: {exc}\n  fix: run `panza retune` to see details"))
+            return
+        self.post_message(RetuneDone(summary))
+
+    @on(RetuneProgress)
+    def _progress(self, event: RetuneProgress) -> None:
+        self.query_one("#retune-bar", ProgressBar).update(total=event.total, progress=event.done)
+        self.query_one("#retune-note", Static).update(event.note or f"{event.done}/{event.total or '?'}")
+
+    @on(RetuneDone)
+    def _retuned(self, event: RetuneDone) -> None:
+        self.retuning = False
+        if event.error:
+            self.query_one("#retune-note", Static).update("failed")
+            self.app.notify_error(event.error)
+            return
+        s = event.summary or {}
+        note = ", ".join(f"{k} {s[k]}" for k in ("new_messages", "new_pairs", "trained", "promoted", "reason") if k in s)
+        self.query_one("#retune-note", Static).update(f"done: {note or s}")
+        self.notify(f"Re-tune finished: {note or s}", title="Re-tune")
+        self.app.refresh_adapter()
+        self.action_reload()
+
+
+def _when(iso: str | None) -> str:
+    return (iso or "").replace("T", " ")[:16]
+
+
+def _scores(metrics: dict) -> str:
+    keys = [k for k in ("val_loss_after", "rougeL", "bleu", "bertscore", "mauve") if k in metrics]
+    return " ".join(f"{k} {metrics[k]:.3g}" if isinstance(metrics[k], (int, float)) else f"{k} {metrics[k]}"
+                    for k in keys[:3]) or "—"
