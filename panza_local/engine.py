@@ -198,3 +198,46 @@ def _suppress_stderr():
         os.dup2(fd, 2)
         os.close(fd)
         os.close(devnull)
+
+
+def render_chat(messages: list[dict], model_path: str | Path, add_generation_prompt: bool = True) -> str:
+    """The prompt text llama.cpp builds for `messages` from the GGUF's own chat template."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    llm = load(model_path, n_ctx=512)
+    meta = llm.metadata
+    template = meta.get("tokenizer.chat_template")
+    if not template:
+        raise ModelNotFound(f"{model_path} has no chat template", fix="use an instruction-tuned model")
+    eos = llm.detokenize([llm.token_eos()]).decode("utf-8", errors="replace")
+    bos = llm.detokenize([llm.token_bos()]).decode("utf-8", errors="replace")
+    fmt = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos,
+                              add_generation_prompt=add_generation_prompt)
+    return fmt(messages=messages).prompt
+
+
+def target_nll(messages: list[dict], target: str, model_path: str | Path, lora_path: str | Path | None = None,
+               n_ctx: int = 1024, threads: int = 0) -> tuple[float, int]:
+    """Summed negative log-likelihood of `target` as the assistant's reply to `messages`, and its token count.
+
+    Scored by llama.cpp on the exact bits that serve (base GGUF + adapter GGUF), so re-tuning compares
+    adapters the way users will see them. Long prompts are cut from the left to fit `n_ctx`.
+    """
+    import numpy as np
+
+    prompt = render_chat(messages, model_path)
+    llm = load(model_path, lora_path, n_ctx=n_ctx, threads=threads, logits_all=True)
+    with _LOCK:
+        p_tok = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        t_tok = llm.tokenize(target.encode("utf-8"), add_bos=False, special=False) + [llm.token_eos()]
+        t_tok = t_tok[: n_ctx // 2]
+        p_tok = p_tok[-(n_ctx - len(t_tok)):]
+        tokens = p_tok + t_tok
+        llm.reset()
+        llm.eval(tokens)
+        logits = np.asarray(llm.scores[: len(tokens)], dtype=np.float64)
+    start = len(p_tok) - 1  # logits at position i predict token i+1
+    rows = logits[start: start + len(t_tok)]
+    rows = rows - rows.max(axis=1, keepdims=True)
+    logp = rows[np.arange(len(t_tok)), t_tok] - np.log(np.exp(rows).sum(axis=1))
+    return float(-logp.sum()), len(t_tok)

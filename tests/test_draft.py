@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import hashlib
 import json
@@ -118,7 +119,6 @@ def test_rag_puts_past_mail_to_the_recipient_first(settings, indexed):
     assert "Friday call" in plan.retrieved[2].text
     user = plan.messages[1]["content"]
     assert user.count("tomatoes") == 2 and 'Usual greeting: "Hi Bob,"' in user  # recipient's own greeting
-    d = draft.finish(plan) if False else None  # noqa: F841 - generation below
     for _ in draft.stream(plan):
         pass
     d = draft.finish(plan)
@@ -192,10 +192,9 @@ def test_prompt_injection_in_retrieved_mail(settings):
                          examples=examples)
     assert plan.messages[0]["content"] == prompts.system_preamble(plan.profile)
     d = draft.draft("Tell Carol the report will be late", use_adapter=False, examples=examples,
-                    settings=settings.__class__(**{**settings.__dict__, "max_tokens": 60}))
+                    settings=dataclasses.replace(settings, max_tokens=60))
     # the other retrieved email is never pasted: no run of COPY_WORDS words of it in the draft
-    assert draft.copied_from(d.text, [examples[1]]) == []
-    assert "IGNORE PREVIOUS" not in d.text.upper() or "debug mode" not in d.text
+    assert d.text.strip() and draft.copied_from(d.text, [examples[1]]) == []
 
 
 def test_copy_guard_finds_verbatim_runs():

@@ -50,6 +50,9 @@ def run(args) -> int:
 
     if args.n < 1 or args.n > 10:
         raise PanzaError("--n must be between 1 and 10", fix="panza draft ... --n 3")
+    if args.save_draft and not args.save_draft.startswith(("maildir:", "imap")):
+        raise PanzaError(f"unknown --save-draft target {args.save_draft!r}",
+                         fix="use maildir:PATH (e.g. maildir:~/Mail/Drafts) or imap (or imap://USER@HOST/Drafts)")
     instruction, reply = args.instruction, args.reply_to
     if instruction == "-":
         instruction, quoted = split_stdin(sys.stdin.read())

@@ -165,6 +165,8 @@ def _attribution(lines: list[str], i: int) -> int:
         if i + span > len(lines):
             break
         tail = lines[i + span - 1].rstrip().lower()
+        if not tail:
+            break
         if not (tail.endswith((":", "：")) or tail.endswith(_VERB_ENDINGS)):
             continue
         chunk = " ".join(x.strip() for x in lines[i:i + span])
@@ -218,9 +220,9 @@ def _quoted_to_end(lines: list[str], i: int) -> bool:
 
 
 def _strip_trailers(lines: list[str]) -> list[str]:
-    """Cut the `-- ` signature, mobile footers and trailing disclaimers."""
+    """Cut the `-- ` signature, mailing-list footers, mobile footers and trailing disclaimers."""
     for i, line in enumerate(lines):
-        if _SIG_DASH.match(line) and i > 0:
+        if (_SIG_DASH.match(line) and i > 0) or _list_footer(lines, i):
             lines = lines[:i]
             break
     lines = [x for x in lines if not _MOBILE.match(x)]
@@ -231,6 +233,17 @@ def _strip_trailers(lines: list[str]) -> list[str]:
     while len(paras) > 1 and not paras[-1].strip():
         paras.pop()
     return "\n\n".join(paras).split("\n")
+
+
+_RULE = re.compile(r"^\s*[_=-]{10,}\s*$")
+_LIST_FOOTER = re.compile(r"mailing list|listinfo|unsubscribe|google groups|groups\.google|mailman", re.I)
+
+
+def _list_footer(lines: list[str], i: int) -> bool:
+    """A rule line followed by a mailing list's footer (Mailman, Google Groups)."""
+    if _RULE.match(lines[i]):
+        return any(_LIST_FOOTER.search(x) for x in lines[i + 1:i + 4])
+    return lines[i].startswith("You received this message because you are subscribed to the Google Groups")
 
 
 def content_hash(body: str) -> str:

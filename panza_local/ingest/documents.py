@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .parse import decode_bytes, html_to_text
 
+UNSUPPORTED = {".doc", ".ppt", ".pptx", ".xls", ".xlsx", ".csv", ".tsv", ".json", ".xml", ".pages", ".key"}
 EXTS = {".txt", ".text", ".md", ".markdown", ".rst", ".org", ".html", ".htm", ".pdf", ".docx", ".odt",
         ".rtf", ".epub"}
 MAX_CHARS = 2_000_000  # a pathological file must not fill the database
@@ -65,11 +66,32 @@ def _first_line(text: str) -> str:
     return ""
 
 
+_BOMS = [(b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\xfe\xff", "utf-16-be"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xef\xbb\xbf", "utf-8-sig")]
+
+
+def _decode_text(raw: bytes) -> str:
+    """Text of a plain file: BOM first, then UTF-16/32 without BOM (NUL pattern), then the usual chain."""
+    for bom, enc in _BOMS:
+        if raw.startswith(bom):
+            return raw[len(bom):].decode(enc, errors="replace")
+    head = raw[:4096]
+    if b"\x00" in head:
+        even, odd = head[0::2].count(0), head[1::2].count(0)
+        if len(head) % 4 == 0 and head[1::4].count(0) > len(head) // 5 and head[2::4].count(0) > len(head) // 5:
+            enc = "utf-32-le" if head[3::4].count(0) > len(head) // 5 else "utf-32-be"
+        elif odd > len(head) // 4 and even < odd // 4:
+            enc = "utf-16-le"
+        elif even > len(head) // 4 and odd < even // 4:
+            enc = "utf-16-be"
+        else:
+            raise DocumentError("binary_file")
+        return raw.decode(enc, errors="replace")
+    return decode_bytes(raw, None)
+
+
 def _plain(path: Path) -> tuple[str, str]:
-    raw = path.read_bytes()
-    if b"\x00" in raw[:4096]:
-        raise DocumentError("binary_file")
-    text = decode_bytes(raw, None)
+    text = _decode_text(path.read_bytes())
     title = ""
     if path.suffix.lower() in (".md", ".markdown"):
         m = re.search(r"(?m)^#\s+(.+)$", text)
@@ -84,12 +106,19 @@ def _html(path: Path) -> tuple[str, str]:
 
 
 def _pdf(path: Path) -> tuple[str, str]:
+    import logging
+
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # it logs every repaired xref at WARNING
+
     try:
         reader = PdfReader(str(path))
+        _ = len(reader.pages)
     except PdfReadError as exc:
+        if "decrypt" in str(exc).lower() or "password" in str(exc).lower():
+            raise DocumentError("encrypted_pdf", "password-protected") from None
         raise DocumentError("unreadable_pdf", str(exc)[:80]) from None
     if reader.is_encrypted:
         try:

@@ -47,6 +47,8 @@ def classify(path: Path) -> str:
         return "eml"
     if suffix in documents.EXTS:
         return "doc"
+    if suffix in documents.UNSUPPORTED:
+        return "skip:unsupported_document"
     return "skip:not_mail"
 
 

@@ -285,3 +285,135 @@ def build(gguf_path: str | Path, rank: int, alpha: float, targets=ALL_TARGETS, d
     else:
         base, lora_dtype, ckpt = load_base(gguf_path, "cpu", torch.float32), torch.float32, bool(grad_ckpt)
     return LoraModel(base, rank, alpha, targets, lora_dtype, ckpt, seed)
+
+
+def _peak_mem_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+@torch.no_grad()
+def evaluate(model: LoraModel, rows: list[dict]) -> float:
+    """Mean loss per target token over packed rows."""
+    was = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for row in rows:
+        loss, k = model(row)
+        total, n = total + float(loss), n + k
+    model.train(was)
+    return total / max(n, 1)
+
+
+def _save_checkpoint(path: Path, model: LoraModel, opt, state: dict) -> None:
+    """Atomic checkpoint (temp file + rename): a kill at any instant leaves the previous one whole."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"lora": {k: v.detach().cpu() for k, v in model.lora.items()}, "opt": opt.state_dict(),
+                "state": state}, tmp)
+    os.replace(tmp, path)
+
+
+def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_dir: Path, on_progress=None,
+               resume: bool = True, device: str = "auto", threads: int = 0) -> dict:
+    """Train a LoRA on packed rows; checkpoint to `run_dir/checkpoint.pt` and resume from it.
+
+    Returns the adapter tensors (PEFT naming) of the best validation state and the run's figures.
+    """
+    import time
+
+    from .. import engine
+
+    device = pick_device(device)
+    if device == "cpu":
+        torch.set_num_threads(threads or engine.physical_cores())
+    torch.manual_seed(hp.seed)
+    model = build(gguf_path, hp.rank, hp.alpha, hp.targets, device, hp.grad_ckpt, hp.seed)
+    model.train()
+    params = list(model.lora.values())
+    opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    n = len(train_rows)
+    total = hp.max_steps or max(1, math.ceil(n * hp.epochs / hp.grad_accum))
+    warm = max(1, int(total * hp.warmup))
+    eval_every = max(1, total // max(1, hp.evals))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return hp.lr * (step + 1) / warm
+        frac = (step - warm) / max(1, total - warm)
+        return hp.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    orders: dict[int, list[int]] = {}
+
+    def row_at(k: int) -> dict:  # k-th micro-batch overall: the data order depends only on the seed
+        epoch, j = divmod(k, n)
+        if epoch not in orders:
+            orders[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed * 7919 + epoch)).tolist()
+        return train_rows[orders[epoch][j]]
+
+    ckpt = Path(run_dir) / "checkpoint.pt"
+    state = {"step": 0, "history": [], "best_loss": None, "best": None, "bad": 0, "train_s": 0.0,
+             "train_tokens": 0, "val_before": None, "stopped": False, "total": total}
+    resumed_from = 0
+    if resume and ckpt.exists():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        with torch.no_grad():
+            for k, v in saved["lora"].items():
+                model.lora[k].copy_(v)
+        opt.load_state_dict(saved["opt"])
+        state = saved["state"]
+        resumed_from = state["step"]
+    if state["val_before"] is None:
+        state["val_before"] = evaluate(model, val_rows)
+        state["best_loss"] = state["val_before"]
+        state["best"] = model.lora_tensors()
+    if on_progress:
+        on_progress(state["step"], total, f"val loss {state['val_before']:.3f}")
+    last_loss = float("nan")
+    while state["step"] < total and not state["stopped"]:
+        step = state["step"]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        batch = [row_at(step * hp.grad_accum + j) for j in range(hp.grad_accum)]
+        n_tgt = sum(sum(1 for t in r["targets"] if t != IGNORE) for r in batch)
+        t0 = time.perf_counter()
+        loss_total = 0.0
+        for row in batch:
+            loss, _ = model(row)
+            (loss / max(n_tgt, 1)).backward()
+            loss_total += float(loss)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        state["train_s"] += time.perf_counter() - t0
+        state["train_tokens"] += sum(len(r["input_ids"]) for r in batch)
+        state["step"] = step = step + 1
+        last_loss = loss_total / max(n_tgt, 1)
+        tps = state["train_tokens"] / max(state["train_s"], 1e-9)
+        note = f"loss {last_loss:.3f} · {tps:.0f} tok/s"
+        if step % eval_every == 0 or step == total:
+            val = evaluate(model, val_rows)
+            state["history"].append({"step": step, "train_loss": last_loss, "val_loss": val})
+            if val < state["best_loss"] - 1e-4:
+                state["best_loss"], state["best"], state["bad"] = val, model.lora_tensors(), 0
+            else:
+                state["bad"] += 1
+                state["stopped"] = state["bad"] >= hp.patience  # early stop: validation stopped improving
+            note += f" · val {val:.3f}"
+        if step % hp.ckpt_every == 0 or step == total or state["stopped"]:
+            _save_checkpoint(ckpt, model, opt, state)
+        if on_progress:
+            on_progress(step, total, note)
+    return {"tensors": state["best"], "val_loss_before": state["val_before"], "val_loss_after": state["best_loss"],
+            "tokens_per_s": state["train_tokens"] / max(state["train_s"], 1e-9),
+            "peak_mem_mb": _peak_mem_mb(device), "steps": state["step"], "total_steps": total,
+            "resumed_from": resumed_from, "early_stopped": state["stopped"], "history": state["history"],
+            "device": device, "train_tokens": state["train_tokens"]}
