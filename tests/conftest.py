@@ -36,3 +36,73 @@ def embedded_model() -> Path:
     from panza_local import catalogue
 
     return catalogue.embedded_path("smollm2-135m")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Test-wide network guard: any connect() or DNS lookup to a non-loopback address fails the test that made
+# it (the call itself raises OSError, so code under test sees what an offline machine gives it). A test that
+# checks offline behaviour on purpose marks itself @pytest.mark.allow_network_attempt.
+
+import ipaddress  # noqa: E402
+import socket  # noqa: E402
+
+_LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", ""}
+_violations: list[str] = []
+
+
+class NetworkBlocked(OSError):
+    """Raised by the guard instead of touching the network."""
+
+
+def _is_local(host) -> bool:
+    if host is None:
+        return True
+    if isinstance(host, bytes):
+        host = host.decode(errors="replace")
+    host = str(host)
+    if host in _LOCAL_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _guard(kind: str, host) -> None:
+    if not _is_local(host):
+        _violations.append(f"{kind} {host}")
+        raise NetworkBlocked(f"test network guard: {kind} to non-loopback {host!r} blocked")
+
+
+_real_connect, _real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        _guard("connect", address[0])
+    return _real_connect(self, address)
+
+
+def _connect_ex(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        _guard("connect", address[0])
+    return _real_connect_ex(self, address)
+
+
+def _getaddrinfo(host, *args, **kwargs):
+    _guard("getaddrinfo", host)
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = _connect, _connect_ex, _getaddrinfo
+
+
+@pytest.fixture(autouse=True)
+def _no_network(request):
+    """Fail any test that tried to reach a non-loopback address (unless it is marked as expecting to)."""
+    start = len(_violations)
+    yield
+    new = _violations[start:]
+    if new and not request.node.get_closest_marker("allow_network_attempt"):
+        pytest.fail(f"test tried to use the network: {new}")

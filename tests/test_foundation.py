@@ -180,3 +180,26 @@ def test_doctor_json(home):
     assert d["home"] == str(home) and d["store"]["integrity"] == "ok" and d["store"]["schema_version"] >= 1
     assert d["embedded_model"].endswith(".gguf") and d["version"]
     assert any(m["name"] == "smollm2-135m" and m["present"] for m in d["models"])
+
+
+@pytest.mark.allow_network_attempt
+def test_network_guard_blocks_non_loopback():
+    import socket
+
+    import pytest as _pytest
+
+    with _pytest.raises(OSError, match="network guard"):
+        socket.create_connection(("192.0.2.1", 443), timeout=1)  # TEST-NET-1: never routed
+
+
+@pytest.mark.allow_network_attempt
+def test_models_pull_offline_fails_fast_with_manual_fix(home):
+    import time
+
+    from panza_local.errors import OfflineError
+
+    t0 = time.perf_counter()
+    with pytest.raises(OfflineError) as err:
+        catalogue.pull("qwen2.5-0.5b")
+    assert time.perf_counter() - t0 < 10
+    assert "panza models add" in err.value.fix and "qwen2.5-0.5b-instruct-q4_0.gguf" in err.value.fix
