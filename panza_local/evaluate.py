@@ -372,10 +372,10 @@ def evaluate(items: Sequence[Item], *, configs: Sequence[str] = tuple(CONFIGS), 
     result: dict = {"configs": {}, "seeds": len(seed_list), "n": len(items), "skipped": skipped, "notes": notes,
                     "adapter": adapter_id, "scoring_models": SCORING_MODELS,
                     "ref_lengths": [len(metrics.words(it.reference)) for it in items]}
-    for c in configs:
+    for c in CONFIGS:  # all four, always: the ones not run say why
         result["configs"][c] = scored.get(c) or {**{k: None for k in METRICS},
                                                  **{f"{k}_std": None for k in METRICS},
-                                                 "skipped": skipped.get(c, "not run")}
+                                                 "skipped": skipped.get(c, "not requested (--configs)")}
     result["samples"] = [{"instruction": items[i].instruction, "reference": items[i].reference,
                           **{g.config: g.text for g in gens if g.index == i and g.seed == seed_list[0]}}
                          for i in range(min(samples, len(items)))]

@@ -337,12 +337,14 @@ def _item_id(x) -> str:
 def search(query: str, k: int = 5, kinds: Iterable[str] = ("sent",), before=None, exclude_ids: Iterable = (),
            min_score: float | None = None, to: str | Iterable[str] | None = None, *,
            conn: sqlite3.Connection | None = None, settings: config.Settings | None = None,
-           near_dup_of: str | None = None) -> list[Hit]:
+           near_dup_of=None) -> list[Hit]:
     """Top-k diverse hits for `query`; with `to`, past mail to (or from) that person comes first.
 
     `before` keeps only items dated strictly earlier; `exclude_ids` takes message ids (int) or item ids;
-    `near_dup_of` (a text) drops anything that is a near-duplicate of it (RAFT: the target email).
+    `near_dup_of` (the target email's text, or its vector) drops its near-duplicates (RAFT, evaluation).
     """
+    import numpy as np
+
     settings = settings or config.load()
     if k <= 0 or not query or not query.strip():
         return []
@@ -350,8 +352,8 @@ def search(query: str, k: int = 5, kinds: Iterable[str] = ("sent",), before=None
     if col is None or col.count() == 0:
         raise NoDataError("the retrieval index is empty (or was built by another embedding model)",
                           fix="run `panza index`")
-    texts = [query] if near_dup_of is None else [query, near_dup_of]
-    vecs = embed.embed(texts, settings.embedding_model)
+    dup_text = near_dup_of if isinstance(near_dup_of, str) else None
+    vecs = embed.embed([query] if dup_text is None else [query, dup_text[:MAX_TEXT]], settings.embedding_model)
     qv = vecs[0]
     where = _where(kinds, before)
     excluded = {_item_id(x) for x in exclude_ids}
@@ -362,8 +364,10 @@ def search(query: str, k: int = 5, kinds: Iterable[str] = ("sent",), before=None
         match = {"people": {"$contains": people[0]}} if len(people) == 1 else \
             {"$or": [{"people": {"$contains": a}} for a in people]}
         pools.insert(0, _candidates(col, qv, _and(where, match), fetch))
-    target = _Cand("target", {}, vecs[1], 1.0, Hit("target", -1, 1.0, "", None, "", "", near_dup_of)) \
-        if near_dup_of is not None else None
+    target = None
+    if near_dup_of is not None:  # a text (vector + word overlap checks) or a bare vector
+        tvec = vecs[1] if dup_text is not None else np.asarray(near_dup_of, dtype=np.float32)
+        target = _Cand("target", {}, tvec, 1.0, Hit("target", -1, 1.0, "", None, "", "", dup_text or ""))
     own = conn is None
     conn = conn or store.connect()
     try:

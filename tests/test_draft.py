@@ -100,11 +100,15 @@ def indexed(settings):
     """A store and a real Chroma index: past mail to bob about the garden, to others about calls."""
     index = pytest.importorskip("panza_local.index")
     conn = store.connect()
-    bob = [add_message(conn, f"Hi Bob,\n\nThe tomatoes in the garden plot {i} need water on Sunday.\n\nThanks,\nAnn",
-                       to="Bob <bob@example.org>", subject="Garden") for i in range(2)]
-    for i in range(4):
-        add_message(conn, f"Hi team,\n\nCan we move the Friday call {i} to 3pm? Let me know.\n\nThanks,\nAnn",
-                    to=f"p{i}@example.org", subject="Friday call")
+    garden = ["Hi Bob,\n\nThe tomatoes in the garden need water on Sunday, the hose is in the shed.\n\nThanks,\nAnn",
+              "Hi Bob,\n\nCould you bring the tomatoes seedlings and compost bags to the allotment?\n\nThanks,\nAnn"]
+    calls = ["Hi team,\n\nCan we move the Friday call to 3pm? Marta has a dentist appointment.\n\nThanks,\nAnn",
+             "Dear Paul,\n\nI propose we reschedule our weekly sync call to Thursday afternoon.\n\nBest,\nAnn",
+             "Hello Jin,\n\nThe budget review call moves to 10am on Monday, same dial-in number.\n\nAnn",
+             "Hi Sara,\n\nSorry, I cannot make the call at noon; would 3pm on Friday work instead?\n\nThanks,\nAnn"]
+    bob = [add_message(conn, b, to="Bob <bob@example.org>", subject="Garden") for b in garden]
+    for i, body in enumerate(calls):
+        add_message(conn, body, to=f"p{i}@example.org", subject="Call")
     index.sync(conn, settings=settings)
     yield conn, [f"msg:{b}" for b in bob]
     conn.close()
@@ -116,7 +120,7 @@ def test_rag_puts_past_mail_to_the_recipient_first(settings, indexed):
     assert len(plan.retrieved) == settings.rag_k
     assert {r.id for r in plan.retrieved[:2]} == set(bob_ids)  # less similar, but to Bob: first
     assert all(r.same_recipient for r in plan.retrieved[:2]) and not plan.retrieved[2].same_recipient
-    assert "Friday call" in plan.retrieved[2].text
+    assert "call" in plan.retrieved[2].text
     user = plan.messages[1]["content"]
     assert user.count("tomatoes") == 2 and 'Usual greeting: "Hi Bob,"' in user  # recipient's own greeting
     for _ in draft.stream(plan):

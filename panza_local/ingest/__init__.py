@@ -123,28 +123,36 @@ def _ingest_files(conn, sid: int, root: Path, kind: str, opts: dict, summary: di
                   on_progress: Progress | None) -> str:
     known = {r["path"]: r for r in conn.execute("SELECT * FROM source_files WHERE source_id = ?", (sid,))}
     listing = list(SOURCES[kind].files(root))
-    kinds: Counter[str] = Counter()
-    for i, (path, reader) in enumerate(listing):
-        if on_progress:
-            on_progress(i, len(listing), f"{summary['seen']} seen, {summary['stored']} stored")
-        kinds[reader] += 1
-        prev = known.pop(str(path), None)
-        try:
-            st = path.stat()
-        except OSError as exc:
-            _error(summary, str(path), f"cannot stat: {exc.strerror}", "unreadable_file")
-            continue
-        if prev and prev["size"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns \
-                and prev["offset"] >= st.st_size:
-            summary["unchanged_files"] += 1
-            continue
-        summary["files"] += 1
-        try:
-            _ingest_file(conn, sid, path, reader, st, prev, opts, summary)
-        except OSError as exc:
-            _error(summary, str(path), f"cannot read: {exc.strerror or exc}", "unreadable_file")
-    for gone in known:  # files that disappeared since the last run
+    present = {str(p) for p, _ in listing}
+    for gone in [p for p in known if p not in present]:  # first, so a moved message is revived, not lost
         _forget_file(conn, sid, gone, summary)
+    kinds: Counter[str] = Counter()
+    tx = {"n": 0}
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for i, (path, reader) in enumerate(listing):
+            if on_progress and i % 50 == 0:
+                on_progress(i, len(listing), f"{summary['seen']} seen, {summary['stored']} stored")
+            kinds[reader] += 1
+            prev = known.get(str(path))
+            try:
+                st = path.stat()
+            except OSError as exc:
+                _error(summary, str(path), f"cannot stat: {exc.strerror}", "unreadable_file")
+                continue
+            if prev and prev["size"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns \
+                    and prev["offset"] >= st.st_size:
+                summary["unchanged_files"] += 1
+                continue
+            summary["files"] += 1
+            try:
+                _ingest_file(conn, sid, path, reader, st, prev, opts, summary, tx)
+            except OSError as exc:
+                _error(summary, str(path), f"cannot read: {exc.strerror or exc}", "unreadable_file")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
     if on_progress:
         on_progress(len(listing), len(listing), f"{summary['seen']} seen, {summary['stored']} stored")
     real = {k: v for k, v in kinds.items() if not k.startswith("skip:")}
@@ -154,8 +162,21 @@ def _ingest_files(conn, sid: int, root: Path, kind: str, opts: dict, summary: di
     return kind
 
 
+def _tick(conn, tx: dict) -> bool:
+    """Count one stored unit; True when the batch is full (the caller saves its offset, then `_commit`)."""
+    tx["n"] += 1
+    return tx["n"] >= BATCH
+
+
+def _commit(conn, tx: dict) -> None:
+    conn.execute("COMMIT")
+    conn.execute("BEGIN IMMEDIATE")
+    tx["n"] = 0
+
+
 def _ingest_file(conn, sid: int, path: Path, reader: str, st: os.stat_result, prev, opts: dict,
-                 summary: dict) -> None:
+                 summary: dict, tx: dict) -> None:
+    """Read one file inside the running transaction, committing every BATCH units with the file's offset."""
     start = 0
     old_ids: set[int] = set()
     if prev is not None:
@@ -167,41 +188,29 @@ def _ingest_file(conn, sid: int, path: Path, reader: str, st: os.stat_result, pr
     if reader.startswith("skip:"):
         summary["seen"] += 1
         summary["skipped"][reader[5:]] += 1
-        _save_file(conn, sid, path, st, st.st_size)
-        return
-    if reader == "doc":
+    elif reader == "doc":
         summary["seen"] += 1
-        with store.transaction(conn):
-            _store_document(conn, sid, path, summary)
-            _save_file(conn, sid, path, st, st.st_size)
-        return
-    touched: set[int] = set()
-    items = READERS[reader](path, start)
-    done = False
-    while not done:
-        with store.transaction(conn):
-            n, offset = 0, None
-            for item in items:
-                _store_item(conn, sid, item, opts, summary, touched)
-                offset = item.end
-                n += 1
-                if n >= BATCH:
-                    break
-            else:
-                done = True
-            if done:
-                _mark_deleted(conn, old_ids - touched, summary)
-                _save_file(conn, sid, path, st, st.st_size)
-            elif offset is not None:
-                _save_file(conn, sid, path, st, offset)
+        _store_document(conn, sid, path, summary)
+    else:
+        touched: set[int] = set()
+        for item in READERS[reader](path, start):
+            _store_item(conn, sid, item, opts, summary, touched)
+            if _tick(conn, tx) and item.end is not None:  # mid-file commit: remember how far we got
+                _save_file(conn, sid, path, st, item.end, reader)
+                _commit(conn, tx)
+        _mark_deleted(conn, old_ids - touched, summary)
+    _save_file(conn, sid, path, st, st.st_size, reader)
+    if _tick(conn, tx):
+        _commit(conn, tx)
 
 
-def _save_file(conn, sid: int, path: Path, st: os.stat_result, offset: int) -> None:
+def _save_file(conn, sid: int, path: Path, st: os.stat_result, offset: int, reader: str) -> None:
+    head = _head_hash(path, offset) if reader in APPENDABLE else None
     conn.execute(
         "INSERT INTO source_files (source_id, path, size, mtime_ns, offset, head_hash) VALUES (?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (source_id, path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
         "offset = excluded.offset, head_hash = excluded.head_hash",
-        (sid, str(path), st.st_size, st.st_mtime_ns, offset, _head_hash(path, offset)))
+        (sid, str(path), st.st_size, st.st_mtime_ns, offset, head))
 
 
 def _ids_at(conn, path: Path) -> set[int]:

@@ -135,7 +135,7 @@ def _training_context(conn, message_id, settings) -> list[str] | None:
     fn = getattr(index, "training_context", None)
     if fn is None:
         return None
-    got = fn(conn, message_id, k=settings.rag_k)
+    got = fn(message_id, k=settings.rag_k, conn=conn, settings=settings)
     return [g if isinstance(g, str) else _row_get(g, "text", "body", "document", default="") for g in got or []]
 
 

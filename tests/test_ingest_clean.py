@@ -1,0 +1,73 @@
+"""Cleaning: one golden fixture per pattern, plus the reply-parser corpora in ../shared/data/tricky."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from panza_local.ingest.clean import clean, content_hash, language, residual_markers
+
+FIXTURES = Path(__file__).parent / "fixtures" / "ingest" / "clean"
+CASES = sorted(p.name[:-len(".in.txt")] for p in FIXTURES.glob("*.in.txt"))
+
+
+def test_there_is_a_golden_file_per_pattern():
+    assert len(CASES) >= 15
+    for name in CASES:
+        assert (FIXTURES / f"{name}.body.txt").is_file(), name
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_golden(name):
+    text = (FIXTURES / f"{name}.in.txt").read_text(encoding="utf-8")
+    want = (FIXTURES / f"{name}.body.txt").read_text(encoding="utf-8").strip()
+    got = clean(text)
+    assert got.body == want
+    assert residual_markers(got.body) == []
+    if name != "not_a_quote" and not name.startswith(("sig_", "mobile_", "disclaimer", "list_footer")):
+        assert got.thread, "the quoted part is kept as thread context"
+
+
+def test_thread_keeps_the_quoted_text():
+    got = clean((FIXTURES / "on_wrote_en.in.txt").read_text())
+    assert "Could you check the Q1 numbers?" in got.thread
+    assert "wrote:" in got.thread
+
+
+def test_crlf_and_control_characters():
+    got = clean("Hello there,\r\nall good.\x00\x07\r\n\r\n> quoted\r\n")
+    assert got.body == "Hello there,\nall good."
+
+
+def test_content_hash_ignores_case_spacing_and_punctuation():
+    assert content_hash("Hello,  World!\n") == content_hash("hello world")
+    assert content_hash("hello world") != content_hash("hello there world")
+
+
+@pytest.mark.parametrize("text,lang", [
+    ("Thanks for the update, I will send the report to you on Monday.", "en"),
+    ("Vielen Dank, ich schicke dir die Unterlagen und wir sehen uns auch morgen.", "de"),
+    ("Merci pour votre message, je vous envoie le document dans la journée.", "fr"),
+    ("Gracias por el mensaje, te envío los documentos para la reunión.", "es"),
+    ("Спасибо за письмо, я пришлю документы завтра.", "ru"),
+    ("明日の会議の資料を送ります。よろしくお願いします。", "ja"),
+])
+def test_language(text, lang):
+    assert language(text) == lang
+
+
+def test_reply_parser_corpora(shared_data):
+    """Every reply-parser fixture whose reply is the 'Fusce bibendum' paragraph comes out as just that."""
+    files = sorted((shared_data / "tricky" / "reply_parsers").rglob("*.txt"))
+    assert len(files) > 100
+    checked = 0
+    for f in files:
+        text = f.read_text(encoding="utf-8", errors="replace")
+        got = clean(text)
+        assert residual_markers(got.body) == [], f.name
+        if text.startswith("Fusce bibendum"):
+            checked += 1
+            assert got.body.startswith("Fusce bibendum"), f.name
+            assert len(got.body) < 600, f.name  # the reply is ~560 chars; more means quoted text leaked in
+    assert checked >= 40
