@@ -188,6 +188,17 @@ def recent_mail(conn: sqlite3.Connection, query: str = "", limit: int = 50) -> l
     return [dict(r) for r in conn.execute(sql, [*args, limit])]
 
 
+def item_dates(conn: sqlite3.Connection, item_ids: list[str]) -> dict[str, str]:
+    """Dates (YYYY-MM-DD) of the messages behind retrieval-index item ids."""
+    out: dict[str, str] = {}
+    for item_id in item_ids:
+        row = conn.execute("SELECT m.date FROM index_items i JOIN messages m ON m.id = i.ref_id "
+                           "WHERE i.item_id = ? AND i.kind != 'doc'", (item_id,)).fetchone()
+        if row and row["date"]:
+            out[item_id] = row["date"][:10]
+    return out
+
+
 def pipeline_status(conn: sqlite3.Connection) -> dict:
     """What the status screen shows: sources and last sync, counts, adapters with scores, recent runs."""
     sources = [dict(r) for r in conn.execute(

@@ -241,21 +241,12 @@ def _adapter(use_adapter, settings, notices: list[str]) -> tuple[str | None, Pat
 
 
 def _current_adapter() -> dict | None:
-    """The registry's active adapter; without the training module, the home's `adapters/current` pointer."""
+    """The registry's active adapter (None without a training stage or a promoted adapter)."""
     try:
         from .train import registry
     except ImportError:
-        registry = None
-    if registry is not None and hasattr(registry, "current"):
-        return registry.current()
-    from . import paths
-
-    link = paths.home() / "adapters" / "current"
-    if not link.exists():
         return None
-    folder = link.resolve()
-    ggufs = sorted(folder.glob("*.gguf"))
-    return {"id": folder.name, "gguf": str(ggufs[0]) if ggufs else None}
+    return registry.current()
 
 
 # -- replies ------------------------------------------------------------------------------------------------
@@ -420,7 +411,8 @@ def _without(plan: DraftPlan, drop: set[str]) -> DraftPlan:
 
 
 def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
+    words = (re.sub(r"^\W+|\W+$", "", w) for w in text.lower().split())
+    return [w for w in words if w]
 
 
 def copied_from(text: str, retrieved: list[Retrieved], n: int = COPY_WORDS) -> list[str]:
@@ -447,7 +439,7 @@ def _tidy(text: str) -> tuple[str, str]:
             subject = value.strip()
         while lines and not lines[0].strip():
             lines.pop(0)
-    return "\n".join(lines).strip(), subject
+    return "\n".join(lines).strip().rstrip("~").rstrip(), subject  # "~~" left by the fence stop
 
 
 def _subject_from(instruction: str) -> str:
@@ -557,10 +549,12 @@ def save_maildir(d: Draft, path: str | Path, sender: str | None = None, settings
         msg.set_subdir("cur")
         msg.set_flags("DS")
         key = box.add(msg)
+        out = folder / "cur" / f"{key}:2,DS"
+        out.chmod(0o600)  # a draft is private mail, whatever the umask
     except OSError as exc:
         raise PanzaError(f"cannot write the draft to the Maildir {folder}: {exc}",
                          fix="give a writable Maildir: --save-draft maildir:~/Mail/Drafts") from None
-    return folder / "cur" / f"{key}:2,DS"
+    return out
 
 
 def imap_target(target: str = "imap") -> dict:

@@ -98,6 +98,11 @@ def timestamp(value) -> int | None:
     return int(value.timestamp())
 
 
+def message_text(subject: str | None, body: str | None) -> str:
+    """What is embedded for an email: its subject, a blank line, its body, cut at MAX_TEXT characters."""
+    return f"{(subject or '').strip()}\n\n{(body or '').strip()}".strip()[:MAX_TEXT]
+
+
 def _message_items(conn: sqlite3.Connection) -> Iterator[_Item]:
     rows = conn.execute("SELECT id, date, subject, body, from_addr, to_addrs, cc_addrs, is_mine "
                         "FROM messages WHERE deleted = 0")
@@ -108,8 +113,7 @@ def _message_items(conn: sqlite3.Connection) -> Iterator[_Item]:
         meta = {"kind": "sent" if mine else "thread", "ref": r["id"], "ts": ts if ts is not None else -1}
         if people:
             meta["people"] = people
-        text = f"{(r['subject'] or '').strip()}\n\n{(r['body'] or '').strip()}".strip()[:MAX_TEXT]
-        yield _Item(f"msg:{r['id']}", meta["kind"], r["id"], text, meta)
+        yield _Item(f"msg:{r['id']}", meta["kind"], r["id"], message_text(r["subject"], r["body"]), meta)
 
 
 def _doc_items(conn: sqlite3.Connection) -> Iterator[_Item]:
@@ -135,7 +139,7 @@ def _hash(item: _Item) -> str:
 # ---------------------------------------------------------------- sync
 
 def sync(conn: sqlite3.Connection, on_progress: Progress | None = None, *, settings: config.Settings | None = None,
-         embed_fn: Callable[[list[str]], object] | None = None, batch: int = 128) -> dict:
+         embed_fn: Callable[[list[str]], object] | None = None, batch: int = 256) -> dict:
     """Bring the collection in step with the store: embed new or changed items, remove gone ones."""
     t0 = time.perf_counter()
     settings = settings or config.load()

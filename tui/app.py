@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
+from pathlib import Path
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -22,7 +24,7 @@ from .screens.status import StatusScreen
 class PanzaApp(App):
     """Chat and draft in your own voice."""
 
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses (tests) find it too
     TITLE = "panza"
     MODES = {"chat": ChatScreen, "draft": DraftScreen, "status": StatusScreen}
     DEFAULT_MODE = "chat"
@@ -41,13 +43,14 @@ class PanzaApp(App):
                  seed: int | None = None, use_rag: bool = True, check_model: bool = True) -> None:
         super().__init__()
         self.settings = settings or config.load()
-        self.max_tokens = max_tokens
+        if max_tokens is not None:
+            self.settings = dataclasses.replace(self.settings, max_tokens=max_tokens)
         self.seed = seed
         self.use_rag = use_rag
         self._first_run = first_run
         self._check_model = check_model
         self.conn = store.connect()
-        self._adapter = backend.current_adapter()
+        self.adapter = backend.current_adapter()
 
     def on_mount(self) -> None:
         if self._check_model:
@@ -68,11 +71,11 @@ class PanzaApp(App):
 
     def adapter_label(self) -> str:
         """The adapter in use, for display."""
-        return self._adapter["id"] if self._adapter else "none (base model)"
+        return self.adapter["id"] if self.adapter else "none (base model)"
 
     def refresh_adapter(self) -> None:
         """Re-read the promoted adapter (after a re-tune)."""
-        self._adapter = backend.current_adapter()
+        self.adapter = backend.current_adapter()
 
     def notify_error(self, message: str) -> None:
         """An error notification; the message names the command that fixes it."""

@@ -44,12 +44,13 @@ class StreamChunk(Message):
 
 
 class StreamDone(Message):
-    """Generation finished (or was stopped); `text` is all of it."""
+    """Generation finished (or was stopped); `text` is all of it, `result` the finished Draft if any."""
 
-    def __init__(self, text: str, stopped: bool = False) -> None:
+    def __init__(self, text: str, stopped: bool = False, result=None) -> None:
         super().__init__()
         self.text = text
         self.stopped = stopped
+        self.result = result
 
 
 class StreamFailed(Message):
@@ -63,11 +64,12 @@ class StreamFailed(Message):
 class ContextReady(Message):
     """What a reply or draft is built from: retrieved hits, model, adapter."""
 
-    def __init__(self, hits: list[dict], model: str, adapter: str) -> None:
+    def __init__(self, hits: list[dict], model: str, adapter: str, notices: list[str] | None = None) -> None:
         super().__init__()
         self.hits = hits
         self.model = model
         self.adapter = adapter
+        self.notices = notices or []
 
 
 class RetuneProgress(Message):

@@ -32,6 +32,10 @@ def add_cmd(args) -> int:
         for src in args.sources:
             imap = str(src).startswith(("imap://", "imaps://"))
             uri = str(src) if imap else str(Path(src).expanduser().resolve())
+            if imap:
+                from ..ingest import imap as imap_source
+
+                imap_source.parse_uri(uri)
             kind = detect(uri if imap else Path(uri))
             sid = source_row(conn, uri, kind, register=True)
             out.append({"id": sid, "uri": uri, "kind": kind})

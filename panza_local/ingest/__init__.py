@@ -77,6 +77,7 @@ def ingest(conn: sqlite3.Connection, sources: list[str], me: list[str] | None = 
             kind = detect(src if str(src).startswith(("imap://", "imaps://")) else Path(src).expanduser())
             if kind == "imap":
                 uri = str(src)
+                imap.parse_uri(uri)  # refuses a URI with a password before it is stored anywhere
                 sid = source_row(conn, uri, kind, register)
                 imap.ingest(conn, sid, uri, lambda item: _store_item(conn, sid, item, opts, summary, set()),
                             summary, on_progress)
@@ -113,7 +114,7 @@ def source_row(conn: sqlite3.Connection, uri: str, kind: str, register: bool = F
 def _head_hash(path: Path, offset: int) -> str:
     """Hash of the first 4 KiB and of the 4 KiB before `offset`: detects a rewrite of what was read."""
     with open(path, "rb") as fh:
-        first = fh.read(4096)
+        first = fh.read(min(4096, offset))
         fh.seek(max(0, offset - 4096))
         last = fh.read(min(4096, offset))
     return hashlib.sha1(first).hexdigest()[:16] + ":" + hashlib.sha1(last).hexdigest()[:16]

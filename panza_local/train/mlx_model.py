@@ -306,8 +306,8 @@ def _attention(attn, x, cos, sin, mask, lm: Loaded):
     return attn.o_proj(o.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
-def forward(lm: Loaded, ids, positions=None, segments=None):
-    """Logits (B, L, vocab) for token ids (B, L); `positions`/`segments` from `data.pack` for packed rows."""
+def hidden(lm: Loaded, ids, positions=None, segments=None):
+    """Final-norm hidden states (B, L, D) for token ids (B, L); `positions`/`segments` as `data.pack` makes."""
     import mlx.core as mx
 
     B, L = ids.shape
@@ -316,7 +316,7 @@ def forward(lm: Loaded, ids, positions=None, segments=None):
     if segments is None:
         segments = mx.zeros((B, L), dtype=mx.int32)
     inner = lm.model.model
-    h = inner.embed_tokens(ids)
+    h = inner.embed_tokens(ids).astype(mx.float32)  # float16 activations are ~40x slower on CPU
 
     def angles(inv):
         a = positions.astype(mx.float32)[:, None, :, None] * inv[None, None, None, :]
@@ -325,7 +325,7 @@ def forward(lm: Loaded, ids, positions=None, segments=None):
     cos, sin = angles(lm.inv_freq)
     mask = _mask(positions, segments)
     if lm.arch == "gemma3":
-        h = h * mx.array(lm.embed_scale, dtype=h.dtype)
+        h = h * lm.embed_scale
         lcos, lsin = angles(lm.local_inv_freq)
         lmask = _mask(positions, segments, lm.sliding_window)
         for layer in inner.layers:
@@ -339,7 +339,16 @@ def forward(lm: Loaded, ids, positions=None, segments=None):
         for layer in inner.layers:
             h = h + _attention(layer.self_attn, layer.input_layernorm(h), cos, sin, mask, lm)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-    h = inner.norm(h)
+    return inner.norm(h)
+
+
+def head(lm: Loaded, h):
+    """Vocabulary logits of hidden states (the tied embedding or the output matrix)."""
     model = lm.model
     tied = getattr(model, "tie_word_embeddings", getattr(model.args, "tie_word_embeddings", False))
-    return inner.embed_tokens.as_linear(h) if tied else model.lm_head(h)
+    return model.model.embed_tokens.as_linear(h) if tied else model.lm_head(h)
+
+
+def forward(lm: Loaded, ids, positions=None, segments=None):
+    """Logits (B, L, vocab) for token ids (B, L)."""
+    return head(lm, hidden(lm, ids, positions, segments))

@@ -143,12 +143,14 @@ class ChatScreen(Screen):
         worker = get_current_worker()
         parts: list[str] = []
         try:
-            query = history[-1].content
-            hits = backend.retrieve(query) if self.app.use_rag else []
-            self.post_message(ContextReady(hits, backend.model_name(self.app.settings), self.app.adapter_label()))
-            examples = [h["snippet"] for h in hits if h.get("snippet")]
-            gen = chat.stream_reply(history, examples=examples, settings=self.app.settings,
-                                    max_tokens=self.app.max_tokens, seed=self.app.seed)
+            hits, notices = ([], [])
+            if self.app.use_rag:
+                hits, notices = backend.retrieve(self.app.conn, history[-1].content, self.app.settings)
+            self.post_message(ContextReady(hits, backend.model_name(self.app.settings), self.app.adapter_label(),
+                                           notices))
+            adapter = self.app.adapter
+            gen = chat.stream_reply(history, examples=[h["text"] for h in hits], settings=self.app.settings,
+                                    seed=self.app.seed, lora_path=adapter["gguf"] if adapter else None)
             try:
                 for piece in gen:
                     if worker.is_cancelled:
@@ -166,17 +168,17 @@ class ChatScreen(Screen):
         self.post_message(StreamDone("".join(parts), stopped=worker.is_cancelled))
 
     @on(ContextReady)
-    def _context(self, event: ContextReady) -> None:
-        self.query_one("#chat-side", SidePanel).show_context(event.hits, event.model, event.adapter)
+    def _show_context(self, event: ContextReady) -> None:
+        self.query_one("#chat-side", SidePanel).show_context(event.hits, event.model, event.adapter, event.notices)
         self._hits = event.hits
 
     @on(StreamChunk)
-    async def _chunk(self, event: StreamChunk) -> None:
+    async def _append_chunk(self, event: StreamChunk) -> None:
         if self._stream is not None:
             await self._stream.write(event.text)
 
     @on(StreamDone)
-    async def _done(self, event: StreamDone) -> None:
+    async def _stream_done(self, event: StreamDone) -> None:
         await self._finish_stream()
         text = event.text.strip() or "(no reply)"
         stats = engine.last_stats
@@ -190,7 +192,7 @@ class ChatScreen(Screen):
         self.refresh_list()
 
     @on(StreamFailed)
-    async def _failed(self, event: StreamFailed) -> None:
+    async def _stream_failed(self, event: StreamFailed) -> None:
         await self._finish_stream()
         if self._reply_block is not None:
             await self._reply_block.remove()

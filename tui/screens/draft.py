@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -13,7 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static, TextArea
 from textual.worker import get_current_worker
 
-from panza_local import chat, engine
+from panza_local import chat, draft, engine
 from panza_local.errors import PanzaError
 
 from .. import backend
@@ -42,7 +43,7 @@ class DraftScreen(Screen):
         self.thread: dict | None = None
         self.instruction = ""
         self.streaming = False
-        self.hits: list[dict] = []
+        self.result: draft.Draft | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -70,20 +71,14 @@ class DraftScreen(Screen):
         """The draft as it stands (edits included)."""
         return self.query_one("#draft-text", TextArea).text
 
-    def _headers(self) -> dict:
-        h = {"to": self.query_one("#draft-to", Input).value.strip(),
-             "subject": self.query_one("#draft-subject", Input).value.strip()}
-        if self.thread and self.thread.get("message_id"):
-            h["in_reply_to"] = self.thread["message_id"]
-            h["references"] = self.thread.get("refs") or ""
-        return h
+    def _fields(self) -> tuple[str, str]:
+        return (self.query_one("#draft-to", Input).value.strip(), self.query_one("#draft-subject", Input).value.strip())
 
     # -- generating ----------------------------------------------------------------------------------------
 
     @on(PromptSubmitted, "#draft-instruction")
     def _submitted(self, event: PromptSubmitted) -> None:
-        self.instruction = event.text
-        self.query_one("#draft-instruction", PromptInput).text = event.text  # keep it visible for regenerate
+        self.query_one("#draft-instruction", PromptInput).text = event.text  # kept visible for regenerate
         self.action_generate()
 
     def action_generate(self) -> None:
@@ -97,61 +92,66 @@ class DraftScreen(Screen):
         area.clear()
         area.read_only = True
         self.streaming = True
-        h = self._headers()
-        self.stream(self.instruction, h["to"], h["subject"], (self.thread or {}).get("body", ""))
+        self.result = None
+        to, subject = self._fields()
+        self.stream(self.instruction, to, subject, self.thread)
 
     @work(thread=True, exclusive=True, group="draft")
-    def stream(self, instruction: str, to: str, subject: str, thread: str) -> None:
-        """Retrieve, then stream the draft (posts ContextReady, StreamChunk, StreamDone or StreamFailed)."""
+    def stream(self, instruction: str, to: str, subject: str, thread: dict | None) -> None:
+        """Plan (retrieve, adapter), then stream the draft: posts ContextReady, StreamChunk, StreamDone/Failed."""
         worker = get_current_worker()
-        parts: list[str] = []
         try:
-            hits = backend.retrieve(instruction, to=to or None) if self.app.use_rag else []
-            self.post_message(ContextReady(hits, backend.model_name(self.app.settings), self.app.adapter_label()))
-            gen = backend.stream_draft(instruction, to=to, subject=subject, thread=thread, hits=hits,
-                                       max_tokens=self.app.max_tokens, seed=self.app.seed, settings=self.app.settings)
+            plan = backend.plan_draft(instruction, to=to, subject=subject, thread=thread, use_rag=self.app.use_rag,
+                                      seed=self.app.seed, settings=self.app.settings)
+            self.post_message(ContextReady(backend.plan_rows(self.app.conn, plan), plan.settings.model,
+                                           plan.adapter or "none (base model)", plan.notices))
+            gen = draft.stream(plan)
             try:
                 for piece in gen:
                     if worker.is_cancelled:
                         break
-                    parts.append(piece)
                     self.post_message(StreamChunk(piece))
             finally:
                 gen.close()
+            result = draft.finish(plan)
         except PanzaError as exc:
             self.post_message(StreamFailed(str(exc)))
             return
         except Exception as exc:  # noqa: BLE001 - shown to the user, never swallowed
             self.post_message(StreamFailed(f"{type(exc).__name__}: {exc}\n  fix: run `panza doctor`"))
             return
-        self.post_message(StreamDone("".join(parts), stopped=worker.is_cancelled))
+        self.post_message(StreamDone(result.text, stopped=worker.is_cancelled, result=result))
 
     @on(ContextReady)
-    def _context(self, event: ContextReady) -> None:
-        self.hits = event.hits
-        self.query_one("#draft-side", SidePanel).show_context(event.hits, event.model, event.adapter)
+    def _show_context(self, event: ContextReady) -> None:
+        self.query_one("#draft-side", SidePanel).show_context(event.hits, event.model, event.adapter, event.notices)
 
     @on(StreamChunk)
-    def _chunk(self, event: StreamChunk) -> None:
+    def _append_chunk(self, event: StreamChunk) -> None:
         area = self.query_one("#draft-text", TextArea)
         area.insert(event.text, area.document.end)
 
     @on(StreamDone)
-    def _done(self, event: StreamDone) -> None:
+    def _stream_done(self, event: StreamDone) -> None:
         self.streaming = False
+        self.result = event.result
         area = self.query_one("#draft-text", TextArea)
+        area.text = event.text  # the tidied text (a stray "Subject:" line moved into the subject)
         area.read_only = False
         stats = engine.last_stats
         self.query_one("#draft-side", SidePanel).show_speed(stats.completion_tokens, stats.tokens_per_s,
                                                             stats.ttft_s)
-        if not self.query_one("#draft-subject", Input).value and not self.thread:
-            self.query_one("#draft-subject", Input).value = chat.title_for(self.instruction, 60)
+        to, subject = self._fields()
+        if not subject and event.result is not None:
+            self.query_one("#draft-subject", Input).value = event.result.subject
+        if not to and event.result is not None and event.result.to:
+            self.query_one("#draft-to", Input).value = event.result.to
         area.focus()
         self.notify("Draft ready: edit it, then ctrl+s saves .eml, ctrl+o saves to Drafts, f7 copies.",
                     title="Draft", timeout=4)
 
     @on(StreamFailed)
-    def _failed(self, event: StreamFailed) -> None:
+    def _stream_failed(self, event: StreamFailed) -> None:
         self.streaming = False
         self.query_one("#draft-text", TextArea).read_only = False
         self.app.notify_error(event.error)
@@ -178,22 +178,26 @@ class DraftScreen(Screen):
         subject = self.thread["subject"] or ""
         self.query_one("#draft-to", Input).value = self.thread["from_addr"] or ""
         self.query_one("#draft-subject", Input).value = subject if subject.lower().startswith("re:") else f"Re: {subject}"
-        self.query_one("#draft-thread", Static).update(f"Replying to: {labels[choice]}")
+        self.query_one("#draft-thread", Static).update(f"Replying to: {escape(labels[choice])}")
 
     def action_alternatives(self) -> None:
         if not self.instruction:
             self.notify("Draft something first (type an instruction, then enter).", severity="warning")
             return
+        if self.streaming:
+            self.notify("The draft is still being written (escape stops it).", severity="warning")
+            return
         self.notify("Writing 3 alternatives…", timeout=3)
-        h = self._headers()
-        self.make_alternatives(self.instruction, h["to"], h["subject"], (self.thread or {}).get("body", ""))
+        to, subject = self._fields()
+        self.make_alternatives(self.instruction, to, subject, self.thread)
 
     @work(thread=True, exclusive=True, group="alternatives")
-    def make_alternatives(self, instruction: str, to: str, subject: str, thread: str) -> None:
+    def make_alternatives(self, instruction: str, to: str, subject: str, thread: dict | None) -> None:
         try:
-            alts = backend.alternatives(instruction, 3, to=to, subject=subject, thread=thread, hits=self.hits,
-                                        max_tokens=self.app.max_tokens, seed=self.app.seed,
-                                        settings=self.app.settings)
+            plan = backend.plan_draft(instruction, to=to, subject=subject, thread=thread, use_rag=self.app.use_rag,
+                                      seed=self.app.seed, settings=self.app.settings)
+            alts = backend.alternatives(instruction, 3, to=plan.to, subject=plan.subject, reply_to=plan.reply,
+                                        use_rag=self.app.use_rag, seed=self.app.seed, settings=self.app.settings)
         except PanzaError as exc:
             self.app.call_from_thread(self.app.notify_error, str(exc))
             return
@@ -201,38 +205,42 @@ class DraftScreen(Screen):
             self.app.call_from_thread(self._choose_alternative, alts)
 
     @work
-    async def _choose_alternative(self, alts: list[str]) -> None:
-        labels = [a.strip().replace("\n", " ")[:300] or "(empty)" for a in alts]
+    async def _choose_alternative(self, alts: list) -> None:
+        labels = [a.text.strip().replace("\n", " ")[:300] or "(empty)" for a in alts]
         choice = await self.app.push_screen_wait(PickOne("Pick an alternative", labels))
         if choice is not None:
-            self.query_one("#draft-text", TextArea).text = alts[choice].strip()
+            self.result = alts[choice]
+            self.query_one("#draft-text", TextArea).text = alts[choice].text
 
     # -- output --------------------------------------------------------------------------------------------
 
-    def _ready(self) -> bool:
+    def current_draft(self) -> draft.Draft | None:
+        """The draft with the user's edits, or None (with a notification saying why)."""
         if self.streaming:
             self.notify("The draft is still being written (escape stops it).", severity="warning")
-            return False
-        if not self.draft_text.strip():
+            return None
+        if self.result is None or not self.draft_text.strip():
             self.notify("There is no draft yet: type an instruction, then enter.", severity="warning")
-            return False
-        return True
+            return None
+        to, subject = self._fields()
+        return backend.edited(self.result, self.draft_text, to, subject)
 
     def action_copy(self) -> None:
-        if self._ready():
+        if self.current_draft() is not None:
             self.app.copy_to_clipboard(self.draft_text)
             self.notify("Draft copied to the clipboard.")
 
     @work
     async def action_save_eml(self) -> None:
-        if not self._ready():
+        d = self.current_draft()
+        if d is None:
             return
         default = str(Path.cwd() / f"draft-{dt.datetime.now():%Y%m%d-%H%M%S}.eml")
         target = await self.app.push_screen_wait(AskText("Save draft as .eml", default))
         if not target:
             return
         try:
-            path = backend.save_eml(target, self.draft_text, **self._headers())
+            path = backend.save_eml(target, d)
         except OSError as exc:
             self.app.notify_error(f"cannot write {target}: {exc.strerror}\n  fix: choose a writable folder")
             return
@@ -240,16 +248,17 @@ class DraftScreen(Screen):
 
     @work
     async def action_save_drafts(self) -> None:
-        if not self._ready():
+        d = self.current_draft()
+        if d is None:
             return
-        target = await self.app.push_screen_wait(AskText("Save to the Drafts folder of this Maildir",
-                                                         str(Path.home() / "Maildir" / "Drafts")))
+        target = await self.app.push_screen_wait(AskText("Save into this Maildir's Drafts folder",
+                                                         str(Path.home() / "Maildir")))
         if not target:
             return
         try:
-            where = backend.save_maildir(target, self.draft_text, **self._headers())
-        except (OSError, PanzaError) as exc:
-            self.app.notify_error(f"cannot save to {target}: {exc}\n  fix: pick a Maildir folder you can write")
+            where = backend.save_maildir(target, d)
+        except PanzaError as exc:
+            self.app.notify_error(str(exc))
             return
         self.notify(f"Saved to Drafts: {where}", title="Saved")
 

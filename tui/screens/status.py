@@ -62,7 +62,7 @@ class StatusScreen(Screen):
         self.query_one("#status-counts", Static).update(
             "  ".join(f"[b]{c[k]}[/] {k}" for k in COUNTS)
             + f"\nmodel [b]{backend.model_name(self.app.settings)}[/]  adapter [b]{self.app.adapter_label()}[/]")
-        current = (backend.current_adapter() or {}).get("id")
+        current = (self.app.adapter or {}).get("id")
         sources = self.query_one("#status-sources", DataTable)
         sources.clear()
         for s in st["sources"]:
@@ -89,10 +89,6 @@ class StatusScreen(Screen):
         if self.retuning:
             self.notify("A re-tune is already running.", severity="warning")
             return
-        if not backend.retune_available():
-            self.app.notify_error("Re-tuning is not installed in this build.\n"
-                                  "  fix: `panza retune` is not available yet; run ingest → playback → train by hand")
-            return
         self.retuning = True
         self.query_one("#retune-note", Static).update("starting…")
         self.query_one("#retune-bar", ProgressBar).update(total=None, progress=0)
@@ -102,8 +98,9 @@ class StatusScreen(Screen):
     def retune(self) -> None:
         """Run one re-tune; progress and the result come back as messages."""
         try:
-            summary = backend.run_retune(lambda done, total=None, note=None: self.post_message(
-                RetuneProgress(done, total, note or "")))
+            summary = backend.run_retune(
+                lambda done, total=None, note=None: self.post_message(RetuneProgress(done, total, note or "")),
+                say=lambda line: self.post_message(RetuneProgress(-1, None, line)), settings=self.app.settings)
         except PanzaError as exc:
             self.post_message(RetuneDone(None, str(exc)))
             return
@@ -114,7 +111,8 @@ class StatusScreen(Screen):
 
     @on(RetuneProgress)
     def _progress(self, event: RetuneProgress) -> None:
-        self.query_one("#retune-bar", ProgressBar).update(total=event.total, progress=event.done)
+        if event.done >= 0:  # -1: a stage summary line, no count
+            self.query_one("#retune-bar", ProgressBar).update(total=event.total, progress=event.done)
         self.query_one("#retune-note", Static).update(event.note or f"{event.done}/{event.total or '?'}")
 
     @on(RetuneDone)

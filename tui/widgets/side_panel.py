@@ -18,7 +18,7 @@ class SidePanel(VerticalScroll):
         yield Static("[b]Retrieved[/]\n[dim]nothing yet[/]", id="side-hits")
         yield Static("", id="side-speed")
 
-    def show_context(self, hits: list[dict], model: str, adapter: str) -> None:
+    def show_context(self, hits: list[dict], model: str, adapter: str, notices: list[str] | None = None) -> None:
         """Show the model, adapter and retrieved emails (score, date, subject)."""
         self.query_one("#side-model", Static).update(
             f"[b]Model[/]\n{escape(model)}\n[b]Adapter[/]\n{escape(adapter or 'none (base model)')}")
@@ -27,7 +27,9 @@ class SidePanel(VerticalScroll):
                      for h in hits]
             body = "\n".join(lines)
         else:
-            body = "[dim]none (no index yet, or nothing similar)[/]"
+            body = "[dim]none[/]"
+        for note in notices or []:
+            body += f"\n[dim]{escape(note)}[/]"
         self.query_one("#side-hits", Static).update(f"[b]Retrieved[/]\n{body}")
 
     def show_speed(self, tokens: int, tokens_per_s: float, ttft_s: float) -> None:

@@ -1,0 +1,48 @@
+"""`panza train [--backend auto|torch|mlx] [--preset quick|standard|thorough] [--json]`."""
+
+from __future__ import annotations
+
+from ._out import add_json, emit, progress
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a LoRA adapter on your emails (resumes an interrupted run)")
+    p.add_argument("--backend", choices=["auto", "torch", "mlx"], default=None,
+                   help="training backend (default: the train_backend setting)")
+    p.add_argument("--preset", choices=["quick", "standard", "thorough"], default=None,
+                   help="how long to train (default: the train_preset setting)")
+    p.add_argument("--restart", action="store_true", help="ignore a checkpoint left by an interrupted run")
+    p.add_argument("--no-use", action="store_true", help="do not serve the new adapter even if it improved")
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .. import config, store
+    from ..train import train
+
+    settings = config.load({"train_backend": args.backend, "train_preset": args.preset})
+    conn = store.connect()
+    try:
+        with progress("train", enabled=not args.json) as update:
+            res = train(conn, backend=settings.train_backend, preset=settings.train_preset, on_progress=update,
+                        resume=not args.restart, settings=settings, promote=not args.no_use)
+    finally:
+        conn.close()
+
+    def human(r):
+        if r.get("reused"):
+            print(f"adapter {r['adapter_id']} already trained on this data with these settings: nothing to do")
+        else:
+            if r.get("resumed_from"):
+                print(f"resumed from step {r['resumed_from']}")
+            print(f"adapter {r['adapter_id']}: validation loss {r['val_loss_before']:.3f} -> "
+                  f"{r['val_loss_after']:.3f} ({r['n_train']} train / {r['n_val']} val emails, {r['steps']} steps"
+                  f"{', stopped early' if r.get('early_stopped') else ''})")
+            print(f"{r['tokens_per_s']:.0f} tokens/s, peak memory {r['peak_mem_mb']:.0f} MB on {r['device']}")
+        print(f"GGUF adapter: {r['gguf']}")
+        print("now serving it" if r.get("promoted") else
+              f"not served (use it with `panza adapters use {r['adapter_id']}`)")
+
+    emit(args, res, human)
+    return 0

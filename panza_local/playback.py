@@ -1,0 +1,260 @@
+"""Data playback: for every email the user wrote, the instruction that would have produced it.
+
+`generate` asks the chat model (few-shot, a GBNF grammar that forces an imperative sentence naming the
+recipient, short output) and checks the answer with the guards in `playback_quality`; a rejected answer is
+retried with another seed, and when the model keeps failing a deterministic extractive instruction is used
+instead. Every pair records which of the two it came from (`source`). The model's sentence carries the ask;
+the email's most specific terms (names, numbers, rare words) are appended so the instruction is specific
+without copying: `instruction = sentence + " Mention: t1, t2, ..."`.
+
+`run` stores one pair per (message content hash, generator config hash), one commit per pair, so a killed
+run resumes where it stopped and an unchanged config never regenerates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import playback_quality as q
+from . import store
+from .errors import NoDataError
+from .playback_export import export, pairs, split_of, splits  # noqa: F401  (public API lives here too)
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, "int | None", "str | None"], None]
+
+VERSION = 3  # bump when the prompt, grammar or guards change meaning: every pair regenerates
+ATTEMPTS = 3
+MAX_TOKENS = 40
+EMAIL_CHARS = 1200  # the head of a long email carries its ask; the rest only slows the prompt
+THREAD_CHARS = 300
+SPECIFICS = 8  # extracted terms appended to the model's sentence
+
+SYSTEM = ("You turn an email into the short instruction its author gave an assistant who then wrote it. "
+          "The instruction starts with a verb, names the recipient, and says the main point in your own "
+          "words, in one sentence of at most 20 words. Do not copy sentences from the email.")
+
+SHOTS = [
+    ("To Sara.\nEmail:\nHi Sara,\n\nCould you send me the latest ISDA draft by Friday? Legal wants to review it "
+     "before the signing next week.\n\nThanks,\nJohn",
+     "Ask Sara for the newest ISDA draft by Friday so legal can check it before the signing."),
+    ("To Tom. It replies to: Would you speak at our workshop in Lyon on 3 December?\nEmail:\nDear Tom,\n\n"
+     "Thank you so much for the invitation. Unfortunately I will be travelling in December, but I would be "
+     "happy to give an online talk instead.\n\nBest regards,\nDavid",
+     "Reply to Tom declining the December workshop in Lyon because of travel, and offer a remote talk."),
+    ("To the team.\nEmail:\nTeam - the budget review moves to 3pm Thursday in room 32C. Bring your Q3 "
+     "numbers.\nPhillip",
+     "Tell the team the budget review is now Thursday at 3pm in 32C and to bring Q3 figures."),
+]
+VERBS = ["Ask", "Tell", "Thank", "Reply to", "Write to", "Remind", "Update", "Invite", "Let", "Send",
+         "Confirm to", "Inform", "Apologize to", "Congratulate", "Answer"]
+LEAK = {w for _, ins in SHOTS for w in q.content_words(ins)} - {"reply", "tell", "team"}
+
+
+def gen_config(model_path: str | Path, settings) -> tuple[str, dict]:
+    """(hash, dict) of everything that shapes an instruction: model file, prompt, grammar, guards."""
+    p = Path(model_path)
+    size = p.stat().st_size if p.exists() else 0
+    cfg = {"version": VERSION, "model": p.name, "model_size": size, "system": SYSTEM, "shots": SHOTS,
+           "verbs": VERBS, "attempts": ATTEMPTS, "max_tokens": MAX_TOKENS, "email_chars": EMAIL_CHARS,
+           "thread_chars": THREAD_CHARS, "specifics": SPECIFICS}
+    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+    return digest, cfg
+
+
+def _gbnf_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def grammar(to_name: str | None) -> str:
+    """GBNF: one sentence that starts with an imperative verb naming the recipient and ends with a full stop."""
+    who = re.sub(r"[^\w .'&-]", "", to_name or "").strip()
+    starts = [f"{v} {who}" for v in VERBS] if who else VERBS
+    alts = " | ".join(_gbnf_str(s) for s in starts)
+    return f'root ::= start " " body "."\nstart ::= {alts}\nbody ::= [^\\n.]+\n'
+
+
+def _user_msg(email: str, to_name: str | None, thread: str | None) -> str:
+    head = f"To {to_name}." if to_name else "To the recipient."
+    if thread:
+        t = re.sub(r"\s+", " ", thread).strip()[:THREAD_CHARS]
+        head += f" It replies to: {t}"
+    return f"{head}\nEmail:\n{email.strip()[:EMAIL_CHARS]}"
+
+
+def prompt(email: str, to_name: str | None, thread: str | None = None) -> list[dict]:
+    """Chat messages for one email: the fixed system + few-shot prefix (KV-cached across emails), then it."""
+    msgs = [{"role": "system", "content": SYSTEM}]
+    for u, a in SHOTS:
+        msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+    msgs.append({"role": "user", "content": _user_msg(email, to_name, thread)})
+    return msgs
+
+
+def _seed(content_hash: str, attempt: int) -> int:
+    return int(content_hash[:8], 16) + attempt
+
+
+def _with_specifics(sentence: str, email: str, idf: dict, exclude: list[str]) -> str:
+    have = {w.lower() for w in q.words(sentence)}
+    terms = [t for t in q.keywords(email, idf, k=SPECIFICS + 4, exclude=exclude) if t.lower() not in have]
+    terms = terms[:SPECIFICS]
+    return f"{sentence.rstrip()} Mention: {', '.join(terms)}." if terms else sentence.rstrip()
+
+
+def generate(row: dict, *, model_path: str | Path, settings, idf: dict, user_name: str = "") -> dict:
+    """Instruction for one message row (body, thread, subject, to_addrs, content_hash): model, else fallback."""
+    from . import engine
+
+    email = (row.get("body") or "").strip()
+    if not email:
+        return {"status": "failed", "reason": "empty_email", "attempts": 0}
+    thread = row.get("thread") or ""
+    to_names = _json_list(row.get("to_names"))
+    to_name = q.recipient(email, row.get("to_addrs"), to_names)
+    exclude = [to_name or "", user_name]
+    gram = grammar(to_name)
+    reasons = []
+    for attempt in range(ATTEMPTS):
+        try:
+            text = engine.chat(prompt(email, to_name, thread), model_path=model_path, settings=settings,
+                               max_tokens=MAX_TOKENS, temperature=0.0 if attempt == 0 else 0.8,
+                               seed=_seed(row["content_hash"], attempt), grammar=gram, stop=["\n"])
+        except (RuntimeError, ValueError) as exc:  # llama.cpp decode errors: count, then fall back
+            reasons.append(f"engine_error:{type(exc).__name__}")
+            continue
+        sentence = re.sub(r"\s+", " ", text).strip()
+        why = q.check(sentence, email, to_name=to_name, context=thread + " " + (row.get("subject") or ""),
+                      banned=LEAK)
+        if why is None:
+            final = _with_specifics(sentence, email, idf, exclude)
+            return {"status": "ok", "instruction": final, "source": "model", "attempts": attempt + 1,
+                    "copy_ratio": q.copy_ratio(final, email), "reason": ";".join(reasons) or None}
+        reasons.append(why)
+    final = q.extractive(email, subject=row.get("subject"), to_name=to_name, idf=idf,
+                         is_reply=bool(thread) or (row.get("subject") or "").lower().startswith("re:"),
+                         user_name=user_name, k=SPECIFICS)
+    if q.check(final, email, max_words=80, min_words=3) == "copies_email":
+        return {"status": "failed", "reason": "fallback_copies_email;" + ";".join(reasons),
+                "attempts": ATTEMPTS}
+    return {"status": "ok", "instruction": final, "source": "fallback", "attempts": ATTEMPTS,
+            "copy_ratio": q.copy_ratio(final, email), "reason": ";".join(reasons)}
+
+
+def _json_list(raw) -> list[str]:
+    if not raw:
+        return []
+    try:
+        val = json.loads(raw)
+    except (TypeError, ValueError):
+        return []
+    return [str(v) for v in val] if isinstance(val, list) else []
+
+
+def _mine(conn: sqlite3.Connection) -> list[dict]:
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
+    extra = ", to_names" if "to_names" in cols else ", NULL AS to_names"
+    return [dict(r) for r in conn.execute(
+        f"SELECT id, content_hash, body, thread, subject, to_addrs, date{extra} FROM messages "
+        "WHERE is_mine = 1 AND deleted = 0 ORDER BY date IS NULL, date, id")]
+
+
+def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = None,
+        on_progress: Progress | None = None, settings=None) -> dict:
+    """Generate the missing pairs (at most `limit`); return generated/reused/failed/recall_at_1/copy_ratio_median."""
+    from . import catalogue, config
+
+    settings = settings or config.load({"model": model} if model else None)
+    model_path = catalogue.resolve(model or settings.model)
+    cfg_hash, _ = gen_config(model_path, settings)
+    progress = on_progress or (lambda done, total=None, note=None: None)
+    mine = _mine(conn)
+    if not mine:
+        raise NoDataError("there are no emails written by you in the store",
+                          fix="run `panza ingest MAILBOX --me YOUR@ADDRESS` first")
+    done_hashes = {r[0] for r in conn.execute("SELECT content_hash FROM pairs WHERE gen_config = ?", (cfg_hash,))}
+    todo = [m for m in mine if m["content_hash"] not in done_hashes]
+    reused = len(mine) - len(todo)
+    if limit is not None:
+        todo = todo[:max(0, limit)]
+    idf = q.idf_table(m["body"] for m in mine)
+    out = {"generated": 0, "reused": reused, "failed": 0, "model": 0, "fallback": 0, "fail_reasons": {},
+           "gen_config": cfg_hash, "todo": len(todo)}
+    t0 = time.perf_counter()
+    with store.run(conn, "playback") as summary:
+        progress(0, len(todo), "")
+        for i, row in enumerate(todo, 1):
+            t1 = time.perf_counter()
+            res = generate(row, model_path=model_path, settings=settings, idf=idf, user_name=settings.user_name)
+            _save(conn, row, cfg_hash, res, time.perf_counter() - t1)
+            if res["status"] == "ok":
+                out["generated"] += 1
+                out[res["source"]] += 1
+            else:
+                out["failed"] += 1
+                key = res["reason"].split(";")[0]
+                out["fail_reasons"][key] = out["fail_reasons"].get(key, 0) + 1
+            progress(i, len(todo), f"model {out['model']} fallback {out['fallback']} failed {out['failed']}")
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        out["emails_per_min"] = round(60 * len(todo) / out["seconds"], 1) if out["seconds"] else None
+        out.update(quality(conn, cfg_hash, recompute=out["generated"] > 0 or out["failed"] > 0))
+        summary.update(out)
+    log.info("playback: generated %d (model %d, fallback %d) reused %d failed %d", out["generated"],
+             out["model"], out["fallback"], out["reused"], out["failed"])
+    return out
+
+
+def _save(conn: sqlite3.Connection, row: dict, cfg_hash: str, res: dict, seconds: float) -> None:
+    # One autocommitted statement per pair: a kill loses at most the pair being generated.
+    conn.execute(
+        "INSERT OR IGNORE INTO pairs (message_id, content_hash, gen_config, status, instruction, reason, "
+        "copy_ratio, attempts, created_at, source, seconds) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (row["id"], row["content_hash"], cfg_hash, res["status"], res.get("instruction"), res.get("reason"),
+         res.get("copy_ratio"), res.get("attempts", 0), store.now(), res.get("source"), round(seconds, 3)))
+
+
+def quality(conn: sqlite3.Connection, cfg_hash: str, recompute: bool = True) -> dict:
+    """recall@1 (whole mailbox as the candidate pool) and median copy ratio of this config's ok pairs."""
+    import statistics
+
+    rows = conn.execute(
+        "SELECT p.id, p.instruction, p.copy_ratio, p.recall_hit, p.source, m.content_hash FROM pairs p "
+        "JOIN messages m ON m.id = p.message_id WHERE p.gen_config = ? AND p.status = 'ok' AND m.deleted = 0",
+        (cfg_hash,)).fetchall()
+    if not rows:
+        return {"recall_at_1": None, "copy_ratio_median": None, "pairs": 0}
+    if recompute or any(r["recall_hit"] is None for r in rows):
+        _score_recall(conn, rows)
+        rows = conn.execute("SELECT p.copy_ratio, p.recall_hit, p.source FROM pairs p JOIN messages m ON "
+                            "m.id = p.message_id WHERE p.gen_config = ? AND p.status = 'ok' AND m.deleted = 0",
+                            (cfg_hash,)).fetchall()
+    hits = [r["recall_hit"] for r in rows]
+    by_source = {}
+    for src in ("model", "fallback"):
+        sub = [r["recall_hit"] for r in rows if r["source"] == src]
+        if sub:
+            by_source[src] = round(sum(sub) / len(sub), 3)
+    return {"recall_at_1": round(sum(hits) / len(hits), 3),
+            "copy_ratio_median": round(statistics.median(r["copy_ratio"] for r in rows), 3),
+            "pairs": len(rows), "recall_by_source": by_source}
+
+
+def _score_recall(conn: sqlite3.Connection, rows) -> None:
+    from . import embed
+
+    pool = conn.execute("SELECT content_hash, body FROM messages WHERE is_mine = 1 AND deleted = 0").fetchall()
+    index = {r["content_hash"]: i for i, r in enumerate(pool)}
+    email_vecs = embed.embed([r["body"] for r in pool])
+    ins_vecs = embed.embed([r["instruction"] for r in rows])
+    hits = q.recall_hits(ins_vecs, email_vecs, [index[r["content_hash"]] for r in rows])
+    with store.transaction(conn):
+        conn.executemany("UPDATE pairs SET recall_hit = ? WHERE id = ?",
+                         [(int(h), r["id"]) for h, r in zip(hits, rows)])

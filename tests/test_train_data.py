@@ -1,0 +1,98 @@
+"""Training data: the prompt is tokenised exactly as llama.cpp serves it; loss masks; packing; splits."""
+
+from __future__ import annotations
+
+import pytest
+
+from panza_local.train import data
+
+
+@pytest.fixture(scope="module")
+def tok(embedded_model):
+    return data.Tokenizer(embedded_model)
+
+
+def test_prompt_tokens_match_what_llama_cpp_feeds_the_model(tok, embedded_model):
+    """The training prompt must be the exact token sequence create_chat_completion evaluates."""
+    from panza_local import engine
+
+    ex = data.make_example("Ask Bob for the Q3 numbers by Friday", "Bob,\nCould you send them?\nThanks")
+    llm = engine.load(embedded_model, n_ctx=512, threads=1)
+    llm.reset()
+    llm.create_chat_completion(messages=ex.messages, max_tokens=1, temperature=0.0)
+    served = list(llm.input_ids[: llm.n_tokens])
+    ids, labels = data.tokenize(ex, tok)
+    n_prompt = sum(1 for x in labels if x == data.IGNORE)
+    assert ids[:n_prompt] == served[:n_prompt]
+    assert len(served) == n_prompt + 1  # llama.cpp evaluated the prompt, then one generated token
+
+
+def test_loss_only_on_email_and_end_of_turn(tok):
+    ex = data.make_example("Say thanks", "Thanks a lot, see you Monday.")
+    ids, labels = data.tokenize(ex, tok)
+    answer = [t for t in labels if t != data.IGNORE]
+    assert tok.eot == "<|im_end|>"
+    assert answer == ids[len(ids) - len(answer):]
+    assert tok.decode(answer) == "Thanks a lot, see you Monday.<|im_end|>"
+    assert answer[-1] == tok.eos_id  # the model learns to stop where llama.cpp stops
+    assert labels[0] == data.IGNORE and len(answer) < len(ids) / 2
+
+
+def test_truncation_keeps_prompt_and_cuts_the_email(tok):
+    ex = data.make_example("Write a long one", "word " * 400)
+    ids, labels = data.tokenize(ex, tok, max_len=128)
+    assert len(ids) == len(labels) == 128
+    assert labels[-1] != data.IGNORE
+
+
+def test_pack_never_mixes_examples():
+    seqs = [([1] * n, [data.IGNORE] * (n // 2) + [7] * (n - n // 2)) for n in (300, 200, 120, 90, 60, 500, 40)]
+    rows = data.pack(seqs, 512)
+    assert sum(len(r["input_ids"]) for r in rows) == sum(len(s[0]) for s in seqs)
+    for r in rows:
+        n = len(r["input_ids"])
+        assert n <= 512 and len(r["targets"]) == len(r["positions"]) == len(r["segments"]) == n
+        for j in range(n):
+            last_of_segment = j == n - 1 or r["segments"][j + 1] != r["segments"][j]
+            if last_of_segment:  # nothing is learnt across the boundary between two examples
+                assert r["targets"][j] == data.IGNORE
+            first = j == 0 or r["segments"][j - 1] != r["segments"][j]
+            assert (r["positions"][j] == 0) == first
+    assert len(rows) < len(seqs)  # it did pack
+    assert data.n_target_tokens(rows) == sum(sum(1 for t in s[1][1:] if t != data.IGNORE) for s in seqs)
+
+
+def test_pack_shifts_targets():
+    rows = data.pack([([10, 11, 12, 13], [data.IGNORE, data.IGNORE, 12, 13])], 16)
+    assert rows[0]["targets"] == [data.IGNORE, 12, 13, data.IGNORE]
+
+
+def test_split_is_stable_and_about_a_tenth():
+    keys = [f"k{i}" for i in range(2000)]
+    splits = [data.split_of(k) for k in keys]
+    assert splits == [data.split_of(k) for k in keys]
+    assert 0.07 < splits.count("val") / len(keys) < 0.13
+
+
+def test_examples_from_the_store(home):
+    """Pairs written by playback become examples; the split is by content hash; data hash is stable."""
+    from panza_local import store
+
+    conn = store.connect()
+    for i in range(40):
+        conn.execute("INSERT INTO messages (id, content_hash, body, subject, is_mine, ingested_at) "
+                     "VALUES (?, ?, ?, ?, 1, '2024-01-01')", (i + 1, f"h{i}", f"Email number {i}.", f"s{i}"))
+        conn.execute("INSERT INTO pairs (message_id, content_hash, gen_config, status, instruction, created_at) "
+                     "VALUES (?, ?, 'g', 'ok', ?, '2024-01-01')", (i + 1, f"h{i}", f"Write email {i}"))
+    tr = data.examples(conn, "train", context=False)
+    va = data.examples(conn, "val", context=False)
+    assert len(tr) + len(va) == 40 and tr and va
+    assert not {e.key for e in tr} & {e.key for e in va}
+    assert tr[0].messages[-1]["role"] == "user" and tr[0].target.startswith("Email number")
+    assert data.data_hash(tr) == data.data_hash(list(reversed(tr))) != data.data_hash(va)
+
+
+def test_examples_from_jsonl(shared_data):
+    exs = data.examples_from_jsonl(shared_data / "panza" / "marcus_anonymous_clean.jsonl")
+    assert len(exs) >= 100
+    assert all(e.target and "Instruction:" in e.messages[1]["content"] for e in exs)
