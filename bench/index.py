@@ -36,7 +36,7 @@ import numpy as np
 from bench._common import OUT, SHARED, peak_rss_mb, print_rows, row, save
 
 QUOTE = re.compile(r"^(-{2,}\s*Original Message|-{2,}\s*Forwarded by|\s*>|.*\d{2}/\d{2}/\d{4} \d{2}:\d{2} [AP]M)",
-                   re.M)
+                   re.MULTILINE)
 
 
 def _body(msg) -> str:
@@ -132,7 +132,7 @@ def insert(conn, mails: list[dict], n: int) -> list[tuple[str, str]]:
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 def bench_real(mails: list[dict], n: int) -> dict:
@@ -214,7 +214,8 @@ def first_sentence(body: str) -> str:
 
 def recall_sanity(mails: list[dict], user: str, holdout: float = 0.1) -> dict:
     """Held-back sent mail of one user: top-5 for its instruction includes mail to the same recipient?"""
-    from panza_local import index, playback_quality as pq, store
+    from panza_local import index, store
+    from panza_local import playback_quality as pq
 
     mine = sorted((m for m in mails if m["user"] == user and m["date"] and m["to"]), key=lambda m: m["date"])
     cut = int(len(mine) * (1 - holdout))

@@ -8,6 +8,7 @@ index or adapter never stops a draft: the plan records a one-line notice and dra
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
@@ -557,9 +558,10 @@ def save_maildir(d: Draft, path: str | Path, sender: str | None = None, settings
     return out
 
 
-def imap_target(target: str = "imap") -> dict:
-    """IMAP connection details from `imap://user@host:port/Mailbox`, or from the registered IMAP source."""
-    from urllib.parse import unquote, urlparse
+def imap_account(target: str = "imap") -> tuple[dict, str | None]:
+    """(connection settings, mailbox) for `imaps://USER@HOST[:PORT][/Drafts][?cafile=...]`, or for the
+    registered IMAP source when `target` is just "imap" (its mailbox is a source, not the drafts: ignored)."""
+    from .ingest import imap as imap_source
 
     if target in ("imap", "imaps", ""):
         from . import store
@@ -571,74 +573,46 @@ def imap_target(target: str = "imap") -> dict:
             conn.close()
         if row is None:
             raise NoDataError("no IMAP account is known",
-                              fix="use --save-draft imap://USER@HOST/Drafts, or `panza sources add imap://USER@HOST`")
-        target, from_source = row["uri"], True
-    else:
-        from_source = False
-    u = urlparse(target)
-    if u.scheme not in ("imap", "imaps") or not u.hostname:
-        raise PanzaError(f"{target!r} is not an IMAP address", fix="use imap://USER@HOST[:PORT][/Drafts]")
-    box = unquote(u.path.lstrip("/")) if not from_source else ""
-    return {"host": u.hostname, "port": u.port or 993, "user": unquote(u.username or ""),
-            "password": unquote(u.password) if u.password else None, "mailbox": box or None,
-            "ssl": u.scheme == "imaps" or (u.port or 993) == 993}
+                              fix="use --save-draft imaps://USER@HOST/Drafts, or `panza sources add imaps://USER@HOST`")
+        return imap_source.parse_uri(row["uri"]), None
+    cfg = imap_source.parse_uri(target)
+    return cfg, cfg["mailbox"]
 
 
-def imap_password(user: str, host: str) -> str | None:
-    """The IMAP password from the OS keyring (service panza-local), or None."""
-    try:
-        import keyring
+def save_imap(d: Draft, target: str = "imap", *, mailbox: str | None = None, sender: str | None = None,
+              settings=None) -> str:
+    """APPEND the draft to the IMAP Drafts mailbox with the \\Draft flag; return the mailbox name.
 
-        for key in (f"imap://{user}@{host}", f"{user}@{host}"):
-            pw = keyring.get_password("panza-local", key)
-            if pw:
-                return pw
-    except Exception:  # noqa: BLE001 - no keyring backend is a normal state on servers
-        return None
-    return None
-
-
-def save_imap(d: Draft, *, host: str, user: str, password: str | None = None, port: int = 993,
-              mailbox: str | None = None, ssl: bool = True, starttls: bool = True, sender: str | None = None,
-              settings=None, timeout: float = 30) -> str:
-    """APPEND the draft to the IMAP Drafts mailbox (\\Drafts special-use, else "Drafts") with \\Draft; return it."""
+    The account is `target` (an imaps:// URI) or the registered IMAP source; TLS, certificate checks and
+    the keyring password are the IMAP source's own. The mailbox: `mailbox`, the URI's path, the one the
+    server marks \\Drafts (RFC 6154), else "Drafts" (created when missing).
+    """
     import imaplib
-    import ssl as _ssl
     import time
 
-    password = password or imap_password(user, host)
-    if not password:
-        raise PanzaError(f"no password for {user}@{host}",
-                         fix=f"store it in the OS keyring: keyring set panza-local imap://{user}@{host}")
+    from .ingest import imap as imap_source
+
+    cfg, box = imap_account(target)
+    box = mailbox or box
     raw = to_eml(d, sender, settings=settings)
+    conn = imap_source.connect(cfg)
+    where = f"{cfg['host']}:{cfg['port']}"
     try:
-        if ssl:
-            conn = imaplib.IMAP4_SSL(host, port, ssl_context=_ssl.create_default_context(), timeout=timeout)
-        else:
-            conn = imaplib.IMAP4(host, port, timeout=timeout)
-            if starttls and "STARTTLS" in conn.capabilities:
-                conn.starttls(ssl_context=_ssl.create_default_context())
-        try:
-            conn.login(user, password)
-            box = mailbox or _drafts_mailbox(conn)
-            typ, data = conn.append(_quote(box), r"(\Draft \Seen)", imaplib.Time2Internaldate(time.time()), raw)
-            if typ != "OK":
-                conn.create(_quote(box))
-                typ, data = conn.append(_quote(box), r"(\Draft \Seen)", imaplib.Time2Internaldate(time.time()), raw)
-            if typ != "OK":
-                raise PanzaError(f"the IMAP server refused the draft: {data}",
-                                 fix=f"check that the mailbox {box!r} exists and is writable")
-            conn.logout()
-        finally:
-            try:
-                conn.shutdown()
-            except OSError:
-                pass
+        box = box or _drafts_mailbox(conn)
+        flags, when = r"(\Draft \Seen)", imaplib.Time2Internaldate(time.time())
+        typ, data = conn.append(_quote(box), flags, when, raw)
+        if typ != "OK":  # [TRYCREATE]: the mailbox does not exist yet
+            conn.create(_quote(box))
+            typ, data = conn.append(_quote(box), flags, when, raw)
+        if typ != "OK":
+            raise PanzaError(f"the IMAP server {where} refused the draft: {data!r}",
+                             fix=f"check that the mailbox {box!r} exists and is writable")
     except imaplib.IMAP4.error as exc:
-        raise PanzaError(f"IMAP error on {host}: {exc}", fix="check the user name and password") from None
-    except OSError as exc:
-        raise PanzaError(f"cannot reach the IMAP server {host}:{port}: {exc}",
-                         fix="check the host and port, and that the server is up") from None
+        raise PanzaError(f"IMAP error on {where}: {exc}", fix=f"check the mailbox name {box!r}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            conn.logout()
+    log.info("draft appended to an IMAP mailbox on %s", cfg["host"] if getattr(settings, "debug", False) else "server")
     return box
 
 

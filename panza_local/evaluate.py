@@ -51,6 +51,8 @@ class Item:
     message_id: int | None = None
     """messages.id when the email is in the store (leak-free retrieval by date); None for outside data."""
     key: str = ""
+    thread: str | None = None
+    """The email this one answered, when it is a reply (in the prompt, as drafts and training have it)."""
 
 
 @dataclass
@@ -108,7 +110,7 @@ def items_from_store(conn, limit: int | None = None) -> list[Item]:
             if m:
                 to, subject = to if to is not None else m["to_addrs"], subject if subject is not None else m["subject"]
         out.append(Item(instruction=instruction, reference=email, to=to or None, subject=subject or None,
-                        message_id=int(mid) if mid is not None else None,
+                        message_id=int(mid) if mid is not None else None, thread=_get(r, "thread") or None,
                         key=str(_get(r, "content_hash", "key", default="") or _hash(email))))
     return _take(out, limit)
 
@@ -277,7 +279,8 @@ def generate(item: Item, config: str, seed: int, settings, examples: list | None
 
     opts = CONFIGS[config]
     t0 = time.perf_counter()
-    plan = draft.prepare(item.instruction, to=item.to, subject=item.subject, use_rag=False,
+    reply = draft.Reply(body=item.thread) if item.thread else None
+    plan = draft.prepare(item.instruction, to=item.to, subject=item.subject, reply_to=reply, use_rag=False,
                          use_adapter=adapter if opts["use_adapter"] else False, seed=seed, settings=settings,
                          examples=list(examples or []) if opts["use_rag"] else [])
     for _ in draft.stream(plan):
@@ -335,13 +338,26 @@ def score(items: Sequence[Item], gens: Sequence[Generation], *, with_models: boo
     return out
 
 
+def token_budget(items: Sequence[Item], ceiling: int) -> int:
+    """Longest draft to allow: twice the 90th-percentile length of the user's emails in this set (about 1.4
+    tokens a word), at least 64 and at most `ceiling`. A stock model that rambles to the ceiling on every
+    draft is what makes an evaluation run for hours on a laptop; a cap this wide does not clip real emails."""
+    lengths = sorted(len(metrics.words(it.reference)) for it in items)
+    p90 = lengths[min(len(lengths) - 1, int(0.9 * len(lengths)))] if lengths else 0
+    return max(64, min(ceiling, int(2 * 1.4 * p90) + 16))
+
+
 def evaluate(items: Sequence[Item], *, configs: Sequence[str] = tuple(CONFIGS), seeds: int = 3, settings=None,
              on_progress: Progress | None = None, with_models: bool = True, generate_fn=None,
-             samples: int = 3) -> dict:
+             samples: int = 3, max_tokens: int | None = None) -> dict:
     """Generate and score: {configs: {name: {metric, metric_std, ...}}, seeds, n, skipped, notes, ...}."""
+    from dataclasses import replace as _replace
+
     settings = settings or _settings()
     if not items:
         raise NoDataError("nothing to evaluate", fix="run `panza playback`, or pass --data FILE.jsonl")
+    if hasattr(settings, "max_tokens"):
+        settings = _replace(settings, max_tokens=max_tokens or token_budget(items, settings.max_tokens))
     seed_list = [SEED_BASE + i for i in range(max(1, seeds))]
     notes: list[str] = []
     skipped: dict[str, str] = {}
@@ -371,6 +387,8 @@ def evaluate(items: Sequence[Item], *, configs: Sequence[str] = tuple(CONFIGS), 
     scored = score(items, gens, with_models=with_models)
     result: dict = {"configs": {}, "seeds": len(seed_list), "n": len(items), "skipped": skipped, "notes": notes,
                     "adapter": adapter_id, "scoring_models": SCORING_MODELS,
+                    "max_tokens": getattr(settings, "max_tokens", None),
+                    "temperature": getattr(settings, "temperature", None),
                     "ref_lengths": [len(metrics.words(it.reference)) for it in items]}
     for c in CONFIGS:  # all four, always: the ones not run say why
         result["configs"][c] = scored.get(c) or {**{k: None for k in METRICS},
@@ -386,7 +404,7 @@ def evaluate(items: Sequence[Item], *, configs: Sequence[str] = tuple(CONFIGS), 
 
 def run(*, data: str | Path | None = None, limit: int | None = 20, seeds: int = 3,
         configs: Sequence[str] = tuple(CONFIGS), report: str | Path | None = None,
-        on_progress: Progress | None = None, settings=None, conn=None) -> dict:
+        on_progress: Progress | None = None, settings=None, conn=None, max_tokens: int | None = None) -> dict:
     """`panza eval`: pick held-out items (store or --data), evaluate, record, optionally write the report."""
     from . import store
 
@@ -403,7 +421,8 @@ def run(*, data: str | Path | None = None, limit: int | None = 20, seeds: int = 
         else:
             items = items_from_store(conn, limit)
         with store.run(conn, "eval") as summary:
-            result = evaluate(items, configs=configs, seeds=seeds, settings=settings, on_progress=on_progress)
+            result = evaluate(items, configs=configs, seeds=seeds, settings=settings, on_progress=on_progress,
+                              max_tokens=max_tokens)
             result["notes"] = notes + result["notes"]
             result["data"] = str(data) if data else "store:test"
             summary.update({"n": result["n"], "seeds": result["seeds"], "adapter": result["adapter"],

@@ -193,7 +193,7 @@ def sync(conn: sqlite3.Connection, on_progress: Progress | None = None, *, setti
         if on_progress:
             on_progress(min(i + batch, total), total, f"{embedded} embedded")
     summary = {"embedded": embedded, "removed": len(gone), "unchanged": len(wanted) - total,
-               "total": len(wanted) - len(errors), "failed": len(errors), "errors": errors,
+               "total": conn.execute("SELECT count(*) FROM index_items").fetchone()[0], "failed": len(errors), "errors": errors,
                "skipped": dict(skipped), "repaired": repaired, "rebuilt": bool(notice), "notice": notice,
                "model": model, "seconds": round(time.perf_counter() - t0, 2)}
     log.info("index sync: %s embedded, %s removed, %s unchanged, %s failed",
@@ -353,7 +353,8 @@ def search(query: str, k: int = 5, kinds: Iterable[str] = ("sent",), before=None
     if k <= 0 or not query or not query.strip():
         return []
     col = chroma_store.get_collection(settings.chroma_url, settings.embedding_model)
-    if col is None or col.count() == 0:
+    count = col.count() if col is not None else 0
+    if count == 0:
         raise NoDataError("the retrieval index is empty (or was built by another embedding model)",
                           fix="run `panza index`")
     dup_text = near_dup_of if isinstance(near_dup_of, str) else None
@@ -361,7 +362,7 @@ def search(query: str, k: int = 5, kinds: Iterable[str] = ("sent",), before=None
     qv = vecs[0]
     where = _where(kinds, before)
     excluded = {_item_id(x) for x in exclude_ids}
-    fetch = min(col.count(), max(4 * k, 20) + len(excluded))
+    fetch = min(count, max(4 * k, 20) + len(excluded))
     pools = [_candidates(col, qv, where, fetch)]
     people = addresses(to) if to else []
     if people:

@@ -122,7 +122,8 @@ def generate(row: dict, *, model_path: str | Path, settings, idf: dict, user_nam
     to_name = q.recipient(email, row.get("to_addrs"), to_names)
     exclude = [to_name or "", user_name]
     gram = grammar(to_name)
-    reasons = []
+    reasons: list[str] = []
+    rejected: list[tuple[str, str]] = []  # kept for `--debug` analysis only, never stored
     for attempt in range(ATTEMPTS):
         try:
             text = engine.chat(prompt(email, to_name, thread), model_path=model_path, settings=settings,
@@ -139,6 +140,7 @@ def generate(row: dict, *, model_path: str | Path, settings, idf: dict, user_nam
             return {"status": "ok", "instruction": final, "source": "model", "attempts": attempt + 1,
                     "copy_ratio": q.copy_ratio(final, email), "reason": ";".join(reasons) or None}
         reasons.append(why)
+        rejected.append((sentence, why))
     final = q.extractive(email, subject=row.get("subject"), to_name=to_name, idf=idf,
                          is_reply=bool(thread) or (row.get("subject") or "").lower().startswith("re:"),
                          user_name=user_name, k=SPECIFICS)
@@ -146,7 +148,7 @@ def generate(row: dict, *, model_path: str | Path, settings, idf: dict, user_nam
         return {"status": "failed", "reason": "fallback_copies_email;" + ";".join(reasons),
                 "attempts": ATTEMPTS}
     return {"status": "ok", "instruction": final, "source": "fallback", "attempts": ATTEMPTS,
-            "copy_ratio": q.copy_ratio(final, email), "reason": ";".join(reasons)}
+            "copy_ratio": q.copy_ratio(final, email), "reason": ";".join(reasons), "rejected": rejected}
 
 
 def _json_list(raw) -> list[str]:

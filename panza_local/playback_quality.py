@@ -10,6 +10,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from difflib import SequenceMatcher
+from functools import lru_cache
 
 # Words that carry no content for the guards and keywords (a small list beats a dependency).
 STOP = set("""a about above after again against all also am an and any are as at be because been before being
@@ -146,11 +147,12 @@ def keywords(email: str, idf: dict[str, float], k: int = 5, exclude: Iterable[st
     default = idf.get("", 5.0)
     scores: dict[str, float] = {}
     first_pos: dict[str, int] = {}
+    stop = _stop_words()
     for pos, w in enumerate(words(body)):
+        if w.endswith("'s") and w[:1].isupper():
+            w = w[:-2]
         low = w.lower().strip(".-'")
-        if len(low) < 3 and not NUMBERISH.search(low):
-            continue
-        if low in STOP or low in skip:
+        if not _useful(low) or low in stop or low in skip:
             continue
         s = idf.get(low, default)
         if NUMBERISH.search(low):
@@ -166,8 +168,24 @@ def keywords(email: str, idf: dict[str, float], k: int = 5, exclude: Iterable[st
         else:
             scores[key] += 0.25 * s  # repetition adds a little: a repeated term is the topic
     best = sorted(scores, key=lambda w: -scores[w])[:k]
-    originals = {w.lower().strip(".-'"): w.strip(".-'") for w in words(body)}
+    originals = {w.lower().strip(".-'"): w.strip(".-'") for w in words(body.replace("'s ", " "))}
     return [originals.get(w, w) for w in sorted(best, key=lambda w: first_pos[w])]
+
+
+@lru_cache(maxsize=1)
+def _stop_words() -> frozenset[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(STOP | ENGLISH_STOP_WORDS)
+
+
+def _useful(low: str) -> bool:
+    """Not a contraction, URL or address fragment, one-digit number or two-letter word."""
+    if "'" in low or "@" in low or "/" in low or "http" in low or "www" in low or low.endswith((".com", ".htm")):
+        return False
+    if NUMBERISH.search(low):
+        return sum(c.isdigit() for c in low) >= 2 or "$" in low
+    return len(low) >= 3
 
 
 def extractive(email: str, *, subject: str | None, to_name: str | None, idf: dict[str, float],

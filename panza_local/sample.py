@@ -168,21 +168,29 @@ TOPICS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 # What correspondents write to Maya (the originals she replies to, also kept as separate messages).
-INCOMING = {
-    "site": "Could you come by {project} on {day}? We've hit a snag with the levels near the wall and "
-            "I'd like your view before we pour anything.",
-    "materials": "The supplier says the lead time for {material} is now {n} weeks. Do you want us to go "
-                 "ahead with the order or look at alternatives?",
-    "permit": "The committee has asked for a revised tree survey for {project} before the meeting on the "
-              "{date}. Please send it to me directly and I will add it to the file.",
-    "drawings": "I've uploaded the new set for {project}. I wasn't sure about sheet {n}, the levels don't "
-                "quite tie in with the survey. Could you have a look when you get a minute?",
-    "plants": "We have {n} of the {plant} in stock now but they are going quickly. Shall we reserve them "
-              "for {project}?",
-    "client": "We're so happy with how it's looking! One question: could we add a small bench under the "
-              "apple tree? And when do you think it'll all be finished?",
-    "invoice": "I can't find invoice {n} in my inbox. Would you mind sending it again? Sorry!",
-    "bookclub": "Are we still on for book club? I'm only halfway through {book}, don't tell anyone.",
+INCOMING: dict[str, tuple[str, ...]] = {
+    "site": ("Could you come by {project} on {day}? We've hit a snag with the levels near the wall and I'd "
+             "like your view before we pour anything.",
+             "The crew is back at {project} from {day}. Can you check the setting-out with us at {time}?"),
+    "materials": ("The supplier says the lead time for {material} is now {n} weeks. Do you want us to go "
+                  "ahead with the order or look at alternatives?",
+                  "Samples of {material} arrived today. Shall I drop them at the studio on {day}?"),
+    "permit": ("The committee has asked for a revised tree survey for {project} before the meeting on the "
+               "{date}. Please send it to me directly and I will add it to the file.",
+               "I am reviewing the application for {project}. Could you confirm the area of new paving?"),
+    "drawings": ("I've uploaded the new set for {project}. I wasn't sure about sheet {n}, the levels don't "
+                 "quite tie in with the survey. Could you have a look when you get a minute?",
+                 "Quick question on {project}: do you want the planting plan at 1:{n}0 or 1:200?"),
+    "plants": ("We have {n} of the {plant} in stock now but they are going quickly. Shall we reserve them "
+               "for {project}?",
+               "Your order for {project} is ready. Can we deliver on {day}, or would the {date} suit better?"),
+    "client": ("We're so happy with how it's looking! One question: could we add a small bench under the "
+               "apple tree? And when do you think it'll all be finished?",
+               "The builders left a pile of rubble by the gate on {day}. Is that staying?"),
+    "invoice": ("I can't find invoice {n} in my inbox. Would you mind sending it again? Sorry!",
+                "Just checking: is invoice {n} the final one for the design stage?"),
+    "bookclub": ("Are we still on for book club? I'm only halfway through {book}, don't tell anyone.",
+                 "Can I bring my sister to book club on {day}? She loved {book}."),
 }
 
 
@@ -221,8 +229,8 @@ def _maya_body(rng: random.Random, person: Person, topic: str, slots: dict[str, 
     return f"Hi {person.first},\n\n" + "\n\n".join(paras) + f"\n\n{SAMPLE_SIGNOFF}\n"
 
 
-def _incoming_body(person: Person, topic: str, slots: dict[str, object]) -> str:
-    text = "\n".join(_wrap(_fill(INCOMING[topic], slots)))
+def _incoming_body(person: Person, topic: str, slots: dict[str, object], variant: int) -> str:
+    text = "\n".join(_wrap(_fill(INCOMING[topic][variant % len(INCOMING[topic])], slots)))
     return f"{person.greeting}\n\n{text}\n\n{person.signoff}\n"
 
 
@@ -284,6 +292,7 @@ def sample_messages(seed: int = _SEED) -> list[Message]:
     reply_idx = sorted(rng.sample(range(5, n_maya), n_replies))
     maya = f"{SAMPLE_NAME} <{SAMPLE_ME}>"
     out: list[tuple[dt.datetime, Message]] = []
+    seen: set[str] = set()
     for i, when in enumerate(times):
         # Recurring correspondents, unevenly (Tom and Jonas get the most mail, Hannah the least).
         person = rng.choices(PEOPLE, weights=(6, 3, 6, 3, 4, 2))[0]
@@ -293,12 +302,15 @@ def sample_messages(seed: int = _SEED) -> list[Message]:
         subject = _fill(rng.choice(TOPICS[topic]["subject"]), slots)
         subject = subject[0].upper() + subject[1:]
         body = _maya_body(rng, person, topic, slots)
+        while body in seen:  # every email distinct, so de-duplication has only real duplicates to find
+            body = _maya_body(rng, person, topic, slots)
+        seen.add(body)
         msgid = _msgid(i, SAMPLE_ME)
         parent_id = None
         if i in reply_idx:
             k = reply_idx.index(i)
             asked = when - dt.timedelta(hours=rng.randrange(2, 40), minutes=rng.randrange(60))
-            original = _incoming_body(person, topic, slots)
+            original = _incoming_body(person, topic, slots, k)
             subject = f"Re: {subject}"
             if k % 3 == 2:  # every third reply is Outlook-style, the others Gmail-style
                 body += "\n" + _quote_outlook(original, person, asked, subject[4:])

@@ -7,8 +7,8 @@ settings.api_key. No CORS headers at all, and on loopback the Host header must b
 web page cannot drive the server through DNS rebinding. One generation runs at a time.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the real `Request` class of the endpoints
+# defined inside create_app (a string annotation there would resolve to a query parameter).
 import asyncio
 import contextlib
 import hmac

@@ -118,19 +118,21 @@ def test_loss_curves_reads_the_usual_shapes():
     assert evaluate_report.loss_curves({"val_loss_after": 1.2}) == {}
 
 
-def test_eval_cli_end_to_end_on_the_embedded_model(home, tmp_path, capsys):
+@pytest.mark.slow
+def test_eval_cli_end_to_end_on_the_embedded_model(home, tmp_path, capsys, monkeypatch):
     """`panza eval --data` on two of the sample person's emails, real model, real metrics, real report."""
     from panza_local import cli
 
+    monkeypatch.setenv("PANZA_THREADS", "1")  # 2 shared cores: more threads than free cores stalls llama.cpp
     mine = [m for m in sample.sample_messages() if sample.SAMPLE_ME in m["From"]][:2]
     data = tmp_path / "maya.jsonl"
     data.write_text("".join(json.dumps({"email": m.get_payload().split("\nOn ")[0].strip(),
                                         "subject": m["Subject"]}) + "\n" for m in mine), encoding="utf-8")
     code = cli.main(["eval", "--data", str(data), "--limit", "2", "--seeds", "2", "--configs", "stock,adapter",
-                     "--json", "--report", str(tmp_path / "report")])
+                     "--max-tokens", "48", "--json", "--report", str(tmp_path / "report")])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["n"] == 2 and out["seeds"] == 2
+    assert out["n"] == 2 and out["seeds"] == 2 and out["max_tokens"] == 48
     assert set(out["configs"]) == {"stock", "stock+rag", "adapter", "adapter+rag"}
     st = out["configs"]["stock"]
     for key in ("bleu", "rouge1", "rouge2", "rougeL", "mauve", "bertscore"):

@@ -6,6 +6,7 @@ Real components: the embedded MiniLM model, a real Chroma PersistentClient in a 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 
 import numpy as np
@@ -236,8 +237,8 @@ def test_chunking_respects_paragraphs():
         piece = text[c.start:c.end]
         assert piece.startswith("Paragraph") and len(piece) <= 400  # no chunk starts mid-paragraph
         assert piece.count("Paragraph") == c.para_end - c.para_start + 1
-    assert [c.para_start for c in out][0] == 1 and out[-1].para_end == 8
-    assert all(a.para_end + 1 == b.para_start for a, b in zip(out, out[1:]))
+    assert out[0].para_start == 1 and out[-1].para_end == 8
+    assert all(a.para_end + 1 == b.para_start for a, b in itertools.pairwise(out))
     long = "Sentence number one is here. " * 60
     parts = chunks.chunk("Intro.\n\n" + long + "\n\nOutro.", max_chars=300)
     assert all(c.end - c.start <= 300 for c in parts) and {c.para_start for c in parts} == {1, 2, 3}

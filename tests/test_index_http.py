@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from test_index import MAIL, add_message  # tests/ is on sys.path (rootdir-relative import mode)
 
 from panza_local import chroma_store, config, index, store
 from panza_local.errors import ConfigError, StoreError
-
-from test_index import MAIL, add_message  # tests/ is on sys.path (rootdir-relative import mode)
 
 
 def _free_port() -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from panza_local import store
 from panza_local.ingest import authorship, detect, ingest, mbox
 from panza_local.ingest.clean import residual_markers
-from panza_local.ingest.parse import Parsed, parse
+from panza_local.ingest.parse import Parsed
 
 ALLEN = ["phillip.allen@enron.com", "k..allen@enron.com"]
 

@@ -32,7 +32,10 @@ class MemoryKeyring:
 
         class Backend(keyring.backend.KeyringBackend):
             priority = 1
-            store: dict = {}
+
+            def __init__(self):
+                super().__init__()
+                self.store = {}
 
             def get_password(self, service, username):
                 return self.store.get((service, username))
@@ -64,7 +67,7 @@ def dovecot():
     """A Dovecot IMAPS server on a free localhost port, its CA file, and an admin connection factory."""
     root_user = os.geteuid() == 0
     # Dovecot's auth and mail processes drop privileges; as root they must be able to traverse the folder.
-    base = Path(tempfile.mkdtemp(prefix="panza-dovecot-", dir="/var/tmp" if root_user else None))
+    base = Path(tempfile.mkdtemp(prefix="panza-ingest-dovecot-", dir="/var/tmp" if root_user else None))
     try:
         base.chmod(0o755)
         for d in ("run", "state", "mail"):
@@ -130,7 +133,9 @@ service auth-worker {{
   user = {auth_user}
 }}
 {users}""")
-        subprocess.run(["dovecot", "-c", str(conf)], check=True, capture_output=True)
+        # the daemon keeps inherited pipes open: never capture its output, it would block forever
+        subprocess.run(["dovecot", "-c", str(conf)], check=True, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
         ctx = ssl.create_default_context(cafile=str(base / "cert.pem"))
 
         def admin() -> imaplib.IMAP4_SSL:

@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--subject")
     p.add_argument("--reply-to", metavar="FILE.eml|MESSAGE-ID", help="the email this draft answers")
     p.add_argument("--format", choices=["text", "eml", "json"], default="text")
-    p.add_argument("--save-draft", metavar="maildir:PATH|imap[://USER@HOST/Drafts]",
+    p.add_argument("--save-draft", metavar="maildir:PATH|imap|imaps://USER@HOST/Drafts",
                    help="also store the draft in a Maildir drafts folder or the IMAP Drafts mailbox")
     p.add_argument("--from", dest="sender", metavar="ADDRESS", help="From: of eml/saved drafts (default: settings.me)")
     p.add_argument("--no-rag", action="store_true", help="no past emails in the prompt")
@@ -52,7 +52,8 @@ def run(args) -> int:
         raise PanzaError("--n must be between 1 and 10", fix="panza draft ... --n 3")
     if args.save_draft and not args.save_draft.startswith(("maildir:", "imap")):
         raise PanzaError(f"unknown --save-draft target {args.save_draft!r}",
-                         fix="use maildir:PATH (e.g. maildir:~/Mail/Drafts) or imap (or imap://USER@HOST/Drafts)")
+                         fix="use maildir:PATH (e.g. maildir:~/Mail/Drafts), imap (the registered account) "
+                             "or imaps://USER@HOST/Drafts")
     instruction, reply = args.instruction, args.reply_to
     if instruction == "-":
         instruction, quoted = split_stdin(sys.stdin.read())
@@ -116,13 +117,8 @@ def _save(d, target: str, sender: str | None, settings) -> str:
     if target.startswith("maildir:"):
         return str(draft.save_maildir(d, target[len("maildir:"):], sender, settings=settings))
     if target.startswith(("imap", "imaps")):
-        where = draft.imap_target(target)
-        password = where.pop("password") or draft.imap_password(where["user"], where["host"])
-        if not password and sys.stdin.isatty():
-            import getpass
-
-            password = getpass.getpass(f"IMAP password for {where['user']}@{where['host']}: ")
-        box = draft.save_imap(d, password=password, sender=sender, settings=settings, **where)
-        return f"imap://{where['user']}@{where['host']}/{box}"
+        box = draft.save_imap(d, target, sender=sender, settings=settings)
+        return f"IMAP mailbox {box}"
     raise PanzaError(f"unknown --save-draft target {target!r}",
-                     fix="use maildir:PATH (e.g. maildir:~/Mail/Drafts) or imap (or imap://USER@HOST/Drafts)")
+                     fix="use maildir:PATH (e.g. maildir:~/Mail/Drafts), imap (the registered account) "
+                         "or imaps://USER@HOST/Drafts")

@@ -15,6 +15,8 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=20, metavar="N",
                    help="held-out emails to draft (default 20; 0 = all). Time grows as N x seeds x configs")
     p.add_argument("--seeds", type=int, default=3, metavar="K", help="sampling seeds per email (default 3)")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help="longest draft in tokens (default: twice the 90th-percentile length of the emails tested)")
     p.add_argument("--configs", default="stock,stock+rag,adapter,adapter+rag", metavar="LIST",
                    help="comma-separated subset of stock, stock+rag, adapter, adapter+rag")
     p.set_defaults(func=run)
@@ -29,7 +31,7 @@ def run(args) -> int:
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     with progress("evaluating", enabled=not args.json) as update:
         result = evaluate.run(data=args.data, limit=args.limit or None, seeds=args.seeds, configs=configs,
-                              report=args.report, on_progress=update)
+                              report=args.report, on_progress=update, max_tokens=args.max_tokens)
     result.pop("samples", None)
     emit(args, result, _human)
     return 0

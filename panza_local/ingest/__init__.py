@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .. import store
 from ..errors import SourceError
-from . import authorship, clean, documents, emlx, eml, folder, imap, jsonl, maildir, mbox, thunderbird
+from . import authorship, clean, documents, eml, emlx, folder, imap, jsonl, maildir, mbox, thunderbird
 from .parse import Item, parse
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def ingest(conn: sqlite3.Connection, sources: list[str], me: list[str] | None = 
                 uri = str(src)
                 imap.parse_uri(uri)  # refuses a URI with a password before it is stored anywhere
                 sid = source_row(conn, uri, kind, register)
-                imap.ingest(conn, sid, uri, lambda item: _store_item(conn, sid, item, opts, summary, set()),
+                imap.ingest(conn, sid, uri, lambda item, sid=sid: _store_item(conn, sid, item, opts, summary, set()),
                             summary, on_progress)
                 summary["sources"].append({"uri": uri, "kind": kind})
                 continue

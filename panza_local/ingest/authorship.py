@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .parse import Parsed
 
-_LIST_SENDER = re.compile(r"(-bounces?|-owner|-request|-admin|^owner-|^bounce)", re.I)
+_LIST_SENDER = re.compile(r"(-bounces?|-owner|-request|-admin|^owner-|^bounce)", re.IGNORECASE)
 
 
 def _is_list_rewrite(p: Parsed) -> bool:
@@ -63,7 +63,7 @@ def normalise_me(me: list[str] | None) -> set[str]:
 
 
 _SENT = re.compile(r"(^|[/\\. _-])(sent|gesendet|envoy|enviad|inviat|verzonden|skickat|sendt|_sent_mail|sent_items)",
-                   re.I)
+                   re.IGNORECASE)
 
 
 def looks_sent(path_or_labels: str) -> bool:

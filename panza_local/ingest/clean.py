@@ -22,14 +22,14 @@ _SEPARATOR = re.compile(
     r"mensagem original|originalmeddelande|oprindelig meddelelse|opprinnelig melding|alkuperäinen viesti|"
     r"oryginalna wiadomość|původní zpráva|исходное сообщение|αρχικό μήνυμα|orijinal mesaj|"
     r"reply message|original)\s*[-_=*]{2,}\s*$",
-    re.I)
+    re.IGNORECASE)
 _FORWARD = re.compile(
     r"^\s*(?:[-_=*>]{2,}\s*)?(forwarded by\b.*|forwarded message|begin forwarded message:?|weitergeleitete nachricht|"
     r"message transféré|début du message (?:réexpédié|transféré)\s*:?|mensaje reenviado|messaggio inoltrato|"
     r"doorgestuurd bericht|mensagem encaminhada|vidarebefordrat meddelande|videresendt meddelelse|"
     r"videresendt melding|välitetty viesti|przekazana wiadomość|пересылаемое сообщение|"
     r"转发的邮件|転送されたメッセージ)\s*(?:[-_=*]{2,}.*)?$",
-    re.I)
+    re.IGNORECASE)
 # "On <date>, <name> wrote:" and its forms; matched against one line or two/three joined lines.
 _ON_WROTE = re.compile(
     r"^\s*(?:>\s*)?(?:on|le|am|el|il|op|em|no dia|den|på|dne|w dniu|dnia|d\.|в|el día|the|in data|"
@@ -37,23 +37,25 @@ _ON_WROTE = re.compile(
     r".{0,400}?\b(?:wrote|writes|a écrit|schrieb|escribió|ha scritto|schreef|escreveu|skrev|skriver|napsal|"
     r"napisał\(a\)|napisał|napisała|pisze|kirjoitti|написал\(а\)|написала|написал|пишет|έγραψε|yazdı)"
     r"(?:\s*:?|\s+.{0,200}:)\s*$",
-    re.I | re.S)
+    re.IGNORECASE | re.DOTALL)
 _WROTE_BARE = re.compile(r"^\s*(?:\S.{0,200}?)\s(?:wrote|a écrit|schrieb|escribió|skrev|написал\(а\)|пишет)\s*:\s*$",
-                         re.I | re.S)
+                         re.IGNORECASE | re.DOTALL)
 # "11:00 AM, November 17, 2021, "John" <john@x.com>:" — a dated line ending in an address and a colon.
-_DATED_ADDR = re.compile(r"^.{0,200}\d{1,2}:\d{2}.{0,200}<?[\w.+'-]+@[\w-]+(?:\.[\w-]+)+>?\s*:\s*$", re.S)
-_CJK_WROTE = re.compile(r"^.{0,200}(?:写道|寫道|wrote|のメッセージ|さんは書きました|님이 작성)\s*[:：]?\s*$", re.S)
+_DATED_ADDR = re.compile(r"^.{0,200}\d{1,2}:\d{2}.{0,200}<?[\w.+'-]+@[\w-]+(?:\.[\w-]+)+>?\s*:\s*$", re.DOTALL)
+_CJK_WROTE = re.compile(r"^.{0,200}(?:写道|寫道|wrote|のメッセージ|さんは書きました|님이 작성)\s*[:：]?\s*$", re.DOTALL)
 _HEADER_KEY = (r"(?:from|de|von|van|da|från|fra|od|от|lähettäjä|feladó|sent|date|datum|envoyé|gesendet|"
                r"enviado|enviada|inviato|verzonden|skickat|sendt|wysłano|отправлено|lähetetty|data|fecha|"
                r"to|à|a|an|aan|para|till|til|do|кому|vastaanottaja|cc|kopie|subject|objet|betreff|asunto|"
                r"oggetto|onderwerp|assunto|ämne|emne|temat|тема|aihe|sujet|importance|priorité)")
-_HEADER_LINE = re.compile(r"^\s*[*>]?\s*\*?" + _HEADER_KEY + r"\s?\*?\s*:\s*\*?(?:\t|\s|$)", re.I)
+_HEADER_LINE = re.compile(r"^\s*[*>]?\s*\*?" + _HEADER_KEY + r"\s?\*?\s*:\s*\*?(?:\t|\s|$)", re.IGNORECASE)
 _FROM_LINE = re.compile(r"^\s*[*>]?\s*\*?(?:from|de|von|van|da|från|fra|od|от|lähettäjä|feladó)\s?\*?\s*:\s*\S",
-                        re.I)
+                        re.IGNORECASE)
 # Lotus Notes: "Phillip K Allen  12/13/2000 02:14 PM" or a name line followed by a date line.
 _NOTES_DATE = r"\d{1,2}/\d{1,2}/\d{2,4}\s+\d{1,2}:\d{2}(?::\d{2})?\s*(?:AM|PM)?"
-_NOTES_INLINE = re.compile(r"^\s*\S.{0,120}?\s+(?:on\s+)?" + _NOTES_DATE + r"\s*$", re.I)
-_NOTES_DATE_LINE = re.compile(r"^\s*" + _NOTES_DATE + r"\s*$", re.I)
+_NOTES_INLINE = re.compile(r"^\s*\S.{0,120}?\s+(?:on\s+)?" + _NOTES_DATE + r"\s*$", re.IGNORECASE)
+_NOTES_DATE_LINE = re.compile(r"^\s*" + _NOTES_DATE + r"\s*$", re.IGNORECASE)
+_TO_LINE = re.compile(r"^\s*(?:to|an|à|a|para|aan|till|til)\s*:\s*\S", re.IGNORECASE)
+_CC_SUBJECT = re.compile(r"^\s*(?:cc|bcc|subject|objet|betreff|asunto|oggetto|onderwerp|assunto|ämne|emne)\s*:", re.IGNORECASE)
 _QUOTE = re.compile(r"^\s*>")
 
 # --- what trails the author's text ---------------------------------------------------------------
@@ -65,18 +67,18 @@ _MOBILE = re.compile(
     r"enviado (?:desde|de) mi \S.{0,40}|inviato da(?:l mio)? \S.{0,40}|verzonden (?:vanaf|met) mijn \S.{0,40}|"
     r"enviado do meu \S.{0,40}|skickat från min \S.{0,40}|sendt fra min \S.{0,40}|"
     r"отправлено с (?:моего )?\S.{0,40}|iphoneから送信|从我的iphone发送|發自我的 iphone)\s*$",
-    re.I)
+    re.IGNORECASE)
 _DISCLAIMER_WORDS = re.compile(
     r"confidential|intended recipient|privileged|disclaimer|unauthori[sz]ed|prohibited|if you have received|"
     r"this (?:e-?mail|message) (?:and any|is intended|may contain)|virus|notify the sender|vertraulich|"
-    r"destinataire|destinatario", re.I)
+    r"destinataire|destinatario", re.IGNORECASE)
 
 # Markers whose presence in a stored body means cleaning missed something (used by tests and bench).
 RESIDUAL = re.compile(
     r"^\s*>|-----\s*original message|forwarded by|-{3,} ?forwarded message|begin forwarded message|"
     r"\bwrote:\s*$|^\s*(?:from|sent|to|subject):\s.*\n\s*(?:from|sent|to|subject|cc|date):|"
     r"(?<![\d/.-])" + _NOTES_DATE + r"\s*\n\s*(?:to|cc|subject)\s*:",
-    re.I | re.M)
+    re.IGNORECASE | re.MULTILINE)
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -135,6 +137,8 @@ def _cut_index(lines: list[str]) -> tuple[int, set[int]]:
         if _MOBILE.match(line) and any(x.strip() for x in lines[i + 1:]):
             return i, inline
         if _FROM_LINE.match(line) and _header_block(lines, i):
+            return i, inline
+        if _TO_LINE.match(line) and _to_block(lines, i):
             return i, inline
         if _is_notes_header(lines, i):
             return i, inline
@@ -197,6 +201,13 @@ def _header_block(lines: list[str], i: int) -> bool:
     return hits >= 1
 
 
+def _to_block(lines: list[str], i: int) -> bool:
+    """A Notes/Outlook header block whose From line was dropped: To: then cc:/Subject: lines, after a blank."""
+    if i > 0 and lines[i - 1].strip():
+        return False
+    return sum(bool(_CC_SUBJECT.match(x)) for x in lines[i + 1:i + 5]) >= 1
+
+
 def _is_notes_header(lines: list[str], i: int) -> bool:
     """Lotus Notes: `Name MM/DD/YYYY HH:MM AM` (name, date and time maybe on separate lines) + To:/cc:."""
     for span in (1, 2, 3):
@@ -236,7 +247,7 @@ def _strip_trailers(lines: list[str]) -> list[str]:
 
 
 _RULE = re.compile(r"^\s*[_=-]{10,}\s*$")
-_LIST_FOOTER = re.compile(r"mailing list|listinfo|unsubscribe|google groups|groups\.google|mailman", re.I)
+_LIST_FOOTER = re.compile(r"mailing list|listinfo|unsubscribe|google groups|groups\.google|mailman", re.IGNORECASE)
 
 
 def _list_footer(lines: list[str], i: int) -> bool:
@@ -274,38 +285,30 @@ _STOP = {
 _STOPSETS = {k: set(v.split()) for k, v in _STOP.items()}
 
 
+_SCRIPTS = [("ja", re.compile(r"[\u3040-\u30ff]")), ("zh", re.compile(r"[\u4e00-\u9fff]")),
+            ("ko", re.compile(r"[\uac00-\ud7af]")), ("ru", re.compile(r"[\u0400-\u04ff]")),
+            ("el", re.compile(r"[\u0370-\u03ff]")), ("ar", re.compile(r"[\u0600-\u06ff]")),
+            ("he", re.compile(r"[\u0590-\u05ff]"))]
+_WORD = re.compile(r"[^\W\d_]+")
+
+
 def language(text: str) -> str:
     """Best-guess ISO 639-1 code for `text` (script first, then stop words); 'und' if unsure."""
-    sample = text[:800]
-    letters = [c for c in sample if c.isalpha()]
-    if not letters:
-        return "und"
-    scripts = {"ja": 0, "zh": 0, "ko": 0, "ru": 0, "el": 0, "ar": 0, "he": 0}
-    for c in letters:
-        o = ord(c)
-        if 0x3040 <= o <= 0x30FF:
-            scripts["ja"] += 1
-        elif 0x4E00 <= o <= 0x9FFF:
-            scripts["zh"] += 1
-        elif 0xAC00 <= o <= 0xD7AF:
-            scripts["ko"] += 1
-        elif 0x0400 <= o <= 0x04FF:
-            scripts["ru"] += 1
-        elif 0x0370 <= o <= 0x03FF:
-            scripts["el"] += 1
-        elif 0x0600 <= o <= 0x06FF:
-            scripts["ar"] += 1
-        elif 0x0590 <= o <= 0x05FF:
-            scripts["he"] += 1
-    if scripts["ja"] and scripts["ja"] + scripts["zh"] > len(letters) * 0.2:
-        return "ja"
-    best = max(scripts, key=scripts.get)
-    if scripts[best] > len(letters) * 0.3:
-        return best
-    words = re.findall(r"[^\W\d_]+", sample.lower())
+    sample = text[:800].lower()
+    words = _WORD.findall(sample)
     if not words:
         return "und"
+    if not sample.isascii():
+        n_letters = sum(map(len, words))
+        scripts = {code: len(rx.findall(sample)) for code, rx in _SCRIPTS}
+        if scripts["ja"] and scripts["ja"] + scripts["zh"] > n_letters * 0.2:
+            return "ja"
+        best = max(scripts, key=scripts.get)
+        if scripts[best] > n_letters * 0.3:
+            return best
     counts = Counter(words)
-    scores = {lang: sum(counts[w] for w in stop) for lang, stop in _STOPSETS.items()}
+    keys = counts.keys()
+    scores = {lang: sum(counts[w] for w in stop & keys) for lang, stop in _STOPSETS.items()}
     lang = max(scores, key=scores.get)
-    return lang if scores[lang] >= 2 or (scores[lang] >= 1 and len(words) < 8) else "und"
+    n_words = sum(counts.values())
+    return lang if scores[lang] >= 2 or (scores[lang] >= 1 and n_words < 8) else "und"

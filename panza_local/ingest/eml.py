@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .parse import Item
 
-_HEADER_LINE = re.compile(rb"^[!-9;-~]+:[ \t]?", re.M)
+_HEADER_LINE = re.compile(rb"^[!-9;-~]+:[ \t]?", re.MULTILINE)
 _KNOWN = re.compile(rb"(?im)^(from|to|subject|date|message-id|received|return-path|mime-version|"
                     rb"delivered-to|content-type|x-[\w-]+|reply-to|cc):")
 
@@ -23,7 +23,7 @@ def looks_like_message(path: Path) -> bool:
     if not _HEADER_LINE.match(head.lstrip(b"\r\n")[:200]):
         return False
     block = re.split(rb"\r?\n\r?\n", head, maxsplit=1)[0]
-    return len(set(m.group(1).lower() for m in _KNOWN.finditer(block))) >= 2
+    return len({m.group(1).lower() for m in _KNOWN.finditer(block)}) >= 2
 
 
 def detect(path: Path) -> bool:

@@ -109,7 +109,7 @@ def connect(cfg: dict) -> imaplib.IMAP4:
 
 def mailboxes(imap: imaplib.IMAP4) -> list[str]:
     """Every selectable mailbox except Junk and Trash."""
-    typ, data = imap.list()
+    _, data = imap.list()
     out = []
     for line in data or []:
         if not line:

@@ -77,7 +77,7 @@ def split(buf, start: int = 0) -> Iterator[tuple[int, int]]:
             while j < n and buf[j:j + 1] in (b"\n", b"\r"):
                 j += 1
             if cand <= n and (j >= n or _is_sep(buf, j)):
-                end = j if j < n else n
+                end = min(n, j)
         if end is None:
             end = _next_sep(buf, hdr_end, n)
         yield pos, end

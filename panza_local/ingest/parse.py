@@ -180,7 +180,7 @@ def _auto_reason(msg: Message, p: Parsed) -> str | None:
     if re.fullmatch(r"(mailer-daemon|postmaster|no-?reply|do-?not-?reply|notifications?|bounces?)(\+.*)?", local):
         return "robot_sender"
     if re.match(r"^(automatic reply|auto(matic)?[- ]?reply|out of (the )?office|abwesenheitsnotiz|réponse automatique)",
-                p.subject, re.I):
+                p.subject, re.IGNORECASE):
         return "autoreply"
     return None
 

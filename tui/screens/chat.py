@@ -30,15 +30,15 @@ class ChatScreen(Screen):
         Binding("ctrl+n", "new", "New chat"),
         Binding("ctrl+r", "rename", "Rename"),
         Binding("f8", "delete", "Delete"),
-        Binding("ctrl+f", "search", "Search"),
-        Binding("ctrl+b", "toggle_side", "Side panel"),
+        Binding("ctrl+f", "search", "Search", show=False),
+        Binding("ctrl+b", "toggle_side", "Side panel", show=False),
         Binding("escape", "stop", "Stop", show=False),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.conversation_id: int | None = None
-        self._stream = None
+        self._md_stream = None
         self._reply_block: Markdown | None = None
         self._query = ""
 
@@ -50,7 +50,7 @@ class ChatScreen(Screen):
                 yield ChatLog(id="chat-log")
                 yield PromptInput(placeholder="Message panza (enter sends, ctrl+j new line)", id="chat-input")
             yield SidePanel(id="chat-side")
-        yield Footer()
+        yield Footer(compact=True)
 
     async def on_mount(self) -> None:
         self.sub_title = "chat"
@@ -123,7 +123,7 @@ class ChatScreen(Screen):
 
     @on(PromptSubmitted, "#chat-input")
     async def _send(self, event: PromptSubmitted) -> None:
-        if self._stream is not None:
+        if self._md_stream is not None:
             self.notify("Still writing the last reply: press escape to stop it.", severity="warning")
             return
         if self.conversation_id is None:
@@ -132,7 +132,7 @@ class ChatScreen(Screen):
         log = self.query_one(ChatLog)
         await log.add("user", event.text)
         self._reply_block = await log.add("assistant", "")
-        self._stream = Markdown.get_stream(self._reply_block)
+        self._md_stream = Markdown.get_stream(self._reply_block)
         self.refresh_list()
         self.sub_title = chat.get(self.app.conn, self.conversation_id).title
         self.generate(chat.messages(self.app.conn, self.conversation_id))
@@ -174,8 +174,8 @@ class ChatScreen(Screen):
 
     @on(StreamChunk)
     async def _append_chunk(self, event: StreamChunk) -> None:
-        if self._stream is not None:
-            await self._stream.write(event.text)
+        if self._md_stream is not None:
+            await self._md_stream.write(event.text)
 
     @on(StreamDone)
     async def _stream_done(self, event: StreamDone) -> None:
@@ -200,8 +200,8 @@ class ChatScreen(Screen):
         self.app.notify_error(event.error)
 
     async def _finish_stream(self) -> None:
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
+        if self._md_stream is not None:
+            stream, self._md_stream = self._md_stream, None
             await stream.stop()
 
     def action_stop(self) -> None:

@@ -71,6 +71,9 @@ class PickOne(ModalScreen[int | None]):
             yield Label("[dim]↑↓ move · enter choose · escape cancel[/]")
 
     def on_mount(self) -> None:
+        options = self.query_one(OptionList)
+        if options.option_count:
+            options.highlighted = 0
         self.query_one("#pick-filter" if self._searchable else "#pick-options").focus()
 
     def _options(self, query: str) -> list[Option]:
@@ -85,7 +88,10 @@ class PickOne(ModalScreen[int | None]):
 
     @on(Input.Submitted, "#pick-filter")
     def _to_list(self) -> None:
-        self.query_one(OptionList).focus()
+        options = self.query_one(OptionList)
+        if options.option_count:
+            options.highlighted = 0
+        options.focus()
 
     @on(OptionList.OptionSelected)
     def _chosen(self, event: OptionList.OptionSelected) -> None:

@@ -57,7 +57,7 @@ class DraftScreen(Screen):
                 yield PromptInput(placeholder="What should the email say? (enter drafts it)", id="draft-instruction")
                 yield TextArea(id="draft-text", soft_wrap=True, tab_behavior="focus")
             yield SidePanel(id="draft-side")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.sub_title = "draft"

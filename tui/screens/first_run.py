@@ -42,7 +42,7 @@ class FirstRunScreen(Screen):
         yield Header()
         with VerticalScroll(id="first-run"):
             yield Markdown(guide(store.counts(self.app.conn)), id="first-run-guide")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.sub_title = "getting started"

@@ -41,7 +41,7 @@ class StatusScreen(Screen):
             with Horizontal(id="retune-row"):
                 yield ProgressBar(id="retune-bar", show_eta=False)
                 yield Static("idle: press r to re-tune now", id="retune-note")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.sub_title = "status"
@@ -49,6 +49,7 @@ class StatusScreen(Screen):
         self.query_one("#status-adapters", DataTable).add_columns("adapter", "base model", "status", "scores",
                                                                   "created")
         self.query_one("#status-runs", DataTable).add_columns("stage", "status", "started", "finished")
+        self.query_one("#retune-bar", ProgressBar).update(total=100, progress=0)  # idle, not animating
         self.action_reload()
         self.query_one("#status-sources").focus()
 

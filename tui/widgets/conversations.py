@@ -15,7 +15,7 @@ class ConversationList(Vertical):
     """Search box + list of conversations; posts ConversationPicked and SearchChanged."""
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="search chats", id="conv-search")
+        yield Input(placeholder="search (ctrl+f)", id="conv-search")
         yield OptionList(id="conv-options")
 
     def show(self, conversations: list, selected: int | None = None) -> None:

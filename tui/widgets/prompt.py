@@ -13,7 +13,7 @@ class PromptInput(TextArea):
 
     BINDINGS = [
         Binding("enter", "submit", "Send", priority=True),
-        Binding("ctrl+j,shift+enter", "newline", "New line", priority=True),
+        Binding("ctrl+j,shift+enter", "newline", "New line", priority=True, show=False),
     ]
 
     def __init__(self, placeholder: str = "", **kwargs) -> None:

@@ -1,0 +1,57 @@
+"""The writing profile: seeded from the user's mail (greeting, sign-off, name, length, languages), stored, edited."""
+
+from __future__ import annotations
+
+import json
+
+from panza_local import profile, store
+from panza_local.prompts import Profile
+from test_draft import add_message
+
+
+def _mail(conn):
+    for i in range(6):
+        add_message(conn, f"Hi Bob,\n\nThe numbers for week {i} are in the shared folder, see tab {i}.\n\nThanks,\nPhillip",
+                    to="Bob <bob@example.org>", date=f"2001-0{i + 1}-02T10:00:00+00:00")
+    for i in range(3):
+        add_message(conn, f"Hello Jane,\n\nPlease review the gas curve {i} before noon and call me.\n\nThanks,\nPhillip",
+                    to="jane@example.org")
+    add_message(conn, "Grüße aus Houston, bis bald.\n\nPhillip", to="k@example.de")
+    add_message(conn, "Not mine at all, from someone else entirely.", mine=False)
+    conn.execute("UPDATE messages SET language = CASE WHEN body LIKE 'Grüße%' THEN 'de' ELSE 'en' END")
+
+
+def test_seed_from_mail(home):
+    conn = store.connect()
+    _mail(conn)
+    p = profile.seed(conn)
+    assert p.greeting == "Hi <name>," and p.signoff == "Thanks,\nPhillip" and p.name == "Phillip"
+    assert 10 <= p.typical_words <= 20 and p.languages[0] == "en"
+    assert profile.greeting_for("Bob Stone <bob@example.org>", conn) == "Hi Bob,"
+    assert profile.greeting_for("jane@example.org", conn) == "Hello Jane,"
+    assert profile.greeting_for("nobody@example.org", conn) is None
+
+
+def test_empty_store_gives_empty_profile_and_files_are_private(home):
+    assert profile.load() == Profile()
+    p = profile.set_value("signoff", "Best,\\nAnn")
+    assert p.signoff == "Best,\nAnn" and profile.load(seed_if_missing=False).signoff == "Best,\nAnn"
+    assert profile.path().stat().st_mode & 0o077 == 0
+
+
+def test_profile_cli(home, capsys):
+    from panza_local.cli import main
+
+    conn = store.connect()
+    _mail(conn)
+    assert main(["profile", "show", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["signoff"] == "Thanks,\nPhillip" and "not saved" in shown["source"]
+    assert main(["profile", "set", "role", "Trader, West desk"]) == 0
+    assert main(["profile", "set", "typical_words", "many"]) == 1
+    assert "typical_words" in capsys.readouterr().err
+    assert main(["profile", "set", "shoe_size", "9"]) == 1
+    assert main(["profile", "show", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["role"] == "Trader, West desk" and shown["source"] == str(profile.path())
+    assert shown["greeting"] == "Hi <name>,"  # set started from the seeded profile, so nothing was lost

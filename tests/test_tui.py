@@ -1,0 +1,288 @@
+"""The Textual app driven by keys under Pilot: every screen, the real engine, the real store."""
+
+from __future__ import annotations
+
+import email
+import io
+import mailbox
+import time
+from email import policy
+
+import pytest
+from test_tui_snapshots import make_app, seed_store  # noqa: F401 - `seeded` fixture below reuses seed_store
+
+from panza_local import chat, store
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+def seeded(home):
+    conn = store.connect()
+    seed_store(conn)
+    conn.close()
+    return home
+
+
+async def wait_workers(app, pilot, timeout: float = 240) -> None:
+    """Let every worker finish (the real engine on a busy 2-core box can take a while), then settle."""
+    deadline = time.monotonic() + timeout
+    await pilot.pause(0.2)
+    while any(not w.is_finished for w in app.workers):
+        assert time.monotonic() < deadline, f"workers still running: {list(app.workers)}"
+        await pilot.pause(0.2)
+    await pilot.pause(0.3)
+
+
+def visible_text(app) -> str:
+    """The screen as plain text, exactly as the terminal would show it (what a person reads)."""
+    from rich.console import Console
+
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), record=True, force_terminal=True,
+                      legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()
+
+
+def notes(app) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+async def type_text(pilot, text: str) -> None:
+    await pilot.press(*["space" if c == " " else c for c in text])
+
+
+# -- first run, help, palette ---------------------------------------------------------------------------------
+
+async def test_first_run_guides_then_continues_to_chat(home):
+    from panza_local.tui.screens.chat import ChatScreen
+    from panza_local.tui.screens.first_run import FirstRunScreen
+
+    app = make_app(first_run=None)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, FirstRunScreen)
+        guide = app.screen.query_one("#first-run-guide").source
+        for cmd in ("panza ingest", "panza playback", "panza index", "panza train", "panza quickstart"):
+            assert cmd in guide
+        assert "○" in guide and "✔" not in guide  # nothing done yet
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ChatScreen)
+
+
+async def test_help_screen_and_palette_switch_screens(seeded):
+    from panza_local.tui.screens.help import HelpScreen
+    from panza_local.tui.screens.status import StatusScreen
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f1")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        assert "ctrl+n" in visible_text(app)
+        await pilot.press("end")  # the key list scrolls from the keyboard
+        await pilot.pause()
+        assert "re-tune now" in visible_text(app)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await type_text(pilot, "status")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause(0.5)
+        assert isinstance(app.screen, StatusScreen)
+
+
+# -- chat history ---------------------------------------------------------------------------------------------
+
+async def test_history_browse_search_rename_delete(seeded):
+    from panza_local.tui.widgets.conversations import ConversationList
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert screen.conversation_id == 1  # most recently updated opens first
+        assert "Bob's lunch invite" in visible_text(app)
+        # search from the keyboard: only the budget conversation matches "blunt"
+        await pilot.press("ctrl+f")
+        await type_text(pilot, "blunt")
+        await pilot.pause()
+        options = screen.query_one("#conv-options")
+        assert options.option_count == 1
+        await pilot.press("enter", "enter")  # to the list, then open the highlighted conversation
+        await pilot.pause()
+        assert screen.conversation_id == 2
+        assert "too blunt" in visible_text(app)
+        # rename it
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        await pilot.press("ctrl+a", "ctrl+k")  # clear the prefilled title
+        await type_text(pilot, "Budget tone")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert chat.get(app.conn, 2).title == "Budget tone"
+        # delete it (F8, then y)
+        await pilot.press("f8")
+        await pilot.pause()
+        await pilot.press("y")
+        await pilot.pause()
+        assert [c.id for c in chat.list_(app.conn)] == [1]
+        assert screen.query_one("#conv-options").option_count == 0  # the search "blunt" still applies
+        await pilot.press("ctrl+f", "ctrl+a", "ctrl+k")  # clear it
+        await pilot.pause()
+        assert screen.query_one(ConversationList).query_one("#conv-options").option_count == 1
+        # a new conversation starts empty
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert screen.conversation_id is None
+        assert "Ask anything" in visible_text(app)
+
+
+@pytest.mark.slow
+async def test_chat_streams_from_real_engine_and_survives_restart(seeded):
+    from textual.widgets import Markdown
+
+    app = make_app(max_tokens=8, seed=7, use_rag=False)
+    async with app.run_test(size=(160, 48)) as pilot:  # wide: the side panel shows
+        await pilot.press("ctrl+n")
+        await type_text(pilot, "Say hello to Bob")
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert app.screen._md_stream is not None or any(not w.is_finished for w in app.workers)
+        await wait_workers(app, pilot)
+        assert not [n for n in notes(app) if "fix" in n], notes(app)
+        conv_id = app.screen.conversation_id
+        turns = chat.messages(app.conn, conv_id)
+        assert [t.role for t in turns] == ["user", "assistant"]
+        reply = turns[1].content
+        assert reply.strip() and reply != "(no reply)"
+        assert turns[1].meta["tokens"] >= 1
+        blocks = app.screen.query(".turn.assistant").results(Markdown)
+        assert reply.split()[0] in list(blocks)[-1].source  # what streamed in is what was stored
+        assert "tok/s" in visible_text(app)
+    # a fresh app on the same home shows the same conversation first
+    app2 = make_app()
+    async with app2.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert app2.screen.conversation_id == conv_id
+        text = visible_text(app2)
+        assert "Say hello to Bob" in text
+        assert reply.split()[0] in text
+
+
+# -- draft mode -----------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+async def test_draft_streams_then_saves_eml_and_maildir(seeded, tmp_path):
+    from textual.widgets import TextArea
+
+    from panza_local.tui.screens.draft import DraftScreen
+
+    app = make_app(max_tokens=12, seed=3, use_rag=False)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, DraftScreen)
+        # reply to Bob's lunch email, picked from the keyboard
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        await type_text(pilot, "lunch")
+        await pilot.press("enter", "enter")
+        await pilot.pause()
+        assert screen.query_one("#draft-to").value == "bob@example.com"
+        assert screen.query_one("#draft-subject").value == "Re: Lunch on Friday?"
+        await pilot.press("tab", "tab", "tab")  # back to the instruction box
+        screen.query_one("#draft-instruction").focus()
+        await type_text(pilot, "say yes to lunch on Friday")
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert screen.streaming
+        t0 = time.monotonic()
+        await wait_workers(app, pilot)
+        print(f"draft took {time.monotonic() - t0:.1f}s")
+        assert not screen.streaming
+        text = screen.query_one("#draft-text", TextArea).text
+        assert text.strip(), notes(app)
+        assert screen.result is not None and screen.result.in_reply_to == "<lunch@example.com>"
+        side = visible_text(app)
+        assert "smollm2-135m" in side and "tok/s" in side
+        # edit in place, then save as .eml through the dialog
+        area = screen.query_one("#draft-text", TextArea)
+        area.focus()
+        await pilot.press(*["down"] * 12, "end")  # to the end of the draft
+        assert area.cursor_location == area.document.end
+        await type_text(pilot, " Ada")
+        edited = area.text
+        target = tmp_path / "out" / "reply.eml"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        await pilot.press("ctrl+a", "ctrl+k")
+        await type_text(pilot, str(target))
+        await pilot.press("enter")
+        await pilot.pause(0.5)
+        assert target.exists(), notes(app)
+        msg = email.message_from_bytes(target.read_bytes(), policy=policy.default)
+        assert msg["To"] == "bob@example.com"
+        assert msg["Subject"] == "Re: Lunch on Friday?"
+        assert msg["In-Reply-To"] == "<lunch@example.com>"
+        assert msg.get_body(("plain",)).get_content().strip() == edited.strip()
+        # save to a Maildir's Drafts folder: the file carries the D flag
+        maildir = tmp_path / "Maildir"
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        await pilot.press("ctrl+a", "ctrl+k")
+        await type_text(pilot, str(maildir / "Drafts"))
+        await pilot.press("enter")
+        await pilot.pause(0.5)
+        assert (maildir / "Drafts" / "cur").is_dir(), notes(app)
+        box = mailbox.Maildir(str(maildir / "Drafts"), create=False)
+        keys = list(box.keys())
+        assert len(keys) == 1, notes(app)
+        assert "D" in box.get_message(keys[0]).get_flags()
+
+
+# -- status screen --------------------------------------------------------------------------------------------
+
+async def test_status_screen_shows_pipeline(seeded):
+    from textual.widgets import DataTable
+
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("f4")
+        await pilot.pause()
+        text = visible_text(app)
+        assert "3 messages" in text and "1 pairs" in text and "2 sources" in text
+        sources = app.screen.query_one("#status-sources", DataTable)
+        assert sources.row_count == 2
+        assert sources.get_row_at(0)[0] == "/home/ada/Mail/Sent"
+        assert sources.get_row_at(0)[4] == "2026-03-01 18:00"
+        adapters = app.screen.query_one("#status-adapters", DataTable)
+        assert "rougeL 0.274" in adapters.get_row_at(0)[3]
+
+
+async def test_errors_name_the_fixing_command(home):
+    from panza_local import config
+
+    settings = config.Settings(model="no-such-model")
+    app = make_app(settings=settings, check_model=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert any("panza models" in n or "models add" in n for n in notes(app)), notes(app)
+        # drafting without a model says what fixes it too
+        await pilot.press("f3")
+        await pilot.pause()
+        await type_text(pilot, "hello")
+        await pilot.press("enter")
+        await wait_workers(app, pilot, timeout=60)
+        errors = [n for n in notes(app) if "no-such-model" in n]
+        assert errors and all("fix" in n for n in errors), notes(app)
+        # replying to a thread with no mail ingested names `panza ingest`
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        assert any("panza ingest" in n for n in notes(app))
