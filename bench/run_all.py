@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import OUT, machine  # noqa: E402
+from bench._common import OUT, machine
 
 BENCHES = ["engine", "ingest", "playback", "index", "train", "draft"]
 BENCH_DIR = ROOT / "bench"
@@ -83,8 +83,8 @@ def run_bench(name: str, quick: bool, timeout: float, bench_dir: Path = BENCH_DI
             cmd.append("--quick")
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            proc = subprocess.run(cmd, check=False, cwd=ROOT, timeout=timeout, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         except subprocess.TimeoutExpired:
             return {"status": "failed", "note": f"timed out after {timeout:.0f} s", "seconds": round(timeout, 1)}
         if not out_file.exists():

@@ -114,8 +114,8 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
         subject = subject or _re(reply.subject)
     prof = profile if profile is not None else _safe(profiles.load, notices, prompts.Profile())
     greet = _safe(lambda: profiles.greeting_for(to), notices, None) if to else None
-    if greet:
-        prof = replace(prof, greeting=greet)
+    if greet or "<name>" in prof.greeting:
+        prof = replace(prof, greeting=greet or _named(prof.greeting, to))
     if examples is None:
         examples = _retrieve(instruction, to, settings, exclude_ids, notices) if use_rag else []
     else:
@@ -129,6 +129,15 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
                      to=to, subject=subject, reply=reply, retrieved=list(examples), adapter=adapter,
                      lora_path=lora, profile=prof, max_tokens=_budget(prof, settings), seed=seed,
                      notices=notices)
+
+
+def _named(greeting: str, to: str | None) -> str:
+    """A seeded greeting form ("Hi <name>,") filled with the recipient's first name, or without a name."""
+    from email.utils import getaddresses
+
+    names = [n for n, _ in getaddresses([to or ""]) if n.strip()]
+    first = names[0].split()[0].strip(",") if names else ""
+    return greeting.replace("<name>", first) if first else greeting.replace(" <name>", "").replace("<name>", "")
 
 
 def _safe(fn, notices: list[str], default):
@@ -227,7 +236,8 @@ def _adapter(use_adapter, settings, notices: list[str]) -> tuple[str | None, Pat
         notices.append(f"adapter not used ({exc.message}): drafting with the stock model")
         return None, None
     if not cur:
-        notices.append("no adapter trained yet: drafting with the stock model (run `panza train`)")
+        notices.append("no adapter in use: drafting with the stock model "
+                       "(train one with `panza train`, or pick one with `panza adapters use ID`)")
         return None, None
     gguf = cur.get("gguf") or cur.get("gguf_path")
     base = cur.get("base_model")
@@ -617,7 +627,7 @@ def save_imap(d: Draft, target: str = "imap", *, mailbox: str | None = None, sen
 
 
 def _drafts_mailbox(conn) -> str:
-    typ, rows = conn.list()
+    _typ, rows = conn.list()
     names = []
     for raw in rows or []:
         line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)

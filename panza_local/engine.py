@@ -8,6 +8,7 @@ prefix, so one model object must serve every call, which `load` guarantees.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import threading
@@ -22,6 +23,15 @@ from .errors import AdapterError, ModelNotFound
 _MODELS: OrderedDict[tuple, object] = OrderedDict()
 _MAX_LOADED = 2  # base + one adapter (eval compares both); more would multiply RAM for little gain
 _LOCK = threading.RLock()  # a llama.cpp context is not thread-safe: one generation at a time
+
+
+def _close_all_at_exit() -> None:
+    # Free models before interpreter teardown, when llama_cpp's __del__ would find its globals gone.
+    with contextlib.suppress(Exception):
+        _MODELS.clear()
+
+
+atexit.register(_close_all_at_exit)
 
 
 def physical_cores() -> int:

@@ -196,7 +196,7 @@ def mauve(candidates: Sequence[str], references: Sequence[str], **kwargs) -> flo
 # --- Style ---------------------------------------------------------------------------------------------
 
 _GREETING = re.compile(r"^\s*(hi|hello|hey|dear|good (?:morning|afternoon|evening)|morning|greetings|"
-                       r"hallo|hej|bonjour|ciao|hola)\b", re.I)
+                       r"hallo|hej|bonjour|ciao|hola)\b", re.IGNORECASE)
 _WORD = re.compile(r"[a-z0-9']+")
 
 

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from . import paths
+from .errors import PanzaError
 
 CONFIG_COLOURS = {"stock": "#9e9e9e", "stock+rag": "#64b5f6", "adapter": "#ffb74d", "adapter+rag": "#e53935"}
 PLOT_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore", "mauve")
@@ -120,15 +121,11 @@ def adapter_metrics(adapter_id: str | None) -> dict | None:
     try:
         from .train import registry
 
-        for fn in ("get", "info", "load"):
-            if hasattr(registry, fn):
-                rec = getattr(registry, fn)(adapter_id)
-                rec = rec if isinstance(rec, dict) else getattr(rec, "__dict__", {})
-                m = rec.get("metrics")
-                if m:
-                    return json.loads(m) if isinstance(m, str) else m
-    except Exception:  # noqa: BLE001 - the registry is optional here; fall back to the files it writes
-        pass
+        m = registry.get(adapter_id).get("metrics")
+        if m:
+            return json.loads(m) if isinstance(m, str) else m
+    except (ImportError, AttributeError, PanzaError, ValueError):
+        pass  # no registry or no record of this id: the files it writes are the fallback below
     folder = paths.home() / "adapters" / str(adapter_id)
     for name in ("metrics.json", "train_metrics.json", "config.json"):
         f = folder / name
@@ -196,8 +193,8 @@ def write_report(result: dict, out_dir: Path, *, samples: bool = True) -> Path:
     if curves:
         figs.append(("Training loss", plot_loss(curves, out)))
     md = [f"# panza eval: {result['n']} held-out emails × {result['seeds']} seeds", "",
-          f"Data: `{result.get('data', '?')}`. Adapter: `{result.get('adapter') or 'none'}`. "
-          f"Scoring models: {result.get('scoring_models', '')}.", "",
+          (f"Data: `{result.get('data', '?')}`. Adapter: `{result.get('adapter') or 'none'}`. "
+          f"Scoring models: {result.get('scoring_models', '')}."), "",
           markdown_table(result), "",
           "Style (mean ± std across seeds):", "",
           markdown_table(result, ("length_words", "greeting_match", "signoff_match", "vocab_overlap")), ""]

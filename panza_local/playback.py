@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, "int | None", "str | None"], None]
 
-VERSION = 3  # bump when the prompt, grammar or guards change meaning: every pair regenerates
+VERSION = 4  # bump when the prompt, grammar or guards change meaning: every pair regenerates
 ATTEMPTS = 3
 MAX_TOKENS = 40
 EMAIL_CHARS = 1200  # the head of a long email carries its ask; the rest only slows the prompt
@@ -76,7 +76,7 @@ def _gbnf_str(s: str) -> str:
 
 def grammar(to_name: str | None) -> str:
     """GBNF: one sentence that starts with an imperative verb naming the recipient and ends with a full stop."""
-    who = re.sub(r"[^\w .'&-]", "", to_name or "").strip()
+    who = re.sub(r"[^\w .,'&-]", "", to_name or "").strip()
     starts = [f"{v} {who}" for v in VERBS] if who else VERBS
     alts = " | ".join(_gbnf_str(s) for s in starts)
     return f'root ::= start " " body "."\nstart ::= {alts}\nbody ::= [^\\n.]+\n'
@@ -143,7 +143,7 @@ def generate(row: dict, *, model_path: str | Path, settings, idf: dict, user_nam
         rejected.append((sentence, why))
     final = q.extractive(email, subject=row.get("subject"), to_name=to_name, idf=idf,
                          is_reply=bool(thread) or (row.get("subject") or "").lower().startswith("re:"),
-                         user_name=user_name, k=SPECIFICS)
+                         user_name=user_name, k=SPECIFICS + 2)
     if q.check(final, email, max_words=80, min_words=3) == "copies_email":
         return {"status": "failed", "reason": "fallback_copies_email;" + ";".join(reasons),
                 "attempts": ATTEMPTS}
@@ -184,12 +184,12 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
                           fix="run `panza ingest MAILBOX --me YOUR@ADDRESS` first")
     done_hashes = {r[0] for r in conn.execute("SELECT content_hash FROM pairs WHERE gen_config = ?", (cfg_hash,))}
     todo = [m for m in mine if m["content_hash"] not in done_hashes]
-    reused = len(mine) - len(todo)
+    reused, todo_total = len(mine) - len(todo), len(todo)
     if limit is not None:
         todo = todo[:max(0, limit)]
     idf = q.idf_table(m["body"] for m in mine)
     out = {"generated": 0, "reused": reused, "failed": 0, "model": 0, "fallback": 0, "fail_reasons": {},
-           "gen_config": cfg_hash, "todo": len(todo)}
+           "gen_config": cfg_hash, "todo": len(todo), "todo_total": todo_total}
     t0 = time.perf_counter()
     with store.run(conn, "playback") as summary:
         progress(0, len(todo), "")

@@ -26,10 +26,13 @@ week time good great""".split())
 
 GREETING = re.compile(
     r"^\s*(?:dear|hi|hello|hey|good\s+(?:morning|afternoon|evening)|greetings|thanks|thank\s+you)\b[ ,]*"
-    r"((?:(?:prof|dr|mr|mrs|ms)\.?\s+)?[A-Z][\w'.-]*(?:\s+(?:and|&)\s+[A-Z][\w'.-]*|\s*,\s*[A-Z][\w'.-]*){0,3})"
+    r"((?:(?:prof|dr|mr|mrs|ms)\.?\s+)?[A-Z][\w'.-]*(?:(?:\s*,\s*(?:and\s+)?|\s+(?:and|&)\s+)[A-Z][\w'.-]*){0,3})"
     r"\s*[,!:.\-]", re.I)
 BARE_NAME = re.compile(r"^\s*([A-Z][a-z][\w'-]*)\s*(?:,|:|\s-\s)")
 WORD = re.compile(r"[A-Za-z][A-Za-z'&.-]*[A-Za-z]|\d[\d,.:/$%-]*\d?|\$\d[\d,.]*")
+# The words of the instruction form itself: never evidence of a hallucination.
+INSTRUCTION_WORDS = set("""ask tell thank reply write remind update invite let send confirm inform apologize
+congratulate answer mention recipient team know asking telling offering saying""".split())
 NUMBERISH = re.compile(r"\d")
 MONTHS = set("january february march april may june july august september october november december jan feb mar apr"
              " jun jul aug sep sept oct nov dec monday tuesday wednesday thursday friday saturday sunday".split())
@@ -91,7 +94,7 @@ def _stem(w: str) -> str:
 
 def _clean_name(name: str) -> str:
     name = re.sub(r"\s+", " ", name).strip(" ,.-")
-    return " ".join(p if p[:1].isupper() else p.capitalize() for p in name.split(" "))
+    return " ".join(p if p[:1].isupper() or p in ("and", "&") else p.capitalize() for p in name.split(" "))
 
 
 def recipient(email: str, to_addrs: str | None = None, to_names: list[str] | None = None) -> str | None:
@@ -116,6 +119,13 @@ def recipient(email: str, to_addrs: str | None = None, to_names: list[str] | Non
         if part.isalpha() and len(part) > 1:
             return part.capitalize()
     return None
+
+
+def first_name(name: str | None) -> str:
+    """The word of a greeting name an instruction must contain (`Prof. Aman` → `Aman`)."""
+    parts = [re.sub(r"\W", "", p) for p in (name or "").split()]
+    parts = [p for p in parts if p and p.lower() not in ("prof", "dr", "mr", "mrs", "ms")]
+    return parts[0] if parts else ""
 
 
 # -- keywords: the specifics an instruction must name ----------------------------------------------------------
@@ -189,14 +199,14 @@ def _useful(low: str) -> bool:
 
 
 def extractive(email: str, *, subject: str | None, to_name: str | None, idf: dict[str, float],
-               is_reply: bool = False, user_name: str = "", k: int = 6) -> str:
+               is_reply: bool = False, user_name: str = "", k: int = 10) -> str:
     """A deterministic instruction: who, what about (the subject), and the email's most specific terms."""
     verb = "Reply to" if is_reply else "Write to"
     who = to_name or "the recipient"
     subj = re.sub(r"^\s*((re|fw|fwd|aw|tr)\s*:\s*)+", "", subject or "", flags=re.I).strip()
     terms = keywords(email, idf, k=k, exclude=[to_name or "", user_name])
     out = f"{verb} {who}"
-    if subj:
+    if subj and not terms:  # the subject dilutes the email's own terms (measured: recall@1 0.72 → 0.63)
         out += f" about \"{subj[:80]}\""
     if terms:
         out += "; mention " + ", ".join(terms)
@@ -224,15 +234,17 @@ def check(instruction: str, email: str, *, to_name: str | None = None, context: 
     low = [w.lower() for w in ws]
     if max(Counter(low).values()) > max(3, len(low) // 4):
         return "repetitive"
-    if to_name and to_name != "the team" and to_name.split()[0].lower() not in text.lower():
+    first = first_name(to_name)
+    if first and to_name != "the team" and first.lower() not in text.lower():
         return "no_recipient"
+    leaked = {b.lower() for b in banned} & set(low) - {w.lower() for w in words(email + " " + context)}
+    if leaked:
+        return "few_shot_leak"
     source = {_stem(w) for w in content_words(email + "\n" + context)}
-    mine = [w for w in content_words(text) if w not in (to_name or "").lower().split()]
+    skip = INSTRUCTION_WORDS | set((to_name or "").lower().split())
+    mine = [w for w in content_words(text) if w not in skip]
     if mine:
         unsupported = [w for w in mine if _stem(w) not in source]
         if len(unsupported) / len(mine) > 0.5:
             return "unsupported"
-    leaked = {b.lower() for b in banned} & set(low) - {w.lower() for w in words(email + " " + context)}
-    if leaked:
-        return "few_shot_leak"
     return None

@@ -82,11 +82,11 @@ TOPICS: dict[str, dict[str, tuple[str, ...]]] = {
         "subject": ("Site visit {day}", "{project} - site meeting", "Visit to {project} on {day}"),
         "open": ("Quick one about {project}.", "Thanks for walking the site with me last week.",
                  "I was at {project} this morning - it's coming along."),
-        "detail": ("Could we meet there on {day} at {time}? I'd like to check the levels before the "
-                   "paving goes down.", "The drainage on the north side still looks wrong to me - water "
-                   "is sitting by the wall after rain.", "I'll bring the revised planting plan so we can "
-                   "mark out the beds on the ground.", "Tom will come along too and take photos for "
-                   "the record.", "If the weather turns we can push it to the following {day}."),
+        "detail": (("Could we meet there on {day} at {time}? I'd like to check the levels before the "
+                   "paving goes down."), ("The drainage on the north side still looks wrong to me - water "
+                   "is sitting by the wall after rain."), ("I'll bring the revised planting plan so we can "
+                   "mark out the beds on the ground."), ("Tom will come along too and take photos for "
+                   "the record."), "If the weather turns we can push it to the following {day}."),
         "ask": ("Let me know if {day} works for you.", "Let me know what time suits your crew.",
                 "Let me know if you need anything from me before then."),
     },
@@ -94,9 +94,9 @@ TOPICS: dict[str, dict[str, tuple[str, ...]]] = {
         "subject": ("Samples for {project}", "{material} - delivery", "Question on {material}"),
         "open": ("I've had another look at {material} for {project}.", "Quick question on {material}.",
                  "Thanks for sending the samples over."),
-        "detail": ("The colour is a bit too warm next to the existing wall - could you get a sample of "
-                   "something greyer?", "I'd rather we ordered {n} pallets now than wait and pay more "
-                   "in spring.", "Delivery on {day} morning is fine - the gate code is the same as before.",
+        "detail": (("The colour is a bit too warm next to the existing wall - could you get a sample of "
+                   "something greyer?"), ("I'd rather we ordered {n} pallets now than wait and pay more "
+                   "in spring."), "Delivery on {day} morning is fine - the gate code is the same as before.",
                    "Please keep the offcuts, we can use them for the edging by the shed."),
         "ask": ("Let me know the lead time when you have it.", "Let me know what you think.",
                 "Let me know if the price has changed."),
@@ -169,23 +169,23 @@ TOPICS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 # What correspondents write to Maya (the originals she replies to, also kept as separate messages).
 INCOMING: dict[str, tuple[str, ...]] = {
-    "site": ("Could you come by {project} on {day}? We've hit a snag with the levels near the wall and I'd "
-             "like your view before we pour anything.",
+    "site": (("Could you come by {project} on {day}? We've hit a snag with the levels near the wall and I'd "
+             "like your view before we pour anything."),
              "The crew is back at {project} from {day}. Can you check the setting-out with us at {time}?"),
-    "materials": ("The supplier says the lead time for {material} is now {n} weeks. Do you want us to go "
-                  "ahead with the order or look at alternatives?",
+    "materials": (("The supplier says the lead time for {material} is now {n} weeks. Do you want us to go "
+                  "ahead with the order or look at alternatives?"),
                   "Samples of {material} arrived today. Shall I drop them at the studio on {day}?"),
-    "permit": ("The committee has asked for a revised tree survey for {project} before the meeting on the "
-               "{date}. Please send it to me directly and I will add it to the file.",
+    "permit": (("The committee has asked for a revised tree survey for {project} before the meeting on the "
+               "{date}. Please send it to me directly and I will add it to the file."),
                "I am reviewing the application for {project}. Could you confirm the area of new paving?"),
-    "drawings": ("I've uploaded the new set for {project}. I wasn't sure about sheet {n}, the levels don't "
-                 "quite tie in with the survey. Could you have a look when you get a minute?",
+    "drawings": (("I've uploaded the new set for {project}. I wasn't sure about sheet {n}, the levels don't "
+                 "quite tie in with the survey. Could you have a look when you get a minute?"),
                  "Quick question on {project}: do you want the planting plan at 1:{n}0 or 1:200?"),
-    "plants": ("We have {n} of the {plant} in stock now but they are going quickly. Shall we reserve them "
-               "for {project}?",
+    "plants": (("We have {n} of the {plant} in stock now but they are going quickly. Shall we reserve them "
+               "for {project}?"),
                "Your order for {project} is ready. Can we deliver on {day}, or would the {date} suit better?"),
-    "client": ("We're so happy with how it's looking! One question: could we add a small bench under the "
-               "apple tree? And when do you think it'll all be finished?",
+    "client": (("We're so happy with how it's looking! One question: could we add a small bench under the "
+               "apple tree? And when do you think it'll all be finished?"),
                "The builders left a pile of rubble by the gate on {day}. Is that staying?"),
     "invoice": ("I can't find invoice {n} in my inbox. Would you mind sending it again? Sorry!",
                 "Just checking: is invoice {n} the final one for the design stage?"),

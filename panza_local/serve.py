@@ -258,7 +258,7 @@ async def _sse(req: dict, settings, cid: str):
             put(("done", None))
         except PanzaError as exc:
             put(("error", exc.message))
-        except Exception as exc:  # noqa: BLE001 - reported to the client; never kills the server
+        except Exception as exc:  # reported to the client; never kills the server
             log.exception("generation failed")
             put(("error", f"generation failed: {type(exc).__name__}"))
 

@@ -259,3 +259,13 @@ def test_cli_errors_name_the_fix(settings, capsys):
     assert "maildir:PATH" in capsys.readouterr().err
     assert main(["draft", "x", "--reply-to", "no-such-thing"]) == 1
     assert "Message-ID" in capsys.readouterr().err
+
+
+def test_stream_draft_yields_pieces_then_returns_the_draft(settings):
+    gen = draft.stream_draft(INSTR, use_rag=False, use_adapter=False, settings=settings)
+    pieces = []
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            pieces.append(next(gen))
+    d = stop.value.value
+    assert len(pieces) >= 2 and isinstance(d, draft.Draft) and d.text == "".join(pieces).strip()

@@ -7,11 +7,15 @@ import re
 from email import policy
 
 import pytest
+import test_ingest_imap as ingest_imap_tests
 
 from panza_local import draft, store
-from test_ingest_imap import dovecot, keyring_memory, pytestmark  # noqa: F401 - fixtures + Dovecot skip
-
 from panza_local.ingest import imap as imap_source
+
+# the ingest tests' real Dovecot server and in-memory keyring, and their skip when Dovecot is absent
+dovecot = ingest_imap_tests.dovecot
+keyring_memory = ingest_imap_tests.keyring_memory
+pytestmark = ingest_imap_tests.pytestmark
 
 
 def _reply() -> draft.Draft:

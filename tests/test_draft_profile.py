@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from test_draft import add_message
+
 from panza_local import profile, store
 from panza_local.prompts import Profile
-from test_draft import add_message
 
 
 def _mail(conn):
@@ -55,3 +56,14 @@ def test_profile_cli(home, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["role"] == "Trader, West desk" and shown["source"] == str(profile.path())
     assert shown["greeting"] == "Hi <name>,"  # set started from the seeded profile, so nothing was lost
+
+
+def test_seeded_greeting_is_filled_for_the_recipient(home):
+    from panza_local import draft
+
+    assert draft._named("Hi <name>,", "Carol Diaz <carol@example.org>") == "Hi Carol,"
+    assert draft._named("Hi <name>,", "carol@example.org") == "Hi,"
+    conn = store.connect()
+    _mail(conn)
+    plan = draft.prepare("Ask about lunch", to="Carol Diaz <carol@example.org>", use_rag=False, use_adapter=False)
+    assert 'Usual greeting: "Hi Carol,"' in plan.messages[1]["content"] and "<name>" not in plan.messages[1]["content"]

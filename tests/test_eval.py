@@ -140,3 +140,49 @@ def test_eval_cli_end_to_end_on_the_embedded_model(home, tmp_path, capsys, monke
     assert st["bertscore"] > 0.1  # real drafts about the same topic are not orthogonal to the email
     assert "no adapter" in out["skipped"]["adapter"] and out["configs"]["adapter"]["bleu"] is None
     assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "metrics.png").is_file()
+
+
+@pytest.fixture
+def sample_store(home, tmp_path):
+    """The sample mailbox ingested into a fresh store, with one pair per email the user wrote."""
+    from panza_local import ingest, store
+
+    mbox = sample.write_sample_mailbox(tmp_path / "maya.mbox")
+    conn = store.connect()
+    ingest.ingest(conn, [str(mbox)], me=[sample.SAMPLE_ME])
+    mine = conn.execute("SELECT id, content_hash, subject FROM messages WHERE is_mine = 1").fetchall()
+    for r in mine:  # what playback stores; its instructions are not what is tested here
+        conn.execute("INSERT INTO pairs (message_id, content_hash, gen_config, status, instruction, created_at) "
+                     "VALUES (?, ?, 'test', 'ok', ?, ?)", (r["id"], r["content_hash"], f"About {r['subject']}",
+                                                           store.now()))
+    yield conn
+    conn.close()
+
+
+def test_items_from_store_are_the_newest_held_out_emails(sample_store):
+    conn = sample_store
+    items = evaluate.items_from_store(conn)
+    assert len(items) == 13  # newest 10% of 138
+    dates = [conn.execute("SELECT date FROM messages WHERE id = ?", (it.message_id,)).fetchone()[0] for it in items]
+    oldest_test = min(dates)
+    n_newer = conn.execute("SELECT count(*) FROM messages WHERE is_mine = 1 AND date >= ?", (oldest_test,)).fetchone()
+    assert n_newer[0] == 13  # nothing newer than the test split is left out of it
+    assert all(it.to and it.subject and it.instruction.startswith("About ") for it in items)
+    assert all("Cheers" in it.reference and ">" not in it.reference for it in items)
+    five = evaluate.items_from_store(conn, limit=5)
+    assert [it.key for it in five] == [items[i].key for i in (0, 2, 5, 7, 10)]  # spread over the whole period
+
+
+def test_jsonl_rows_matching_the_store_use_its_split_and_instructions(sample_store, tmp_path):
+    conn = sample_store
+    test_items = evaluate.items_from_store(conn)
+    train_body = conn.execute("SELECT body FROM messages WHERE is_mine = 1 ORDER BY date LIMIT 1").fetchone()[0]
+    f = tmp_path / "mixed.jsonl"
+    bodies = [train_body] + [it.reference for it in test_items[:3]]
+    f.write_text("".join(json.dumps({"email": b}) + "\n" for b in bodies))
+    notes: list[str] = []
+    items = evaluate.items_from_jsonl(f, conn, notes=notes)
+    assert [it.reference for it in items] == [it.reference.strip() for it in test_items[:3]]  # train row dropped
+    assert [it.instruction for it in items] == [it.instruction for it in test_items[:3]]  # playback's
+    assert [it.message_id for it in items] == [it.message_id for it in test_items[:3]]  # leak-free retrieval by date
+    assert any("3 of 4 rows are in playback's held-out split" in n for n in notes)

@@ -82,14 +82,10 @@ def test_format_end_to_end(shared_data, conn, fmt, kind):
     mine_from = {r[0] for r in conn.execute("SELECT DISTINCT author FROM messages WHERE is_mine = 1")}
     assert mine_from <= set(ALLEN)
     assert _residual_share(conn) < 0.01
+    dates = [r[0] for r in conn.execute("SELECT date FROM messages WHERE date IS NOT NULL")]
+    assert len(dates) > 1000 and all(d.endswith("+00:00") for d in dates)  # ISO 8601, UTC
     again = ingest(conn, [str(root)], ALLEN)
     assert again["seen"] == 0 and again["stored"] == 0 and again["unchanged_files"] >= 1
-
-
-def test_takeout_labels_and_dates(shared_data, conn):
-    ingest(conn, [str(shared_data / "enron" / "formats" / "takeout")], ALLEN)
-    row = conn.execute("SELECT date, folder FROM messages WHERE is_mine = 1 AND date IS NOT NULL LIMIT 1").fetchone()
-    assert row["date"].endswith("+00:00")
 
 
 def test_jsonl_corpus_is_all_mine(shared_data, conn):
@@ -199,7 +195,7 @@ def test_duplicates_across_folders_and_sources(shared_data, conn):
     _check_accounting(s)
     assert s["duplicates"] > 400  # the two folders hold the same mail under different Message-IDs
     n = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
-    s2 = ingest(conn, [str(shared_data / "enron" / "formats" / "thunderbird_profile")], ALLEN)
+    s2 = ingest(conn, [str(shared_data / "enron" / "formats" / "eml" / "Sent")], ALLEN)
     assert s2["stored"] < s2["seen"] // 2  # the same user's mail again, in another container
     assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] - n == s2["stored"]
 
@@ -316,7 +312,10 @@ def test_cli_ingest_json_and_export(shared_data, home, tmp_path, capsys):
 
     src = shared_data / "enron" / "sent" / "enron.allen-p.sent_items.mbox"
     assert main(["ingest", str(src), "--json"]) == 1  # no address known: says what to do
-    assert "--me" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--me" in err and "@" not in err  # no addresses in error messages unless debug
+    assert main(["ingest", "--guess-me", str(src), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["candidates"][0]["address"] in ALLEN
     assert main(["ingest", str(src), "--me", ALLEN[0], "--me", ALLEN[1], "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     for key in ("seen", "stored", "duplicates", "skipped", "errors"):
@@ -348,3 +347,17 @@ def test_cli_sources_add_list_remove(tmp_path, home, capsys):
     assert json.loads(capsys.readouterr().out)["messages_deleted"] == 1
     assert main(["ingest", str(tmp_path / "missing.mbox")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_only_mine_and_language_filters_are_counted(tmp_path, conn):
+    box = _mbox(tmp_path / "mixed.mbox", [
+        ("me@example.com", "en", "Thanks for the update, I will send the report to you on Monday."),
+        ("me@example.com", "de", "Vielen Dank, ich schicke dir die Unterlagen und wir sehen uns morgen."),
+        ("other@example.com", "x", "Please send me the report for the meeting on Monday."),
+    ])
+    s = ingest(conn, [str(box)], ["me@example.com"], only_mine=True, languages=["en"])
+    _check_accounting(s)
+    assert s["skipped"] == {"not_mine": 1, "language": 1} and s["stored"] == 1
+    s = ingest(fresh := store.connect(tmp_path / "all.db"), [str(box)], ["me@example.com"])
+    langs = dict(fresh.execute("SELECT subject, language FROM messages").fetchall())
+    assert langs == {"en": "en", "de": "de", "x": "en"} and s["mine"] == 2

@@ -71,3 +71,19 @@ def test_reply_parser_corpora(shared_data):
             assert got.body.startswith("Fusce bibendum"), f.name
             assert len(got.body) < 600, f.name  # the reply is ~560 chars; more means quoted text leaked in
     assert checked >= 40
+
+
+def test_clean_corpora_pass_through_unchanged(shared_data):
+    """The Panza corpora are already clean: the cleaner must not cut anything out of them."""
+    import json
+
+    from panza_local.ingest.clean import _tidy, normalise
+
+    total = same = 0
+    for f in sorted((shared_data / "panza").glob("*.jsonl")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            text = json.loads(line)["email"]
+            total += 1
+            same += clean(text).body == _tidy(normalise(text))
+    assert total > 1500
+    assert same / total >= 0.99

@@ -136,3 +136,15 @@ def test_parse_request_maps_a_chat_to_a_draft():
         serve.parse_request({"messages": [{"role": "tool", "content": "x"}]})
     with pytest.raises(serve.APIError):
         serve.parse_request({"messages": [{"role": "user", "content": "x"}], "n": 2, "stream": True})
+
+
+def test_client_hanging_up_mid_stream_frees_the_engine(url):
+    body = {"model": "panza-stock", "max_tokens": 300, "stream": True,
+            "messages": [{"role": "user", "content": "Write a long email about the quarterly budget"}]}
+    with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=300) as r:
+        first = next(r.iter_lines())
+        assert first.startswith("data: ")
+    # the abandoned generation stops at its next token; the next request is served, not stuck behind it
+    r = httpx.post(f"{url}/chat/completions", timeout=300,
+                   json={"model": "panza-stock", "max_tokens": 3, "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3

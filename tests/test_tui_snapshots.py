@@ -65,8 +65,11 @@ def seeded(home):
 
 
 def make_app(**kwargs):
+    """The real app on the test's home; one engine thread (llama.cpp's spinning threads crawl on a shared box)."""
+    from panza_local import config
     from panza_local.tui.app import PanzaApp
 
+    kwargs.setdefault("settings", config.load({"threads": 1}))
     kwargs.setdefault("first_run", False)
     kwargs.setdefault("check_model", False)
     return PanzaApp(**kwargs)

@@ -77,8 +77,11 @@ def save_eml(path: str | Path, d: draft.Draft) -> Path:
 
 
 def save_maildir(folder: str | Path, d: draft.Draft) -> Path:
-    """Store the draft in a Maildir drafts folder with the D flag; return the file."""
-    return draft.save_maildir(d, folder)
+    """Store the draft in a Maildir drafts folder with the D flag (creating its parents); return the file."""
+    from panza_local import paths
+
+    paths.ensure_dir(Path(folder).expanduser().parent)
+    return draft.save_maildir(d, Path(folder).expanduser())
 
 
 def alternatives(instruction: str, n: int = 3, **kwargs) -> list[draft.Draft]:

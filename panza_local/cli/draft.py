@@ -6,7 +6,7 @@ import json
 import re
 import sys
 
-from ._out import console
+from ._out import console as _console
 
 
 def register(sub) -> None:
@@ -27,7 +27,15 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--temperature", type=float)
+    p.add_argument("-q", "--quiet", action="store_true", help="no notes on stderr (for mail-client filters)")
     p.set_defaults(func=run)
+
+
+def console(quiet: bool = False):
+    """stderr console for notes; a silent one with --quiet (mail clients show stderr over their screen)."""
+    c = _console()
+    c.quiet = quiet
+    return c
 
 
 def split_stdin(text: str) -> tuple[str, str | None]:
@@ -62,9 +70,9 @@ def run(args) -> int:
     if not instruction.strip():
         raise PanzaError("the instruction is empty", fix='panza draft "ask Anna to move Friday\'s call to 3pm"')
     settings = config.load({"seed": args.seed, "max_tokens": args.max_tokens, "temperature": args.temperature})
-    kw = dict(to=args.to, subject=args.subject, reply_to=reply, use_rag=not args.no_rag,
-              use_adapter=not args.no_adapter, settings=settings)
-    err = console()
+    kw = {"to": args.to, "subject": args.subject, "reply_to": reply, "use_rag": not args.no_rag,
+          "use_adapter": not args.no_adapter, "settings": settings}
+    err = console(quiet=args.quiet)
     if args.n > 1:
         drafts = draft.alternatives(instruction, n=args.n, **kw)
     elif args.format == "text":

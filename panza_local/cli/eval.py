@@ -27,7 +27,8 @@ def run(args) -> int:
     from ..errors import PanzaError
 
     if args.seeds < 1 or args.limit < 0:
-        raise PanzaError("--seeds must be at least 1 and --limit 0 or more", fix="e.g. panza eval --limit 20 --seeds 3")
+        raise PanzaError("--seeds must be at least 1 and --limit 0 or more",
+                         fix="e.g. panza eval --limit 20 --seeds 3")
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     with progress("evaluating", enabled=not args.json) as update:
         result = evaluate.run(data=args.data, limit=args.limit or None, seeds=args.seeds, configs=configs,

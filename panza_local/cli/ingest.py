@@ -18,6 +18,8 @@ def register(sub) -> None:
     p.add_argument("--language", action="append", metavar="CODE",
                    help="keep only messages in this language (ISO 639-1, repeatable); default: keep all")
     p.add_argument("--register", action="store_true", help="also register the sources for `panza retune`")
+    p.add_argument("--guess-me", action="store_true",
+                   help="only list the addresses your Sent folders were written from (nothing is stored)")
     add_json(p)
     p.set_defaults(func=run)
 
@@ -52,20 +54,29 @@ def resolve_me(args, sources: list[str], settings) -> list[str]:
         if answer in ("y", "yes"):
             config.set_value("me", ",".join(top))
             return top
+    # error messages carry no addresses unless debug: point at --guess-me, which prints them on request
+    hint = f"; your Sent folders suggest: {shown}" if settings.debug else \
+        "; `panza ingest --guess-me SOURCE...` lists the addresses your Sent folders were written from"
     raise ConfigError("panza does not know your email address, so it cannot tell your mail from others'",
-                      fix=f"re-run with --me YOUR_ADDRESS (repeatable); your Sent folders suggest: {shown}")
+                      fix=f"re-run with --me YOUR_ADDRESS (repeatable){hint}")
 
 
 def run(args) -> int:
     from .. import config, store
     from ..errors import NoDataError
-    from ..ingest import ingest
+    from ..ingest import authorship, ingest, registered_sources
 
+    if args.guess_me:
+        guesses = authorship.guess_me(list(args.sources))
+        emit(args, {"candidates": [{"address": a, "messages": n} for a, n in guesses]},
+             lambda d: [print(f"{c['messages']:6}  {c['address']}") for c in d["candidates"]]
+             or print("confirm with: panza ingest SOURCE... --me ADDRESS"))
+        return 0
     settings = config.load()
     sources = list(args.sources)
     with store.connect() as conn:
         if not sources:
-            sources = [r[0] for r in conn.execute("SELECT uri FROM sources WHERE registered = 1 ORDER BY id")]
+            sources = registered_sources(conn)
     if not sources:
         raise NoDataError("nothing to ingest: no SOURCE given and no registered source",
                           fix="panza ingest ~/Mail/Sent.mbox --me you@example.com  (or `panza sources add PATH`)")

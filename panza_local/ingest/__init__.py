@@ -72,12 +72,16 @@ def ingest(conn: sqlite3.Connection, sources: list[str], me: list[str] | None = 
     me_set = authorship.normalise_me(me) or _stored_me(conn)
     summary = new_summary()
     opts = {"me": me_set, "only_mine": only_mine, "languages": set(languages or [])}
+    # every source is checked before any is read: a typo fails fast, with nothing half done
+    kinds = [detect(src if str(src).startswith(("imap://", "imaps://")) else Path(src).expanduser())
+             for src in sources]
+    for src, kind in zip(sources, kinds):
+        if kind == "imap":
+            imap.parse_uri(str(src))  # refuses a URI with a password before it is stored anywhere
     with store.run(conn, "ingest") as rec:
-        for src in sources:
-            kind = detect(src if str(src).startswith(("imap://", "imaps://")) else Path(src).expanduser())
+        for src, kind in zip(sources, kinds):
             if kind == "imap":
                 uri = str(src)
-                imap.parse_uri(uri)  # refuses a URI with a password before it is stored anywhere
                 sid = source_row(conn, uri, kind, register)
                 imap.ingest(conn, sid, uri, lambda item, sid=sid: _store_item(conn, sid, item, opts, summary, set()),
                             summary, on_progress)
@@ -132,8 +136,11 @@ def _ingest_files(conn, sid: int, root: Path, kind: str, opts: dict, summary: di
     conn.execute("BEGIN IMMEDIATE")
     try:
         for i, (path, reader) in enumerate(listing):
-            if on_progress and i % 50 == 0:
-                on_progress(i, len(listing), f"{summary['seen']} seen, {summary['stored']} stored")
+            if on_progress:
+                tx["progress"] = lambda i=i: on_progress(i, len(listing),
+                                                         f"{summary['seen']} seen, {summary['stored']} stored")
+                if i % 50 == 0:
+                    tx["progress"]()
             kinds[reader] += 1
             prev = known.get(str(path))
             try:
@@ -199,6 +206,8 @@ def _ingest_file(conn, sid: int, path: Path, reader: str, st: os.stat_result, pr
             if _tick(conn, tx) and item.end is not None:  # mid-file commit: remember how far we got
                 _save_file(conn, sid, path, st, item.end, reader)
                 _commit(conn, tx)
+            if "progress" in tx and summary["seen"] % 200 == 0:  # big mbox files: keep the bar moving
+                tx["progress"]()
         _mark_deleted(conn, old_ids - touched, summary)
     _save_file(conn, sid, path, st, st.st_size, reader)
     if _tick(conn, tx):
@@ -394,8 +403,14 @@ def reassign(conn, me: set[str]) -> int:
     return changed
 
 
-def iter_raw(roots: list[str], limit: int | None = None) -> Iterator[tuple[bytes, str]]:
-    """(raw message, folder hint) for the mail under `roots`, without touching the store."""
+def registered_sources(conn: sqlite3.Connection) -> list[str]:
+    """URIs of the sources `panza sources add` registered (what `panza ingest` and retune re-read)."""
+    return [r[0] for r in conn.execute("SELECT uri FROM sources WHERE registered = 1 ORDER BY id")]
+
+
+def iter_raw(roots: list[str], limit: int | None = None,
+             want: Callable[[str], bool] | None = None) -> Iterator[tuple[bytes, str]]:
+    """(raw message, folder hint) for the mail under `roots` (files whose path passes `want`), no store."""
     n = 0
     for src in roots:
         if str(src).startswith(("imap://", "imaps://")):
@@ -406,7 +421,7 @@ def iter_raw(roots: list[str], limit: int | None = None) -> Iterator[tuple[bytes
         except SourceError:
             continue
         for path, reader in SOURCES[kind].files(root):
-            if reader not in READERS or reader == "jsonl":
+            if reader not in READERS or reader == "jsonl" or (want and not want(str(path))):
                 continue
             for item in READERS[reader](path, 0):
                 if item.raw:

@@ -72,25 +72,31 @@ def looks_sent(path_or_labels: str) -> bool:
 
 
 def guess_me(roots: list[str], limit: int = 2000) -> list[tuple[str, int]]:
-    """Most frequent authors in the Sent folders under `roots`, for the user to confirm."""
-    from . import iter_raw
+    """Most frequent authors in the Sent folders under `roots` (and Thunderbird identities), to confirm."""
+    from . import iter_raw, thunderbird
+    from .parse import parse
 
     counts: Counter[str] = Counter()
+    for root in roots:
+        if not str(root).startswith(("imap://", "imaps://")):
+            for prof in thunderbird.profiles(Path(root).expanduser()) if Path(root).expanduser().is_dir() else []:
+                for addr in prefs_identities(prof):
+                    counts[addr] += 1
     seen = 0
-    for raw, where in iter_raw(roots):
-        if not looks_sent(where):
-            continue
-        from .parse import parse
-
-        try:
-            p = parse(raw)
-        except Exception:  # a broken message says nothing about who the user is
-            continue
-        if looks_sent(where) or looks_sent(p.labels):
-            for a in authors(p):
-                counts[a] += 1
-        seen += 1
-        if seen >= limit:
+    # Sent folders first (by path); Takeout keeps everything in one mbox, so fall back to its labels.
+    for by_path in (True, False):
+        for raw, where in iter_raw(roots, want=looks_sent if by_path else None):
+            try:
+                p = parse(raw)
+            except Exception:  # a broken message says nothing about who the user is
+                continue
+            if by_path or looks_sent(p.labels):
+                for a in authors(p):
+                    counts[a] += 1
+            seen += 1
+            if seen >= limit:
+                return counts.most_common(5)
+        if counts:
             break
     return counts.most_common(5)
 

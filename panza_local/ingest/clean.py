@@ -98,6 +98,9 @@ def clean(text: str) -> Cleaned:
     lines = normalise(text).split("\n")
     cut, inline = _cut_index(lines)
     head, thread_lines = lines[:cut], lines[cut:]
+    if thread_lines:  # Notes put the sender's company, indented, just above its header block
+        while head and (not head[-1].strip() or (head[-1][:1] == "\t" and len(head[-1].split()) <= 6)):
+            thread_lines.insert(0, head.pop())
     mine = [x for j, x in enumerate(head) if j not in inline and not _QUOTE.match(x)]
     quoted = [x for j, x in enumerate(head) if j in inline or _QUOTE.match(x)]
     body_lines = _strip_trailers(mine)
@@ -237,6 +240,7 @@ def _strip_trailers(lines: list[str]) -> list[str]:
             lines = lines[:i]
             break
     lines = [x for x in lines if not _MOBILE.match(x)]
+    lines = _strip_contact_block(lines)
     # Disclaimers: drop trailing paragraphs with at least two legal keywords.
     paras = "\n".join(lines).split("\n\n")
     while len(paras) > 1 and len(_DISCLAIMER_WORDS.findall(paras[-1])) >= 2:
@@ -244,6 +248,59 @@ def _strip_trailers(lines: list[str]) -> list[str]:
     while len(paras) > 1 and not paras[-1].strip():
         paras.pop()
     return "\n\n".join(paras).split("\n")
+
+
+_VALEDICTION = re.compile(
+    r"^\s*(?:best|best regards|best wishes|kind regards|warm regards|regards|many thanks|thanks|thank you|"
+    r"thanks again|cheers|sincerely|yours|yours truly|all the best|take care|talk soon|"
+    r"mit freundlichen grüßen|viele grüße|beste grüße|gruß|cordialement|bien à vous|salutations|"
+    r"saludos|un saludo|atentamente|cordiali saluti|saluti|met vriendelijke groet|groeten|"
+    r"atenciosamente|abraços|med vänliga hälsningar|hälsningar|mvh|med venlig hilsen)[,.!]*\s*$", re.IGNORECASE)
+_CONTACT = re.compile(
+    r"(?:\+?\d[\d ().-]{6,}\d)|@|https?://|www\.|\b(?:tel|phone|mobile|cell|fax|office|direct|"
+    r"suite|street|st\.|ave|avenue|road|blvd|floor|inc|ltd|llc|gmbh|corp|university|department|"
+    r"director|manager|engineer|president|officer|professor|ceo|cto|cfo|vp)\b", re.IGNORECASE)
+
+
+def _strip_contact_block(lines: list[str]) -> list[str]:
+    """After `Best,` + a short name line (or a name opening the last paragraph), drop title/phone/address lines."""
+    lines = _strip_name_card(lines)
+    text_idx = [i for i, x in enumerate(lines) if x.strip()]
+    for k in range(len(text_idx) - 1, -1, -1):
+        i = text_idx[k]
+        if i < len(lines) - 12:
+            break
+        if not _VALEDICTION.match(lines[i]):
+            continue
+        name = next((j for j in text_idx if j > i), None)
+        if name is None or len(lines[name].split()) > 4:
+            return lines
+        rest = [x for x in lines[name + 1:] if x.strip()]
+        if rest and len(rest) <= 10 and sum(bool(_CONTACT.search(x)) for x in rest) * 2 >= len(rest):
+            return lines[:name + 1]
+        return lines
+    return lines
+
+
+def _strip_name_card(lines: list[str]) -> list[str]:
+    """A last paragraph that is a name followed by contact lines (a signature card): keep only the name."""
+    end = len(lines)
+    while end and not lines[end - 1].strip():
+        end -= 1
+    start = end
+    while start and lines[start - 1].strip():
+        start -= 1
+    block = lines[start:end]
+    if start == 0 or len(block) < 3 or len(block) > 12:
+        return lines
+    name = block[0].strip()
+    if len(name.split()) > 4 or not name[:1].isupper() or not re.fullmatch(r"[^\W\d_][\w.' -]*[^\W\d_]", name):
+        return lines
+    rest = block[1:]
+    if sum(bool(_CONTACT.search(x)) for x in rest) * 2 >= len(rest) and any(
+            re.search(r"\d{3}.?\d{3,4}|@|https?://|www\.", x) for x in rest):
+        return lines[:start + 1]
+    return lines
 
 
 _RULE = re.compile(r"^\s*[_=-]{10,}\s*$")

@@ -36,107 +36,66 @@ class Example:
 
 
 def split_of(key: str, val_share: float = VAL_SHARE) -> str:
-    """'train' or 'val' from a stable hash of `key`, so new mail never moves old mail between splits."""
+    """'train' or 'val' from a stable hash of `key` (for JSONL sets without dates; the store's split is
+    playback's chronological one)."""
     h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
     return "val" if (h % 10_000) < val_share * 10_000 else "train"
 
 
 def make_example(instruction: str, email: str, key: str = "", *, thread: str | None = None,
-                 examples: list[str] | None = None, profile=None, meta: dict | None = None) -> Example:
+                 to: str | None = None, subject: str | None = None, examples: list[str] | None = None,
+                 profile=None, meta: dict | None = None) -> Example:
     """An Example whose prompt is exactly what `prompts.build` gives the engine at draft time."""
     from .. import prompts
 
-    msgs = prompts.build(instruction, profile=profile, examples=examples, thread=thread)
+    msgs = prompts.build(instruction, profile=profile, examples=examples, thread=thread, to=to, subject=subject)
     key = key or hashlib.sha256(email.encode("utf-8")).hexdigest()
     return Example(messages=msgs, target=email.strip(), key=key, meta=dict(meta or {}))
 
 
 def _row_get(row, *names, default=None):
     for n in names:
-        try:
-            v = row[n] if not hasattr(row, n) else getattr(row, n)
-        except (KeyError, IndexError, TypeError):
-            continue
+        v = row.get(n) if isinstance(row, dict) else getattr(row, n, None)
         if v is not None:
             return v
     return default
 
 
-def _playback_rows(conn: sqlite3.Connection, split: str) -> list | None:
-    """Pairs from the playback stage's own API when it exists (None: fall back to the tables)."""
-    try:
-        from .. import playback
-    except ImportError:
-        return None
-    fn = getattr(playback, "pairs", None)
-    if fn is None:
-        return None
-    return list(fn(conn, split))
+def examples(conn: sqlite3.Connection, split: str, settings=None, *, context: bool = True) -> list[Example]:
+    """Training examples of `split` ('train', 'val' or 'all') from `playback.pairs` (its chronological split:
+    the newest tenth is the eval stage's test set, never trained on; the tenth before it validates).
 
-
-def _table_rows(conn: sqlite3.Connection, split: str) -> list[dict]:
-    """Latest ok pair per email the user wrote, straight from the store, filtered by split."""
-    rows = conn.execute(
-        """SELECT p.instruction, p.content_hash, m.id AS message_id, m.body, m.thread, m.subject
-           FROM pairs p JOIN messages m ON m.id = p.message_id
-           WHERE p.status = 'ok' AND m.deleted = 0 AND p.instruction IS NOT NULL
-           ORDER BY m.id, p.id DESC""").fetchall()
-    out, seen = [], set()
-    for r in rows:
-        if r["message_id"] in seen:
-            continue
-        seen.add(r["message_id"])
-        if split in ("train", "val") and split_of(r["content_hash"]) != split:
-            continue
-        out.append(dict(r))
-    return out
-
-
-def examples(conn: sqlite3.Connection, split: str, settings=None, *, context: bool = True,
-             on_note=None) -> list[Example]:
-    """Training examples of `split` ('train', 'val' or 'all') from the playback pairs in the store.
-
-    A `settings.raft_context_share` share of them (chosen by a stable hash) carry retrieved past emails
-    as context, as drafts do, when the index stage is installed and has an index; otherwise none do.
+    The prompt is the drafts' prompt (instruction, thread, to, subject); a `settings.raft_context_share`
+    share of examples (the index stage's own stable draw) also carry past emails retrieved for them, as
+    drafts do, when an index exists.
     """
-    from .. import config
+    from .. import config, playback
 
     settings = settings or config.load()
-    rows = _playback_rows(conn, split)
-    if rows is None:
-        rows = _table_rows(conn, split)
     out = []
-    for r in rows:
-        instruction = _row_get(r, "instruction")
-        email = _row_get(r, "email", "body", "target", "text")
+    for r in playback.pairs(conn, split):
+        instruction, email = _row_get(r, "instruction"), _row_get(r, "email")
         if not instruction or not email:
             continue
-        key = str(_row_get(r, "content_hash", "key", default="")) or hashlib.sha256(email.encode()).hexdigest()
-        mid = _row_get(r, "message_id", "id")
-        ctx = None
-        if context and mid is not None and _wants_context(key, settings.raft_context_share):
-            ctx = _training_context(conn, mid, settings)
-        out.append(make_example(instruction, email, key, thread=_row_get(r, "thread"), examples=ctx,
-                                meta={"message_id": mid}))
+        mid = _row_get(r, "message_id")
+        ctx = _training_context(conn, mid, settings) if context and mid is not None else None
+        out.append(make_example(instruction, email, _row_get(r, "content_hash", default=""),
+                                thread=_row_get(r, "thread"), to=_row_get(r, "to"), subject=_row_get(r, "subject"),
+                                examples=ctx, meta={"message_id": mid, "split": _row_get(r, "split")}))
     return out
 
 
-def _wants_context(key: str, share: float) -> bool:
-    h = int.from_bytes(hashlib.sha256(("raft:" + key).encode()).digest()[:8], "big")
-    return (h % 10_000) < share * 10_000
+def _training_context(conn, message_id: int, settings) -> list[str] | None:
+    """Past emails retrieved for one training email (never itself), for the RAFT share of examples."""
+    from .. import index
 
-
-def _training_context(conn, message_id, settings) -> list[str] | None:
-    """Past emails retrieved for one training email (never itself), or None without an index stage."""
+    if not index.carries_context(message_id, settings.raft_context_share):
+        return None
     try:
-        from .. import index
-    except ImportError:
+        hits = index.training_context(message_id, settings.rag_k, conn=conn, settings=settings)
+    except NoDataError:  # no index built yet: train without context rather than not at all
         return None
-    fn = getattr(index, "training_context", None)
-    if fn is None:
-        return None
-    got = fn(message_id, k=settings.rag_k, conn=conn, settings=settings)
-    return [g if isinstance(g, str) else _row_get(g, "text", "body", "document", default="") for g in got or []]
+    return [h.text for h in hits if h.score >= settings.rag_min_score] or None
 
 
 def examples_from_jsonl(path: str | Path, split: str = "all", limit: int | None = None) -> list[Example]:
