@@ -15,7 +15,7 @@ from .errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
 
-COLLECTION = "panza"
+PREFIX = "panza-"
 _CLIENTS: dict[str, object] = {}
 
 
@@ -58,47 +58,61 @@ def forget_clients() -> None:
     _CLIENTS.clear()
 
 
-def open_collection(chroma_url: str, model: str, dims: int):
-    """(collection, notice): the index collection for embedding model `model`.
+def name_of(kind: str) -> str:
+    """Collection name for one item kind (one collection per kind: a kind filter would cost a metadata scan)."""
+    return f"{PREFIX}{kind}"
 
-    A collection built by another embedding model is useless (its vectors live in another space), so it
-    is dropped and recreated empty; `notice` then says so and the caller re-embeds everything.
+
+def _get(cli, kind: str, model: str):
+    from . import embed
+
+    try:
+        return cli.get_collection(name_of(kind), embedding_function=embed.chroma_function(model))
+    except StoreError:
+        raise
+    except Exception:  # noqa: BLE001 - NotFoundError's class moved between chromadb versions
+        return None
+
+
+def open_collections(chroma_url: str, model: str, dims: int, kinds: tuple[str, ...]) -> tuple[dict, str | None]:
+    """({kind: collection}, notice): the index collections for embedding model `model`, created when missing.
+
+    Collections built by another embedding model are useless (their vectors live in another space), so they
+    are dropped and recreated empty; `notice` then says so and the caller re-embeds everything.
     """
     from . import embed
 
     cli = client(chroma_url)
-    ef = embed.chroma_function(model)
+    cols = {k: _get(cli, k, model) for k in kinds}
+    stale = {(c.metadata or {}).get("model") for c in cols.values() if c is not None
+             and ((c.metadata or {}).get("model") != model or int((c.metadata or {}).get("dims", dims)) != dims)}
     notice = None
-    try:
-        col = cli.get_collection(COLLECTION, embedding_function=ef)
-    except Exception:  # noqa: BLE001 - NotFoundError's class moved between chromadb versions
-        col = None
-    if col is not None:
-        meta = col.metadata or {}
-        old = meta.get("model")
-        if old != model or int(meta.get("dims", dims)) != dims:
-            notice = (f"the embedding model changed from {old or 'unknown'} to {model}: "
-                      f"rebuilding the index from scratch ({col.count()} items)")
-            log.warning(notice)
-            cli.delete_collection(COLLECTION)
-            col = None
-    if col is None:
-        col = cli.create_collection(COLLECTION, configuration={"hnsw": {"space": "cosine"}},
-                                    metadata={"model": model, "dims": dims}, embedding_function=ef)
-    return col, notice
+    if stale:
+        n = sum(c.count() for c in cols.values() if c is not None)
+        old = ", ".join(sorted(str(m or "unknown") for m in stale))
+        notice = f"the embedding model changed from {old} to {model}: rebuilding the index from scratch ({n} items)"
+        log.warning(notice)
+        for k, c in cols.items():
+            if c is not None:
+                cli.delete_collection(name_of(k))
+                cols[k] = None
+    for k, c in cols.items():
+        if c is None:
+            cols[k] = cli.create_collection(name_of(k), configuration={"hnsw": {"space": "cosine"}},
+                                            metadata={"model": model, "dims": dims},
+                                            embedding_function=embed.chroma_function(model))
+    return cols, notice
 
 
-def get_collection(chroma_url: str, model: str):
-    """The existing collection (None when nothing was indexed yet or it was built by another model)."""
-    from . import embed
-
-    try:
-        col = client(chroma_url).get_collection(COLLECTION, embedding_function=embed.chroma_function(model))
-    except StoreError:
-        raise
-    except Exception:  # noqa: BLE001 - not found
-        return None
-    return col if (col.metadata or {}).get("model") == model else None
+def get_collections(chroma_url: str, model: str, kinds: tuple[str, ...]) -> dict:
+    """{kind: collection} for the kinds already indexed with `model` (empty: nothing usable yet)."""
+    cli = client(chroma_url)
+    out = {}
+    for k in kinds:
+        c = _get(cli, k, model)
+        if c is not None and (c.metadata or {}).get("model") == model:
+            out[k] = c
+    return out
 
 
 def all_ids(col, page: int = 5000) -> set[str]:

@@ -140,16 +140,17 @@ def _hash(item: _Item) -> str:
 
 def sync(conn: sqlite3.Connection, on_progress: Progress | None = None, *, settings: config.Settings | None = None,
          embed_fn: Callable[[list[str]], object] | None = None, batch: int = 256) -> dict:
-    """Bring the collection in step with the store: embed new or changed items, remove gone ones."""
+    """Bring the collections in step with the store: embed new or changed items, remove gone ones."""
     t0 = time.perf_counter()
     settings = settings or config.load()
     model = settings.embedding_model
     embed_fn = embed_fn or (lambda texts: embed.embed(texts, model))
-    col, notice = chroma_store.open_collection(settings.chroma_url, model, embed.dims(model))
+    cols, notice = chroma_store.open_collections(settings.chroma_url, model, embed.dims(model), KINDS)
     if notice:
         conn.execute("DELETE FROM index_items")
-    have = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT item_id, content_hash, model FROM index_items")}
-    repaired = _reconcile(conn, col, have)
+    have = {r[0]: (r[1], r[2], r[3]) for r in
+            conn.execute("SELECT item_id, content_hash, model, kind FROM index_items")}
+    repaired = sum(_reconcile(conn, cols[k], k, have) for k in KINDS)
 
     wanted: set[str] = set()
     todo: list[_Item] = []
@@ -161,29 +162,38 @@ def sync(conn: sqlite3.Connection, on_progress: Progress | None = None, *, setti
             continue
         wanted.add(it.id)
         h = hashes[it.id] = _hash(it)
-        if have.get(it.id) != (h, model):
+        old = have.get(it.id)
+        if old is None or old[:2] != (h, model) or old[2] != it.kind:
             todo.append(it)
+            if old is not None and old[2] != it.kind:  # e.g. authorship re-decided: leave the old collection
+                cols[old[2]].delete(ids=[it.id])
         else:
             it.text = ""  # unchanged: free the text early (100k items)
     gone = [i for i in have if i not in wanted]
-    step = chroma_store.batch_size(col, 5000)
-    for i in range(0, len(gone), step):
-        part = gone[i:i + step]
-        col.delete(ids=part)  # Chroma first, then the ledger: a crash in between repeats a harmless delete
+    for i in range(0, len(gone), 5000):
+        part = gone[i:i + 5000]
+        for kind in KINDS:  # Chroma first, then the ledger: a crash in between repeats a harmless delete
+            ids = [x for x in part if have[x][2] == kind]
+            if ids:
+                cols[kind].delete(ids=ids)
         with store.transaction(conn):
             conn.executemany("DELETE FROM index_items WHERE item_id = ?", [(x,) for x in part])
 
     embedded, errors = 0, []
     total = len(todo)
+    todo.sort(key=lambda x: KINDS.index(x.kind))
     if on_progress:
         on_progress(0, total, "embedding")
-    batch = chroma_store.batch_size(col, batch)
+    batch = chroma_store.batch_size(cols["sent"], batch)
     for i in range(0, total, batch):
-        part = todo[i:i + batch]
-        ok, vecs, errs = _embed_batch(part, embed_fn)
+        ok, vecs, errs = _embed_batch(todo[i:i + batch], embed_fn)
         errors += errs
+        for kind in KINDS:
+            sel = [j for j, x in enumerate(ok) if x.kind == kind]
+            if sel:
+                cols[kind].upsert(ids=[ok[j].id for j in sel], embeddings=vecs[sel],
+                                  metadatas=[ok[j].meta for j in sel])
         if ok:
-            col.upsert(ids=[x.id for x in ok], embeddings=vecs, metadatas=[x.meta for x in ok])
             now = store.now()
             with store.transaction(conn):
                 conn.executemany(
@@ -193,21 +203,22 @@ def sync(conn: sqlite3.Connection, on_progress: Progress | None = None, *, setti
         if on_progress:
             on_progress(min(i + batch, total), total, f"{embedded} embedded")
     summary = {"embedded": embedded, "removed": len(gone), "unchanged": len(wanted) - total,
-               "total": conn.execute("SELECT count(*) FROM index_items").fetchone()[0], "failed": len(errors), "errors": errors,
-               "skipped": dict(skipped), "repaired": repaired, "rebuilt": bool(notice), "notice": notice,
-               "model": model, "seconds": round(time.perf_counter() - t0, 2)}
+               "total": conn.execute("SELECT count(*) FROM index_items").fetchone()[0], "failed": len(errors),
+               "errors": errors, "skipped": dict(skipped), "repaired": repaired, "rebuilt": bool(notice),
+               "notice": notice, "model": model, "seconds": round(time.perf_counter() - t0, 2)}
     log.info("index sync: %s embedded, %s removed, %s unchanged, %s failed",
              embedded, len(gone), summary["unchanged"], len(errors))
     return summary
 
 
-def _reconcile(conn: sqlite3.Connection, col, have: dict) -> int:
-    """Repair a ledger that disagrees with the collection (deleted chroma dir, other server, crash)."""
-    if col.count() == len(have):
+def _reconcile(conn: sqlite3.Connection, col, kind: str, have: dict) -> int:
+    """Repair a ledger that disagrees with a collection (deleted chroma dir, other server, crash)."""
+    mine = [i for i, v in have.items() if v[2] == kind]
+    if col.count() == len(mine):
         return 0
     present = chroma_store.all_ids(col)
-    lost = [i for i in have if i not in present]
-    stray = list(present - have.keys())
+    lost = [i for i in mine if i not in present]
+    stray = list(present - set(mine))
     with store.transaction(conn):
         conn.executemany("DELETE FROM index_items WHERE item_id = ?", [(x,) for x in lost])
     for x in lost:
@@ -215,7 +226,8 @@ def _reconcile(conn: sqlite3.Connection, col, have: dict) -> int:
     for i in range(0, len(stray), 5000):
         col.delete(ids=stray[i:i + 5000])
     if lost or stray:
-        log.warning("index ledger repaired: %d items to re-embed, %d stray items removed", len(lost), len(stray))
+        log.warning("index ledger repaired (%s): %d items to re-embed, %d stray items removed", kind, len(lost),
+                    len(stray))
     return len(lost) + len(stray)
 
 
@@ -270,36 +282,43 @@ def near_duplicate(a: frozenset, b: frozenset) -> bool:
     return len(a & b) / min(len(a), len(b)) >= NEAR_DUP_TEXT
 
 
-def _where(kinds: Iterable[str], before) -> dict | None:
-    kinds = list(kinds or KINDS)
-    clauses: list[dict] = []
-    if set(kinds) != set(KINDS):
-        clauses.append({"kind": kinds[0]} if len(kinds) == 1 else {"kind": {"$in": kinds}})
-    if before is not None:
-        ts = timestamp(before)
-        if ts is None:
-            raise ValueError(f"before={before!r} is not a date (use ISO 8601, e.g. 2001-05-01)")
-        clauses += [{"ts": {"$lt": ts}}, {"ts": {"$gte": 0}}]  # undated mail cannot be proven older
-    if not clauses:
-        return None
-    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+def _before_clause(before) -> dict:
+    ts = timestamp(before)
+    if ts is None:
+        raise ValueError(f"before={before!r} is not a date (use ISO 8601, e.g. 2001-05-01)")
+    return {"$and": [{"ts": {"$lt": ts}}, {"ts": {"$gte": 0}}]}  # undated mail cannot be proven older
 
 
-def _and(where: dict | None, clause: dict) -> dict:
-    if where is None:
-        return clause
-    return {"$and": [*where["$and"], clause]} if "$and" in where else {"$and": [where, clause]}
+def _older(meta: dict, clause: dict | None) -> bool:
+    if clause is None:
+        return True
+    ts = meta.get("ts", -1)
+    return 0 <= ts < clause["$and"][0]["ts"]["$lt"]
 
 
-def _candidates(col, qv, where: dict | None, n: int) -> list[_Cand]:
+def _candidates(cols: dict, qv, where: dict | None, n: int) -> list[_Cand]:
+    """The n nearest items over the given collections (one query each, merged by score)."""
     import numpy as np
 
-    if n <= 0:
-        return []
-    res = col.query(query_embeddings=[qv], n_results=n, where=where,
-                    include=["metadatas", "distances", "embeddings"])
-    return [_Cand(i, m, np.asarray(e, dtype=np.float32), 1.0 - float(d))
-            for i, m, e, d in zip(res["ids"][0], res["metadatas"][0], res["embeddings"][0], res["distances"][0])]
+    out: list[_Cand] = []
+    for col in cols.values():
+        res = col.query(query_embeddings=[qv], n_results=n, where=where,
+                        include=["metadatas", "distances", "embeddings"])
+        out += [_Cand(i, m, np.asarray(e, dtype=np.float32), 1.0 - float(d)) for i, m, e, d in
+                zip(res["ids"][0], res["metadatas"][0], res["embeddings"][0], res["distances"][0])]
+    out.sort(key=lambda c: -c.score)
+    return out[:n]
+
+
+def _dated_candidates(cols: dict, qv, before: dict | None, where: dict | None, n: int) -> list[_Cand]:
+    """Candidates older than `before`. A date filter that matches most items makes Chroma scan its metadata
+    (slow at 100k), so filter a wider unfiltered fetch first and ask Chroma to filter only when that is short."""
+    if before is None:
+        return _candidates(cols, qv, where, n)
+    wide = [c for c in _candidates(cols, qv, where, 4 * n) if _older(c.meta, before)]
+    if len(wide) >= n:
+        return wide[:n]
+    return _candidates(cols, qv, before if where is None else {"$and": [*before["$and"], where]}, n)
 
 
 def _redundant(c: _Cand, p: _Cand) -> tuple[bool, float]:
@@ -352,23 +371,30 @@ def search(query: str, k: int = 5, kinds: Iterable[str] = ("sent",), before=None
     settings = settings or config.load()
     if k <= 0 or not query or not query.strip():
         return []
-    col = chroma_store.get_collection(settings.chroma_url, settings.embedding_model)
-    count = col.count() if col is not None else 0
-    if count == 0:
+    kinds = tuple(kinds or KINDS)
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown kind(s) {', '.join(sorted(unknown))}: use {', '.join(KINDS)}")
+    every = chroma_store.get_collections(settings.chroma_url, settings.embedding_model, KINDS)
+    counts = {kind: col.count() for kind, col in every.items()}
+    if not any(counts.values()):
         raise NoDataError("the retrieval index is empty (or was built by another embedding model)",
                           fix="run `panza index`")
+    cols = {kind: every[kind] for kind in kinds if counts.get(kind)}
+    if not cols:
+        return []
     dup_text = near_dup_of if isinstance(near_dup_of, str) else None
     vecs = embed.embed([query] if dup_text is None else [query, dup_text[:MAX_TEXT]], settings.embedding_model)
     qv = vecs[0]
-    where = _where(kinds, before)
+    clause = _before_clause(before) if before is not None else None
     excluded = {_item_id(x) for x in exclude_ids}
-    fetch = min(count, max(4 * k, 20) + len(excluded))
-    pools = [_candidates(col, qv, where, fetch)]
+    fetch = min(sum(counts[kd] for kd in cols), max(4 * k, 20) + len(excluded))
+    pools = [_dated_candidates(cols, qv, clause, None, fetch)]
     people = addresses(to) if to else []
-    if people:
+    if people:  # selective, so Chroma's metadata filter is cheap here
         match = {"people": {"$contains": people[0]}} if len(people) == 1 else \
             {"$or": [{"people": {"$contains": a}} for a in people]}
-        pools.insert(0, _candidates(col, qv, _and(where, match), fetch))
+        pools.insert(0, _dated_candidates(cols, qv, clause, match, fetch))
     target = None
     if near_dup_of is not None:  # a text (vector + word overlap checks) or a bare vector
         tvec = vecs[1] if dup_text is not None else np.asarray(near_dup_of, dtype=np.float32)

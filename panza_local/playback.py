@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, "int | None", "str | None"], None]
 
-VERSION = 4  # bump when the prompt, grammar or guards change meaning: every pair regenerates
+VERSION = 6  # bump when the prompt, grammar or guards change meaning: every pair regenerates
 ATTEMPTS = 3
 MAX_TOKENS = 40
 EMAIL_CHARS = 1200  # the head of a long email carries its ask; the rest only slows the prompt
@@ -43,15 +43,15 @@ SYSTEM = ("You turn an email into the short instruction its author gave an assis
           "words, in one sentence of at most 20 words. Do not copy sentences from the email.")
 
 SHOTS = [
-    ("To Sara.\nEmail:\nHi Sara,\n\nCould you send me the latest ISDA draft by Friday? Legal wants to review it "
-     "before the signing next week.\n\nThanks,\nJohn",
+    (("To Sara.\nEmail:\nHi Sara,\n\nCould you send me the latest ISDA draft by Friday? Legal wants to review it "
+     "before the signing next week.\n\nThanks,\nJohn"),
      "Ask Sara for the newest ISDA draft by Friday so legal can check it before the signing."),
-    ("To Tom. It replies to: Would you speak at our workshop in Lyon on 3 December?\nEmail:\nDear Tom,\n\n"
+    (("To Tom. It replies to: Would you speak at our workshop in Lyon on 3 December?\nEmail:\nDear Tom,\n\n"
      "Thank you so much for the invitation. Unfortunately I will be travelling in December, but I would be "
-     "happy to give an online talk instead.\n\nBest regards,\nDavid",
+     "happy to give an online talk instead.\n\nBest regards,\nDavid"),
      "Reply to Tom declining the December workshop in Lyon because of travel, and offer a remote talk."),
-    ("To the team.\nEmail:\nTeam - the budget review moves to 3pm Thursday in room 32C. Bring your Q3 "
-     "numbers.\nPhillip",
+    (("To the team.\nEmail:\nTeam - the budget review moves to 3pm Thursday in room 32C. Bring your Q3 "
+     "numbers.\nPhillip"),
      "Tell the team the budget review is now Thursday at 3pm in 32C and to bring Q3 figures."),
 ]
 VERBS = ["Ask", "Tell", "Thank", "Reply to", "Write to", "Remind", "Update", "Invite", "Let", "Send",

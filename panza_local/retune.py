@@ -1,14 +1,21 @@
 """Background re-tuning: one idempotent pass over the registered sources, promoting only a better adapter.
 
 ingest what is new → playback for new messages → index → train (warm start from the current adapter when
-the base model is unchanged) → score candidate and current on the same held-out pairs → promote only if
-the candidate is at least as good → atomic switch. A file lock keeps two passes from running at once;
-every pass is recorded in `runs` (stage 'retune'), shown by `panza retune log`.
+the base model is unchanged; from scratch every FULL_EVERY warm starts or when the new data is large next
+to what the current adapter saw) → score candidate and current on the same held-out pairs → promote only
+if the candidate is at least as good → atomic switch. A file lock keeps two passes from running at once.
+
+Every stage commits as it goes, so a pass killed anywhere is finished by the next one: ingest and playback
+skip what they stored, training resumes from its checkpoint (same data, same adapter id), and a candidate
+trained but never judged is judged. The decision whether to train compares the pairs stored since the
+last judged (or current) adapter with `retune_min_new`; gate decisions live in `retune_gate`, passes in
+`runs` (stage 'retune'), shown by `panza retune log`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -16,13 +23,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import config, paths, store
-from .errors import PanzaError
+from .errors import NoDataError, PanzaError
 
 Say = Callable[[str], None]
+
+FULL_EVERY = 4   # warm starts in a row before a full retrain from scratch (warm starts drift from a clean fit)
+DRIFT = 0.5      # new pairs above this share of what the current adapter saw: retrain from scratch
+SCORE_LIMIT = 24  # held-out pairs scored per adapter (the newest; scoring is llama.cpp, a few s each)
 
 
 class RetuneBusy(PanzaError):
     """Another re-tune pass holds the lock."""
+
+
+def _lock_path() -> Path:
+    return paths.home() / "retune.lock"
 
 
 @contextlib.contextmanager
@@ -30,8 +45,8 @@ def lock() -> Iterator[None]:
     """Hold the re-tune lock (a flock on <home>/retune.lock), or raise RetuneBusy at once."""
     import fcntl
 
-    path = paths.home() / "retune.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, paths.FILE_MODE)
+    paths.ensure_dir(paths.home())
+    fd = os.open(_lock_path(), os.O_RDWR | os.O_CREAT, paths.FILE_MODE)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -45,20 +60,40 @@ def lock() -> Iterator[None]:
         os.close(fd)  # closing releases the flock, also when the process is killed
 
 
+def busy() -> bool:
+    """True while some process holds the re-tune lock."""
+    try:
+        with lock():
+            return False
+    except RetuneBusy:
+        return True
+
+
 def registered_sources(conn) -> list[str]:
     """URIs of the sources `panza sources add` registered for re-tuning."""
     return [r[0] for r in conn.execute("SELECT uri FROM sources WHERE registered = 1 ORDER BY id")]
 
 
-def score(conn, adapter_gguf: str | None, limit: int = 24, settings=None) -> float | None:
-    """Mean per-token NLL of the user's held-out (test split) emails under base + adapter; lower is better.
+# --- scoring and the promotion gate -------------------------------------------------------------------
 
-    Scored by llama.cpp on the served bits, with the same prompt builder as training and drafting.
+def test_pairs(conn, limit: int = SCORE_LIMIT) -> tuple[list[dict], str]:
+    """The newest `limit` held-out (test split) pairs and a hash naming exactly which they are."""
+    from . import playback
+
+    test = playback.pairs(conn, split="test")[-limit:]
+    digest = hashlib.sha256("\n".join(p["content_hash"] + (p["instruction"] or "") for p in test).encode())
+    return test, digest.hexdigest()[:16]
+
+
+def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=None, test=None) -> float | None:
+    """Mean per-token NLL of the user's held-out emails under base + adapter (None: base); lower is better.
+
+    Scored by llama.cpp on the served bits, with the prompt builder training and drafting use.
     """
-    from . import catalogue, engine, playback, prompts
+    from . import catalogue, engine, prompts
 
     settings = settings or config.load()
-    test = playback.pairs(conn, split="test")[:limit]
+    test = test if test is not None else test_pairs(conn, limit)[0]
     if not test:
         return None
     model = catalogue.resolve(settings.model)
@@ -70,26 +105,120 @@ def score(conn, adapter_gguf: str | None, limit: int = 24, settings=None) -> flo
     return total / max(count, 1)
 
 
-def _should_train(conn, new_pairs: int, current: dict | None, settings, force: bool) -> tuple[bool, str]:
+def gate(conn, candidate_id: str, settings=None, say: Say | None = None) -> dict:
+    """Score the candidate and the current adapter (or the base model) on the same held-out pairs; promote
+    the candidate when it is at least as good. Records both scores in `retune_gate`; returns the decision."""
+    from .train import registry
+
+    say = say or (lambda s: None)
+    settings = settings or config.load()
+    current = registry.current(conn)
+    cand = registry.get(candidate_id, conn)
+    test, thash = test_pairs(conn)
+    out = {"candidate": cand["id"], "compared_with": current["id"] if current else "base", "n_test": len(test),
+           "test_hash": thash, "score_new": None, "score_current": None}
+    if current and current["id"] == cand["id"]:
+        out.update(promoted=False, reason=f"the candidate {cand['id']} is already the current adapter")
+        return out
+    out["score_new"] = score(conn, cand["gguf"], settings=settings, test=test)
+    out["score_current"] = score(conn, current["gguf"] if current else None, settings=settings, test=test)
+    s_new, s_cur, what = out["score_new"], out["score_current"], current["id"] if current else "the base model"
+    if not test:
+        out["promoted"] = current is None
+        out["reason"] = ("no held-out pairs yet; promoted: no adapter in use" if current is None else
+                         f"no held-out pairs to compare on: kept {what}")
+    elif s_new <= s_cur:
+        out["promoted"], out["reason"] = True, (f"promoted: held-out loss {s_new:.4f} <= {s_cur:.4f} ({what}) "
+                                                f"on {len(test)} test pairs")
+    else:
+        out["promoted"], out["reason"] = False, (f"kept {what}: held-out loss {s_new:.4f} > {s_cur:.4f} "
+                                                 f"on {len(test)} test pairs")
+    if out["promoted"]:
+        registry.use(cand["id"], conn)  # atomic symlink switch: readers see the old or the new adapter
+    conn.execute("INSERT OR REPLACE INTO retune_gate (adapter_id, current_id, score_new, score_current, n_test, "
+                 "test_hash, promoted, reason, decided_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                 (cand["id"], current["id"] if current else None, s_new, s_cur, len(test), thash,
+                  int(out["promoted"]), out["reason"], store.now()))
+    say(out["reason"])
+    return out
+
+
+# --- whether and how to train -------------------------------------------------------------------------
+
+def _reference(conn, current: dict | None) -> str | None:
+    """created_at of the newest adapter already judged (or served): pairs after it are new to training."""
+    row = conn.execute("SELECT max(a.created_at) FROM adapters a JOIN retune_gate g ON g.adapter_id = a.id"
+                       ).fetchone()[0]
+    if current and (row is None or current["created_at"] > row):
+        return current["created_at"]
+    return row
+
+
+def plan(conn, settings=None, force: bool = False) -> dict:
+    """Whether this pass trains, from what (`init_from`: warm start) and why.
+
+    `new_for_training` counts pairs stored since the newest judged (or served) adapter, so the pairs of a
+    pass killed in training or scoring still count: the next pass trains on the same data, which gives the
+    same adapter id, so training resumes from its checkpoint (or reuses the finished adapter) and is judged.
+    """
+    from . import playback
+    from .train import MIN_PAIRS, registry
+
+    settings = settings or config.load()
+    current = registry.current(conn)
+    n_ok = len(playback.pairs(conn))
+    ref = _reference(conn, current)
+    new = n_ok if ref is None else conn.execute(
+        "SELECT count(DISTINCT p.message_id) FROM pairs p JOIN messages m ON m.id = p.message_id WHERE "
+        "p.status = 'ok' AND m.deleted = 0 AND m.is_mine = 1 AND p.created_at > ?", (ref,)).fetchone()[0]
+    out = {"train": False, "init_from": None, "new_for_training": new, "mode": None}
+    if n_ok < MIN_PAIRS:
+        out["why"] = f"{n_ok} training pairs (< {MIN_PAIRS} needed)"
+        return out
     if force:
-        return True, "forced"
-    ok_pairs = conn.execute("SELECT count(*) FROM pairs WHERE status = 'ok'").fetchone()[0]
-    if ok_pairs == 0:
-        return False, "no training pairs yet"
+        why = "forced"
+    elif ref is None:
+        why = "no adapter yet"
+    elif new >= settings.retune_min_new:
+        why = f"{new} new pairs"
+    else:
+        out["why"] = f"{new} new pairs since the last training (< retune_min_new = {settings.retune_min_new})"
+        return out
+    out["init_from"], mode_why = _start_from(conn, current, new, settings)
+    out.update(train=True, why=why, mode="warm" if out["init_from"] else "full", mode_why=mode_why)
+    return out
+
+
+def _start_from(conn, current: dict | None, new: int, settings) -> tuple[str | None, str]:
+    """(adapter id to warm-start from or None, why)."""
+    from . import catalogue
+    from .train import base_sha256, registry
+
     if current is None:
-        return True, "no adapter yet"
-    if new_pairs < settings.retune_min_new:
-        return False, f"{new_pairs} new pairs (< retune_min_new = {settings.retune_min_new})"
-    last = conn.execute("SELECT max(finished_at) FROM runs WHERE stage = 'retune' AND summary LIKE "
-                        "'%\"trained\": true%'").fetchone()[0]
-    if last:
-        import datetime as dt
+        return None, "full: no current adapter"
+    try:
+        same_base = (current["base_model"] == settings.model
+                     and current["base_sha256"] == base_sha256(catalogue.resolve(settings.model)))
+    except (PanzaError, OSError):
+        same_base = False
+    if not same_base:
+        return None, "full: the base model changed"
+    depth, row = 0, current
+    while row and (row.get("config") or {}).get("init_from") and depth < FULL_EVERY:
+        depth += 1
+        try:
+            row = registry.get(row["config"]["init_from"], conn)
+        except PanzaError:
+            break
+    if depth >= FULL_EVERY:
+        return None, f"full: scheduled after {FULL_EVERY} warm starts in a row"
+    seen = sum((current.get("config") or {}).get(k) or 0 for k in ("n_train", "n_val"))
+    if new > DRIFT * max(seen, 1):
+        return None, f"full: large drift ({new} new pairs > {DRIFT:.0%} of the {seen} the current adapter saw)"
+    return current["id"], f"warm start from {current['id']}"
 
-        age_min = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(last)).total_seconds() / 60
-        if age_min < settings.retune_interval_min:
-            return False, f"last training {age_min:.0f} min ago (< retune_interval_min)"
-    return True, f"{new_pairs} new pairs"
 
+# --- the pass -----------------------------------------------------------------------------------------
 
 def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, settings=None) -> dict:
     """One re-tune pass. Returns new_messages, new_pairs, trained, promoted, reason, seconds (+ details)."""
@@ -99,48 +228,24 @@ def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, s
     say = say or (lambda s: None)
     settings = settings or config.load()
     t_start = time.perf_counter()
-    out = {"new_messages": 0, "new_pairs": 0, "trained": False, "promoted": False, "reason": "", "steps": {}}
+    out = {"new_messages": 0, "new_pairs": 0, "trained": False, "promoted": False, "reason": "", "steps": {},
+           "adapter_before": None, "adapter_after": None}
     with lock():
         conn = store.connect()
         try:
             with store.run(conn, "retune") as summary:
+                run_id = conn.execute("SELECT max(id) FROM runs WHERE stage = 'retune'").fetchone()[0]
+
                 def step(name, fn):
                     t0 = time.perf_counter()
-                    result = fn()
-                    out["steps"][name] = round(time.perf_counter() - t0, 2)
-                    return result
+                    try:
+                        return fn()
+                    finally:
+                        out["steps"][name] = round(time.perf_counter() - t0, 2)
+                        # partial record: a pass killed later still shows what it had done
+                        conn.execute("UPDATE runs SET summary = ? WHERE id = ?", (json.dumps(out, default=str), run_id))
 
-                sources = registered_sources(conn)
-                if sources:
-                    ing = step("ingest", lambda: ingest.ingest(conn, sources, me=settings.me, on_progress=on_progress))
-                    out["new_messages"] = ing.get("stored", 0)
-                say(f"ingest: {out['new_messages']} new messages from {len(sources)} source(s)")
-                pb = step("playback", lambda: playback.run(conn, on_progress=on_progress))
-                out["new_pairs"] = pb.get("generated", 0)
-                say(f"playback: {out['new_pairs']} new pairs")
-                ix = step("index", lambda: index.sync(conn, on_progress=on_progress))
-                say(f"index: {ix.get('embedded', 0)} embedded, {ix.get('removed', 0)} removed")
-                current = registry.current()
-                do_train, why = _should_train(conn, out["new_pairs"], current, settings, force)
-                out["reason"] = why
-                if do_train:
-                    say(f"train: {why}")
-                    res = step("train", lambda: train.train(conn, on_progress=on_progress, **_warm_start(current)))
-                    out["trained"], out["adapter_id"] = True, res["adapter_id"]
-                    new_gguf = registry.get(res["adapter_id"])["gguf"]
-                    cur_gguf = current["gguf"] if current else None
-                    s_new = step("eval", lambda: score(conn, new_gguf, settings=settings))
-                    s_cur = score(conn, cur_gguf, settings=settings) if current else None
-                    s_base = None if current else score(conn, None, settings=settings)
-                    out["score_new"], out["score_current"] = s_new, s_cur if current else s_base
-                    baseline = out["score_current"]
-                    if s_new is None or baseline is None or s_new <= baseline:
-                        registry.use(res["adapter_id"])
-                        out["promoted"] = True
-                        out["reason"] += f"; promoted: held-out loss {_fmt(s_new)} <= {_fmt(baseline)}"
-                    else:
-                        out["reason"] += f"; kept current: held-out loss {_fmt(s_new)} > {_fmt(baseline)}"
-                    say(out["reason"])
+                _pass(conn, out, step, force, say, on_progress, settings, index, ingest, playback, train, registry)
                 out["seconds"] = round(time.perf_counter() - t_start, 2)
                 summary.update(out)
         finally:
@@ -148,94 +253,142 @@ def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, s
     return out
 
 
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
-
-
-def _warm_start(current: dict | None) -> dict:
-    """Warm-start from the current adapter when it was trained on the same base model."""
-    if not current:
-        return {}
-    import inspect
-
-    from . import catalogue, train
-
-    if "init_from" not in inspect.signature(train.train).parameters:
-        return {}
-    settings = config.load()
+def _pass(conn, out, step, force, say, on_progress, settings, index, ingest, playback, train, registry) -> None:
+    cur = registry.current(conn)
+    out["adapter_before"] = out["adapter_after"] = cur["id"] if cur else None
+    sources = registered_sources(conn)
+    if sources:
+        ing = step("ingest", lambda: ingest.ingest(conn, sources, me=settings.me or None, on_progress=on_progress))
+        out["new_messages"], out["deleted_messages"] = ing.get("stored", 0), ing.get("deleted", 0)
+        out["ingest"] = {k: ing.get(k) for k in ("seen", "stored", "duplicates", "skipped", "errors_total",
+                                                  "unchanged_files", "files")}
+    say(f"ingest: {out['new_messages']} new messages from {len(sources)} registered source(s)")
     try:
-        same_base = current.get("base_model") == settings.model and current.get("base_sha256") in (
-            None, "", catalogue.sha256_file(catalogue.resolve(settings.model)))
-    except PanzaError:
-        same_base = False
-    return {"init_from": current["id"]} if same_base else {}
+        pb = step("playback", lambda: playback.run(conn, on_progress=on_progress, settings=settings))
+    except NoDataError as exc:
+        out["reason"] = f"nothing to learn from: {exc.message}"
+        say(out["reason"])
+        return
+    out["new_pairs"], out["failed_pairs"], out["reused_pairs"] = pb.get("generated", 0), pb.get("failed", 0), \
+        pb.get("reused", 0)
+    say(f"playback: {out['new_pairs']} new pairs")
+    ix = step("index", lambda: index.sync(conn, on_progress=on_progress, settings=settings))
+    out["indexed"] = ix.get("embedded", 0)
+    say(f"index: {ix.get('embedded', 0)} embedded, {ix.get('removed', 0)} removed")
+    decision = plan(conn, settings, force)
+    out["new_for_training"], out["reason"] = decision["new_for_training"], decision["why"]
+    if not decision["train"]:
+        say(f"train: skipped ({decision['why']})")
+        return
+    out["mode"], out["mode_why"] = decision["mode"], decision["mode_why"]
+    say(f"train: {decision['why']}; {decision['mode_why']}")
+    res = step("train", lambda: train.train(conn, backend=settings.train_backend, on_progress=on_progress,
+                                            settings=settings, init_from=decision["init_from"]))
+    out["trained"], out["adapter_id"] = True, res["adapter_id"]
+    out["train"] = {k: res.get(k) for k in ("val_loss_before", "val_loss_after", "steps", "resumed_from", "reused")}
+    g = step("eval", lambda: gate(conn, res["adapter_id"], settings, say))
+    out["promoted"], out["score_new"], out["score_current"] = g["promoted"], g["score_new"], g["score_current"]
+    out["compared_with"], out["n_test"] = g["compared_with"], g["n_test"]
+    out["reason"] = f"{decision['why']}; {g['reason']}"
+    cur = registry.current(conn)
+    out["adapter_after"] = cur["id"] if cur else None
 
 
 def history(limit: int = 20) -> list[dict]:
-    """The last re-tune passes, newest first."""
+    """The last re-tune passes, newest first; a pass whose process died shows status 'killed'."""
     conn = store.connect()
     try:
         rows = conn.execute("SELECT id, started_at, finished_at, status, summary FROM runs WHERE stage = 'retune' "
                             "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
     finally:
         conn.close()
-    return [{**{k: r[k] for k in ("id", "started_at", "finished_at", "status")},
-             **json.loads(r["summary"] or "{}")} for r in rows]
+    running_now = busy() if any(r["status"] == "running" for r in rows) else False
+    out = []
+    for i, r in enumerate(rows):
+        d = {**{k: r[k] for k in ("id", "started_at", "finished_at", "status")}, **json.loads(r["summary"] or "{}")}
+        if d["status"] == "running" and not (i == 0 and running_now):
+            d["status"] = "killed"
+        out.append(d)
+    return out
 
 
-def watch(*, debounce_s: float = 30.0, poll_s: float = 60.0, say: Say | None = None,
-          stop: Callable[[], bool] | None = None, max_passes: int | None = None) -> int:
-    """Watch folder sources (watchdog) and poll the rest; run a pass after new data settles.
+# --- watch mode ---------------------------------------------------------------------------------------
 
-    A pass starts once no file event arrived for `debounce_s` and at least `retune_interval_min` minutes
-    passed since the last pass (the training decision itself applies `retune_min_new`). Returns the
-    number of passes run.
+def watch(*, debounce_s: float = 30.0, poll_s: float = 300.0, min_interval_s: float | None = None,
+          say: Say | None = None, stop: Callable[[], bool] | None = None, max_passes: int | None = None,
+          pass_fn: Callable[[], dict] | None = None) -> int:
+    """Watch folder and file sources (watchdog) and poll IMAP ones; run a pass after new data settles.
+
+    A pass starts when something changed (a file event, or an IMAP poll is due), no file event came for
+    `debounce_s`, and `min_interval_s` (default: settings.retune_interval_min) passed since the last pass;
+    each pass applies `retune_min_new` to decide whether to train. The first pass runs at once (catch-up).
+    Sources registered while watching are picked up after the next pass. Returns the passes run.
     """
-    from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
 
     say = say or print
     stop = stop or (lambda: False)
-    state = {"dirty": True, "last_event": 0.0}
-
-    class Handler(FileSystemEventHandler):
-        def on_any_event(self, event):
-            if not event.is_directory:
-                state["dirty"], state["last_event"] = True, time.monotonic()
-
-    conn = store.connect()
-    try:
-        sources = registered_sources(conn)
-    finally:
-        conn.close()
+    pass_fn = pass_fn or (lambda: run_once(say=say))
+    interval = config.load().retune_interval_min * 60 if min_interval_s is None else min_interval_s
+    state = {"dirty": True, "last_event": 0.0, "events": 0}
     observer = Observer()
-    watched = []
-    for uri in sources:
-        p = Path(uri)
-        if p.exists():
-            observer.schedule(Handler(), str(p if p.is_dir() else p.parent), recursive=p.is_dir())
-            watched.append(uri)
     observer.start()
-    say(f"watching {len(watched)} folder source(s); polling {len(sources) - len(watched)} other(s) "
-        f"every {poll_s:.0f} s")
-    passes, last_pass, last_poll = 0, 0.0, time.monotonic()
-    interval = config.load().retune_interval_min * 60
+    watched: dict[str, object] = {}
+    polled: list[str] = []
+
+    def rescan() -> None:
+        conn = store.connect()
+        try:
+            sources = registered_sources(conn)
+        finally:
+            conn.close()
+        polled.clear()
+        for uri in sources:
+            p = Path(uri)
+            if uri.startswith(("imap://", "imaps://")) or not p.exists():
+                polled.append(uri)
+            elif uri not in watched:
+                target = p if p.is_dir() else p.parent
+                watched[uri] = observer.schedule(_handler(state, None if p.is_dir() else p), str(target),
+                                                 recursive=p.is_dir())
+
+    rescan()
+    say(f"watching {len(watched)} folder/file source(s); polling {len(polled)} other(s) every {poll_s:.0f} s")
+    passes, last_pass, last_poll = 0, float("-inf"), time.monotonic()
     try:
         while not stop() and (max_passes is None or passes < max_passes):
             now = time.monotonic()
-            if len(watched) < len(sources) and now - last_poll >= poll_s:
+            if polled and now - last_poll >= poll_s:
                 state["dirty"], last_poll = True, now
             settled = now - state["last_event"] >= debounce_s
-            if state["dirty"] and settled and (passes == 0 or now - last_pass >= interval):
-                state["dirty"] = False
+            if state["dirty"] and settled and now - last_pass >= interval:
+                state["dirty"], state["events"] = False, 0
                 try:
-                    res = run_once(say=say)
+                    res = pass_fn()
                     say(f"pass done: {res['new_messages']} new messages, promoted={res['promoted']} ({res['reason']})")
                 except RetuneBusy as exc:
                     say(str(exc))
+                except PanzaError as exc:  # a bad pass is reported; watching goes on
+                    say(f"pass failed: {exc}")
                 passes, last_pass = passes + 1, time.monotonic()
+                rescan()
             time.sleep(0.2)
     finally:
         observer.stop()
         observer.join(timeout=5)
     return passes
+
+
+def _handler(state: dict, only: Path | None):
+    from watchdog.events import FileSystemEventHandler
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event):
+            if event.is_directory or event.event_type in ("opened", "closed_no_write"):
+                return  # reads (ours included) are not new data
+            if only is not None and Path(event.src_path) != only:
+                return  # a file source: other files in its folder do not matter
+            state["dirty"], state["last_event"] = True, time.monotonic()
+            state["events"] += 1
+
+    return Handler()

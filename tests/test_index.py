@@ -64,7 +64,8 @@ def conn(home):
 
 def chroma_ids() -> set[str]:
     s = config.load()
-    return chroma_store.all_ids(chroma_store.get_collection(s.chroma_url, s.embedding_model))
+    cols = chroma_store.get_collections(s.chroma_url, s.embedding_model, index.KINDS)
+    return set().union(*(chroma_store.all_ids(c) for c in cols.values()))
 
 
 def test_sync_is_incremental_and_removes_deleted(conn):
@@ -178,9 +179,9 @@ def test_training_context_on_real_mail(conn, shared_data):
 def test_embedding_model_change_rebuilds_with_notice(conn):
     index.sync(conn)
     s = config.load()
-    col = chroma_store.get_collection(s.chroma_url, s.embedding_model)
-    col.modify(metadata={"model": "older-embedder", "dims": 384})  # as if an older model had built it
-    assert chroma_store.get_collection(s.chroma_url, s.embedding_model) is None
+    for col in chroma_store.get_collections(s.chroma_url, s.embedding_model, index.KINDS).values():
+        col.modify(metadata={"model": "older-embedder", "dims": 384})  # as if an older model had built it
+    assert chroma_store.get_collections(s.chroma_url, s.embedding_model, index.KINDS) == {}
     with pytest.raises(NoDataError, match="panza index"):
         index.search("budget", conn=conn)
     out = index.sync(conn)
@@ -192,7 +193,7 @@ def test_embedding_model_change_rebuilds_with_notice(conn):
 def test_lost_collection_is_repaired(conn):
     index.sync(conn)
     s = config.load()
-    chroma_store.client(s.chroma_url).delete_collection(chroma_store.COLLECTION)
+    chroma_store.client(s.chroma_url).delete_collection(chroma_store.name_of("sent"))
     out = index.sync(conn)
     assert out["embedded"] == 12 and out["total"] == 12
 

@@ -80,7 +80,7 @@ def test_index_and_search_through_a_chroma_server(home, chroma_server, monkeypat
         assert 1 not in [h.ref_id for h in index.search("quarterly budget spreadsheet", k=2, conn=conn)]
         assert index.training_context(11, 2, conn=conn)  # RAFT context works the same way remotely
         # the server holds embeddings and ids, never the mail text
-        col = chroma_store.get_collection(chroma_server, config.load().embedding_model)
+        col = chroma_store.get_collections(chroma_server, config.load().embedding_model, ("sent",))["sent"]
         got = col.get(include=["documents", "metadatas"])
         assert not any(got["documents"] or []) and "Attached" not in str(got["metadatas"])
     finally:

@@ -9,6 +9,7 @@ import pytest
 from panza_local.ingest.clean import clean, content_hash, language, residual_markers
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ingest" / "clean"
+NO_THREAD = {"not_a_quote", "sig_dash", "sig_block", "name_card", "mobile_footer", "disclaimer", "list_footer"}
 CASES = sorted(p.name[:-len(".in.txt")] for p in FIXTURES.glob("*.in.txt"))
 
 
@@ -25,7 +26,7 @@ def test_golden(name):
     got = clean(text)
     assert got.body == want
     assert residual_markers(got.body) == []
-    if name != "not_a_quote" and not name.startswith(("sig_", "mobile_", "disclaimer", "list_footer")):
+    if name not in NO_THREAD:
         assert got.thread, "the quoted part is kept as thread context"
 
 

@@ -10,22 +10,21 @@ import sys
 import time
 
 import pytest
+from test_playback_quality import add_message
 
 from panza_local import playback, store
 from panza_local import playback_quality as q
 from panza_local.cli import main
 
-from test_playback_quality import add_message
-
 MAIL = [
-    ("Dear Tom,\n\nWould it be possible to reactivate Peter's IT account? He needs to run some additional "
-     "experiments on the cluster.\n\nBest regards,\nDavid", "Re: Peter's account", "tom@lab.org"),
-    ("Hi Sara,\n\nThe ISDA draft looks fine to me, but please change the termination date to 30 June and send "
-     "it back to legal.\n\nThanks,\nDavid", "ISDA draft", "sara@bank.com"),
-    ("Dear Stephan,\n\nThank you for the invitation. Unfortunately I cannot be in Paris in December since I "
-     "am travelling to New York, but I could give an online talk.\n\nBest,\nDavid", "Re: Invitation", "s@uni.fr"),
-    ("Ina,\n\nPlease send the gas storage report for the Permian pipeline to Keith before the Friday "
-     "meeting.\n\nPhillip", "storage report", "ina@enron.com"),
+    (("Dear Tom,\n\nWould it be possible to reactivate Peter's IT account? He needs to run some additional "
+      "experiments on the cluster.\n\nBest regards,\nDavid"), "Re: Peter's account", "tom@lab.org"),
+    (("Hi Sara,\n\nThe ISDA draft looks fine to me, but please change the termination date to 30 June and send "
+      "it back to legal.\n\nThanks,\nDavid"), "ISDA draft", "sara@bank.com"),
+    (("Dear Stephan,\n\nThank you for the invitation. Unfortunately I cannot be in Paris in December since I "
+      "am travelling to New York, but I could give an online talk.\n\nBest,\nDavid"), "Re: Invitation", "s@uni.fr"),
+    (("Ina,\n\nPlease send the gas storage report for the Permian pipeline to Keith before the Friday "
+      "meeting.\n\nPhillip"), "storage report", "ina@enron.com"),
 ]
 
 

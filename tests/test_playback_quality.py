@@ -32,6 +32,7 @@ def test_copy_ratio_measures_the_longest_shared_run():
     ("Good morning,\n\nThank you for your email.", "sara.smith@corp.com", "Sara"),
     ("I tried to run the model and it did not work", "jsmith@corp.com", "Jsmith"),
     ("I tried to run the model and it did not work", None, None),
+    ("Hi there,\nquick question", "bob.jones@x.com", "Bob"),
 ])
 def test_recipient_from_greeting_then_to_header(email, to, expected):
     assert q.recipient(email, to) == expected
@@ -63,6 +64,9 @@ def test_guards_reject_copies_hallucinations_leaks_and_missing_recipient():
                    to_name="Tom") == "unsupported"
     assert q.check("Ask Tom for the Koch confirmation before the budget review.", EMAIL, to_name="Tom",
                    banned={"budget"}) == "few_shot_leak"
+    assert q.check("Thank you for the Koch confirmation, Tom, by Thursday.", EMAIL, to_name="Tom") == "not_imperative"
+    assert q.check("Reply to Tom: please send the Koch confirmation by Thursday.", EMAIL,
+                   to_name="Tom") == "not_imperative"
     assert q.check("Ask Tom Tom Tom Tom Tom Tom Tom Tom about Koch.", EMAIL, to_name="Tom") == "repetitive"
 
 

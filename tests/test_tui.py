@@ -322,6 +322,7 @@ async def key_latencies(pilot, widget, keys: str) -> list[float]:
         t = time.perf_counter()
         await pilot.press(ch)
         while widget.value == before:
+            assert time.perf_counter() - t < 10, f"key {ch!r} never reached {widget!r} (value {widget.value!r})"
             await pilot.pause(0.001)
         out.append(time.perf_counter() - t)
     return out
@@ -335,7 +336,7 @@ def p95(values: list[float]) -> float:
 async def test_responsive_while_a_draft_streams(seeded):
     from textual.widgets import Input, TextArea
 
-    app = make_app(max_tokens=48, seed=5, use_rag=False)
+    app = make_app(max_tokens=400, seed=5, use_rag=False)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("f3")
         await pilot.pause()
@@ -343,7 +344,9 @@ async def test_responsive_while_a_draft_streams(seeded):
         await type_text(pilot, "ask Carol to move the budget review")
         await pilot.press("enter")
         area = screen.query_one("#draft-text", TextArea)
+        t0 = time.monotonic()
         while screen.streaming and not area.text:  # wait for the first streamed piece
+            assert time.monotonic() - t0 < 120, notes(app)
             await pilot.pause(0.05)
         assert screen.streaming, "the draft finished before the measurement could start"
         probe = LagProbe()
@@ -356,14 +359,17 @@ async def test_responsive_while_a_draft_streams(seeded):
         probe.stop()
         still_streaming = screen.streaming
         grew = len(area.text) > chars_before
+        await pilot.press("escape")  # stop the draft: what streamed so far stays, editable
         await wait_workers(app, pilot)
+        assert not screen.streaming and not area.read_only and area.text.strip()
         print(f"\nwhile streaming: key latency median {sorted(lat)[len(lat) // 2] * 1000:.0f} ms, "
               f"max {max(lat) * 1000:.0f} ms; loop lag p95 {p95(probe.lags) * 1000:.0f} ms, "
               f"max {max(probe.lags) * 1000:.0f} ms over {len(probe.lags)} ticks")
         assert still_streaming or grew, "typing was not measured while the draft streamed"
         assert subject.value == "budgetreview"
-        # thresholds are ~10x what a 2-core box shared by 8 jobs shows; a blocked loop shows seconds
-        assert sorted(lat)[len(lat) // 2] < 0.25 and max(lat) < 1.0, lat
+        # A UI blocked by generation would show the whole draft's time (tens of seconds here) on some key.
+        # On a 2-core box shared by 8 jobs the median is ~90 ms with rare scheduler stalls of ~2 s.
+        assert sorted(lat)[len(lat) // 2] < 0.25 and max(lat) < 4.0, lat
         assert p95(probe.lags) < 0.25, sorted(probe.lags)[-5:]
 
 
@@ -418,5 +424,5 @@ async def test_responsive_while_a_retune_runs(home, tmp_path, monkeypatch):
         assert note.startswith(("done", "failed")), note
         if note.startswith("failed"):
             assert any("fix" in n for n in notes(app)), notes(app)
-        assert sorted(lat)[len(lat) // 2] < 0.25 and max(lat) < 1.0, lat
+        assert sorted(lat)[len(lat) // 2] < 0.25 and max(lat) < 4.0, lat
         assert p95(probe.lags) < 0.25, sorted(probe.lags)[-5:]

@@ -13,25 +13,39 @@ def register(sub) -> None:
     p.add_argument("--nice", action="store_true", help="low CPU/IO priority and half the threads (scheduler)")
     p.add_argument("--only-on-ac", action="store_true", help="do nothing while on battery")
     p.add_argument("--debounce", type=float, default=30.0, help="--watch: seconds of quiet before a pass")
+    p.add_argument("--poll", type=float, default=300.0, help="--watch: seconds between IMAP polls")
+    p.add_argument("--min-interval", type=float, default=None,
+                   help="--watch: seconds between passes (default: retune_interval_min)")
+    p.add_argument("--limit", type=int, default=20, help="log: passes to show")
     add_json(p)
     p.set_defaults(func=run)
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _human_log(rows: list[dict]) -> None:
+    if not rows:
+        print("no re-tune passes yet: run `panza retune`")
+    for r in rows:
+        steps = ", ".join(f"{k} {v:.1f}s" for k, v in (r.get("steps") or {}).items()) or "-"
+        print(f"#{r['id']} {r['started_at']} {r['status']:<8} {r.get('seconds', '-')} s  "
+              f"new: {r.get('new_messages', '-')} messages, {r.get('new_pairs', '-')} pairs")
+        print(f"    steps: {steps}")
+        if r.get("trained"):
+            print(f"    trained {r.get('adapter_id')} ({r.get('mode_why', r.get('mode', ''))}); held-out loss "
+                  f"new {_fmt(r.get('score_new'))} vs {r.get('compared_with', 'current')} "
+                  f"{_fmt(r.get('score_current'))} on {r.get('n_test', '?')} pairs")
+        verdict = "promoted" if r.get("promoted") else "not promoted"
+        print(f"    {verdict}: {r.get('reason') or ('interrupted' if r['status'] != 'done' else 'nothing new')}")
 
 
 def run(args) -> int:
     from .. import retune, schedule
 
     if args.action == "log":
-        rows = retune.history()
-
-        def human(rows):
-            if not rows:
-                print("no re-tune passes yet: run `panza retune`")
-            for r in rows:
-                print(f"#{r['id']} {r['started_at']} {r['status']:11} new msgs {r.get('new_messages', '-')}, "
-                      f"new pairs {r.get('new_pairs', '-')}, trained {r.get('trained', '-')}, "
-                      f"promoted {r.get('promoted', '-')}, {r.get('seconds', '-')} s  {r.get('reason', '')}")
-
-        emit(args, rows, human)
+        emit(args, retune.history(args.limit), _human_log)
         return 0
     if args.only_on_ac and schedule.on_battery():
         emit(args, {"new_messages": 0, "new_pairs": 0, "trained": False, "promoted": False,
@@ -43,7 +57,7 @@ def run(args) -> int:
         schedule.low_priority(threads=max(1, physical_cores() // 2))
     say = (lambda s: None) if args.json else print
     if args.watch:
-        retune.watch(debounce_s=args.debounce, say=say)
+        retune.watch(debounce_s=args.debounce, poll_s=args.poll, min_interval_s=args.min_interval, say=say)
         return 0
     with progress("retune", enabled=not args.json) as cb:
         out = retune.run_once(force=args.force, say=say, on_progress=cb)

@@ -104,6 +104,17 @@ def addresses(values: list) -> list[tuple[str, str]]:
     return out
 
 
+_ADDR = re.compile(r"[\w.+'=-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def quick_addresses(values: list) -> list[str]:
+    """Lower-cased addresses in header values, by pattern (Cc lists can hold hundreds; names not needed)."""
+    out: list[str] = []
+    for v in values:
+        out.extend(a.lower() for a in _ADDR.findall(header_text(v)))
+    return list(dict.fromkeys(out))
+
+
 def norm_message_id(value) -> str | None:
     s = header_text(value)
     m = re.search(r"<([^<>\s]+)>", s)
@@ -146,7 +157,7 @@ def parse(raw: bytes) -> Parsed:
     to = addresses(msg.get_all("To") or [])
     p.to_addrs = [a for _, a in to]
     p.to_names = [n for n, _ in to]
-    p.cc_addrs = [a for _, a in addresses(msg.get_all("Cc") or [])]
+    p.cc_addrs = quick_addresses(msg.get_all("Cc") or [])
     snd = addresses(msg.get_all("Sender") or [])
     p.sender = snd[0][1] if snd else None
     p.reply_to = [a for _, a in addresses(msg.get_all("Reply-To") or [])]

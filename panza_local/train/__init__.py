@@ -136,8 +136,12 @@ def prepare(conn, settings, hp_preset: str, overrides: dict | None = None, train
 
 def train(conn, backend: str = "auto", preset: str | None = None, on_progress=None, resume: bool = True, *,
           settings=None, overrides: dict | None = None, train_examples=None, val_examples=None,
-          promote: bool = False) -> dict:
-    """Train (or resume, or reuse) an adapter for the active model on the stored pairs; export and register it."""
+          promote: bool = False, init_from: str | None = None) -> dict:
+    """Train (or resume, or reuse) an adapter for the active model on the stored pairs; export and register it.
+
+    `init_from`: id of a ready adapter of the same base and shape to warm-start from (torch backend; ignored,
+    with `init_from` None in the result's config, when it cannot be used).
+    """
     from .. import config, store
     from . import data, export, registry
 
@@ -149,10 +153,13 @@ def train(conn, backend: str = "auto", preset: str | None = None, on_progress=No
     sha = base_sha256(base)
     dhash = data.data_hash(tr + va)
     hp_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(hp).items()}
-    ident = hashlib.sha256(json.dumps([sha, dhash, hp_dict, name], sort_keys=True).encode()).hexdigest()
+    init = _init_tensors(init_from, hp, sha) if init_from and name == "torch" else None
+    init_from = init_from if init is not None else None
+    key = [sha, dhash, hp_dict, name] + ([init_from] if init_from else [])  # a warm start is another adapter
+    ident = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     adapter_id = f"ad-{ident[:10]}"
     cfg = {"backend": name, "hparams": hp_dict, "base_path": str(base), "n_train": len(tr), "n_val": len(va),
-           "train_rows": len(rows_tr), "val_rows": len(rows_va)}
+           "train_rows": len(rows_tr), "val_rows": len(rows_va), "init_from": init_from}
     existing = registry.begin(conn, adapter_id, base_model=settings.model, base_sha256=sha, data_hash=dhash,
                               config=cfg)
     if existing is not None:  # same base, data and settings: nothing to do
@@ -166,7 +173,7 @@ def train(conn, backend: str = "auto", preset: str | None = None, on_progress=No
     run_dir = registry.adapter_dir(adapter_id)
     with store.run(conn, "train") as summary:
         try:
-            kw = {"threads": settings.threads} if name == "torch" else {}
+            kw = {"threads": settings.threads, "init": init} if name == "torch" else {}
             res = fn(base, rows_tr, rows_va, hp, run_dir, on_progress, resume, **kw)
         except BaseException as exc:
             registry.fail(conn, adapter_id, type(exc).__name__)
@@ -189,3 +196,24 @@ def train(conn, backend: str = "auto", preset: str | None = None, on_progress=No
                "promoted": registry.current_id() == adapter_id}
         summary.update({k: v for k, v in out.items() if k != "gguf"})
     return out
+
+
+def _init_tensors(adapter_id: str, hp: HParams, sha: str) -> dict | None:
+    """PEFT tensors of adapter `adapter_id` when it fits this run (same base bits, rank and targets), else None."""
+    from pathlib import Path
+
+    from safetensors.numpy import load_file
+
+    from ..errors import AdapterError
+    from . import registry
+
+    try:
+        row = registry.get(adapter_id)
+    except AdapterError:
+        return None
+    old = (row.get("config") or {}).get("hparams") or {}
+    f = Path(row["peft"]) / "adapter_model.safetensors"
+    if (row["status"] != "ready" or row["base_sha256"] != sha or old.get("rank") != hp.rank
+            or tuple(old.get("targets") or ()) != tuple(hp.targets) or not f.exists()):
+        return None
+    return load_file(str(f))

@@ -321,8 +321,10 @@ def _save_checkpoint(path: Path, model: LoraModel, opt, state: dict) -> None:
 
 
 def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_dir: Path, on_progress=None,
-               resume: bool = True, device: str = "auto", threads: int = 0) -> dict:
+               resume: bool = True, device: str = "auto", threads: int = 0, init: dict | None = None) -> dict:
     """Train a LoRA on packed rows; checkpoint to `run_dir/checkpoint.pt` and resume from it.
+
+    `init` (PEFT-named tensors of an earlier adapter of the same shape) warm-starts a fresh run.
 
     Returns the adapter tensors (PEFT naming) of the best validation state and the run's figures.
     """
@@ -369,6 +371,8 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
         opt.load_state_dict(saved["opt"])
         state = saved["state"]
         resumed_from = state["step"]
+    elif init is not None:  # warm start: a fresh run begins where the served adapter is
+        model.load_lora_tensors(init)
     if state["val_before"] is None:
         state["val_before"] = evaluate(model, val_rows)
         state["best_loss"] = state["val_before"]

@@ -146,7 +146,8 @@ class DraftScreen(Screen):
             self.query_one("#draft-subject", Input).value = event.result.subject
         if not to and event.result is not None and event.result.to:
             self.query_one("#draft-to", Input).value = event.result.to
-        area.focus()
+        if self.focused is None or self.focused.id == "draft-instruction":  # never steal focus from a typed field
+            area.focus()
         self.notify("Draft ready: edit it, then ctrl+s saves .eml, ctrl+o saves to Drafts, f7 copies.",
                     title="Draft", timeout=4)
 

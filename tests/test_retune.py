@@ -1,0 +1,193 @@
+"""Re-tune decisions, watch mode and the pass log: fast tests on a real store (no training here).
+
+The end-to-end passes (real ingest, playback, index, training, scoring, kill -9, serving) are in
+test_retune_e2e.py, marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from panza_local import retune, store
+
+MAILDIR = "enron/formats/maildir"
+
+
+def _add_pairs(conn, n: int, start: int = 0, created: str = "2026-01-01T00:00:00+00:00") -> None:
+    """n emails of the user's with ok pairs (decision tests only: the pairs' text is never trained on)."""
+    for i in range(start, start + n):
+        mid = conn.execute("INSERT INTO messages (content_hash, date, body, is_mine, ingested_at) "
+                           "VALUES (?, ?, ?, 1, ?)", (f"h{i}", f"2001-01-{1 + i % 28:02d}T00:00:{i % 60:02d}",
+                                                      f"email {i}", created)).lastrowid
+        conn.execute("INSERT INTO pairs (message_id, content_hash, gen_config, status, instruction, created_at) "
+                     "VALUES (?, ?, 'g', 'ok', ?, ?)", (mid, f"h{i}", f"write email {i}", created))
+
+
+def _adapter(conn, aid: str, created: str, *, init_from=None, n_train=20, base=None, current=False) -> None:
+    from panza_local import catalogue, config, paths
+    from panza_local.train import base_sha256, registry
+
+    model = config.load().model
+    sha = base or base_sha256(catalogue.resolve(model))
+    folder = paths.ensure_dir(registry.adapter_dir(aid))
+    (folder / "adapter.gguf").write_bytes(b"GGUF")
+    conn.execute("INSERT INTO adapters (id, base_model, base_sha256, data_hash, config, path, status, created_at) "
+                 "VALUES (?, ?, ?, 'd', ?, ?, 'ready', ?)",
+                 (aid, model, sha, json.dumps({"init_from": init_from, "n_train": n_train, "n_val": 2}),
+                  str(folder), created))
+    if current:
+        registry.use(aid, conn)
+
+
+def _judge(conn, aid: str, promoted: bool = True) -> None:
+    conn.execute("INSERT INTO retune_gate (adapter_id, n_test, promoted, reason, decided_at) VALUES (?, 2, ?, 'x', ?)",
+                 (aid, int(promoted), store.now()))
+
+
+def test_plan_trains_only_on_enough_new_pairs_and_picks_warm_or_full(home, monkeypatch):
+    monkeypatch.setenv("PANZA_RETUNE_MIN_NEW", "3")
+    conn = store.connect()
+    _add_pairs(conn, 5)
+    d = retune.plan(conn)
+    assert not d["train"] and "5 training pairs (< 8" in d["why"]
+    _add_pairs(conn, 20, start=5)
+    d = retune.plan(conn)
+    assert d["train"] and d["why"] == "no adapter yet" and d["init_from"] is None and d["new_for_training"] == 25
+    _adapter(conn, "ad-one", "2026-01-02T00:00:00+00:00", current=True)
+    _judge(conn, "ad-one")
+    d = retune.plan(conn)
+    assert not d["train"] and d["new_for_training"] == 0 and "retune_min_new = 3" in d["why"]
+    _add_pairs(conn, 3, start=25, created="2026-01-03T00:00:00+00:00")
+    d = retune.plan(conn)
+    assert d["train"] and d["why"] == "3 new pairs" and d["init_from"] == "ad-one" and d["mode"] == "warm"
+    # a rejected candidate is judged too: its pairs are not new any more
+    _adapter(conn, "ad-two", "2026-01-04T00:00:00+00:00", init_from="ad-one")
+    _judge(conn, "ad-two", promoted=False)
+    assert not retune.plan(conn)["train"]
+    # large drift (more new pairs than half of what the current adapter saw): full retrain
+    _add_pairs(conn, 12, start=28, created="2026-01-05T00:00:00+00:00")
+    d = retune.plan(conn)
+    assert d["train"] and d["init_from"] is None and "large drift (12 new pairs > 50% of the 22" in d["mode_why"]
+
+
+def test_full_retrain_after_warm_start_chain_and_on_base_change(home, monkeypatch):
+    monkeypatch.setenv("PANZA_RETUNE_MIN_NEW", "1")
+    conn = store.connect()
+    _add_pairs(conn, 10)
+    prev = None
+    for i in range(retune.FULL_EVERY + 1):  # ad-0 (full) then FULL_EVERY warm starts, each from the previous
+        _adapter(conn, f"ad-{i}", f"2026-01-0{2 + i}T00:00:00+00:00", init_from=prev, n_train=100, current=True)
+        _judge(conn, f"ad-{i}")
+        prev = f"ad-{i}"
+    _add_pairs(conn, 2, start=10, created="2026-02-01T00:00:00+00:00")
+    d = retune.plan(conn)
+    assert d["train"] and d["init_from"] is None and f"after {retune.FULL_EVERY} warm starts" in d["mode_why"]
+    _adapter(conn, "ad-other-base", "2026-02-02T00:00:00+00:00", base="0" * 64, n_train=100, current=True)
+    _judge(conn, "ad-other-base")
+    _add_pairs(conn, 2, start=12, created="2026-02-03T00:00:00+00:00")
+    d = retune.plan(conn)
+    assert d["train"] and d["init_from"] is None and d["mode_why"] == "full: the base model changed"
+
+
+def test_watch_debounces_waits_the_interval_and_ignores_reads(home, tmp_path):
+    """Real watchdog on a real folder source; the pass itself is a recorder (watch's own extension point)."""
+    mail = tmp_path / "mail"
+    for sub in ("cur", "new", "tmp"):
+        (mail / sub).mkdir(parents=True)
+    conn = store.connect()
+    conn.execute("INSERT INTO sources (uri, kind, registered, added_at) VALUES (?, 'maildir', 1, ?)",
+                 (str(mail), store.now()))
+    conn.close()
+    passes: list[float] = []
+    stop = threading.Event()
+
+    def record():
+        passes.append(time.monotonic())
+        for f in (mail / "cur").iterdir():
+            f.read_bytes()  # what ingest does: reading must not count as new mail
+        return {"new_messages": 0, "promoted": False, "reason": "recorded"}
+
+    said: list[str] = []
+    t = threading.Thread(target=lambda: retune.watch(debounce_s=1.0, poll_s=3600, min_interval_s=3.0,
+                                                      say=said.append, stop=stop.is_set, pass_fn=record))
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not passes and time.monotonic() < deadline:  # catch-up pass at start
+            time.sleep(0.05)
+        assert len(passes) == 1
+        # a burst of writes, 0.3 s apart: one pass, >= 1 s after the last write and >= 3 s after the first pass
+        for i in range(4):
+            (mail / "cur" / f"m{i}:2,S").write_text(f"From: a@b\n\nhello {i}\n")
+            time.sleep(0.3)
+        last_write = time.monotonic()
+        deadline = time.monotonic() + 15
+        while len(passes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(passes) == 2
+        assert passes[1] - last_write >= 0.95 and passes[1] - passes[0] >= 3.0
+        time.sleep(4.5)  # reads by the pass and the quiet folder: no further pass
+        assert len(passes) == 2, said
+    finally:
+        stop.set()
+        t.join(10)
+    assert said[0].startswith("watching 1 folder/file source(s); polling 0")
+
+
+def test_a_pass_without_own_mail_is_recorded_and_log_shows_killed_passes(home, tmp_path, shared_data, capsys,
+                                                                        monkeypatch):
+    """Real ingest of received mail only (nothing the user wrote): the pass stops honestly before playback."""
+    from panza_local import cli
+
+    monkeypatch.setenv("PANZA_ME", "nobody@example.org")
+    mail = tmp_path / "mail"
+    (mail / "cur").mkdir(parents=True)
+    src = shared_data / MAILDIR / ".Discussion Threads" / "cur"
+    for f in sorted(src.iterdir())[:5]:
+        shutil.copy(f, mail / "cur")
+    assert cli.main(["sources", "add", str(mail)]) == 0
+    out = retune.run_once()
+    ing = out["ingest"]
+    assert ing["seen"] == 5 and out["new_messages"] == ing["stored"] >= 3 and not out["trained"]
+    assert out["new_pairs"] == 0
+    assert out["reason"].startswith("nothing to learn from") and set(out["steps"]) == {"ingest", "playback"}
+    conn = store.connect()  # a pass killed mid-way leaves a 'running' row and no lock holder
+    conn.execute("INSERT INTO runs (stage, started_at, summary) VALUES ('retune', ?, ?)",
+                 (store.now(), json.dumps({"new_messages": 3, "steps": {"ingest": 0.5}})))
+    capsys.readouterr()
+    assert cli.main(["retune", "log", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in rows] == ["killed", "done"] and rows[1]["new_messages"] == ing["stored"]
+    assert cli.main(["retune", "log"]) == 0
+    text = capsys.readouterr().out
+    assert "killed" in text and "steps: ingest" in text and "nothing to learn from" in text
+    again = retune.run_once()
+    assert again["new_messages"] == 0 and again["ingest"]["unchanged_files"] == 5
+
+
+def test_cli_refuses_a_second_pass_while_one_runs(home):
+    """Two real processes: the second `panza retune` exits 1 with the lock message."""
+    env = {**os.environ, "PANZA_HOME": str(home)}
+    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom panza_local import retune\n"
+                               "with retune.lock():\n    print('held', flush=True)\n    time.sleep(30)"],
+                              env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert retune.busy()
+        r = subprocess.run([sys.executable, "-m", "panza_local", "retune", "--json"], env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "another `panza retune` pass is running" in (r.stdout + r.stderr)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not retune.busy()
+    assert Path(home / "retune.lock").exists()
