@@ -27,4 +27,9 @@ echo "building llama-cpp-python with CMAKE_ARGS=${CMAKE_ARGS:-<default>} (about 
 # torch 2.13 is the CPU build this project is tested with; a plain `torch` would pull a multi-GB CUDA build.
 "$venv/bin/python" -m pip install "torch==2.13.0" 2>/dev/null || true
 "$venv/bin/python" -m pip install -e ".[$extras]"
+# The IMAP tests run a real local Dovecot (they skip, saying so, where it cannot be installed).
+if [ "${1:-}" = "--dev" ] && ! command -v dovecot >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd openssl >/dev/null) \
+    || echo "note: could not install dovecot-imapd; the IMAP tests will be skipped"
+fi
 echo "installed: $venv/bin/panza"
