@@ -176,7 +176,7 @@ def bench_size(mails: list[dict], base: np.ndarray, n: int, queries: np.ndarray,
         sync_s = time.perf_counter() - t0
         assert out["embedded"] == n, out
         settings = config.load()
-        col = chroma_store.get_collection(settings.chroma_url, settings.embedding_model)
+        col = chroma_store.get_collections(settings.chroma_url, settings.embedding_model, ("sent",))["sent"]
 
         chroma_ms, search_ms, numpy_ms, recall = [], [], [], []
         cached = dict(zip(query_texts, queries))

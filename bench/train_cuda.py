@@ -70,7 +70,12 @@ def _timed(step, device: str, warmup: int, steps: int, seq: int) -> dict:
     return {"tokens_per_s": seq * steps / dt, "step_s": dt / steps, "loss_first": losses[0], "loss_last": losses[-1]}
 
 
-def run_ours(shape: str, device: str, seq: int, warmup: int, steps: int, rank: int) -> dict:
+def run_ours_graph(shape: str, device: str, seq: int, warmup: int, steps: int, rank: int) -> dict:
+    """Ours, with the whole training step (forward, checkpointed backward, AdamW) captured in one CUDA graph."""
+    return run_ours(shape, device, seq, warmup, steps, rank, graph=True)
+
+
+def run_ours(shape: str, device: str, seq: int, warmup: int, steps: int, rank: int, graph: bool = False) -> dict:
     import torch
 
     from panza_local.train import q4
@@ -101,10 +106,10 @@ def run_ours(shape: str, device: str, seq: int, warmup: int, steps: int, rank: i
     model.train()
     frozen_gib = sum(w.nbytes for w in base.w.values() if isinstance(w, q4.Q4Weight)) / 2**30
     params = list(model.lora.values())
-    opt = torch.optim.AdamW(params, lr=1e-4, fused=device == "cuda")
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=device == "cuda", capturable=graph)
     ids = torch.randint(0, cfg.vocab, (seq,), generator=gen, device=device)
     row = {"input_ids": ids, "positions": torch.arange(seq, device=device),
-           "segments": [0] * seq, "targets": torch.roll(ids, -1)}
+           "segments": [0] * seq, "targets": torch.roll(ids, -1), "n_targets": seq}
 
     def step() -> float:
         loss, n = model(row)
@@ -112,6 +117,26 @@ def run_ours(shape: str, device: str, seq: int, warmup: int, steps: int, rank: i
         opt.step()
         opt.zero_grad(set_to_none=True)
         return float(loss) / n
+
+    if graph:
+        # Launch-bound at batch 1 (3B and 8B steps took the same time eagerly): replay one captured graph.
+        model.static = True
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        opt.zero_grad(set_to_none=True)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            static_loss, n = model(row)
+            (static_loss / n).backward()
+            opt.step()
+
+        def step() -> float:  # noqa: F811
+            g.replay()
+            return float(static_loss) / seq
 
     out = _timed(step, device, warmup, steps, seq)
     return {**out, **_peaks(device), "frozen_weights_gib": frozen_gib,
@@ -167,7 +192,7 @@ def run_baseline(shape: str, device: str, seq: int, warmup: int, steps: int, ran
 
 
 def one(args) -> dict:
-    fn = run_ours if args.one == "ours" else run_baseline
+    fn = {"ours": run_ours, "ours-graph": run_ours_graph, "baseline": run_baseline}[args.one]
     t0 = time.perf_counter()
     try:
         res = fn(args.shape, args.device, args.seq, args.warmup, args.steps, args.rank)
@@ -189,7 +214,7 @@ def table(results: list[dict], meta: dict) -> str:
     for r in results:
         base = by.get((r["shape"], "baseline"), {})
         ratio = (f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if r.get("tokens_per_s") and
-                 base.get("tokens_per_s") and r["method"] == "ours" else "")
+                 base.get("tokens_per_s") and r["method"] != "baseline" else "")
         fmt = lambda v, f: f.format(v) if isinstance(v, (int, float)) else ""  # noqa: E731
         lines.append(f"| {r['shape']} | {r['method']} | {fmt(r.get('tokens_per_s'), '{:,.0f}')} | "
                      f"{fmt(r.get('peak_alloc_gib'), '{:.2f}')} | {fmt(r.get('peak_reserved_gib'), '{:.2f}')} | "
@@ -211,7 +236,8 @@ def main() -> int:
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--timeout", type=int, default=200, help="seconds per (shape, method) process")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench" / "out"))
-    ap.add_argument("--one", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument("--methods", default="ours,ours-graph,baseline")
+    ap.add_argument("--one", choices=["ours", "ours-graph", "baseline"], help=argparse.SUPPRESS)
     ap.add_argument("--shape", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -220,7 +246,7 @@ def main() -> int:
     import torch
 
     shapes = ["tiny"] if args.tiny else args.shapes.split(",")
-    methods = ["ours"] + ([] if args.skip_baseline else ["baseline"])
+    methods = [m for m in args.methods.split(",") if not (args.skip_baseline and m == "baseline")]
     results = []
     for shape in shapes:
         for method in methods:

@@ -5,6 +5,7 @@ import os as _os
 __version__ = "0.1.0"
 
 # Private by construction: no library this package uses may phone home or fetch from a hub at run time.
+# Forced, not defaulted: a user's shell that says HF_HUB_OFFLINE=0 or telemetry on must not change that.
 # `panza models pull` is the one place that lifts HF_HUB_OFFLINE, for its own download only.
 for _k, _v in {
     "HF_HUB_OFFLINE": "1",
@@ -15,4 +16,4 @@ for _k, _v in {
     "DO_NOT_TRACK": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }.items():
-    _os.environ.setdefault(_k, _v)
+    _os.environ[_k] = _v

@@ -98,6 +98,11 @@ def timestamp(value) -> int | None:
     return int(value.timestamp())
 
 
+def person_key(address: str) -> str:
+    """What the index stores for an address: a hash, enough to match a recipient, not to read one."""
+    return hashlib.sha256(address.strip().lower().encode()).hexdigest()[:20]
+
+
 def message_text(subject: str | None, body: str | None) -> str:
     """What is embedded for an email: its subject, a blank line, its body, cut at MAX_TEXT characters."""
     return f"{(subject or '').strip()}\n\n{(body or '').strip()}".strip()[:MAX_TEXT]
@@ -111,8 +116,8 @@ def _message_items(conn: sqlite3.Connection) -> Iterator[_Item]:
         people = addresses([r["to_addrs"] or "", r["cc_addrs"] or ""]) if mine else addresses(r["from_addr"])
         ts = timestamp(r["date"])
         meta = {"kind": "sent" if mine else "thread", "ref": r["id"], "ts": ts if ts is not None else -1}
-        if people:
-            meta["people"] = people
+        if people:  # hashed: a shared Chroma server never sees who the user writes to
+            meta["people"] = [person_key(a) for a in people]
         yield _Item(f"msg:{r['id']}", meta["kind"], r["id"], message_text(r["subject"], r["body"]), meta)
 
 
@@ -392,8 +397,9 @@ def search(query: str, k: int = 5, kinds: Iterable[str] = ("sent",), before=None
     pools = [_dated_candidates(cols, qv, clause, None, fetch)]
     people = addresses(to) if to else []
     if people:  # selective, so Chroma's metadata filter is cheap here
-        match = {"people": {"$contains": people[0]}} if len(people) == 1 else \
-            {"$or": [{"people": {"$contains": a}} for a in people]}
+        keys = [person_key(a) for a in people]
+        match = {"people": {"$contains": keys[0]}} if len(keys) == 1 else \
+            {"$or": [{"people": {"$contains": a}} for a in keys]}
         pools.insert(0, _dated_candidates(cols, qv, clause, match, fetch))
     target = None
     if near_dup_of is not None:  # a text (vector + word overlap checks) or a bare vector

@@ -197,6 +197,9 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
             t1 = time.perf_counter()
             res = generate(row, model_path=model_path, settings=settings, idf=idf, user_name=settings.user_name)
             _save(conn, row, cfg_hash, res, time.perf_counter() - t1)
+            if settings.debug:  # message text only when the user asked for debug logs
+                log.debug("playback %s: %s %r rejected %r", row["id"], res.get("source"), res.get("instruction"),
+                          res.get("rejected"))
             if res["status"] == "ok":
                 out["generated"] += 1
                 out[res["source"]] += 1

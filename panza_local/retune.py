@@ -242,7 +242,8 @@ def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, s
                         return fn()
                     finally:
                         out["steps"][name] = round(time.perf_counter() - t0, 2)
-                        # partial record: a pass killed later still shows what it had done
+                        summary.update(out)  # a pass that fails later still records what it had done
+                        # ... and one killed later too: its row is written now, not only at the end
                         conn.execute("UPDATE runs SET summary = ? WHERE id = ?", (json.dumps(out, default=str), run_id))
 
                 _pass(conn, out, step, force, say, on_progress, settings, index, ingest, playback, train, registry)
@@ -272,9 +273,16 @@ def _pass(conn, out, step, force, say, on_progress, settings, index, ingest, pla
     out["new_pairs"], out["failed_pairs"], out["reused_pairs"] = pb.get("generated", 0), pb.get("failed", 0), \
         pb.get("reused", 0)
     say(f"playback: {out['new_pairs']} new pairs")
-    ix = step("index", lambda: index.sync(conn, on_progress=on_progress, settings=settings))
-    out["indexed"] = ix.get("embedded", 0)
-    say(f"index: {ix.get('embedded', 0)} embedded, {ix.get('removed', 0)} removed")
+    changed_through = _last_store_change(conn)
+    if out["new_pairs"] or not _index_synced_after(conn, changed_through, settings):
+        ix = step("index", lambda: index.sync(conn, on_progress=on_progress, settings=settings))
+        _set_state(conn, "index_synced", json.dumps({"ingest_run": changed_through, "model": settings.embedding_model,
+                                                     "chroma_url": settings.chroma_url}))
+        out["indexed"] = ix.get("embedded", 0)
+        say(f"index: {ix.get('embedded', 0)} embedded, {ix.get('removed', 0)} removed")
+    else:  # opening Chroma alone costs seconds: skip it when no ingest changed the store since the last sync
+        out["indexed"] = 0
+        say("index: up to date")
     decision = plan(conn, settings, force)
     out["new_for_training"], out["reason"] = decision["new_for_training"], decision["why"]
     if not decision["train"]:
@@ -292,6 +300,28 @@ def _pass(conn, out, step, force, say, on_progress, settings, index, ingest, pla
     out["reason"] = f"{decision['why']}; {g['reason']}"
     cur = registry.current(conn)
     out["adapter_after"] = cur["id"] if cur else None
+
+
+def _last_store_change(conn) -> int:
+    """Id of the newest ingest run that changed messages (or was killed, so may have): 0 when none."""
+    row = conn.execute(
+        "SELECT max(id) FROM runs WHERE stage = 'ingest' AND (status != 'done' OR json_extract(summary, '$.stored') > 0 "
+        "OR json_extract(summary, '$.deleted') > 0 OR json_extract(summary, '$.reassigned') > 0 "
+        "OR json_extract(summary, '$.documents') > 0)").fetchone()[0]
+    return row or 0
+
+
+def _index_synced_after(conn, ingest_run: int, settings) -> bool:
+    row = conn.execute("SELECT value FROM retune_state WHERE key = 'index_synced'").fetchone()
+    if row is None:
+        return False
+    st = json.loads(row[0])
+    return (st.get("ingest_run", -1) >= ingest_run and st.get("model") == settings.embedding_model
+            and st.get("chroma_url") == settings.chroma_url)
+
+
+def _set_state(conn, key: str, value: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO retune_state (key, value) VALUES (?, ?)", (key, value))
 
 
 def history(limit: int = 20) -> list[dict]:
@@ -314,16 +344,58 @@ def history(limit: int = 20) -> list[dict]:
 
 # --- watch mode ---------------------------------------------------------------------------------------
 
+IDLE_MAX_S = 25 * 60  # RFC 2177: a client re-issues IDLE at least every 29 minutes
+
+
+def imap_wait(uri: str, timeout: float) -> bool | None:
+    """Wait on an IMAP mailbox with IDLE until it reports new mail (True) or `timeout` s pass (False).
+
+    None when the server does not offer IDLE (the caller polls instead). Read-only: EXAMINE, never SELECT.
+    """
+
+    from .ingest import imap as imap_source
+
+    cfg = imap_source.parse_uri(uri)
+    conn = imap_source.connect(cfg)
+    try:
+        if "IDLE" not in conn.capabilities:
+            return None
+        typ, _ = conn.select(imap_source._quote(cfg["mailbox"] or "INBOX"), readonly=True)
+        if typ != "OK":
+            return None
+        tag = conn._new_tag().decode()
+        conn.send(f"{tag} IDLE\r\n".encode())
+        if not conn.readline().startswith(b"+"):
+            return None
+        conn.sock.settimeout(max(0.1, min(timeout, IDLE_MAX_S)))
+        try:
+            while True:
+                line = conn.readline()
+                if not line:
+                    return False
+                if line.startswith(b"* ") and line.rstrip().upper().endswith((b" EXISTS", b" RECENT")):
+                    return True
+        except (TimeoutError, OSError):
+            return False  # the connection is unusable after a timed-out read: closed below, not reused
+    finally:
+        with contextlib.suppress(Exception):
+            conn.shutdown()
+
+
 def watch(*, debounce_s: float = 30.0, poll_s: float = 300.0, min_interval_s: float | None = None,
           say: Say | None = None, stop: Callable[[], bool] | None = None, max_passes: int | None = None,
           pass_fn: Callable[[], dict] | None = None) -> int:
-    """Watch folder and file sources (watchdog) and poll IMAP ones; run a pass after new data settles.
+    """Watch folder and file sources (watchdog) and IMAP ones (IDLE, else polling); run a pass after new
+    data settles.
 
-    A pass starts when something changed (a file event, or an IMAP poll is due), no file event came for
-    `debounce_s`, and `min_interval_s` (default: settings.retune_interval_min) passed since the last pass;
+    A pass starts when something changed (a file event, an IDLE notice, or a poll is due), nothing new came
+    for `debounce_s`, and `min_interval_s` (default: settings.retune_interval_min) passed since the last pass;
     each pass applies `retune_min_new` to decide whether to train. The first pass runs at once (catch-up).
     Sources registered while watching are picked up after the next pass. Returns the passes run.
     """
+    import imaplib
+    import threading
+
     from watchdog.observers import Observer
 
     say = say or print
@@ -331,10 +403,30 @@ def watch(*, debounce_s: float = 30.0, poll_s: float = 300.0, min_interval_s: fl
     pass_fn = pass_fn or (lambda: run_once(say=say))
     interval = config.load().retune_interval_min * 60 if min_interval_s is None else min_interval_s
     state = {"dirty": True, "last_event": 0.0, "events": 0}
+    quit_ = threading.Event()
     observer = Observer()
     observer.start()
     watched: dict[str, object] = {}
+    imap_threads: dict[str, threading.Thread] = {}
     polled: list[str] = []
+
+    def changed() -> None:
+        state["dirty"], state["last_event"] = True, time.monotonic()
+        state["events"] += 1
+
+    def idle_loop(uri: str) -> None:
+        while not quit_.is_set():
+            try:
+                got = imap_wait(uri, poll_s)
+            except (PanzaError, OSError, imaplib.IMAP4.error) as exc:  # server away: poll at the interval
+                say(f"IMAP watch: {type(exc).__name__}: {exc}; retrying in {poll_s:.0f} s")
+                got = None
+            if got is None:  # no IDLE (or no connection): a timed poll instead
+                if quit_.wait(poll_s):
+                    return
+                changed()
+            elif got:
+                changed()
 
     def rescan() -> None:
         conn = store.connect()
@@ -345,15 +437,21 @@ def watch(*, debounce_s: float = 30.0, poll_s: float = 300.0, min_interval_s: fl
         polled.clear()
         for uri in sources:
             p = Path(uri)
-            if uri.startswith(("imap://", "imaps://")) or not p.exists():
-                polled.append(uri)
+            if uri.startswith(("imap://", "imaps://")):
+                if uri not in imap_threads:
+                    imap_threads[uri] = threading.Thread(target=idle_loop, args=(uri,), daemon=True,
+                                                         name="panza-imap-idle")
+                    imap_threads[uri].start()
+            elif not p.exists():
+                polled.append(uri)  # a folder or file that is not there yet
             elif uri not in watched:
                 target = p if p.is_dir() else p.parent
-                watched[uri] = observer.schedule(_handler(state, None if p.is_dir() else p), str(target),
+                watched[uri] = observer.schedule(_handler(changed, None if p.is_dir() else p), str(target),
                                                  recursive=p.is_dir())
 
     rescan()
-    say(f"watching {len(watched)} folder/file source(s); polling {len(polled)} other(s) every {poll_s:.0f} s")
+    say(f"watching {len(watched)} folder/file source(s) and {len(imap_threads)} IMAP mailbox(es); "
+        f"polling {len(polled)} other(s) every {poll_s:.0f} s")
     passes, last_pass, last_poll = 0, float("-inf"), time.monotonic()
     try:
         while not stop() and (max_passes is None or passes < max_passes):
@@ -374,12 +472,13 @@ def watch(*, debounce_s: float = 30.0, poll_s: float = 300.0, min_interval_s: fl
                 rescan()
             time.sleep(0.2)
     finally:
+        quit_.set()
         observer.stop()
         observer.join(timeout=5)
     return passes
 
 
-def _handler(state: dict, only: Path | None):
+def _handler(changed: Callable[[], None], only: Path | None):
     from watchdog.events import FileSystemEventHandler
 
     class Handler(FileSystemEventHandler):
@@ -388,7 +487,6 @@ def _handler(state: dict, only: Path | None):
                 return  # reads (ours included) are not new data
             if only is not None and Path(event.src_path) != only:
                 return  # a file source: other files in its folder do not matter
-            state["dirty"], state["last_event"] = True, time.monotonic()
-            state["events"] += 1
+            changed()
 
     return Handler()

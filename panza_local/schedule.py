@@ -21,10 +21,10 @@ NAME = "panza-retune"
 MARK = "# panza-local retune"
 
 
-def command(only_on_ac: bool = True) -> list[str]:
+def command(only_on_ac: bool = True, only_when_idle: bool = False) -> list[str]:
     """The command the scheduler runs (this interpreter, so the right venv is used)."""
     cmd = [sys.executable, "-m", "panza_local", "retune", "--nice"]
-    return cmd + (["--only-on-ac"] if only_on_ac else [])
+    return cmd + (["--only-on-ac"] if only_on_ac else []) + (["--only-when-idle"] if only_when_idle else [])
 
 
 def _env_lines() -> dict[str, str]:
@@ -49,20 +49,20 @@ def launchd_path() -> Path:
     return Path(os.environ.get("PANZA_LAUNCHD_DIR", Path.home() / "Library" / "LaunchAgents")) / f"local.{NAME}.plist"
 
 
-def systemd_units(every_min: int, only_on_ac: bool) -> dict[str, str]:
+def systemd_units(every_min: int, only_on_ac: bool, only_when_idle: bool = False) -> dict[str, str]:
     """The .service and .timer file contents."""
     env = "\n".join(f"Environment={k}={shlex.quote(v)}" for k, v in _env_lines().items())
     ac = "ConditionACPower=true\n" if only_on_ac else ""
     service = (f"[Unit]\nDescription=panza-local: learn from new mail\n{ac}\n[Service]\nType=oneshot\n{env}\n"
-               f"ExecStart={shlex.join(command(only_on_ac))}\nNice=19\nIOSchedulingClass=idle\n"
+               f"ExecStart={shlex.join(command(only_on_ac, only_when_idle))}\nNice=19\nIOSchedulingClass=idle\n"
                "CPUWeight=20\n")
     timer = (f"[Unit]\nDescription=panza-local re-tune every {every_min} min\n\n[Timer]\nOnBootSec=10min\n"
              f"OnUnitInactiveSec={every_min}min\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n")
     return {f"{NAME}.service": service, f"{NAME}.timer": timer}
 
 
-def launchd_plist(every_min: int, only_on_ac: bool) -> str:
-    args = "".join(f"<string>{a}</string>" for a in command(only_on_ac))
+def launchd_plist(every_min: int, only_on_ac: bool, only_when_idle: bool = False) -> str:
+    args = "".join(f"<string>{a}</string>" for a in command(only_on_ac, only_when_idle))
     env = "".join(f"<key>{k}</key><string>{v}</string>" for k, v in _env_lines().items())
     return ('<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" '
             '"http://www.apple.com/DTDs/PropertyList-1.0.dtd">\n<plist version="1.0"><dict>'
@@ -72,29 +72,30 @@ def launchd_plist(every_min: int, only_on_ac: bool) -> str:
             "<key>ProcessType</key><string>Background</string></dict></plist>\n")
 
 
-def cron_line(every_min: int, only_on_ac: bool) -> str:
+def cron_line(every_min: int, only_on_ac: bool, only_when_idle: bool = False) -> str:
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in _env_lines().items())
     minutes = f"*/{every_min}" if every_min < 60 else "0"
     hours = "*" if every_min <= 60 else f"*/{max(1, every_min // 60)}"
-    return f"{minutes} {hours} * * * {env} nice -n 19 {shlex.join(command(only_on_ac))} {MARK}"
+    return f"{minutes} {hours} * * * {env} nice -n 19 {shlex.join(command(only_on_ac, only_when_idle))} {MARK}"
 
 
 def _run(cmd: list[str], input_text: str | None = None) -> tuple[int, str]:
     try:
-        r = subprocess.run(cmd, input=input_text, capture_output=True, text=True, timeout=30)
+        r = subprocess.run(cmd, input=input_text, capture_output=True, text=True, timeout=30, check=False)
         return r.returncode, (r.stdout + r.stderr).strip()
     except (OSError, subprocess.SubprocessError) as exc:
         return 1, str(exc)
 
 
-def install(every_min: int = 60, only_on_ac: bool = True, kind: str | None = None, activate: bool = True) -> dict:
+def install(every_min: int = 60, only_on_ac: bool = True, kind: str | None = None, activate: bool = True,
+            only_when_idle: bool = False) -> dict:
     """Write the scheduler entry and (when `activate`) enable it. Returns what was done."""
     kind = kind or backend()
     out = {"backend": kind, "every_min": every_min, "files": [], "activated": False, "message": ""}
     if kind == "systemd":
         d = systemd_dir()
         d.mkdir(parents=True, exist_ok=True)
-        for name, text in systemd_units(every_min, only_on_ac).items():
+        for name, text in systemd_units(every_min, only_on_ac, only_when_idle).items():
             (d / name).write_text(text)
             out["files"].append(str(d / name))
         if activate:
@@ -107,7 +108,7 @@ def install(every_min: int = 60, only_on_ac: bool = True, kind: str | None = Non
     elif kind == "launchd":
         p = launchd_path()
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(launchd_plist(every_min, only_on_ac))
+        p.write_text(launchd_plist(every_min, only_on_ac, only_when_idle))
         out["files"].append(str(p))
         if activate:
             rc, msg = _run(["launchctl", "load", "-w", str(p)])
@@ -115,7 +116,7 @@ def install(every_min: int = 60, only_on_ac: bool = True, kind: str | None = Non
     elif kind == "cron":
         rc, current = _run(["crontab", "-l"])
         lines = [ln for ln in (current.splitlines() if rc == 0 else []) if MARK not in ln]
-        lines.append(cron_line(every_min, only_on_ac))
+        lines.append(cron_line(every_min, only_on_ac, only_when_idle))
         if activate:
             rc, msg = _run(["crontab", "-"], "\n".join(lines) + "\n")
             out["activated"], out["message"] = rc == 0, msg
@@ -190,3 +191,15 @@ def on_battery() -> bool:
     except (AttributeError, OSError, NotImplementedError):
         return False
     return bool(batt) and not batt.power_plugged
+
+
+IDLE_LOAD = 0.5  # 1-minute load average per CPU under which the machine counts as idle
+
+
+def busy_machine() -> str | None:
+    """Why the machine is not idle (load average per CPU above IDLE_LOAD), or None when it is."""
+    try:
+        load = os.getloadavg()[0] / max(1, os.cpu_count() or 1)
+    except (OSError, AttributeError):
+        return None
+    return f"load {load:.2f} per CPU > {IDLE_LOAD}" if load > IDLE_LOAD else None

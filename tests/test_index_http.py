@@ -83,6 +83,7 @@ def test_index_and_search_through_a_chroma_server(home, chroma_server, monkeypat
         col = chroma_store.get_collections(chroma_server, config.load().embedding_model, ("sent",))["sent"]
         got = col.get(include=["documents", "metadatas"])
         assert not any(got["documents"] or []) and "Attached" not in str(got["metadatas"])
+        assert "@" not in str(got["metadatas"])  # recipients are stored hashed
     finally:
         conn.close()
         chroma_store.forget_clients()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_ingest_imap import dovecot, keyring_memory  # noqa: F401  (the IMAP suite's real Dovecot fixture)
 
 from panza_local import retune, store
 
@@ -140,7 +141,7 @@ def test_watch_debounces_waits_the_interval_and_ignores_reads(home, tmp_path):
     finally:
         stop.set()
         t.join(10)
-    assert said[0].startswith("watching 1 folder/file source(s); polling 0")
+    assert said[0].startswith("watching 1 folder/file source(s) and 0 IMAP mailbox(es); polling 0")
 
 
 def test_a_pass_without_own_mail_is_recorded_and_log_shows_killed_passes(home, tmp_path, shared_data, capsys,
@@ -177,17 +178,61 @@ def test_a_pass_without_own_mail_is_recorded_and_log_shows_killed_passes(home, t
 def test_cli_refuses_a_second_pass_while_one_runs(home):
     """Two real processes: the second `panza retune` exits 1 with the lock message."""
     env = {**os.environ, "PANZA_HOME": str(home)}
-    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom panza_local import retune\n"
-                               "with retune.lock():\n    print('held', flush=True)\n    time.sleep(30)"],
+    code = ("import time\nfrom panza_local import retune\n"
+            "with retune.lock():\n    print('held', flush=True)\n    time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", code],
                               env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         assert retune.busy()
         r = subprocess.run([sys.executable, "-m", "panza_local", "retune", "--json"], env=env,
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=60, check=False)
         assert r.returncode == 1 and "another `panza retune` pass is running" in (r.stdout + r.stderr)
     finally:
         holder.kill()
         holder.wait()
     assert not retune.busy()
     assert Path(home / "retune.lock").exists()
+
+
+@pytest.mark.skipif(not shutil.which("dovecot") or not shutil.which("openssl"),
+                    reason="needs Dovecot and openssl: apt-get install dovecot-imapd openssl")
+def test_watch_wakes_on_imap_idle_and_the_pass_fetches_the_new_message(dovecot, keyring_memory, home,  # noqa: F811
+                                                                        monkeypatch):
+    """A real Dovecot: with polling off (1 h), only IDLE can start the second pass, which is a real pass."""
+    from test_ingest_imap import _message
+
+    from panza_local.ingest import imap as imap_source
+
+    monkeypatch.setenv("PANZA_ME", "alice@example.com")
+    admin = dovecot["admin"]()
+    admin.append("INBOX", None, None, _message(0, frm="carol@example.com"))
+    keyring_memory.set_password(imap_source.KEYRING_SERVICE, "alice@127.0.0.1", "s3cret")
+    uri = f"imaps://alice@127.0.0.1:{dovecot['port']}/INBOX?cafile={dovecot['cafile']}"
+    assert retune.imap_wait(uri, 0.5) is False  # IDLE offered, nothing new within the timeout
+    conn = store.connect()
+    conn.execute("INSERT INTO sources (uri, kind, registered, added_at) VALUES (?, 'imap', 1, ?)", (uri, store.now()))
+    conn.close()
+    said: list[str] = []
+    stop = threading.Event()
+    t = threading.Thread(target=lambda: retune.watch(debounce_s=0.5, poll_s=3600, min_interval_s=0,
+                                                      say=said.append, stop=stop.is_set, max_passes=2))
+    t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any(s.startswith("pass done") for s in said) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "pass done: 1 new messages" in " ".join(said), said
+        time.sleep(2)  # the IDLE command is in place
+        t0 = time.monotonic()
+        admin.append("INBOX", None, None, _message(1, frm="dave@example.com"))
+        t.join(60)
+        assert not t.is_alive(), said
+        assert time.monotonic() - t0 < 30
+    finally:
+        stop.set()
+        t.join(10)
+        admin.logout()
+    done = [s for s in said if s.startswith("pass done")]
+    assert said[0].startswith("watching 0 folder/file source(s) and 1 IMAP mailbox(es)")
+    assert len(done) == 2 and done[1].startswith("pass done: 1 new messages"), said

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 SENT = "enron/formats/maildir/.Sent/cur"
 TRASH = "enron/formats/maildir/.Trash/cur"
-N_BASE, N_NEW = 16, 5
+N_BASE, N_NEW = 20, 7
 ME = "phillip.allen@enron.com,k..allen@enron.com"
 
 
@@ -47,7 +47,7 @@ def _env(home: Path) -> dict:
 
 def _panza(env: dict, *args: str, timeout: int = 1200) -> dict:
     r = subprocess.run([sys.executable, "-m", "panza_local", *args, "--json"], env=env, capture_output=True,
-                       text=True, timeout=timeout)
+                       text=True, timeout=timeout, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)
 
@@ -131,7 +131,7 @@ def _assert_current_loads(expect: str | None = None) -> str | None:
 def test_first_pass_learns_then_only_new_mail_is_processed_then_nothing_is_done(fresh):
     w = fresh
     first = w.first
-    assert first["new_messages"] == first["ingest"]["stored"] >= N_BASE - 2
+    assert first["new_messages"] == first["ingest"]["stored"] >= 10
     assert first["trained"] and first["mode"] == "full" and first["compared_with"] == "base"
     assert first["promoted"], first["reason"]
     assert first["score_new"] <= first["score_current"] and first["n_test"] >= 1
@@ -143,7 +143,8 @@ def test_first_pass_learns_then_only_new_mail_is_processed_then_nothing_is_done(
     print("second pass:", json.dumps(second))
     assert second["ingest"]["unchanged_files"] == N_BASE and second["ingest"]["files"] == N_NEW
     assert second["new_messages"] == second["ingest"]["stored"] >= 3
-    assert second["reused_pairs"] == pairs_before and second["new_pairs"] == second["new_messages"]
+    assert second["reused_pairs"] == pairs_before
+    assert second["new_pairs"] + second["failed_pairs"] == second["new_messages"] and second["new_pairs"] >= 3
     assert second["trained"] and second["mode"] == "warm" and second["mode_why"] == f"warm start from {first['adapter_id']}"
     assert second["adapter_id"] != first["adapter_id"] and second["compared_with"] == first["adapter_id"]
     assert second["promoted"], second["reason"]
@@ -160,14 +161,14 @@ def test_first_pass_learns_then_only_new_mail_is_processed_then_nothing_is_done(
     print(f"third pass: {wall:.1f} s wall, {json.dumps(third)}")
     assert wall < 10, f"a pass with nothing new took {wall:.1f} s"
     assert (third["new_messages"], third["new_pairs"], third["trained"], third["promoted"]) == (0, 0, False, False)
-    assert "new pairs since the last training" in third["reason"] and "train" not in third["steps"]
+    assert "new pairs since the last training" in third["reason"] and set(third["steps"]) == {"ingest", "playback"}
 
     log = _panza(w.env, "retune", "log")
     assert [r["status"] for r in log] == ["done"] * 3
     assert [r["promoted"] for r in log] == [False, True, True]
     assert log[1]["score_new"] == second["score_new"] and log[1]["score_current"] == second["score_current"]
     human = subprocess.run([sys.executable, "-m", "panza_local", "retune", "log"], env=w.env, capture_output=True,
-                           text=True, timeout=120).stdout
+                           text=True, timeout=120, check=False).stdout
     assert human.count("promoted: held-out loss") == 2 and "steps: ingest" in human and "warm start from" in human
 
 
@@ -202,17 +203,23 @@ def test_adapter_trained_on_shuffled_pairs_is_not_promoted(fresh):
     assert abs(retune.score(conn, registry.current()["gguf"]) - decision["score_current"]) < 1e-6
 
 
-def _wait_and_kill(w: World, stage: str, ready=None, timeout: float = 900) -> int:
-    """Start `panza retune`, SIGKILL it while `stage` runs (and `ready()` holds); return that stage's run id."""
-    conn = w.db()
+def _steps(conn) -> dict:
+    """Steps the newest pass has finished (its partial record, written after each step)."""
+    row = conn.execute("SELECT summary FROM runs WHERE stage = 'retune' ORDER BY id DESC LIMIT 1").fetchone()
+    return json.loads(row[0] or "{}").get("steps", {}) if row else {}
+
+
+def _wait_and_kill(env: dict, conn, stage: str, ready=None, timeout: float = 900) -> int:
+    """Start `panza retune`, SIGKILL it while `stage`'s run row is open and `ready()` holds; return the row id."""
     last = conn.execute("SELECT coalesce(max(id), 0) FROM runs").fetchone()[0]
-    proc = subprocess.Popen([sys.executable, "-m", "panza_local", "retune", "--json"], env=w.env,
+    proc = subprocess.Popen([sys.executable, "-m", "panza_local", "retune", "--json"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            assert proc.poll() is None, f"the pass ended before {stage} could be interrupted: " + \
-                proc.stderr.read().decode()[-2000:]
+            if proc.poll() is not None:
+                raise AssertionError(f"the pass ended before {stage} could be interrupted: "
+                                     + proc.stderr.read().decode()[-2000:])
             row = conn.execute("SELECT id FROM runs WHERE id > ? AND stage = ? AND status = 'running'",
                                (last, stage)).fetchone()
             if row and (ready is None or ready()):
@@ -227,33 +234,39 @@ def _wait_and_kill(w: World, stage: str, ready=None, timeout: float = 900) -> in
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        conn.close()
 
 
 def test_kill_9_in_each_step_then_the_same_command_completes(fresh):
     w = fresh
     old = w.first["adapter_id"]
+    env = {**w.env, "PANZA_TRAIN_PRESET": "standard"}  # enough optimizer steps for a checkpoint mid-training
     w.add(w.new)
     w.add(w.received)  # received mail: a longer ingest and index, no extra playback
     conn = w.db()
     pairs0 = conn.execute("SELECT count(*) FROM pairs").fetchone()[0]
+    killed = []
 
-    _wait_and_kill(w, "ingest")
+    _wait_and_kill(env, conn, "ingest")
+    killed.append(("ingest", _steps(conn)))
     _assert_current_loads(old)
-    _wait_and_kill(w, "playback", ready=lambda: conn.execute("SELECT count(*) FROM pairs").fetchone()[0] > pairs0)
+    _wait_and_kill(env, conn, "playback", ready=lambda: conn.execute("SELECT count(*) FROM pairs").fetchone()[0] > pairs0)
+    killed.append(("playback", _steps(conn)))
     _assert_current_loads(old)
-    _wait_and_kill(w, "index")
+    _wait_and_kill(env, conn, "retune", ready=lambda: "playback" in _steps(conn))  # index runs right after playback
+    killed.append(("index", _steps(conn)))
+    assert "index" not in killed[-1][1]
     _assert_current_loads(old)
-    ckpts = lambda: any(w.home.glob("adapters/ad-*/checkpoint.pt"))  # noqa: E731
-    _wait_and_kill(w, "train", ready=ckpts)
+    ckpt = lambda: any(w.home.glob("adapters/ad-*/checkpoint.pt"))
+    _wait_and_kill(env, conn, "train", ready=ckpt)
+    killed.append(("train", _steps(conn)))
     _assert_current_loads(old)
-    # killed while scoring: training (resumed from the checkpoint) finished, the gate had not decided
-    scoring = lambda: '"train": ' in (conn.execute(  # noqa: E731
-        "SELECT summary FROM runs WHERE stage = 'retune' ORDER BY id DESC LIMIT 1").fetchone()[0] or "")
-    _wait_and_kill(w, "retune", ready=scoring)
+    _wait_and_kill(env, conn, "retune", ready=lambda: "train" in _steps(conn))  # killed while scoring
+    killed.append(("eval", _steps(conn)))
+    assert "eval" not in killed[-1][1]
     _assert_current_loads(old)
+    print("killed:", killed)
 
-    last = _panza(w.env, "retune")
+    last = _panza(env, "retune")
     print("pass after the kills:", json.dumps(last))
     assert last["trained"] and last["train"]["reused"], "the finished candidate is judged, not trained again"
     assert last["new_messages"] == 0 and last["new_pairs"] == 0
@@ -261,7 +274,7 @@ def test_kill_9_in_each_step_then_the_same_command_completes(fresh):
     _assert_current_loads(last["adapter_after"])
 
     trains = conn.execute("SELECT status, summary FROM runs WHERE stage = 'train' ORDER BY id").fetchall()
-    resumed = [json.loads(s or "{}").get("resumed_from") for st, s in trains if st == "done"]
+    resumed = [json.loads(r[1] or "{}").get("resumed_from") for r in trains if r[0] == "done"]
     assert resumed[-1] and resumed[-1] > 0, f"the killed training did not resume from its checkpoint: {resumed}"
     dup = conn.execute("SELECT count(*) - count(DISTINCT content_hash) FROM messages").fetchone()[0]
     per_msg = conn.execute("SELECT max(c) FROM (SELECT count(*) c FROM pairs GROUP BY message_id, gen_config)"
@@ -270,7 +283,7 @@ def test_kill_9_in_each_step_then_the_same_command_completes(fresh):
     mine = conn.execute("SELECT count(*) FROM messages WHERE is_mine = 1 AND deleted = 0").fetchone()[0]
     assert conn.execute("SELECT count(DISTINCT message_id) FROM pairs").fetchone()[0] == mine
     n_msgs = conn.execute("SELECT count(*) FROM messages WHERE deleted = 0").fetchone()[0]
-    assert n_msgs >= N_BASE + len(w.received) - 10
+    assert n_msgs >= len(w.received) // 2
     items = conn.execute("SELECT count(*), count(DISTINCT item_id) FROM index_items").fetchone()
     assert items[0] == items[1] >= n_msgs
     from panza_local import chroma_store, config, embed
@@ -278,7 +291,7 @@ def test_kill_9_in_each_step_then_the_same_command_completes(fresh):
     s = config.load()
     col, _ = chroma_store.open_collection(s.chroma_url, s.embedding_model, embed.dims(s.embedding_model))
     assert col.count() == items[0]
-    statuses = [r["status"] for r in _panza(w.env, "retune", "log")]
+    statuses = [r["status"] for r in _panza(env, "retune", "log")]
     assert statuses == ["done"] + ["killed"] * 5 + ["done"]
     conn.close()
 

@@ -50,9 +50,8 @@ def test_two_passes_cannot_run_at_once(home):
     p.start()
     try:
         assert ready.wait(30)
-        with pytest.raises(retune.RetuneBusy, match="another"):
-            with retune.lock():
-                pass
+        with pytest.raises(retune.RetuneBusy, match="another"), retune.lock():
+            pass
     finally:
         release.set()
         p.join(20)
@@ -72,3 +71,37 @@ def test_lock_is_released_when_holder_is_killed(home):
     p.join(10)
     with retune.lock():
         pass
+
+
+def test_cron_install_remove_round_trip_with_a_fake_crontab(home, tmp_path, monkeypatch):
+    """The real install/remove code against a `crontab` program on PATH that keeps its table in a file."""
+    table = tmp_path / "crontab.txt"
+    table.write_text("0 5 * * * backup.sh\n")
+    fake = tmp_path / "bin" / "crontab"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nif [ \"$1\" = -l ]; then cat {table}; else cat > {table}; fi\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    out = schedule.install(30, only_on_ac=False, kind="cron", only_when_idle=True)
+    assert out["activated"] and schedule.status("cron")["installed"]
+    lines = table.read_text().splitlines()
+    assert lines[0] == "0 5 * * * backup.sh" and lines[1].startswith("*/30 * * * * PANZA_HOME=")
+    assert lines[1].rstrip().endswith(f"retune --nice --only-when-idle {schedule.MARK}")
+    schedule.install(30, only_on_ac=False, kind="cron")  # reinstall replaces, never duplicates
+    assert sum(schedule.MARK in ln for ln in table.read_text().splitlines()) == 1
+    assert schedule.remove("cron")["removed"] == ["crontab"]
+    assert table.read_text().splitlines() == ["0 5 * * * backup.sh"]
+
+
+def test_only_when_idle_skips_a_pass_on_a_busy_machine(home, monkeypatch, capsys):
+    import json
+
+    from panza_local import cli
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    assert schedule.busy_machine().startswith("load ")
+    assert cli.main(["retune", "--only-when-idle", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["trained"] is False and out["reason"].endswith(": skipped") and "per CPU" in out["reason"]
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert schedule.busy_machine() is None

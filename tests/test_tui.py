@@ -314,17 +314,39 @@ class LagProbe:
         self._task.cancel()
 
 
-async def key_latencies(pilot, widget, keys: str) -> list[float]:
+async def send_key(app, key: str, char: str | None = None) -> None:
+    """Deliver a key the way a terminal does (the driver posts it), without Pilot's wait-for-idle.
+
+    Pilot.press waits until the whole process is CPU-idle (up to 1 s), which with an engine or re-tune
+    thread busy measures the test harness, not the app; here only the app's own handling is timed."""
+    import asyncio
+
+    from textual import events
+
+    event = events.Key(key, char)
+    event.set_sender(app)
+    app._driver.send_message(event)
+    await asyncio.sleep(0)
+
+
+async def latency_until(app, key: str, char: str | None, done, limit: float = 10.0) -> float:
+    """Seconds from a key press until `done()` is true."""
+    import asyncio
+
+    t = time.perf_counter()
+    await send_key(app, key, char)
+    while not done():
+        assert time.perf_counter() - t < limit, f"key {key!r} had no effect within {limit}s"
+        await asyncio.sleep(0.001)
+    return time.perf_counter() - t
+
+
+async def key_latencies(app, widget, keys: str) -> list[float]:
     """Seconds from each key press until the Input shows the typed character."""
     out = []
     for ch in keys:
-        before = widget.value
-        t = time.perf_counter()
-        await pilot.press(ch)
-        while widget.value == before:
-            assert time.perf_counter() - t < 10, f"key {ch!r} never reached {widget!r} (value {widget.value!r})"
-            await pilot.pause(0.001)
-        out.append(time.perf_counter() - t)
+        want = widget.value + ch
+        out.append(await latency_until(app, ch, ch, lambda: widget.value == want))
     return out
 
 
@@ -355,7 +377,8 @@ async def test_responsive_while_a_draft_streams(seeded):
         subject = screen.query_one("#draft-subject", Input)
         assert app.focused is subject
         chars_before = len(area.text)
-        lat = await key_latencies(pilot, subject, "budgetreview")
+        lat = await key_latencies(app, subject, "budgetreview")
+        await pilot.pause(2.0)  # keep probing the loop for a while as tokens arrive
         probe.stop()
         still_streaming = screen.streaming
         grew = len(area.text) > chars_before
@@ -367,9 +390,9 @@ async def test_responsive_while_a_draft_streams(seeded):
               f"max {max(probe.lags) * 1000:.0f} ms over {len(probe.lags)} ticks")
         assert still_streaming or grew, "typing was not measured while the draft streamed"
         assert subject.value == "budgetreview"
-        # A UI blocked by generation would show the whole draft's time (tens of seconds here) on some key.
-        # On a 2-core box shared by 8 jobs the median is ~90 ms with rare scheduler stalls of ~2 s.
-        assert sorted(lat)[len(lat) // 2] < 0.25 and max(lat) < 4.0, lat
+        # A UI blocked by generation would show the whole draft's time (tens of seconds here) on some key;
+        # thresholds leave room for a 2-core box shared by 8 jobs.
+        assert sorted(lat)[len(lat) // 2] < 0.25 and max(lat) < 2.0, lat
         assert p95(probe.lags) < 0.25, sorted(probe.lags)[-5:]
 
 
@@ -393,6 +416,8 @@ async def test_responsive_while_a_retune_runs(home, tmp_path, monkeypatch):
     conn = store.connect()
     conn.execute("INSERT INTO sources (uri, kind, registered, added_at) VALUES (?, 'mbox', 1, ?)",
                  (str(mbox), store.now()))
+    conn.execute("INSERT INTO sources (uri, kind, registered, added_at) VALUES ('/elsewhere', 'mbox', 0, ?)",
+                 (store.now(),))  # a second row for the cursor to move to (not re-read: not registered)
     conn.close()
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
@@ -407,10 +432,9 @@ async def test_responsive_while_a_retune_runs(home, tmp_path, monkeypatch):
         table = screen.query_one("#status-sources", DataTable)
         assert app.focused is table
         lat = []
-        for key in ["down", "up"] * 6:  # move through the sources table while the worker runs
-            t = time.perf_counter()
-            await pilot.press(key)
-            lat.append(time.perf_counter() - t)
+        for key, row in [("down", 1), ("up", 0)] * 6:  # move through the sources table while the worker runs
+            lat.append(await latency_until(app, key, None, lambda row=row: table.cursor_row == row))
+        await pilot.pause(2.0)  # keep probing the loop for a while as the worker runs
         probe.stop()
         was_running = screen.retuning
         await wait_workers(app, pilot, timeout=300)
@@ -424,5 +448,5 @@ async def test_responsive_while_a_retune_runs(home, tmp_path, monkeypatch):
         assert note.startswith(("done", "failed")), note
         if note.startswith("failed"):
             assert any("fix" in n for n in notes(app)), notes(app)
-        assert sorted(lat)[len(lat) // 2] < 0.25 and max(lat) < 4.0, lat
+        assert sorted(lat)[len(lat) // 2] < 0.25 and max(lat) < 2.0, lat
         assert p95(probe.lags) < 0.25, sorted(probe.lags)[-5:]

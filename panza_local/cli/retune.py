@@ -12,6 +12,7 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="train even if little is new")
     p.add_argument("--nice", action="store_true", help="low CPU/IO priority and half the threads (scheduler)")
     p.add_argument("--only-on-ac", action="store_true", help="do nothing while on battery")
+    p.add_argument("--only-when-idle", action="store_true", help="do nothing while the machine is busy")
     p.add_argument("--debounce", type=float, default=30.0, help="--watch: seconds of quiet before a pass")
     p.add_argument("--poll", type=float, default=300.0, help="--watch: seconds between IMAP polls")
     p.add_argument("--min-interval", type=float, default=None,
@@ -47,9 +48,11 @@ def run(args) -> int:
     if args.action == "log":
         emit(args, retune.history(args.limit), _human_log)
         return 0
-    if args.only_on_ac and schedule.on_battery():
+    skip = "on battery" if args.only_on_ac and schedule.on_battery() else None
+    skip = skip or (args.only_when_idle and schedule.busy_machine())
+    if skip:
         emit(args, {"new_messages": 0, "new_pairs": 0, "trained": False, "promoted": False,
-                    "reason": "on battery: skipped", "seconds": 0})
+                    "reason": f"{skip}: skipped", "seconds": 0})
         return 0
     if args.nice:
         from ..engine import physical_cores

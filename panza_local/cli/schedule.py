@@ -10,6 +10,7 @@ def register(sub) -> None:
     p.add_argument("action", choices=["install", "remove", "status"])
     p.add_argument("--every", type=int, default=60, help="minutes between passes (default 60)")
     p.add_argument("--also-on-battery", action="store_true", help="run on battery power too")
+    p.add_argument("--only-when-idle", action="store_true", help="skip a pass while the machine is busy")
     p.add_argument("--backend", choices=["systemd", "launchd", "cron"], help="default: what this OS uses")
     add_json(p)
     p.set_defaults(func=run)
@@ -19,7 +20,8 @@ def run(args) -> int:
     from .. import schedule
 
     if args.action == "install":
-        out = schedule.install(args.every, only_on_ac=not args.also_on_battery, kind=args.backend)
+        out = schedule.install(args.every, only_on_ac=not args.also_on_battery, kind=args.backend,
+                               only_when_idle=args.only_when_idle)
     elif args.action == "remove":
         out = schedule.remove(args.backend)
     else:

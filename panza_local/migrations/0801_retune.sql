@@ -10,3 +10,9 @@ CREATE TABLE retune_gate (
   reason        TEXT NOT NULL,
   decided_at    TEXT NOT NULL
 );
+
+-- Small facts a pass needs from the previous one (e.g. which ingest run the index was last synced after).
+CREATE TABLE retune_state (
+  key    TEXT PRIMARY KEY,
+  value  TEXT NOT NULL
+);

@@ -84,12 +84,12 @@ def _row_arrays(row: dict):
     tg = np.asarray(row["targets"])
     sel = np.nonzero(tg != IGNORE)[0]
     return (mx.array([row["input_ids"]]), mx.array([row["positions"]]), mx.array([row["segments"]]),
-            mx.array(sel.astype(np.int32)), mx.array(tg[sel].astype(np.int32)), int(len(sel)))
+            mx.array(sel.astype(np.int32)), mx.array(tg[sel].astype(np.int32)), len(sel))
 
 
 def row_loss(lm, ids, pos, seg, sel, tgt):
     """Summed cross-entropy over one row's loss tokens; the vocabulary projection only where there is loss."""
-    import mlx.nn as nn
+    from mlx import nn
 
     from . import mlx_model
 
@@ -155,8 +155,8 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
     `train.train()` reads from every backend. `lm` lets a caller pass a model already loaded (benchmarks).
     """
     import mlx.core as mx
-    import mlx.nn as nn
     import mlx.optimizers as optim
+    from mlx import nn
     from mlx.utils import tree_map
 
     from . import mlx_model
@@ -218,7 +218,8 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
             mx.eval(loss, grads)  # bound the graph to one row: memory stays that of a single row
             loss_total += float(loss)
         if grads is not None:
-            grads = tree_map(lambda g: g / max(n_tgt, 1), grads)
+            inv = 1.0 / max(n_tgt, 1)
+            grads = tree_map(lambda g: g * inv, grads)  # noqa: B023 - used at once, in this iteration
             grads, _ = optim.clip_grad_norm(grads, 1.0)
             opt.update(lm.model, grads)
             mx.eval(lm.model.trainable_parameters(), opt.state)

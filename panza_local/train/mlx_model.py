@@ -176,12 +176,12 @@ def _args(meta: dict, arch: str, vocab: int, tied: bool) -> dict:
     n_head = int(g("attention.head_count"))
     hidden = int(g("embedding_length"))
     head_dim = int(g("attention.key_length", 0) or hidden // n_head)
-    args = dict(model_type=arch, hidden_size=hidden, num_hidden_layers=int(g("block_count")),
-                intermediate_size=int(g("feed_forward_length")), num_attention_heads=n_head,
-                num_key_value_heads=int(g("attention.head_count_kv", n_head)), head_dim=head_dim,
-                rms_norm_eps=float(g("attention.layer_norm_rms_epsilon", 1e-6)), vocab_size=vocab,
-                rope_theta=float(g("rope.freq_base", 10000.0)), tie_word_embeddings=tied,
-                max_position_embeddings=int(g("context_length", 4096)))
+    args = {"model_type": arch, "hidden_size": hidden, "num_hidden_layers": int(g("block_count")),
+                "intermediate_size": int(g("feed_forward_length")), "num_attention_heads": n_head,
+                "num_key_value_heads": int(g("attention.head_count_kv", n_head)), "head_dim": head_dim,
+                "rms_norm_eps": float(g("attention.layer_norm_rms_epsilon", 1e-6)), "vocab_size": vocab,
+                "rope_theta": float(g("rope.freq_base", 10000.0)), "tie_word_embeddings": tied,
+                "max_position_embeddings": int(g("context_length", 4096))}
     if arch == "gemma3":
         args.pop("tie_word_embeddings")
         args.update(query_pre_attn_scalar=head_dim, sliding_window=int(g("attention.sliding_window", 512)),
@@ -206,7 +206,7 @@ def _module_class(arch: str):
 def load(path: str | Path, requant_bits: int | None = None) -> Loaded:
     """Build the mlx-lm model of a GGUF file, quantized weights kept (see the module docstring)."""
     import mlx.core as mx
-    import mlx.nn as nn
+    from mlx import nn
 
     path = Path(path)
     meta = _meta(path)
@@ -238,6 +238,10 @@ def load(path: str | Path, requant_bits: int | None = None) -> Loaded:
             arr = _unpermute(arr, n_head if ".attn_q." in name else n_head_kv)
         if arch == "gemma3" and name.endswith("norm.weight"):
             arr = arr - 1.0  # the converter stores Gemma's (1 + w) norm weights; mlx-lm adds the 1 back
+        if name.endswith((".scales", ".biases")):
+            # float32, not the file's float16: Q8_0/Q4_0 store bias = -128*d / -8*d, and dequantizing
+            # scale*q + bias in float16 cancels catastrophically (5% errors); in float32 it is exact
+            arr = arr.astype(mx.float32)
         weights[target] = arr
 
     def quant_params(p, m):

@@ -69,7 +69,7 @@ def read_config(meta: dict) -> Config:
     if arch not in ARCHS:
         raise AdapterError(f"the torch backend does not train {arch!r} models yet (it trains {sorted(ARCHS)})",
                            fix="pick a llama/qwen model (`panza models use NAME`), or `panza train --backend mlx`")
-    g = lambda k, d=None: meta.get(f"{arch}.{k}", d)  # noqa: E731
+    g = lambda k, d=None: meta.get(f"{arch}.{k}", d)
     n_heads = int(g("attention.head_count"))
     return Config(arch=arch, n_layers=int(g("block_count")), dim=int(g("embedding_length")), n_heads=n_heads,
                   n_kv_heads=int(g("attention.head_count_kv", n_heads)), ffn=int(g("feed_forward_length")),
@@ -122,6 +122,7 @@ class LoraModel(torch.nn.Module):
         self.base, self.cfg = base, base.cfg
         self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
         self.targets, self.grad_ckpt = tuple(targets), grad_ckpt
+        self.static = False  # True: loss over every position with ignore_index (capturable in a CUDA graph)
         self.lora = torch.nn.ParameterDict()
         emb = base.w["token_embd"]
         device = emb.qs.device if isinstance(emb, q4.Q4Weight) else emb.device
@@ -219,6 +220,8 @@ class LoraModel(torch.nn.Module):
         pos = torch.as_tensor(row["positions"], device=dev)
         tgt = torch.as_tensor(row["targets"], device=dev)
         h = self.hidden(ids, pos, spans_of(row["segments"]))
+        if self.static:  # CUDA-graph capturable: no host sync, no data-dependent shapes
+            return F.cross_entropy(self.logits(h), tgt, ignore_index=IGNORE, reduction="sum"), row["n_targets"]
         sel = tgt != IGNORE
         n = int(sel.sum())
         if n == 0:
