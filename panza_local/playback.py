@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, "int | None", "str | None"], None]
 
-VERSION = 6  # bump when the prompt, grammar or guards change meaning: every pair regenerates
+VERSION = 7  # bump when the prompt, grammar or guards change meaning: every pair regenerates
 ATTEMPTS = 3
 MAX_TOKENS = 40
 EMAIL_CHARS = 1200  # the head of a long email carries its ask; the rest only slows the prompt

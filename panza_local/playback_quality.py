@@ -28,7 +28,7 @@ GREETING = re.compile(
     r"^\s*(?:dear|hi|hello|hey|good\s+(?:morning|afternoon|evening)|greetings|thanks|thank\s+you)\b[ ,]*"
     r"((?:(?:prof|dr|mr|mrs|ms)\.?\s+)?[A-Z][\w'.-]*(?:(?:\s*,\s*(?:and\s+)?|\s+(?:and|&)\s+)[A-Z][\w'.-]*){0,3})"
     r"\s*[,!:.\-]", re.IGNORECASE)
-BARE_NAME = re.compile(r"^\s*([A-Z][a-z][\w'-]*)\s*(?:,|:|\s-\s)")
+BARE_NAME = re.compile(r"^\s*([A-Z][a-z][\w'-]*(?:\s*(?:&|and|,)\s*[A-Z][a-z][\w'-]*){0,3})\s*(?:,|:|\s-\s)")
 WORD = re.compile(r"[A-Za-z][A-Za-z'&.-]*[A-Za-z]|\d[\d,.:/$%-]*\d?|\$\d[\d,.]*")
 # The words of the instruction form itself: never evidence of a hallucination.
 INSTRUCTION_WORDS = frozenset("""ask tell thank reply write remind update invite let send confirm inform apologize congratulate answer

@@ -28,7 +28,7 @@ from .errors import NoDataError, PanzaError
 Say = Callable[[str], None]
 
 FULL_EVERY = 4   # warm starts in a row before a full retrain from scratch (warm starts drift from a clean fit)
-DRIFT = 0.5      # new pairs above this share of what the current adapter saw: retrain from scratch
+DRIFT = 1.0      # new pairs above this share of what the current adapter saw: retrain from scratch
 SCORE_LIMIT = 24  # held-out pairs scored per adapter (the newest; scoring is llama.cpp, a few s each)
 
 

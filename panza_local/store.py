@@ -32,7 +32,8 @@ def _explain(exc: sqlite3.Error, path: Path) -> StoreError:
         return StoreError(f"cannot write the database {path} ({msg})",
                           fix=f"make {path.parent} writable, or point PANZA_HOME at a writable folder")
     if "disk is full" in msg or "disk I/O" in msg:
-        return StoreError(f"the disk holding {path} is full ({msg}); nothing was committed",
+        return StoreError(f"the disk holding {path} is full ({msg}); the unfinished batch was rolled back, "
+                          "what was committed before it is kept",
                           fix="free some disk space and run the same command again")
     if "malformed" in msg or "not a database" in msg:
         return StoreError(f"the database {path} is damaged ({msg})",
@@ -101,7 +102,8 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may already have rolled back (disk full, I/O error)
+            conn.execute("ROLLBACK")
         raise
     else:
         conn.execute("COMMIT")

@@ -311,5 +311,7 @@ def test_gemma3_k_quant_is_requantized_and_matches_llama_cpp(tmp_path, monkeypat
     ids = llm.tokenize(b"The capital of France is", add_bos=True, special=True)
     ref = _llama_logits(path, ids)
     got = np.array(mlx_model.forward(lm, mx.array([ids]))[0, -1])
-    assert _cos(got, ref) > 0.99
+    # measured 0.9926-0.9931 (two prompts; SmolLM2's exact Q4_1 bits give 0.9995-0.99995): the rest is
+    # the re-quantization of Q4_K/Q5_0/Q6_K to MLX affine 4/6-bit
+    assert _cos(got, ref) > 0.985
     assert got.argmax() == ref.argmax()

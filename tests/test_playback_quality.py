@@ -33,6 +33,7 @@ def test_copy_ratio_measures_the_longest_shared_run():
     ("I tried to run the model and it did not work", "jsmith@corp.com", "Jsmith"),
     ("I tried to run the model and it did not work", None, None),
     ("Hi there,\nquick question", "bob.jones@x.com", "Bob"),
+    ("Kay & Neal,\n\nThanks for remembering my birthday.", "hargr@webtv.net", "Kay & Neal"),
 ])
 def test_recipient_from_greeting_then_to_header(email, to, expected):
     assert q.recipient(email, to) == expected

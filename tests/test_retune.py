@@ -75,9 +75,9 @@ def test_plan_trains_only_on_enough_new_pairs_and_picks_warm_or_full(home, monke
     _judge(conn, "ad-two", promoted=False)
     assert not retune.plan(conn)["train"]
     # large drift (more new pairs than half of what the current adapter saw): full retrain
-    _add_pairs(conn, 12, start=28, created="2026-01-05T00:00:00+00:00")
+    _add_pairs(conn, 23, start=28, created="2026-01-05T00:00:00+00:00")
     d = retune.plan(conn)
-    assert d["train"] and d["init_from"] is None and "large drift (12 new pairs > 50% of the 22" in d["mode_why"]
+    assert d["train"] and d["init_from"] is None and "large drift (23 new pairs > 100% of the 22" in d["mode_why"]
 
 
 def test_full_retrain_after_warm_start_chain_and_on_base_change(home, monkeypatch):

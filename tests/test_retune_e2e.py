@@ -26,11 +26,12 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# one real pass on a loaded 2-core machine takes 6-10 min (playback and training dominate)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 SENT = "enron/formats/maildir/.Sent/cur"
 TRASH = "enron/formats/maildir/.Trash/cur"
-N_BASE, N_NEW = 20, 7
+N_BASE, N_NEW = 14, 6
 ME = "phillip.allen@enron.com,k..allen@enron.com"
 
 
@@ -131,7 +132,7 @@ def _assert_current_loads(expect: str | None = None) -> str | None:
 def test_first_pass_learns_then_only_new_mail_is_processed_then_nothing_is_done(fresh):
     w = fresh
     first = w.first
-    assert first["new_messages"] == first["ingest"]["stored"] >= 10
+    assert first["new_messages"] == first["ingest"]["stored"] >= 8
     assert first["trained"] and first["mode"] == "full" and first["compared_with"] == "base"
     assert first["promoted"], first["reason"]
     assert first["score_new"] <= first["score_current"] and first["n_test"] >= 1

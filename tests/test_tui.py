@@ -9,7 +9,7 @@ import time
 from email import policy
 
 import pytest
-from test_tui_snapshots import make_app, seed_store  # noqa: F401 - `seeded` fixture below reuses seed_store
+from test_tui_snapshots import make_app, seed_store
 
 from panza_local import chat, store
 
@@ -164,6 +164,7 @@ async def test_chat_streams_from_real_engine_and_survives_restart(seeded):
         assert turns[1].meta["tokens"] >= 1
         blocks = app.screen.query(".turn.assistant").results(Markdown)
         assert reply.split()[0] in list(blocks)[-1].source  # what streamed in is what was stored
+        assert reply.split()[0] in visible_text(app)  # and it is on screen, not scrolled away
         assert "tok/s" in visible_text(app)
     # a fresh app on the same home shows the same conversation first
     app2 = make_app()
@@ -179,9 +180,8 @@ async def test_chat_streams_from_real_engine_and_survives_restart(seeded):
 
 @pytest.mark.slow
 async def test_draft_streams_then_saves_eml_and_maildir(seeded, tmp_path):
-    from textual.widgets import TextArea
-
     from panza_local.tui.screens.draft import DraftScreen
+    from textual.widgets import TextArea
 
     app = make_app(max_tokens=12, seed=3, use_rag=False)
     async with app.run_test(size=(160, 48)) as pilot:
@@ -346,7 +346,7 @@ async def key_latencies(app, widget, keys: str) -> list[float]:
     out = []
     for ch in keys:
         want = widget.value + ch
-        out.append(await latency_until(app, ch, ch, lambda: widget.value == want))
+        out.append(await latency_until(app, ch, ch, lambda want=want: widget.value == want))
     return out
 
 

@@ -46,13 +46,22 @@ def seed_store(conn: sqlite3.Connection) -> None:
                      "(1, 'Reply to Bob about lunch', ?, '2026-03-02T09:20:00+00:00'), "
                      "(2, 'Tone of the budget email', ?, '2026-03-01T16:00:00+00:00')", (T0, T0))
         turns = [(1, "user", "How do I politely say yes to Bob's lunch invite?"),
-                 (1, "assistant", "Something short and warm works:\n\n> Hi Bob, Friday at noon is perfect. "
-                                  "See you then!\n\n- keep it to **two lines**\n- sign off with your name"),
+                 (1, "assistant", ("Something short and warm works:\n\n> Hi Bob, Friday at noon is perfect. "
+                                   "See you then!\n\n- keep it to **two lines**\n- sign off with your name")),
                  (2, "user", "Is my budget email too blunt?"),
                  (2, "assistant", "It is direct but polite. Add a reason for moving the meeting.")]
         for cid, role, content in turns:
             conn.execute("INSERT INTO chat_messages (conversation_id, role, content, created_at) VALUES (?, ?, ?, ?)",
                          (cid, role, content, T0))
+
+
+@pytest.fixture(autouse=True)
+def steady_cursor(monkeypatch):
+    """No blinking cursors: a snapshot must not depend on which half-second it was taken in."""
+    from textual.widgets import Input, TextArea
+
+    for cls in (TextArea, Input):
+        monkeypatch.setattr(cls.__dict__["cursor_blink"], "_default", False)
 
 
 @pytest.fixture
@@ -66,8 +75,9 @@ def seeded(home):
 
 def make_app(**kwargs):
     """The real app on the test's home; one engine thread (llama.cpp's spinning threads crawl on a shared box)."""
-    from panza_local import config
     from panza_local.tui.app import PanzaApp
+
+    from panza_local import config
 
     kwargs.setdefault("settings", config.load({"threads": 1}))
     kwargs.setdefault("first_run", False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
+from typing import ClassVar
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -26,11 +27,11 @@ class PanzaApp(App):
 
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses (tests) find it too
     TITLE = "panza"
-    MODES = {"chat": ChatScreen, "draft": DraftScreen, "status": StatusScreen}
+    MODES: ClassVar = {"chat": ChatScreen, "draft": DraftScreen, "status": StatusScreen}
     DEFAULT_MODE = "chat"
     # Below 110 columns the side panel hides (ctrl+b shows it), so 80x24 keeps a usable transcript.
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
-    BINDINGS = [
+    HORIZONTAL_BREAKPOINTS: ClassVar = [(0, "-narrow"), (110, "-wide")]
+    BINDINGS: ClassVar = [
         Binding("f1", "help", "Help"),
         Binding("f2", "switch_mode('chat')", "Chat"),
         Binding("f3", "switch_mode('draft')", "Draft"),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import importlib.util
+import sqlite3
 import sys
 
 from .. import __version__
@@ -57,6 +59,31 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `panza messages export - | head`
         return 0
+    except sqlite3.Error as exc:  # disk full, read-only home, busy past the timeout: say what to do
+        from ..store import _explain
+
+        print(f"error: {_explain(exc, paths.db_path())}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRNOS:
+            raise
+        print(f"error: {_disk_error(exc)}", file=sys.stderr)
+        return 1
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _disk_error(exc: OSError):
+    """A PanzaError naming the file and the fix for a full, read-only or forbidden disk."""
+    from ..errors import StoreError
+
+    where = exc.filename or "the panza home"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(f"the disk holding {where} is full ({exc.strerror}); what was committed is kept",
+                          fix="free some disk space and run the same command again")
+    return StoreError(f"cannot write {where} ({exc.strerror})",
+                      fix="make the panza home writable, or point PANZA_HOME at a writable folder")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ SOURCES = {"imap": imap, "thunderbird": thunderbird, "maildir": maildir, "mbox":
 READERS = {"mbox": mbox.read, "maildir": maildir.read, "eml": eml.read, "emlx": emlx.read, "jsonl": jsonl.read}
 APPENDABLE = {"mbox", "jsonl"}          # read from the stored offset when the file only grew
 BATCH = 500                             # rows per transaction (what a crash can cost)
+BATCH_SECONDS = 1.0                     # ... or this long, whichever comes first (how long others wait)
 MIN_WORDS = 3                           # shorter bodies are skipped as too_short
 MAX_ERRORS = 200                        # errors listed in the summary (all are counted)
 
@@ -132,7 +134,7 @@ def _ingest_files(conn, sid: int, root: Path, kind: str, opts: dict, summary: di
     for gone in [p for p in known if p not in present]:  # first, so a moved message is revived, not lost
         _forget_file(conn, sid, gone, summary)
     kinds: Counter[str] = Counter()
-    tx = {"n": 0}
+    tx = {"n": 0, "t0": time.monotonic()}
     conn.execute("BEGIN IMMEDIATE")
     try:
         for i, (path, reader) in enumerate(listing):
@@ -159,7 +161,8 @@ def _ingest_files(conn, sid: int, root: Path, kind: str, opts: dict, summary: di
                 _error(summary, str(path), f"cannot read: {exc.strerror or exc}", "unreadable_file")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back: keep its error
+            conn.execute("ROLLBACK")
         raise
     if on_progress:
         on_progress(len(listing), len(listing), f"{summary['seen']} seen, {summary['stored']} stored")
@@ -173,13 +176,15 @@ def _ingest_files(conn, sid: int, root: Path, kind: str, opts: dict, summary: di
 def _tick(conn, tx: dict) -> bool:
     """Count one stored unit; True when the batch is full (the caller saves its offset, then `_commit`)."""
     tx["n"] += 1
-    return tx["n"] >= BATCH
+    # also bounded in time: the write lock is held for the whole batch, and the TUI or `panza serve`
+    # writing meanwhile must never wait anywhere near the busy timeout (slow PDFs, a loaded machine)
+    return tx["n"] >= BATCH or time.monotonic() - tx.setdefault("t0", time.monotonic()) > BATCH_SECONDS
 
 
 def _commit(conn, tx: dict) -> None:
     conn.execute("COMMIT")
     conn.execute("BEGIN IMMEDIATE")
-    tx["n"] = 0
+    tx["n"], tx["t0"] = 0, time.monotonic()
 
 
 def _ingest_file(conn, sid: int, path: Path, reader: str, st: os.stat_result, prev, opts: dict,

@@ -394,7 +394,7 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
         for row in batch:
             loss, _ = model(row)
             (loss / max(n_tgt, 1)).backward()
-            loss_total += float(loss)
+            loss_total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -14,8 +16,15 @@ from panza_local import chat, engine
 from panza_local.errors import PanzaError
 
 from .. import backend
-from ..messages import (ContextReady, ConversationPicked, PromptSubmitted, SearchChanged, StreamChunk,
-                        StreamDone, StreamFailed)
+from ..messages import (
+    ContextReady,
+    ConversationPicked,
+    PromptSubmitted,
+    SearchChanged,
+    StreamChunk,
+    StreamDone,
+    StreamFailed,
+)
 from ..widgets.chat_log import ChatLog
 from ..widgets.conversations import ConversationList
 from ..widgets.prompt import PromptInput
@@ -26,7 +35,7 @@ from .dialogs import AskText, Confirm
 class ChatScreen(Screen):
     """Chat with the model about your mail; every conversation is kept in the store."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar = [
         Binding("ctrl+n", "new", "New chat"),
         Binding("ctrl+r", "rename", "Rename"),
         Binding("f8", "delete", "Delete"),
@@ -176,6 +185,7 @@ class ChatScreen(Screen):
     async def _append_chunk(self, event: StreamChunk) -> None:
         if self._md_stream is not None:
             await self._md_stream.write(event.text)
+            self.query_one(ChatLog).follow()
 
     @on(StreamDone)
     async def _stream_done(self, event: StreamDone) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import ClassVar
 
 from rich.markup import escape
 from textual import on, work
@@ -27,7 +28,7 @@ from .dialogs import AskText, PickOne
 class DraftScreen(Screen):
     """Write an email in the user's voice."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar = [
         Binding("ctrl+g", "generate", "Generate"),
         Binding("ctrl+t", "pick_thread", "Reply to…"),
         Binding("ctrl+l", "alternatives", "Alternatives"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -36,7 +38,7 @@ def guide(counts: dict) -> str:
 class FirstRunScreen(Screen):
     """Shown at start when no mail has been ingested."""
 
-    BINDINGS = [Binding("enter,escape", "app.pop_screen", "Continue"), Binding("f5", "recheck", "Check again")]
+    BINDINGS: ClassVar = [Binding("enter,escape", "app.pop_screen", "Continue"), Binding("f5", "recheck", "Check again")]
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from rich import box
 from rich.table import Table
 from textual.app import ComposeResult
@@ -43,7 +45,7 @@ def keys_table() -> Table:
 class HelpScreen(ModalScreen):
     """Keys and hints; escape, q or F1 closes it."""
 
-    BINDINGS = [Binding("escape,q,f1", "app.pop_screen", "Close")]
+    BINDINGS: ClassVar = [Binding("escape,q,f1", "app.pop_screen", "Close")]
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-box") as box:

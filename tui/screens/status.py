@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -21,7 +23,7 @@ COUNTS = ("messages", "mine", "pairs", "indexed", "adapters", "documents", "sour
 class StatusScreen(Screen):
     """Sources, counts, adapters and recent runs; `r` re-tunes in a worker."""
 
-    BINDINGS = [Binding("r", "retune", "Re-tune now"), Binding("f5", "reload", "Refresh")]
+    BINDINGS: ClassVar = [Binding("r", "retune", "Re-tune now"), Binding("f5", "reload", "Refresh")]
 
     def __init__(self) -> None:
         super().__init__()
@@ -119,9 +121,11 @@ class StatusScreen(Screen):
     @on(RetuneDone)
     def _retuned(self, event: RetuneDone) -> None:
         self.retuning = False
+        self.query_one("#retune-bar", ProgressBar).update(total=100, progress=0 if event.error else 100)
         if event.error:
             self.query_one("#retune-note", Static).update("failed")
             self.app.notify_error(event.error)
+            self.action_reload()  # the failed run is listed under Recent runs
             return
         s = event.summary or {}
         note = ", ".join(f"{k} {s[k]}" for k in ("new_messages", "new_pairs", "trained", "promoted", "reason") if k in s)

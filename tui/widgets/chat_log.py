@@ -27,8 +27,12 @@ class ChatLog(VerticalScroll):
             await hint.remove()
         block = self._block(role, content)
         await self.mount(block)
-        self.anchor()
+        self.follow()
         return block
+
+    def follow(self) -> None:
+        """Keep the newest text in view (anchor() scrolled to a negative offset when the log was short)."""
+        self.call_after_refresh(self.scroll_end, animate=False)
 
     def _block(self, role: str, content: str) -> Markdown:
         block = Markdown(content, classes=f"turn {role}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual.binding import Binding
 from textual.widgets import TextArea
 
@@ -11,7 +13,7 @@ from ..messages import PromptSubmitted
 class PromptInput(TextArea):
     """Multi-line input that posts PromptSubmitted on enter."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar = [
         Binding("enter", "submit", "Send", priority=True),
         Binding("ctrl+j,shift+enter", "newline", "New line", priority=True, show=False),
     ]

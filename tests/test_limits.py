@@ -1,0 +1,137 @@
+"""A full disk and a read-only home: a clear error that names the fix, no traceback, nothing corrupted.
+
+Both run `panza` in a private mount namespace (`unshare -m`): the home sits on a 1 MiB tmpfs, or is
+bind-mounted read-only over itself. After the failure the store passes `PRAGMA integrity_check`, and a
+re-run with room to write ends with exactly the counts of a run that never failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SENT = "enron/formats/maildir/.Sent/cur"
+ME = "phillip.allen@enron.com"
+
+
+def _env(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PANZA_") or k == "PANZA_SHARED_DATA"}
+    env.update(PANZA_HOME=str(home), PANZA_THREADS="1")
+    return env
+
+
+def _unshare_m() -> None:
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare(1)")
+    r = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], check=False,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"unshare -m with mount is not permitted here ({r.stderr.strip()})")
+
+
+def _maildir(root: Path, files: list[Path]) -> Path:
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    for f in files:
+        shutil.copy(f, root / "cur" / f.name)
+    return root
+
+
+def _sent(data: Path, n: int, skip: int = 0) -> list[Path]:
+    files = sorted((data / SENT).iterdir(), key=lambda p: int(re.search(r"Q(\d+)", p.name).group(1)))
+    return files[skip:skip + n]
+
+
+def _panza(*args: str) -> str:
+    return " ".join(shlex.quote(a) for a in [sys.executable, "-m", "panza_local", *args])
+
+
+def _counts(db: Path) -> dict:
+    conn = sqlite3.connect(db)
+    try:
+        return {"integrity": conn.execute("PRAGMA integrity_check").fetchone()[0],
+                "messages": conn.execute("SELECT count(*) FROM messages").fetchone()[0],
+                "distinct": conn.execute("SELECT count(DISTINCT content_hash) FROM messages").fetchone()[0],
+                "files": conn.execute("SELECT count(*) FROM source_files").fetchone()[0]}
+    finally:
+        conn.close()
+
+
+def _assert_clear(stderr: str, *words: str) -> None:
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.startswith("error: ") or "\nerror: " in stderr, stderr[-2000:]
+    assert "fix:" in stderr, stderr[-2000:]
+    for w in words:
+        assert w in stderr, (w, stderr[-2000:])
+
+
+@pytest.mark.slow
+def test_disk_full_during_ingest_is_a_clear_error_and_the_store_resumes(shared_data, tmp_path):
+    _unshare_m()
+    mail = _maildir(tmp_path / "mail", _sent(shared_data, 700))
+    mnt, saved = tmp_path / "small", tmp_path / "saved"
+    mnt.mkdir()
+    home = mnt / "home"
+    # inside the namespace: ingest onto a 1 MiB disk, then copy what is left to a roomy place
+    script = (f"mount -t tmpfs -o size=1m tmpfs {mnt} && "
+              f"{_panza('ingest', str(mail), '--me', ME, '--json')} > {tmp_path / 'out'} 2> {tmp_path / 'err'}; "
+              f"echo $? > {tmp_path / 'rc'}; cp -a {home} {saved}")
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script], check=False, env=_env(home), capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    rc, err = int((tmp_path / "rc").read_text()), (tmp_path / "err").read_text()
+    assert rc == 1, f"ingest on a full disk exited {rc}: {err[-2000:]}"
+    _assert_clear(err, "is full", "free some disk space")
+    after_crash = _counts(saved / "panza.db")
+    assert after_crash["integrity"] == "ok" and after_crash["messages"] == after_crash["distinct"]
+    # with room again the same command finishes, and ends where a never-failed ingest ends
+    done = subprocess.run(shlex.split(_panza("ingest", str(mail), "--me", ME, "--json")), check=False,
+                          env=_env(saved), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ref = tmp_path / "ref"
+    r2 = subprocess.run(shlex.split(_panza("ingest", str(mail), "--me", ME, "--json")), check=False,
+                        env=_env(ref), capture_output=True, text=True, timeout=900)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert _counts(saved / "panza.db") == _counts(ref / "panza.db")
+    print(f"disk full: {after_crash['messages']} messages kept at the failure; resumed to "
+          f"{_counts(saved / 'panza.db')['messages']} == reference")
+
+
+@pytest.mark.slow
+def test_read_only_home_is_a_clear_error_and_nothing_changes(shared_data, tmp_path):
+    _unshare_m()
+    home = tmp_path / "home"
+    first = _maildir(tmp_path / "first", _sent(shared_data, 40))
+    more = _maildir(tmp_path / "more", _sent(shared_data, 40, skip=40))
+    ok = subprocess.run(shlex.split(_panza("ingest", str(first), "--me", ME, "--json")), check=False, env=_env(home),
+                        capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    before = _counts(home / "panza.db")
+    script = (f"mount --bind {home} {home} && mount -o remount,ro,bind {home} && "
+              f"{{ {_panza('ingest', str(more), '--me', ME, '--json')} > {tmp_path / 'out'} 2> {tmp_path / 'err'}; "
+              f"echo $? > {tmp_path / 'rc'}; "
+              f"{_panza('messages', 'list', '--json')} > {tmp_path / 'list'} 2> {tmp_path / 'list_err'}; "
+              f"echo $? > {tmp_path / 'list_rc'}; }}")
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script], check=False, env=_env(home), capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    rc, err = int((tmp_path / "rc").read_text()), (tmp_path / "err").read_text()
+    assert rc == 1, f"ingest into a read-only home exited {rc}: {err[-2000:]}"
+    _assert_clear(err, "writable")
+    assert str(home) in err
+    list_rc, list_err = int((tmp_path / "list_rc").read_text()), (tmp_path / "list_err").read_text()
+    if list_rc != 0:  # reading may need the WAL's shared-memory file; if it cannot, it must say so clearly
+        _assert_clear(list_err)
+    else:
+        assert json.loads((tmp_path / "list").read_text())["messages"]
+    assert _counts(home / "panza.db") == before
+    print(f"read-only home: ingest rc {rc}: {err.strip()!r}; messages list rc {list_rc}: {list_err.strip()!r}")
