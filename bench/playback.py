@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 DEFAULT = REPO.parent / "shared" / "data" / "panza" / "david_anonymous_clean.jsonl"
 NAIVE = "{email}\n\nWrite the instruction that the author of this email gave to produce it."
 
@@ -42,22 +44,16 @@ def load_emails(path: Path, n: int) -> list[dict]:
     return rows[:n]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--jsonl", type=Path, default=DEFAULT, help="cleaned {email, subject} records")
-    ap.add_argument("--n", type=int, default=12, help="emails per method")
-    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 on a loaded shared machine)")
-    args = ap.parse_args()
-    if not args.jsonl.exists():
-        sys.exit(f"{args.jsonl} not found: pass --jsonl FILE (e.g. ../shared/data/panza/*.jsonl)")
+def measure(jsonl: Path, n: int, threads: int) -> dict:
+    """Run both generators over the same `n` emails; return the figures and bench rows."""
     os.environ["PANZA_HOME"] = tempfile.mkdtemp(prefix="panza-bench-")
 
     from panza_local import catalogue, config, engine, playback
     from panza_local import playback_quality as q
 
-    settings = config.Settings(threads=args.threads)
+    settings = config.Settings(threads=threads)
     model = catalogue.embedded_path("smollm2-135m")
-    rows = load_emails(args.jsonl, args.n)
+    rows = load_emails(jsonl, n)
     idf = q.idf_table(r["body"] for r in rows)
     engine.chat([{"role": "user", "content": "hi"}], model_path=model, settings=settings, max_tokens=1)  # load
 
@@ -81,7 +77,7 @@ def main() -> int:
 
     n = len(rows)
     out = {
-        "emails": n, "threads": args.threads, "load_avg_1m": round(os.getloadavg()[0], 2),
+        "emails": n, "threads": threads, "load_avg_1m": round(os.getloadavg()[0], 2),
         "panza_emails_per_min": round(60 * n / ours_s, 2), "naive_emails_per_min": round(60 * n / naive_s, 2),
         "speedup": round(naive_s / ours_s, 2),
         "panza_copy_ratio_median": round(statistics.median(ours), 3),
@@ -90,9 +86,38 @@ def main() -> int:
         "naive_tokens_mean": round(statistics.mean(naive_tokens), 1),
         "panza_sources": {s: sources.count(s) for s in set(sources)},
     }
-    print(json.dumps(out, indent=2))
+    from bench._common import row
+
+    note = f"{n} emails, {threads} thread(s), load avg {out['load_avg_1m']}"
+    out["rows"] = [
+        row("playback emails/min (vs naive one-call loop)", out["panza_emails_per_min"],
+            out["naive_emails_per_min"], "emails/min", note=note),
+        row("playback median copy ratio (vs naive)", out["panza_copy_ratio_median"] or 1e-9,
+            out["naive_copy_ratio_median"] or 1e-9, "ratio", higher_is_better=False, note=note),
+    ]
+    return out
+
+
+def main(quick: bool = False) -> dict:
+    """bench/run_all.py contract: a few emails when quick, a dozen otherwise."""
+    return measure(DEFAULT, 4 if quick else 12, 1)
+
+
+def cli() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jsonl", type=Path, default=DEFAULT, help="cleaned {email, subject} records")
+    ap.add_argument("--n", type=int, default=12, help="emails per method")
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 on a loaded shared machine)")
+    args = ap.parse_args()
+    if not args.jsonl.exists():
+        sys.exit(f"{args.jsonl} not found: pass --jsonl FILE (e.g. ../shared/data/panza/*.jsonl)")
+    out = measure(args.jsonl, args.n, args.threads)
+    from bench._common import save
+
+    save("playback", out)
+    print(json.dumps({k: v for k, v in out.items() if k != "rows"}, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "panza-"
 _CLIENTS: dict[str, object] = {}
+_COLLECTIONS: dict[tuple, dict] = {}  # (url, model, kinds) -> {kind: collection}, for search
 
 
 def client(chroma_url: str = ""):
@@ -53,9 +54,15 @@ def parse_url(url: str) -> tuple[str, int, bool]:
     return parsed.hostname, parsed.port or (443 if ssl else 8000), ssl
 
 
+def forget_collections() -> None:
+    """Drop cached collection handles (another process may have rebuilt the index)."""
+    _COLLECTIONS.clear()
+
+
 def forget_clients() -> None:
-    """Drop cached clients (tests that remove a home, or a changed chroma_url)."""
+    """Drop cached clients and collections (tests that remove a home, or a changed chroma_url)."""
     _CLIENTS.clear()
+    _COLLECTIONS.clear()
 
 
 def name_of(kind: str) -> str:
@@ -96,6 +103,7 @@ def open_collections(chroma_url: str, model: str, dims: int, kinds: tuple[str, .
             if c is not None:
                 cli.delete_collection(name_of(k))
                 cols[k] = None
+    _COLLECTIONS.clear()  # handles from before a rebuild point at deleted collections
     for k, c in cols.items():
         if c is None:
             cols[k] = cli.create_collection(name_of(k), configuration={"hnsw": {"space": "cosine"}},
@@ -106,12 +114,17 @@ def open_collections(chroma_url: str, model: str, dims: int, kinds: tuple[str, .
 
 def get_collections(chroma_url: str, model: str, kinds: tuple[str, ...]) -> dict:
     """{kind: collection} for the kinds already indexed with `model` (empty: nothing usable yet)."""
+    key = (chroma_url or str(paths.subdir("chroma")), model, tuple(kinds))
+    if key in _COLLECTIONS:
+        return _COLLECTIONS[key]
     cli = client(chroma_url)
     out = {}
     for k in kinds:
         c = _get(cli, k, model)
         if c is not None and (c.metadata or {}).get("model") == model:
             out[k] = c
+    if len(out) == len(kinds):  # cache only a complete set: a missing kind may be created by the next sync
+        _COLLECTIONS[key] = out
     return out
 
 

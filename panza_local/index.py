@@ -371,30 +371,42 @@ def search(query: str, k: int = 5, kinds: Iterable[str] = ("sent",), before=None
     `before` keeps only items dated strictly earlier; `exclude_ids` takes message ids (int) or item ids;
     `near_dup_of` (the target email's text, or its vector) drops its near-duplicates (RAFT, evaluation).
     """
-    import numpy as np
-
     settings = settings or config.load()
     if k <= 0 or not query or not query.strip():
         return []
-    kinds = tuple(kinds or KINDS)
-    unknown = set(kinds) - set(KINDS)
+    unknown = set(kinds or KINDS) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown kind(s) {', '.join(sorted(unknown))}: use {', '.join(KINDS)}")
+    if before is not None:
+        _before_clause(before)  # a bad date is the caller's error, raised before any retry
+    try:
+        return _search(query, k, tuple(kinds or KINDS), before, exclude_ids, min_score, to, conn, settings,
+                       near_dup_of)
+    except NoDataError:
+        raise
+    except Exception:  # noqa: BLE001 - a cached handle to a collection another process rebuilt: look again once
+        chroma_store.forget_collections()
+        return _search(query, k, tuple(kinds or KINDS), before, exclude_ids, min_score, to, conn, settings,
+                       near_dup_of)
+
+
+def _search(query, k, kinds, before, exclude_ids, min_score, to, conn, settings, near_dup_of) -> list[Hit]:
+    import numpy as np
+
     every = chroma_store.get_collections(settings.chroma_url, settings.embedding_model, KINDS)
-    counts = {kind: col.count() for kind, col in every.items()}
-    if not any(counts.values()):
+    if not every:
         raise NoDataError("the retrieval index is empty (or was built by another embedding model)",
                           fix="run `panza index`")
-    cols = {kind: every[kind] for kind in kinds if counts.get(kind)}
-    if not cols:
-        return []
+    cols = {kind: every[kind] for kind in kinds if kind in every}
     dup_text = near_dup_of if isinstance(near_dup_of, str) else None
     vecs = embed.embed([query] if dup_text is None else [query, dup_text[:MAX_TEXT]], settings.embedding_model)
     qv = vecs[0]
     clause = _before_clause(before) if before is not None else None
     excluded = {_item_id(x) for x in exclude_ids}
-    fetch = min(sum(counts[kd] for kd in cols), max(4 * k, 20) + len(excluded))
+    fetch = max(4 * k, 20) + len(excluded)
     pools = [_dated_candidates(cols, qv, clause, None, fetch)]
+    if not pools[0] and not any(c.count() for c in every.values()):  # counted only when nothing came back
+        raise NoDataError("the retrieval index is empty", fix="run `panza index` (after `panza ingest`)")
     people = addresses(to) if to else []
     if people:  # selective, so Chroma's metadata filter is cheap here
         keys = [person_key(a) for a in people]

@@ -181,6 +181,7 @@ def test_embedding_model_change_rebuilds_with_notice(conn):
     s = config.load()
     for col in chroma_store.get_collections(s.chroma_url, s.embedding_model, index.KINDS).values():
         col.modify(metadata={"model": "older-embedder", "dims": 384})  # as if an older model had built it
+    chroma_store.forget_collections()  # this process cached handles; another process would not have
     assert chroma_store.get_collections(s.chroma_url, s.embedding_model, index.KINDS) == {}
     with pytest.raises(NoDataError, match="panza index"):
         index.search("budget", conn=conn)

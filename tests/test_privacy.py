@@ -256,6 +256,7 @@ def offline_run(tmp_path_factory, shared_data):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_whole_pipeline_runs_offline_and_serves_on_loopback(offline_run):
     res = offline_run
     assert res["offline"], "the namespace still had a route out"
@@ -292,6 +293,26 @@ def test_every_file_of_a_full_run_is_private(offline_run):
     assert {"panza.db", "chroma", "adapters"} <= kinds, kinds
     assert any(home.glob("adapters/*/*.gguf")), "no exported adapter to check"
     assert not bad, f"{len(bad)} of {n} paths are not private: {bad[:20]}"
+
+
+@pytest.mark.slow
+def test_exports_outside_the_home_are_private_too(offline_run, tmp_path):
+    """Training data and adapters exported for other tools carry the user's mail or style: 0600 as well."""
+    env = _clean_env(offline_run["_home"])
+    adapter = json.loads(offline_run["train"]["stdout"])["adapter_id"]
+    out = tmp_path / "exports"
+    cmds = [["playback", "export", str(out / "pairs")]]
+    cmds += [["adapters", "export", adapter, "--format", f, "--out", str(out / f"adapter-{f}")]
+             for f in ("gguf", "peft", "ollama")]
+    for args in cmds:
+        r = subprocess.run([sys.executable, "-m", "panza_local", *args], check=False, env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, (args, r.stderr[-2000:])
+    made = [p for p in out.rglob("*") if not p.is_symlink()]
+    assert sum(p.is_file() for p in made) >= 4, made
+    bad = [f"{oct(stat.S_IMODE(p.stat().st_mode))} {p.relative_to(out)}" for p in made
+           if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)]
+    assert not bad, bad
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ SOURCES = {"imap": imap, "thunderbird": thunderbird, "maildir": maildir, "mbox":
 READERS = {"mbox": mbox.read, "maildir": maildir.read, "eml": eml.read, "emlx": emlx.read, "jsonl": jsonl.read}
 APPENDABLE = {"mbox", "jsonl"}          # read from the stored offset when the file only grew
 BATCH = 500                             # rows per transaction (what a crash can cost)
-BATCH_SECONDS = 1.0                     # ... or this long, whichever comes first (how long others wait)
+BATCH_SECONDS = 2.0                     # ... or this long, whichever comes first (how long others wait)
 MIN_WORDS = 3                           # shorter bodies are skipped as too_short
 MAX_ERRORS = 200                        # errors listed in the summary (all are counted)
 
@@ -183,6 +183,10 @@ def _tick(conn, tx: dict) -> bool:
 
 def _commit(conn, tx: dict) -> None:
     conn.execute("COMMIT")
+    if time.monotonic() - tx["t0"] > BATCH_SECONDS:
+        # leave the lock free a moment: a waiting writer polls about every 100 ms (SQLite's busy handler),
+        # so re-taking it at once would starve it into "database is locked" on a long ingest
+        time.sleep(0.1)
     conn.execute("BEGIN IMMEDIATE")
     tx["n"], tx["t0"] = 0, time.monotonic()
 
