@@ -13,14 +13,19 @@ INSTRUCTION = "Ask Bob to move our meeting to Friday"
 Bar = Callable[[str], AbstractContextManager]
 
 
-def run(bar: Bar, say: Callable[[str], None], *, limit: int | None = 80, preset: str = "quick") -> dict:
+def run(bar: Bar, say: Callable[[str], None], *, limit: int | None = 40, preset: str = "quick") -> dict:
     """Write the sample mailbox, ingest → playback → index → train → draft; return what each stage did.
 
     `bar(desc)` is a context manager yielding a progress updater; `say` prints a line. Every stage is
     incremental, so running the quickstart twice does (almost) no work the second time.
     """
+    import os
+
     from . import config, draft, index, ingest, playback, sample, train
 
+    # The sample person gets a home of their own inside yours, so their settings, mail and adapter never
+    # mix with your data: your own `panza ingest` later starts from a clean slate.
+    os.environ["PANZA_HOME"] = str(paths.subdir("quickstart"))
     out: dict = {"home": str(paths.home())}
     mbox = paths.subdir("sample") / "sample.mbox"
     if not mbox.exists():

@@ -7,7 +7,7 @@ from ._out import add_json, emit, progress
 
 def register(sub) -> None:
     p = sub.add_parser("quickstart", help="run the whole pipeline on a sample mailbox, then draft one email")
-    p.add_argument("--limit", type=int, default=80, help="emails to play back (default 80: a few minutes)")
+    p.add_argument("--limit", type=int, default=40, help="emails to play back (default 40: a few minutes)")
     p.add_argument("--preset", default="quick", choices=["quick", "standard", "thorough"])
     add_json(p)
     p.set_defaults(func=run)
@@ -28,6 +28,6 @@ def run(args) -> int:
         emit(args, out)
     else:
         print(out["draft"]["text"].strip())
-        print(f"\n(adapter: {out['draft']['adapter'] or 'none'}; home: {out['home']})")
+        print(f"\n(adapter: {out['draft']['adapter'] or 'none'}; the sample person's data: {out['home']})")
         print("next: `panza ingest YOUR_MAILBOX --me you@example.com`, then `panza retune`, `panza chat`")
     return 0 if out["draft"]["text"].strip() else 1
