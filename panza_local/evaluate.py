@@ -59,22 +59,20 @@ class Generation:
 # -- generating -------------------------------------------------------------------------------------------------
 
 def context_for(item: Item, settings, conn=None) -> list:
-    """Leak-free retrieved examples for one held-out item (draft.Retrieved list; [] without an index)."""
+    """Leak-free retrieved examples for one held-out item (draft.Retrieved list); NoDataError without an index."""
     from . import draft, index
 
-    try:
-        if item.message_id is not None:
-            hits = index.training_context(item.message_id, conn=conn, settings=settings, query=item.instruction)
-        else:
-            from . import embed
+    # No usable index raises NoDataError: the caller skips the +RAG configurations and says why.
+    if item.message_id is not None:
+        hits = index.training_context(item.message_id, conn=conn, settings=settings, query=item.instruction)
+    else:
+        from . import embed
 
-            vec = embed.embed([item.reference[:index.MAX_TEXT]], settings.embedding_model)[0]
-            probe = _norm(item.reference)[:300]
-            hits = [h for h in index.search(item.instruction, k=settings.rag_k + 3, kinds=("sent",), conn=conn,
-                                            settings=settings, near_dup_of=vec, min_score=settings.rag_min_score)
-                    if probe not in _norm(h.text)][:settings.rag_k]
-    except NoDataError:
-        return []
+        vec = embed.embed([item.reference[:index.MAX_TEXT]], settings.embedding_model)[0]
+        probe = _norm(item.reference)[:300]
+        hits = [h for h in index.search(item.instruction, k=settings.rag_k + 3, kinds=("sent",), conn=conn,
+                                        settings=settings, near_dup_of=vec, min_score=settings.rag_min_score)
+                if probe not in _norm(h.text)][:settings.rag_k]
     return [draft.Retrieved(id=h.id, score=h.score, text=h.text, to=", ".join(h.to), subject=h.subject)
             for h in hits]
 
@@ -198,10 +196,16 @@ def evaluate(items: Sequence[Item], *, configs: Sequence[str] = tuple(CONFIGS), 
             run_configs = [c for c in run_configs if not CONFIGS[c]["use_adapter"]]
     contexts: dict[int, list] = {}
     if generate_fn is None and any(CONFIGS[c]["use_rag"] for c in run_configs):
-        contexts = {i: context_for(it, settings) for i, it in enumerate(items)}
+        try:
+            contexts = {i: context_for(it, settings) for i, it in enumerate(items)}
+        except NoDataError as exc:
+            for c in [c for c in run_configs if CONFIGS[c]["use_rag"]]:
+                skipped[c] = f"no usable retrieval index ({exc.message}): run `panza index`"
+            run_configs = [c for c in run_configs if not CONFIGS[c]["use_rag"]]
         with_ctx = sum(bool(v) for v in contexts.values())
-        notes.append(f"retrieval: {with_ctx} of {len(items)} held-out emails had earlier mail to retrieve "
-                     "(leak-free: only mail dated before the email, never itself)")
+        if contexts:
+            notes.append(f"retrieval: {with_ctx} of {len(items)} held-out emails had earlier mail to retrieve "
+                         "(leak-free: only mail dated before the email, never itself)")
     if with_models and len(items) < MAUVE_MIN_N:
         notes.append(f"MAUVE over {len(items)} texts quantises into {max(2, round(len(items) / 10))} clusters and "
                      f"reads near 1 for almost any pair of sets: trust it only from about {MAUVE_MIN_N} emails up")

@@ -184,7 +184,7 @@ def test_playback_survives_kills(world):
 
 
 def test_index_survives_kills(world):
-    from panza_local import chroma_store, config, embed
+    from panza_local import chroma_store, config, index
 
     home, env, rng = world["home"], _env(world["home"]), world["rng"]
     kills = 0
@@ -204,8 +204,8 @@ def test_index_survives_kills(world):
     chroma_store.forget_clients()
     try:
         s = config.load()
-        col, _ = chroma_store.open_collection(s.chroma_url, s.embedding_model, embed.dims(s.embedding_model))
-        assert col.count() == stored
+        cols = chroma_store.get_collections(s.chroma_url, s.embedding_model, index.KINDS)
+        assert cols and sum(c.count() for c in cols.values()) == stored
     finally:
         chroma_store.forget_clients()
         if old is None:

@@ -135,3 +135,44 @@ def test_read_only_home_is_a_clear_error_and_nothing_changes(shared_data, tmp_pa
         assert json.loads((tmp_path / "list").read_text())["messages"]
     assert _counts(home / "panza.db") == before
     print(f"read-only home: ingest rc {rc}: {err.strip()!r}; messages list rc {list_rc}: {list_err.strip()!r}")
+
+
+_PEAK = ("import json, resource, subprocess, sys\n"
+         "r = subprocess.run(json.loads(sys.argv[1]), capture_output=True)\n"
+         "print(json.dumps({'rc': r.returncode, 'err': r.stderr.decode(errors='replace')[-2000:],\n"
+         "                  'rss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))\n")
+
+
+def _peak_rss_mb(cmd: list[str], env: dict) -> float:
+    """Peak RSS (MB) of `cmd` alone, measured by a fresh wrapper process (RUSAGE_CHILDREN)."""
+    r = subprocess.run([sys.executable, "-c", _PEAK, json.dumps(cmd)], check=False, env=env, capture_output=True,
+                       text=True, timeout=900)
+    res = json.loads(r.stdout)
+    assert res["rc"] == 0, res["err"]
+    return res["rss"]
+
+
+def _write_mbox(path: Path, mb: float) -> int:
+    n, size = 0, 0
+    with open(path, "w", encoding="ascii") as fh:
+        while size < mb * 2**20:
+            body = "\n\n".join(f"Paragraph {i} of note {n}: " + " ".join(f"w{(n * 7 + i * 13 + k) % 997}"
+                                                                        for k in range(80)) for i in range(20))
+            msg = (f"From me@example.org Mon Jan  1 00:00:00 2001\nFrom: me@example.org\nTo: you@example.org\n"
+                   f"Subject: note {n}\nMessage-ID: <n{n}@example.org>\n\nHi,\n\n{body}\n\nThanks\n\n")
+            fh.write(msg)
+            size, n = size + len(msg), n + 1
+    return n
+
+
+@pytest.mark.slow
+def test_big_mbox_ingest_runs_in_bounded_memory(tmp_path):
+    """A 40 MB mbox costs about what a 1 MB one does: read pages are released as ingest streams through."""
+    small, big = tmp_path / "small.mbox", tmp_path / "big.mbox"
+    _write_mbox(small, 1)
+    n = _write_mbox(big, 40)
+    cmd = [sys.executable, "-m", "panza_local", "ingest", "--me", "me@example.org", "--json"]
+    base = _peak_rss_mb([*cmd, str(small)], _env(tmp_path / "h1"))
+    peak = _peak_rss_mb([*cmd, str(big)], _env(tmp_path / "h2"))
+    print(f"peak RSS: {base:.1f} MB for a 1 MB mbox, {peak:.1f} MB for a 40 MB mbox ({n} messages)")
+    assert peak < base + 15, f"ingest of a 40 MB mbox peaked at {peak:.1f} MB (1 MB mbox: {base:.1f} MB)"
