@@ -112,10 +112,8 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
     if reply:
         to = to or reply.sender
         subject = subject or _re(reply.subject)
-    prof = profile if profile is not None else _safe(profiles.load, notices, prompts.Profile())
-    greet = _safe(lambda: profiles.greeting_for(to), notices, None) if to else None
-    if greet or "<name>" in prof.greeting:
-        prof = replace(prof, greeting=greet or _named(prof.greeting, to))
+    prof = prompt_profile(to, profile if profile is not None else _safe(profiles.load, notices, prompts.Profile()),
+                          notices=notices)
     if examples is None:
         examples = _retrieve(instruction, to, settings, exclude_ids, notices) if use_rag else []
     else:
@@ -129,6 +127,21 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
                      to=to, subject=subject, reply=reply, retrieved=list(examples), adapter=adapter,
                      lora_path=lora, profile=prof, max_tokens=_budget(prof, settings), seed=seed,
                      notices=notices)
+
+
+def prompt_profile(to: str | None, prof: prompts.Profile, *, conn=None, notices: list[str] | None = None
+                   ) -> prompts.Profile:
+    """The profile as the prompt shows it for recipient `to` (their usual greeting filled in).
+
+    Training (train/data.py) calls this too, so the adapter learns on exactly the prompt drafts use.
+    """
+    from . import profile as profiles
+
+    greet = _safe(lambda: profiles.greeting_for(to, conn=conn), notices if notices is not None else [], None) \
+        if to else None
+    if greet or "<name>" in prof.greeting:
+        prof = replace(prof, greeting=greet or _named(prof.greeting, to))
+    return prof
 
 
 def _named(greeting: str, to: str | None) -> str:

@@ -172,7 +172,7 @@ def test_a_writer_never_waits_long_for_ingest(home, shared_data, tmp_path):
             writer.kill()
     assert writer.returncode == 0 and not LOCKED.search(err), err[-2000:]
     assert not errors, errors
-    assert len(waits) >= 5, "the writer thread never ran during ingest"
+    assert len(waits) >= 3, "the writer thread never ran during ingest"
     print(f"concurrent writer: {len(waits)} commits during ingest, longest wait {max(waits):.2f} s")
     assert max(waits) < 5.0, f"a writer waited {max(waits):.1f} s for ingest's lock"
     assert json.loads(out)["stored"] > 300
