@@ -90,16 +90,25 @@ def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=Non
 
     Scored by llama.cpp on the served bits, with the prompt builder training and drafting use.
     """
-    from . import catalogue, engine, prompts
+    from . import catalogue, draft, engine, prompts
+    from . import profile as profiles
+    from .errors import PanzaError
 
     settings = settings or config.load()
     test = test if test is not None else test_pairs(conn, limit)[0]
     if not test:
         return None
     model = catalogue.resolve(settings.model)
+    try:
+        base_profile = profiles.load()
+    except PanzaError:
+        base_profile = None
     total, count = 0.0, 0
     for p in test:
-        msgs = prompts.build(p["instruction"], thread=p.get("thread"), to=p.get("to"), subject=p.get("subject"))
+        # the very prompt training and drafting build (per-recipient profile block included)
+        prof = draft.prompt_profile(p.get("to"), base_profile, conn=conn) if base_profile else None
+        msgs = prompts.build(p["instruction"], thread=p.get("thread"), to=p.get("to"), subject=p.get("subject"),
+                             profile=prof)
         nll, n = engine.target_nll(msgs, p["email"], model, adapter_gguf, threads=settings.threads)
         total, count = total + nll, count + n
     return total / max(count, 1)
