@@ -184,7 +184,8 @@ def train(conn, backend: str = "auto", preset: str | None = None, on_progress=No
         metrics = {k: v for k, v in res.items()}
         metrics.update(n_train=len(tr), n_val=len(va), backend=name)
         registry.finish(conn, adapter_id, metrics)
-        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+        for ckpt in ("checkpoint.pt", "checkpoint.mlx.safetensors"):  # either backend's resume state
+            (run_dir / ckpt).unlink(missing_ok=True)
         improved = res["val_loss_after"] < res["val_loss_before"]
         if promote and improved:
             registry.use(adapter_id, conn)
