@@ -126,9 +126,11 @@ def world(tmp_path_factory, shared_data):
     for f in files[:N_FILES]:
         shutil.copy(f, mail / "cur" / f.name)
     ref, home = root / "ref", root / "home"
+    t0 = time.monotonic()
     reference = _panza(_env(ref), "ingest", str(mail))
+    # kill points scale with this machine's speed: a fixed delay misses a fast machine's whole run
     return {"root": root, "mail": mail, "home": home, "ref": ref, "reference": reference,
-            "rng": random.Random(SEED), "kills": {}}
+            "ingest_s": time.monotonic() - t0, "rng": random.Random(SEED), "kills": {}}
 
 
 def _ingested(home: Path) -> dict:
@@ -146,8 +148,9 @@ def _ingested(home: Path) -> dict:
 def test_ingest_survives_kills(world):
     home, env, rng = world["home"], _env(world["home"]), world["rng"]
     kills = 0
-    for _ in range(4):
-        kills += _kill_during(env, home, "ingest", ["ingest", str(world["mail"])], delay=rng.uniform(0.2, 3.0))
+    for _ in range(5):
+        kills += _kill_during(env, home, "ingest", ["ingest", str(world["mail"])],
+                              delay=rng.uniform(0.0, 0.4) * world["ingest_s"])
     final = _panza(env, "ingest", str(world["mail"]))
     world["kills"]["ingest"] = kills
     print(f"ingest: {kills} kills mid-run; final run {json.dumps({k: final[k] for k in ('seen', 'stored')})}")
