@@ -13,7 +13,7 @@ INSTRUCTION = "Ask Bob to move our meeting to Friday"
 Bar = Callable[[str], AbstractContextManager]
 
 
-def run(bar: Bar, say: Callable[[str], None], *, limit: int | None = 40, preset: str = "quick") -> dict:
+def run(bar: Bar, say: Callable[[str], None], *, limit: int | None = 24, preset: str = "quick") -> dict:
     """Write the sample mailbox, ingest → playback → index → train → draft; return what each stage did.
 
     `bar(desc)` is a context manager yielding a progress updater; `say` prints a line. Every stage is

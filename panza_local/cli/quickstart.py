@@ -7,7 +7,7 @@ from ._out import add_json, emit, progress
 
 def register(sub) -> None:
     p = sub.add_parser("quickstart", help="run the whole pipeline on a sample mailbox, then draft one email")
-    p.add_argument("--limit", type=int, default=40, help="emails to play back (default 40: a few minutes)")
+    p.add_argument("--limit", type=int, default=24, help="emails to play back (default 24: a few minutes on a laptop)")
     p.add_argument("--preset", default="quick", choices=["quick", "standard", "thorough"])
     add_json(p)
     p.set_defaults(func=run)
