@@ -11,7 +11,7 @@ from panza_local import engine
 def settings(home):
     from panza_local import config
 
-    return config.load({"n_ctx": 1024, "seed": 1, "temperature": 0.0})
+    return config.load({"n_ctx": 1024, "seed": 1, "temperature": 0.0, "threads": 1})
 
 
 MSGS = [{"role": "system", "content": "You write short emails."},
