@@ -203,3 +203,12 @@ def test_models_pull_offline_fails_fast_with_manual_fix(home):
         catalogue.pull("qwen2.5-0.5b")
     assert time.perf_counter() - t0 < 10
     assert "panza models add" in err.value.fix and "qwen2.5-0.5b-instruct-q4_0.gguf" in err.value.fix
+
+
+def test_fresh_home_drafts_offline_from_the_cli(home):
+    """Issue 2's promise: a brand-new home, no data, no network: `panza draft` prints an email."""
+    env = {**os.environ, "PANZA_HOME": str(home), "PANZA_THREADS": "1", "PANZA_SEED": "3"}
+    r = subprocess.run([sys.executable, "-m", "panza_local", "draft", "Ask Bob to move our meeting to Friday",
+                        "--max-tokens", "48"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.split()) >= 5 and "Traceback" not in r.stderr
