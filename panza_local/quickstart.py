@@ -39,7 +39,7 @@ def run(bar: Bar, say: Callable[[str], None], *, limit: int | None = 24, preset:
             ("ingest", lambda cb: ingest.ingest(conn, [str(mbox)], me=[sample.SAMPLE_ME], on_progress=cb)),
             ("playback", lambda cb: playback.run(conn, limit=limit, on_progress=cb)),
             ("index", lambda cb: index.sync(conn, on_progress=cb)),
-            ("train", lambda cb: train.train(conn, preset=preset, on_progress=cb)),
+            ("train", lambda cb: train.train(conn, preset=preset, on_progress=cb, promote=True)),
         ]
         for name, step in steps:
             t0 = time.perf_counter()
