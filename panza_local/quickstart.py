@@ -52,7 +52,8 @@ def run(bar: Bar, say: Callable[[str], None], *, limit: int | None = 24, preset:
         conn.close()
     t0 = time.perf_counter()
     say(f"\ndraft: {INSTRUCTION!r}\n")
-    d = draft.draft(INSTRUCTION, to="bob@example.com")
+    # a low temperature: the tiny embedded model rambles when sampled freely
+    d = draft.draft(INSTRUCTION, to="bob@example.com", settings=config.load({"temperature": 0.2}))
     out["draft"] = {"text": d.text, "adapter": d.adapter, "retrieved": d.retrieved,
                     "seconds": round(time.perf_counter() - t0, 1)}
     return out
