@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import math
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -65,6 +66,22 @@ def hparams(preset: str, n_examples: int) -> HParams:
         epochs *= 1.5
     return HParams(rank=16 if preset == "thorough" else 8, alpha=32.0 if preset == "thorough" else 16.0,
                    epochs=epochs, lr=2e-4, evals=2 if preset == "quick" else 4)
+
+
+def schedule(hp: HParams, n_rows: int):
+    """(total steps, eval interval, lr_at) shared by every backend: linear warm-up, then
+    cosine decay to 0.1 x lr, so torch and mlx train on the same schedule."""
+    total = hp.max_steps or max(1, math.ceil(n_rows * hp.epochs / hp.grad_accum))
+    warm = max(1, int(total * hp.warmup))
+    eval_every = max(1, total // max(1, hp.evals))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return hp.lr * (step + 1) / warm
+        frac = (step - warm) / max(1, total - warm)
+        return hp.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    return total, eval_every, lr_at
 
 
 def auto_backend() -> str:

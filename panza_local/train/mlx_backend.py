@@ -15,7 +15,6 @@ mlx-lm keeps LoRA as x @ A @ B with A (in, r) and B (r, out); PEFT keeps lora_A 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -159,7 +158,7 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
     from mlx import nn
     from mlx.utils import tree_map
 
-    from . import mlx_model
+    from . import mlx_model, schedule
 
     if lm is None:
         lm = mlx_model.load(gguf_path)
@@ -167,15 +166,7 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
         add_lora(lm, hp.rank, hp.alpha, hp.targets, hp.seed)
     opt = optim.AdamW(learning_rate=hp.lr, weight_decay=hp.weight_decay, bias_correction=True)
     n = len(train_rows)
-    total = hp.max_steps or max(1, math.ceil(n * hp.epochs / hp.grad_accum))
-    warm = max(1, int(total * hp.warmup))
-    eval_every = max(1, total // max(1, hp.evals))
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return hp.lr * (step + 1) / warm
-        frac = (step - warm) / max(1, total - warm)
-        return hp.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    total, eval_every, lr_at = schedule(hp, n)
 
     orders: dict[int, list[int]] = {}
 

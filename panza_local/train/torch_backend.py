@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AdapterError
-from . import q4
+from . import q4, schedule
 from .data import IGNORE
 
 ARCHS = {"llama", "mistral", "qwen2", "qwen3"}
@@ -344,15 +344,7 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
     params = list(model.lora.values())
     opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
     n = len(train_rows)
-    total = hp.max_steps or max(1, math.ceil(n * hp.epochs / hp.grad_accum))
-    warm = max(1, int(total * hp.warmup))
-    eval_every = max(1, total // max(1, hp.evals))
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return hp.lr * (step + 1) / warm
-        frac = (step - warm) / max(1, total - warm)
-        return hp.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    total, eval_every, lr_at = schedule(hp, n)
 
     orders: dict[int, list[int]] = {}
 
