@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .parse import Item
+from .slim import read_file
 
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+:[ \t]?", re.MULTILINE)
 _KNOWN = re.compile(rb"(?im)^(from|to|subject|date|message-id|received|return-path|mime-version|"
@@ -42,4 +43,4 @@ def files(root: Path) -> Iterator[tuple[Path, str]]:
 
 
 def read(path: Path, start: int = 0) -> Iterator[Item]:
-    yield Item(location=str(path), raw=path.read_bytes(), folder=path.parent.name)
+    yield Item(location=str(path), raw=read_file(path), folder=path.parent.name)

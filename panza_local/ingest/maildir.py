@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .parse import Item
+from .slim import read_file
 
 
 def detect(path: Path) -> bool:
@@ -32,4 +33,4 @@ def folder_of(path: Path) -> str:
 
 
 def read(path: Path, start: int = 0) -> Iterator[Item]:
-    yield Item(location=str(path), raw=path.read_bytes(), folder=folder_of(path))
+    yield Item(location=str(path), raw=read_file(path), folder=folder_of(path))

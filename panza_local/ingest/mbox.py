@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .parse import Item
+from .slim import BIG, WINDOW, release, slim
 
 _HEADER = re.compile(rb"[!-9;-~]+:")
 _BLANK = re.compile(rb"\r?\n\r?\n")
@@ -49,9 +50,14 @@ def _is_sep(buf, pos: int) -> bool:
 def _next_sep(buf, pos: int, n: int) -> int:
     """Offset of the next separator line at or after `pos` (n when none)."""
     while True:
-        m = _SEP_CANDIDATE.search(buf, pos)
+        stop = min(n, pos + WINDOW)
+        m = _SEP_CANDIDATE.search(buf, pos, stop)
         if m is None:
-            return n
+            if stop >= n:
+                return n
+            release(buf, pos, stop - 8)      # a huge message: do not keep its pages while looking past it
+            pos = stop - 8
+            continue
         start, pos = m.end() - 5, m.start() + 1
         if _is_sep(buf, start):
             return start
@@ -93,6 +99,15 @@ def message_bytes(chunk: bytes) -> bytes:
     return _ESCAPED.sub(rb"\1", body) if b">From " in body else body
 
 
+def _raw(buf, begin: int, end: int) -> bytes:
+    """One message's bytes; a huge one is slimmed straight from the mapping (attachments dropped)."""
+    if end - begin <= BIG:
+        return message_bytes(buf[begin:end])
+    eol = buf.find(b"\n", begin, end)
+    body = slim(buf, eol + 1 if eol >= 0 else end, end)
+    return _ESCAPED.sub(rb"\1", body) if b">From " in body else body
+
+
 def read(path: Path, start: int = 0, folder: str | None = None) -> Iterator[Item]:
     """Messages of an mbox file from byte `start`; each Item's `end` is where the next begins."""
     size = path.stat().st_size
@@ -102,7 +117,7 @@ def read(path: Path, start: int = 0, folder: str | None = None) -> Iterator[Item
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         done = start // mmap.PAGESIZE * mmap.PAGESIZE
         for begin, end in split(buf, start):
-            yield Item(location=f"{path}:{begin}", raw=message_bytes(buf[begin:end]), folder=folder, end=end)
+            yield Item(location=f"{path}:{begin}", raw=_raw(buf, begin, end), folder=folder, end=end)
             if end - done >= _RELEASE and _DONTNEED is not None:
                 # pages already read would otherwise stay mapped: a 2 GB mbox would cost 2 GB of RSS
                 cut = end // mmap.PAGESIZE * mmap.PAGESIZE
