@@ -450,3 +450,54 @@ async def test_responsive_while_a_retune_runs(home, tmp_path, monkeypatch):
             assert any("fix" in n for n in notes(app)), notes(app)
         assert sorted(lat)[len(lat) // 2] < 0.25 and max(lat) < 2.0, lat
         assert p95(probe.lags) < 0.25, sorted(probe.lags)[-5:]
+
+
+async def test_status_shows_retune_history_and_a_promotion_by_another_process(home, embedded_model):
+    """A re-tune in another process promotes an adapter: the running app switches to it between requests,
+    says so, and the status view lists every pass with promoted or not and why."""
+    import json
+    import subprocess
+    import sys
+
+    from test_registry import _fake_adapter
+    from textual.widgets import DataTable
+
+    conn = store.connect()
+    _fake_adapter(conn, "ad-old", embedded_model)
+    _fake_adapter(conn, "ad-new", embedded_model, loss=(2.0, 1.2))
+    from panza_local.train import registry
+
+    registry.use("ad-old", conn)
+    for promoted, reason, new, cur in ((False, "kept ad-old: held-out loss 1.9 > 1.5", 1.9, 1.5),
+                                       (True, "promoted: held-out loss 1.2 <= 1.5", 1.2, 1.5)):
+        conn.execute("INSERT INTO runs (stage, started_at, finished_at, status, summary) VALUES "
+                     "('retune', ?, ?, 'ok', ?)", (store.now(), store.now(), json.dumps(
+                         {"new_messages": 7, "new_pairs": 6, "trained": True, "promoted": promoted,
+                          "reason": reason, "score_new": new, "score_current": cur})))
+    conn.commit()
+    conn.close()
+    app = make_app()
+    app.ADAPTER_POLL_S = 0.2
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("f4")
+        await pilot.pause()
+        assert app.adapter["id"] == "ad-old"
+        passes = app.screen.query_one("#status-retunes", DataTable)
+        rows = [passes.get_row_at(i) for i in range(passes.row_count)]
+        assert len(rows) == 2
+        assert "yes" in rows[0][4] and rows[0][5] == "1.2000 / 1.5000" and rows[0][6].startswith("promoted")
+        assert rows[1][4] == "no" and rows[1][6].startswith("kept ad-old")
+        r = subprocess.run([sys.executable, "-m", "panza_local", "adapters", "use", "ad-new"], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        for _ in range(50):
+            await pilot.pause(0.1)
+            if app.adapter and app.adapter["id"] == "ad-new":
+                break
+        assert app.adapter["id"] == "ad-new" and app.adapter_label() == "ad-new"
+        assert any("Drafts now use adapter ad-new" in n for n in notes(app)), notes(app)
+        await pilot.pause(0.3)
+        adapters = app.screen.query_one("#status-adapters", DataTable)
+        marked = [adapters.get_row_at(i)[0] for i in range(adapters.row_count)]
+        assert "● ad-new" in marked and "ad-old" in marked, marked
+        assert "ad-new" in visible_text(app)

@@ -29,6 +29,7 @@ class PanzaApp(App):
     TITLE = "panza"
     MODES: ClassVar = {"chat": ChatScreen, "draft": DraftScreen, "status": StatusScreen}
     DEFAULT_MODE = "chat"
+    ADAPTER_POLL_S = 3.0
     # Below 110 columns the side panel hides (ctrl+b shows it), so 80x24 keeps a usable transcript.
     HORIZONTAL_BREAKPOINTS: ClassVar = [(0, "-narrow"), (110, "-wide")]
     BINDINGS: ClassVar = [
@@ -54,6 +55,9 @@ class PanzaApp(App):
         self.adapter = backend.current_adapter()
 
     def on_mount(self) -> None:
+        # A re-tune in another process (`panza retune`, the schedule) can promote a new adapter at any time:
+        # notice it between requests and say so, like `panza serve` does.
+        self.set_interval(self.ADAPTER_POLL_S, self.check_adapter)
         if self._check_model:
             try:
                 backend.check_model(self.settings)
@@ -77,6 +81,21 @@ class PanzaApp(App):
     def refresh_adapter(self) -> None:
         """Re-read the promoted adapter (after a re-tune)."""
         self.adapter = backend.current_adapter()
+
+    def check_adapter(self) -> None:
+        """Switch to a newly promoted adapter (the next reply or draft uses it) and show that it happened."""
+        old_id = (self.adapter or {}).get("id")
+        if backend.current_adapter_id() == old_id:
+            return
+        now = backend.current_adapter()
+        new_id = (now or {}).get("id")
+        if new_id == old_id:
+            return
+        self.adapter = now
+        self.notify(f"Drafts now use adapter {new_id or 'none (base model)'} (was {old_id or 'the base model'}).",
+                    title="Adapter switched", timeout=10)
+        if isinstance(self.screen, StatusScreen):
+            self.screen.action_reload()
 
     def notify_error(self, message: str) -> None:
         """An error notification; the message names the command that fixes it."""

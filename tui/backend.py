@@ -30,6 +30,23 @@ def current_adapter() -> dict | None:
         return None
 
 
+def current_adapter_id() -> str | None:
+    """What the `current` pointer names (a readlink: cheap enough to poll)."""
+    from panza_local.train import registry
+
+    return registry.current_id()
+
+
+def retune_history(limit: int = 8) -> list[dict]:
+    """The last re-tune passes, newest first (what was new, promoted or not and why, scores)."""
+    from panza_local import retune
+
+    try:
+        return retune.history(limit)
+    except PanzaError:
+        return []
+
+
 def retrieve(conn, query: str, settings, *, to: str | None = None) -> tuple[list[dict], list[str]]:
     """Past emails like `query` for a chat turn, as side-panel rows, plus notices (no index yet, ...)."""
     from panza_local import index

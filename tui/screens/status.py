@@ -37,6 +37,8 @@ class StatusScreen(Screen):
             yield DataTable(id="status-sources", cursor_type="row", zebra_stripes=True)
             yield Label("Adapters", classes="section")
             yield DataTable(id="status-adapters", cursor_type="row", zebra_stripes=True)
+            yield Label("Re-tune history", classes="section")
+            yield DataTable(id="status-retunes", cursor_type="row", zebra_stripes=True)
             yield Label("Recent runs", classes="section")
             yield DataTable(id="status-runs", cursor_type="row", zebra_stripes=True)
             yield Label("Re-tune", classes="section")
@@ -51,6 +53,8 @@ class StatusScreen(Screen):
         self.query_one("#status-adapters", DataTable).add_columns("adapter", "base model", "status", "scores",
                                                                   "created")
         self.query_one("#status-runs", DataTable).add_columns("stage", "status", "started", "finished")
+        self.query_one("#status-retunes", DataTable).add_columns("started", "status", "new mail", "new pairs",
+                                                                 "promoted", "held-out loss new / current", "why")
         self.query_one("#retune-bar", ProgressBar).update(total=100, progress=0)  # idle, not animating
         self.action_reload()
         self.query_one("#status-sources").focus()
@@ -81,6 +85,14 @@ class StatusScreen(Screen):
                              _when(a["created_at"]))
         if not st["adapters"]:
             adapters.add_row("[dim]none: panza train[/]", "", "", "", "")
+        passes = self.query_one("#status-retunes", DataTable)
+        passes.clear()
+        for p in backend.retune_history(8):
+            passes.add_row(_when(p.get("started_at")), p.get("status", ""), str(p.get("new_messages", "")),
+                           str(p.get("new_pairs", "")), "[b]yes[/]" if p.get("promoted") else "no",
+                           _losses(p.get("score_new"), p.get("score_current")), p.get("reason") or "")
+        if passes.row_count == 0:
+            passes.add_row("[dim]none yet: press r, or panza schedule install[/]", "", "", "", "", "", "")
         runs = self.query_one("#status-runs", DataTable)
         runs.clear()
         for r in st["runs"]:
@@ -137,6 +149,11 @@ class StatusScreen(Screen):
 
 def _when(iso: str | None) -> str:
     return (iso or "").replace("T", " ")[:16]
+
+
+def _losses(new, current) -> str:
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "—"  # noqa: E731
+    return "" if new is None and current is None else f"{fmt(new)} / {fmt(current)}"
 
 
 def _scores(metrics: dict) -> str:
