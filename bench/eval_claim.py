@@ -26,7 +26,7 @@ DATA = ROOT.parent / "shared" / "data"
 USERS = {
     "marcus": [DATA / "panza" / "marcus_anonymous_clean.jsonl"],
     "david": [DATA / "panza" / "david_anonymous_clean.jsonl"],
-    "allen-p": [DATA / "enron" / "sent" / "enron.allen-p.sent.mbox"],
+    "allen-p": [DATA / "enron" / "sent" / f"enron.allen-p.{f}.mbox" for f in ("_sent_mail", "sent", "sent_items")],
     "kay": [DATA / "panza" / "kay_brown_clean.jsonl"],
 }
 ME = {"allen-p": ["phillip.allen@enron.com", "k..allen@enron.com"]}
@@ -91,15 +91,14 @@ def main() -> None:
     pb = step("playback", "playback", *(["--limit", str(args.pairs)] if args.pairs else []))
     step("index", "index")
     train = step("train", "train", "--preset", args.preset)
-    report = work / "report"
+    report = ROOT / "bench" / "results" / f"eval_{args.user}"   # report.md + plots, kept with the figures
     ev = step("eval", "eval", "--limit", str(args.limit), "--seeds", str(args.seeds), "--report", str(report))
     out = {"user": args.user, "sources": [str(p.relative_to(DATA)) for p in USERS[args.user]],
            "mine": ingest.get("mine"), "playback": {k: pb.get(k) for k in ("pairs", "quality", "generated")},
            "train": {k: train.get(k) for k in ("adapter", "steps", "val_loss", "train_loss", "tokens_per_s",
                                               "promoted", "epochs", "examples")},
            "eval": ev, "steps_s": steps, "total_s": round(time.perf_counter() - t0, 1)}
-    res = ROOT / "bench" / "results"
-    res.mkdir(parents=True, exist_ok=True)
+    res = report.parent
     (res / f"eval_{args.user}.json").write_text(json.dumps(out, indent=2, default=str))
     md = [f"# Evaluation: {args.user} ({', '.join(out['sources'])})", "",
           f"{ev.get('n')} held-out emails x {ev.get('seeds')} seeds, embedded model, preset {args.preset}; "

@@ -37,7 +37,12 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ours(rows, steps, warmup, threads) -> dict:
+VARIANTS = {"ours": {}, "ours-dense": {"keep_q4": False, "grad_ckpt": False},
+            "ours-dense-ckpt": {"keep_q4": False, "grad_ckpt": True},
+            "ours-q4": {"keep_q4": True, "grad_ckpt": False}, "ours-q4-ckpt": {"keep_q4": True, "grad_ckpt": True}}
+
+
+def run_ours(rows, steps, warmup, threads, variant: str = "ours") -> dict:
     import torch
 
     from panza_local import catalogue
@@ -45,7 +50,7 @@ def run_ours(rows, steps, warmup, threads) -> dict:
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    model = tb.build(catalogue.embedded_path(), 8, 16.0, tb.ALL_TARGETS, "cpu")
+    model = tb.build(catalogue.embedded_path(), 8, 16.0, tb.ALL_TARGETS, "cpu", **VARIANTS[variant])
     load_s = time.perf_counter() - t0
     opt = torch.optim.AdamW(list(model.lora.values()), lr=2e-4)
 
@@ -116,8 +121,10 @@ def main() -> int:
     args = ap.parse_args()
     if args.one:
         rows = rows_for(Path(args.data), args.seq, args.steps + args.warmup)
-        fn = run_ours if args.one == "ours" else run_baseline
-        res = fn(rows, args.steps, args.warmup, args.threads)
+        if args.one in VARIANTS:
+            res = run_ours(rows, args.steps, args.warmup, args.threads, args.one)
+        else:
+            res = run_baseline(rows, args.steps, args.warmup, args.threads)
         print("RESULT " + json.dumps({**res, "method": args.one}), flush=True)
         return 0
     results = []

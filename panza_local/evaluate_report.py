@@ -111,6 +111,9 @@ def loss_curves(metrics: dict | None) -> dict[str, list[tuple[float, float]]]:
                     add(k2, v2)
         elif "loss" in k or k in ("history", "log", "steps"):
             add(k, v)
+    before = metrics.get("val_loss_before")
+    if isinstance(before, (int, float)) and out.get("val_loss") and out["val_loss"][0][0] > 0:
+        out["val_loss"].insert(0, (0.0, float(before)))  # the untrained starting point: where the curve begins
     return out
 
 

@@ -116,6 +116,9 @@ def test_loss_curves_reads_the_usual_shapes():
     got = evaluate_report.loss_curves({"metrics": {"history": [{"iter": 5, "loss": 2.0}, {"iter": 10, "loss": 1.5}]}})
     assert got == {"history": [(5.0, 2.0), (10.0, 1.5)]}
     assert evaluate_report.loss_curves({"val_loss_after": 1.2}) == {}
+    got = evaluate_report.loss_curves({"val_loss_before": 2.2, "history": [{"step": 13, "val_loss": 2.0},
+                                                                           {"step": 26, "val_loss": 1.8}]})
+    assert got["val_loss"] == [(0.0, 2.2), (13.0, 2.0), (26.0, 1.8)]  # the curve starts at the untrained model
 
 
 @pytest.mark.slow

@@ -277,9 +277,12 @@ def pick_device(requested: str = "auto") -> str:
 
 
 def build(gguf_path: str | Path, rank: int, alpha: float, targets=ALL_TARGETS, device: str = "auto",
-          grad_ckpt: bool | None = None, seed: int = 0) -> LoraModel:
+          grad_ckpt: bool | None = None, seed: int = 0, keep_q4: bool | None = None) -> LoraModel:
     """The trainable model for a GGUF on the best device: fp32 on CPU, Q4 blocks + bf16 on CUDA."""
     device = pick_device(device)
+    if device == "cpu" and keep_q4 is not None:
+        base = load_base(gguf_path, "cpu", torch.float32, keep_q4=keep_q4)
+        return LoraModel(base, rank, alpha, targets, torch.float32, bool(grad_ckpt), seed)
     if device == "cuda":
         base = load_base(gguf_path, device, torch.bfloat16, keep_q4=True)
         lora_dtype, ckpt = torch.float32, True if grad_ckpt is None else grad_ckpt
