@@ -172,6 +172,43 @@ def test_training_lowers_loss_and_keeps_best_state(tmp_path):
     assert (tmp_path / mlx_backend.CHECKPOINT).exists()
 
 
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    """mx.checkpoint per layer recomputes activations in backward: same loss, same LoRA gradients."""
+    from mlx import nn
+    from mlx.utils import tree_flatten
+
+    from panza_local.train import mlx_backend
+
+    lm = _tiny(1)
+    mlx_backend.add_lora(lm, 4, 8.0, ("q_proj", "v_proj", "down_proj"), seed=3)
+    import mlx.core as mx
+
+    for _, m in mlx_backend._lora_modules(lm):  # B is zero at init: give A a gradient too
+        m.lora_b = 0.1 * mx.random.normal(m.lora_b.shape)
+    arrays = mlx_backend._row_arrays(_rows(1, seq=32, seed=5)[0])[:5]
+    got = []
+    for ckpt in (False, True):
+        fn = nn.value_and_grad(lm.model, lambda *a, c=ckpt: mlx_backend.row_loss(lm, *a, grad_ckpt=c))
+        loss, grads = fn(*arrays)
+        got.append((float(loss), dict(tree_flatten(grads))))
+    (l0, g0), (l1, g1) = got
+    assert abs(l0 - l1) < 1e-4 * abs(l0)
+    assert g0.keys() == g1.keys() and len(g0) == 2 * 3 * 2  # A and B of 3 projections in 2 layers
+    for k in g0:
+        assert np.allclose(np.array(g0[k]), np.array(g1[k]), rtol=1e-3, atol=1e-5), k
+    assert any(np.abs(np.array(v)).max() > 0 for v in g1.values())
+
+
+def test_training_with_gradient_checkpointing_ends_where_training_without_it_ends(tmp_path):
+    from panza_local.train import mlx_backend
+
+    rows = _rows(4)
+    a = mlx_backend.train_lora(None, rows, rows[:2], _hp(max_steps=3, evals=1), tmp_path / "a", lm=_tiny())
+    b = mlx_backend.train_lora(None, rows, rows[:2], _hp(max_steps=3, evals=1, grad_ckpt=True), tmp_path / "b",
+                               lm=_tiny())
+    assert b["steps"] == 3 and abs(a["val_loss_after"] - b["val_loss_after"]) < 1e-3 * a["val_loss_after"]
+
+
 def test_early_stopping_stops_when_validation_stops_improving(tmp_path):
     from panza_local.train import mlx_backend
 

@@ -86,13 +86,13 @@ def _row_arrays(row: dict):
             mx.array(sel.astype(np.int32)), mx.array(tg[sel].astype(np.int32)), len(sel))
 
 
-def row_loss(lm, ids, pos, seg, sel, tgt):
+def row_loss(lm, ids, pos, seg, sel, tgt, grad_ckpt: bool = False):
     """Summed cross-entropy over one row's loss tokens; the vocabulary projection only where there is loss."""
     from mlx import nn
 
     from . import mlx_model
 
-    h = mlx_model.hidden(lm, ids, pos, seg)[0]
+    h = mlx_model.hidden(lm, ids, pos, seg, grad_ckpt=grad_ckpt)[0]
     logits = mlx_model.head(lm, h[sel])
     return nn.losses.cross_entropy(logits, tgt, reduction="sum")
 
@@ -191,7 +191,8 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
         state["best"] = lora_tensors(lm)
     if on_progress:
         on_progress(state["step"], total, f"val loss {state['val_before']:.3f}")
-    loss_and_grad = nn.value_and_grad(lm.model, lambda *a: row_loss(lm, *a))
+    recompute = bool(hp.grad_ckpt)  # default off: on a CPU the recompute costs more than the memory it saves
+    loss_and_grad = nn.value_and_grad(lm.model, lambda *a: row_loss(lm, *a, grad_ckpt=recompute))
     last_loss = float("nan")
     while state["step"] < total and not state["stopped"]:
         step = state["step"]

@@ -310,8 +310,23 @@ def _attention(attn, x, cos, sin, mask, lm: Loaded):
     return attn.o_proj(o.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
-def hidden(lm: Loaded, ids, positions=None, segments=None):
-    """Final-norm hidden states (B, L, D) for token ids (B, L); `positions`/`segments` as `data.pack` makes."""
+def _checkpointed(layer, block):
+    """`block(h, *arrays)` for one layer with its activations recomputed in backward (mx.checkpoint): the
+    layer's trainable parameters go in as an argument, so their gradients still flow."""
+    import mlx.core as mx
+
+    def inner(params, *args):
+        layer.update(params)
+        return block(*args)
+
+    return lambda *args: mx.checkpoint(inner)(layer.trainable_parameters(), *args)
+
+
+def hidden(lm: Loaded, ids, positions=None, segments=None, grad_ckpt: bool = False):
+    """Final-norm hidden states (B, L, D) for token ids (B, L); `positions`/`segments` as `data.pack` makes.
+
+    `grad_ckpt` keeps one layer's activations at a time and recomputes them in backward (less memory, ~1/3
+    more compute), as the torch backend's gradient checkpointing does."""
     import mlx.core as mx
 
     B, L = ids.shape
@@ -333,16 +348,21 @@ def hidden(lm: Loaded, ids, positions=None, segments=None):
         lcos, lsin = angles(lm.local_inv_freq)
         lmask = _mask(positions, segments, lm.sliding_window)
         for layer in inner.layers:
+            def block(h, c, s, m, layer=layer):
+                r = _attention(layer.self_attn, layer.input_layernorm(h), c, s, m, lm)
+                h = h + layer.post_attention_layernorm(r)
+                return h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+
             sliding = layer.self_attn.is_sliding
-            r = _attention(layer.self_attn, layer.input_layernorm(h), lcos if sliding else cos,
-                           lsin if sliding else sin, lmask if sliding else mask, lm)
-            h = h + layer.post_attention_layernorm(r)
-            r = layer.mlp(layer.pre_feedforward_layernorm(h))
-            h = h + layer.post_feedforward_layernorm(r)
+            args = (h, lcos, lsin, lmask) if sliding else (h, cos, sin, mask)
+            h = (_checkpointed(layer, block) if grad_ckpt else block)(*args)
     else:
         for layer in inner.layers:
-            h = h + _attention(layer.self_attn, layer.input_layernorm(h), cos, sin, mask, lm)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            def block(h, c, s, m, layer=layer):
+                h = h + _attention(layer.self_attn, layer.input_layernorm(h), c, s, m, lm)
+                return h + layer.mlp(layer.post_attention_layernorm(h))
+
+            h = (_checkpointed(layer, block) if grad_ckpt else block)(h, cos, sin, mask)
     return inner.norm(h)
 
 
