@@ -6,6 +6,7 @@ is slow (its matmuls, quantized or not, ran ~20x slower than numpy's here): the 
 users is Metal on Apple Silicon, which needs a Mac to measure.
 
     python bench/train_mlx.py --pairs 100 --seq-len 256 --steps 3
+    python bench/train_mlx.py --compare --steps 12       # torch vs mlx: validation loss on the same 100 pairs
 """
 
 from __future__ import annotations
@@ -62,6 +63,39 @@ def mlx_row(n_pairs: int = 100, seq_len: int = 512, steps: int = 3, grad_accum: 
             "note": "mlx CPU build on Linux; Metal (Apple Silicon) numbers need a Mac"}
 
 
+def compare(n_pairs: int = 100, seq_len: int = 256, steps: int = 12, grad_accum: int = 2, rank: int = 8,
+            lr: float = 2e-4, threads: int = 2) -> dict:
+    """The same pairs, rows, hyper-parameters and schedule trained by the torch and the mlx backends: the
+    validation loss each reaches (issue: comparable validation loss, report both)."""
+    import torch
+
+    from panza_local.train import HParams, mlx_backend, torch_backend
+
+    base, rows_tr, rows_va = prepare(n_pairs, seq_len)
+    hp = HParams(rank=rank, alpha=2.0 * rank, lr=lr, seq_len=seq_len, grad_accum=grad_accum, max_steps=steps,
+                 evals=3, ckpt_every=10**6, patience=10, warmup=0.1)
+    torch.set_num_threads(threads)
+    out = {"n_pairs": n_pairs, "train_rows": len(rows_tr), "val_rows": len(rows_va), "seq_len": seq_len,
+           "steps": steps, "grad_accum": grad_accum, "lr": lr, "rank": rank}
+    for name, fn in (("torch", lambda d: torch_backend.train_lora(base, rows_tr, rows_va, hp, d, device="cpu",
+                                                                  threads=threads)),
+                     ("mlx", lambda d: mlx_backend.train_lora(base, rows_tr, rows_va, hp, d))):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            res = fn(Path(tmp))
+            out[name] = {"val_loss_before": round(res["val_loss_before"], 4),
+                         "val_loss_after": round(res["val_loss_after"], 4), "steps": res["steps"],
+                         "tokens_per_s": round(res["tokens_per_s"], 1), "seconds": round(time.perf_counter() - t0, 1),
+                         "history": [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()}
+                                     for h in res["history"]]}
+        print(f"  {name}: val loss {out[name]['val_loss_before']} -> {out[name]['val_loss_after']} "
+              f"in {out[name]['seconds']} s", flush=True)
+    t, m = out["torch"], out["mlx"]
+    out["relative_gap"] = round(abs(t["val_loss_after"] - m["val_loss_after"]) /
+                                (t["val_loss_before"] - t["val_loss_after"]), 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=100)
@@ -69,9 +103,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--compare", action="store_true",
+                    help="train torch and mlx on the same pairs and report both validation losses")
     a = ap.parse_args()
     if not (SHARED / "panza").is_dir():
         sys.exit(f"needs the shared data set at {SHARED}")
+    if a.compare:
+        r = compare(a.pairs, a.seq_len, a.steps, a.grad_accum, lr=a.lr)
+        print(r)
+        print("saved", save("train_torch_vs_mlx", r))
+        return
     r = mlx_row(a.pairs, a.seq_len, a.steps, a.grad_accum, lr=a.lr)
     print(r)
     print("saved", save("train_mlx", {"rows": [r]}))

@@ -43,8 +43,8 @@ def embedded_model() -> Path:
 # it (the call itself raises OSError, so code under test sees what an offline machine gives it). A test that
 # checks offline behaviour on purpose marks itself @pytest.mark.allow_network_attempt.
 
-import ipaddress  # noqa: E402
-import socket  # noqa: E402
+import ipaddress
+import socket
 
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", ""}
 _violations: list[str] = []

@@ -89,10 +89,9 @@ def test_migrations_ordered_and_idempotent(home):
 
 def test_transaction_rolls_back(home):
     conn = store.connect()
-    with pytest.raises(RuntimeError):
-        with store.transaction(conn):
-            conn.execute("INSERT INTO models (name, path, added_at) VALUES ('m', '/x', 'now')")
-            raise RuntimeError
+    with pytest.raises(RuntimeError), store.transaction(conn):
+        conn.execute("INSERT INTO models (name, path, added_at) VALUES ('m', '/x', 'now')")
+        raise RuntimeError
     assert conn.execute("SELECT count(*) FROM models").fetchone()[0] == 0
 
 

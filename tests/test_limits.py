@@ -202,8 +202,7 @@ def test_a_huge_message_ingests_in_bounded_memory_and_keeps_its_text(tmp_path, c
             (d / "one.eml").write_bytes(_big_message(mb))
         else:
             with open(d / "mail.mbox", "wb") as fh:
-                for i, size in enumerate((0, mb, 0)):
-                    fh.write(b"From me@example.org Mon Jan  1 00:00:00 2001\n" + _big_message(size, i) + b"\n")
+                fh.writelines(b"From me@example.org Mon Jan  1 00:00:00 2001\n" + _big_message(size, i) + b"\n" for i, size in enumerate((0, mb, 0)))
     cmd = [sys.executable, "-m", "panza_local", "ingest", "--me", "me@example.org", "--json"]
     base = _peak_rss_mb([*cmd, str(small_dir)], _env(tmp_path / "h1"))
     peak = _peak_rss_mb([*cmd, str(big_dir)], _env(tmp_path / "h2"))
@@ -231,7 +230,7 @@ def test_slimming_keeps_what_the_parser_reads(shared_data, monkeypatch):
         except Exception:  # noqa: BLE001 - the parser's own failures are test_fuzz's business
             continue
         b = parse(slim(raw))
-        key = lambda p: (p.text.strip(), p.subject, p.from_addr, p.message_id, p.auto)  # noqa: E731
+        key = lambda p: (p.text.strip(), p.subject, p.from_addr, p.message_id, p.auto)
         if key(a) == key(b):
             same += 1
         else:

@@ -152,7 +152,7 @@ def _when(iso: str | None) -> str:
 
 
 def _losses(new, current) -> str:
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "—"  # noqa: E731
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "—"
     return "" if new is None and current is None else f"{fmt(new)} / {fmt(current)}"
 
 
