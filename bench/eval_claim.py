@@ -95,8 +95,7 @@ def main() -> None:
     ev = step("eval", "eval", "--limit", str(args.limit), "--seeds", str(args.seeds), "--report", str(report))
     out = {"user": args.user, "sources": [str(p.relative_to(DATA)) for p in USERS[args.user]],
            "mine": ingest.get("mine"), "playback": {k: pb.get(k) for k in ("pairs", "quality", "generated")},
-           "train": {k: train.get(k) for k in ("adapter", "steps", "val_loss", "train_loss", "tokens_per_s",
-                                              "promoted", "epochs", "examples")},
+           "train": {k: v for k, v in train.items() if not isinstance(v, (list, dict))},
            "eval": ev, "steps_s": steps, "total_s": round(time.perf_counter() - t0, 1)}
     res = report.parent
     (res / f"eval_{args.user}.json").write_text(json.dumps(out, indent=2, default=str))

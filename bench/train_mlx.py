@@ -73,7 +73,7 @@ def compare(n_pairs: int = 100, seq_len: int = 256, steps: int = 12, grad_accum:
 
     base, rows_tr, rows_va = prepare(n_pairs, seq_len)
     hp = HParams(rank=rank, alpha=2.0 * rank, lr=lr, seq_len=seq_len, grad_accum=grad_accum, max_steps=steps,
-                 evals=3, ckpt_every=10**6, patience=10, warmup=0.1)
+                 evals=2, ckpt_every=10**6, patience=10, warmup=0.1)
     torch.set_num_threads(threads)
     out = {"n_pairs": n_pairs, "train_rows": len(rows_tr), "val_rows": len(rows_va), "seq_len": seq_len,
            "steps": steps, "grad_accum": grad_accum, "lr": lr, "rank": rank}

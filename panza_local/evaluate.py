@@ -33,7 +33,7 @@ CONFIGS: dict[str, dict[str, bool]] = {
     "adapter+rag": {"use_adapter": True, "use_rag": True},
 }
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "mauve", "bertscore")
-STYLE = ("length_words", "length_ratio", "greeting_match", "signoff_match", "vocab_overlap")
+STYLE = ("length_words", "length_ratio", "length_match", "greeting_match", "signoff_match", "vocab_overlap")
 SEED_BASE = 1234
 MAUVE_MIN_N = 50
 SCORING_MODELS = ("BLEU/ROUGE: no model (rouge-score tokeniser); BERTScore and MAUVE: all-MiniLM-L6-v2 "

@@ -241,6 +241,7 @@ def style(candidate: str, reference: str) -> dict[str, float]:
         "length_words": float(len(cw)),
         "ref_length_words": float(len(rw)),
         "length_ratio": len(cw) / max(len(rw), 1),
+        "length_match": min(len(cw), len(rw)) / max(len(cw), len(rw), 1),   # 1 = as long as theirs, on a 0-1 scale
         "greeting_match": float(greeting(candidate) == greeting(reference)),
         "signoff_match": float(signoff(candidate) == signoff(reference)),
         "vocab_overlap": len(cv & rv) / max(len(cv | rv), 1),

@@ -12,7 +12,7 @@ from .errors import PanzaError
 
 CONFIG_COLOURS = {"stock": "#9e9e9e", "stock+rag": "#64b5f6", "adapter": "#ffb74d", "adapter+rag": "#e53935"}
 PLOT_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore", "mauve")
-STYLE_METRICS = ("greeting_match", "signoff_match", "vocab_overlap", "length_ratio")
+STYLE_METRICS = ("greeting_match", "signoff_match", "vocab_overlap", "length_match")  # all on a 0-1 scale
 
 
 def _pyplot():

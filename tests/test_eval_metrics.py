@@ -104,8 +104,10 @@ def test_greeting_and_signoff():
 def test_style_identical_and_different():
     same = m.style(MAYA_A, MAYA_A)
     assert same == {"length_words": same["ref_length_words"], "ref_length_words": same["ref_length_words"],
-                    "length_ratio": 1.0, "greeting_match": 1.0, "signoff_match": 1.0, "vocab_overlap": 1.0}
+                    "length_ratio": 1.0, "length_match": 1.0, "greeting_match": 1.0, "signoff_match": 1.0,
+                    "vocab_overlap": 1.0}
     diff = m.style(OTHER2, MAYA_A)
+    assert m.style("one two", "one two three four")["length_match"] == 0.5 == m.style("a b c d", "a b")["length_match"]
     assert diff["greeting_match"] == 0.0 and diff["signoff_match"] == 0.0
     assert diff["vocab_overlap"] < 0.15
 
@@ -113,7 +115,7 @@ def test_style_identical_and_different():
 def test_score_set_has_every_metric():
     out = m.score_set([MAYA_A, MAYA_B, OTHER], [MAYA_A, MAYA_A, MAYA_A])
     for key in ("bleu", "rouge1", "rouge2", "rougeL", "bertscore", "mauve", "length_words", "greeting_match",
-                "signoff_match", "vocab_overlap", "length_ratio"):
+                "signoff_match", "vocab_overlap", "length_ratio", "length_match"):
         assert key in out and not math.isnan(out[key])
     assert 0 < out["bleu"] < 1 and 0 < out["rougeL"] < 1
     with pytest.raises(ValueError):
