@@ -29,6 +29,7 @@ Say = Callable[[str], None]
 
 FULL_EVERY = 4   # warm starts in a row before a full retrain from scratch (warm starts drift from a clean fit)
 DRIFT = 1.0      # new pairs above this share of what the current adapter saw: retrain from scratch
+GATE_MIN = 6      # fewest held-out pairs a promotion decision is made on (test split topped up from valid)
 SCORE_LIMIT = 24  # held-out pairs scored per adapter (the newest; scoring is llama.cpp, a few s each)
 
 
@@ -81,6 +82,10 @@ def test_pairs(conn, limit: int = SCORE_LIMIT) -> tuple[list[dict], str]:
     from . import playback
 
     test = playback.pairs(conn, split="test")[-limit:]
+    if 0 < len(test) < GATE_MIN:
+        # a young mailbox's test split is a pair or two: one email's loss decides nothing, so the newest
+        # validation pairs join it (no adapter trained on them; they only chose its best checkpoint)
+        test = playback.pairs(conn, split="valid")[-(GATE_MIN - len(test)):] + test
     digest = hashlib.sha256("\n".join(p["content_hash"] + (p["instruction"] or "") for p in test).encode())
     return test, digest.hexdigest()[:16]
 

@@ -98,6 +98,7 @@ def test_kill9_resumes_from_last_checkpoint(home, shared_data):
     assert registry.get(res["adapter_id"], conn)["status"] == "ready"
 
 
+@pytest.mark.heavy
 def test_training_on_100_real_pairs_lowers_val_loss_and_changes_drafts(home, shared_data):
     from panza_local import catalogue, engine, store
     from panza_local.train import data, train

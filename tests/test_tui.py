@@ -152,8 +152,7 @@ async def test_chat_streams_from_real_engine_and_survives_restart(seeded):
         await pilot.press("ctrl+n")
         await type_text(pilot, "Say hello to Bob")
         await pilot.press("enter")
-        await pilot.pause(0.2)
-        assert app.screen._md_stream is not None or any(not w.is_finished for w in app.workers)
+        await pilot.pause(0.2)  # (8 tokens can be done by now on an idle machine: no race on "still streaming")
         await wait_workers(app, pilot)
         assert not [n for n in notes(app) if "fix" in n], notes(app)
         conv_id = app.screen.conversation_id
@@ -358,42 +357,48 @@ def p95(values: list[float]) -> float:
 async def test_responsive_while_a_draft_streams(seeded):
     from textual.widgets import Input, TextArea
 
-    app = make_app(max_tokens=400, seed=5, use_rag=False)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause()
-        screen = app.screen
-        await type_text(pilot, "ask Carol to move the budget review")
-        await pilot.press("enter")
-        area = screen.query_one("#draft-text", TextArea)
-        t0 = time.monotonic()
-        while screen.streaming and not area.text:  # wait for the first streamed piece
-            assert time.monotonic() - t0 < 120, notes(app)
-            await pilot.pause(0.05)
-        assert screen.streaming, "the draft finished before the measurement could start"
-        probe = LagProbe()
-        probe.start()
-        await pilot.press("shift+tab")  # instruction → Subject box, typing while tokens keep arriving
-        subject = screen.query_one("#draft-subject", Input)
-        assert app.focused is subject
-        chars_before = len(area.text)
-        lat = await key_latencies(app, subject, "budgetreview")
-        await pilot.pause(2.0)  # keep probing the loop for a while as tokens arrive
-        probe.stop()
-        still_streaming = screen.streaming
-        grew = len(area.text) > chars_before
-        await pilot.press("escape")  # stop the draft: what streamed so far stays, editable
-        await wait_workers(app, pilot)
-        assert not screen.streaming and not area.read_only and area.text.strip()
-        print(f"\nwhile streaming: key latency median {sorted(lat)[len(lat) // 2] * 1000:.0f} ms, "
-              f"max {max(lat) * 1000:.0f} ms; loop lag p95 {p95(probe.lags) * 1000:.0f} ms, "
-              f"max {max(probe.lags) * 1000:.0f} ms over {len(probe.lags)} ticks")
-        assert still_streaming or grew, "typing was not measured while the draft streamed"
-        assert subject.value == "budgetreview"
-        # A UI blocked by generation would show the whole draft's time (tens of seconds here) on some key;
-        # thresholds leave room for a 2-core box shared by 8 jobs.
-        assert sorted(lat)[len(lat) // 2] < 0.25 and max(lat) < 2.0, lat
-        assert p95(probe.lags) < 0.25, sorted(probe.lags)[-5:]
+    # A sampled draft can end early (EOS); the test needs one still streaming, so it tries a few seeds.
+    for seed in (5, 11, 23, 42):
+        app = make_app(max_tokens=400, seed=seed, use_rag=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("f3")
+            await pilot.pause()
+            screen = app.screen
+            await type_text(pilot, "ask Carol to move the budget review")
+            await pilot.press("enter")
+            area = screen.query_one("#draft-text", TextArea)
+            t0 = time.monotonic()
+            while screen.streaming and not area.text:  # wait for the first streamed piece
+                assert time.monotonic() - t0 < 120, notes(app)
+                await pilot.pause(0.05)
+            if not screen.streaming:
+                continue  # this seed's draft was over before the first piece showed: too short to type during
+            probe = LagProbe()
+            probe.start()
+            await pilot.press("shift+tab")  # instruction → Subject box, typing while tokens keep arriving
+            subject = screen.query_one("#draft-subject", Input)
+            assert app.focused is subject
+            chars_before = len(area.text)
+            lat = await key_latencies(app, subject, "budgetreview")
+            await pilot.pause(2.0)  # keep probing the loop for a while as tokens arrive
+            probe.stop()
+            still_streaming = screen.streaming
+            grew = len(area.text) > chars_before
+            await pilot.press("escape")  # stop the draft: what streamed so far stays, editable
+            await wait_workers(app, pilot)
+            assert not screen.streaming and not area.read_only and area.text.strip()
+            print(f"\nwhile streaming: key latency median {sorted(lat)[len(lat) // 2] * 1000:.0f} ms, "
+                  f"max {max(lat) * 1000:.0f} ms; loop lag p95 {p95(probe.lags) * 1000:.0f} ms, "
+                  f"max {max(probe.lags) * 1000:.0f} ms over {len(probe.lags)} ticks")
+            assert still_streaming or grew, "typing was not measured while the draft streamed"
+            assert subject.value == "budgetreview"
+            # A UI blocked by generation would show the whole draft's time (tens of seconds here) on some key;
+            # thresholds leave room for a 2-core box shared by 8 jobs.
+            assert sorted(lat)[len(lat) // 2] < 0.25 and max(lat) < 2.0, lat
+            assert p95(probe.lags) < 0.25, sorted(probe.lags)[-5:]
+            break
+    else:
+        pytest.fail("every seed's draft ended before typing could be measured during it")
 
 
 @pytest.mark.slow
