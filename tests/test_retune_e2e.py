@@ -180,16 +180,21 @@ def test_adapter_trained_on_shuffled_pairs_is_not_promoted(fresh):
     w = fresh
     current = w.first["adapter_id"]
     conn = store.connect()
-    tr, va = data.examples(conn, "train"), data.examples(conn, "val")
-    exs = tr + va
+    tr = data.examples(conn, "train")
+    exs = tr  # only training emails: the gate scores on test (and, for a tiny split, validation) emails,
+    # which a bad candidate must not have seen either
     rng = random.Random(7)
     perm = list(range(len(exs)))
     while any(i == p for i, p in enumerate(perm)):  # a derangement: no prompt keeps its own email
         rng.shuffle(perm)
     shuffled = [data.Example(messages=e.messages, target=exs[perm[i]].target, key=f"shuffled-{i}")
                 for i, e in enumerate(exs)]
-    res = train.train(conn, train_examples=shuffled[: len(tr)], val_examples=shuffled[len(tr):],
-                      overrides={"seed": 3})
+    # Trained as lightly as the current adapter, a shuffled one mostly learns the same greeting, sign-off and
+    # length (the emails are still the user's) and the two differ by noise. Trained hard on the wrong
+    # mapping, it memorises emails for the wrong instructions: what a bad candidate looks like. (Validated on
+    # its own training pairs, so best-state selection keeps the overfit end, not an early near-base state.)
+    res = train.train(conn, train_examples=shuffled[: len(tr)], val_examples=shuffled[: len(tr)],
+                      overrides={"seed": 3, "epochs": 12.0, "lr": 3e-3, "grad_accum": 1, "patience": 100})
     assert res["adapter_id"] != current
     decision = retune.gate(conn, res["adapter_id"])
     print("shuffled-pairs gate:", json.dumps(decision))

@@ -358,7 +358,7 @@ async def test_responsive_while_a_draft_streams(seeded):
     from textual.widgets import Input, TextArea
 
     # A sampled draft can end early (EOS); the test needs one still streaming, so it tries a few seeds.
-    for seed in (5, 11, 23, 42):
+    for seed in (5, 11, 23, 42, 7, 19, 31, 57):
         app = make_app(max_tokens=400, seed=seed, use_rag=False)
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.press("f3")
@@ -390,7 +390,8 @@ async def test_responsive_while_a_draft_streams(seeded):
             print(f"\nwhile streaming: key latency median {sorted(lat)[len(lat) // 2] * 1000:.0f} ms, "
                   f"max {max(lat) * 1000:.0f} ms; loop lag p95 {p95(probe.lags) * 1000:.0f} ms, "
                   f"max {max(probe.lags) * 1000:.0f} ms over {len(probe.lags)} ticks")
-            assert still_streaming or grew, "typing was not measured while the draft streamed"
+            if not (still_streaming or grew):
+                continue  # the draft ended just as typing began: nothing was measured during it, next seed
             assert subject.value == "budgetreview"
             # A UI blocked by generation would show the whole draft's time (tens of seconds here) on some key;
             # thresholds leave room for a 2-core box shared by 8 jobs.
