@@ -18,10 +18,10 @@ from .slim import BIG, WINDOW, release, slim
 _HEADER = re.compile(rb"[!-9;-~]+:")
 _BLANK = re.compile(rb"\r?\n\r?\n")
 _SEP_CANDIDATE = re.compile(rb"\n\r?\nFrom ")
+_SEP_MAX = 8                              # longest _SEP_CANDIDATE match: windows overlap by this much
 _CL = re.compile(rb"(?im)^content-length:\s*(\d+)\s*$")
 _ESCAPED = re.compile(rb"(?m)^>(>*From )")
 _RELEASE = 8 * 2**20                     # drop read pages from the mapping every 8 MiB (bounded RSS)
-_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 
 
 def detect(path: Path) -> bool:
@@ -55,8 +55,8 @@ def _next_sep(buf, pos: int, n: int) -> int:
         if m is None:
             if stop >= n:
                 return n
-            release(buf, pos, stop - 8)      # a huge message: do not keep its pages while looking past it
-            pos = stop - 8
+            release(buf, pos, stop - _SEP_MAX)      # a huge message: do not keep its pages while looking past it
+            pos = stop - _SEP_MAX
             continue
         start, pos = m.end() - 5, m.start() + 1
         if _is_sep(buf, start):
@@ -92,11 +92,15 @@ def split(buf, start: int = 0) -> Iterator[tuple[int, int]]:
         pos = end
 
 
+def _unescape(body: bytes) -> bytes:
+    """mboxrd `>From ` escapes undone."""
+    return _ESCAPED.sub(rb"\1", body) if b">From " in body else body
+
+
 def message_bytes(chunk: bytes) -> bytes:
     """A message without its `From ` line, with mboxrd `>From ` escapes undone."""
     eol = chunk.find(b"\n")
-    body = chunk[eol + 1:] if eol >= 0 else b""
-    return _ESCAPED.sub(rb"\1", body) if b">From " in body else body
+    return _unescape(chunk[eol + 1:] if eol >= 0 else b"")
 
 
 def _raw(buf, begin: int, end: int) -> bytes:
@@ -104,8 +108,7 @@ def _raw(buf, begin: int, end: int) -> bytes:
     if end - begin <= BIG:
         return message_bytes(buf[begin:end])
     eol = buf.find(b"\n", begin, end)
-    body = slim(buf, eol + 1 if eol >= 0 else end, end)
-    return _ESCAPED.sub(rb"\1", body) if b">From " in body else body
+    return _unescape(slim(buf, eol + 1 if eol >= 0 else end, end))
 
 
 def read(path: Path, start: int = 0, folder: str | None = None) -> Iterator[Item]:
@@ -118,8 +121,7 @@ def read(path: Path, start: int = 0, folder: str | None = None) -> Iterator[Item
         done = start // mmap.PAGESIZE * mmap.PAGESIZE
         for begin, end in split(buf, start):
             yield Item(location=f"{path}:{begin}", raw=_raw(buf, begin, end), folder=folder, end=end)
-            if end - done >= _RELEASE and _DONTNEED is not None:
+            if end - done >= _RELEASE:
                 # pages already read would otherwise stay mapped: a 2 GB mbox would cost 2 GB of RSS
-                cut = end // mmap.PAGESIZE * mmap.PAGESIZE
-                buf.madvise(_DONTNEED, done, cut - done)
-                done = cut
+                release(buf, done, end)
+                done = end // mmap.PAGESIZE * mmap.PAGESIZE
