@@ -200,8 +200,7 @@ async def test_draft_streams_then_saves_eml_and_maildir(seeded, tmp_path):
         screen.query_one("#draft-instruction").focus()
         await type_text(pilot, "say yes to lunch on Friday")
         await pilot.press("enter")
-        await pilot.pause(0.2)
-        assert screen.streaming
+        assert screen.streaming  # set as the key is handled (12 tokens may be done a moment later)
         t0 = time.monotonic()
         await wait_workers(app, pilot)
         print(f"draft took {time.monotonic() - t0:.1f}s")
@@ -353,53 +352,65 @@ def p95(values: list[float]) -> float:
     return sorted(values)[int(0.95 * (len(values) - 1))]
 
 
+@pytest.fixture
+def endless_drafts(monkeypatch):
+    """Generation that never ends on its own: end-of-turn tokens get a -inf logit bias, stop strings go, and the
+    token budget (capped by the draft near 3x the user's typical length) becomes 3000."""
+    import llama_cpp
+    from llama_cpp import Llama
+
+    real = Llama.create_chat_completion
+
+    def endless(self, *args, **kwargs):
+        vocab = self._model.vocab  # every end-of-generation token (SmolLM2 has three), not just the EOS id
+        kwargs["logit_bias"] = {i: float("-inf") for i in range(self.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, i)}
+        kwargs["stop"] = []
+        kwargs["max_tokens"] = 3000
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Llama, "create_chat_completion", endless)
+
+
 @pytest.mark.slow
-async def test_responsive_while_a_draft_streams(seeded):
+async def test_responsive_while_a_draft_streams(seeded, endless_drafts):
     from textual.widgets import Input, TextArea
 
-    # A sampled draft can end early (EOS); the test needs one still streaming, so it tries a few seeds.
-    for seed in (5, 11, 23, 42, 7, 19, 31, 57):
-        app = make_app(max_tokens=400, seed=seed, use_rag=False)
-        async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.press("f3")
-            await pilot.pause()
-            screen = app.screen
-            await type_text(pilot, "ask Carol to move the budget review")
-            await pilot.press("enter")
-            area = screen.query_one("#draft-text", TextArea)
-            t0 = time.monotonic()
-            while screen.streaming and not area.text:  # wait for the first streamed piece
-                assert time.monotonic() - t0 < 120, notes(app)
-                await pilot.pause(0.05)
-            if not screen.streaming:
-                continue  # this seed's draft was over before the first piece showed: too short to type during
-            probe = LagProbe()
-            probe.start()
-            await pilot.press("shift+tab")  # instruction → Subject box, typing while tokens keep arriving
-            subject = screen.query_one("#draft-subject", Input)
-            assert app.focused is subject
-            chars_before = len(area.text)
-            lat = await key_latencies(app, subject, "budgetreview")
-            await pilot.pause(2.0)  # keep probing the loop for a while as tokens arrive
-            probe.stop()
-            still_streaming = screen.streaming
-            grew = len(area.text) > chars_before
-            await pilot.press("escape")  # stop the draft: what streamed so far stays, editable
-            await wait_workers(app, pilot)
-            assert not screen.streaming and not area.read_only and area.text.strip()
-            print(f"\nwhile streaming: key latency median {sorted(lat)[len(lat) // 2] * 1000:.0f} ms, "
-                  f"max {max(lat) * 1000:.0f} ms; loop lag p95 {p95(probe.lags) * 1000:.0f} ms, "
-                  f"max {max(probe.lags) * 1000:.0f} ms over {len(probe.lags)} ticks")
-            if not (still_streaming or grew):
-                continue  # the draft ended just as typing began: nothing was measured during it, next seed
-            assert subject.value == "budgetreview"
-            # A UI blocked by generation would show the whole draft's time (tens of seconds here) on some key;
-            # thresholds leave room for a 2-core box shared by 8 jobs.
-            assert sorted(lat)[len(lat) // 2] < 0.25 and max(lat) < 2.0, lat
-            assert p95(probe.lags) < 0.25, sorted(probe.lags)[-5:]
-            break
-    else:
-        pytest.fail("every seed's draft ended before typing could be measured during it")
+    # The draft must still be streaming while keys are typed, however fast the machine: the real engine runs, but
+    # with its end-of-turn tokens banned and no stop string, so only Escape ends it.
+    app = make_app(seed=5, use_rag=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause()
+        screen = app.screen
+        await type_text(pilot, "ask Carol to move the budget review")
+        await pilot.press("enter")
+        area = screen.query_one("#draft-text", TextArea)
+        t0 = time.monotonic()
+        while screen.streaming and not area.text:  # wait for the first streamed piece
+            assert time.monotonic() - t0 < 120, notes(app)
+            await pilot.pause(0.05)
+        assert screen.streaming, notes(app)
+        probe = LagProbe()
+        probe.start()
+        await pilot.press("shift+tab")  # instruction → Subject box, typing while tokens keep arriving
+        subject = screen.query_one("#draft-subject", Input)
+        assert app.focused is subject
+        chars_before = len(area.text)
+        lat = await key_latencies(app, subject, "budgetreview")
+        await pilot.pause(2.0)  # keep probing the loop for a while as tokens arrive
+        probe.stop()
+        assert screen.streaming and len(area.text) > chars_before, notes(app)  # tokens kept arriving throughout
+        await pilot.press("escape")  # stop the draft: what streamed so far stays, editable
+        await wait_workers(app, pilot)
+        assert not screen.streaming and not area.read_only and area.text.strip()
+        print(f"\nwhile streaming: key latency median {sorted(lat)[len(lat) // 2] * 1000:.0f} ms, "
+              f"max {max(lat) * 1000:.0f} ms; loop lag p95 {p95(probe.lags) * 1000:.0f} ms, "
+              f"max {max(probe.lags) * 1000:.0f} ms over {len(probe.lags)} ticks")
+        assert subject.value == "budgetreview"
+        # A UI blocked by generation would show the whole draft's time (tens of seconds here) on some key;
+        # thresholds leave room for a 2-core box shared by 8 jobs.
+        assert sorted(lat)[len(lat) // 2] < 0.25 and max(lat) < 2.0, lat
+        assert p95(probe.lags) < 0.25, sorted(probe.lags)[-5:]
 
 
 @pytest.mark.slow
