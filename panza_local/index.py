@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from email.utils import getaddresses
 
-from . import chroma_store, chunks, config, embed, store
+from . import chroma_store, chunks, config, embed, failpoint, store
 from .errors import NoDataError
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,7 @@ def sync(conn: sqlite3.Connection, on_progress: Progress | None = None, *, setti
                     "INSERT OR REPLACE INTO index_items (item_id, kind, ref_id, content_hash, model, indexed_at) "
                     "VALUES (?, ?, ?, ?, ?, ?)", [(x.id, x.kind, x.ref_id, hashes[x.id], model, now) for x in ok])
             embedded += len(ok)
+            failpoint.hit("index.batch")
         if on_progress:
             on_progress(min(i + batch, total), total, f"{embedded} embedded")
     summary = {"embedded": embedded, "removed": len(gone), "unchanged": len(wanted) - total,

@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import failpoint, store
 from . import playback_quality as q
-from . import store
 from .errors import NoDataError
 from .playback_export import export, pairs, split_of, splits  # noqa: F401  (public API lives here too)
 
@@ -224,6 +224,7 @@ def _save(conn: sqlite3.Connection, row: dict, cfg_hash: str, res: dict, seconds
         "copy_ratio, attempts, created_at, source, seconds) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         (row["id"], row["content_hash"], cfg_hash, res["status"], res.get("instruction"), res.get("reason"),
          res.get("copy_ratio"), res.get("attempts", 0), store.now(), res.get("source"), round(seconds, 3)))
+    failpoint.hit("playback.pair")
 
 
 def quality(conn: sqlite3.Connection, cfg_hash: str, recompute: bool = True) -> dict:

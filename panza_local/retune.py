@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import config, paths, store
+from . import config, failpoint, paths, store
 from .errors import NoDataError, PanzaError
 
 Say = Callable[[str], None]
@@ -116,6 +116,7 @@ def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=Non
                              profile=prof)
         nll, n = engine.target_nll(msgs, p["email"], model, adapter_gguf, threads=settings.threads)
         total, count = total + nll, count + n
+        failpoint.hit("retune.score")
     return total / max(count, 1)
 
 

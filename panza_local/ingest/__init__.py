@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .. import store
+from .. import failpoint, store
 from ..errors import SourceError
 from . import authorship, clean, documents, eml, emlx, folder, imap, jsonl, maildir, mbox, thunderbird
 from .parse import Item, parse
@@ -159,6 +159,7 @@ def _ingest_files(conn, sid: int, root: Path, kind: str, opts: dict, summary: di
                 _ingest_file(conn, sid, path, reader, st, prev, opts, summary, tx)
             except OSError as exc:
                 _error(summary, str(path), f"cannot read: {exc.strerror or exc}", "unreadable_file")
+            failpoint.hit("ingest.file")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back: keep its error

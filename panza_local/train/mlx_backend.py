@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import failpoint
 from .data import IGNORE
 
 CHECKPOINT = "checkpoint.mlx.safetensors"
@@ -232,6 +233,7 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
             note += f" · val {val:.3f}"
         if step % hp.ckpt_every == 0 or step == total or state["stopped"]:
             _save_checkpoint(ckpt, lm, opt, state)
+            failpoint.hit("train.checkpoint")
         if on_progress:
             on_progress(step, total, note)
     return {"tensors": state["best"], "val_loss_before": state["val_before"], "val_loss_after": state["best_loss"],

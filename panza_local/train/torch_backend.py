@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import failpoint
 from ..errors import AdapterError
 from . import q4, schedule
 from .data import IGNORE
@@ -414,6 +415,7 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
             note += f" · val {val:.3f}"
         if step % hp.ckpt_every == 0 or step == total or state["stopped"]:
             _save_checkpoint(ckpt, model, opt, state)
+            failpoint.hit("train.checkpoint")
         if on_progress:
             on_progress(step, total, note)
     return {"tensors": state["best"], "val_loss_before": state["val_before"], "val_loss_after": state["best_loss"],
