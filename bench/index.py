@@ -253,13 +253,25 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(quick: bool = False) -> dict:
+    """run_all's entry: the full run, or with `quick` 10k items only, 200 real and 100 queries."""
+    return measure(sizes=[10_000] if quick else [10_000, 100_000], real_n=200 if quick else 500,
+                   n_queries=100 if quick else 200)
+
+
+def cli(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--real", type=int, default=500, help="items for the end-to-end (real model) throughput")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--user", default="allen-p", help="Enron user for the recall sanity check")
     args = ap.parse_args(argv)
+    measure(args.sizes, args.real, args.queries, args.user)
+    return 0
+
+
+def measure(sizes: list[int], real_n: int, n_queries: int, user: str = "allen-p") -> dict:
+    """Every row (see the module docstring); printed, saved to bench/out/index.json and returned."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     rng = np.random.default_rng(0)
 
@@ -268,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     mails = load_enron()
     print(f"{len(mails)} unique Enron sent emails", file=sys.stderr)
     base, embed_s = cached_embeddings([index.message_text(m["subject"], m["body"]) for m in mails])
-    qmails = [mails[i] for i in rng.choice(len(mails), size=args.queries, replace=False)]
+    qmails = [mails[i] for i in rng.choice(len(mails), size=n_queries, replace=False)]
     query_texts = [first_sentence(m["body"]) for m in qmails]
     from panza_local import embed
 
@@ -280,21 +292,21 @@ def main(argv: list[str] | None = None) -> int:
         one.append((time.perf_counter() - t0) * 1000)
     queries = embed.embed(query_texts)
 
-    say(f"embedded {len(mails)} texts in {embed_s:.0f} s (0 = cached); timing the real model on {args.real}")
-    real = bench_real(mails, min(args.real, len(mails))) if args.real else None
+    say(f"embedded {len(mails)} texts in {embed_s:.0f} s (0 = cached); timing the real model on {real_n}")
+    real = bench_real(mails, min(real_n, len(mails))) if real_n else None
     say(f"real model: {real['items_per_s']:.1f} items/s" if real else "real model: skipped (--real 0)")
-    sizes = []
-    for n in args.sizes:
-        sizes.append(bench_size(mails, base, n, queries, query_texts, rng))
-        say(f"{n} items: {sizes[-1]}")
-    sanity = recall_sanity(mails, base, args.user)
+    results = []
+    for n in sizes:
+        results.append(bench_size(mails, base, n, queries, query_texts, rng))
+        say(f"{n} items: {results[-1]}")
+    sanity = recall_sanity(mails, base, user)
     say(f"recall sanity: {sanity}")
 
     rows = [row(f"index: embed+index, real model, {real['n']} items", real["items_per_s"],
                 real["items_per_s"], "items/s", note="no baseline: the model dominates"),
             row("index: re-sync of unchanged data", real["resync_seconds"], real["seconds"], "s",
                 higher_is_better=False, note="baseline = the first sync")] if real else []
-    for s in sizes:
+    for s in results:
         n = f"{s['n'] // 1000}k"
         rows += [row(f"index-only throughput at {n}", s["index_items_per_s"], s["index_items_per_s"], "items/s"),
                  row(f"query p50 at {n}: chroma vs numpy", s["chroma_p50_ms"], s["numpy_p50_ms"], "ms", False),
@@ -310,12 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"query embedding alone: p50 {statistics.median(one):.1f} ms, p95 {pct(one, 0.95):.1f} ms; "
           f"embedding {len(mails)} texts took {embed_s:.1f} s (0 = cached); peak RSS {peak_rss_mb():.0f} MB",
           file=sys.stderr)
-    path = save("index", {"rows": rows, "real": real, "sizes": sizes, "recall_sanity": sanity,
-                          "query_embed_p50_ms": statistics.median(one), "query_embed_p95_ms": pct(one, 0.95),
-                          "peak_rss_mb": peak_rss_mb(), "load_avg": os.getloadavg()})
-    print(f"saved {path}", file=sys.stderr)
-    return 0
+    out = {"rows": rows, "real": real, "sizes": results, "recall_sanity": sanity,
+           "query_embed_p50_ms": statistics.median(one), "query_embed_p95_ms": pct(one, 0.95),
+           "peak_rss_mb": peak_rss_mb(), "load_avg": os.getloadavg()}
+    print(f"saved {save('index', out)}", file=sys.stderr)
+    return out
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
