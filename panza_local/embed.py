@@ -15,8 +15,13 @@ def model(name: str = "all-minilm-l6-v2"):
 
     folder = catalogue.embedding_model_dir(name)
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
-    return SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar for a 0.1 s load, in every command's stderr
+    try:
+        return SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    finally:
+        hf_logging.enable_progress_bar()  # (it also switched off the hub's bars, which `models pull` shows)
 
 
 def embed(texts: list[str], name: str = "all-minilm-l6-v2", batch_size: int = 64):
