@@ -123,5 +123,4 @@ def read(path: Path, start: int = 0, folder: str | None = None) -> Iterator[Item
             yield Item(location=f"{path}:{begin}", raw=_raw(buf, begin, end), folder=folder, end=end)
             if end - done >= _RELEASE:
                 # pages already read would otherwise stay mapped: a 2 GB mbox would cost 2 GB of RSS
-                release(buf, done, end)
-                done = end // mmap.PAGESIZE * mmap.PAGESIZE
+                done = release(buf, done, end)

@@ -24,12 +24,13 @@ _HEADERS = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 
 
-def release(buf, start: int, end: int) -> None:
-    """Drop the pages of a read-only mapping in [start, end) from RSS (they re-read from the page cache)."""
-    if isinstance(buf, mmap.mmap) and _DONTNEED is not None:
-        a, b = start // mmap.PAGESIZE * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
-        if b > a:
-            buf.madvise(_DONTNEED, a, b - a)
+def release(buf, start: int, end: int) -> int:
+    """Drop the pages of a read-only mapping in [start, end) from RSS (they re-read from the page cache);
+    returns where the released whole pages end (the next call's start)."""
+    a, b = start // mmap.PAGESIZE * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
+    if isinstance(buf, mmap.mmap) and _DONTNEED is not None and b > a:
+        buf.madvise(_DONTNEED, a, b - a)
+    return b
 
 
 def find(buf, sub: bytes, start: int, end: int) -> int:
