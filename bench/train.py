@@ -40,9 +40,11 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-VARIANTS = {"ours": {}, "ours-dense": {"keep_q4": False, "grad_ckpt": False},
-            "ours-dense-ckpt": {"keep_q4": False, "grad_ckpt": True},
-            "ours-q4": {"keep_q4": True, "grad_ckpt": False}, "ours-q4-ckpt": {"keep_q4": True, "grad_ckpt": True}}
+# "ours" is what `panza train` runs (precision auto: int8 products where the CPU has VNNI, else fp32)
+VARIANTS = {"ours": {"precision": "auto"}, "ours-fp32": {"precision": "fp32"},
+            "ours-int8-ckpt": {"precision": "int8", "grad_ckpt": True},
+            "ours-dense": {"keep_q4": False, "grad_ckpt": False, "precision": "fp32"},
+            "ours-q4-ckpt": {"keep_q4": True, "grad_ckpt": True, "precision": "fp32"}}
 
 
 def run_ours(rows, steps, warmup, threads, variant: str = "ours") -> dict:
@@ -54,6 +56,7 @@ def run_ours(rows, steps, warmup, threads, variant: str = "ours") -> dict:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     model = tb.build(catalogue.embedded_path(), 8, 16.0, tb.ALL_TARGETS, "cpu", **VARIANTS[variant])
+    model.train()
     load_s = time.perf_counter() - t0
     opt = torch.optim.AdamW(list(model.lora.values()), lr=2e-4)
 
@@ -158,6 +161,23 @@ def measure(methods: list[str], data: str = str(DEFAULT_DATA), seq: int = 512, s
     return results
 
 
+def _median(v: list[float]) -> float:
+    v = sorted(v)
+    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+
+
+def _summarize(runs: list[dict]) -> dict:
+    """One method's rounds: the median of each figure (an error if every round failed)."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    out = dict(ok[0])
+    for k in ("tokens_per_s", "step_s", "peak_rss_mb", "load_s"):
+        out[k] = _median([r[k] for r in ok])
+    out["rounds"] = len(ok)
+    return out
+
+
 def main(quick: bool = False) -> dict:
     """run_all's entry: ours vs transformers + peft (and the mlx row), tokens/s and peak RSS as ratios."""
     steps = 3 if quick else 8
@@ -184,6 +204,7 @@ def cli() -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1, help="repeat every method this many times, interleaved")
     ap.add_argument("--methods", default="ours,baseline,mlx",
                     help=f"comma-separated: baseline, mlx, {', '.join(VARIANTS)}")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench" / "out"))
@@ -199,26 +220,40 @@ def cli() -> int:
             res = run_baseline(rows, args.steps, args.warmup, args.threads)
         print("RESULT " + json.dumps({**res, "method": args.one}), flush=True)
         return 0
-    results = measure(args.methods.split(","), args.data, args.seq, args.steps, args.warmup, args.threads)
+    methods = args.methods.split(",")
+    rounds = []
+    for k in range(args.rounds):  # the machine's speed drifts: rotate the order, pair each with its round's baseline
+        order = methods[k % len(methods):] + methods[:k % len(methods)]
+        got = {r["method"]: r for r in measure(order, args.data, args.seq, args.steps, args.warmup, args.threads)}
+        rounds.append([got[m] for m in methods])
+    results = [_summarize([rnd[j] for rnd in rounds]) for j in range(len(methods))]
     by = {r["method"]: r for r in results}
     lines = [(f"# CPU LoRA training, SmolLM2-135M Q4_1 GGUF, seq {args.seq}, {args.threads} threads, "
-              f"rank 8 all-linear, {args.steps} timed steps (mlx: {min(args.steps, MLX_STEPS)})"), "",
+              f"rank 8 all-linear, {args.steps} timed steps (mlx: {min(args.steps, MLX_STEPS)}), "
+              f"{args.rounds} round(s), medians; ratios are the median of each round's ratio (min-max)"), "",
              "| method | tokens/s | peak RSS MB | step s | load s | vs baseline tok/s | vs baseline RSS |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    b = by.get("baseline", {})
-    for r in results:
+    for j, r in enumerate(results):
         if "error" in r:
             lines.append(f"| {r['method']} | error | | | | | |")
             continue
-        ratio = (f"{r['tokens_per_s'] / b['tokens_per_s']:.2f}x | {r['peak_rss_mb'] / b['peak_rss_mb']:.2f}x"
-                 if "tokens_per_s" in b else "| ")
+        ratio = "| "
+        if "baseline" in by and "error" not in by["baseline"]:
+            b = methods.index("baseline")
+            pairs = [(rnd[j], rnd[b]) for rnd in rounds if "error" not in rnd[j] and "error" not in rnd[b]]
+            tok = sorted(o["tokens_per_s"] / x["tokens_per_s"] for o, x in pairs)
+            mem = sorted(o["peak_rss_mb"] / x["peak_rss_mb"] for o, x in pairs)
+            spread = lambda v: f" ({v[0]:.2f}-{v[-1]:.2f})" if len(v) > 1 else ""
+            ratio = f"{_median(tok):.2f}x{spread(tok)} | {_median(mem):.2f}x{spread(mem)}"
+            r["vs_baseline_tokens_per_s"], r["vs_baseline_rss"] = _median(tok), _median(mem)
         lines.append(f"| {r['method']} | {r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['step_s']:.2f} | "
                      f"{r['load_s']:.1f} | {ratio} |")
     lines += ["", "Goal (issue): ours >= 2x the baseline's tokens/s at <= 0.5x its peak RSS."]
     md = "\n".join(lines) + "\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_cpu.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    (out / "train_cpu.json").write_text(json.dumps({"args": vars(args), "results": results, "rounds": rounds},
+                                                   indent=2))
     (out / "train_cpu.md").write_text(md)
     print(md)
     return 0

@@ -59,6 +59,13 @@ def test_train_exports_registers_and_reuses(home, shared_data):
     engine.unload_all()
     again = train(conn, backend="torch", preset="quick", overrides=TINY)
     assert again["reused"] and again["adapter_id"] == res["adapter_id"]
+    # precision auto trains in int8 where this CPU has VNNI; fp32 on request is another adapter
+    from panza_local.train import int8
+
+    assert res["precision"] == ("int8" if int8.available() else "float32")
+    exact = train(conn, backend="torch", preset="quick", overrides={**TINY, "precision": "fp32"})
+    assert exact["precision"] == "float32" and exact["adapter_id"] != res["adapter_id"]
+    assert exact["val_loss_before"] == pytest.approx(res["val_loss_before"], rel=1e-5)  # validation is exact in both
 
 
 def test_kill9_resumes_from_last_checkpoint(home, shared_data):

@@ -1,4 +1,4 @@
-"""`panza train [--backend auto|torch|mlx] [--preset quick|standard|thorough] [--json]`."""
+"""`panza train [--backend auto|torch|mlx] [--preset quick|standard|thorough] [--precision auto|fp32|int8] [--json]`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ def register(sub) -> None:
                    help="training backend (default: the train_backend setting)")
     p.add_argument("--preset", choices=["quick", "standard", "thorough"], default=None,
                    help="how long to train (default: the train_preset setting)")
+    p.add_argument("--precision", choices=["auto", "fp32", "int8"], default=None,
+                   help="torch on a CPU: int8 runs the frozen base's products in int8 (~1.5x faster where the CPU "
+                        "has VNNI; validation stays exact), fp32 exactly; auto (default) = int8 where VNNI is present")
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint left by an interrupted run")
     p.add_argument("--no-use", action="store_true", help="do not serve the new adapter even if it improved")
     add_json(p)
@@ -26,7 +29,8 @@ def run(args) -> int:
     try:
         with progress("train", enabled=not args.json) as update:
             res = train(conn, backend=settings.train_backend, preset=settings.train_preset, on_progress=update,
-                        resume=not args.restart, settings=settings, promote=not args.no_use)
+                        resume=not args.restart, settings=settings, promote=not args.no_use,
+                        overrides={"precision": args.precision} if args.precision else None)
     finally:
         conn.close()
 
@@ -39,7 +43,8 @@ def run(args) -> int:
             print(f"adapter {r['adapter_id']}: validation loss {r['val_loss_before']:.3f} -> "
                   f"{r['val_loss_after']:.3f} ({r['n_train']} train / {r['n_val']} val emails, {r['steps']} steps"
                   f"{', stopped early' if r.get('early_stopped') else ''})")
-            print(f"{r['tokens_per_s']:.0f} tokens/s, peak memory {r['peak_mem_mb']:.0f} MB on {r['device']}")
+            prec = f", {r['precision']}" if r.get("precision") else ""
+            print(f"{r['tokens_per_s']:.0f} tokens/s, peak memory {r['peak_mem_mb']:.0f} MB on {r['device']}{prec}")
         print(f"GGUF adapter: {r['gguf']}")
         print("now serving it" if r.get("promoted") else
               f"not served (use it with `panza adapters use {r['adapter_id']}`)")

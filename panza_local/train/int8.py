@@ -1,0 +1,211 @@
+"""Int8 matmuls for the frozen base on CPUs with VNNI: the forward and the input gradient in int8, LoRA in fp32.
+
+Why: on a CPU without bf16 hardware, training time is fp32 matmuls against the frozen weights (x @ W.T
+forward, grad_y @ W backward). AVX-512 VNNI / AVX-VNNI run int8 products at ~3-4x fp32's rate here
+(`torch._int_mm`: 550-900 GOP/s vs 140-210 GFLOP/s on two cores), so those two products run in int8
+(SwitchBack-style, Wortsman et al. 2023): each weight row is int8 with its own scale, each activation or
+gradient row is quantized on the fly with its own scale, and both scales factor out of the sum:
+
+    y[t, n]  = sx[t] * sw[n] * sum_k qx[t, k] * qw[n, k]
+    gx[t, k] = sg[t] * sum_n q(g[t, n] * sw[n]) * qw[n, k]          (the same int8 weight, no second copy)
+
+What stays exact: the LoRA matrices, their products and their gradients are fp32; the weight gradients
+of A use the int8-quantized input (the input is saved as int8, a quarter of the memory). What it costs:
+the frozen product carries int8 rounding (loss on real mail ~0.5-1% off the fp32 forward; the served
+model is llama.cpp's, which also rounds activations to int8 blocks). Validation loss, and so early stopping
+and the adapter gate, is computed on the exact fp32 path (the model in eval mode).
+
+Also here, for both paths: `linear_cross_entropy` (the vocabulary projection and loss a chunk at a time,
+never all the logits) and `swiglu` (SwiGLU saving one tensor for backward).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class I8Weight:
+    """A frozen [out, in] weight as int8 rows `q` with one fp32 scale per row `s` [out]."""
+
+    q: torch.Tensor
+    s: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.q.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.numel() + self.s.numel() * 4
+
+
+def available() -> bool:
+    """True when this CPU runs int8 matmuls fast (AVX-512 VNNI, AVX-VNNI or AMX) and torch has them."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = set(fh.read().split())
+    except OSError:  # macOS, Windows: no int8 path (Apple Silicon trains with mlx)
+        return False
+    if not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+        return False
+    try:
+        torch._int_mm(torch.ones(17, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
+    except (AttributeError, RuntimeError):  # an old torch, or one without the CPU kernel
+        return False
+    return True
+
+
+def quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: (q int8 [rows, cols], scale fp32 [rows, 1]) with x ~ q * scale."""
+    m = x.abs().amax(dim=1, keepdim=True).clamp_min_(1e-30)
+    return x.mul(127.0 / m).round_().to(torch.int8), m.div_(127.0)
+
+
+def from_dense(w: torch.Tensor) -> I8Weight:
+    q, s = quant_rows(w.float())
+    return I8Weight(q.contiguous(), s.view(-1).contiguous())
+
+
+def mm_grad(g: torch.Tensor, w: I8Weight) -> torch.Tensor:
+    """g @ W in int8 (g [T, out] -> [T, in]), fp32 out: the weight's row scales move onto g's columns."""
+    qg, sg = quant_rows(g * w.s)
+    return torch._int_mm(qg, w.q).float().mul_(sg)
+
+
+def _product(qx, sx, wq, ws, xa, scale, parts, ab):
+    """The fused product from the quantized input (forward, and the recompute in backward)."""
+    y = torch._int_mm(qx, wq.t()).float().mul_(sx).mul_(ws)
+    off, r0, j = 0, 0, 0
+    for rows, has in parts:
+        if has:
+            a, b = ab[2 * j], ab[2 * j + 1]
+            r = a.shape[0]
+            y[:, off:off + rows].addmm_(xa[:, r0:r0 + r], b.t(), alpha=scale)
+            r0, j = r0 + r, j + 1
+        off += rows
+    return y
+
+
+class _LoraI8(torch.autograd.Function):
+    """y = x @ W.T (int8) + scale * (x @ A_j.T) @ B_j.T into each part j of W's rows that has a LoRA.
+
+    `parts` lists (rows, has_lora) of the fused weight (q|k|v, gate|up, or one projection); `ab` holds
+    A_j, B_j for the parts with a LoRA, in order. `ffn` > 0: the output is silu(gate) * up of a gate|up
+    product instead, and backward recomputes the product from the saved int8 input rather than keeping
+    it (at seq 512 that is 6 MB a layer, the largest activation of all).
+    """
+
+    @staticmethod
+    def forward(ctx, x, wq, ws, scale, parts, ffn, *ab):
+        qx, sx = quant_rows(x)
+        xa = x @ torch.cat(ab[0::2]).t() if ab else None
+        y = _product(qx, sx, wq, ws, xa, scale, parts, ab)
+        ctx.save_for_backward(qx, sx, wq, ws, xa, *ab)
+        ctx.scale, ctx.parts, ctx.ffn = scale, parts, ffn
+        if ffn:
+            return torch.nn.functional.silu(y[:, :ffn]).mul_(y[:, ffn:])
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        qx, sx, wq, ws, xa, *ab = ctx.saved_tensors
+        scale, parts = ctx.scale, ctx.parts
+        if ctx.ffn:
+            gy = _swiglu_grad(_product(qx, sx, wq, ws, xa, scale, parts, ab), ctx.ffn, gy)
+        gy = gy.contiguous()
+        gx = mm_grad(gy, I8Weight(wq, ws)) if ctx.needs_input_grad[0] else None
+        grads, off, r0, j = [], 0, 0, 0
+        x_hat = None
+        for rows, has in parts:
+            if has:
+                a, b = ab[2 * j], ab[2 * j + 1]
+                r = a.shape[0]
+                g = gy[:, off:off + rows]
+                gxa = (g @ b).mul_(scale)  # [T, r]
+                gb = (g.t() @ xa[:, r0:r0 + r]).mul_(scale)  # [rows, r]
+                if x_hat is None:
+                    x_hat = qx.float().mul_(sx)
+                ga = gxa.t() @ x_hat  # [r, in]
+                if gx is not None:
+                    gx.addmm_(gxa, a)
+                grads += [ga, gb]
+                r0, j = r0 + r, j + 1
+            off += rows
+        return (gx, None, None, None, None, None, *grads)
+
+
+def _swiglu_grad(gu: torch.Tensor, ffn: int, g: torch.Tensor) -> torch.Tensor:
+    """d(silu(gate) * up) / d(gate|up) times g, for a fused [T, 2F] gate|up product."""
+    gate, up = gu[:, :ffn], gu[:, ffn:]
+    sig = torch.sigmoid(gate)
+    silu = gate * sig
+    d_gate = sig.mul_(1 + gate * (1 - sig)).mul_(g).mul_(up)  # silu'(x) = s(x) * (1 + x * (1 - s(x)))
+    return torch.cat([d_gate, silu.mul_(g)], dim=1)
+
+
+def lora_linear(x: torch.Tensor, w: I8Weight, scale: float, parts, ab, ffn: int = 0) -> torch.Tensor:
+    """Frozen int8 product plus the LoRA of each part; with `ffn`, silu(gate) * up of it (see `_LoraI8`)."""
+    return _LoraI8.apply(x.contiguous(), w.q, w.s, scale, tuple(parts), ffn, *ab)
+
+
+CE_CHUNK = 128
+
+
+class _LinearCE(torch.autograd.Function):
+    """Sum of cross-entropy losses of logits = h @ W.T, a chunk of rows at a time, never all the logits.
+
+    The gradient with respect to h is computed in the forward, chunk by chunk (softmax minus one-hot, times
+    W), so neither the [T, vocab] logits nor their softmax are ever kept: at seq 512 and a 49k vocabulary
+    that is ~300 MB of fp32 the plain `cross_entropy(h @ W.T)` holds through the backward.
+    W stays fp32 on both paths: the gradient is thousands of tiny probabilities that int8 would zero.
+    """
+
+    @staticmethod
+    def forward(ctx, h, targets, w):
+        want_grad = ctx.needs_input_grad[0]
+        total = h.new_zeros((), dtype=torch.float32)
+        gh = torch.empty_like(h, dtype=torch.float32) if want_grad else None
+        for s in range(0, h.shape[0], CE_CHUNK):
+            hc, tc = h[s:s + CE_CHUNK], targets[s:s + CE_CHUNK]
+            logits = (hc @ w.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, tc[:, None])[:, 0]).sum()
+            if want_grad:
+                p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                p[torch.arange(p.shape[0]), tc] -= 1.0
+                gh[s:s + CE_CHUNK] = p.to(w.dtype) @ w
+        ctx.save_for_backward(gh)
+        return total
+
+    @staticmethod
+    def backward(ctx, g):
+        (gh,) = ctx.saved_tensors
+        return gh * g, None, None
+
+
+def linear_cross_entropy(h: torch.Tensor, targets: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of `h @ W.T` against `targets`, memory-lean (see `_LinearCE`)."""
+    return _LinearCE.apply(h.contiguous(), targets, w)
+
+
+class _SwiGLU(torch.autograd.Function):
+    """silu(gate) * up of a fused [T, 2F] gate|up tensor, saving only that tensor (not silu's output too)."""
+
+    @staticmethod
+    def forward(ctx, gu, ffn):
+        ctx.save_for_backward(gu)
+        ctx.ffn = ffn
+        return torch.nn.functional.silu(gu[:, :ffn]) * gu[:, ffn:]
+
+    @staticmethod
+    def backward(ctx, g):
+        (gu,) = ctx.saved_tensors
+        return _swiglu_grad(gu, ctx.ffn, g), None
+
+
+def swiglu(gu: torch.Tensor, ffn: int) -> torch.Tensor:
+    """silu(gu[:, :ffn]) * gu[:, ffn:], memory-lean in backward."""
+    return _SwiGLU.apply(gu, ffn)
