@@ -222,7 +222,8 @@ def cli() -> int:
         return 0
     methods = args.methods.split(",")
     rounds = []
-    for k in range(args.rounds):  # the machine's speed drifts: rotate the order, pair each with its round's baseline
+    # the machine's speed drifts: rotate the order each round, pair each method with its round's baseline
+    for k in range(args.rounds):
         order = methods[k % len(methods):] + methods[:k % len(methods)]
         got = {r["method"]: r for r in measure(order, args.data, args.seq, args.steps, args.warmup, args.threads)}
         rounds.append([got[m] for m in methods])

@@ -76,7 +76,8 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=1))
     print(f"val loss {f['val_before']:.4f} -> fp32 {f['val_best']:.4f} / int8 {i['val_best']:.4f}; "
-          f"int8 keeps {summary['val_gain_ratio']:.2f} of fp32's improvement at {summary['speed_ratio']:.2f}x the speed")
+          f"int8 keeps {summary['val_gain_ratio']:.2f} of fp32's improvement "
+          f"at {summary['speed_ratio']:.2f}x the speed")
     return 0
 
 

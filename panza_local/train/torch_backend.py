@@ -201,7 +201,8 @@ class LoraModel(torch.nn.Module):
         if fast:
             nq, nk = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
             q, k, v = self._lin8(h, i, "qkv").split([nq, nk, nk], dim=1)
-            q, k, v = q.view(t, c.n_heads, c.head_dim), k.view(t, c.n_kv_heads, c.head_dim), v.view(t, c.n_kv_heads, c.head_dim)
+            q = q.view(t, c.n_heads, c.head_dim)
+            k, v = k.view(t, c.n_kv_heads, c.head_dim), v.view(t, c.n_kv_heads, c.head_dim)
         else:
             q = self._lin(h, i, "attn_q").view(t, c.n_heads, c.head_dim)
             k = self._lin(h, i, "attn_k").view(t, c.n_kv_heads, c.head_dim)
