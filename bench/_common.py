@@ -37,6 +37,16 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
 
 
+def run_child(cmd: list[str]) -> dict:
+    """Run a benchmark child process (its peak RSS is its own) that prints one `RESULT {json}` line;
+    that dict, or {"error": the end of its stderr} when it printed none."""
+    import subprocess
+
+    p = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+    return json.loads(line[7:]) if line else {"error": p.stderr[-2000:]}
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (MB)."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

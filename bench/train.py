@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import row
+from bench._common import peak_rss_mb, row, run_child
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "panza" / "jeff_johnson_clean.jsonl"
 
@@ -34,10 +33,6 @@ def rows_for(data: Path, seq: int, n_rows: int) -> list[dict]:
     exs = tdata.examples_from_jsonl(data, limit=n_rows * 6)
     rows = tdata.pack([tdata.tokenize(e, tok, seq) for e in exs], seq)
     return rows[:n_rows]
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # "ours" is what `panza train` runs (precision auto: int8 products where the CPU has VNNI, else fp32)
@@ -56,7 +51,6 @@ def run_ours(rows, steps, warmup, threads, variant: str = "ours") -> dict:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     model = tb.build(catalogue.embedded_path(), 8, 16.0, tb.ALL_TARGETS, "cpu", **VARIANTS[variant])
-    model.train()
     load_s = time.perf_counter() - t0
     opt = torch.optim.AdamW(list(model.lora.values()), lr=2e-4)
 
@@ -139,7 +133,7 @@ def _loop(step, rows, steps, warmup, load_s) -> dict:
         losses.append(step(row))
         tokens += len(row["input_ids"])
     dt = time.perf_counter() - t0
-    return {"tokens_per_s": tokens / dt, "step_s": dt / steps, "tokens": tokens, "peak_rss_mb": rss_mb(),
+    return {"tokens_per_s": tokens / dt, "step_s": dt / steps, "tokens": tokens, "peak_rss_mb": peak_rss_mb(),
             "load_s": load_s, "loss_first": losses[0], "loss_last": losses[-1]}
 
 
@@ -153,17 +147,11 @@ def measure(methods: list[str], data: str = str(DEFAULT_DATA), seq: int = 512, s
         n = min(steps, MLX_STEPS) if method == "mlx" else steps
         cmd = [sys.executable, __file__, "--one", method, "--data", data, "--seq", str(seq),
                "--steps", str(n), "--warmup", str(warmup), "--threads", str(threads)]
-        p = subprocess.run(cmd, check=False, capture_output=True, text=True)
-        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-        res = json.loads(line[7:]) if line else {"method": method, "error": p.stderr[-500:]}
+        res = run_child(cmd)
+        res = {**res, "method": method} if "error" in res else res
         print(json.dumps(res), flush=True)
         results.append(res)
     return results
-
-
-def _median(v: list[float]) -> float:
-    v = sorted(v)
-    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
 
 
 def _summarize(runs: list[dict]) -> dict:
@@ -173,7 +161,7 @@ def _summarize(runs: list[dict]) -> dict:
         return runs[0]
     out = dict(ok[0])
     for k in ("tokens_per_s", "step_s", "peak_rss_mb", "load_s"):
-        out[k] = _median([r[k] for r in ok])
+        out[k] = statistics.median([r[k] for r in ok])
     out["rounds"] = len(ok)
     return out
 
@@ -245,8 +233,8 @@ def cli() -> int:
             tok = sorted(o["tokens_per_s"] / x["tokens_per_s"] for o, x in pairs)
             mem = sorted(o["peak_rss_mb"] / x["peak_rss_mb"] for o, x in pairs)
             spread = lambda v: f" ({v[0]:.2f}-{v[-1]:.2f})" if len(v) > 1 else ""
-            ratio = f"{_median(tok):.2f}x{spread(tok)} | {_median(mem):.2f}x{spread(mem)}"
-            r["vs_baseline_tokens_per_s"], r["vs_baseline_rss"] = _median(tok), _median(mem)
+            ratio = f"{statistics.median(tok):.2f}x{spread(tok)} | {statistics.median(mem):.2f}x{spread(mem)}"
+            r["vs_baseline_tokens_per_s"], r["vs_baseline_rss"] = statistics.median(tok), statistics.median(mem)
         lines.append(f"| {r['method']} | {r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['step_s']:.2f} | "
                      f"{r['load_s']:.1f} | {ratio} |")
     lines += ["", "Goal (issue): ours >= 2x the baseline's tokens/s at <= 0.5x its peak RSS."]

@@ -56,19 +56,17 @@ def main() -> int:
     if not Path(args.data).exists():
         print(f"no data at {args.data} (needs ../shared/data/panza)", file=sys.stderr)
         return 2
-    import subprocess
+    from bench._common import run_child
 
     results = {}
     for precision in ("fp32", "int8"):  # each in its own process: peak RSS is its own
-        p = subprocess.run([sys.executable, __file__, "--one", precision, "--data", args.data, "--steps",
-                            str(args.steps), "--threads", str(args.threads)], capture_output=True, text=True,
-                           check=False)
-        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            print(p.stderr[-2000:], file=sys.stderr)
+        res = run_child([sys.executable, __file__, "--one", precision, "--data", args.data, "--steps",
+                         str(args.steps), "--threads", str(args.threads)])
+        if "error" in res:
+            print(res["error"], file=sys.stderr)
             return 1
-        results[precision] = json.loads(line[7:])
-        print(json.dumps(results[precision]), flush=True)
+        results[precision] = res
+        print(json.dumps(res), flush=True)
     f, i = results["fp32"], results["int8"]
     gain_f, gain_i = f["val_before"] - f["val_best"], i["val_before"] - i["val_best"]
     summary = {"steps": args.steps, "results": results, "val_gain_ratio": gain_i / gain_f if gain_f else None,

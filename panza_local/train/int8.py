@@ -78,15 +78,20 @@ def mm_grad(g: torch.Tensor, w: I8Weight) -> torch.Tensor:
 def _product(qx, sx, wq, ws, xa, scale, parts, ab):
     """The fused product from the quantized input (forward, and the recompute in backward)."""
     y = torch._int_mm(qx, wq.t()).float().mul_(sx).mul_(ws)
+    for out, rank, a, b in _lora_parts(parts, ab):
+        y[:, out].addmm_(xa[:, rank], b.t(), alpha=scale)
+    return y
+
+
+def _lora_parts(parts, ab):
+    """(output columns, columns of x @ A_all.T, A, B) of each part that has a LoRA, as slices."""
     off, r0, j = 0, 0, 0
     for rows, has in parts:
         if has:
             a, b = ab[2 * j], ab[2 * j + 1]
-            r = a.shape[0]
-            y[:, off:off + rows].addmm_(xa[:, r0:r0 + r], b.t(), alpha=scale)
-            r0, j = r0 + r, j + 1
+            yield slice(off, off + rows), slice(r0, r0 + a.shape[0]), a, b
+            r0, j = r0 + a.shape[0], j + 1
         off += rows
-    return y
 
 
 class _LoraI8(torch.autograd.Function):
@@ -117,23 +122,14 @@ class _LoraI8(torch.autograd.Function):
             gy = _swiglu_grad(_product(qx, sx, wq, ws, xa, scale, parts, ab), ctx.ffn, gy)
         gy = gy.contiguous()
         gx = mm_grad(gy, I8Weight(wq, ws)) if ctx.needs_input_grad[0] else None
-        grads, off, r0, j = [], 0, 0, 0
-        x_hat = None
-        for rows, has in parts:
-            if has:
-                a, b = ab[2 * j], ab[2 * j + 1]
-                r = a.shape[0]
-                g = gy[:, off:off + rows]
-                gxa = (g @ b).mul_(scale)  # [T, r]
-                gb = (g.t() @ xa[:, r0:r0 + r]).mul_(scale)  # [rows, r]
-                if x_hat is None:
-                    x_hat = qx.float().mul_(sx)
-                ga = gxa.t() @ x_hat  # [r, in]
-                if gx is not None:
-                    gx.addmm_(gxa, a)
-                grads += [ga, gb]
-                r0, j = r0 + r, j + 1
-            off += rows
+        grads = []
+        x_hat = qx.float().mul_(sx) if ab else None
+        for out, rank, a, b in _lora_parts(parts, ab):
+            g = gy[:, out]
+            gxa = (g @ b).mul_(scale)  # [T, r]
+            grads += [gxa.t() @ x_hat, (g.t() @ xa[:, rank]).mul_(scale)]  # dA [r, in], dB [rows, r]
+            if gx is not None:
+                gx.addmm_(gxa, a)
         return (gx, None, None, None, None, None, *grads)
 
 

@@ -29,6 +29,9 @@ ARCHS = {"llama", "mistral", "qwen2", "qwen3"}
 PERMUTED = {"llama", "mistral"}
 LINEARS = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_output": "o_proj",
            "ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "down_proj"}
+# the int8 path's fused products: one int8 weight per group of projections that share an input
+FUSED = {"qkv": ("attn_q", "attn_k", "attn_v"), "o": ("attn_output",), "gu": ("ffn_gate", "ffn_up"),
+         "down": ("ffn_down",)}
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -150,15 +153,12 @@ class LoraModel(torch.nn.Module):
         self.register_buffer("inv_freq", inv.to(device), persistent=False)
         self.i8 = _int8_weights(base) if int8 else None
 
-    FUSED = (("qkv", ("attn_q", "attn_k", "attn_v")), ("o", ("attn_output",)), ("gu", ("ffn_gate", "ffn_up")),
-             ("down", ("ffn_down",)))
-
     def _lin8(self, x, i: int, fused: str, ffn: int = 0):
         """The fused int8 product of layer i's `fused` group (see int8.py) with each part's LoRA and bias;
         with `ffn`, silu(gate) * up of it (gate|up without a bias only)."""
         w = self.i8[f"{i}.{fused}"]
         parts, ab = [], []
-        for gname in dict(self.FUSED)[fused]:
+        for gname in FUSED[fused]:
             hname = LINEARS[gname]
             has = hname in self.targets
             parts.append((_shape(self.base.w[f"blk.{i}.{gname}"])[0], has))
@@ -254,8 +254,13 @@ class LoraModel(torch.nn.Module):
         emb = self.base.w["token_embd"]
         return torch.bfloat16 if isinstance(emb, q4.Q4Weight) else emb.dtype
 
+    @property
+    def output_weight(self):
+        """The vocabulary projection's weight (the embedding when the model ties them)."""
+        return self.base.w.get("output", self.base.w["token_embd"])
+
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        out = self.base.w.get("output", self.base.w["token_embd"])
+        out = self.output_weight
         return (q4.q4_linear(h, out) if isinstance(out, q4.Q4Weight) else F.linear(h, out)).float()
 
     def forward(self, row: dict) -> tuple[torch.Tensor, int]:
@@ -272,7 +277,7 @@ class LoraModel(torch.nn.Module):
         if n == 0:
             return h.sum() * 0.0, 0
         # the vocabulary projection only where there is loss: the prompt's positions need none
-        out = self.base.w.get("output", self.base.w["token_embd"])
+        out = self.output_weight
         if isinstance(out, q4.Q4Weight):
             return F.cross_entropy(self.logits(h[sel]), tgt[sel], reduction="sum"), n
         return int8.linear_cross_entropy(h[sel], tgt[sel], out), n
@@ -306,7 +311,7 @@ def _int8_weights(base: Base) -> dict:
     """
     out = {}
     for i in range(base.cfg.n_layers):
-        for fused, gnames in LoraModel.FUSED:
+        for fused, gnames in FUSED.items():
             dense = [_dense(base.w[f"blk.{i}.{g}"]) for g in gnames]
             out[f"{i}.{fused}"] = int8.from_dense(torch.cat(dense) if len(dense) > 1 else dense[0])
             biases = [base.w.get(f"blk.{i}.{g}.bias") for g in gnames]
