@@ -209,6 +209,9 @@ def cli() -> int:
         print("RESULT " + json.dumps({**res, "method": args.one}), flush=True)
         return 0
     methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in ("baseline", "mlx", *VARIANTS)]
+    if unknown:  # an unknown name used to run the baseline under that name
+        ap.error(f"unknown method(s) {', '.join(unknown)}: use baseline, mlx, {', '.join(VARIANTS)}")
     rounds = []
     # the machine's speed drifts: rotate the order each round, pair each method with its round's baseline
     for k in range(args.rounds):
