@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .arena import Arena, scratch, take
+
 
 @dataclass
 class I8Weight:
@@ -58,10 +60,18 @@ def available() -> bool:
     return True
 
 
-def quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: (q int8 [rows, cols], scale fp32 [rows, 1]) with x ~ q * scale."""
-    m = x.abs().amax(dim=1, keepdim=True).clamp_min_(1e-30)
-    return x.mul(127.0 / m).round_().to(torch.int8), m.div_(127.0)
+def quant_rows(x: torch.Tensor, arena: Arena | None = None, keep: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: (q int8 [rows, cols], scale fp32 [rows, 1]) with x ~ q * scale.
+
+    With an arena, q and the scale are taken from it when `keep` (kept for backward), else q is scratch."""
+    tmp = scratch(arena, "quant", x.shape)
+    m = torch.abs(x, out=tmp).amax(dim=1, keepdim=True).clamp_min_(1e-30)
+    r = torch.mul(x, 127.0 / m, out=tmp).round_()
+    if keep:
+        q, s = take(arena, x.shape, torch.int8), take(arena, m.shape)
+    else:
+        q, s = scratch(arena, "quant_q", x.shape, torch.int8), torch.empty(m.shape)
+    return q.copy_(r), torch.div(m, 127.0, out=s)
 
 
 def from_dense(w: torch.Tensor) -> I8Weight:
@@ -69,15 +79,18 @@ def from_dense(w: torch.Tensor) -> I8Weight:
     return I8Weight(q.contiguous(), s.view(-1).contiguous())
 
 
-def mm_grad(g: torch.Tensor, w: I8Weight) -> torch.Tensor:
+def mm_grad(g: torch.Tensor, w: I8Weight, arena: Arena | None = None) -> torch.Tensor:
     """g @ W in int8 (g [T, out] -> [T, in]), fp32 out: the weight's row scales move onto g's columns."""
-    qg, sg = quant_rows(g * w.s)
-    return torch._int_mm(qg, w.q).float().mul_(sg)
+    qg, sg = quant_rows(torch.mul(g, w.s, out=scratch(arena, "grad", g.shape)), arena, keep=False)
+    return torch.mul(torch._int_mm(qg, w.q, out=scratch(arena, "i32", (g.shape[0], w.q.shape[1]), torch.int32)), sg)
 
 
-def _product(qx, sx, wq, ws, xa, scale, parts, ab):
-    """The fused product from the quantized input (forward, and the recompute in backward)."""
-    y = torch._int_mm(qx, wq.t()).float().mul_(sx).mul_(ws)
+def _product(qx, sx, wq, ws, xa, scale, parts, ab, arena=None, internal: bool = False):
+    """The fused product from the quantized input (forward, and the recompute in backward); in the
+    arena's scratch when `internal` (the caller uses it up before the next product)."""
+    shape = (qx.shape[0], wq.shape[0])
+    y32 = torch._int_mm(qx, wq.t(), out=scratch(arena, "i32", shape, torch.int32))
+    y = torch.mul(y32, sx, out=scratch(arena, "product", shape) if internal else torch.empty(shape)).mul_(ws)
     for out, rank, a, b in _lora_parts(parts, ab):
         y[:, out].addmm_(xa[:, rank], b.t(), alpha=scale)
     return y
@@ -104,12 +117,15 @@ class _LoraI8(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, wq, ws, scale, parts, ffn, *ab):
-        qx, sx = quant_rows(x)
-        xa = x @ torch.cat(ab[0::2]).t() if ab else None
-        y = _product(qx, sx, wq, ws, xa, scale, parts, ab)
+    def forward(ctx, x, wq, ws, scale, parts, ffn, arena, *ab):
+        qx, sx = quant_rows(x, arena)
+        xa = None
+        if ab:
+            a_all = torch.cat(ab[0::2])
+            xa = torch.mm(x, a_all.t(), out=take(arena, (x.shape[0], a_all.shape[0])))
+        y = _product(qx, sx, wq, ws, xa, scale, parts, ab, arena, internal=bool(ffn))
         ctx.save_for_backward(qx, sx, wq, ws, xa, *ab)
-        ctx.scale, ctx.parts, ctx.ffn = scale, parts, ffn
+        ctx.scale, ctx.parts, ctx.ffn, ctx.arena = scale, parts, ffn, arena
         if ffn:
             return torch.nn.functional.silu(y[:, :ffn]).mul_(y[:, ffn:])
         return y
@@ -117,34 +133,37 @@ class _LoraI8(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         qx, sx, wq, ws, xa, *ab = ctx.saved_tensors
-        scale, parts = ctx.scale, ctx.parts
+        scale, parts, arena = ctx.scale, ctx.parts, ctx.arena
         if ctx.ffn:
-            gy = _swiglu_grad(_product(qx, sx, wq, ws, xa, scale, parts, ab), ctx.ffn, gy)
+            gy = _swiglu_grad(_product(qx, sx, wq, ws, xa, scale, parts, ab, arena, internal=True), ctx.ffn, gy,
+                              scratch(arena, "swiglu", (gy.shape[0], 2 * ctx.ffn)))
         gy = gy.contiguous()
-        gx = mm_grad(gy, I8Weight(wq, ws)) if ctx.needs_input_grad[0] else None
+        gx = mm_grad(gy, I8Weight(wq, ws), arena) if ctx.needs_input_grad[0] else None
         grads = []
-        x_hat = qx.float().mul_(sx) if ab else None
+        x_hat = torch.mul(qx, sx, out=scratch(arena, "x_hat", qx.shape)) if ab else None
         for out, rank, a, b in _lora_parts(parts, ab):
             g = gy[:, out]
             gxa = (g @ b).mul_(scale)  # [T, r]
             grads += [gxa.t() @ x_hat, (g.t() @ xa[:, rank]).mul_(scale)]  # dA [r, in], dB [rows, r]
             if gx is not None:
                 gx.addmm_(gxa, a)
-        return (gx, None, None, None, None, None, *grads)
+        return (gx, None, None, None, None, None, None, *grads)
 
 
-def _swiglu_grad(gu: torch.Tensor, ffn: int, g: torch.Tensor) -> torch.Tensor:
+def _swiglu_grad(gu: torch.Tensor, ffn: int, g: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """d(silu(gate) * up) / d(gate|up) times g, for a fused [T, 2F] gate|up product."""
     gate, up = gu[:, :ffn], gu[:, ffn:]
     sig = torch.sigmoid(gate)
     silu = gate * sig
     d_gate = sig.mul_(1 + gate * (1 - sig)).mul_(g).mul_(up)  # silu'(x) = s(x) * (1 + x * (1 - s(x)))
-    return torch.cat([d_gate, silu.mul_(g)], dim=1)
+    return torch.cat([d_gate, silu.mul_(g)], dim=1, out=out)
 
 
-def lora_linear(x: torch.Tensor, w: I8Weight, scale: float, parts, ab, ffn: int = 0) -> torch.Tensor:
-    """Frozen int8 product plus the LoRA of each part; with `ffn`, silu(gate) * up of it (see `_LoraI8`)."""
-    return _LoraI8.apply(x.contiguous(), w.q, w.s, scale, tuple(parts), ffn, *ab)
+def lora_linear(x: torch.Tensor, w: I8Weight, scale: float, parts, ab, ffn: int = 0,
+                arena: Arena | None = None) -> torch.Tensor:
+    """Frozen int8 product plus the LoRA of each part; with `ffn`, silu(gate) * up of it (see `_LoraI8`).
+    What backward needs is kept in `arena` when given."""
+    return _LoraI8.apply(x.contiguous(), w.q, w.s, scale, tuple(parts), ffn, arena, *ab)
 
 
 CE_CHUNK = 128
@@ -160,31 +179,32 @@ class _LinearCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, targets, w):
+    def forward(ctx, h, targets, w, arena):
         want_grad = ctx.needs_input_grad[0]
         total = h.new_zeros((), dtype=torch.float32)
-        gh = torch.empty_like(h, dtype=torch.float32) if want_grad else None
+        gh = take(arena, h.shape) if want_grad else None
         for s in range(0, h.shape[0], CE_CHUNK):
             hc, tc = h[s:s + CE_CHUNK], targets[s:s + CE_CHUNK]
-            logits = (hc @ w.t()).float()
+            logits = torch.mm(hc, w.t(), out=scratch(arena, "logits", (hc.shape[0], w.shape[0]), w.dtype)).float()
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, tc[:, None])[:, 0]).sum()
             if want_grad:
                 p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
                 p[torch.arange(p.shape[0]), tc] -= 1.0
-                gh[s:s + CE_CHUNK] = p.to(w.dtype) @ w
+                torch.mm(p.to(w.dtype), w, out=gh[s:s + CE_CHUNK])
         ctx.save_for_backward(gh)
         return total
 
     @staticmethod
     def backward(ctx, g):
         (gh,) = ctx.saved_tensors
-        return gh * g, None, None
+        return gh * g, None, None, None
 
 
-def linear_cross_entropy(h: torch.Tensor, targets: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def linear_cross_entropy(h: torch.Tensor, targets: torch.Tensor, w: torch.Tensor,
+                         arena: Arena | None = None) -> torch.Tensor:
     """Summed cross-entropy of `h @ W.T` against `targets`, memory-lean (see `_LinearCE`)."""
-    return _LinearCE.apply(h.contiguous(), targets, w)
+    return _LinearCE.apply(h.contiguous(), targets, w, arena)
 
 
 class _SwiGLU(torch.autograd.Function):

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from .. import failpoint
 from ..errors import AdapterError
-from . import int8, q4, schedule
+from . import int8, ops, q4, schedule
+from .arena import Arena
 from .data import IGNORE
 
 ARCHS = {"llama", "mistral", "qwen2", "qwen3"}
@@ -152,6 +153,10 @@ class LoraModel(torch.nn.Module):
             inv = inv / base.rope_freqs.float().cpu()
         self.register_buffer("inv_freq", inv.to(device), persistent=False)
         self.i8 = _int8_weights(base) if int8 else None
+        # the int8 step keeps what its backward needs in reused blocks (arena.py); not with checkpointing,
+        # whose recompute in backward would take fresh room for every layer
+        self.arena = Arena() if int8 and not grad_ckpt else None
+        self._step_arena: Arena | None = None
 
     def _lin8(self, x, i: int, fused: str, ffn: int = 0):
         """The fused int8 product of layer i's `fused` group (see int8.py) with each part's LoRA and bias;
@@ -166,8 +171,8 @@ class LoraModel(torch.nn.Module):
                 ab += [self.lora[f"{i}_{hname}_A"], self.lora[f"{i}_{hname}_B"]]
         bias = self.i8.get(f"{i}.{fused}.bias")
         if ffn and bias is None:
-            return int8.lora_linear(x, w, self.scale, parts, ab, ffn)
-        y = int8.lora_linear(x, w, self.scale, parts, ab)
+            return int8.lora_linear(x, w, self.scale, parts, ab, ffn, arena=self._step_arena)
+        y = int8.lora_linear(x, w, self.scale, parts, ab, arena=self._step_arena)
         y = y if bias is None else y + bias
         return int8.swiglu(y, ffn) if ffn else y
 
@@ -185,13 +190,9 @@ class LoraModel(torch.nn.Module):
         return y
 
     def _norm(self, x, w):
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.cfg.eps) * w).to(x.dtype)
-
-    def _rope(self, x, cos, sin):
-        half = x.shape[-1] // 2
-        rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rot * sin
+        if x.requires_grad and x.dtype == torch.float32 and x.device.type == "cpu" and torch.is_grad_enabled():
+            return ops.rms_norm(x, w, self.cfg.eps, self._step_arena)  # same values, half the memory kept
+        return ops.norm(x, w, self.cfg.eps)
 
     def _layer(self, x, i: int, cos, sin, spans):
         c, w = self.cfg, self.base.w
@@ -209,21 +210,11 @@ class LoraModel(torch.nn.Module):
             v = self._lin(h, i, "attn_v").view(t, c.n_kv_heads, c.head_dim)
         if c.qk_norm:
             q, k = self._norm(q, w[f"blk.{i}.attn_q_norm"]), self._norm(k, w[f"blk.{i}.attn_k_norm"])
-        q, k = self._rope(q, cos, sin).transpose(0, 1), self._rope(k, cos, sin).transpose(0, 1)
-        v = v.transpose(0, 1)
-        if fast:  # a copy of v, so the fused q|k|v product is not kept alive for backward through a view
-            v = v.contiguous()
         rep = c.n_heads // c.n_kv_heads
-        gqa = {}
-        if rep > 1 and _SDPA_GQA and x.device.type == "cpu":  # k/v heads shared in place: no 3x copies saved
-            gqa = {"enable_gqa": True}
-        elif rep > 1:
-            k, v = k.repeat_interleave(rep, dim=0), v.repeat_interleave(rep, dim=0)
-        # one causal attention per packed example: no token sees another example
-        # 4-D inputs: a CPU build then takes its flash kernel (3-D falls back to the math path, ~1.6x slower)
-        outs = [F.scaled_dot_product_attention(q[None, :, s:e], k[None, :, s:e], v[None, :, s:e], is_causal=True,
-                                               **gqa)[0] for s, e in spans]
-        att = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)).transpose(0, 1).reshape(t, -1)
+        if fast and (rep == 1 or _SDPA_GQA):  # the same kernel as below, keeping its tensors in the arena
+            att = ops.attention(q, k, v, cos, sin, spans, self._step_arena)
+        else:
+            att = self._sdpa(q, k, v, cos, sin, spans, rep, x.device.type)
         if fast:
             x = x + self._lin8(att, i, "o")
             act = self._lin8(self._norm(x, w[f"blk.{i}.ffn_norm"]), i, "gu", ffn=c.ffn)
@@ -231,6 +222,21 @@ class LoraModel(torch.nn.Module):
         x = x + self._lin(att, i, "attn_output")
         h = self._norm(x, w[f"blk.{i}.ffn_norm"])
         return x + self._lin(F.silu(self._lin(h, i, "ffn_gate")) * self._lin(h, i, "ffn_up"), i, "ffn_down")
+
+    @staticmethod
+    def _sdpa(q, k, v, cos, sin, spans, rep: int, device: str):
+        t = q.shape[0]
+        q, k, v = ops.rope(q, cos, sin).transpose(0, 1), ops.rope(k, cos, sin).transpose(0, 1), v.transpose(0, 1)
+        gqa = {}
+        if rep > 1 and _SDPA_GQA and device == "cpu":  # k/v heads shared in place: no 3x copies saved
+            gqa = {"enable_gqa": True}
+        elif rep > 1:
+            k, v = k.repeat_interleave(rep, dim=0), v.repeat_interleave(rep, dim=0)
+        # one causal attention per packed example: no token sees another example
+        # 4-D inputs: a CPU build then takes its flash kernel (3-D falls back to the math path, ~1.6x slower)
+        outs = [F.scaled_dot_product_attention(q[None, :, s:e], k[None, :, s:e], v[None, :, s:e], is_causal=True,
+                                               **gqa)[0] for s, e in spans]
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)).transpose(0, 1).reshape(t, -1)
 
     def hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, spans) -> torch.Tensor:
         """Final-norm hidden states for one packed row (1-D tensors)."""
@@ -269,6 +275,10 @@ class LoraModel(torch.nn.Module):
         ids = torch.as_tensor(row["input_ids"], device=dev)
         pos = torch.as_tensor(row["positions"], device=dev)
         tgt = torch.as_tensor(row["targets"], device=dev)
+        self._step_arena = None
+        if self.arena is not None and self.training and torch.is_grad_enabled():
+            self.arena.reset()
+            self._step_arena = self.arena
         h = self.hidden(ids, pos, spans_of(row["segments"]))
         if self.static:  # CUDA-graph capturable: no host sync, no data-dependent shapes
             return F.cross_entropy(self.logits(h), tgt, ignore_index=IGNORE, reduction="sum"), row["n_targets"]
@@ -280,7 +290,7 @@ class LoraModel(torch.nn.Module):
         out = self.output_weight
         if isinstance(out, q4.Q4Weight):
             return F.cross_entropy(self.logits(h[sel]), tgt[sel], reduction="sum"), n
-        return int8.linear_cross_entropy(h[sel], tgt[sel], out), n
+        return int8.linear_cross_entropy(h[sel], tgt[sel], out, self._step_arena), n
 
     def lora_tensors(self) -> dict[str, np.ndarray]:
         """The adapter in PEFT naming (`model.layers.N.self_attn.q_proj.lora_A.weight`), fp32 numpy."""

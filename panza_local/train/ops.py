@@ -1,0 +1,104 @@
+"""The training step's RMSNorm and attention as autograd functions that keep the least for backward.
+
+Both give the same forward values as the plain torch expressions in `torch_backend` (tests compare them),
+and both put what they keep for backward in the step's `Arena` when there is one (see arena.py):
+
+- `rms_norm` keeps its input and one scale per row (plain autograd keeps the input, the normalized input
+  and the scale: twice the memory, and more passes over it in backward).
+- `attention` applies RoPE, runs causal attention once per packed example with torch's CPU flash kernel
+  and keeps q, k, v (after RoPE), the output and the log-sum-exp, the same tensors SDPA keeps, but in the
+  arena; backward is the kernel's own backward followed by the inverse rotation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .arena import Arena, take
+
+FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dimension (the forward of `rms_norm`, for evaluation)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w).to(x.dtype)
+
+
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, eps, arena):
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        out = x * rstd * w
+        kept_x, kept_r = take(arena, x.shape), take(arena, rstd.shape)
+        kept_x.copy_(x)
+        kept_r.copy_(rstd)
+        ctx.save_for_backward(kept_x, kept_r, w)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, rstd, w = ctx.saved_tensors
+        gw = g * w
+        # d/dx of x * r(x) * w with r = (mean(x^2) + eps)^-1/2:  r * gw - x * r^3 * mean(gw * x)
+        coef = (gw * x).sum(-1, keepdim=True).mul_(rstd.pow(3)).div_(x.shape[-1])
+        return gw.mul_(rstd).addcmul_(x, coef, value=-1.0), None, None, None
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, arena: Arena | None = None) -> torch.Tensor:
+    """RMSNorm that keeps only x and one scale per row for backward (fp32 inputs)."""
+    return _RMSNorm.apply(x, w, eps, arena)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding, half-split layout: x * cos + rotate(x) * sin."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
+def _rope_t(g: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The adjoint of `rope` (its backward): g * cos + rotate^T(g * sin)."""
+    half = g.shape[-1] // 2
+    gs = g * sin
+    return g * cos + torch.cat([gs[..., half:], -gs[..., :half]], dim=-1)
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cos, sin, spans, arena):
+        t, nh, hd = q.shape
+        nkv = k.shape[1]
+        qr, kr, vv = take(arena, (nh, t, hd)), take(arena, (nkv, t, hd)), take(arena, (nkv, t, hd))
+        qr.copy_(rope(q, cos, sin).transpose(0, 1))
+        kr.copy_(rope(k, cos, sin).transpose(0, 1))
+        vv.copy_(v.transpose(0, 1))
+        out = take(arena, (nh, t, hd))
+        lse = take(arena, (t, nh))  # the kernel's own layout: heads fastest
+        att = torch.empty(t, nh, hd, dtype=q.dtype)
+        for s, e in spans:
+            o, l_ = FLASH(qr[None, :, s:e], kr[None, :, s:e], vv[None, :, s:e], 0.0, True)
+            out[:, s:e] = o[0]
+            lse[s:e] = l_[0].t()
+            att[s:e] = o[0].transpose(0, 1)
+        ctx.save_for_backward(qr, kr, vv, out, lse, cos, sin)
+        ctx.spans = spans
+        return att.view(t, nh * hd)
+
+    @staticmethod
+    def backward(ctx, g_att):
+        qr, kr, vv, out, lse, cos, sin = ctx.saved_tensors
+        nh, t, hd = qr.shape
+        g = g_att.reshape(t, nh, hd).transpose(0, 1)
+        gq, gk, gv = torch.empty(t, nh, hd), torch.empty(t, kr.shape[0], hd), torch.empty(t, kr.shape[0], hd)
+        for s, e in ctx.spans:
+            a, b, c = FLASH_BACKWARD(g[None, :, s:e].contiguous(), qr[None, :, s:e], kr[None, :, s:e],
+                                     vv[None, :, s:e], out[None, :, s:e], lse[s:e].t()[None], 0.0, True)
+            gq[s:e], gk[s:e], gv[s:e] = a[0].transpose(0, 1), b[0].transpose(0, 1), c[0].transpose(0, 1)
+        return _rope_t(gq, cos, sin), _rope_t(gk, cos, sin), gv, None, None, None, None
+
+
+def attention(q, k, v, cos, sin, spans, arena: Arena | None = None) -> torch.Tensor:
+    """Causal attention per packed example with RoPE applied first: q [T, H, D], k and v [T, H_kv, D]
+    (H a multiple of H_kv, heads shared in the kernel) -> [T, H * D]. CPU tensors."""
+    return _Attention.apply(q, k, v, cos, sin, tuple(spans), arena)
