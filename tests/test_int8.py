@@ -161,3 +161,18 @@ def test_int8_step_keeps_its_tensors_in_a_reused_arena(models, embedded_model):
     (l1, g1, p1), (l2, g2, p2), (l3, g3, _) = runs
     assert p1 and p1 == p2  # the second step wrote into the first step's blocks
     assert l1 == l2 == l3 and torch.equal(g1, g2) and torch.equal(g1, g3)
+
+
+def test_linear_cross_entropy_with_a_half_precision_base():
+    """An fp16/bf16 base (the MPS path) keeps working: products in its dtype, the gradient in fp32."""
+    torch.manual_seed(5)
+    h = torch.randn(150, 32).bfloat16().requires_grad_()
+    w = torch.randn(300, 32).bfloat16()
+    t = torch.randint(0, 300, (150,))
+    loss = int8.linear_cross_entropy(h, t, w)
+    loss.backward()
+    h2 = h.detach().float().requires_grad_()
+    ref = F.cross_entropy(h2 @ w.float().t(), t, reduction="sum")
+    ref.backward()
+    assert torch.allclose(loss, ref, rtol=2e-2)
+    assert cos(h.grad.float(), h2.grad) > 0.99

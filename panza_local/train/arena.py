@@ -82,11 +82,11 @@ class Arena:
         return torch.empty(0, dtype=dtype).set_(b.untyped_storage(), 0, tuple(shape))
 
 
-def scratch(arena: Arena | None, slot: str, shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """`arena.scratch`, or a plain `torch.empty` without an arena."""
-    return arena.scratch(slot, shape, dtype) if arena is not None else torch.empty(shape, dtype=dtype)
+def scratch(arena: Arena | None, slot: str, shape, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """`arena.scratch` (CPU), or a plain `torch.empty` on `device` without an arena."""
+    return arena.scratch(slot, shape, dtype) if arena is not None else torch.empty(shape, dtype=dtype, device=device)
 
 
-def take(arena: Arena | None, shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """`arena.take`, or a plain `torch.empty` without an arena."""
-    return arena.take(shape, dtype) if arena is not None else torch.empty(shape, dtype=dtype)
+def take(arena: Arena | None, shape, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """`arena.take` (CPU), or a plain `torch.empty` on `device` without an arena."""
+    return arena.take(shape, dtype) if arena is not None else torch.empty(shape, dtype=dtype, device=device)

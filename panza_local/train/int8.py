@@ -185,16 +185,20 @@ class _LinearCE(torch.autograd.Function):
     def forward(ctx, h, targets, w, arena):
         want_grad = ctx.needs_input_grad[0]
         total = h.new_zeros((), dtype=torch.float32)
-        gh = take(arena, h.shape) if want_grad else None
+        gh = take(arena, h.shape, device=h.device) if want_grad else None
         for s in range(0, h.shape[0], CE_CHUNK):
             hc, tc = h[s:s + CE_CHUNK], targets[s:s + CE_CHUNK]
-            logits = torch.mm(hc, w.t(), out=scratch(arena, "logits", (hc.shape[0], w.shape[0]), w.dtype)).float()
+            buf = scratch(arena, "logits", (hc.shape[0], w.shape[0]), w.dtype, h.device)
+            logits = torch.mm(hc, w.t(), out=buf).float()
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, tc[:, None])[:, 0]).sum()
             if want_grad:
                 p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
                 p[torch.arange(p.shape[0]), tc] -= 1.0
-                torch.mm(p.to(w.dtype), w, out=gh[s:s + CE_CHUNK])
+                if w.dtype == gh.dtype:
+                    torch.mm(p, w, out=gh[s:s + CE_CHUNK])
+                else:  # an fp16 / bf16 base (MPS): the product in its dtype, the gradient kept in fp32
+                    gh[s:s + CE_CHUNK] = p.to(w.dtype) @ w
         ctx.save_for_backward(gh)
         return total
 

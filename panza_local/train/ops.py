@@ -31,7 +31,7 @@ class _RMSNorm(torch.autograd.Function):
     def forward(ctx, x, w, eps, arena):
         rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
         out = x * rstd * w
-        kept_x, kept_r = take(arena, x.shape), take(arena, rstd.shape)
+        kept_x, kept_r = take(arena, x.shape, x.dtype, x.device), take(arena, rstd.shape, rstd.dtype, x.device)
         kept_x.copy_(x)
         kept_r.copy_(rstd)
         ctx.save_for_backward(kept_x, kept_r, w)
