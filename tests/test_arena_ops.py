@@ -142,3 +142,20 @@ def test_int8_products_with_arena_and_scratch_equal_plain_allocation():
         assert torch.equal(h, plain[0]) and torch.equal(gx, plain[1])
         assert all(torch.equal(a, b) for a, b in zip(grads, plain[2]))
     assert ar.slots  # the scratch slots were used
+
+
+def test_swiglu_op_equals_plain_swiglu_and_its_gradient():
+    torch.manual_seed(6)
+    gate, up = torch.randn(40, 24, requires_grad=True), torch.randn(40, 24, requires_grad=True)
+    g = torch.randn(40, 24)
+    ref = F.silu(gate) * up
+    ref.backward(g)
+    refs = gate.grad, up.grad
+    gate.grad = up.grad = None
+    out = ops.swiglu(gate, up, Arena())
+    out.backward(g)
+    assert torch.equal(out, ref)
+    assert torch.allclose(gate.grad, refs[0], atol=1e-6) and torch.allclose(up.grad, refs[1], atol=1e-6)
+    pair = (torch.randn(5, 6, dtype=torch.float64, requires_grad=True), torch.randn(5, 6, dtype=torch.float64,
+                                                                                   requires_grad=True))
+    assert torch.autograd.gradcheck(lambda a, b: ops.swiglu(a, b), pair)

@@ -5,6 +5,7 @@ and both put what they keep for backward in the step's `Arena` when there is one
 
 - `rms_norm` keeps its input and one scale per row (plain autograd keeps the input, the normalized input
   and the scale: twice the memory, and more passes over it in backward).
+- `swiglu` keeps gate and up (plain autograd also keeps silu(gate)).
 - `attention` applies RoPE, runs causal attention once per packed example with torch's CPU flash kernel
   and keeps q, k, v (after RoPE), the output and the log-sum-exp, the same tensors SDPA keeps, but in the
   arena; backward is the kernel's own backward followed by the inverse rotation.
@@ -49,6 +50,28 @@ class _RMSNorm(torch.autograd.Function):
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, arena: Arena | None = None) -> torch.Tensor:
     """RMSNorm that keeps only x and one scale per row for backward (fp32 inputs)."""
     return _RMSNorm.apply(x, w, eps, arena)
+
+
+class _SwiGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate, up, arena):
+        kept = [take(arena, t.shape).copy_(t) for t in (gate, up)]
+        ctx.save_for_backward(*kept)
+        return torch.nn.functional.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, g):
+        gate, up = ctx.saved_tensors
+        sig = torch.sigmoid(gate)
+        d_up = (gate * sig).mul_(g)
+        # silu'(x) = s(x) * (1 + x * (1 - s(x)))
+        d_gate = sig.mul_(torch.rsub(sig, 1).mul_(gate).add_(1)).mul_(g).mul_(up)
+        return d_gate, d_up, None
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor, arena: Arena | None = None) -> torch.Tensor:
+    """silu(gate) * up keeping only gate and up for backward (CPU fp32)."""
+    return _SwiGLU.apply(gate, up, arena)
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

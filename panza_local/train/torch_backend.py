@@ -155,9 +155,10 @@ class LoraModel(torch.nn.Module):
             inv = inv / base.rope_freqs.float().cpu()
         self.register_buffer("inv_freq", inv.to(device), persistent=False)
         self.i8 = _int8_weights(base) if int8 else None
-        # the int8 step keeps what its backward needs in reused blocks (arena.py); not with checkpointing,
-        # whose recompute in backward would take fresh room for every layer
-        self.arena = Arena() if int8 and not grad_ckpt else None
+        # a CPU step keeps what its backward needs in reused blocks (arena.py): all of it on the int8 path,
+        # norms and attention on the fp32 one; not with checkpointing, whose recompute in backward would
+        # take fresh room for every layer
+        self.arena = Arena() if device.type == "cpu" and not grad_ckpt else None
         self._step_arena: Arena | None = None
 
     def _lin8(self, x, i: int, fused: str, ffn: int = 0):
@@ -213,7 +214,7 @@ class LoraModel(torch.nn.Module):
         if c.qk_norm:
             q, k = self._norm(q, w[f"blk.{i}.attn_q_norm"]), self._norm(k, w[f"blk.{i}.attn_k_norm"])
         rep = c.n_heads // c.n_kv_heads
-        if fast and (rep == 1 or _SDPA_GQA):  # the same kernel as below, keeping its tensors in the arena
+        if (fast or self._step_arena is not None) and (rep == 1 or _SDPA_GQA):  # _sdpa's kernel, kept in the arena
             att = ops.attention(q, k, v, cos, sin, spans, self._step_arena)
         else:
             att = self._sdpa(q, k, v, cos, sin, spans, rep, x.device.type)
@@ -223,7 +224,9 @@ class LoraModel(torch.nn.Module):
             return x + self._lin8(act, i, "down")
         x = x + self._lin(att, i, "attn_output")
         h = self._norm(x, w[f"blk.{i}.ffn_norm"])
-        return x + self._lin(F.silu(self._lin(h, i, "ffn_gate")) * self._lin(h, i, "ffn_up"), i, "ffn_down")
+        gate, up = self._lin(h, i, "ffn_gate"), self._lin(h, i, "ffn_up")
+        act = ops.swiglu(gate, up, self._step_arena) if self._step_arena is not None else F.silu(gate) * up
+        return x + self._lin(act, i, "ffn_down")
 
     @staticmethod
     def _sdpa(q, k, v, cos, sin, spans, rep: int, device: str):
