@@ -6,9 +6,9 @@ attention). Here the frozen weights are plain tensors (fp32 on CPU, where bf16 h
 Q4 blocks on CUDA, dequantized per use by `q4.q4_linear`), no gradient or fp32 master copy exists for
 them, attention is SDPA per packed example, and the vocabulary projection runs only where there is loss,
 a chunk at a time. On CPUs with VNNI, training runs the frozen products in int8 (`int8.py`: ~1.3x
-the fp32 speed, validation loss within 0.1% after 40 steps) while evaluation stays exact fp32, and the
-step keeps what its backward needs in blocks reused from step to step (`arena.py`, `ops.py`), which took
-~350 MB of heap fragmentation off its peak RSS.
+the fp32 speed, validation loss within 0.1% after 40 steps) while evaluation stays exact fp32. A CPU step
+keeps what its backward needs in blocks reused from step to step (`arena.py`, `ops.py`), which took
+~350 MB of heap fragmentation off the int8 step's peak RSS.
 The maths is transformers' llama / qwen2 / qwen3 (tests compare the logits with llama.cpp's).
 """
 
