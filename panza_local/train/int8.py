@@ -153,13 +153,17 @@ class _LoraI8(torch.autograd.Function):
 
 def _swiglu_grad(gu: torch.Tensor, ffn: int, g: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """d(silu(gate) * up) / d(gate|up) times g, for a fused [T, 2F] gate|up product (into `out` if given)."""
-    gate, up = gu[:, :ffn], gu[:, ffn:]
     out = torch.empty(gu.shape) if out is None else out
-    sig = torch.sigmoid(gate, out=out[:, :ffn])
-    torch.mul(gate, sig, out=out[:, ffn:]).mul_(g)  # d up = silu(gate) * g
+    swiglu_grad(gu[:, :ffn], gu[:, ffn:], g, out[:, :ffn], out[:, ffn:])
+    return out
+
+
+def swiglu_grad(gate, up, g, d_gate: torch.Tensor, d_up: torch.Tensor) -> None:
+    """The gradients of silu(gate) * up given g, written into d_gate and d_up."""
+    sig = torch.sigmoid(gate, out=d_gate)
+    torch.mul(gate, sig, out=d_up).mul_(g)  # d up = silu(gate) * g
     # d gate = silu'(gate) * up * g, silu'(x) = s(x) * (1 + x * (1 - s(x)))
     sig.mul_(torch.rsub(sig, 1).mul_(gate).add_(1)).mul_(g).mul_(up)
-    return out
 
 
 def lora_linear(x: torch.Tensor, w: I8Weight, scale: float, parts, ab, ffn: int = 0,

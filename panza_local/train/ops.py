@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from . import int8
 from .arena import Arena, take
 
 FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -62,10 +63,8 @@ class _SwiGLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         gate, up = ctx.saved_tensors
-        sig = torch.sigmoid(gate)
-        d_up = (gate * sig).mul_(g)
-        # silu'(x) = s(x) * (1 + x * (1 - s(x)))
-        d_gate = sig.mul_(torch.rsub(sig, 1).mul_(gate).add_(1)).mul_(g).mul_(up)
+        d_gate, d_up = torch.empty_like(gate), torch.empty_like(up)
+        int8.swiglu_grad(gate, up, g, d_gate, d_up)
         return d_gate, d_up, None
 
 
