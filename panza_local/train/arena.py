@@ -26,6 +26,12 @@ ALIGN = 64
 UNKNOWN = 1 << 30
 
 
+def _alias(block: torch.Tensor, offset: int, shape, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor of its own on `block`'s storage at byte `offset`, not a view: views share one version
+    counter, and autograd would see every later write into the block as a change to each kept tensor."""
+    return torch.empty(0, dtype=dtype).set_(block.untyped_storage(), offset // dtype.itemsize, tuple(shape))
+
+
 def _refs(t: torch.Tensor) -> int:
     """How many tensors share t's storage (a torch without the count: always "more", so never reused)."""
     try:
@@ -56,8 +62,7 @@ class Arena:
 
     def take(self, shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """An uninitialised contiguous tensor that lives until the next `reset` (or longer, if held)."""
-        item = torch.empty((), dtype=dtype).element_size()
-        n = math.prod(shape) * item
+        n = math.prod(shape) * dtype.itemsize
         size = -(-n // ALIGN) * ALIGN
         while self.cur < len(self.blocks) and self.off + size > self.blocks[self.cur].numel():
             self.cur, self.off = self.cur + 1, 0
@@ -65,21 +70,18 @@ class Arena:
             b = torch.empty(max(self.block, size), dtype=torch.uint8)
             self.blocks.append(b)
             self.base_refs.append(_refs(b))
-        # a tensor of its own on the block's storage, not a view: views share one version counter, and
-        # autograd would see every later write into the block as a change to each kept tensor
-        t = torch.empty(0, dtype=dtype).set_(self.blocks[self.cur].untyped_storage(), self.off // item, tuple(shape))
+        t = _alias(self.blocks[self.cur], self.off, shape, dtype)
         self.off += size
         return t
-
 
     def scratch(self, slot: str, shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """A temporary for `slot`, the same memory every call: only for a tensor dead before the slot's next
         use (a product inside one op), never one that leaves the op or is kept for backward."""
-        n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        n = math.prod(shape) * dtype.itemsize
         b = self.slots.get(slot)
         if b is None or b.numel() < n:
             self.slots[slot] = b = torch.empty(n, dtype=torch.uint8)
-        return torch.empty(0, dtype=dtype).set_(b.untyped_storage(), 0, tuple(shape))
+        return _alias(b, 0, shape, dtype)
 
 
 def scratch(arena: Arena | None, slot: str, shape, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:

@@ -16,7 +16,7 @@ model is llama.cpp's, which also rounds activations to int8 blocks). Validation 
 and the adapter gate, is computed on the exact fp32 path (the model in eval mode).
 
 Also here, for both paths: `linear_cross_entropy` (the vocabulary projection and loss a chunk at a time,
-never all the logits) and `swiglu` (SwiGLU saving one tensor for backward).
+never all the logits).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .arena import Arena, scratch, take
+from .ops import swiglu_grad
 
 
 @dataclass
@@ -158,14 +159,6 @@ def _swiglu_grad(gu: torch.Tensor, ffn: int, g: torch.Tensor, out: torch.Tensor 
     return out
 
 
-def swiglu_grad(gate, up, g, d_gate: torch.Tensor, d_up: torch.Tensor) -> None:
-    """The gradients of silu(gate) * up given g, written into d_gate and d_up."""
-    sig = torch.sigmoid(gate, out=d_gate)
-    torch.mul(gate, sig, out=d_up).mul_(g)  # d up = silu(gate) * g
-    # d gate = silu'(gate) * up * g, silu'(x) = s(x) * (1 + x * (1 - s(x)))
-    sig.mul_(torch.rsub(sig, 1).mul_(gate).add_(1)).mul_(g).mul_(up)
-
-
 def lora_linear(x: torch.Tensor, w: I8Weight, scale: float, parts, ab, ffn: int = 0,
                 arena: Arena | None = None) -> torch.Tensor:
     """Frozen int8 product plus the LoRA of each part; with `ffn`, silu(gate) * up of it (see `_LoraI8`).
@@ -216,23 +209,3 @@ def linear_cross_entropy(h: torch.Tensor, targets: torch.Tensor, w: torch.Tensor
                          arena: Arena | None = None) -> torch.Tensor:
     """Summed cross-entropy of `h @ W.T` against `targets`, memory-lean (see `_LinearCE`)."""
     return _LinearCE.apply(h.contiguous(), targets, w, arena)
-
-
-class _SwiGLU(torch.autograd.Function):
-    """silu(gate) * up of a fused [T, 2F] gate|up tensor, saving only that tensor (not silu's output too)."""
-
-    @staticmethod
-    def forward(ctx, gu, ffn):
-        ctx.save_for_backward(gu)
-        ctx.ffn = ffn
-        return torch.nn.functional.silu(gu[:, :ffn]) * gu[:, ffn:]
-
-    @staticmethod
-    def backward(ctx, g):
-        (gu,) = ctx.saved_tensors
-        return _swiglu_grad(gu, ctx.ffn, g), None
-
-
-def swiglu(gu: torch.Tensor, ffn: int) -> torch.Tensor:
-    """silu(gu[:, :ffn]) * gu[:, ffn:], memory-lean in backward."""
-    return _SwiGLU.apply(gu, ffn)

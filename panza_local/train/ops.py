@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 
-from . import int8
 from .arena import Arena, take
 
 FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -53,10 +52,18 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, arena: Arena | None =
     return _RMSNorm.apply(x, w, eps, arena)
 
 
+def swiglu_grad(gate, up, g, d_gate: torch.Tensor, d_up: torch.Tensor) -> None:
+    """The gradients of silu(gate) * up given g, written into d_gate and d_up."""
+    sig = torch.sigmoid(gate, out=d_gate)
+    torch.mul(gate, sig, out=d_up).mul_(g)  # d up = silu(gate) * g
+    # d gate = silu'(gate) * up * g, silu'(x) = s(x) * (1 + x * (1 - s(x)))
+    sig.mul_(torch.rsub(sig, 1).mul_(gate).add_(1)).mul_(g).mul_(up)
+
+
 class _SwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gate, up, arena):
-        kept = [take(arena, t.shape).copy_(t) for t in (gate, up)]
+        kept = [take(arena, t.shape, t.dtype, t.device).copy_(t) for t in (gate, up)]
         ctx.save_for_backward(*kept)
         return torch.nn.functional.silu(gate) * up
 
@@ -64,12 +71,12 @@ class _SwiGLU(torch.autograd.Function):
     def backward(ctx, g):
         gate, up = ctx.saved_tensors
         d_gate, d_up = torch.empty_like(gate), torch.empty_like(up)
-        int8.swiglu_grad(gate, up, g, d_gate, d_up)
+        swiglu_grad(gate, up, g, d_gate, d_up)
         return d_gate, d_up, None
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor, arena: Arena | None = None) -> torch.Tensor:
-    """silu(gate) * up keeping only gate and up for backward (CPU fp32)."""
+    """silu(gate) * up keeping only gate and up for backward (in the arena when given)."""
     return _SwiGLU.apply(gate, up, arena)
 
 

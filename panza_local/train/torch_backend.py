@@ -177,7 +177,7 @@ class LoraModel(torch.nn.Module):
             return int8.lora_linear(x, w, self.scale, parts, ab, ffn, arena=self._step_arena)
         y = int8.lora_linear(x, w, self.scale, parts, ab, arena=self._step_arena)
         y = y if bias is None else y + bias
-        return int8.swiglu(y, ffn) if ffn else y
+        return ops.swiglu(y[:, :ffn], y[:, ffn:], self._step_arena) if ffn else y
 
     # -- pieces --------------------------------------------------------------------------------
     def _lin(self, x, i: int, gname: str):
