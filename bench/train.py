@@ -52,7 +52,7 @@ def run_ours(rows, steps, warmup, threads, variant: str = "ours") -> dict:
     t0 = time.perf_counter()
     model = tb.build(catalogue.embedded_path(), 8, 16.0, tb.ALL_TARGETS, "cpu", **VARIANTS[variant])
     load_s = time.perf_counter() - t0
-    opt = torch.optim.AdamW(list(model.lora.values()), lr=2e-4)
+    opt = tb.optimizer(model.lora.values(), lr=2e-4)
 
     def step(row):
         loss, n = model(row)

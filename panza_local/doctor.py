@@ -54,6 +54,12 @@ def accelerators(deep: bool = False) -> dict:
         out["torch"] = torch.__version__
         out["torch_device"] = ("cuda" if torch.cuda.is_available()
                                else "mps" if torch.backends.mps.is_available() else "cpu")
+        if out["torch_device"] == "cpu":
+            from .train import int8, native
+
+            # what `panza train` on this CPU runs: int8 products (VNNI), and the fused kernels (AVX-512 and a
+            # C compiler; built into <home>/cache/native on first use, here if not yet)
+            out["cpu_int8"], out["cpu_fused_kernels"] = int8.available(), native.lib() is not None
     return out
 
 

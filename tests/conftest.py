@@ -11,6 +11,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PANZA_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _never_the_real_home(tmp_path_factory):
+    """A test that does not ask for `home` still never writes to the user's real one (the fused-kernel
+    cache is built on first use, from whichever test trains first)."""
+    if "PANZA_HOME" not in os.environ:
+        os.environ["PANZA_HOME"] = str(tmp_path_factory.mktemp("session-home") / "home")
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """A fresh PANZA_HOME (and no stray PANZA_* settings from the environment)."""

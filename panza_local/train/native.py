@@ -1,0 +1,149 @@
+"""Fused CPU kernels for the int8 training step, compiled on first use from `native.c`.
+
+Why: on two cores the int8 step's element-wise work (quantizing each activation and gradient row,
+dequantizing each int32 product, adding the LoRA products, SwiGLU and its gradient) is memory-bound, and
+torch runs each of those as its own pass over the whole tensor: three to six passes where one will do.
+`native.c` does each in one pass over a row that stays in L1.
+
+How it is built: the first training run on a CPU with AVX-512 (F, BW, DQ, VL) compiles `native.c` with the
+system C compiler (the one pip already used to build llama-cpp-python) into `<home>/cache/native/`, keyed by
+the source's hash, the compiler and the flags, and loads it with ctypes. Threads come from torch's own OpenMP
+runtime (the library links `libgomp.so.1`, which torch has already loaded). Where there is no compiler, no
+AVX-512, or the build fails, or with `PANZA_NATIVE=0`, `lib()` is None and the int8 path runs the same
+arithmetic as torch expressions (the test suite checks the two against each other).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("native.c")
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-fopenmp", "-fPIC", "-shared"]
+_NEEDS = {"avx512f", "avx512bw", "avx512dq", "avx512vl"}
+
+P, L, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+_SIGNATURES = {
+    "pz_quant_rows": [P, L, L, L, P, P, L, P, I],
+    "pz_product": [P, L, L, P, P, P, L, I, P, P, P, P, P, I, L, P, L, P, L, I],
+    "pz_dequant": [P, I, L, L, L, P, P, L, L, P, P, L, I],
+}
+
+_lib: ctypes.CDLL | None | bool = False  # False: not tried yet
+
+
+def _cpu_ok() -> bool:
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return _NEEDS <= set(line.split())
+    except OSError:
+        pass
+    return False
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def build(cache_dir: Path | None = None) -> Path:
+    """Compile `native.c` (once per source, compiler and flags) and return the shared library's path.
+    Raises RuntimeError with the compiler's message when it cannot."""
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (cc) on PATH")
+    key = hashlib.sha256(SOURCE.read_bytes() + cc.encode() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    if cache_dir is None:
+        from .. import paths
+
+        cache_dir = paths.ensure_dir(paths.home() / "cache" / "native")
+    out = Path(cache_dir) / f"panza_native-{key}.so"
+    if out.exists():
+        return out
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir)
+    os.close(fd)
+    try:
+        res = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120,
+                             check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"{cc} failed on {SOURCE.name}: {res.stderr.strip()[-800:]}")
+        os.replace(tmp, out)  # atomic: a concurrent build of the same key writes the same bytes
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def lib() -> ctypes.CDLL | None:
+    """The loaded kernels, or None where they cannot run here (see the module docstring)."""
+    global _lib
+    if _lib is False:
+        _lib = None
+        if os.environ.get("PANZA_NATIVE", "1") != "0" and _cpu_ok():
+            try:
+                so = ctypes.CDLL(str(build()))
+                for name, args in _SIGNATURES.items():
+                    getattr(so, name).argtypes, getattr(so, name).restype = args, None
+                _lib = so
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                log.warning("fused CPU kernels unavailable (%s); training uses the torch path", e)
+    return _lib
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def _rows(t: torch.Tensor) -> None:
+    assert t.device.type == "cpu" and t.stride(-1) == 1, "native kernels take CPU tensors with contiguous rows"
+
+
+def quant_rows(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, col_scale: torch.Tensor | None = None) -> None:
+    """q = round(x * col_scale * 127 / m) and s = m / 127 per row (m the row's max |x * col_scale|)."""
+    _rows(x)
+    _rows(q)
+    lib().pz_quant_rows(x.data_ptr(), x.shape[0], x.shape[1], x.stride(0), _ptr(col_scale), q.data_ptr(),
+                        q.stride(0), s.data_ptr(), torch.get_num_threads())
+
+
+def product(y32: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor, out: torch.Tensor, xa=None, parts=(),
+            mode: int = 0, ffn: int = 0, g: torch.Tensor | None = None) -> None:
+    """out = dequantized y32 (times sx per row and sw per column) plus the LoRA parts, then by mode: 0 as
+    is, 1 silu(gate) * up, 2 the gradient of that times g (see native.c). `parts`: (first column, columns,
+    xa's first column, scale * B^T contiguous [rank, columns]) per LoRA part."""
+    for t in (y32, out, xa, g):
+        if t is not None:
+            _rows(t)
+    np_ = len(parts)
+    longs = ctypes.c_long * max(np_, 1)
+    pcol, pn = longs(*(p[0] for p in parts)), longs(*(p[1] for p in parts))
+    prank, pxa = longs(*(p[3].shape[0] for p in parts)), longs(*(p[2] for p in parts))
+    pbt = (ctypes.c_void_p * max(np_, 1))(*(p[3].data_ptr() for p in parts))
+    lib().pz_product(y32.data_ptr(), y32.shape[0], y32.shape[1], sx.data_ptr(), sw.data_ptr(), _ptr(xa),
+                     xa.stride(0) if xa is not None else 0, np_, pcol, pn, prank, pxa, pbt, mode, ffn, _ptr(g),
+                     g.stride(0) if g is not None else 0, out.data_ptr(), out.stride(0), torch.get_num_threads())
+
+
+def dequant(src: torch.Tensor, s: torch.Tensor, out: torch.Tensor, u: torch.Tensor | None = None,
+            v: torch.Tensor | None = None) -> None:
+    """out = src (int32 or int8) * s per row, plus u @ v when given (u [rows, k], v [k, cols] contiguous)."""
+    _rows(src)
+    _rows(out)
+    rk = 0 if u is None else u.shape[1]
+    lib().pz_dequant(src.data_ptr(), int(src.dtype == torch.int8), src.shape[0], src.shape[1], src.stride(0),
+                     s.data_ptr(), _ptr(u), u.stride(0) if u is not None else 0, rk, _ptr(v), out.data_ptr(),
+                     out.stride(0), torch.get_num_threads())

@@ -1,0 +1,116 @@
+"""The fused CPU kernels (train/native.c) against the torch expressions they replace in train/int8.py.
+
+Each kernel is compared with int8.py's own torch path on the same inputs (the kernels switched off by
+clearing the loaded library), with column counts that are not multiples of 16 so the masked tails run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from panza_local.train import int8, native
+
+pytestmark = pytest.mark.skipif(native.lib() is None,
+                                reason="fused kernels need Linux x86-64 with AVX-512 and a C compiler")
+
+
+@pytest.fixture
+def torch_path(monkeypatch):
+    """A callable running f with the fused kernels off (int8.py's torch expressions)."""
+    def run(f, *args, **kwargs):
+        with monkeypatch.context() as m:
+            m.setattr(native, "_lib", None)
+            assert native.lib() is None
+            return f(*args, **kwargs)
+    return run
+
+
+def _rel(a, b) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("cols", [100, 576, 1537])
+def test_quantization_is_bit_for_bit_the_torch_expression(cols, torch_path):
+    torch.manual_seed(cols)
+    x = torch.randn(53, cols) ** 3  # heavy tails, like real activations
+    x[7] = 0.0  # an all-zero row: scale clamped, no NaN
+    cs = torch.rand(cols) + 0.5
+    for kw in ({}, {"col_scale": cs}):
+        q, s = int8.quant_rows(x, **kw)
+        q_ref, s_ref = torch_path(int8.quant_rows, x, **kw)
+        assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+    wide = torch.randn(53, cols + 9)  # rows with a stride: a column slice
+    assert torch.equal(int8.quant_rows(wide[:, 3:3 + cols])[0], torch_path(int8.quant_rows, wide[:, 3:3 + cols])[0])
+
+
+def _case(n_gate=50):
+    torch.manual_seed(1)
+    k = 75
+    parts = ((n_gate, True), (n_gate, True))
+    ab = [torch.randn(8, k) * 0.1, torch.randn(n_gate, 8) * 0.1, torch.randn(5, k) * 0.1, torch.randn(n_gate, 5) * 0.1]
+    qx, sx = int8.quant_rows(torch.randn(41, k))
+    w = int8.from_dense(torch.randn(2 * n_gate, k) * 0.05)
+    xa = torch.randn(41, 13)
+    return qx, sx, w, xa, parts, ab
+
+
+def test_product_dequantizes_and_adds_each_lora_part(torch_path):
+    qx, sx, w, xa, _, ab = _case()
+    parts = ((50, True), (20, False), (30, True))  # a part without LoRA between two with
+    ab = [ab[0], ab[1], ab[2], ab[3][:30]]
+    got = int8._product(qx, sx, w.q, w.s, xa, 2.0, parts, ab)
+    ref = torch_path(int8._product, qx, sx, w.q, w.s, xa, 2.0, parts, ab)
+    assert _rel(got, ref) < 1e-6
+    assert (got[:, 50:70] == ref[:, 50:70]).all()  # no LoRA there: the same two products, same order
+
+
+def test_product_swiglu_and_its_gradient(torch_path):
+    qx, sx, w, xa, parts, ab = _case()
+    got = int8._product(qx, sx, w.q, w.s, xa, 2.0, parts, ab, ffn=50)
+    ref = torch_path(int8._product, qx, sx, w.q, w.s, xa, 2.0, parts, ab, ffn=50)
+    assert got.shape == (41, 50) and _rel(got, ref) < 1e-6
+    g = torch.randn(41, 50)
+    got = int8._product(qx, sx, w.q, w.s, xa, 2.0, parts, ab, ffn=50, g=g).clone()
+    ref = torch_path(int8._product, qx, sx, w.q, w.s, xa, 2.0, parts, ab, ffn=50, g=g)
+    assert got.shape == (41, 100) and _rel(got, ref) < 1e-6
+
+
+def test_input_gradient_with_its_low_rank_term(torch_path):
+    torch.manual_seed(2)
+    w = int8.from_dense(torch.randn(90, 70) * 0.05)
+    g, u, v = torch.randn(33, 90), torch.randn(33, 11), torch.randn(11, 70)
+    got = int8.mm_grad(g, w, u=u, v=v)
+    ref = torch_path(int8.mm_grad, g, w, u=u, v=v)
+    assert _rel(got, ref) < 1e-6
+    assert torch.equal(int8.mm_grad(g, w), torch_path(int8.mm_grad, g, w))  # no low-rank term: bit for bit
+
+
+def test_a_lora_layer_trains_the_same_with_and_without_the_kernels(torch_path):
+    """Forward, input gradient and LoRA gradients of one fused gate|up layer and one plain layer."""
+    torch.manual_seed(3)
+    x = torch.randn(45, 64)
+    for ffn, parts in ((40, ((40, True), (40, True))), (0, ((30, True), (10, False)))):
+        w = int8.from_dense(torch.randn(80 if ffn else 40, 64) * 0.1)
+        ab = [t for rows, has in parts if has for t in (torch.randn(4, 64) * 0.1, torch.randn(rows, 4) * 0.1)]
+
+        def run(ffn=ffn, parts=parts, w=w, ab=ab):
+            xi = x.clone().requires_grad_()
+            abi = [t.clone().requires_grad_() for t in ab]
+            y = int8.lora_linear(xi, w, 2.0, parts, abi, ffn=ffn)
+            (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+            return [y.detach(), xi.grad, *(t.grad for t in abi)]
+
+        for got, ref in zip(run(), torch_path(run)):
+            assert _rel(got, ref) < 1e-5
+
+
+def test_build_is_cached_and_a_failing_compiler_is_reported(tmp_path, monkeypatch):
+    first = native.build(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert native.build(tmp_path) == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    monkeypatch.setenv("CC", "false")  # a compiler that fails: a new key, a clear error, nothing left behind
+    with pytest.raises(RuntimeError, match="false failed on native.c"):
+        native.build(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == [first.name]
