@@ -69,6 +69,31 @@ def test_linear_cross_entropy_equals_plain_cross_entropy():
         assert torch.allclose(int8.linear_cross_entropy(h, t, w), ref, rtol=1e-5)
 
 
+def test_int8_vocabulary_projection_keeps_outlier_columns_exact():
+    """The int8 path's loss: a hidden state with a few massive dimensions (as a final norm's output has)
+    still gives the fp32 loss within 0.5% and its gradient at cosine > 0.99; without keeping those columns
+    in fp32 the same int8 product is visibly worse (the test would catch losing the precaution)."""
+    torch.manual_seed(6)
+    h = torch.randn(300, 64)
+    h[:, [3, 17, 40]] *= 25.0  # massive activations
+    w = torch.randn(2000, 64) * 0.1
+    t = torch.randint(0, 2000, (300,))
+    h1, h2 = h.clone().requires_grad_(), h.clone().requires_grad_()
+    loss = int8.linear_cross_entropy(h1, t, w, w8=int8.from_dense(w))
+    loss.backward()
+    ref = F.cross_entropy(h2 @ w.t(), t, reduction="sum")
+    ref.backward()
+    assert abs(loss.item() / ref.item() - 1) < 0.005
+    assert cos(h1.grad, h2.grad) > 0.99
+    old = int8.OUTLIER_COLS
+    try:
+        int8.OUTLIER_COLS = 0
+        naive = int8.linear_cross_entropy(h, t, w, w8=int8.from_dense(w))
+    finally:
+        int8.OUTLIER_COLS = old
+    assert abs(naive.item() / ref.item() - 1) > 2 * abs(loss.item() / ref.item() - 1)
+
+
 def test_swiglu_gradient():
     torch.manual_seed(2)
     gu = torch.randn(7, 10, dtype=torch.float64, requires_grad=True)
@@ -130,17 +155,17 @@ def test_fused_gate_up_swiglu_matches_unfused():
     w8 = int8.from_dense(torch.randn(48, 32) * 0.1)
     x = torch.randn(9, 32, requires_grad=True)
     ab = [t.requires_grad_() for n, _ in parts for t in (torch.randn(4, 32), torch.randn(n, 4) * 0.1)]
-    y = int8.lora_linear(x, w8, 2.0, parts, ab, ffn=24)  # backward recomputes the product
+    y = int8.lora_linear(x, w8, 2.0, parts, ab, ffn=24)  # backward uses the product kept in fp16
     g = torch.randn_like(y)
     (y * g).sum().backward()
     x2 = x.detach().clone().requires_grad_()
     ab2 = [t.detach().clone().requires_grad_() for t in ab]
-    y2 = int8.lora_linear(x2, w8, 2.0, parts, ab2)  # the product kept
+    y2 = int8.lora_linear(x2, w8, 2.0, parts, ab2)  # the product kept in fp32 by autograd
     y2 = ops.swiglu(y2[:, :24], y2[:, 24:])
     (y2 * g).sum().backward()
     assert torch.allclose(y, y2, atol=1e-6)
-    for a, b in zip([x] + ab, [x2] + ab2):
-        assert torch.allclose(a.grad, b.grad, atol=1e-5)
+    for a, b in zip([x] + ab, [x2] + ab2):  # within fp16's rounding of the kept product (2^-11 relative)
+        assert ((a.grad - b.grad).norm() / b.grad.norm()).item() < 2e-3
 
 
 def test_int8_step_keeps_its_tensors_in_a_reused_arena(models, embedded_model):

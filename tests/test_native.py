@@ -66,15 +66,23 @@ def test_product_dequantizes_and_adds_each_lora_part(torch_path):
     assert (got[:, 50:70] == ref[:, 50:70]).all()  # no LoRA there: the same two products, same order
 
 
-def test_product_swiglu_and_its_gradient(torch_path):
+def test_product_swiglu_and_its_gradient_from_the_kept_fp16_product(torch_path):
     qx, sx, w, xa, parts, ab = _case()
-    got = int8._product(qx, sx, w.q, w.s, xa, 2.0, parts, ab, ffn=50)
-    ref = torch_path(int8._product, qx, sx, w.q, w.s, xa, 2.0, parts, ab, ffn=50)
+    keep, keep_ref = torch.empty(41, 100, dtype=torch.float16), torch.empty(41, 100, dtype=torch.float16)
+    got = int8._product(qx, sx, w.q, w.s, xa, 2.0, parts, ab, ffn=50, keep=keep)
+    ref = torch_path(int8._product, qx, sx, w.q, w.s, xa, 2.0, parts, ab, ffn=50, keep=keep_ref)
     assert got.shape == (41, 50) and _rel(got, ref) < 1e-6
+    full = torch_path(int8._product, qx, sx, w.q, w.s, xa, 2.0, parts, ab)  # the product before the SwiGLU
+    assert _rel(keep.float(), keep_ref.float()) < 1e-3 and _rel(keep.float(), full) < 1e-3  # fp16 rounding
     g = torch.randn(41, 50)
-    got = int8._product(qx, sx, w.q, w.s, xa, 2.0, parts, ab, ffn=50, g=g).clone()
-    ref = torch_path(int8._product, qx, sx, w.q, w.s, xa, 2.0, parts, ab, ffn=50, g=g)
+    got = int8._swiglu_grad_kept(keep, g).clone()
+    ref = torch_path(int8._swiglu_grad_kept, keep, g)
     assert got.shape == (41, 100) and _rel(got, ref) < 1e-6
+    huge = torch.full((2, 32), 1e6)  # beyond fp16: clamped, never inf
+    k2 = torch.empty(2, 32, dtype=torch.float16)
+    int8._product(*int8.quant_rows(huge), torch.ones(32, 32, dtype=torch.int8), torch.ones(32), None, 1.0,
+                  ((16, False), (16, False)), (), ffn=16, keep=k2)
+    assert torch.isfinite(k2.float()).all()
 
 
 def test_input_gradient_with_its_low_rank_term(torch_path):
@@ -114,3 +122,37 @@ def test_build_is_cached_and_a_failing_compiler_is_reported(tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="false failed on native.c"):
         native.build(tmp_path)
     assert sorted(os.listdir(tmp_path)) == [first.name]
+
+
+def test_rope_and_its_adjoint_from_and_to_any_layout(torch_path):
+    from panza_local.train import ops
+
+    torch.manual_seed(4)
+    t, h, d = 29, 3, 48  # half = 24: a full and a masked chunk per half
+    ang = torch.randn(t, 1, d // 2)
+    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+    x = torch.randn(t, 2 * h, d)[:, 1::2]  # strided heads
+    out = torch.empty(h, t, d)  # head-major, as the attention keeps it
+    native.rope(x, cos, sin, out.transpose(0, 1))
+    assert torch.equal(out.transpose(0, 1), ops.rope(x, cos, sin))
+    g = torch.empty(t, h, d)
+    native.rope(out.transpose(0, 1), cos, sin, g, inverse=True)
+    assert torch.equal(g, ops._rope_t(out.transpose(0, 1), cos, sin))
+
+
+def test_rms_norm_forward_and_backward(torch_path):
+    from panza_local.train import ops
+
+    torch.manual_seed(5)
+    w = torch.rand(70) + 0.5
+    x = torch.randn(33, 70) * 3
+
+    def run():
+        xi = x.clone().requires_grad_()
+        y = ops.rms_norm(xi, w, 1e-5)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        return y.detach(), xi.grad
+
+    got, ref = run(), torch_path(run)
+    assert _rel(got[0], ref[0]) < 1e-6 and _rel(got[1], ref[1]) < 1e-5
+    assert _rel(got[0], ops.norm(x, w, 1e-5)) < 1e-6

@@ -34,6 +34,35 @@ static inline __m512 sigmoid16(__m512 x) {
 
 static inline __mmask16 tail(long n) { return (__mmask16)((1u << n) - 1u); }
 
+/* y[0:n] += sum_t u[t] * v[t * ldv + 0:n] for t < rk (a row of a rank-rk product added in place). Four
+ * column blocks at a time: one block's FMAs over t form a dependency chain, four give the FMA units work. */
+static inline void add_lowrank(float *y, long n, const float *u, long rk, const float *v, long ldv) {
+  long c = 0;
+  for (; c + 64 <= n; c += 64) {
+    __m512 a0 = _mm512_loadu_ps(y + c), a1 = _mm512_loadu_ps(y + c + 16);
+    __m512 a2 = _mm512_loadu_ps(y + c + 32), a3 = _mm512_loadu_ps(y + c + 48);
+    for (long t = 0; t < rk; t++) {
+      __m512 f = _mm512_set1_ps(u[t]);
+      const float *vt = v + t * ldv + c;
+      a0 = _mm512_fmadd_ps(f, _mm512_loadu_ps(vt), a0);
+      a1 = _mm512_fmadd_ps(f, _mm512_loadu_ps(vt + 16), a1);
+      a2 = _mm512_fmadd_ps(f, _mm512_loadu_ps(vt + 32), a2);
+      a3 = _mm512_fmadd_ps(f, _mm512_loadu_ps(vt + 48), a3);
+    }
+    _mm512_storeu_ps(y + c, a0);
+    _mm512_storeu_ps(y + c + 16, a1);
+    _mm512_storeu_ps(y + c + 32, a2);
+    _mm512_storeu_ps(y + c + 48, a3);
+  }
+  for (; c < n; c += 16) {
+    __mmask16 k = n - c >= 16 ? 0xFFFF : tail(n - c);
+    __m512 acc = _mm512_maskz_loadu_ps(k, y + c);
+    for (long t = 0; t < rk; t++)
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(u[t]), _mm512_maskz_loadu_ps(k, v + t * ldv + c), acc);
+    _mm512_mask_storeu_ps(y + c, k, acc);
+  }
+}
+
 /* q[r, :] = round(x[r, :] * cs * 127 / max|x[r, :] * cs|) as int8, s[r] = that max / 127 (cs optional).
  * The same arithmetic as int8.quant_rows' torch expression, bit for bit: x * cs first, then times
  * (1 / m) * 127 (torch computes `127.0 / m` as a reciprocal times 127; 127 / m differs in the last bit,
@@ -75,51 +104,73 @@ static void product_row(const int32_t *a, long N, float sx, const float *sw, con
     __m512 v = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(k, a + n));
     _mm512_mask_storeu_ps(y + n, k, _mm512_mul_ps(_mm512_mul_ps(v, f), _mm512_maskz_loadu_ps(k, sw + n)));
   }
-  for (int j = 0; j < np; j++) {
-    long c0 = pcol[j], nj = pn[j], rk = prank[j];
-    const float *bt = pbt[j], *u = xa + pxa[j];
-    for (long n = 0; n < nj; n += 16) {
-      __mmask16 k = nj - n >= 16 ? 0xFFFF : tail(nj - n);
-      __m512 acc = _mm512_maskz_loadu_ps(k, y + c0 + n);
-      for (long t = 0; t < rk; t++)
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(u[t]), _mm512_maskz_loadu_ps(k, bt + t * nj + n), acc);
-      _mm512_mask_storeu_ps(y + c0 + n, k, acc);
+  for (int j = 0; j < np; j++) add_lowrank(y + pcol[j], pn[j], xa + pxa[j], prank[j], pbt[j], pn[j]);
+}
+
+/* SwiGLU of one row y = gate | up (ffn each) into o: mode 1 silu(gate) * up [ffn]; mode 2 its gradient
+ * times g, d gate | d up [2 ffn]. */
+static void swiglu_row(const float *y, long ffn, int mode, const float *g, float *o) {
+  __m512 one = _mm512_set1_ps(1.0f);
+  for (long n = 0; n < ffn; n += 16) {
+    __mmask16 k = ffn - n >= 16 ? 0xFFFF : tail(ffn - n);
+    __m512 a = _mm512_maskz_loadu_ps(k, y + n), u = _mm512_maskz_loadu_ps(k, y + ffn + n);
+    __m512 sg = sigmoid16(a), silu = _mm512_mul_ps(a, sg);
+    if (mode == 1) {
+      _mm512_mask_storeu_ps(o + n, k, _mm512_mul_ps(silu, u));
+    } else {
+      __m512 gg = _mm512_maskz_loadu_ps(k, g + n);
+      __m512 d = _mm512_mul_ps(sg, _mm512_fmadd_ps(a, _mm512_sub_ps(one, sg), one)); /* silu' = s (1 + a (1 - s)) */
+      _mm512_mask_storeu_ps(o + n, k, _mm512_mul_ps(_mm512_mul_ps(d, gg), u));
+      _mm512_mask_storeu_ps(o + ffn + n, k, _mm512_mul_ps(silu, gg));
     }
   }
 }
 
+static float *row_buffer(long n) { return (float *)aligned_alloc(64, ((n * sizeof(float) + 63) / 64) * 64); }
+
 /* The int8 product with its dequantization and LoRA parts (product_row), then by `mode`:
  *   0: out[r, :N] = y
  *   1: out[r, :ffn] = silu(y[:ffn]) * y[ffn:]                      (a fused gate|up, N = 2 ffn)
- *   2: out[r, :ffn], out[r, ffn:2ffn] = d/d(gate, up) of silu(gate) * up, times g[r, :ffn]  */
+ *   2: out[r, :ffn], out[r, ffn:2ffn] = d/d(gate, up) of silu(gate) * up, times g[r, :ffn]
+ * keep (may be NULL): y also stored as fp16 [R, N], clamped to fp16's range, for swiglu_grad_h. */
 void pz_product(const int32_t *y32, long R, long N, const float *sx, const float *sw, const float *xa, long ldxa,
                 int np, const long *pcol, const long *pn, const long *prank, const long *pxa,
                 const float *const *pbt, int mode, long ffn, const float *g, long ldg, float *out, long ldo,
-                int nt) {
+                uint16_t *keep, int nt) {
 #pragma omp parallel num_threads(nt)
   {
-    float *buf = mode ? (float *)aligned_alloc(64, ((N * sizeof(float) + 63) / 64) * 64) : 0;
+    float *buf = mode ? row_buffer(N) : 0;
+    __m512 hi = _mm512_set1_ps(65504.0f), lo = _mm512_set1_ps(-65504.0f);
 #pragma omp for schedule(static)
     for (long r = 0; r < R; r++) {
       float *o = out + r * ldo;
       float *y = mode ? buf : o;
       product_row(y32 + r * N, N, sx[r], sw, xa ? xa + r * ldxa : 0, np, pcol, pn, prank, pxa, pbt, y);
-      if (mode == 0) continue;
-      const float *gr = g ? g + r * ldg : 0;
-      for (long n = 0; n < ffn; n += 16) {
-        __mmask16 k = ffn - n >= 16 ? 0xFFFF : tail(ffn - n);
-        __m512 a = _mm512_maskz_loadu_ps(k, y + n), u = _mm512_maskz_loadu_ps(k, y + ffn + n);
-        __m512 sg = sigmoid16(a), silu = _mm512_mul_ps(a, sg);
-        if (mode == 1) {
-          _mm512_mask_storeu_ps(o + n, k, _mm512_mul_ps(silu, u));
-        } else {
-          __m512 gg = _mm512_maskz_loadu_ps(k, gr + n), one = _mm512_set1_ps(1.0f);
-          /* silu'(a) = s (1 + a (1 - s)) */
-          __m512 d = _mm512_mul_ps(sg, _mm512_fmadd_ps(a, _mm512_sub_ps(one, sg), one));
-          _mm512_mask_storeu_ps(o + n, k, _mm512_mul_ps(_mm512_mul_ps(d, gg), u));
-          _mm512_mask_storeu_ps(o + ffn + n, k, _mm512_mul_ps(silu, gg));
+      if (keep) {
+        for (long n = 0; n < N; n += 16) {
+          __mmask16 k = N - n >= 16 ? 0xFFFF : tail(N - n);
+          __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_maskz_loadu_ps(k, y + n), lo), hi);
+          _mm256_mask_storeu_epi16(keep + r * N + n, k, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
         }
       }
+      if (mode) swiglu_row(y, ffn, mode, g ? g + r * ldg : 0, o);
+    }
+    free(buf);
+  }
+}
+
+/* The SwiGLU gradient (mode 2 above) from the fp16 gate | up kept by pz_product. */
+void pz_swiglu_grad_h(const uint16_t *yh, long R, long ffn, const float *g, long ldg, float *out, long ldo, int nt) {
+#pragma omp parallel num_threads(nt)
+  {
+    float *buf = row_buffer(2 * ffn);
+#pragma omp for schedule(static)
+    for (long r = 0; r < R; r++) {
+      for (long n = 0; n < 2 * ffn; n += 16) {
+        __mmask16 k = 2 * ffn - n >= 16 ? 0xFFFF : tail(2 * ffn - n);
+        _mm512_mask_storeu_ps(buf + n, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, yh + r * 2 * ffn + n)));
+      }
+      swiglu_row(buf, ffn, 2, g + r * ldg, out + r * ldo);
     }
     free(buf);
   }
@@ -136,10 +187,89 @@ void pz_dequant(const void *src, int i8, long R, long C, long lds, const float *
       __mmask16 k = C - c >= 16 ? 0xFFFF : tail(C - c);
       __m512i raw = i8 ? _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, (const int8_t *)src + r * lds + c))
                        : _mm512_maskz_loadu_epi32(k, (const int32_t *)src + r * lds + c);
-      __m512 acc = _mm512_mul_ps(_mm512_cvtepi32_ps(raw), f);
-      for (long t = 0; t < rk; t++)
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(u[r * ldu + t]), _mm512_maskz_loadu_ps(k, v + t * C + c), acc);
-      _mm512_mask_storeu_ps(o + c, k, acc);
+      _mm512_mask_storeu_ps(o + c, k, _mm512_mul_ps(_mm512_cvtepi32_ps(raw), f));
+    }
+    if (rk) add_lowrank(o, C, u + r * ldu, rk, v, C);
+  }
+}
+
+/* Rotary embedding (half-split layout) of x[t, h, :] written to y[t, h, :], for T x H rows of D floats with
+ * any strides of t and h (the last dimension contiguous); cs and sn are [T, D]. inverse = 0: the rotation,
+ * x * cos + rotate(x) * sin with rotate(x) = (-x[half:], x[:half]); inverse = 1: its adjoint (backward),
+ * g * cos + (gs[half:], -gs[:half]) with gs = g * sin. The same operations in the same order as ops.rope. */
+void pz_rope(const float *x, long T, long H, long D, long xs_t, long xs_h, const float *cs, const float *sn,
+             float *y, long ys_t, long ys_h, int inverse, int nt) {
+  long half = D / 2;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (long t = 0; t < T; t++) {
+    const float *c = cs + t * D, *s = sn + t * D;
+    for (long h = 0; h < H; h++) {
+      const float *a = x + t * xs_t + h * xs_h;
+      float *o = y + t * ys_t + h * ys_h;
+      for (long d = 0; d < half; d += 16) {
+        __mmask16 k = half - d >= 16 ? 0xFFFF : tail(half - d);
+        __m512 lo = _mm512_maskz_loadu_ps(k, a + d), hi = _mm512_maskz_loadu_ps(k, a + half + d);
+        __m512 clo = _mm512_maskz_loadu_ps(k, c + d), chi = _mm512_maskz_loadu_ps(k, c + half + d);
+        __m512 slo = _mm512_maskz_loadu_ps(k, s + d), shi = _mm512_maskz_loadu_ps(k, s + half + d);
+        __m512 neg_hi = _mm512_sub_ps(_mm512_setzero_ps(), hi);
+        if (!inverse) {
+          _mm512_mask_storeu_ps(o + d, k, _mm512_add_ps(_mm512_mul_ps(lo, clo), _mm512_mul_ps(neg_hi, slo)));
+          _mm512_mask_storeu_ps(o + half + d, k, _mm512_add_ps(_mm512_mul_ps(hi, chi), _mm512_mul_ps(lo, shi)));
+        } else {
+          __m512 gs_lo = _mm512_mul_ps(lo, slo), gs_hi = _mm512_mul_ps(hi, shi);
+          _mm512_mask_storeu_ps(o + d, k, _mm512_add_ps(_mm512_mul_ps(lo, clo), gs_hi));
+          _mm512_mask_storeu_ps(o + half + d, k,
+                                _mm512_add_ps(_mm512_mul_ps(hi, chi), _mm512_sub_ps(_mm512_setzero_ps(), gs_lo)));
+        }
+      }
+    }
+  }
+}
+
+/* RMSNorm forward of R rows of C: y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps); also copies x to
+ * kept (for backward, may be NULL) and writes rstd[r]. */
+void pz_rms_norm(const float *x, long R, long C, const float *w, float eps, float *y, float *kept, float *rstd,
+                 int nt) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (long r = 0; r < R; r++) {
+    const float *a = x + r * C;
+    __m512 acc = _mm512_setzero_ps();
+    for (long c = 0; c < C; c += 16) {
+      __mmask16 k = C - c >= 16 ? 0xFFFF : tail(C - c);
+      __m512 v = _mm512_maskz_loadu_ps(k, a + c);
+      acc = _mm512_fmadd_ps(v, v, acc);
+    }
+    float rs = 1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)C + eps);
+    rstd[r] = rs;
+    __m512 f = _mm512_set1_ps(rs);
+    for (long c = 0; c < C; c += 16) {
+      __mmask16 k = C - c >= 16 ? 0xFFFF : tail(C - c);
+      __m512 v = _mm512_maskz_loadu_ps(k, a + c);
+      _mm512_mask_storeu_ps(y + r * C + c, k, _mm512_mul_ps(_mm512_mul_ps(v, f), _mm512_maskz_loadu_ps(k, w + c)));
+      if (kept) _mm512_mask_storeu_ps(kept + r * C + c, k, v);
+    }
+  }
+}
+
+/* Its input gradient: gx = gw * rstd - x * rstd^3 * mean(gw * x), gw = g * w. */
+void pz_rms_norm_grad(const float *x, const float *rstd, const float *w, const float *g, long R, long C,
+                      float *gx, int nt) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (long r = 0; r < R; r++) {
+    const float *a = x + r * C, *gr = g + r * C;
+    __m512 acc = _mm512_setzero_ps();
+    for (long c = 0; c < C; c += 16) {
+      __mmask16 k = C - c >= 16 ? 0xFFFF : tail(C - c);
+      __m512 gw = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, gr + c), _mm512_maskz_loadu_ps(k, w + c));
+      acc = _mm512_fmadd_ps(gw, _mm512_maskz_loadu_ps(k, a + c), acc);
+    }
+    float rs = rstd[r], coef = _mm512_reduce_add_ps(acc) * rs * rs * rs / (float)C;
+    __m512 f = _mm512_set1_ps(rs), cf = _mm512_set1_ps(coef);
+    for (long c = 0; c < C; c += 16) {
+      __mmask16 k = C - c >= 16 ? 0xFFFF : tail(C - c);
+      __m512 gw = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, gr + c), _mm512_maskz_loadu_ps(k, w + c));
+      _mm512_mask_storeu_ps(gx + r * C + c, k, _mm512_fnmadd_ps(_mm512_maskz_loadu_ps(k, a + c), cf,
+                                                                _mm512_mul_ps(gw, f)));
     }
   }
 }

@@ -30,14 +30,18 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native.c")
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-fopenmp", "-fPIC", "-shared"]
+FLAGS = ["-O3", "-ffp-contract=off", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-fopenmp", "-fPIC", "-shared"]
 _NEEDS = {"avx512f", "avx512bw", "avx512dq", "avx512vl"}
 
 P, L, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 _SIGNATURES = {
     "pz_quant_rows": [P, L, L, L, P, P, L, P, I],
-    "pz_product": [P, L, L, P, P, P, L, I, P, P, P, P, P, I, L, P, L, P, L, I],
+    "pz_product": [P, L, L, P, P, P, L, I, P, P, P, P, P, I, L, P, L, P, L, P, I],
+    "pz_swiglu_grad_h": [P, L, L, P, L, P, L, I],
     "pz_dequant": [P, I, L, L, L, P, P, L, L, P, P, L, I],
+    "pz_rope": [P, L, L, L, L, L, P, P, P, L, L, I, I],
+    "pz_rms_norm": [P, L, L, P, ctypes.c_float, P, P, P, I],
+    "pz_rms_norm_grad": [P, P, P, P, L, L, P, I],
 }
 
 _lib: ctypes.CDLL | None | bool = False  # False: not tried yet
@@ -121,10 +125,11 @@ def quant_rows(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, col_scale: tor
 
 
 def product(y32: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor, out: torch.Tensor, xa=None, parts=(),
-            mode: int = 0, ffn: int = 0, g: torch.Tensor | None = None) -> None:
+            mode: int = 0, ffn: int = 0, g: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> None:
     """out = dequantized y32 (times sx per row and sw per column) plus the LoRA parts, then by mode: 0 as
     is, 1 silu(gate) * up, 2 the gradient of that times g (see native.c). `parts`: (first column, columns,
-    xa's first column, scale * B^T contiguous [rank, columns]) per LoRA part."""
+    xa's first column, scale * B^T contiguous [rank, columns]) per LoRA part. `keep`: a contiguous fp16
+    [rows, N] that also receives the product (before the SwiGLU), for `swiglu_grad_h`."""
     for t in (y32, out, xa, g):
         if t is not None:
             _rows(t)
@@ -135,7 +140,16 @@ def product(y32: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor, out: torch.Te
     pbt = (ctypes.c_void_p * max(np_, 1))(*(p[3].data_ptr() for p in parts))
     lib().pz_product(y32.data_ptr(), y32.shape[0], y32.shape[1], sx.data_ptr(), sw.data_ptr(), _ptr(xa),
                      xa.stride(0) if xa is not None else 0, np_, pcol, pn, prank, pxa, pbt, mode, ffn, _ptr(g),
-                     g.stride(0) if g is not None else 0, out.data_ptr(), out.stride(0), torch.get_num_threads())
+                     g.stride(0) if g is not None else 0, out.data_ptr(), out.stride(0), _ptr(keep),
+                     torch.get_num_threads())
+
+
+def swiglu_grad_h(yh: torch.Tensor, g: torch.Tensor, out: torch.Tensor) -> None:
+    """out = d(silu(gate) * up)/d(gate | up) times g, from `product`'s fp16 gate | up (contiguous)."""
+    _rows(g)
+    _rows(out)
+    lib().pz_swiglu_grad_h(yh.data_ptr(), yh.shape[0], yh.shape[1] // 2, g.data_ptr(), g.stride(0), out.data_ptr(),
+                           out.stride(0), torch.get_num_threads())
 
 
 def dequant(src: torch.Tensor, s: torch.Tensor, out: torch.Tensor, u: torch.Tensor | None = None,
@@ -147,3 +161,32 @@ def dequant(src: torch.Tensor, s: torch.Tensor, out: torch.Tensor, u: torch.Tens
     lib().pz_dequant(src.data_ptr(), int(src.dtype == torch.int8), src.shape[0], src.shape[1], src.stride(0),
                      s.data_ptr(), _ptr(u), u.stride(0) if u is not None else 0, rk, _ptr(v), out.data_ptr(),
                      out.stride(0), torch.get_num_threads())
+
+
+def usable(*ts: torch.Tensor) -> bool:
+    """Whether the kernels are here and take these tensors: fp32 on the CPU with contiguous rows."""
+    return lib() is not None and all(
+        t.device.type == "cpu" and t.dtype == torch.float32 and t.stride(-1) == 1 for t in ts)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, inverse: bool = False) -> None:
+    """out[t, h] = rope(x[t, h]) (or its adjoint) for x and out [T, H, D] of any t/h strides; cos, sin [T, D]."""
+    _rows(x)
+    _rows(out)
+    t, h, d = x.shape
+    cos, sin = cos.reshape(t, d).contiguous(), sin.reshape(t, d).contiguous()
+    lib().pz_rope(x.data_ptr(), t, h, d, x.stride(0), x.stride(1), cos.data_ptr(), sin.data_ptr(), out.data_ptr(),
+                  out.stride(0), out.stride(1), int(inverse), torch.get_num_threads())
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, out: torch.Tensor, kept: torch.Tensor | None,
+             rstd: torch.Tensor) -> None:
+    """out = RMSNorm(x) * w over rows of contiguous x; x copied into `kept` (if given), 1/rms into `rstd`."""
+    lib().pz_rms_norm(x.data_ptr(), x.numel() // x.shape[-1], x.shape[-1], w.data_ptr(), eps, out.data_ptr(),
+                      _ptr(kept), rstd.data_ptr(), torch.get_num_threads())
+
+
+def rms_norm_grad(x: torch.Tensor, rstd: torch.Tensor, w: torch.Tensor, g: torch.Tensor, out: torch.Tensor) -> None:
+    """The input gradient of `rms_norm` given the kept x and rstd (contiguous tensors)."""
+    lib().pz_rms_norm_grad(x.data_ptr(), rstd.data_ptr(), w.data_ptr(), g.data_ptr(), x.numel() // x.shape[-1],
+                           x.shape[-1], out.data_ptr(), torch.get_num_threads())

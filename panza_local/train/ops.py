@@ -1,7 +1,8 @@
 """The training step's RMSNorm and attention as autograd functions that keep the least for backward.
 
-Both give the same forward values as the plain torch expressions in `torch_backend` (tests compare them),
-and both put what they keep for backward in the step's `Arena` when there is one (see arena.py):
+They give the plain torch expressions' forward values (tests compare them: bit for bit, or within float
+rounding where a fused kernel from native.py sums in another order), and they put what they keep for
+backward in the step's `Arena` when there is one (see arena.py):
 
 - `rms_norm` keeps its input and one scale per row (plain autograd keeps the input, the normalized input
   and the scale: twice the memory, and more passes over it in backward).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from . import native
 from .arena import Arena, take
 
 FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -30,17 +32,26 @@ def norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, eps, arena):
-        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-        out = x * rstd * w
-        kept_x, kept_r = take(arena, x.shape, x.dtype, x.device), take(arena, rstd.shape, rstd.dtype, x.device)
-        kept_x.copy_(x)
-        kept_r.copy_(rstd)
+        kept_x = take(arena, x.shape, x.dtype, x.device)
+        kept_r = take(arena, (*x.shape[:-1], 1), x.dtype, x.device)
+        if native.usable(x, w) and x.is_contiguous():  # one pass: the norm, its copy of x, rstd
+            out = torch.empty_like(x)
+            native.rms_norm(x, w, eps, out, kept_x, kept_r)
+        else:
+            rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+            out = x * rstd * w
+            kept_x.copy_(x)
+            kept_r.copy_(rstd)
         ctx.save_for_backward(kept_x, kept_r, w)
         return out
 
     @staticmethod
     def backward(ctx, g):
         x, rstd, w = ctx.saved_tensors
+        if native.usable(g) and g.is_contiguous():
+            gx = torch.empty_like(x)
+            native.rms_norm_grad(x, rstd, w, g, gx)
+            return gx, None, None, None
         gw = g * w
         # d/dx of x * r(x) * w with r = (mean(x^2) + eps)^-1/2:  r * gw - x * r^3 * mean(gw * x)
         coef = (gw * x).sum(-1, keepdim=True).mul_(rstd.pow(3)).div_(x.shape[-1])
@@ -99,8 +110,12 @@ class _Attention(torch.autograd.Function):
         t, nh, hd = q.shape
         nkv = k.shape[1]
         qr, kr, vv = take(arena, (nh, t, hd)), take(arena, (nkv, t, hd)), take(arena, (nkv, t, hd))
-        qr.copy_(rope(q, cos, sin).transpose(0, 1))
-        kr.copy_(rope(k, cos, sin).transpose(0, 1))
+        if native.usable(q, k, cos):  # the rotation straight into the kept head-major copies
+            native.rope(q, cos, sin, qr.transpose(0, 1))
+            native.rope(k, cos, sin, kr.transpose(0, 1))
+        else:
+            qr.copy_(rope(q, cos, sin).transpose(0, 1))
+            kr.copy_(rope(k, cos, sin).transpose(0, 1))
         vv.copy_(v.transpose(0, 1))
         out = take(arena, (nh, t, hd))
         lse = take(arena, (t, nh))  # the kernel's own layout: heads fastest
@@ -120,11 +135,19 @@ class _Attention(torch.autograd.Function):
         nh, t, hd = qr.shape
         g = g_att.reshape(t, nh, hd).transpose(0, 1)
         gq, gk, gv = torch.empty(t, nh, hd), torch.empty(t, kr.shape[0], hd), torch.empty(t, kr.shape[0], hd)
+        fused = native.usable(gq, cos)
         for s, e in ctx.spans:
             a, b, c = FLASH_BACKWARD(g[None, :, s:e].contiguous(), qr[None, :, s:e], kr[None, :, s:e],
                                      vv[None, :, s:e], out[None, :, s:e], lse[s:e].t()[None], 0.0, True)
-            gq[s:e], gk[s:e], gv[s:e] = a[0].transpose(0, 1), b[0].transpose(0, 1), c[0].transpose(0, 1)
-        return _rope_t(gq, cos, sin), _rope_t(gk, cos, sin), gv, None, None, None, None
+            gv[s:e] = c[0].transpose(0, 1)
+            if fused:  # the inverse rotation on the way back to token-major
+                native.rope(a[0].transpose(0, 1), cos[s:e], sin[s:e], gq[s:e], inverse=True)
+                native.rope(b[0].transpose(0, 1), cos[s:e], sin[s:e], gk[s:e], inverse=True)
+            else:
+                gq[s:e], gk[s:e] = a[0].transpose(0, 1), b[0].transpose(0, 1)
+        if not fused:
+            gq, gk = _rope_t(gq, cos, sin), _rope_t(gk, cos, sin)
+        return gq, gk, gv, None, None, None, None
 
 
 def attention(q, k, v, cos, sin, spans, arena: Arena | None = None) -> torch.Tensor:

@@ -295,7 +295,8 @@ class LoraModel(torch.nn.Module):
         out = self.output_weight
         if isinstance(out, q4.Q4Weight):
             return F.cross_entropy(self.logits(h[sel]), tgt[sel], reduction="sum"), n
-        return int8.linear_cross_entropy(h[sel], tgt[sel], out, self._step_arena), n
+        w8 = self.i8.get("output") if self.i8 is not None and self.training else None
+        return int8.linear_cross_entropy(h[sel], tgt[sel], out, self._step_arena, w8), n
 
     def lora_tensors(self) -> dict[str, np.ndarray]:
         """The adapter in PEFT naming (`model.layers.N.self_attn.q_proj.lora_A.weight`), fp32 numpy."""
@@ -319,12 +320,11 @@ class LoraModel(torch.nn.Module):
 
 
 def _int8_weights(base: Base) -> dict:
-    """Layer i's fused int8 weights by "i.qkv" / "i.o" / "i.gu" / "i.down" (+ ".bias").
-
-    The vocabulary projection stays fp32: its gradient is softmax minus one-hot, thousands of tiny
-    probabilities that per-row int8 rounds to zero.
+    """Layer i's fused int8 weights by "i.qkv" / "i.o" / "i.gu" / "i.down" (+ ".bias"), and the vocabulary
+    projection's by "output" when it is a plain tensor (see int8.linear_cross_entropy for how it is used).
     """
-    out = {}
+    head = base.w.get("output", base.w["token_embd"])
+    out = {} if isinstance(head, q4.Q4Weight) else {"output": int8.from_dense(head)}
     for i in range(base.cfg.n_layers):
         for fused, gnames in FUSED.items():
             dense = [_dense(base.w[f"blk.{i}.{g}"]) for g in gnames]
