@@ -235,6 +235,8 @@ class _LinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, targets, w, arena, w8=None):
         want_grad = ctx.needs_input_grad[0]
+        if targets.numel() and not 0 <= int(targets.min()) <= int(targets.max()) < w.shape[0]:
+            raise ValueError(f"targets outside the vocabulary [0, {w.shape[0]}): drop ignored positions first")
         total = h.new_zeros((), dtype=torch.float32)
         gh = take(arena, h.shape, device=h.device) if want_grad else None
         if w8 is not None:  # h without its outlier columns (int8), and those columns with W's (fp32)
@@ -249,11 +251,18 @@ class _LinearCE(torch.autograd.Function):
                 logits = _logits8(h_rest[s:s + CE_CHUNK], h_out[s:s + CE_CHUNK], w8, w_out, buf, arena)
             else:
                 logits = torch.mm(hc, w.t(), out=buf).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, tc[:, None])[:, 0]).sum()
+            if native.usable(logits) and tc.dtype == torch.int64:  # one kernel: loss, and its gradient in place
+                rows = torch.empty(logits.shape[0])
+                native.softmax_xent(logits, tc, rows, want_grad)
+                total += rows.sum()
+                p = logits
+            else:
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, tc[:, None])[:, 0]).sum()
+                if want_grad:
+                    p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                    p[torch.arange(p.shape[0]), tc] -= 1.0
             if want_grad:
-                p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                p[torch.arange(p.shape[0]), tc] -= 1.0
                 if w.dtype == gh.dtype:
                     torch.mm(p, w, out=gh[s:s + CE_CHUNK])
                 else:  # an fp16 / bf16 base (MPS): the product in its dtype, the gradient kept in fp32
@@ -268,13 +277,15 @@ class _LinearCE(torch.autograd.Function):
 
 
 def _logits8(h_rest, h_out, w8: I8Weight, w_out, out, arena):
-    """h @ W.T as the int8 product of h_rest (h without its outlier columns) plus h_out @ w_out in fp32."""
+    """h @ W.T as the int8 product of h_rest (h without its outlier columns) plus h_out @ w_out in fp32
+    (MKL's addmm: w_out is [16, vocab], 3 MB, too big for a row-at-a-time kernel to keep in cache)."""
     qh, sh = quant_rows(h_rest, arena, keep=False)
     y32 = torch._int_mm(qh, w8.q.t(), out=scratch(arena, "i32", out.shape, torch.int32))
-    if native.usable(out, h_out):
-        native.product(y32, sh, w8.s, out, h_out, [(0, out.shape[1], 0, w_out)])
-        return out
-    return out.copy_(y32).mul_(sh).mul_(w8.s).addmm_(h_out, w_out)
+    if native.usable(out):
+        native.product(y32, sh, w8.s, out)
+    else:
+        out.copy_(y32).mul_(sh).mul_(w8.s)
+    return out.addmm_(h_out, w_out)
 
 
 def linear_cross_entropy(h: torch.Tensor, targets: torch.Tensor, w: torch.Tensor,

@@ -63,6 +63,33 @@ static inline void add_lowrank(float *y, long n, const float *u, long rk, const 
   }
 }
 
+/* add_lowrank for four rows y0..y3 (u0..u3 their coefficients) at once: each load of v serves four rows,
+ * which matters once v (rank x n) no longer fits in L1. The same FMAs in the same order per element. */
+static inline void add_lowrank4(float *const *y, long n, const float *const *u, long rk, const float *v, long ldv) {
+  long c = 0;
+  for (; c + 32 <= n; c += 32) {
+    __m512 a[4][2];
+    for (int i = 0; i < 4; i++) {
+      a[i][0] = _mm512_loadu_ps(y[i] + c);
+      a[i][1] = _mm512_loadu_ps(y[i] + c + 16);
+    }
+    for (long t = 0; t < rk; t++) {
+      __m512 v0 = _mm512_loadu_ps(v + t * ldv + c), v1 = _mm512_loadu_ps(v + t * ldv + c + 16);
+      for (int i = 0; i < 4; i++) {
+        __m512 f = _mm512_set1_ps(u[i][t]);
+        a[i][0] = _mm512_fmadd_ps(f, v0, a[i][0]);
+        a[i][1] = _mm512_fmadd_ps(f, v1, a[i][1]);
+      }
+    }
+    for (int i = 0; i < 4; i++) {
+      _mm512_storeu_ps(y[i] + c, a[i][0]);
+      _mm512_storeu_ps(y[i] + c + 16, a[i][1]);
+    }
+  }
+  if (c < n)
+    for (int i = 0; i < 4; i++) add_lowrank(y[i] + c, n - c, u[i], rk, v + c, ldv);
+}
+
 /* q[r, :] = round(x[r, :] * cs * 127 / max|x[r, :] * cs|) as int8, s[r] = that max / 127 (cs optional).
  * The same arithmetic as int8.quant_rows' torch expression, bit for bit: x * cs first, then times
  * (1 / m) * 127 (torch computes `127.0 / m` as a reciprocal times 127; 127 / m differs in the last bit,
@@ -93,18 +120,26 @@ void pz_quant_rows(const float *x, long R, long C, long ldx, const float *cs, in
   }
 }
 
-/* One row of the product: y[n] = y32[n] * sx * sw[n] + sum_j sum_k xa[xa_j + k] * bt_j[k, n - col_j]
- * (LoRA part j covers columns col_j .. col_j + n_j; bt_j is scale * B_j^T, [rank_j, n_j]). */
-static void product_row(const int32_t *a, long N, float sx, const float *sw, const float *xa, int np,
-                        const long *pcol, const long *pn, const long *prank, const long *pxa,
-                        const float *const *pbt, float *y) {
+/* One row of the product before its LoRA parts: y[n] = y32[n] * sx * sw[n]. */
+static void dequant_row(const int32_t *a, long N, float sx, const float *sw, float *y) {
   __m512 f = _mm512_set1_ps(sx);
   for (long n = 0; n < N; n += 16) {
     __mmask16 k = N - n >= 16 ? 0xFFFF : tail(N - n);
     __m512 v = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(k, a + n));
     _mm512_mask_storeu_ps(y + n, k, _mm512_mul_ps(_mm512_mul_ps(v, f), _mm512_maskz_loadu_ps(k, sw + n)));
   }
-  for (int j = 0; j < np; j++) add_lowrank(y + pcol[j], pn[j], xa + pxa[j], prank[j], pbt[j], pn[j]);
+}
+
+/* Rows y[0..nr) (nr <= 4) get sum_k u_i[k] * v[k, :] added over columns c0 .. c0 + n (u_i = u + i * ldu). */
+static void lowrank_rows(float *const *y, int nr, long c0, long n, const float *u, long ldu, long rk,
+                         const float *v) {
+  if (nr == 4) {
+    float *yy[4] = {y[0] + c0, y[1] + c0, y[2] + c0, y[3] + c0};
+    const float *uu[4] = {u, u + ldu, u + 2 * ldu, u + 3 * ldu};
+    add_lowrank4(yy, n, uu, rk, v, n);
+  } else {
+    for (int i = 0; i < nr; i++) add_lowrank(y[i] + c0, n, u + i * ldu, rk, v, n);
+  }
 }
 
 /* SwiGLU of one row y = gate | up (ffn each) into o: mode 1 silu(gate) * up [ffn]; mode 2 its gradient
@@ -128,38 +163,43 @@ static void swiglu_row(const float *y, long ffn, int mode, const float *g, float
 
 static float *row_buffer(long n) { return (float *)aligned_alloc(64, ((n * sizeof(float) + 63) / 64) * 64); }
 
-/* The int8 product with its dequantization and LoRA parts (product_row), then by `mode`:
+/* The int8 product y with its dequantization (dequant_row) and LoRA parts (lowrank_rows), then by `mode`:
  *   0: out[r, :N] = y
  *   1: out[r, :ffn] = silu(y[:ffn]) * y[ffn:]                      (a fused gate|up, N = 2 ffn)
- *   2: out[r, :ffn], out[r, ffn:2ffn] = d/d(gate, up) of silu(gate) * up, times g[r, :ffn]
- * keep (may be NULL): y also stored as fp16 [R, N], clamped to fp16's range, for swiglu_grad_h. */
+ * keep (may be NULL): y also stored as fp16 [R, N], clamped to fp16's range, for pz_swiglu_grad_h. */
 void pz_product(const int32_t *y32, long R, long N, const float *sx, const float *sw, const float *xa, long ldxa,
                 int np, const long *pcol, const long *pn, const long *prank, const long *pxa,
-                const float *const *pbt, int mode, long ffn, const float *g, long ldg, float *out, long ldo,
-                uint16_t *keep, int nt) {
+                const float *const *pbt, int mode, long ffn, float *out, long ldo, uint16_t *keep, int nt) {
 #pragma omp parallel num_threads(nt)
   {
-    float *buf = mode ? row_buffer(N) : 0;
+    float *buf = mode ? row_buffer(4 * N) : 0;
     __m512 hi = _mm512_set1_ps(65504.0f), lo = _mm512_set1_ps(-65504.0f);
 #pragma omp for schedule(static)
-    for (long r = 0; r < R; r++) {
-      float *o = out + r * ldo;
-      float *y = mode ? buf : o;
-      product_row(y32 + r * N, N, sx[r], sw, xa ? xa + r * ldxa : 0, np, pcol, pn, prank, pxa, pbt, y);
-      if (keep) {
-        for (long n = 0; n < N; n += 16) {
-          __mmask16 k = N - n >= 16 ? 0xFFFF : tail(N - n);
-          __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_maskz_loadu_ps(k, y + n), lo), hi);
-          _mm256_mask_storeu_epi16(keep + r * N + n, k, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-        }
+    for (long r0 = 0; r0 < R; r0 += 4) { /* four rows at a time: see add_lowrank4 */
+      int nr = R - r0 < 4 ? (int)(R - r0) : 4;
+      float *ys[4];
+      for (int i = 0; i < nr; i++) {
+        ys[i] = mode ? buf + i * N : out + (r0 + i) * ldo;
+        dequant_row(y32 + (r0 + i) * N, N, sx[r0 + i], sw, ys[i]);
       }
-      if (mode) swiglu_row(y, ffn, mode, g ? g + r * ldg : 0, o);
+      for (int j = 0; j < np; j++) lowrank_rows(ys, nr, pcol[j], pn[j], xa + r0 * ldxa + pxa[j], ldxa, prank[j], pbt[j]);
+      for (int i = 0; i < nr; i++) {
+        long r = r0 + i;
+        if (keep) {
+          for (long n = 0; n < N; n += 16) {
+            __mmask16 k = N - n >= 16 ? 0xFFFF : tail(N - n);
+            __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_maskz_loadu_ps(k, ys[i] + n), lo), hi);
+            _mm256_mask_storeu_epi16(keep + r * N + n, k, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+          }
+        }
+        if (mode) swiglu_row(ys[i], ffn, 1, 0, out + r * ldo);
+      }
     }
     free(buf);
   }
 }
 
-/* The SwiGLU gradient (mode 2 above) from the fp16 gate | up kept by pz_product. */
+/* The SwiGLU gradient (swiglu_row's mode 2) from the fp16 gate | up kept by pz_product. */
 void pz_swiglu_grad_h(const uint16_t *yh, long R, long ffn, const float *g, long ldg, float *out, long ldo, int nt) {
 #pragma omp parallel num_threads(nt)
   {
@@ -180,16 +220,21 @@ void pz_swiglu_grad_h(const uint16_t *yh, long R, long ffn, const float *g, long
 void pz_dequant(const void *src, int i8, long R, long C, long lds, const float *s, const float *u, long ldu,
                 long rk, const float *v, float *out, long ldo, int nt) {
 #pragma omp parallel for num_threads(nt) schedule(static)
-  for (long r = 0; r < R; r++) {
-    __m512 f = _mm512_set1_ps(s[r]);
-    float *o = out + r * ldo;
-    for (long c = 0; c < C; c += 16) {
-      __mmask16 k = C - c >= 16 ? 0xFFFF : tail(C - c);
-      __m512i raw = i8 ? _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, (const int8_t *)src + r * lds + c))
-                       : _mm512_maskz_loadu_epi32(k, (const int32_t *)src + r * lds + c);
-      _mm512_mask_storeu_ps(o + c, k, _mm512_mul_ps(_mm512_cvtepi32_ps(raw), f));
+  for (long r0 = 0; r0 < R; r0 += 4) {
+    int nr = R - r0 < 4 ? (int)(R - r0) : 4;
+    float *ys[4];
+    for (int i = 0; i < nr; i++) {
+      long r = r0 + i;
+      __m512 f = _mm512_set1_ps(s[r]);
+      float *o = ys[i] = out + r * ldo;
+      for (long c = 0; c < C; c += 16) {
+        __mmask16 k = C - c >= 16 ? 0xFFFF : tail(C - c);
+        __m512i raw = i8 ? _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, (const int8_t *)src + r * lds + c))
+                         : _mm512_maskz_loadu_epi32(k, (const int32_t *)src + r * lds + c);
+        _mm512_mask_storeu_ps(o + c, k, _mm512_mul_ps(_mm512_cvtepi32_ps(raw), f));
+      }
     }
-    if (rk) add_lowrank(o, C, u + r * ldu, rk, v, C);
+    if (rk) lowrank_rows(ys, nr, 0, C, u + r0 * ldu, ldu, rk, v);
   }
 }
 
@@ -271,5 +316,36 @@ void pz_rms_norm_grad(const float *x, const float *rstd, const float *w, const f
       _mm512_mask_storeu_ps(gx + r * C + c, k, _mm512_fnmadd_ps(_mm512_maskz_loadu_ps(k, a + c), cf,
                                                                 _mm512_mul_ps(gw, f)));
     }
+  }
+}
+
+/* Cross-entropy of R rows of logits x [R, V] (row stride ldx) against targets: loss[r] = logsumexp(x[r]) -
+ * x[r, t]; with grad, x[r] is overwritten by softmax(x[r]) minus one-hot(t), the loss's gradient. Three
+ * passes over a row (max, sum of exponentials, softmax), the row staying in L2. */
+void pz_softmax_xent(float *x, long R, long V, long ldx, const int64_t *tgt, int grad, float *loss, int nt) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (long r = 0; r < R; r++) {
+    float *a = x + r * ldx;
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    for (long c = 0; c < V; c += 16) {
+      __mmask16 k = V - c >= 16 ? 0xFFFF : tail(V - c);
+      m = _mm512_mask_max_ps(m, k, m, _mm512_maskz_loadu_ps(k, a + c));
+    }
+    float mx = _mm512_reduce_max_ps(m);
+    __m512 vm = _mm512_set1_ps(mx), s = _mm512_setzero_ps();
+    for (long c = 0; c < V; c += 16) {
+      __mmask16 k = V - c >= 16 ? 0xFFFF : tail(V - c);
+      s = _mm512_mask_add_ps(s, k, s, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, a + c), vm)));
+    }
+    float lse = mx + logf(_mm512_reduce_add_ps(s));
+    long t = tgt[r];
+    loss[r] = lse - a[t];
+    if (!grad) continue;
+    __m512 vl = _mm512_set1_ps(lse);
+    for (long c = 0; c < V; c += 16) {
+      __mmask16 k = V - c >= 16 ? 0xFFFF : tail(V - c);
+      _mm512_mask_storeu_ps(a + c, k, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, a + c), vl)));
+    }
+    a[t] -= 1.0f;
   }
 }

@@ -9,8 +9,9 @@ How it is built: the first training run on a CPU with AVX-512 (F, BW, DQ, VL) co
 system C compiler (the one pip already used to build llama-cpp-python) into `<home>/cache/native/`, keyed by
 the source's hash, the compiler and the flags, and loads it with ctypes. Threads come from torch's own OpenMP
 runtime (the library links `libgomp.so.1`, which torch has already loaded). Where there is no compiler, no
-AVX-512, or the build fails, or with `PANZA_NATIVE=0`, `lib()` is None and the int8 path runs the same
-arithmetic as torch expressions (the test suite checks the two against each other).
+AVX-512, or the build fails, or with the setting `train_native_kernels` off (`PANZA_TRAIN_NATIVE_KERNELS=0`),
+`lib()` is None and the int8 path runs the same arithmetic as torch expressions (the test suite checks the
+two against each other).
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ _NEEDS = {"avx512f", "avx512bw", "avx512dq", "avx512vl"}
 P, L, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 _SIGNATURES = {
     "pz_quant_rows": [P, L, L, L, P, P, L, P, I],
-    "pz_product": [P, L, L, P, P, P, L, I, P, P, P, P, P, I, L, P, L, P, L, P, I],
+    "pz_product": [P, L, L, P, P, P, L, I, P, P, P, P, P, I, L, P, L, P, I],
     "pz_swiglu_grad_h": [P, L, L, P, L, P, L, I],
     "pz_dequant": [P, I, L, L, L, P, P, L, L, P, P, L, I],
     "pz_rope": [P, L, L, L, L, L, P, P, P, L, L, I, I],
     "pz_rms_norm": [P, L, L, P, ctypes.c_float, P, P, P, I],
     "pz_rms_norm_grad": [P, P, P, P, L, L, P, I],
+    "pz_softmax_xent": [P, L, L, L, P, I, P, I],
 }
 
 _lib: ctypes.CDLL | None | bool = False  # False: not tried yet
@@ -97,7 +99,9 @@ def lib() -> ctypes.CDLL | None:
     global _lib
     if _lib is False:
         _lib = None
-        if os.environ.get("PANZA_NATIVE", "1") != "0" and _cpu_ok():
+        from .. import config
+
+        if config.load().train_native_kernels and _cpu_ok():
             try:
                 so = ctypes.CDLL(str(build()))
                 for name, args in _SIGNATURES.items():
@@ -125,12 +129,12 @@ def quant_rows(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, col_scale: tor
 
 
 def product(y32: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor, out: torch.Tensor, xa=None, parts=(),
-            mode: int = 0, ffn: int = 0, g: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> None:
+            mode: int = 0, ffn: int = 0, keep: torch.Tensor | None = None) -> None:
     """out = dequantized y32 (times sx per row and sw per column) plus the LoRA parts, then by mode: 0 as
-    is, 1 silu(gate) * up, 2 the gradient of that times g (see native.c). `parts`: (first column, columns,
-    xa's first column, scale * B^T contiguous [rank, columns]) per LoRA part. `keep`: a contiguous fp16
-    [rows, N] that also receives the product (before the SwiGLU), for `swiglu_grad_h`."""
-    for t in (y32, out, xa, g):
+    is, 1 silu(gate) * up (see native.c). `parts`: (first column, columns, xa's first column, scale * B^T
+    contiguous [rank, columns]) per LoRA part. `keep`: a contiguous fp16 [rows, N] that also receives the
+    product (before the SwiGLU), for `swiglu_grad_h`."""
+    for t in (y32, out, xa):
         if t is not None:
             _rows(t)
     np_ = len(parts)
@@ -139,9 +143,8 @@ def product(y32: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor, out: torch.Te
     prank, pxa = longs(*(p[3].shape[0] for p in parts)), longs(*(p[2] for p in parts))
     pbt = (ctypes.c_void_p * max(np_, 1))(*(p[3].data_ptr() for p in parts))
     lib().pz_product(y32.data_ptr(), y32.shape[0], y32.shape[1], sx.data_ptr(), sw.data_ptr(), _ptr(xa),
-                     xa.stride(0) if xa is not None else 0, np_, pcol, pn, prank, pxa, pbt, mode, ffn, _ptr(g),
-                     g.stride(0) if g is not None else 0, out.data_ptr(), out.stride(0), _ptr(keep),
-                     torch.get_num_threads())
+                     xa.stride(0) if xa is not None else 0, np_, pcol, pn, prank, pxa, pbt, mode, ffn,
+                     out.data_ptr(), out.stride(0), _ptr(keep), torch.get_num_threads())
 
 
 def swiglu_grad_h(yh: torch.Tensor, g: torch.Tensor, out: torch.Tensor) -> None:
@@ -190,3 +193,12 @@ def rms_norm_grad(x: torch.Tensor, rstd: torch.Tensor, w: torch.Tensor, g: torch
     """The input gradient of `rms_norm` given the kept x and rstd (contiguous tensors)."""
     lib().pz_rms_norm_grad(x.data_ptr(), rstd.data_ptr(), w.data_ptr(), g.data_ptr(), x.numel() // x.shape[-1],
                            x.shape[-1], out.data_ptr(), torch.get_num_threads())
+
+
+def softmax_xent(logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, grad: bool) -> None:
+    """loss[r] = cross-entropy of row r of `logits` (fp32, contiguous rows) against targets[r] (int64);
+    with `grad`, the logits become softmax minus one-hot in place."""
+    _rows(logits)
+    targets = targets.contiguous()
+    lib().pz_softmax_xent(logits.data_ptr(), logits.shape[0], logits.shape[1], logits.stride(0),
+                          targets.data_ptr(), int(grad), loss.data_ptr(), torch.get_num_threads())
