@@ -69,6 +69,24 @@ def _split(y, nh, nkv, hd):
     return q.view(-1, nh, hd), k.view(-1, nkv, hd), v.view(-1, nkv, hd)
 
 
+def test_long_example_backward_in_three_blocks_equals_sdpa():
+    """From ops.SPLIT_MIN tokens forward and backward run as three block calls (A-A, B-B causal, B-A full)
+    joined by log-sum-exps: SDPA's values and gradients within float rounding, an odd length included."""
+    qkv, cos_, sin_, dims = _qkv(t=301)
+    assert 301 >= ops.SPLIT_MIN
+    q, k, v = _split(qkv, *dims)
+    qr, kr = ops.rope(q, cos_, sin_).transpose(0, 1), ops.rope(k, cos_, sin_).transpose(0, 1)
+    ref = F.scaled_dot_product_attention(qr[None], kr[None], v.transpose(0, 1)[None], is_causal=True,
+                                         enable_gqa=True)[0].transpose(0, 1).reshape(301, -1)
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    g_ref, qkv.grad = qkv.grad, None
+    out = ops.attention(*_split(qkv, *dims), cos_, sin_, [(0, 301)], Arena())
+    out.backward(g)
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6)
+    assert ((qkv.grad - g_ref).norm() / g_ref.norm()).item() < 1e-6
+
+
 def test_attention_op_equals_sdpa_per_example_in_values_and_gradients():
     qkv, cos_, sin_, dims = _qkv()
     spans = [(0, 120), (120, 300)]  # two packed examples: neither may see the other
