@@ -170,3 +170,21 @@ def test_cross_entropy_kernel_and_its_in_place_gradient():
     assert torch.allclose(loss, ref, rtol=1e-6, atol=1e-6) and torch.equal(y, x)  # no gradient asked: untouched
     native.softmax_xent(y, t, loss, grad=True)
     assert torch.allclose(loss, ref, rtol=1e-6, atol=1e-6) and _rel(y, g_ref) < 1e-6
+
+
+def test_doctor_reports_what_cpu_training_runs(home):
+    from panza_local import doctor
+
+    acc = doctor.accelerators(deep=True)
+    assert acc["torch_device"] == "cpu"
+    assert acc["cpu_int8"] == int8.available() and acc["cpu_fused_kernels"] is True  # this module runs only then
+
+
+def test_the_setting_turns_the_kernels_off(home, monkeypatch):
+    monkeypatch.setattr(native, "_lib", False)  # not tried yet in this process
+    monkeypatch.setenv("PANZA_TRAIN_NATIVE_KERNELS", "0")
+    assert native.lib() is None and not native.usable(torch.ones(2, 2))
+    monkeypatch.setattr(native, "_lib", False)
+    monkeypatch.delenv("PANZA_TRAIN_NATIVE_KERNELS")
+    assert native.lib() is not None  # built into this test's fresh home
+    assert list((home / "cache" / "native").glob("panza_native-*.so"))
