@@ -188,3 +188,14 @@ def test_the_setting_turns_the_kernels_off(home, monkeypatch):
     monkeypatch.delenv("PANZA_TRAIN_NATIVE_KERNELS")
     assert native.lib() is not None  # built into this test's fresh home
     assert list((home / "cache" / "native").glob("panza_native-*.so"))
+
+
+def test_without_a_working_compiler_training_falls_back_with_a_warning(home, monkeypatch, caplog):
+    monkeypatch.setattr(native, "_lib", False)
+    monkeypatch.setenv("CC", "false")  # a fresh home has no built library, and this compiler fails
+    with caplog.at_level("WARNING", logger="panza_local.train.native"):
+        assert native.lib() is None
+    assert "fused CPU kernels unavailable" in caplog.text and "false failed on native.c" in caplog.text
+    x = torch.randn(5, 40)
+    q, s = int8.quant_rows(x)  # the torch path
+    assert torch.equal(q.float(), torch.round(x * (127.0 / x.abs().amax(1, keepdim=True))))

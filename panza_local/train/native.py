@@ -87,6 +87,7 @@ def build(cache_dir: Path | None = None) -> Path:
                              check=False)
         if res.returncode != 0:
             raise RuntimeError(f"{cc} failed on {SOURCE.name}: {res.stderr.strip()[-800:]}")
+        os.chmod(tmp, 0o600)  # like every file in the home (dlopen needs no execute bit)
         os.replace(tmp, out)  # atomic: a concurrent build of the same key writes the same bytes
     finally:
         if os.path.exists(tmp):
