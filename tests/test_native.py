@@ -13,7 +13,6 @@ import torch
 from panza_local.train import int8, native
 
 
-
 @pytest.fixture(autouse=True)
 def _kernels_here():
     """Skip where the kernels cannot run (asked at test time, not at collection: building them writes
@@ -203,5 +202,5 @@ def test_without_a_working_compiler_training_falls_back_with_a_warning(home, mon
         assert native.lib() is None
     assert "fused CPU kernels unavailable" in caplog.text and "false failed on native.c" in caplog.text
     x = torch.randn(5, 40)
-    q, s = int8.quant_rows(x)  # the torch path
+    q, _ = int8.quant_rows(x)  # the torch path
     assert torch.equal(q.float(), torch.round(x * (127.0 / x.abs().amax(1, keepdim=True))))
