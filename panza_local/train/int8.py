@@ -97,12 +97,17 @@ def mm_grad(g: torch.Tensor, w: I8Weight, arena: Arena | None = None, u: torch.T
     Plus u @ v (a LoRA's input gradient, u [T, r], v [r, in]) when given."""
     qg, sg = quant_rows(g, arena, keep=False, col_scale=w.s)
     gx32 = torch._int_mm(qg, w.q, out=scratch(arena, "i32", (g.shape[0], w.q.shape[1]), torch.int32))
-    gx = torch.empty(gx32.shape)
-    if native.usable(gx):
-        native.dequant(gx32, sg, gx, u, v)
-        return gx
-    gx.copy_(gx32).mul_(sg)  # (a mixed int32 * fp32 product is ~2x slower)
-    return gx if u is None else gx.addmm_(u, v)
+    return _dequant(gx32, sg, torch.empty(gx32.shape), u, v)
+
+
+def _dequant(src: torch.Tensor, s: torch.Tensor, out: torch.Tensor, u: torch.Tensor | None = None,
+             v: torch.Tensor | None = None) -> torch.Tensor:
+    """out = src (int32 or int8) * s per row, plus u @ v when given."""
+    if native.usable(out):
+        native.dequant(src, s, out, u, v)
+        return out
+    out.copy_(src).mul_(s)  # (a mixed int32 * fp32 product is ~2x slower)
+    return out if u is None else out.addmm_(u, v)
 
 
 def _product(qx, sx, wq, ws, xa, scale, parts, ab, arena=None, ffn: int = 0, keep: torch.Tensor | None = None):
@@ -137,7 +142,9 @@ def _swiglu_grad_kept(keep: torch.Tensor, g: torch.Tensor, arena=None) -> torch.
     if native.usable(out, g):
         native.swiglu_grad_h(keep, g, out)
         return out
-    return _swiglu_grad(keep.float(), keep.shape[1] // 2, g, out)
+    y, ffn = keep.float(), keep.shape[1] // 2
+    swiglu_grad(y[:, :ffn], y[:, ffn:], g, out[:, :ffn], out[:, ffn:])
+    return out
 
 
 def _lora_parts(parts, ab):
@@ -181,11 +188,7 @@ class _LoraI8(torch.autograd.Function):
             gy = _swiglu_grad_kept(keep, gy, arena)
         grads, gxa = [], []
         if ab:
-            x_hat = scratch(arena, "x_hat", qx.shape)
-            if native.usable(x_hat):
-                native.dequant(qx, sx, x_hat)
-            else:
-                x_hat.copy_(qx).mul_(sx)
+            x_hat = _dequant(qx, sx, scratch(arena, "x_hat", qx.shape))
         for out, rank, a, b in _lora_parts(parts, ab):
             g = gy[:, out]
             gxa.append((g @ b).mul_(scale))  # [T, r]
@@ -195,13 +198,6 @@ class _LoraI8(torch.autograd.Function):
             u, v = (torch.cat(gxa, dim=1), torch.cat(ab[0::2])) if ab else (None, None)
             gx = mm_grad(gy, I8Weight(wq, ws), arena, u, v)
         return (gx, None, None, None, None, None, None, *grads)
-
-
-def _swiglu_grad(gu: torch.Tensor, ffn: int, g: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """d(silu(gate) * up) / d(gate|up) times g, for a fused [T, 2F] gate|up product (into `out` if given)."""
-    out = torch.empty(gu.shape) if out is None else out
-    swiglu_grad(gu[:, :ffn], gu[:, ffn:], g, out[:, :ffn], out[:, ffn:])
-    return out
 
 
 def lora_linear(x: torch.Tensor, w: I8Weight, scale: float, parts, ab, ffn: int = 0,

@@ -160,16 +160,18 @@ def _flash(q, k, v):
     From SPLIT_MIN tokens in halves A, B (see `_flash_backward`): A-A and B-B causal, B-A full, and B's two
     partial results merged by their log-sum-exps, 3/4 of the kernel's work."""
     t = q.shape[1]
-    if t < SPLIT_MIN:
-        o, l_ = FLASH(q[None], k[None], v[None], 0.0, True)
+
+    def call(qs, ks, causal):
+        o, l_ = FLASH(q[None, :, qs], k[None, :, ks], v[None, :, ks], 0.0, causal)
         return o[0], l_[0]
-    m = t // 2
-    oa, la = FLASH(q[None, :, :m], k[None, :, :m], v[None, :, :m], 0.0, True)
-    obb, lbb = FLASH(q[None, :, m:], k[None, :, m:], v[None, :, m:], 0.0, True)
-    oba, lba = FLASH(q[None, :, m:], k[None, :, :m], v[None, :, :m], 0.0, False)
-    lb = torch.logaddexp(lbb[0], lba[0])
-    ob = obb[0].mul_(torch.exp(lbb[0] - lb)[..., None]).add_(oba[0].mul_(torch.exp(lba[0] - lb)[..., None]))
-    return torch.cat([oa[0], ob], dim=1), torch.cat([la[0], lb], dim=1)
+
+    if t < SPLIT_MIN:
+        return call(slice(0, t), slice(0, t), True)
+    A, B = slice(0, t // 2), slice(t // 2, t)
+    (oa, la), (obb, lbb), (oba, lba) = call(A, A, True), call(B, B, True), call(B, A, False)
+    lb = torch.logaddexp(lbb, lba)
+    ob = obb.mul_(torch.exp(lbb - lb)[..., None]).add_(oba.mul_(torch.exp(lba - lb)[..., None]))
+    return torch.cat([oa, ob], dim=1), torch.cat([la, lb], dim=1)
 
 
 def _flash_backward(g, q, k, v, out, lse):
@@ -181,16 +183,15 @@ def _flash_backward(g, q, k, v, out, lse):
     log-sum-exp and output (which give each block's softmax and its row sums exactly): 3/4 of the work,
     the same gradients within float rounding (tests/test_arena_ops.py)."""
     t = q.shape[1]
+
+    def call(qs, ks, causal):
+        return FLASH_BACKWARD(g[None, :, qs], q[None, :, qs], k[None, :, ks], v[None, :, ks], out[None, :, qs],
+                              lse[None, :, qs], 0.0, causal)
+
     if t < SPLIT_MIN:
-        return FLASH_BACKWARD(g[None], q[None], k[None], v[None], out[None], lse[None], 0.0, True)
-    m = t // 2
-    A, B = slice(0, m), slice(m, t)
-    ga = FLASH_BACKWARD(g[None, :, A], q[None, :, A], k[None, :, A], v[None, :, A], out[None, :, A],
-                        lse[None, :, A], 0.0, True)
-    gb = FLASH_BACKWARD(g[None, :, B], q[None, :, B], k[None, :, B], v[None, :, B], out[None, :, B],
-                        lse[None, :, B], 0.0, True)
-    gba = FLASH_BACKWARD(g[None, :, B], q[None, :, B], k[None, :, A], v[None, :, A], out[None, :, B],
-                         lse[None, :, B], 0.0, False)
+        return call(slice(0, t), slice(0, t), True)
+    A, B = slice(0, t // 2), slice(t // 2, t)
+    ga, gb, gba = call(A, A, True), call(B, B, True), call(B, A, False)
     return (torch.cat([ga[0], gb[0].add_(gba[0])], dim=2), torch.cat([ga[1].add_(gba[1]), gb[1]], dim=2),
             torch.cat([ga[2].add_(gba[2]), gb[2]], dim=2))
 
