@@ -69,6 +69,15 @@ def test_linear_cross_entropy_equals_plain_cross_entropy():
         assert torch.allclose(int8.linear_cross_entropy(h, t, w), ref, rtol=1e-5)
 
 
+def test_linear_cross_entropy_refuses_targets_outside_the_vocabulary():
+    """An ignored position (-100) that was not dropped would index outside a row in the fused loss kernel:
+    a clear error instead."""
+    h, w = torch.randn(4, 8), torch.randn(10, 8)
+    for bad in (-100, 10):
+        with pytest.raises(ValueError, match="drop ignored positions first"):
+            int8.linear_cross_entropy(h, torch.tensor([1, 2, bad, 3]), w)
+
+
 def test_int8_vocabulary_projection_keeps_outlier_columns_exact():
     """The int8 path's loss: a hidden state with a few massive dimensions (as a final norm's output has)
     still gives the fp32 loss within 0.5% and its gradient at cosine > 0.99; without keeping those columns
