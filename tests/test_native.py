@@ -177,6 +177,43 @@ def test_cross_entropy_kernel_and_its_in_place_gradient():
     assert torch.allclose(loss, ref, rtol=1e-6, atol=1e-6) and _rel(y, g_ref) < 1e-6
 
 
+@pytest.mark.parametrize("kernel", [True, False])
+def test_probabilities_in_int8_round_stochastically_without_bias(kernel, torch_path):
+    """The loss's int8 gradient product quantizes softmax * W's row scales with stochastic rounding: every
+    entry lands on the step just below or just above its value, and the average over many seeds is the value
+    itself, the small probabilities included (rounding to nearest would zero them: a bias). Both the kernel
+    and the torch path; the kernel's stream depends on the seed only, not on the thread count."""
+    torch.manual_seed(7)
+    x = torch.randn(6, 1003) * 3  # a vocabulary that is not a multiple of 16
+    t = torch.randint(0, 1003, (6,))
+    cs = torch.rand(1003) * 0.02 + 0.01  # like W's row scales
+    ref_loss = torch.nn.functional.cross_entropy(x, t, reduction="sum")
+    exact = torch.softmax(x, dim=1) * cs
+    run = (lambda f, *a: f(*a)) if kernel else torch_path
+    total, n = torch.zeros_like(exact), 400
+    for _ in range(n):
+        loss, q, qs = run(int8._xent_probs8, x.clone(), t, cs, None)
+        assert abs(float(loss) - float(ref_loss)) < 1e-4 * float(ref_loss)
+        y = exact / qs
+        assert bool(((q.float() >= y.floor() - 1e-3) & (q.float() <= y.ceil() + 1e-3)).all())
+        total += q.float() * qs
+    step = qs  # the same every time (a row's max sets it)
+    assert float(((total / n - exact) / step).abs().max()) < 0.12  # 4.8 standard errors of a mean of 400
+    small = exact < step / 4  # what round-to-nearest would have dropped
+    assert bool(small.any()) and abs(float((total / n)[small].sum() / exact[small].sum()) - 1) < 0.02
+    if kernel:
+        torch.manual_seed(3)
+        a = int8._xent_probs8(x.clone(), t, cs, None)[1].clone()
+        torch.manual_seed(3)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            b = int8._xent_probs8(x.clone(), t, cs, None)[1]
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(a, b)
+
+
 def test_doctor_reports_what_cpu_training_runs(home):
     from panza_local import doctor
 

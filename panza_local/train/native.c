@@ -319,10 +319,23 @@ void pz_rms_norm_grad(const float *x, const float *rstd, const float *w, const f
   }
 }
 
+/* splitmix64: a well-mixed 64-bit value from any seed (seeds the per-row random streams below). */
+static inline uint64_t mix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
 /* Cross-entropy of R rows of logits x [R, V] (row stride ldx) against targets: loss[r] = logsumexp(x[r]) -
- * x[r, t]; with grad, x[r] is overwritten by softmax(x[r]) minus one-hot(t), the loss's gradient. Three
- * passes over a row (max, sum of exponentials, softmax), the row staying in L2. */
-void pz_softmax_xent(float *x, long R, long V, long ldx, const int64_t *tgt, int grad, float *loss, int nt) {
+ * x[r, t]. Three passes over a row (max, sum of exponentials, softmax), the row staying in L2. With grad:
+ * - q NULL: x[r] is overwritten by softmax(x[r]) minus one-hot(t), the loss's gradient with respect to x;
+ * - q given: the softmax times cs (per column) goes to q[r] in int8 with stochastic rounding (round up with
+ *   probability equal to the fraction: unbiased, E[q] * qs = p * cs exactly), qs[r] its step; x[r] is
+ *   scratch. The one-hot is left to the caller. Random numbers: a xorshift32 stream per lane seeded from
+ *   (seed, row), so a row's result does not depend on the thread count. */
+void pz_softmax_xent(float *x, long R, long V, long ldx, const int64_t *tgt, int grad, float *loss,
+                     const float *cs, int8_t *q, long ldq, float *qs, uint64_t seed, int nt) {
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (long r = 0; r < R; r++) {
     float *a = x + r * ldx;
@@ -342,10 +355,40 @@ void pz_softmax_xent(float *x, long R, long V, long ldx, const int64_t *tgt, int
     loss[r] = lse - a[t];
     if (!grad) continue;
     __m512 vl = _mm512_set1_ps(lse);
+    if (!q) {
+      for (long c = 0; c < V; c += 16) {
+        __mmask16 k = V - c >= 16 ? 0xFFFF : tail(V - c);
+        _mm512_mask_storeu_ps(a + c, k, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, a + c), vl)));
+      }
+      a[t] -= 1.0f;
+      continue;
+    }
+    __m512 pm = _mm512_setzero_ps();
     for (long c = 0; c < V; c += 16) {
       __mmask16 k = V - c >= 16 ? 0xFFFF : tail(V - c);
-      _mm512_mask_storeu_ps(a + c, k, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, a + c), vl)));
+      __m512 p = _mm512_mul_ps(exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, a + c), vl)),
+                               _mm512_maskz_loadu_ps(k, cs + c));
+      _mm512_mask_storeu_ps(a + c, k, p);
+      pm = _mm512_max_ps(pm, _mm512_abs_ps(p));
     }
-    a[t] -= 1.0f;
+    float pmax = _mm512_reduce_max_ps(pm);
+    if (!(pmax >= 1e-30f)) pmax = 1e-30f;
+    uint32_t init[16];
+    uint64_t rs = mix64(seed ^ mix64((uint64_t)r));
+    for (int i = 0; i < 16; i++) init[i] = (uint32_t)mix64(rs + (uint64_t)i) | 1u;  /* xorshift: never 0 */
+    __m512i st = _mm512_loadu_si512(init);
+    __m512 inv = _mm512_set1_ps((1.0f / pmax) * 127.0f), ulp = _mm512_set1_ps(1.0f / 16777216.0f);
+    int8_t *qr = q + r * ldq;
+    for (long c = 0; c < V; c += 16) {
+      __mmask16 k = V - c >= 16 ? 0xFFFF : tail(V - c);
+      st = _mm512_xor_si512(st, _mm512_slli_epi32(st, 13));
+      st = _mm512_xor_si512(st, _mm512_srli_epi32(st, 17));
+      st = _mm512_xor_si512(st, _mm512_slli_epi32(st, 5));
+      __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(st, 8)), ulp);  /* [0, 1) */
+      __m512 y = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + c), inv, u);
+      __m512i v = _mm512_cvt_roundps_epi32(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+      _mm_mask_storeu_epi8(qr + c, k, _mm512_cvtsepi32_epi8(v));
+    }
+    qs[r] = pmax / 127.0f;
   }
 }

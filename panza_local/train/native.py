@@ -43,7 +43,7 @@ _SIGNATURES = {
     "pz_rope": [P, L, L, L, L, L, P, P, P, L, L, I, I],
     "pz_rms_norm": [P, L, L, P, ctypes.c_float, P, P, P, I],
     "pz_rms_norm_grad": [P, P, P, P, L, L, P, I],
-    "pz_softmax_xent": [P, L, L, L, P, I, P, I],
+    "pz_softmax_xent": [P, L, L, L, P, I, P, P, P, L, P, ctypes.c_uint64, I],
 }
 
 _lib: ctypes.CDLL | None | bool = False  # False: not tried yet
@@ -196,10 +196,17 @@ def rms_norm_grad(x: torch.Tensor, rstd: torch.Tensor, w: torch.Tensor, g: torch
                            x.shape[-1], out.data_ptr(), torch.get_num_threads())
 
 
-def softmax_xent(logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, grad: bool) -> None:
-    """loss[r] = cross-entropy of row r of `logits` (fp32, contiguous rows) against targets[r] (int64);
-    with `grad`, the logits become softmax minus one-hot in place."""
+def softmax_xent(logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, grad: bool,
+                 quant: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None) -> None:
+    """loss[r] = cross-entropy of row r of `logits` (fp32, contiguous rows) against targets[r] (int64).
+    With `grad`: without `quant`, the logits become softmax minus one-hot in place; with `quant` = (col_scale,
+    q int8, qs, seed), q and qs receive softmax * col_scale in int8 with stochastic rounding (unbiased) and
+    the logits are left as scratch (see native.c)."""
     _rows(logits)
     targets = targets.contiguous()
+    cs, q, qs, seed = quant if quant is not None else (None, None, None, 0)
+    if q is not None:
+        _rows(q)
     lib().pz_softmax_xent(logits.data_ptr(), logits.shape[0], logits.shape[1], logits.stride(0),
-                          targets.data_ptr(), int(grad), loss.data_ptr(), torch.get_num_threads())
+                          targets.data_ptr(), int(grad), loss.data_ptr(), _ptr(cs), _ptr(q),
+                          q.stride(0) if q is not None else 0, _ptr(qs), seed, torch.get_num_threads())

@@ -8,9 +8,9 @@ backward in the step's `Arena` when there is one (see arena.py):
   and the scale: twice the memory, and more passes over it in backward).
 - `swiglu` keeps gate and up (plain autograd also keeps silu(gate)).
 - `attention` applies RoPE, runs causal attention once per packed example with torch's CPU flash kernel
-  (a long example as three blocks, see `_flash_backward`) and keeps q, k, v (after RoPE), the output and
-  the log-sum-exp, the same tensors SDPA keeps, but in the arena; backward is the kernel's own backward
-  followed by the inverse rotation.
+  (a long example as three blocks, see `_flash_backward`) and keeps q, k, v (after RoPE), the output
+  (token-major: the same tensor the next projection reads) and the log-sum-exp, the tensors SDPA keeps,
+  but in the arena; backward is the kernel's own backward followed by the inverse rotation.
 """
 
 from __future__ import annotations
@@ -118,34 +118,37 @@ class _Attention(torch.autograd.Function):
             qr.copy_(rope(q, cos, sin).transpose(0, 1))
             kr.copy_(rope(k, cos, sin).transpose(0, 1))
         vv.copy_(v.transpose(0, 1))
-        out = take(arena, (nh, t, hd))
+        # The output token-major: the next projection's input, and kept as the kernel's `out` for backward
+        # (it takes either layout at the same speed), one copy instead of a head-major one and a transpose.
+        att = take(arena, (t, nh, hd))
         lse = take(arena, (t, nh))  # the kernel's own layout: heads fastest
-        att = torch.empty(t, nh, hd, dtype=q.dtype)
         for s, e in spans:
-            o, l_ = _flash(qr[:, s:e], kr[:, s:e], vv[:, s:e])
-            out[:, s:e] = o
-            lse[s:e] = l_.t()
-            att[s:e] = o.transpose(0, 1)
-        ctx.save_for_backward(qr, kr, vv, out, lse, cos, sin)
+            for rows, o, l_ in _flash(qr[:, s:e], kr[:, s:e], vv[:, s:e]):
+                rows = slice(s + rows.start, s + rows.stop)
+                att[rows] = o.transpose(0, 1)
+                lse[rows] = l_.t()
+        ctx.save_for_backward(qr, kr, vv, att, lse, cos, sin)
         ctx.spans = spans
         return att.view(t, nh * hd)
 
     @staticmethod
     def backward(ctx, g_att):
-        qr, kr, vv, out, lse, cos, sin = ctx.saved_tensors
+        qr, kr, vv, att, lse, cos, sin = ctx.saved_tensors
         nh, t, hd = qr.shape
-        g = g_att.reshape(t, nh, hd).transpose(0, 1)
+        g = g_att.contiguous().view(t, nh, hd)
         gq, gk, gv = torch.empty(t, nh, hd), torch.empty(t, kr.shape[0], hd), torch.empty(t, kr.shape[0], hd)
         fused = native.usable(gq, cos)
         for s, e in ctx.spans:
-            a, b, c = _flash_backward(g[:, s:e].contiguous(), qr[:, s:e], kr[:, s:e], vv[:, s:e], out[:, s:e],
-                                      lse[s:e].t())
-            gv[s:e] = c[0].transpose(0, 1)
-            if fused:  # the inverse rotation on the way back to token-major
-                native.rope(a[0].transpose(0, 1), cos[s:e], sin[s:e], gq[s:e], inverse=True)
-                native.rope(b[0].transpose(0, 1), cos[s:e], sin[s:e], gk[s:e], inverse=True)
-            else:
-                gq[s:e], gk[s:e] = a[0].transpose(0, 1), b[0].transpose(0, 1)
+            blocks = _flash_backward(g[s:e].transpose(0, 1), qr[:, s:e], kr[:, s:e], vv[:, s:e],
+                                     att[s:e].transpose(0, 1), lse[s:e].t())
+            for rows, a, b, c in blocks:  # [heads, rows, D] views of the kernel's token-major gradients
+                rows = slice(s + rows.start, s + rows.stop)
+                gv[rows] = c.transpose(0, 1)
+                if fused:  # the inverse rotation on the way back to token-major
+                    native.rope(a.transpose(0, 1), cos[rows], sin[rows], gq[rows], inverse=True)
+                    native.rope(b.transpose(0, 1), cos[rows], sin[rows], gk[rows], inverse=True)
+                else:
+                    gq[rows], gk[rows] = a.transpose(0, 1), b.transpose(0, 1)
         if not fused:
             gq, gk = _rope_t(gq, cos, sin), _rope_t(gk, cos, sin)
         return gq, gk, gv, None, None, None, None
@@ -155,27 +158,29 @@ SPLIT_MIN = 256
 
 
 def _flash(q, k, v):
-    """Causal flash attention of one example ([heads, T, D] each): (output [heads, T, D], lse [heads, T]).
+    """Causal flash attention of one example ([heads, T, D] each), as blocks of its rows: a list of (rows,
+    output [heads, rows, D], lse [heads, rows]).
 
     From SPLIT_MIN tokens in halves A, B (see `_flash_backward`): A-A and B-B causal, B-A full, and B's two
     partial results merged by their log-sum-exps, 3/4 of the kernel's work."""
     t = q.shape[1]
 
     def call(qs, ks, causal):
-        o, l_ = FLASH(q[None, :, qs], k[None, :, ks], v[None, :, ks], 0.0, causal)
+        o, l_ = FLASH(q[None, :, qs], k[None, :, ks], v[None, :, ks], 0.0, causal)[:2]
         return o[0], l_[0]
 
     if t < SPLIT_MIN:
-        return call(slice(0, t), slice(0, t), True)
+        return [(slice(0, t), *call(slice(0, t), slice(0, t), True))]
     A, B = slice(0, t // 2), slice(t // 2, t)
     (oa, la), (obb, lbb), (oba, lba) = call(A, A, True), call(B, B, True), call(B, A, False)
     lb = torch.logaddexp(lbb, lba)
     ob = obb.mul_(torch.exp(lbb - lb)[..., None]).add_(oba.mul_(torch.exp(lba - lb)[..., None]))
-    return torch.cat([oa, ob], dim=1), torch.cat([la, lb], dim=1)
+    return [(A, oa, la), (B, ob, lb)]
 
 
 def _flash_backward(g, q, k, v, out, lse):
-    """The flash kernel's backward for one causal example ([heads, T, D] each, lse [heads, T]), as [1, ...].
+    """The flash kernel's backward for one causal example ([heads, T, D] each, any strides with contiguous
+    D; lse [heads, T]), as blocks of its rows: a list of (rows, dq, dk, dv), each [heads, rows, D].
 
     Torch's CPU kernel computes every query block against all keys up to the block's end in one key block,
     so a causal backward costs about a full T x T one (the forward likewise). From SPLIT_MIN tokens the
@@ -185,15 +190,15 @@ def _flash_backward(g, q, k, v, out, lse):
     t = q.shape[1]
 
     def call(qs, ks, causal):
-        return FLASH_BACKWARD(g[None, :, qs], q[None, :, qs], k[None, :, ks], v[None, :, ks], out[None, :, qs],
-                              lse[None, :, qs], 0.0, causal)
+        grads = FLASH_BACKWARD(g[None, :, qs], q[None, :, qs], k[None, :, ks], v[None, :, ks], out[None, :, qs],
+                               lse[None, :, qs], 0.0, causal)
+        return [x[0] for x in grads[:3]]
 
     if t < SPLIT_MIN:
-        return call(slice(0, t), slice(0, t), True)
+        return [(slice(0, t), *call(slice(0, t), slice(0, t), True))]
     A, B = slice(0, t // 2), slice(t // 2, t)
     ga, gb, gba = call(A, A, True), call(B, B, True), call(B, A, False)
-    return (torch.cat([ga[0], gb[0].add_(gba[0])], dim=2), torch.cat([ga[1].add_(gba[1]), gb[1]], dim=2),
-            torch.cat([ga[2].add_(gba[2]), gb[2]], dim=2))
+    return [(A, ga[0], ga[1].add_(gba[1]), ga[2].add_(gba[2])), (B, gb[0].add_(gba[0]), gb[1], gb[2])]
 
 
 def attention(q, k, v, cos, sin, spans, arena: Arena | None = None) -> torch.Tensor:
