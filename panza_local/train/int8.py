@@ -16,7 +16,7 @@ model is llama.cpp's, which also rounds activations to int8 blocks). Validation 
 and the adapter gate, is computed on the exact fp32 path (the model in eval mode).
 
 Also here, for both paths: `linear_cross_entropy` (the vocabulary projection and loss a chunk at a time,
-never all the logits; on this path its logits in int8 too, see `_LinearCE`).
+never all the logits; on this path its logits and its gradient product in int8 too, see `_LinearCE`).
 
 The element-wise work around these products (quantization, dequantization with the LoRA terms, SwiGLU)
 runs in native.py's fused kernels where they build, else as the torch expressions below.
@@ -24,6 +24,7 @@ runs in native.py's fused kernels where they build, else as the torch expression
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -238,10 +239,10 @@ class _LinearCE(torch.autograd.Function):
         total = h.new_zeros((), dtype=torch.float32)
         gh = take(arena, h.shape, device=h.device) if want_grad else None
         if w8 is not None:  # h without its outlier columns (int8), and those columns with W's (fp32)
-            cols = h.abs().amax(dim=0).topk(min(OUTLIER_COLS, h.shape[1])).indices
+            cols = h.abs().amax(dim=0).topk(min(OUTLIER_COLS, h.shape[1])).indices.sort().values
             h_rest = h.clone()
             h_rest[:, cols] = 0.0
-            h_out, w_out = h[:, cols].contiguous(), w[:, cols].t().contiguous()  # [T, k], [k, vocab]
+            h_out, w_out = h[:, cols].contiguous(), _outlier_rows(w, cols)  # [T, k], [k, vocab]
         for s in range(0, h.shape[0], CE_CHUNK):
             hc, tc = h[s:s + CE_CHUNK], targets[s:s + CE_CHUNK]
             buf = scratch(arena, "logits", (hc.shape[0], w.shape[0]), w.dtype, h.device)
@@ -278,6 +279,21 @@ class _LinearCE(torch.autograd.Function):
     def backward(ctx, g):
         (gh,) = ctx.saved_tensors
         return gh * g, None, None, None, None
+
+
+_OUTLIERS: list = [None, None, None]  # a weak reference to W, (W's version, the columns), the rows
+
+
+def _outlier_rows(w: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """W's columns `cols` as contiguous rows [k, vocab]. Gathering them reads all of W (~6 ms at 49k x 576);
+    the massive dimensions are the same ones step after step, so the last result is kept (for this W
+    object, unchanged since)."""
+    key = (w._version, tuple(cols.tolist()))
+    ref, old_key, rows = _OUTLIERS
+    if ref is None or ref() is not w or old_key != key:
+        rows = w[:, cols].t().contiguous()
+        _OUTLIERS[:] = [weakref.ref(w), key, rows]
+    return rows
 
 
 def _xent_probs8(logits, tc, cs, arena):
