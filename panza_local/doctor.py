@@ -57,8 +57,8 @@ def accelerators(deep: bool = False) -> dict:
         if out["torch_device"] == "cpu":
             from .train import int8, native
 
-            # what `panza train` on this CPU runs: int8 products (VNNI), and the fused kernels (AVX-512 and a
-            # C compiler; built into <home>/cache/native on first use, here if not yet)
+            # what `panza train` on this CPU runs: int8 products (VNNI), and the fused kernels (AVX-512 or
+            # AVX2 + FMA + F16C, and a C compiler; built into <home>/cache/native on first use, here if not yet)
             out["cpu_int8"], out["cpu_fused_kernels"] = int8.available(), native.lib() is not None
     return out
 

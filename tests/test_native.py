@@ -13,12 +13,16 @@ import torch
 from panza_local.train import int8, native
 
 
-@pytest.fixture(autouse=True)
-def _kernels_here():
-    """Skip where the kernels cannot run (asked at test time, not at collection: building them writes
-    into the home, which conftest points at a temporary one only once the session starts)."""
-    if native.lib() is None:
-        pytest.skip("fused kernels need Linux x86-64 with AVX-512 and a C compiler")
+@pytest.fixture(autouse=True, params=native.variants_here() or [None])
+def variant(request, monkeypatch):
+    """Each test once per build this CPU runs (AVX-512 and AVX2 here: the AVX2 build's emulation of the
+    AVX-512 intrinsics gets the same checks). Skips where the kernels cannot run (decided at test time, not
+    at collection: building writes into the home, which conftest points at a temporary one only once the
+    session starts)."""
+    if request.param is None or native.lib() is None:
+        pytest.skip("fused kernels need Linux x86-64 with AVX-512 or AVX2 + FMA + F16C, and a C compiler")
+    monkeypatch.setattr(native, "_lib", native.load(request.param))
+    return request.param
 
 
 @pytest.fixture
@@ -119,13 +123,13 @@ def test_a_lora_layer_trains_the_same_with_and_without_the_kernels(torch_path):
             assert _rel(got, ref) < 1e-5
 
 
-def test_build_is_cached_and_a_failing_compiler_is_reported(tmp_path, monkeypatch):
-    first = native.build(tmp_path)
+def test_build_is_cached_and_a_failing_compiler_is_reported(tmp_path, monkeypatch, variant):
+    first = native.build(tmp_path, variant)
     stamp = first.stat().st_mtime_ns
-    assert native.build(tmp_path) == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    assert native.build(tmp_path, variant) == first and first.stat().st_mtime_ns == stamp  # not rebuilt
     monkeypatch.setenv("CC", "false")  # a compiler that fails: a new key, a clear error, nothing left behind
     with pytest.raises(RuntimeError, match="false failed on native.c"):
-        native.build(tmp_path)
+        native.build(tmp_path, variant)
     assert sorted(os.listdir(tmp_path)) == [first.name]
 
 
@@ -212,6 +216,40 @@ def test_probabilities_in_int8_round_stochastically_without_bias(kernel, torch_p
         finally:
             torch.set_num_threads(threads)
         assert torch.equal(a, b)
+
+
+def test_the_avx2_build_gives_the_avx512_builds_bits():
+    """Where the CPU runs both builds: every kernel's output identical, bit for bit (native_avx2.h does the
+    same IEEE operation per lane, and its reductions sum in the same tree)."""
+    if {"avx512", "avx2"} - set(native.variants_here()):
+        pytest.skip("needs a CPU that runs both builds (AVX-512)")
+    torch.manual_seed(0)
+    x, cs, t = torch.randn(37, 1003) ** 3, torch.rand(1003) + 0.5, torch.randint(0, 1003, (37,))
+    w = int8.from_dense(torch.randn(600, 75) * 0.05)
+    qx, sx = int8.quant_rows(torch.randn(41, 75))
+    y32, xa, g = torch._int_mm(qx, w.q.t()), torch.randn(41, 8), torch.randn(41, 300)
+    lora = [(0, 300, 0, torch.randn(8, 300)), (300, 300, 0, torch.randn(8, 300))]
+
+    def run():
+        out = [*int8.quant_rows(x, col_scale=cs)]
+        torch.manual_seed(5)
+        out += int8._xent_probs8(x.clone(), t, cs * 0.01, None)[1:]
+        prod, keep, sg = torch.empty(41, 300), torch.empty(41, 600, dtype=torch.float16), torch.empty(41, 600)
+        native.product(y32, sx, w.s, prod, xa, lora, mode=1, ffn=300, keep=keep)
+        native.swiglu_grad_h(keep, g, sg)
+        nrm, rstd, ng = torch.empty(37, 1003), torch.empty(37), torch.empty(37, 1003)
+        native.rms_norm(x, cs, 1e-5, nrm, None, rstd)
+        native.rms_norm_grad(x, rstd, cs, x * 0.1, ng)
+        deq = torch.empty(41, 600)
+        native.dequant(y32, sx, deq, xa, torch.randn(8, 600))
+        return out + [prod, keep, sg, nrm, rstd, ng, deq]
+
+    got = {}
+    for v in ("avx512", "avx2"):
+        native._lib = native.load(v)  # the fixture restores the loaded library afterwards
+        torch.manual_seed(1)
+        got[v] = run()
+    assert all(torch.equal(a, b) for a, b in zip(got["avx512"], got["avx2"], strict=True))
 
 
 def test_doctor_reports_what_cpu_training_runs(home):

@@ -2,10 +2,14 @@
  *
  * Each kernel does in one pass over a row (the row stays in L1) what the torch path does in three to six
  * passes over the whole tensor: on two cores those passes are memory-bound and cost as much as the int8
- * matmuls themselves. AVX-512F/BW/DQ/VL; rows are split between OpenMP threads (torch's own libgomp).
+ * matmuls themselves. Written with AVX-512F/BW/DQ/VL intrinsics; built with -DPZ_AVX2, native_avx2.h runs
+ * them on AVX2 + FMA + F16C. Rows are split between OpenMP threads (torch's own libgomp).
  * Every kernel is deterministic (a row's result does not depend on the thread count).
  */
 #include <immintrin.h>
+#ifdef PZ_AVX2 /* the same kernels on AVX2 + FMA + F16C: each AVX-512 intrinsic as two 256-bit halves */
+#include "native_avx2.h"
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>

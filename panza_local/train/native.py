@@ -5,13 +5,14 @@ dequantizing each int32 product, adding the LoRA products, SwiGLU and its gradie
 torch runs each of those as its own pass over the whole tensor: three to six passes where one will do.
 `native.c` does each in one pass over a row that stays in L1.
 
-How it is built: the first training run on a CPU with AVX-512 (F, BW, DQ, VL) compiles `native.c` with the
-system C compiler (the one pip already used to build llama-cpp-python) into `<home>/cache/native/`, keyed by
-the source's hash, the compiler and the flags, and loads it with ctypes. Threads come from torch's own OpenMP
-runtime (the library links `libgomp.so.1`, which torch has already loaded). Where there is no compiler, no
-AVX-512, or the build fails, or with the setting `train_native_kernels` off (`PANZA_TRAIN_NATIVE_KERNELS=0`),
-`lib()` is None and the int8 path runs the same arithmetic as torch expressions (the test suite checks the
-two against each other).
+How it is built: the first training run compiles `native.c` with the system C compiler (the one pip already
+used to build llama-cpp-python) into `<home>/cache/native/`, keyed by the source's hash, the compiler and the
+flags, and loads it with ctypes: for AVX-512 (F, BW, DQ, VL) where the CPU has it, else for AVX2 + FMA + F16C
+(most laptops; `native_avx2.h` runs the same intrinsics as two 256-bit halves, bit for bit the same results).
+Threads come from torch's own OpenMP runtime (the library links `libgomp.so.1`, which torch has already
+loaded). Where there is no compiler or neither instruction set, or the build fails, or with the setting
+`train_native_kernels` off (`PANZA_TRAIN_NATIVE_KERNELS=0`), `lib()` is None and the int8 path runs the same
+arithmetic as torch expressions (the test suite checks the two against each other, for both builds).
 """
 
 from __future__ import annotations
@@ -31,8 +32,13 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native.c")
-FLAGS = ["-O3", "-ffp-contract=off", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-fopenmp", "-fPIC", "-shared"]
-_NEEDS = {"avx512f", "avx512bw", "avx512dq", "avx512vl"}
+HEADERS = [Path(__file__).with_name("native_avx2.h")]
+_COMMON = ["-O3", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared"]
+# Each build of native.c: its compiler flags and the /proc/cpuinfo flags it needs, the first that fits wins.
+VARIANTS = {
+    "avx512": (["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"], {"avx512f", "avx512bw", "avx512dq", "avx512vl"}),
+    "avx2": (["-mavx2", "-mfma", "-mf16c", "-DPZ_AVX2"], {"avx2", "fma", "f16c"}),
+}
 
 P, L, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 _SIGNATURES = {
@@ -49,41 +55,42 @@ _SIGNATURES = {
 _lib: ctypes.CDLL | None | bool = False  # False: not tried yet
 
 
-def _cpu_ok() -> bool:
+def variants_here() -> list[str]:
+    """The builds this CPU runs, best first ([] off Linux x86-64)."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return False
+        return []
     try:
         with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return _NEEDS <= set(line.split())
+            flags = next((set(line.split()) for line in fh if line.startswith("flags")), set())
     except OSError:
-        pass
-    return False
+        return []
+    return [name for name, (_, needs) in VARIANTS.items() if needs <= flags]
 
 
 def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def build(cache_dir: Path | None = None) -> Path:
-    """Compile `native.c` (once per source, compiler and flags) and return the shared library's path.
-    Raises RuntimeError with the compiler's message when it cannot."""
+def build(cache_dir: Path | None = None, variant: str = "avx512") -> Path:
+    """Compile `native.c` for `variant` (once per source, compiler and flags) and return the shared library's
+    path. Raises RuntimeError with the compiler's message when it cannot."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler (cc) on PATH")
-    key = hashlib.sha256(SOURCE.read_bytes() + cc.encode() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    flags = _COMMON + VARIANTS[variant][0]
+    source = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
+    key = hashlib.sha256(source + cc.encode() + " ".join(flags).encode()).hexdigest()[:16]
     if cache_dir is None:
         from .. import paths
 
         cache_dir = paths.ensure_dir(paths.home() / "cache" / "native")
-    out = Path(cache_dir) / f"panza_native-{key}.so"
+    out = Path(cache_dir) / f"panza_native-{variant}-{key}.so"
     if out.exists():
         return out
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir)
     os.close(fd)
     try:
-        res = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120,
+        res = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120,
                              check=False)
         if res.returncode != 0:
             raise RuntimeError(f"{cc} failed on {SOURCE.name}: {res.stderr.strip()[-800:]}")
@@ -95,19 +102,26 @@ def build(cache_dir: Path | None = None) -> Path:
     return out
 
 
+def load(variant: str) -> ctypes.CDLL:
+    """Build (if needed) and load one variant's kernels. Raises OSError / RuntimeError when it cannot."""
+    so = ctypes.CDLL(str(build(variant=variant)))
+    for name, args in _SIGNATURES.items():
+        getattr(so, name).argtypes, getattr(so, name).restype = args, None
+    return so
+
+
 def lib() -> ctypes.CDLL | None:
-    """The loaded kernels, or None where they cannot run here (see the module docstring)."""
+    """The loaded kernels (the best build this CPU runs), or None where they cannot run here (see the
+    module docstring)."""
     global _lib
     if _lib is False:
         _lib = None
         from .. import config
 
-        if config.load().train_native_kernels and _cpu_ok():
+        here = variants_here()
+        if config.load().train_native_kernels and here:
             try:
-                so = ctypes.CDLL(str(build()))
-                for name, args in _SIGNATURES.items():
-                    getattr(so, name).argtypes, getattr(so, name).restype = args, None
-                _lib = so
+                _lib = load(here[0])
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                 log.warning("fused CPU kernels unavailable (%s); training uses the torch path", e)
     return _lib
