@@ -56,7 +56,8 @@ class Settings:
     """Training preset: quick, standard or thorough."""
     train_native_kernels: bool = True
     """CPU training: fused C kernels for the int8 step, built with the system C compiler on first use
-    (x86-64 with AVX-512); false = torch's own element-wise ops (same results, slower)."""
+    (x86-64 with AVX-512, or AVX2 + FMA + F16C); false = torch's own element-wise ops (same results,
+    slower)."""
     serve_host: str = "127.0.0.1"
     """Address `panza serve` binds to. Anything but loopback requires api_key."""
     serve_port: int = 8765

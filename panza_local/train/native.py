@@ -36,7 +36,8 @@ HEADERS = [Path(__file__).with_name("native_avx2.h")]
 _COMMON = ["-O3", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared"]
 # Each build of native.c: its compiler flags and the /proc/cpuinfo flags it needs, the first that fits wins.
 VARIANTS = {
-    "avx512": (["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"], {"avx512f", "avx512bw", "avx512dq", "avx512vl"}),
+    "avx512": (["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"],
+               {"avx512f", "avx512bw", "avx512dq", "avx512vl"}),
     "avx2": (["-mavx2", "-mfma", "-mf16c", "-DPZ_AVX2"], {"avx2", "fma", "f16c"}),
 }
 
