@@ -256,17 +256,8 @@ class _LinearCE(torch.autograd.Function):
                 gp32 = torch._int_mm(qp, w8.q, out=scratch(arena, "i32", (qp.shape[0], w8.q.shape[1]), torch.int32))
                 _dequant(gp32, qs, gh[s:s + CE_CHUNK]).sub_(w.index_select(0, tc))
                 continue
-            if native.usable(logits) and tc.dtype == torch.int64:  # one kernel: loss, and its gradient in place
-                rows = torch.empty(logits.shape[0])
-                native.softmax_xent(logits, tc, rows, want_grad)
-                total += rows.sum()
-                p = logits
-            else:
-                lse = torch.logsumexp(logits, dim=-1)
-                total += (lse - logits.gather(1, tc[:, None])[:, 0]).sum()
-                if want_grad:
-                    p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                    p[torch.arange(p.shape[0]), tc] -= 1.0
+            total += _xent(logits, tc, want_grad)
+            p = logits  # with want_grad: softmax minus one-hot, in place
             if want_grad:
                 if w.dtype == gh.dtype:
                     torch.mm(p, w, out=gh[s:s + CE_CHUNK])
@@ -296,6 +287,31 @@ def _outlier_rows(w: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     return rows
 
 
+def _xent(logits, tc, grad: bool, quant=None) -> torch.Tensor:
+    """Summed cross-entropy of the rows of `logits` against `tc`, with `native.softmax_xent`'s contract, in the
+    kernel where it runs, else in torch: with `grad`, the logits become softmax minus one-hot in place, or
+    with `quant` = (col_scale, q, qs, seed), q * qs receives softmax * col_scale in int8 with stochastic
+    rounding (the logits left as scratch)."""
+    if native.usable(logits) and tc.dtype == torch.int64:  # one kernel: loss, and its gradient in place
+        rows = torch.empty(logits.shape[0])
+        native.softmax_xent(logits, tc, rows, grad, quant)
+        return rows.sum()
+    lse = torch.logsumexp(logits, dim=-1)
+    loss = (lse - logits.gather(1, tc[:, None])[:, 0]).sum()
+    if grad:
+        p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+        if quant is None:
+            p[torch.arange(p.shape[0]), tc] -= 1.0
+        else:
+            cs, q, qs, seed = quant
+            m = p.mul_(cs).amax(dim=1, keepdim=True).clamp_min_(1e-30)
+            noise = torch.rand(p.shape, generator=torch.Generator().manual_seed(seed))
+            p.mul_(127.0 / m).add_(noise).floor_().clamp_max_(127.0)  # 127 + u can round up to 128 in fp32
+            q.copy_(p)
+            torch.div(m, 127.0, out=qs)
+    return loss
+
+
 def _xent_probs8(logits, tc, cs, arena):
     """(summed cross-entropy of the rows of `logits` against `tc`, q int8, qs [rows, 1]) where q * qs is
     softmax(logits) * cs (per column) with stochastic rounding: each entry rounds up with probability equal
@@ -303,18 +319,7 @@ def _xent_probs8(logits, tc, cs, arena):
     qp = scratch(arena, "probs8", logits.shape, torch.int8)
     qs = torch.empty((logits.shape[0], 1))
     seed = int(torch.randint(0, 2**62, ()))  # from torch's generator: reproducible under torch.manual_seed
-    if native.usable(logits) and tc.dtype == torch.int64:
-        rows = torch.empty(logits.shape[0])
-        native.softmax_xent(logits, tc, rows, True, (cs, qp, qs, seed))
-        return rows.sum(), qp, qs
-    lse = torch.logsumexp(logits, dim=-1)
-    loss = (lse - logits.gather(1, tc[:, None])[:, 0]).sum()
-    p = logits.sub_(lse[:, None]).exp_().mul_(cs)
-    m = p.amax(dim=1, keepdim=True).clamp_min_(1e-30)
-    noise = torch.rand(p.shape, generator=torch.Generator().manual_seed(seed))
-    p.mul_(127.0 / m).add_(noise).floor_().clamp_max_(127.0)  # 127 + u can round up to 128 in fp32
-    qp.copy_(p)
-    return loss, qp, torch.div(m, 127.0, out=qs)
+    return _xent(logits, tc, True, (cs, qp, qs, seed)), qp, qs
 
 
 def _logits8(h_rest, h_out, w8: I8Weight, w_out, out, arena):
