@@ -90,7 +90,8 @@ def main(quick: bool = False, threads: int = 0, max_tokens: int = 64, runs: int 
          user: str = "david_anonymous_clean.jsonl") -> dict:
     home = Path(tempfile.mkdtemp(prefix="panza-bench-draft-"))
     os.environ["PANZA_HOME"] = str(home)
-    from panza_local import catalogue, config, engine, index, store
+    from panza_local import catalogue, config, engine, store
+    from panza_local.retrieval import index
 
     settings = config.load({"threads": threads, "max_tokens": max_tokens, "temperature": 0.0, "seed": 1,
                             "n_ctx": 4096, "rag_min_score": 0.0})

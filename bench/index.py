@@ -80,7 +80,7 @@ def load_enron(users: list[str] | None = None) -> list[dict]:
 
 def cached_embeddings(texts: list[str], name: str = "all-minilm-l6-v2") -> tuple[np.ndarray, float]:
     """Embeddings of `texts`, computed once and cached in bench/out (returns them and the embed seconds)."""
-    from panza_local import embed
+    from panza_local.retrieval import embed
 
     key = hashlib.sha1("\0".join(texts).encode()).hexdigest()[:16]
     cache = OUT / f"index_emb_{name}_{key}.npy"
@@ -97,7 +97,7 @@ def cached_embeddings(texts: list[str], name: str = "all-minilm-l6-v2") -> tuple
 @contextlib.contextmanager
 def fresh_home():
     """A throw-away PANZA_HOME for one stage."""
-    from panza_local import chroma_store
+    from panza_local.retrieval import chroma_store
 
     old = os.environ.get("PANZA_HOME")
     with tempfile.TemporaryDirectory(prefix="panza-bench-index-") as tmp:
@@ -137,7 +137,8 @@ def pct(xs: list[float], q: float) -> float:
 
 def bench_real(mails: list[dict], n: int) -> dict:
     """End-to-end `index.sync` with the real embedding model, then a no-op re-sync."""
-    from panza_local import embed, index, store
+    from panza_local import store
+    from panza_local.retrieval import embed, index
 
     embed.embed(["warm up the model"])  # model load is a one-off, not throughput
     with fresh_home():
@@ -157,7 +158,8 @@ def bench_real(mails: list[dict], n: int) -> dict:
 def bench_size(mails: list[dict], base: np.ndarray, n: int, queries: np.ndarray, query_texts: list[str],
                rng: np.random.Generator) -> dict:
     """Index n items from precomputed vectors, then time queries: Chroma, index.search, numpy brute force."""
-    from panza_local import chroma_store, config, embed, index, store
+    from panza_local import config, store
+    from panza_local.retrieval import chroma_store, embed, index
 
     with fresh_home():
         conn = store.connect()
@@ -214,8 +216,9 @@ def first_sentence(body: str) -> str:
 
 def recall_sanity(mails: list[dict], base: np.ndarray, user: str, holdout: float = 0.1) -> dict:
     """Held-back sent mail of one user: top-5 for its instruction includes mail to the same recipient?"""
-    from panza_local import index, store
-    from panza_local import playback_quality as pq
+    from panza_local import store
+    from panza_local.playback import scoring as pq
+    from panza_local.retrieval import index
 
     mine = sorted((m for m in mails if m["user"] == user and m["date"] and m["to"]), key=lambda m: m["date"])
     cut = int(len(mine) * (1 - holdout))
@@ -275,14 +278,14 @@ def measure(sizes: list[int], real_n: int, n_queries: int, user: str = "allen-p"
     os.environ["HF_HUB_OFFLINE"] = "1"
     rng = np.random.default_rng(0)
 
-    from panza_local import index
+    from panza_local.retrieval import index
 
     mails = load_enron()
     print(f"{len(mails)} unique Enron sent emails", file=sys.stderr)
     base, embed_s = cached_embeddings([index.message_text(m["subject"], m["body"]) for m in mails])
     qmails = [mails[i] for i in rng.choice(len(mails), size=n_queries, replace=False)]
     query_texts = [first_sentence(m["body"]) for m in qmails]
-    from panza_local import embed
+    from panza_local.retrieval import embed
 
     embed.embed(query_texts[:2])
     one = []

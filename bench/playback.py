@@ -49,7 +49,7 @@ def measure(jsonl: Path, n: int, threads: int) -> dict:
     os.environ["PANZA_HOME"] = tempfile.mkdtemp(prefix="panza-bench-")
 
     from panza_local import catalogue, config, engine, playback
-    from panza_local import playback_quality as q
+    from panza_local.playback import scoring as q
 
     settings = config.Settings(threads=threads)
     model = catalogue.embedded_path("smollm2-135m")

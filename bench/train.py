@@ -46,7 +46,7 @@ def run_ours(rows, steps, warmup, threads, variant: str = "ours") -> dict:
     import torch
 
     from panza_local import catalogue
-    from panza_local.train import torch_backend as tb
+    from panza_local.train.torch import backend as tb
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -105,7 +105,8 @@ def run_mlx(rows, steps, warmup, threads) -> dict:
     from mlx import nn
 
     from panza_local import catalogue
-    from panza_local.train import mlx_backend, mlx_model
+    from panza_local.train.mlx import backend as mlx_backend
+    from panza_local.train.mlx import model as mlx_model
 
     t0 = time.perf_counter()
     lm = mlx_model.load(catalogue.embedded_path())

@@ -5,7 +5,7 @@ shapes and random weights (speed and memory do not depend on weight values), bat
 gradient checkpointing, AdamW, in the same run on the same GPU. Each (shape, method) runs in its own
 process so peak-memory figures are clean and one failure cannot poison the other.
 
-Ours: `panza_local.train.torch_backend.LoraModel` over a base whose every linear (and the embedding and
+Ours: `panza_local.train.torch.backend.LoraModel` over a base whose every linear (and the embedding and
 output tables) stays in GGUF Q4_0 blocks (uint8 nibbles + fp16 scales, 4.5 bits a weight), dequantized
 per use inside forward and backward by `q4.q4_linear` (a torch.compile'd fused kernel), LoRA in bf16.
 Baseline: LlamaForCausalLM, linears replaced by bitsandbytes NF4 Linear4bit (compute bf16),
@@ -81,8 +81,8 @@ def run_ours_graph(shape: str, device: str, seq: int, warmup: int, steps: int, r
 def run_ours(shape: str, device: str, seq: int, warmup: int, steps: int, rank: int, graph: bool = False) -> dict:
     import torch
 
-    from panza_local.train import q4
-    from panza_local.train.torch_backend import Base, Config, LoraModel
+    from panza_local.train.torch import q4
+    from panza_local.train.torch.backend import Base, Config, LoraModel
 
     s = SHAPES[shape]
     cfg = Config(arch="llama", n_layers=s["n_layers"], dim=s["dim"], n_heads=s["n_heads"],

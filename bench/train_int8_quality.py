@@ -25,7 +25,7 @@ def run(precision: str, data: Path, steps: int, threads: int) -> dict:
     from panza_local import catalogue
     from panza_local.train import HParams
     from panza_local.train import data as tdata
-    from panza_local.train.torch_backend import train_lora
+    from panza_local.train.torch.backend import train_lora
 
     tok = tdata.Tokenizer(catalogue.embedded_path())
     exs = tdata.examples_from_jsonl(data)

@@ -43,7 +43,9 @@ def prepare(n_pairs: int = 100, seq_len: int = 512, user: str = DEFAULT_USER, ma
 def mlx_row(n_pairs: int = 100, seq_len: int = 512, steps: int = 3, grad_accum: int = 1, rank: int = 8,
             lr: float = 2e-4, rows=None) -> dict:
     """Train the mlx backend for `steps` optimizer steps; return its figures as one benchmark row."""
-    from panza_local.train import HParams, mlx_backend, mlx_model
+    from panza_local.train import HParams
+    from panza_local.train.mlx import backend as mlx_backend
+    from panza_local.train.mlx import model as mlx_model
 
     base, rows_tr, rows_va = rows or prepare(n_pairs, seq_len)
     t0 = time.perf_counter()
@@ -69,7 +71,9 @@ def compare(n_pairs: int = 100, seq_len: int = 256, steps: int = 12, grad_accum:
     validation loss each reaches (issue: comparable validation loss, report both)."""
     import torch
 
-    from panza_local.train import HParams, mlx_backend, torch_backend
+    from panza_local.train import HParams
+    from panza_local.train.mlx import backend as mlx_backend
+    from panza_local.train.torch import backend as torch_backend
 
     base, rows_tr, rows_va = prepare(n_pairs, seq_len)
     hp = HParams(rank=rank, alpha=2.0 * rank, lr=lr, seq_len=seq_len, grad_accum=grad_accum, max_steps=steps,

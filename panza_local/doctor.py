@@ -55,7 +55,7 @@ def accelerators(deep: bool = False) -> dict:
         out["torch_device"] = ("cuda" if torch.cuda.is_available()
                                else "mps" if torch.backends.mps.is_available() else "cpu")
         if out["torch_device"] == "cpu":
-            from .train import int8, native
+            from .train.torch import int8, native
 
             # what `panza train` on this CPU runs: int8 products (VNNI), and the fused kernels (AVX-512 or
             # AVX2 + FMA + F16C, and a C compiler; built into <home>/cache/native on first use, here if not yet)

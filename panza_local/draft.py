@@ -171,7 +171,7 @@ def _budget(prof: prompts.Profile, settings) -> int:
 def _retrieve(query: str, to: str | None, settings, exclude_ids, notices: list[str]) -> list[Retrieved]:
     """Past emails for the prompt: ones to the same recipient first, then the most similar overall."""
     try:
-        from . import index
+        from .retrieval import index
     except ImportError:
         notices.append("no retrieval index in this installation: drafting without past emails")
         return []

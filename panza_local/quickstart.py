@@ -21,7 +21,8 @@ def run(bar: Bar, say: Callable[[str], None], *, limit: int | None = 24, preset:
     """
     import os
 
-    from . import config, draft, index, ingest, playback, sample, train
+    from . import config, draft, ingest, playback, sample, train
+    from .retrieval import index
 
     # The sample person gets a home of their own inside yours, so their settings, mail and adapter never
     # mix with your data: your own `panza ingest` later starts from a clean slate.

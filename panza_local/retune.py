@@ -237,7 +237,8 @@ def _start_from(conn, current: dict | None, new: int, settings) -> tuple[str | N
 
 def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, settings=None) -> dict:
     """One re-tune pass. Returns new_messages, new_pairs, trained, promoted, reason, seconds (+ details)."""
-    from . import index, ingest, playback, train
+    from . import ingest, playback, train
+    from .retrieval import index
     from .train import registry
 
     say = say or (lambda s: None)

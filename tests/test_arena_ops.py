@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from panza_local.train import int8, ops
-from panza_local.train.arena import Arena
+from panza_local.train.torch import int8, ops
+from panza_local.train.torch.arena import Arena
 
 
 def test_arena_regions_are_disjoint_aligned_and_reused_only_when_free():

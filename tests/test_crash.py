@@ -187,7 +187,8 @@ def test_playback_survives_kills(world):
 
 
 def test_index_survives_kills(world):
-    from panza_local import chroma_store, config, index
+    from panza_local import config
+    from panza_local.retrieval import chroma_store, index
 
     home, env, rng = world["home"], _env(world["home"]), world["rng"]
     kills = 0

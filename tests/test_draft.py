@@ -107,7 +107,7 @@ def test_current_adapter_comes_from_the_registry(settings, random_lora):
 @pytest.fixture
 def indexed(settings):
     """A store and a real Chroma index: past mail to bob about the garden, to others about calls."""
-    index = pytest.importorskip("panza_local.index")
+    index = pytest.importorskip("panza_local.retrieval.index")
     conn = store.connect()
     garden = ["Hi Bob,\n\nThe tomatoes in the garden need water on Sunday, the hose is in the shed.\n\nThanks,\nAnn",
               "Hi Bob,\n\nCould you bring the tomatoes seedlings and compost bags to the allotment?\n\nThanks,\nAnn"]

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from panza_local import evaluate, evaluate_report, sample
+from panza_local import evaluate, sample
 from panza_local.errors import NoDataError
+from panza_local.evaluate import report as evaluate_report
 
 REFS = ["Hi Jonas,\n\nCould we meet on site on Tuesday at 10?\n\nCheers,\nMaya",
         "Hi Tom,\n\nPlease add the tree protection zones to sheet 4.\n\nCheers,\nMaya",

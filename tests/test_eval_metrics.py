@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from panza_local import evaluate_metrics as m
+from panza_local.evaluate import metrics as m
 
 REF = "the cat is sitting on the mat"
 CAND = "the cat sat on the mat today"

@@ -28,7 +28,7 @@ def _lora(n_layers=2, dim=576, kv=192, ffn=1536, r=8, seed=0, modules=None):
 
 
 def test_permutation_is_the_converters_and_invertible():
-    from panza_local.train.torch_backend import _unpermute
+    from panza_local.train.torch.backend import _unpermute
 
     w = np.arange(12 * 3).reshape(12, 3)
     p = export.permute_rows(w, n_head=2)  # head_dim 6: rows 0..5 -> 0,3,1,4,2,5 (halves interleaved)

@@ -18,7 +18,7 @@ import torch
 
 from panza_local import engine
 from panza_local.train import data, export
-from panza_local.train import torch_backend as tb
+from panza_local.train.torch import backend as tb
 
 pytestmark = pytest.mark.slow
 

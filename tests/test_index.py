@@ -12,8 +12,9 @@ import json
 import numpy as np
 import pytest
 
-from panza_local import chroma_store, chunks, config, embed, index, store
+from panza_local import config, store
 from panza_local.errors import NoDataError
+from panza_local.retrieval import chroma_store, chunks, embed, index
 
 # A small mailbox with distinct topics, so relevance is unambiguous for a real embedding model.
 MAIL = [

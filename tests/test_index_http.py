@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from test_index import MAIL, add_message  # tests/ is on sys.path (rootdir-relative import mode)
 
-from panza_local import chroma_store, config, index, store
+from panza_local import config, store
 from panza_local.errors import ConfigError, StoreError
+from panza_local.retrieval import chroma_store, index
 
 
 def _free_port() -> int:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from panza_local.train import int8, ops
+from panza_local.train.torch import int8, ops
 
 cos = lambda a, b: F.cosine_similarity(a.flatten(), b.flatten(), 0).item()
 
@@ -112,7 +112,7 @@ def test_swiglu_gradient():
 
 @pytest.fixture(scope="module")
 def models(embedded_model):
-    from panza_local.train import torch_backend as tb
+    from panza_local.train.torch import backend as tb
 
     if not int8.available():
         pytest.skip("this CPU has no VNNI int8 matmul (the int8 path is off here; fp32 trains)")

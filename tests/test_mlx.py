@@ -26,7 +26,7 @@ def _tiny(seed: int = 0):
     from mlx import nn
     from mlx_lm.models import llama
 
-    from panza_local.train import mlx_model
+    from panza_local.train.mlx import model as mlx_model
 
     mx.random.seed(seed)
     args = llama.ModelArgs(model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
@@ -71,7 +71,7 @@ def test_repack_matches_mx_load_bit_for_bit(embedded_model):
     import mlx.core as mx
     from gguf import GGUFReader
 
-    from panza_local.train import mlx_model
+    from panza_local.train.mlx import model as mlx_model
 
     ref = mx.load(str(embedded_model))
     seen = 0
@@ -93,7 +93,7 @@ def test_repack_q8_0_and_q4_0_dequantize_exactly():
     from gguf import GGMLQuantizationType as T
     from gguf.quants import dequantize, quantize
 
-    from panza_local.train import mlx_model
+    from panza_local.train.mlx import model as mlx_model
 
     w = np.random.default_rng(0).normal(0, 0.05, (8, 64)).astype(np.float32)
     for name, bits in (("Q8_0", 8), ("Q4_0", 4)):
@@ -115,7 +115,7 @@ def test_packed_rows_do_not_see_each_other():
     """Two examples packed in one row give the logits each gives alone (positions restart, mask blocks)."""
     import mlx.core as mx
 
-    from panza_local.train import mlx_model
+    from panza_local.train.mlx import model as mlx_model
 
     lm = _tiny()
     a, b = [5, 9, 11, 40, 7, 3], [60, 2, 33, 8, 90]
@@ -134,7 +134,7 @@ def test_packed_rows_do_not_see_each_other():
 def test_lora_tensors_are_peft_layout_and_round_trip():
     import mlx.core as mx
 
-    from panza_local.train import mlx_backend
+    from panza_local.train.mlx import backend as mlx_backend
 
     lm = _tiny()
     mlx_backend.add_lora(lm, 4, 8.0, ("q_proj", "k_proj", "down_proj"))
@@ -159,7 +159,7 @@ def test_lora_tensors_are_peft_layout_and_round_trip():
 
 
 def test_training_lowers_loss_and_keeps_best_state(tmp_path):
-    from panza_local.train import mlx_backend
+    from panza_local.train.mlx import backend as mlx_backend
 
     rows = _rows(4)
     res = mlx_backend.train_lora(None, rows, rows[:2], _hp(max_steps=6, evals=3), tmp_path, lm=_tiny())
@@ -177,7 +177,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     from mlx import nn
     from mlx.utils import tree_flatten
 
-    from panza_local.train import mlx_backend
+    from panza_local.train.mlx import backend as mlx_backend
 
     lm = _tiny(1)
     mlx_backend.add_lora(lm, 4, 8.0, ("q_proj", "v_proj", "down_proj"), seed=3)
@@ -200,7 +200,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
 
 
 def test_training_with_gradient_checkpointing_ends_where_training_without_it_ends(tmp_path):
-    from panza_local.train import mlx_backend
+    from panza_local.train.mlx import backend as mlx_backend
 
     rows = _rows(4)
     a = mlx_backend.train_lora(None, rows, rows[:2], _hp(max_steps=3, evals=1), tmp_path / "a", lm=_tiny())
@@ -210,7 +210,7 @@ def test_training_with_gradient_checkpointing_ends_where_training_without_it_end
 
 
 def test_early_stopping_stops_when_validation_stops_improving(tmp_path):
-    from panza_local.train import mlx_backend
+    from panza_local.train.mlx import backend as mlx_backend
 
     rows = _rows(4)
     # lr so high that validation gets worse at once: two bad passes in a row stop the run
@@ -224,7 +224,7 @@ def test_early_stopping_stops_when_validation_stops_improving(tmp_path):
 
 
 def test_killed_run_resumes_from_checkpoint_and_ends_where_an_unbroken_run_ends(tmp_path):
-    from panza_local.train import mlx_backend
+    from panza_local.train.mlx import backend as mlx_backend
 
     rows, val = _rows(4), _rows(2, seed=3)
     full = mlx_backend.train_lora(None, rows, val, _hp(), tmp_path / "full", lm=_tiny())
@@ -255,7 +255,7 @@ def test_unsupported_architecture_is_refused_with_a_fix(tmp_path):
     import gguf
 
     from panza_local.errors import NotAGGUF
-    from panza_local.train import mlx_model
+    from panza_local.train.mlx import model as mlx_model
 
     path = tmp_path / "phi.gguf"
     w = gguf.GGUFWriter(str(path), "phi2")
@@ -299,7 +299,9 @@ def test_embedded_model_lora_parity_with_llama_cpp(embedded_model, tmp_path):
     """
     import mlx.core as mx
 
-    from panza_local.train import export, mlx_backend, mlx_model
+    from panza_local.train import export
+    from panza_local.train.mlx import backend as mlx_backend
+    from panza_local.train.mlx import model as mlx_model
 
     lm = mlx_model.load(embedded_model)
     assert lm.reader == "mx.load" and not lm.requantized
@@ -330,7 +332,7 @@ def test_gemma3_k_quant_is_requantized_and_matches_llama_cpp(tmp_path, monkeypat
 
     from panza_local import catalogue
     from panza_local.errors import ModelNotFound
-    from panza_local.train import mlx_model
+    from panza_local.train.mlx import model as mlx_model
 
     monkeypatch.setenv("PANZA_HOME", str(tmp_path / "home"))
     try:

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from panza_local.train import int8, native
+from panza_local.train.torch import int8, native
 
 
 @pytest.fixture(autouse=True, params=native.variants_here() or [None])
@@ -134,7 +134,7 @@ def test_build_is_cached_and_a_failing_compiler_is_reported(tmp_path, monkeypatc
 
 
 def test_rope_and_its_adjoint_from_and_to_any_layout(torch_path):
-    from panza_local.train import ops
+    from panza_local.train.torch import ops
 
     torch.manual_seed(4)
     t, h, d = 29, 3, 48  # half = 24: a full and a masked chunk per half
@@ -150,7 +150,7 @@ def test_rope_and_its_adjoint_from_and_to_any_layout(torch_path):
 
 
 def test_rms_norm_forward_and_backward(torch_path):
-    from panza_local.train import ops
+    from panza_local.train.torch import ops
 
     torch.manual_seed(5)
     w = torch.rand(70) + 0.5
@@ -273,7 +273,7 @@ def test_the_setting_turns_the_kernels_off(home, monkeypatch):
 def test_without_a_working_compiler_training_falls_back_with_a_warning(home, monkeypatch, caplog):
     monkeypatch.setattr(native, "_lib", False)
     monkeypatch.setenv("CC", "false")  # a fresh home has no built library, and this compiler fails
-    with caplog.at_level("WARNING", logger="panza_local.train.native"):
+    with caplog.at_level("WARNING", logger="panza_local.train.torch.native"):
         assert native.lib() is None
     assert "fused CPU kernels unavailable" in caplog.text and "false failed on native.c" in caplog.text
     x = torch.randn(5, 40)

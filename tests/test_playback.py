@@ -13,8 +13,8 @@ import pytest
 from test_playback_quality import add_message
 
 from panza_local import playback, store
-from panza_local import playback_quality as q
 from panza_local.cli import main
+from panza_local.playback import scoring as q
 
 MAIL = [
     (("Dear Tom,\n\nWould it be possible to reactivate Peter's IT account? He needs to run some additional "

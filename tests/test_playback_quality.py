@@ -8,7 +8,7 @@ import json
 import pytest
 
 from panza_local import playback, store
-from panza_local import playback_quality as q
+from panza_local.playback import scoring as q
 
 EMAIL = ("Dear Tom,\n\nCould you send me the signed Koch confirmation for the Malin deal by Thursday? "
          "Our auditors in Portland need it before 14 March.\n\nBest regards,\nPhillip")

@@ -158,7 +158,7 @@ def test_hub_and_telemetry_switches_are_forced_in_code_whatever_the_environment(
 
 
 def test_chroma_client_is_built_with_telemetry_off(home):
-    from panza_local import chroma_store
+    from panza_local.retrieval import chroma_store
 
     chroma_store.forget_clients()
     try:

@@ -60,7 +60,7 @@ def test_train_exports_registers_and_reuses(home, shared_data):
     again = train(conn, backend="torch", preset="quick", overrides=TINY)
     assert again["reused"] and again["adapter_id"] == res["adapter_id"]
     # precision auto trains in int8 where this CPU has VNNI; fp32 on request is another adapter
-    from panza_local.train import int8
+    from panza_local.train.torch import int8
 
     assert res["precision"] == ("int8" if int8.available() else "float32")
     exact = train(conn, backend="torch", preset="quick", overrides={**TINY, "precision": "fp32"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from panza_local.train import gguf_tensors, q4
+from panza_local.train.torch import gguf_tensors, q4
 
 
 def test_blocks_match_gguf_py_dequantization(embedded_model):

@@ -49,7 +49,7 @@ def retune_history(limit: int = 8) -> list[dict]:
 
 def retrieve(conn, query: str, settings, *, to: str | None = None) -> tuple[list[dict], list[str]]:
     """Past emails like `query` for a chat turn, as side-panel rows, plus notices (no index yet, ...)."""
-    from panza_local import index
+    from panza_local.retrieval import index
 
     try:
         hits = index.search(query, settings.rag_k, kinds=["sent"], to=to, min_score=settings.rag_min_score,

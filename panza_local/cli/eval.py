@@ -39,7 +39,7 @@ def run(args) -> int:
 
 
 def _human(r: dict) -> None:
-    from ..evaluate_report import markdown_table
+    from ..evaluate.report import markdown_table
 
     print(f"{r['n']} held-out emails x {r['seeds']} seeds ({r['data']}); adapter: {r['adapter'] or 'none'}")
     print(markdown_table(r))

@@ -12,7 +12,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import index, store
+    from .. import store
+    from ..retrieval import index
 
     conn = store.connect()
     try:

@@ -19,8 +19,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import index, store
+    from .. import store
     from ..errors import ConfigError
+    from ..retrieval import index
 
     if args.k < 1:
         raise ConfigError(f"--k must be at least 1, got {args.k}", fix="panza search QUERY --k 5")

@@ -21,8 +21,8 @@ import sys
 from dataclasses import dataclass, field
 
 BACKENDS = {
-    "torch": "panza_local.train.torch_backend:train_lora",
-    "mlx": "panza_local.train.mlx_backend:train_lora",
+    "torch": "panza_local.train.torch.backend:train_lora",
+    "mlx": "panza_local.train.mlx.backend:train_lora",
 }
 PRESETS = ("quick", "standard", "thorough")
 MIN_PAIRS = 8

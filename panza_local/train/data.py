@@ -96,7 +96,7 @@ def examples(conn: sqlite3.Connection, split: str, settings=None, *, context: bo
 
 def _training_context(conn, message_id: int, settings) -> list[str] | None:
     """Past emails retrieved for one training email (never itself), for the RAFT share of examples."""
-    from .. import index
+    from ..retrieval import index
 
     if not index.carries_context(message_id, settings.raft_context_share):
         return None

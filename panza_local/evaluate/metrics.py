@@ -84,7 +84,7 @@ def _token_embeddings(texts: Sequence[str], layer: int | None = None):
     """Per text: (token ids, L2-normalised contextual embeddings) without [CLS]/[SEP]."""
     import torch
 
-    from . import embed
+    from ..retrieval import embed
 
     st = embed.model()
     tok, net = st[0].tokenizer, st[0].auto_model
@@ -103,7 +103,7 @@ def _token_embeddings(texts: Sequence[str], layer: int | None = None):
 
 def idf_weights(references: Sequence[str]) -> dict[int, float]:
     """BERTScore's idf over the reference set: log((M + 1) / (df + 1)) per wordpiece id."""
-    from . import embed
+    from ..retrieval import embed
 
     tok = embed.model()[0].tokenizer
     df: Counter = Counter()
@@ -188,7 +188,7 @@ def mauve_from_features(p_feats, q_feats, *, num_buckets: int | str = "auto", ex
 
 def mauve(candidates: Sequence[str], references: Sequence[str], **kwargs) -> float:
     """MAUVE of the generated set against the reference set, on the embedded MiniLM sentence embeddings."""
-    from . import embed
+    from ..retrieval import embed
 
     return mauve_from_features(embed.embed(list(candidates)), embed.embed(list(references)), **kwargs)
 

@@ -11,7 +11,7 @@ _LOCK = threading.Lock()
 @lru_cache(maxsize=2)
 def model(name: str = "all-minilm-l6-v2"):
     """A SentenceTransformer loaded once from the embedded model folder (never from the hub)."""
-    from . import catalogue
+    from .. import catalogue
 
     folder = catalogue.embedding_model_dir(name)
     from sentence_transformers import SentenceTransformer
@@ -38,7 +38,7 @@ def embed(texts: list[str], name: str = "all-minilm-l6-v2", batch_size: int = 64
 
 def dims(name: str = "all-minilm-l6-v2") -> int:
     """Embedding width of model `name` (from the catalogue, no model load)."""
-    from . import catalogue
+    from .. import catalogue
 
     return catalogue.get(name).dims or 384
 

@@ -7,8 +7,8 @@ import json
 import math
 from pathlib import Path
 
-from . import paths
-from .errors import PanzaError
+from .. import paths
+from ..errors import PanzaError
 
 CONFIG_COLOURS = {"stock": "#9e9e9e", "stock+rag": "#64b5f6", "adapter": "#ffb74d", "adapter+rag": "#e53935"}
 PLOT_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore", "mauve")
@@ -122,7 +122,7 @@ def adapter_metrics(adapter_id: str | None) -> dict | None:
     if not adapter_id:
         return None
     try:
-        from .train import registry
+        from ..train import registry
 
         m = registry.get(adapter_id).get("metrics")
         if m:

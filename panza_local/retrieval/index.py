@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from email.utils import getaddresses
 
-from . import chroma_store, chunks, config, embed, failpoint, store
-from .errors import NoDataError
+from .. import config, failpoint, store
+from ..errors import NoDataError
+from . import chroma_store, chunks, embed
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlparse
 
-from . import paths
-from .errors import ConfigError, StoreError
+from .. import paths
+from ..errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
 

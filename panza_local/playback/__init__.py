@@ -1,7 +1,7 @@
 """Data playback: for every email the user wrote, the instruction that would have produced it.
 
 `generate` asks the chat model (few-shot, a GBNF grammar that forces an imperative sentence naming the
-recipient, short output) and checks the answer with the guards in `playback_quality`; a rejected answer is
+recipient, short output) and checks the answer with the guards in `playback.scoring`; a rejected answer is
 retried with another seed, and when the model keeps failing a deterministic extractive instruction is used
 instead. Every pair records which of the two it came from (`source`). The model's sentence carries the ask;
 the email's most specific terms (names, numbers, rare words) are appended so the instruction is specific
@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import failpoint, store
-from . import playback_quality as q
-from .errors import NoDataError
-from .playback_export import export, pairs, split_of, splits  # noqa: F401  (public API lives here too)
+from .. import failpoint, store
+from ..errors import NoDataError
+from . import scoring as q
+from .export import export, pairs, split_of, splits  # noqa: F401  (public API lives here too)
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def _with_specifics(sentence: str, email: str, idf: dict, exclude: list[str]) ->
 
 def generate(row: dict, *, model_path: str | Path, settings, idf: dict, user_name: str = "") -> dict:
     """Instruction for one message row (body, thread, subject, to_addrs, content_hash): model, else fallback."""
-    from . import engine
+    from .. import engine
 
     email = (row.get("body") or "").strip()
     if not email:
@@ -172,7 +172,7 @@ def _mine(conn: sqlite3.Connection) -> list[dict]:
 def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = None,
         on_progress: Progress | None = None, settings=None) -> dict:
     """Generate the missing pairs (at most `limit`); return generated/reused/failed/recall_at_1/copy_ratio_median."""
-    from . import catalogue, config
+    from .. import catalogue, config
 
     settings = settings or config.load({"model": model} if model else None)
     model_path = catalogue.resolve(model or settings.model)
@@ -254,7 +254,7 @@ def quality(conn: sqlite3.Connection, cfg_hash: str, recompute: bool = True) -> 
 
 
 def _score_recall(conn: sqlite3.Connection, rows) -> None:
-    from . import embed
+    from ..retrieval import embed
 
     pool = conn.execute("SELECT content_hash, body FROM messages WHERE is_mine = 1 AND deleted = 0").fetchall()
     index = {r["content_hash"]: i for i, r in enumerate(pool)}

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import NotAGGUF
-from ..gguf_header import _Reader
+from ...errors import NotAGGUF
+from ...gguf_header import _Reader
 
 _TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 8: "Q8_0", 30: "BF16"}
 

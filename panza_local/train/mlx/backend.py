@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import failpoint
-from .data import IGNORE
+from ... import failpoint
+from ..data import IGNORE
 
 CHECKPOINT = "checkpoint.mlx.safetensors"
 
@@ -91,7 +91,7 @@ def row_loss(lm, ids, pos, seg, sel, tgt, grad_ckpt: bool = False):
     """Summed cross-entropy over one row's loss tokens; the vocabulary projection only where there is loss."""
     from mlx import nn
 
-    from . import mlx_model
+    from . import model as mlx_model
 
     h = mlx_model.hidden(lm, ids, pos, seg, grad_ckpt=grad_ckpt)[0]
     logits = mlx_model.head(lm, h[sel])
@@ -159,7 +159,8 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
     from mlx import nn
     from mlx.utils import tree_map
 
-    from . import mlx_model, schedule
+    from .. import schedule
+    from . import model as mlx_model
 
     if lm is None:
         lm = mlx_model.load(gguf_path)

@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import evaluate_metrics as metrics
-from .errors import NoDataError, PanzaError
-from .evaluate_data import Item, _norm, items_from_jsonl, items_from_store, read_jsonl  # noqa: F401
+from ..errors import NoDataError, PanzaError
+from . import metrics
+from .data import Item, _norm, items_from_jsonl, items_from_store, read_jsonl  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,14 @@ class Generation:
 
 def context_for(item: Item, settings, conn=None) -> list:
     """Leak-free retrieved examples for one held-out item (draft.Retrieved list); NoDataError without an index."""
-    from . import draft, index
+    from .. import draft
+    from ..retrieval import index
 
     # No usable index raises NoDataError: the caller skips the +RAG configurations and says why.
     if item.message_id is not None:
         hits = index.training_context(item.message_id, conn=conn, settings=settings, query=item.instruction)
     else:
-        from . import embed
+        from ..retrieval import embed
 
         vec = embed.embed([item.reference[:index.MAX_TEXT]], settings.embedding_model)[0]
         probe = _norm(item.reference)[:300]
@@ -79,7 +80,7 @@ def context_for(item: Item, settings, conn=None) -> list:
 
 def adapter_available(settings=None) -> tuple[str | None, str]:
     """(adapter id, '') when drafts can use the current adapter, else (None, why not)."""
-    from . import draft
+    from .. import draft
 
     plan_notes: list[str] = []
     try:
@@ -90,7 +91,7 @@ def adapter_available(settings=None) -> tuple[str | None, str]:
 
 
 def _settings(overrides: dict | None = None):
-    from . import config
+    from .. import config
 
     return config.load(overrides or {})
 
@@ -100,7 +101,7 @@ def generate(item: Item, config: str, seed: int, settings, examples: list | None
     """One draft of `item` under `config` (not recorded in the drafts table)."""
     import time
 
-    from . import draft
+    from .. import draft
 
     opts = CONFIGS[config]
     t0 = time.perf_counter()
@@ -240,7 +241,7 @@ def run(*, data: str | Path | None = None, limit: int | None = 20, seeds: int = 
         configs: Sequence[str] = tuple(CONFIGS), report: str | Path | None = None,
         on_progress: Progress | None = None, settings=None, conn=None, max_tokens: int | None = None) -> dict:
     """`panza eval`: pick held-out items (store or --data), evaluate, record, optionally write the report."""
-    from . import store
+    from .. import store
 
     settings = settings or _settings()
     bad = [c for c in configs if c not in CONFIGS]
@@ -264,7 +265,7 @@ def run(*, data: str | Path | None = None, limit: int | None = 20, seeds: int = 
                                         for c, v in result["configs"].items()}})
         _save_with_adapter(result)
         if report:
-            from .evaluate_report import write_report
+            from .report import write_report
 
             result["report"] = str(write_report(result, Path(report)))
         return result
@@ -277,7 +278,7 @@ def _save_with_adapter(result: dict) -> None:
     """Store the scores next to the adapter they measured (adapters/<id>/eval.json)."""
     if not result.get("adapter"):
         return
-    from . import paths
+    from .. import paths
 
     folder = paths.home() / "adapters" / re.sub(r"[^\w.+-]", "_", str(result["adapter"]))
     if not folder.is_dir():

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import NoDataError
+from ..errors import NoDataError
 
 
 @dataclass
@@ -40,7 +40,7 @@ def _get(row, *names, default=None):
 def _test_rows(conn) -> list:
     """The held-out (newest) pairs from playback; a clear error when there are none."""
     try:
-        from . import playback
+        from .. import playback
     except ImportError:
         raise NoDataError("this installation has no playback stage, so there are no held-out pairs",
                           fix="evaluate a corpus instead: panza eval --data FILE.jsonl") from None

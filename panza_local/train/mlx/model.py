@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import NotAGGUF
+from ...errors import NotAGGUF
 
 GROUP = 32
 NATIVE = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}  # what mx.load keeps quantized, and what we repack exactly
@@ -68,7 +68,7 @@ class Loaded:
 
 
 def _meta(path: Path) -> dict:
-    from .. import gguf_header
+    from ... import gguf_header
 
     return gguf_header.read_header(path)["metadata"]
 

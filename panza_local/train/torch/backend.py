@@ -23,11 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import failpoint
-from ..errors import AdapterError
-from . import int8, ops, q4, schedule
+from ... import failpoint
+from ...errors import AdapterError
+from .. import schedule
+from ..data import IGNORE
+from . import int8, ops, q4
 from .arena import Arena
-from .data import IGNORE
 
 ARCHS = {"llama", "mistral", "qwen2", "qwen3"}
 PERMUTED = {"llama", "mistral"}
@@ -442,7 +443,7 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
     """
     import time
 
-    from .. import engine
+    from ... import engine
 
     device = pick_device(device)
     if device == "cpu":

@@ -68,7 +68,7 @@ def recall_hits(instruction_vecs, email_vecs, own: list[int]):
 
 def recall_at_1(instructions: list[str], emails: list[str], own: list[int] | None = None) -> float:
     """Share of instructions whose nearest email (embedded with the embedding model) is their own."""
-    from . import embed
+    from ..retrieval import embed
 
     own = list(range(len(instructions))) if own is None else own
     if not instructions:

@@ -69,7 +69,7 @@ def pairs(conn: sqlite3.Connection, split: str | None = None) -> list[dict]:
 
 def chat_record(pair: dict) -> dict:
     """One training example: the prompt the drafts use, with the email as the assistant turn."""
-    from . import prompts
+    from .. import prompts
 
     msgs = prompts.build(pair["instruction"], thread=pair.get("thread"), to=pair.get("to"),
                          subject=pair.get("subject"))
@@ -78,8 +78,8 @@ def chat_record(pair: dict) -> dict:
 
 def export(conn: sqlite3.Connection, out_dir: str | Path) -> dict:
     """Write train/valid/test.jsonl (chat records, chronological split) and manifest.json into `out_dir`."""
-    from . import paths
-    from .errors import NoDataError
+    from .. import paths
+    from ..errors import NoDataError
 
     rows = pairs(conn)
     if not rows:

@@ -82,7 +82,7 @@ def build(cache_dir: Path | None = None, variant: str = "avx512") -> Path:
     source = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
     key = hashlib.sha256(source + cc.encode() + " ".join(flags).encode()).hexdigest()[:16]
     if cache_dir is None:
-        from .. import paths
+        from ... import paths
 
         cache_dir = paths.ensure_dir(paths.home() / "cache" / "native")
     out = Path(cache_dir) / f"panza_native-{variant}-{key}.so"
@@ -117,7 +117,7 @@ def lib() -> ctypes.CDLL | None:
     global _lib
     if _lib is False:
         _lib = None
-        from .. import config
+        from ... import config
 
         here = variants_here()
         if config.load().train_native_kernels and here:

@@ -1,0 +1,1 @@
+"""Retrieval: the index of past mail and documents (Chroma), embeddings, chunking."""

@@ -1,0 +1,1 @@
+"""The mlx training backend (Apple Silicon; mlx[cpu] on Linux)."""
