@@ -44,8 +44,8 @@ def _ours(model_path, settings, max_tokens, reps):
     ttfts, rates = [], []
     for _ in range(reps):
         engine.load(model_path, n_ctx=settings.n_ctx, threads=settings.threads).reset()
-        engine.chat(PROMPT, model_path=model_path, max_tokens=max_tokens, temperature=0.0, settings=settings)
-        s = engine.last_stats
+        s = engine.Stats()
+        engine.chat(PROMPT, model_path=model_path, max_tokens=max_tokens, temperature=0.0, settings=settings, stats=s)
         ttfts.append(s.ttft_s)
         rates.append((s.completion_tokens - 1) / (s.total_s - s.ttft_s))
     return statistics.median(ttfts), statistics.median(rates)
@@ -62,11 +62,13 @@ def _preamble_ttft(model_path, settings, reps):
     for i in range(reps + 1):
         msgs = [{"role": "system", "content": preamble}, {"role": "user", "content": f"Write note number {i}."}]
         llm.reset()  # cold: nothing cached
-        engine.chat(msgs, model_path=model_path, max_tokens=1, settings=settings)
-        cold.append(engine.last_stats.ttft_s)
+        s = engine.Stats()
+        engine.chat(msgs, model_path=model_path, max_tokens=1, settings=settings, stats=s)
+        cold.append(s.ttft_s)
         msgs[1]["content"] = f"Write reminder number {i}."  # warm: same preamble, new question
-        engine.chat(msgs, model_path=model_path, max_tokens=1, settings=settings)
-        warm.append(engine.last_stats.ttft_s)
+        s = engine.Stats()
+        engine.chat(msgs, model_path=model_path, max_tokens=1, settings=settings, stats=s)
+        warm.append(s.ttft_s)
     return n_pre, statistics.median(warm[1:]), statistics.median(cold[1:])
 
 

@@ -63,16 +63,17 @@ def measure(jsonl: Path, n: int, threads: int) -> dict:
         res = playback.generate(r, model_path=model, settings=settings, idf=idf)
         ours.append(res.get("copy_ratio") or 0.0)
         sources.append(res.get("source"))
-        our_tokens.append(engine.last_stats.completion_tokens)
+        our_tokens.append(engine.count_tokens(res.get("instruction") or "", model, settings))
     ours_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     naive, naive_tokens = [], []
     for r in rows:
+        st = engine.Stats()
         text = engine.chat([{"role": "user", "content": NAIVE.format(email=r["body"])}], model_path=model,
-                           settings=settings, seed=1)
+                           settings=settings, seed=1, stats=st)
         naive.append(q.copy_ratio(text, r["body"]))
-        naive_tokens.append(engine.last_stats.completion_tokens)
+        naive_tokens.append(st.completion_tokens)
     naive_s = time.perf_counter() - t0
 
     n = len(rows)

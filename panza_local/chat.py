@@ -163,12 +163,14 @@ def prompt_messages(history: list[ChatMessage] | list[dict], *, examples: list[s
 
 def stream_reply(history: list[ChatMessage] | list[dict], *, examples: list[str] | None = None,
                  settings=None, max_tokens: int | None = None, seed: int | None = None,
-                 temperature: float | None = None, lora_path=None) -> Iterator[str]:
-    """Yield the assistant's next turn for `history`, piece by piece, from the embedded engine."""
+                 temperature: float | None = None, lora_path=None, stats=None) -> Iterator[str]:
+    """Yield the assistant's next turn for `history`, piece by piece, from the embedded engine
+    (`stats`: an engine.Stats to fill with this turn's timings)."""
     from . import engine
 
-    yield from engine.stream_chat(prompt_messages(history, examples=examples), settings=settings,
-                                  max_tokens=max_tokens, seed=seed, temperature=temperature, lora_path=lora_path)
+    return (yield from engine.stream_chat(prompt_messages(history, examples=examples), settings=settings,
+                                          max_tokens=max_tokens, seed=seed, temperature=temperature,
+                                          lora_path=lora_path, stats=stats))
 
 
 def reply(history: list[ChatMessage] | list[dict], **kwargs) -> str:

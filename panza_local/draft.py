@@ -1,4 +1,4 @@
-"""Drafting: plan (profile + retrieval + adapter + prompt), stream, collect; then save as .eml, Maildir or IMAP.
+"""Drafting: plan (profile + retrieval + adapter + prompt), stream, collect (saving it: `outbox`).
 
 Layered like every stage: `prepare` builds a DraftPlan (the prompt and everything that went into it),
 `stream(plan)` yields text pieces from the engine, `finish(plan)` turns what was streamed into a Draft;
@@ -8,12 +8,11 @@ index or adapter never stops a draft: the plan records a one-line notice and dra
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import engine, prompts
@@ -112,8 +111,8 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
     if reply:
         to = to or reply.sender
         subject = subject or _re(reply.subject)
-    prof = prompt_profile(to, profile if profile is not None else _safe(profiles.load, notices, prompts.Profile()),
-                          notices=notices)
+    prof = profiles.prompt_profile(to, profile if profile is not None else _safe(profiles.load, notices, prompts.Profile()),
+                                   notices=notices)
     if examples is None:
         examples = _retrieve(instruction, to, settings, exclude_ids, notices) if use_rag else []
     else:
@@ -127,30 +126,6 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
                      to=to, subject=subject, reply=reply, retrieved=list(examples), adapter=adapter,
                      lora_path=lora, profile=prof, max_tokens=_budget(prof, settings), seed=seed,
                      notices=notices)
-
-
-def prompt_profile(to: str | None, prof: prompts.Profile, *, conn=None, notices: list[str] | None = None
-                   ) -> prompts.Profile:
-    """The profile as the prompt shows it for recipient `to` (their usual greeting filled in).
-
-    Training (train/data.py) calls this too, so the adapter learns on exactly the prompt drafts use.
-    """
-    from . import profile as profiles
-
-    greet = _safe(lambda: profiles.greeting_for(to, conn=conn), notices if notices is not None else [], None) \
-        if to else None
-    if greet or "<name>" in prof.greeting:
-        prof = replace(prof, greeting=greet or _named(prof.greeting, to))
-    return prof
-
-
-def _named(greeting: str, to: str | None) -> str:
-    """A seeded greeting form ("Hi <name>,") filled with the recipient's first name, or without a name."""
-    from email.utils import getaddresses
-
-    names = [n for n, _ in getaddresses([to or ""]) if n.strip()]
-    first = names[0].split()[0].strip(",") if names else ""
-    return greeting.replace("<name>", first) if first else greeting.replace(" <name>", "").replace("<name>", "")
 
 
 def _safe(fn, notices: list[str], default):
@@ -243,34 +218,13 @@ def _adapter(use_adapter, settings, notices: list[str]) -> tuple[str | None, Pat
 
             raise AdapterError(f"adapter file {p} does not exist", fix="panza adapters list")
         return p.stem, p
-    try:
-        cur = _current_adapter()
-    except PanzaError as exc:
-        notices.append(f"adapter not used ({exc.message}): drafting with the stock model")
-        return None, None
-    if not cur:
-        notices.append("no adapter in use: drafting with the stock model "
-                       "(train one with `panza train`, or pick one with `panza adapters use ID`)")
-        return None, None
-    gguf = cur.get("gguf") or cur.get("gguf_path")
-    base = cur.get("base_model")
-    if base and base != settings.model:
-        notices.append(f"the current adapter was trained for {base}, not {settings.model}: drafting with the stock model")
-        return None, None
-    if not gguf or not Path(gguf).exists():
-        notices.append(f"adapter {cur.get('id')} has no GGUF export: drafting with the stock model "
-                       f"(fix: panza adapters export {cur.get('id')} --format gguf)")
-        return None, None
-    return str(cur.get("id") or Path(gguf).parent.name), Path(gguf)
+    from .train import registry
 
-
-def _current_adapter() -> dict | None:
-    """The registry's active adapter (None without a training stage or a promoted adapter)."""
-    try:
-        from .train import registry
-    except ImportError:
-        return None
-    return registry.current()
+    choice = registry.adapter_for(settings)
+    if choice.row is None:
+        notices.append(choice.reason)
+        return None, None
+    return choice.id, choice.gguf
 
 
 # -- replies ------------------------------------------------------------------------------------------------
@@ -356,13 +310,13 @@ def stream(plan: DraftPlan, *, seed: int | None = None, temperature: float | Non
            max_tokens: int | None = None) -> Iterator[str]:
     """Yield the draft's text pieces from the engine; `plan.pieces` holds them afterwards."""
     plan.pieces = []
+    st = engine.Stats()
     for piece in engine.stream_chat(plan.messages, model_path=plan.model_path, lora_path=plan.lora_path,
                                     max_tokens=max_tokens or plan.max_tokens, temperature=temperature,
                                     seed=plan.seed if seed is None else seed, stop=[prompts.FENCE],
-                                    settings=plan.settings):
+                                    settings=plan.settings, stats=st):
         plan.pieces.append(piece)
         yield piece
-    st = engine.last_stats
     plan.stats = {"prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
                   "ttft_s": round(st.ttft_s, 4), "total_s": round(st.total_s, 4),
                   "tokens_per_s": round(st.tokens_per_s, 1)}
@@ -490,172 +444,3 @@ def _record(d: Draft) -> None:
         log.warning("draft not recorded: %s", type(exc).__name__)
     finally:
         conn.close()
-
-
-# -- output -----------------------------------------------------------------------------------------------
-
-def _sender(sender: str | None, settings=None) -> str:
-    """From: the given sender, else the first of settings.me with the profile's name."""
-    from email.utils import formataddr
-
-    if sender:
-        return sender
-    from . import config
-    from . import profile as profiles
-
-    settings = settings or config.load()
-    addr = settings.me[0] if settings.me else ""
-    if not addr:
-        import getpass
-        import socket
-
-        addr = f"{getpass.getuser()}@{socket.gethostname() or 'localhost'}"
-    try:
-        name = profiles.load(seed_if_missing=False).name or settings.user_name
-    except PanzaError:
-        name = settings.user_name
-    return formataddr((name, addr)) if name else addr
-
-
-def to_eml(d: Draft, sender: str | None = None, *, date: str | None = None, settings=None) -> bytes:
-    """The draft as an RFC 5322 message (UTF-8 body, CRLF, In-Reply-To/References for replies)."""
-    from email import policy
-    from email.message import EmailMessage
-    from email.utils import formatdate, make_msgid, parseaddr
-
-    frm = _sender(sender, settings)
-    msg = EmailMessage(policy=policy.SMTP)
-    msg["From"] = frm
-    if d.to:
-        msg["To"] = d.to
-    msg["Subject"] = d.subject or ""
-    msg["Date"] = date or formatdate(localtime=True)
-    domain = parseaddr(frm)[1].rpartition("@")[2] or "localhost"
-    msg["Message-ID"] = make_msgid(domain=domain)
-    if d.in_reply_to:
-        msg["In-Reply-To"] = d.in_reply_to
-    if d.references:
-        msg["References"] = " ".join(d.references)
-    msg["X-Mailer"] = "panza-local"
-    text = d.text if d.text.endswith("\n") else d.text + "\n"
-    cte = "7bit" if text.isascii() and max(map(len, text.splitlines() or [""])) <= 998 else "quoted-printable"
-    msg.set_content(text, charset="utf-8", cte=cte)
-    return msg.as_bytes()
-
-
-_DRAFT_FOLDERS = (".Drafts", "Drafts", ".drafts", "drafts", ".INBOX.Drafts")
-
-
-def drafts_folder(path: str | Path) -> Path:
-    """The Maildir a draft goes to: `path` itself if it is a drafts Maildir, else its Drafts folder."""
-    import mailbox
-
-    root = Path(path).expanduser()
-    if root.name.lower().lstrip(".").endswith("drafts"):
-        return root
-    for name in _DRAFT_FOLDERS:
-        if (root / name / "cur").is_dir():
-            return root / name
-    if (root / "cur").is_dir():  # a Maildir++ root: add its .Drafts folder
-        mailbox.Maildir(str(root), create=False).add_folder("Drafts")
-        return root / ".Drafts"
-    return root
-
-
-def save_maildir(d: Draft, path: str | Path, sender: str | None = None, settings=None) -> Path:
-    """Store the draft in a Maildir drafts folder with the Draft (D) and Seen (S) flags; return its file."""
-    import mailbox
-
-    folder = drafts_folder(path)
-    try:
-        box = mailbox.Maildir(str(folder), factory=None, create=True)
-        msg = mailbox.MaildirMessage(to_eml(d, sender, settings=settings).replace(b"\r\n", b"\n"))
-        msg.set_subdir("cur")
-        msg.set_flags("DS")
-        key = box.add(msg)
-        out = folder / "cur" / f"{key}:2,DS"
-        out.chmod(0o600)  # a draft is private mail, whatever the umask
-    except OSError as exc:
-        raise PanzaError(f"cannot write the draft to the Maildir {folder}: {exc}",
-                         fix="give a writable Maildir: --save-draft maildir:~/Mail/Drafts") from None
-    return out
-
-
-def imap_account(target: str = "imap") -> tuple[dict, str | None]:
-    """(connection settings, mailbox) for `imaps://USER@HOST[:PORT][/Drafts][?cafile=...]`, or for the
-    registered IMAP source when `target` is just "imap" (its mailbox is a source, not the drafts: ignored)."""
-    from .ingest import imap as imap_source
-
-    if target in ("imap", "imaps", ""):
-        from . import store
-
-        conn = store.connect()
-        try:
-            row = conn.execute("SELECT uri FROM sources WHERE kind = 'imap' ORDER BY id LIMIT 1").fetchone()
-        finally:
-            conn.close()
-        if row is None:
-            raise NoDataError("no IMAP account is known",
-                              fix="use --save-draft imaps://USER@HOST/Drafts, or `panza sources add imaps://USER@HOST`")
-        return imap_source.parse_uri(row["uri"]), None
-    cfg = imap_source.parse_uri(target)
-    return cfg, cfg["mailbox"]
-
-
-def save_imap(d: Draft, target: str = "imap", *, mailbox: str | None = None, sender: str | None = None,
-              settings=None) -> str:
-    """APPEND the draft to the IMAP Drafts mailbox with the \\Draft flag; return the mailbox name.
-
-    The account is `target` (an imaps:// URI) or the registered IMAP source; TLS, certificate checks and
-    the keyring password are the IMAP source's own. The mailbox: `mailbox`, the URI's path, the one the
-    server marks \\Drafts (RFC 6154), else "Drafts" (created when missing).
-    """
-    import imaplib
-    import time
-
-    from .ingest import imap as imap_source
-
-    cfg, box = imap_account(target)
-    box = mailbox or box
-    raw = to_eml(d, sender, settings=settings)
-    conn = imap_source.connect(cfg)
-    where = f"{cfg['host']}:{cfg['port']}"
-    try:
-        box = box or _drafts_mailbox(conn)
-        flags, when = r"(\Draft \Seen)", imaplib.Time2Internaldate(time.time())
-        typ, data = conn.append(_quote(box), flags, when, raw)
-        if typ != "OK":  # [TRYCREATE]: the mailbox does not exist yet
-            conn.create(_quote(box))
-            typ, data = conn.append(_quote(box), flags, when, raw)
-        if typ != "OK":
-            raise PanzaError(f"the IMAP server {where} refused the draft: {data!r}",
-                             fix=f"check that the mailbox {box!r} exists and is writable")
-    except imaplib.IMAP4.error as exc:
-        raise PanzaError(f"IMAP error on {where}: {exc}", fix=f"check the mailbox name {box!r}") from None
-    finally:
-        with contextlib.suppress(Exception):
-            conn.logout()
-    log.info("draft appended to an IMAP mailbox on %s", cfg["host"] if getattr(settings, "debug", False) else "server")
-    return box
-
-
-def _drafts_mailbox(conn) -> str:
-    _typ, rows = conn.list()
-    names = []
-    for raw in rows or []:
-        line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        m = re.match(r'\((?P<flags>[^)]*)\) (?:"[^"]*"|NIL) (?P<name>.+)$', line)
-        if not m:
-            continue
-        name = m.group("name").strip().strip('"')
-        if "\\drafts" in m.group("flags").lower():
-            return name
-        names.append(name)
-    for name in names:
-        if name.lower() in ("drafts", "inbox.drafts", "inbox/drafts"):
-            return name
-    return "Drafts"
-
-
-def _quote(name: str) -> str:
-    return name if re.fullmatch(r"[A-Za-z0-9._/-]+", name) else '"' + name.replace('"', '\\"') + '"'

@@ -51,7 +51,8 @@ def _quiet_env() -> None:
 
 @dataclass
 class Stats:
-    """Timing of the last generation (what the TUI side panel and benchmarks show)."""
+    """Timing of one generation (what the TUI side panel and benchmarks show): pass one to `stream_chat`
+    as `stats=` and it is filled in as the stream runs; the stream also returns it."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -64,8 +65,6 @@ class Stats:
         gen = self.total_s - self.ttft_s
         return self.completion_tokens / gen if gen > 0 else 0.0
 
-
-last_stats = Stats()
 
 
 def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: int = 4096,
@@ -120,9 +119,12 @@ def default_model(settings=None):
 def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, lora_path: str | Path | None = None,
                 max_tokens: int | None = None, temperature: float | None = None, stop: list[str] | None = None,
                 seed: int | None = None, grammar: str | None = None, top_p: float = 0.95,
-                repeat_penalty: float = 1.1, settings=None) -> Iterator[str]:
-    """Yield the assistant's reply to `messages` piece by piece (chat template from the GGUF)."""
-    global last_stats
+                repeat_penalty: float = 1.1, settings=None, stats: Stats | None = None) -> Iterator[str]:
+    """Yield the assistant's reply to `messages` piece by piece (chat template from the GGUF).
+
+    `stats` (optional) is filled with this generation's token counts and timings; the generator's return
+    value is the same Stats.
+    """
     from . import config
 
     settings = settings or config.load()
@@ -141,7 +143,7 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
 
         with _suppress_stderr():
             kwargs["grammar"] = LlamaGrammar.from_string(grammar, verbose=False)
-    stats = Stats()
+    stats = stats if stats is not None else Stats()
     t0 = time.perf_counter()
     with _LOCK:
         for chunk in llm.create_chat_completion(**kwargs):
@@ -153,7 +155,7 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
                 yield delta
     stats.total_s = time.perf_counter() - t0
     stats.prompt_tokens = llm.n_tokens - stats.completion_tokens
-    last_stats = stats
+    return stats
 
 
 def chat(messages: list[dict], **kwargs) -> str:

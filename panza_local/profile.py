@@ -11,11 +11,11 @@ import re
 import statistics
 import sys
 from collections import Counter
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from . import paths
-from .errors import ConfigError
+from .errors import ConfigError, PanzaError
 from .prompts import Profile
 
 if sys.version_info >= (3, 11):
@@ -53,6 +53,15 @@ def load(*, seed_if_missing: bool = True) -> Profile:
                               fix=f"fix it with `panza profile edit`, or delete {p} and run `panza profile seed`")
         return from_dict(data)
     return seed() if seed_if_missing else Profile()
+
+
+def load_or_none() -> Profile | None:
+    """The profile prompts use (stored, else seeded), or None when it cannot be read: training and scoring
+    then build their prompts without a profile block rather than not at all."""
+    try:
+        return load()
+    except PanzaError:
+        return None
 
 
 def from_dict(data: dict) -> Profile:
@@ -209,6 +218,32 @@ def greeting_for(to: str | None, conn=None) -> str | None:
         return None
     line, n = Counter(firsts).most_common(1)[0]
     return line if n >= 0.3 * len(rows) else None
+
+
+def prompt_profile(to: str | None, prof: Profile, *, conn=None, notices: list[str] | None = None) -> Profile:
+    """The profile as the prompt shows it for recipient `to` (their usual greeting filled in).
+
+    Drafting and training both call this, so the adapter learns on exactly the prompt drafts use.
+    """
+    greet = None
+    if to:
+        try:
+            greet = greeting_for(to, conn=conn)
+        except PanzaError as exc:  # an unreadable store costs the greeting, not the draft
+            if notices is not None:
+                notices.append(f"profile not used: {exc.message}")
+    if greet or "<name>" in prof.greeting:
+        prof = replace(prof, greeting=greet or _named(prof.greeting, to))
+    return prof
+
+
+def _named(greeting: str, to: str | None) -> str:
+    """A seeded greeting form ("Hi <name>,") filled with the recipient's first name, or without a name."""
+    from email.utils import getaddresses
+
+    names = [n for n, _ in getaddresses([to or ""]) if n.strip()]
+    first = names[0].split()[0].strip(",") if names else ""
+    return greeting.replace("<name>", first) if first else greeting.replace(" <name>", "").replace("<name>", "")
 
 
 def address_of(value: str) -> str:

@@ -95,23 +95,19 @@ def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=Non
 
     Scored by llama.cpp on the served bits, with the prompt builder training and drafting use.
     """
-    from . import catalogue, draft, engine, prompts
+    from . import catalogue, engine, prompts
     from . import profile as profiles
-    from .errors import PanzaError
 
     settings = settings or config.load()
     test = test if test is not None else test_pairs(conn, limit)[0]
     if not test:
         return None
     model = catalogue.resolve(settings.model)
-    try:
-        base_profile = profiles.load()
-    except PanzaError:
-        base_profile = None
+    base_profile = profiles.load_or_none()
     total, count = 0.0, 0
     for p in test:
         # the very prompt training and drafting build (per-recipient profile block included)
-        prof = draft.prompt_profile(p.get("to"), base_profile, conn=conn) if base_profile else None
+        prof = profiles.prompt_profile(p.get("to"), base_profile, conn=conn) if base_profile else None
         msgs = prompts.build(p["instruction"], thread=p.get("thread"), to=p.get("to"), subject=p.get("subject"),
                              profile=prof)
         nll, n = engine.target_nll(msgs, p["email"], model, adapter_gguf, threads=settings.threads)
@@ -127,7 +123,7 @@ def gate(conn, candidate_id: str, settings=None, say: Say | None = None) -> dict
 
     say = say or (lambda s: None)
     settings = settings or config.load()
-    current = registry.current(conn)
+    current = registry.adapter_for(settings, conn).row
     cand = registry.get(candidate_id, conn)
     test, thash = test_pairs(conn)
     out = {"candidate": cand["id"], "compared_with": current["id"] if current else "base", "n_test": len(test),
@@ -180,7 +176,7 @@ def plan(conn, settings=None, force: bool = False) -> dict:
     from .train import MIN_PAIRS, registry
 
     settings = settings or config.load()
-    current = registry.current(conn)
+    current = registry.adapter_for(settings, conn).row
     n_ok = len(playback.pairs(conn))
     ref = _reference(conn, current)
     new = n_ok if ref is None else conn.execute(
@@ -271,7 +267,7 @@ def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, s
 
 
 def _pass(conn, out, step, force, say, on_progress, settings, index, ingest, playback, train, registry) -> None:
-    cur = registry.current(conn)
+    cur = registry.adapter_for(settings, conn).row
     out["adapter_before"] = out["adapter_after"] = cur["id"] if cur else None
     sources = registered_sources(conn)
     if sources:
@@ -314,7 +310,7 @@ def _pass(conn, out, step, force, say, on_progress, settings, index, ingest, pla
     out["promoted"], out["score_new"], out["score_current"] = g["promoted"], g["score_new"], g["score_current"]
     out["compared_with"], out["n_test"] = g["compared_with"], g["n_test"]
     out["reason"] = f"{decision['why']}; {g['reason']}"
-    cur = registry.current(conn)
+    cur = registry.adapter_for(settings, conn).row
     out["adapter_after"] = cur["id"] if cur else None
 
 

@@ -108,6 +108,7 @@ def test_stream_reply_from_real_engine(home):
     from panza_local import config, engine
 
     settings = config.load({"threads": 1, "max_tokens": 6})
-    pieces = list(chat.stream_reply([{"role": "user", "content": "Say hi"}], settings=settings, seed=1))
+    stats = engine.Stats()
+    pieces = list(chat.stream_reply([{"role": "user", "content": "Say hi"}], settings=settings, seed=1, stats=stats))
     assert pieces and "".join(pieces).strip()
-    assert engine.last_stats.completion_tokens == len(pieces)
+    assert stats.completion_tokens == len(pieces)

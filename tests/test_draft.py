@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from panza_local import draft, prompts, store
+from panza_local import draft, outbox, prompts, store
 
 MAX = 10  # tokens per generated draft: enough to compare outputs, cheap on 2 shared cores
 
@@ -159,7 +159,7 @@ def test_reply_draft_as_eml_carries_threading_headers(settings, tmp_path):
     assert d.to == "Bob Stone <bob@example.org>" and d.subject == "Re: Budget für Q3"
     assert d.in_reply_to == "<orig-2@example.org>"
     assert d.references == ["<orig-1@example.org>", "<orig-2@example.org>"]
-    raw = draft.to_eml(d, "Ann Lee <ann@example.org>")
+    raw = outbox.to_eml(d, "Ann Lee <ann@example.org>")
     assert b"\r\n" in raw and all(b < 128 for b in raw)  # RFC 5322 on the wire: CRLF, 7-bit headers+body
     parsed = email.message_from_bytes(raw, policy=policy.default)
     assert parsed["In-Reply-To"] == "<orig-2@example.org>"
@@ -179,17 +179,17 @@ def plan_user(d, eml, settings) -> str:
 def test_eml_utf8_body_roundtrip_and_maildir_draft_flag(home, tmp_path):
     d = draft.Draft(text="Liebe Grüße aus Köln — ça va? 日本", subject="Grüße", to="eve@example.org",
                     adapter=None, retrieved=[])
-    parsed = email.message_from_bytes(draft.to_eml(d, "ann@example.org"), policy=policy.default)
+    parsed = email.message_from_bytes(outbox.to_eml(d, "ann@example.org"), policy=policy.default)
     assert parsed.get_content().replace("\r\n", "\n").strip() == d.text and parsed["Subject"] == "Grüße"
     root = tmp_path / "Mail"
     mailbox.Maildir(str(root), create=True)  # a Maildir++ root: the draft goes to its .Drafts folder
-    path = draft.save_maildir(d, root, "ann@example.org")
+    path = outbox.save_maildir(d, root, "ann@example.org")
     assert path.exists() and path.parent.parent.name == ".Drafts" and path.stat().st_mode & 0o077 == 0
     box = mailbox.Maildir(str(root / ".Drafts"), create=False)
     (msg,) = list(box)
     assert "D" in msg.get_flags() and msg.get_subdir() == "cur"
     assert msg["Subject"] == "=?utf-8?q?Gr=C3=BC=C3=9Fe?=" or "Gr" in msg["Subject"]
-    own = draft.save_maildir(d, tmp_path / "drafts")  # a folder named drafts is used as is
+    own = outbox.save_maildir(d, tmp_path / "drafts")  # a folder named drafts is used as is
     assert own.parent.parent == tmp_path / "drafts" and own.name.endswith(":2,DS")
 
 

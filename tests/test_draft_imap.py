@@ -9,7 +9,7 @@ from email import policy
 import pytest
 import test_ingest_imap as ingest_imap_tests
 
-from panza_local import draft, store
+from panza_local import draft, outbox, store
 from panza_local.ingest import imap as imap_source
 
 # the ingest tests' real Dovecot server and in-memory keyring, and their skip when Dovecot is absent
@@ -27,12 +27,12 @@ def _reply() -> draft.Draft:
 def test_save_imap_appends_with_the_draft_flag(dovecot, keyring_memory, home):
     keyring_memory.set_password(imap_source.KEYRING_SERVICE, "alice@127.0.0.1", "s3cret")
     uri = f"imaps://alice@127.0.0.1:{dovecot['port']}/Drafts?cafile={dovecot['cafile']}"
-    assert draft.save_imap(_reply(), uri, sender="alice@example.com") == "Drafts"  # created on first use
+    assert outbox.save_imap(_reply(), uri, sender="alice@example.com") == "Drafts"  # created on first use
     # the registered source is the default account; its own mailbox (INBOX) is not where drafts go
     conn = store.connect()
     conn.execute("INSERT INTO sources (uri, kind, added_at) VALUES (?, 'imap', ?)",
                  (f"imaps://alice@127.0.0.1:{dovecot['port']}/INBOX?cafile={dovecot['cafile']}", store.now()))
-    assert draft.save_imap(_reply(), "imap", sender="alice@example.com") == "Drafts"
+    assert outbox.save_imap(_reply(), "imap", sender="alice@example.com") == "Drafts"
     admin = dovecot["admin"]()
     typ, data = admin.select("Drafts", readonly=True)
     assert typ == "OK" and int(data[0]) == 2
@@ -51,4 +51,4 @@ def test_save_imap_wrong_password_names_the_fix(dovecot, keyring_memory, home):
     keyring_memory.set_password(imap_source.KEYRING_SERVICE, "alice@127.0.0.1", "wrong")
     uri = f"imaps://alice@127.0.0.1:{dovecot['port']}/Drafts?cafile={dovecot['cafile']}"
     with pytest.raises(PanzaError, match="keyring set"):
-        draft.save_imap(_reply(), uri)
+        outbox.save_imap(_reply(), uri)

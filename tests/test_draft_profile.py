@@ -61,8 +61,8 @@ def test_profile_cli(home, capsys):
 def test_seeded_greeting_is_filled_for_the_recipient(home):
     from panza_local import draft
 
-    assert draft._named("Hi <name>,", "Carol Diaz <carol@example.org>") == "Hi Carol,"
-    assert draft._named("Hi <name>,", "carol@example.org") == "Hi,"
+    assert profile._named("Hi <name>,", "Carol Diaz <carol@example.org>") == "Hi Carol,"
+    assert profile._named("Hi <name>,", "carol@example.org") == "Hi,"
     conn = store.connect()
     _mail(conn)
     plan = draft.prepare("Ask about lunch", to="Carol Diaz <carol@example.org>", use_rag=False, use_adapter=False)

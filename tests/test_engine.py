@@ -19,11 +19,12 @@ MSGS = [{"role": "system", "content": "You write short emails."},
 
 
 def test_stream_and_collect_agree(settings, embedded_model):
-    pieces = list(engine.stream_chat(MSGS, model_path=embedded_model, max_tokens=40, settings=settings))
+    stats = engine.Stats()
+    pieces = list(engine.stream_chat(MSGS, model_path=embedded_model, max_tokens=40, settings=settings, stats=stats))
     assert len(pieces) > 3 and "".join(pieces).strip()
     again = engine.chat(MSGS, model_path=embedded_model, max_tokens=40, settings=settings)
     assert again == "".join(pieces)  # greedy decoding is deterministic
-    assert engine.last_stats.completion_tokens > 0 and engine.last_stats.ttft_s > 0
+    assert stats.completion_tokens == len(pieces) and stats.ttft_s > 0 and stats.prompt_tokens > 0
 
 
 def test_one_model_object_is_reused(settings, embedded_model):
@@ -33,8 +34,9 @@ def test_one_model_object_is_reused(settings, embedded_model):
 
 
 def test_stop_sequence_and_max_tokens(settings, embedded_model):
-    text = engine.chat(MSGS, model_path=embedded_model, max_tokens=8, settings=settings)
-    assert 0 < engine.last_stats.completion_tokens <= 8
+    stats = engine.Stats()
+    text = engine.chat(MSGS, model_path=embedded_model, max_tokens=8, settings=settings, stats=stats)
+    assert 0 < stats.completion_tokens <= 8
     stopped = engine.chat(MSGS, model_path=embedded_model, max_tokens=60, stop=["Bob", "bob"], settings=settings)
     assert "Bob" not in stopped and len(stopped) <= len(engine.chat(MSGS, model_path=embedded_model,
                                                                     max_tokens=60, settings=settings))
@@ -53,12 +55,11 @@ def test_shared_prefix_is_not_re_evaluated(settings, embedded_model):
     llm = engine.load(embedded_model, n_ctx=settings.n_ctx, threads=settings.threads)
     first = [{"role": "system", "content": preamble}, {"role": "user", "content": "Say hi to Ann."}]
     second = [{"role": "system", "content": preamble}, {"role": "user", "content": "Say hi to Bob."}]
-    engine.chat(first, model_path=embedded_model, max_tokens=4, settings=settings)
-    cold = engine.last_stats.ttft_s
-    engine.chat(second, model_path=embedded_model, max_tokens=4, settings=settings)
-    warm = engine.last_stats.ttft_s
-    assert engine.last_stats.prompt_tokens > 300 and llm.n_tokens > 300
-    assert warm < cold  # only the differing tail was evaluated
+    cold, warm = engine.Stats(), engine.Stats()
+    engine.chat(first, model_path=embedded_model, max_tokens=4, settings=settings, stats=cold)
+    engine.chat(second, model_path=embedded_model, max_tokens=4, settings=settings, stats=warm)
+    assert warm.prompt_tokens > 300 and llm.n_tokens > 300
+    assert warm.ttft_s < cold.ttft_s  # only the differing tail was evaluated
 
 
 def test_missing_model_file_is_a_clear_error(settings, tmp_path):

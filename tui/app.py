@@ -52,7 +52,7 @@ class PanzaApp(App):
         self._first_run = first_run
         self._check_model = check_model
         self.conn = store.connect()
-        self.adapter = backend.current_adapter()
+        self.adapter = backend.current_adapter(self.settings)
 
     def on_mount(self) -> None:
         # A re-tune in another process (`panza retune`, the schedule) can promote a new adapter at any time:
@@ -80,14 +80,14 @@ class PanzaApp(App):
 
     def refresh_adapter(self) -> None:
         """Re-read the promoted adapter (after a re-tune)."""
-        self.adapter = backend.current_adapter()
+        self.adapter = backend.current_adapter(self.settings)
 
     def check_adapter(self) -> None:
         """Switch to a newly promoted adapter (the next reply or draft uses it) and show that it happened."""
         old_id = (self.adapter or {}).get("id")
         if backend.current_adapter_id() == old_id:
             return
-        now = backend.current_adapter()
+        now = backend.current_adapter(self.settings)
         new_id = (now or {}).get("id")
         if new_id == old_id:
             return

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from panza_local import chat, config, draft, engine
+from panza_local import chat, config, draft, engine, outbox
 from panza_local.errors import NoDataError, PanzaError
 
 
@@ -20,14 +20,12 @@ def check_model(settings=None) -> None:
     engine.default_model(settings)
 
 
-def current_adapter() -> dict | None:
-    """The adapter drafts use ({id, gguf, metrics, ...}), or None: the base model alone."""
+def current_adapter(settings=None) -> dict | None:
+    """The adapter drafts use ({id, gguf, metrics, ...}), or None: the base model alone (also when the
+    current adapter was trained for another base model)."""
     from panza_local.train import registry
 
-    try:
-        return registry.current()
-    except PanzaError:
-        return None
+    return registry.adapter_for(settings).row
 
 
 def current_adapter_id() -> str | None:
@@ -73,6 +71,26 @@ def plan_draft(instruction: str, *, to: str = "", subject: str = "", thread: dic
                          seed=seed, settings=settings)
 
 
+def stream_draft(plan: draft.DraftPlan):
+    """The draft's text pieces from the engine (draft.stream); `finish_draft(plan)` collects them."""
+    return draft.stream(plan)
+
+
+def finish_draft(plan: draft.DraftPlan) -> draft.Draft:
+    """The Draft made of what `stream_draft(plan)` produced (recorded in the store)."""
+    return draft.finish(plan)
+
+
+def new_stats() -> engine.Stats:
+    """An empty engine.Stats for a stream to fill (tokens, time to first token, tokens/s)."""
+    return engine.Stats()
+
+
+def stream_reply(history: list, **kwargs):
+    """A chat turn's text pieces (chat.stream_reply; pass `stats=new_stats()` to get its timings)."""
+    return chat.stream_reply(history, **kwargs)
+
+
 def plan_rows(conn, plan: draft.DraftPlan) -> list[dict]:
     """The plan's retrieved emails as side-panel rows (score, date, subject)."""
     dates = chat.item_dates(conn, [r.id for r in plan.retrieved])
@@ -90,7 +108,7 @@ def save_eml(path: str | Path, d: draft.Draft) -> Path:
     from panza_local import paths
 
     path = Path(path).expanduser()
-    return paths.write_private(path, draft.to_eml(d))
+    return paths.write_private(path, outbox.to_eml(d))
 
 
 def save_maildir(folder: str | Path, d: draft.Draft) -> Path:
@@ -98,7 +116,7 @@ def save_maildir(folder: str | Path, d: draft.Draft) -> Path:
     from panza_local import paths
 
     paths.ensure_dir(Path(folder).expanduser().parent)
-    return draft.save_maildir(d, Path(folder).expanduser())
+    return outbox.save_maildir(d, Path(folder).expanduser())
 
 
 def alternatives(instruction: str, n: int = 3, **kwargs) -> list[draft.Draft]:

@@ -100,7 +100,7 @@ def run(args) -> int:
 
 
 def _print(args, drafts, settings) -> None:
-    from .. import draft
+    from .. import outbox
 
     if args.format == "json":
         obj = drafts[0].to_dict()
@@ -109,7 +109,7 @@ def _print(args, drafts, settings) -> None:
         print(json.dumps(obj, indent=2, ensure_ascii=False))
     elif args.format == "eml":
         for d in drafts:
-            sys.stdout.buffer.write(draft.to_eml(d, args.sender, settings=settings))
+            sys.stdout.buffer.write(outbox.to_eml(d, args.sender, settings=settings))
             sys.stdout.flush()
     else:
         for i, d in enumerate(drafts, 1):
@@ -119,13 +119,13 @@ def _print(args, drafts, settings) -> None:
 
 
 def _save(d, target: str, sender: str | None, settings) -> str:
-    from .. import draft
+    from .. import outbox
     from ..errors import PanzaError
 
     if target.startswith("maildir:"):
-        return str(draft.save_maildir(d, target[len("maildir:"):], sender, settings=settings))
+        return str(outbox.save_maildir(d, target[len("maildir:"):], sender, settings=settings))
     if target.startswith(("imap", "imaps")):
-        box = draft.save_imap(d, target, sender=sender, settings=settings)
+        box = outbox.save_imap(d, target, sender=sender, settings=settings)
         return f"IMAP mailbox {box}"
     raise PanzaError(f"unknown --save-draft target {target!r}",
                      fix="use maildir:PATH (e.g. maildir:~/Mail/Drafts), imap (the registered account) "

@@ -80,14 +80,10 @@ def context_for(item: Item, settings, conn=None) -> list:
 
 def adapter_available(settings=None) -> tuple[str | None, str]:
     """(adapter id, '') when drafts can use the current adapter, else (None, why not)."""
-    from .. import draft
+    from ..train import registry
 
-    plan_notes: list[str] = []
-    try:
-        aid, _ = draft._adapter(True, settings or _settings(), plan_notes)
-    except PanzaError as exc:
-        return None, exc.message
-    return (aid, "") if aid else (None, plan_notes[0] if plan_notes else "no adapter")
+    choice = registry.adapter_for(settings or _settings())
+    return (choice.id, "") if choice.row else (None, choice.reason)
 
 
 def _settings(overrides: dict | None = None):

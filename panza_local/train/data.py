@@ -69,15 +69,11 @@ def examples(conn: sqlite3.Connection, split: str, settings=None, *, context: bo
     share of examples (the index stage's own stable draw) also carry past emails retrieved for them, as
     drafts do, when an index exists.
     """
-    from .. import config, draft, playback
+    from .. import config, playback
     from .. import profile as profiles
-    from ..errors import PanzaError
 
     settings = settings or config.load()
-    try:
-        base_profile = profiles.load()
-    except PanzaError:
-        base_profile = None
+    base_profile = profiles.load_or_none()
     out = []
     for r in playback.pairs(conn, split):
         instruction, email = _row_get(r, "instruction"), _row_get(r, "email")
@@ -87,7 +83,7 @@ def examples(conn: sqlite3.Connection, split: str, settings=None, *, context: bo
         ctx = _training_context(conn, mid, settings) if context and mid is not None else None
         to = _row_get(r, "to")
         # the same profile block drafts show (usual greeting for this recipient, sign-off, length)
-        prof = draft.prompt_profile(to, base_profile, conn=conn) if base_profile else None
+        prof = profiles.prompt_profile(to, base_profile, conn=conn) if base_profile else None
         out.append(make_example(instruction, email, _row_get(r, "content_hash", default=""),
                                 thread=_row_get(r, "thread"), to=to, subject=_row_get(r, "subject"),
                                 examples=ctx, profile=prof, meta={"message_id": mid, "split": _row_get(r, "split")}))

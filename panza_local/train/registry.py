@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paths, store
@@ -130,6 +131,48 @@ def current(conn: sqlite3.Connection | None = None) -> dict | None:
     if row["status"] != "ready" or not Path(row["gguf"]).exists():
         return None
     return row
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The adapter drafts serve for the active base model: `row` (with `id`, `gguf`), or None and `reason`,
+    a one-line notice that names the fix."""
+
+    row: dict | None
+    reason: str = ""
+
+    @property
+    def id(self) -> str | None:
+        return self.row["id"] if self.row else None
+
+    @property
+    def gguf(self) -> Path | None:
+        return Path(self.row["gguf"]) if self.row else None
+
+
+def adapter_for(settings=None, conn: sqlite3.Connection | None = None) -> Choice:
+    """The current adapter when it can serve `settings.model` (trained for that base, GGUF on disk), else
+    why not. Draft, eval, serve, retune and the TUI all ask here, so none of them can load an adapter
+    trained for another base model."""
+    from .. import config
+    from ..errors import PanzaError
+
+    settings = settings or config.load()
+    try:
+        cur = current(conn)
+    except PanzaError as exc:
+        return Choice(None, f"adapter not used ({exc.message}): drafting with the stock model")
+    if not cur:
+        return Choice(None, "no adapter in use: drafting with the stock model "
+                            "(train one with `panza train`, or pick one with `panza adapters use ID`)")
+    base = cur.get("base_model")
+    if base and base != settings.model:
+        return Choice(None, f"the current adapter was trained for {base}, not {settings.model}: "
+                            "drafting with the stock model")
+    if not Path(cur["gguf"]).exists():
+        return Choice(None, f"adapter {cur['id']} has no GGUF export: drafting with the stock model "
+                            f"(fix: panza adapters export {cur['id']} --format gguf)")
+    return Choice(cur)
 
 
 def use(adapter_id: str | None, conn: sqlite3.Connection | None = None) -> dict | None:

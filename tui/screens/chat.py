@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Markdown
 from textual.worker import get_current_worker
 
-from panza_local import chat, engine
+from panza_local import chat
 from panza_local.errors import PanzaError
 
 from .. import backend
@@ -50,6 +50,7 @@ class ChatScreen(Screen):
         self._md_stream = None
         self._reply_block: Markdown | None = None
         self._query = ""
+        self._stats = backend.new_stats()  # the timings of the reply being streamed (one at a time)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -158,8 +159,10 @@ class ChatScreen(Screen):
             self.post_message(ContextReady(hits, backend.model_name(self.app.settings), self.app.adapter_label(),
                                            notices))
             adapter = self.app.adapter
-            gen = chat.stream_reply(history, examples=[h["text"] for h in hits], settings=self.app.settings,
-                                    seed=self.app.seed, lora_path=adapter["gguf"] if adapter else None)
+            self._stats = backend.new_stats()
+            gen = backend.stream_reply(history, examples=[h["text"] for h in hits], settings=self.app.settings,
+                                       seed=self.app.seed, lora_path=adapter["gguf"] if adapter else None,
+                                       stats=self._stats)
             try:
                 for piece in gen:
                     if worker.is_cancelled:
@@ -191,7 +194,7 @@ class ChatScreen(Screen):
     async def _stream_done(self, event: StreamDone) -> None:
         await self._finish_stream()
         text = event.text.strip() or "(no reply)"
-        stats = engine.last_stats
+        stats = self._stats
         meta = {"retrieved": [h["id"] for h in getattr(self, "_hits", [])], "adapter": self.app.adapter_label(),
                 "tokens": stats.completion_tokens, "tokens_per_s": round(stats.tokens_per_s, 1)}
         if self.conversation_id is not None:

@@ -15,7 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static, TextArea
 from textual.worker import get_current_worker
 
-from panza_local import chat, draft, engine
+from panza_local import chat, draft
 from panza_local.errors import PanzaError
 
 from .. import backend
@@ -106,7 +106,7 @@ class DraftScreen(Screen):
                                       seed=self.app.seed, settings=self.app.settings)
             self.post_message(ContextReady(backend.plan_rows(self.app.conn, plan), plan.settings.model,
                                            plan.adapter or "none (base model)", plan.notices))
-            gen = draft.stream(plan)
+            gen = backend.stream_draft(plan)
             try:
                 for piece in gen:
                     if worker.is_cancelled:
@@ -114,7 +114,7 @@ class DraftScreen(Screen):
                     self.post_message(StreamChunk(piece))
             finally:
                 gen.close()
-            result = draft.finish(plan)
+            result = backend.finish_draft(plan)
         except PanzaError as exc:
             self.post_message(StreamFailed(str(exc)))
             return
@@ -139,9 +139,9 @@ class DraftScreen(Screen):
         area = self.query_one("#draft-text", TextArea)
         area.text = event.text  # the tidied text (a stray "Subject:" line moved into the subject)
         area.read_only = False
-        stats = engine.last_stats
-        self.query_one("#draft-side", SidePanel).show_speed(stats.completion_tokens, stats.tokens_per_s,
-                                                            stats.ttft_s)
+        stats = event.result.stats if event.result is not None else {}
+        self.query_one("#draft-side", SidePanel).show_speed(stats.get("completion_tokens", 0),
+                                                            stats.get("tokens_per_s", 0.0), stats.get("ttft_s", 0.0))
         to, subject = self._fields()
         if not subject and event.result is not None:
             self.query_one("#draft-subject", Input).value = event.result.subject
