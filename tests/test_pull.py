@@ -250,7 +250,7 @@ def test_offline_gives_a_clear_error_with_the_manual_route(home, monkeypatch):
     assert not (home / "models" / (QWEN[1] + ".part")).exists()
     env = {**os.environ, "PANZA_HOME": str(home)}
     r = subprocess.run([sys.executable, "-m", "panza_local", "models", "pull", "qwen2.5-0.5b"],
-                       capture_output=True, text=True, env=env, timeout=120)
+                       check=False, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr and "panza models add" in r.stderr
 
 
@@ -310,15 +310,15 @@ def test_cli_pull_and_list(fake_hub, home):
     fake_hub.add(*QWEN, data)
     env = {**os.environ, "PANZA_HOME": str(home), "PANZA_HUB_ENDPOINT": fake_hub.url}
     r = subprocess.run([sys.executable, "-m", "panza_local", "models", "pull", "qwen2.5-0.5b", "--json"],
-                       capture_output=True, text=True, env=env, timeout=120)
+                       check=False, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert Path(json.loads(r.stdout)["path"]).read_bytes() == data
     r = subprocess.run([sys.executable, "-m", "panza_local", "models", "list", "--json"],
-                       capture_output=True, text=True, env=env, timeout=120)
+                       check=False, capture_output=True, text=True, env=env, timeout=120)
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert rows["qwen2.5-0.5b"]["present"] and rows["qwen2.5-0.5b"]["verified"] == "hub hash"
     assert rows["llama-3.2-1b"]["pinned"] and not rows["llama-3.2-1b"]["present"]
     assert rows["smollm2-135m"]["pinned"] and rows["qwen2.5-coder-0.5b"]["pinned"]
-    r = subprocess.run([sys.executable, "-m", "panza_local", "models", "list"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "panza_local", "models", "list"], check=False, capture_output=True, text=True,
                        env=env, timeout=120)
     assert "pinned" in r.stdout and "hub hash" in r.stdout
