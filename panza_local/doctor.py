@@ -88,14 +88,21 @@ def models() -> list[dict]:
     for m in catalogue.load_catalogue().values():
         if m.kind != "chat":
             continue
-        try:
-            path = str(catalogue.resolve(m.name))
-        except PanzaError:
-            path = None
-        rows.append({"name": m.name, "present": path is not None, "path": path, "embedded": bool(m.package)})
+        path, state = catalogue.status(m)  # cheap: doctor never downloads or assembles a model
+        rows.append({"name": m.name, "present": path is not None, "path": path, "embedded": bool(m.package),
+                     "state": state, "pinned": m.pinned})
     for name, row in catalogue.user_models().items():
         rows.append({"name": name, "present": Path(row["path"]).exists(), "path": row["path"], "embedded": False})
     return rows
+
+
+def engine_info(settings) -> dict:
+    """Which engine generates: llama.cpp in this process, or the OpenAI-compatible server at engine_url."""
+    if not settings.engine_url:
+        return {"kind": "local", "url": None, "model": settings.model}
+    from . import remote
+
+    return {"kind": "remote", "url": settings.engine_url, "model": remote.model_name(settings), **remote.ping(settings)}
 
 
 def report(deep: bool = False) -> dict:
@@ -125,6 +132,7 @@ def report(deep: bool = False) -> dict:
         "llama_cpp": llama_build(),
         "home": str(paths.home()),
         "active_model": settings.model,
+        "engine": engine_info(settings),
         "models": models(),
         "embedded_model": embedded,
         "embedding_model": embedder,

@@ -113,6 +113,10 @@ def default_model(settings=None):
     from . import catalogue, config
 
     settings = settings or config.load()
+    if settings.engine_url:  # generation runs on a server (remote.py): the model need not be on this machine
+        from . import remote
+
+        return remote.model_path(settings), settings
     return catalogue.resolve(settings.model), settings
 
 
@@ -128,6 +132,14 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
     from . import config
 
     settings = settings or config.load()
+    if settings.engine_url:  # an OpenAI-compatible server holds the model and the adapter (remote.py)
+        from . import remote
+
+        return (yield from remote.stream_chat(
+            messages, settings=settings, max_tokens=max_tokens if max_tokens is not None else settings.max_tokens,
+            temperature=settings.temperature if temperature is None else temperature, stop=stop or [],
+            seed=settings.seed if seed is None else seed, top_p=top_p, repeat_penalty=repeat_penalty,
+            grammar=grammar, stats=stats))
     if model_path is None:
         model_path, _ = default_model(settings)
     llm = load(model_path, lora_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers)

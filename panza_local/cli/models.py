@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 from ._out import add_json, emit
 
 
@@ -29,27 +32,29 @@ def list_cmd(args) -> int:
     from dataclasses import asdict
 
     from .. import catalogue, config
-    from ..errors import PanzaError
 
     active = config.load().model
     rows = []
     for m in catalogue.load_catalogue().values():
-        try:
-            path = str(catalogue.resolve(m.name)) if m.kind == "chat" else str(catalogue.embedding_model_dir(m.name))
-        except PanzaError:
-            path = None
-        rows.append({**asdict(m), "present": path is not None, "path": path, "active": m.name == active})
+        path, state = catalogue.status(m)
+        verified = "package" if m.kind == "embedding" else "pinned" if m.pinned else "hub hash"
+        rows.append({**asdict(m), "present": path is not None, "path": path, "state": state,
+                     "pinned": m.pinned, "verified": verified, "active": m.name == active})
     for name, row in catalogue.user_models().items():
         rows.append({"name": name, "kind": "chat", "arch": row["arch"], "display": f"added: {row['path']}",
-                     "ram_gb": None, "license": "?", "present": True, "path": row["path"], "active": name == active})
+                     "ram_gb": None, "license": "?", "present": True, "path": row["path"], "state": "added",
+                     "pinned": bool(row.get("sha256")), "verified": "added", "active": name == active})
 
     def human(rows):
         for r in rows:
             mark = "*" if r["active"] else " "
             state = "on disk" if r["present"] else "not pulled"
             ram = f"{r['ram_gb']:>4} GB" if r.get("ram_gb") else "    ?  "
-            print(f"{mark} {r['name']:18} {r['kind']:9} {ram}  {state:10}  {r['display']}  [{r['license']}]")
-        print("\n* = active.  panza models pull NAME | panza models add FILE.gguf --name NAME | panza models use NAME")
+            print(f"{mark} {r['name']:18} {r['kind']:9} {ram}  {state:10}  {r['verified']:8}  {r['display']}  "
+                  f"[{r['license']}]")
+        print("\n* = active.  verified: pinned = sha256 in the catalogue; hub hash = checked against the hash the hub "
+              "sends;\npackage = installed with pip.  panza models pull NAME | panza models add FILE.gguf --name NAME | "
+              "panza models use NAME")
 
     emit(args, rows, human)
     return 0
@@ -58,9 +63,37 @@ def list_cmd(args) -> int:
 def pull_cmd(args) -> int:
     from .. import catalogue
 
-    path = catalogue.pull(args.name)
+    with _download_bar(enabled=not args.json) as update:
+        path = catalogue.pull(args.name, on_progress=update)
     emit(args, {"name": args.name, "path": str(path)}, lambda d: print(f"{d['name']}: {d['path']}"))
     return 0
+
+
+@contextlib.contextmanager
+def _download_bar(enabled: bool = True):
+    """A byte progress bar (size, speed, ETA) on stderr; yields `update(done, total, note)`."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda done, total, note="": None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from ._out import console
+
+    with Progress(TextColumn("[bold]{task.fields[note]}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=console()) as bar:
+        task = bar.add_task("pull", total=None, note="")
+
+        def update(done: int, total: int, note: str = "") -> None:
+            bar.update(task, completed=done, total=total or None, note=note)
+
+        yield update
 
 
 def add_cmd(args) -> int:
