@@ -114,15 +114,27 @@ def generate(item: Item, config: str, seed: int, settings, examples: list | None
 
 def stream_generations(items: Sequence[Item], configs: Sequence[str], seeds: Sequence[int], settings=None, *,
                        contexts: dict[int, list] | None = None, adapter: str | Path | bool = True,
-                       generate_fn=None) -> Iterator[Generation]:
-    """Yield every (config, item, seed) draft: config outer (one model loaded), seed inner (KV reuse)."""
+                       generate_fn=None, too_long: dict[int, str] | None = None) -> Iterator[Generation]:
+    """Yield every (config, item, seed) draft: config outer (one model loaded), seed inner (KV reuse).
+
+    An item whose instruction cannot fit the model's context is skipped (its index and the reason go into
+    `too_long`); the others are scored without it."""
+    from ..fit import ContextTooLong
+
     settings = settings or _settings()
     gen = generate_fn or generate
     contexts = contexts or {}
+    too_long = too_long if too_long is not None else {}
     for config in configs:
         for i, item in enumerate(items):
             for seed in seeds:
-                g = gen(item, config, seed, settings, contexts.get(i), adapter)
+                if i in too_long:
+                    continue
+                try:
+                    g = gen(item, config, seed, settings, contexts.get(i), adapter)
+                except ContextTooLong as exc:
+                    too_long[i] = exc.message
+                    continue
                 g.index = i
                 yield g
 
@@ -208,11 +220,15 @@ def evaluate(items: Sequence[Item], *, configs: Sequence[str] = tuple(CONFIGS), 
                      f"reads near 1 for almost any pair of sets: trust it only from about {MAUVE_MIN_N} emails up")
     total = len(run_configs) * len(items) * len(seed_list)
     gens: list[Generation] = []
+    too_long: dict[int, str] = {}
     for g in stream_generations(items, run_configs, seed_list, settings, contexts=contexts,
-                                generate_fn=generate_fn):
+                                generate_fn=generate_fn, too_long=too_long):
         gens.append(g)
         if on_progress:
             on_progress(len(gens), total, f"{g.config} seed {g.seed}")
+    if too_long:
+        notes.append(f"{len(too_long)} of {len(items)} held-out emails were not drafted (items "
+                     f"{', '.join(str(i) for i in sorted(too_long))}): {next(iter(too_long.values()))}")
     if on_progress:
         on_progress(total, total, "scoring")
     scored = score(items, gens, with_models=with_models)
