@@ -74,8 +74,10 @@ def context_for(item: Item, settings, conn=None) -> list:
         hits = [h for h in index.search(item.instruction, k=settings.rag_k + 3, kinds=("sent",), conn=conn,
                                         settings=settings, near_dup_of=vec, min_score=settings.rag_min_score)
                 if probe not in _norm(h.text)][:settings.rag_k]
+    docs = index.documents(item.instruction, conn=conn, settings=settings, near_dup_of=item.reference)
     return [draft.Retrieved(id=h.id, score=h.score, text=h.text, to=", ".join(h.to), subject=h.subject)
-            for h in hits]
+            for h in hits] + [draft.Retrieved(id=h.id, score=h.score, text=h.text, subject=h.subject, kind="doc",
+                                              cite=h.cite) for h in docs]  # documents never hold the email
 
 
 def adapter_available(settings=None) -> tuple[str | None, str]:
