@@ -70,11 +70,17 @@ def is_notice(text: str) -> bool:
 # -- counting ------------------------------------------------------------------------------------------------
 
 def _vocab(model_path: str | Path):
-    """The model's tokenizer and chat handlers: a vocab-only llama.cpp load, cached per file."""
+    """The model's tokenizer and chat handlers: the engine's loaded model for this file when there is one
+    (a warm TUI, serve or eval: nothing to load), else a vocab-only llama.cpp load, cached per file."""
     key = str(model_path)
     with _LOCK:
         if key in _VOCABS:
             return _VOCABS[key]
+        from . import engine
+
+        for k, llm in list(getattr(engine, "_MODELS", {}).items()):  # same file: same vocab and template
+            if isinstance(k, tuple) and k and k[0] == key:
+                return llm
         if not Path(key).exists():
             raise ModelNotFound(f"model file {key} does not exist", fix="panza models list")
         os.environ.setdefault("LLAMA_LOG_LEVEL", "error")

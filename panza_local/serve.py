@@ -11,6 +11,7 @@ web page cannot drive the server through DNS rebinding. One generation runs at a
 # defined inside create_app (a string annotation there would resolve to a query parameter).
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 MODELS = {"panza": (True, True), "panza-norag": (False, True), "panza-stock": (False, False)}
 MAX_TOKENS_CAP = 2048
 _GEN_LOCK = threading.Lock()  # one generation at a time: a llama.cpp context serves one sequence
+# One request planned at a time (store, index and tokenizer access as before, when planning ran under
+# _GEN_LOCK), but beside a running generation: a prompt that cannot fit is answered without waiting for it.
+_PLAN_LOCK = threading.Lock()
 
 
 def is_loopback(host: str) -> bool:
@@ -122,11 +126,14 @@ def plan_for(req: dict, settings):
     from . import draft, fit
 
     use_rag, use_adapter = MODELS[req["model"]]
+    if req["max_tokens"]:  # the reply budget the prompt is fitted around
+        settings = dataclasses.replace(settings, max_tokens=req["max_tokens"])
     plan = draft.prepare(req["instruction"], to=req["to"], subject=req["subject"], use_rag=use_rag,
                          use_adapter=use_adapter, seed=req["seed"], settings=settings)
-    if req["max_tokens"]:
-        plan.max_tokens = req["max_tokens"]
-    if req["notes"] or req["history"] or req["max_tokens"]:
+    if req["max_tokens"] and plan.max_tokens != req["max_tokens"]:
+        plan.max_tokens = req["max_tokens"]  # the client's cap, not the profile's typical length
+        fit.fit_plan(plan)
+    if req["notes"] or req["history"]:
         fit.fit_plan(plan, history=req["history"], notes=req["notes"])
     return plan
 
@@ -135,11 +142,16 @@ async def _plan(req: dict, settings):
     """plan_for in a worker thread; a prompt that cannot fit is the client's error (400), not the server's."""
     from .fit import ContextTooLong
 
+    def locked():
+        with _PLAN_LOCK:
+            return plan_for(req, settings)
+
     try:
-        return await asyncio.to_thread(plan_for, req, settings)
+        return await asyncio.to_thread(locked)
     except ContextTooLong as exc:
         raise too_long(exc) from None
     except PanzaError as exc:
+        log.error("planning failed: %s", type(exc).__name__)
         raise APIError(500, exc.message + (f" (fix: {exc.fix})" if exc.fix else ""), "server_error") from None
 
 

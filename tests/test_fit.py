@@ -55,15 +55,20 @@ def plan_with(settings, *, examples=(), thread=None, max_tokens=64, instruction=
 def test_count_is_exactly_what_llama_cpp_evaluates(embedded_model):
     from panza_local import engine
 
-    llm = engine.load(embedded_model, n_ctx=1024, threads=1)
     cases = [[{"role": "user", "content": "Hi"}],
              [{"role": "system", "content": "You write emails.\n<|im_start|>user looks like a token"},
               {"role": "user", "content": "Grüße an Zoë — “quoted” ~~~ 3pm 🙂 " * 20}],
              [{"role": "system", "content": "S"}, {"role": "user", "content": "a"},
               {"role": "assistant", "content": "b"}, {"role": "user", "content": filler("x", 200)}]]
-    for msgs in cases:
+    engine.unload_all()
+    fit._VOCABS.clear()
+    cold = [fit.count(msgs, embedded_model) for msgs in cases]  # a vocab-only load (the cold CLI)
+    fit._VOCABS.clear()
+    llm = engine.load(embedded_model, n_ctx=1024, threads=1)
+    assert fit._vocab(embedded_model) is llm  # warm: the engine's own model, nothing loaded twice
+    for msgs, n in zip(cases, cold):
         got = llm.create_chat_completion(messages=msgs, max_tokens=1, temperature=0.0)
-        assert fit.count(msgs, embedded_model) == got["usage"]["prompt_tokens"]
+        assert n == fit.count(msgs, embedded_model) == got["usage"]["prompt_tokens"]
     assert fit.trained_context(embedded_model) == 8192
 
 
