@@ -46,7 +46,9 @@ def panza(home: Path, *args: str, json_out: bool = True) -> dict:
 
 def table(result: dict) -> str:
     """Markdown: configuration x metric, mean ± spread across seeds."""
-    metrics = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore", "mauve")
+    # bertscore/mauve: the standard packages on roberta-large/gpt2-large (null when not on disk);
+    # *_minilm: panza's re-implementations on the embedded MiniLM, not comparable with published scores
+    metrics = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore", "mauve", "bertscore_minilm", "mauve_minilm")
     lines = ["| configuration | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for name, row in result["configs"].items():
         cells = []
@@ -102,6 +104,7 @@ def main() -> None:
     md = [f"# Evaluation: {args.user} ({', '.join(out['sources'])})", "",
           f"{ev.get('n')} held-out emails x {ev.get('seeds')} seeds, embedded model, preset {args.preset}; "
           f"adapter {ev.get('adapter')}.", "", table(ev), "",
+          "Scoring models: " + "; ".join(f"{k}: {v}" for k, v in dict(ev.get("scoring_models") or {}).items()), "",
           "Step times (s): " + ", ".join(f"{k} {v}" for k, v in steps.items())]
     (res / f"eval_{args.user}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

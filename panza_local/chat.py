@@ -141,11 +141,13 @@ def title_for(text: str, width: int = 48) -> str:
     return words[: width - 1].rsplit(" ", 1)[0] + "…"
 
 
-def prompt_messages(history: list[ChatMessage] | list[dict], *, examples: list[str] | None = None,
-                    max_chars: int = MAX_HISTORY_CHARS) -> list[dict]:
-    """Engine messages for a chat: the system preamble, fenced examples, then the newest turns that fit."""
+def _turns(history: list[ChatMessage] | list[dict]) -> list[dict]:
     turns = [m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in history]
-    turns = [t for t in turns if t["role"] in ("user", "assistant")]
+    return [t for t in turns if t["role"] in ("user", "assistant")]
+
+
+def _newest(turns: list[dict], max_chars: int) -> list[dict]:
+    """The newest turns within `max_chars` (the last one always)."""
     kept: list[dict] = []
     used = 0
     for t in reversed(turns):
@@ -153,24 +155,74 @@ def prompt_messages(history: list[ChatMessage] | list[dict], *, examples: list[s
             break
         kept.insert(0, t)
         used += len(t["content"])
+    return kept
+
+
+def prompt_messages(history: list[ChatMessage] | list[dict], *, examples: list[str] | None = None,
+                    max_chars: int = MAX_HISTORY_CHARS, documents: list[tuple[str, str]] | None = None) -> list[dict]:
+    """Engine messages for a chat: the system preamble, fenced examples and document passages ((source,
+    text) pairs), then the newest turns within `max_chars`."""
+    from .prompts import document_blocks
+
+    kept = _newest(_turns(history), max_chars)
     system = CHAT_SYSTEM
     if examples:
         fenced = "\n\n".join(f"Past email {i}:\n~~~\n{e.replace('~~~', '~ ~ ~').strip()}\n~~~"
                              for i, e in enumerate(examples, 1))
         system += "\n\n" + fenced
+    if documents:
+        system += "\n\n" + "\n\n".join(document_blocks(documents))
     return [{"role": "system", "content": system}, *kept]
 
 
+def fit_reply(history: list[ChatMessage] | list[dict], *, examples: list[str] | None = None,
+              documents: list[tuple[str, str]] | None = None, settings=None, max_tokens: int | None = None):
+    """The prompt for the next turn, fitted to the model's context (a fit.Fitted: messages, max_tokens, and
+    notices saying which older turns or retrieved items were left out); fit.ContextTooLong when the last
+    message alone cannot fit."""
+    from . import config, engine, fit
+
+    settings = settings or config.load()
+    model_path, _ = engine.default_model(settings)
+    turns = _turns(history)
+    if not turns:
+        raise NoDataError("there is no message to answer", fix="type a message first")
+    kept = _newest(turns, MAX_HISTORY_CHARS)
+    notices = []
+    if len(kept) < len(turns):  # the small model gets worse with long histories: said, not silent
+        notices.append(f"left out the {len(turns) - len(kept)} oldest turns of this conversation "
+                       f"(replies read the last {MAX_HISTORY_CHARS:,} characters of it)")
+    items = [("email", e) for e in examples or []] + [("doc", d) for d in documents or []]
+
+    def render(hist, kept_items, _thread):
+        return prompt_messages([*hist, kept[-1]], max_chars=1 << 62,
+                               examples=[x for kind, x in kept_items if kind == "email"],
+                               documents=[x for kind, x in kept_items if kind == "doc"])
+
+    fitted = fit.fit(render, model_path=model_path, n_ctx=settings.n_ctx,
+                     max_tokens=max_tokens or settings.max_tokens, history=kept[:-1], examples=items,
+                     what="your message")
+    fitted.notices = notices + fitted.notices
+    return fitted
+
+
 def stream_reply(history: list[ChatMessage] | list[dict], *, examples: list[str] | None = None,
-                 settings=None, max_tokens: int | None = None, seed: int | None = None,
-                 temperature: float | None = None, lora_path=None, stats=None) -> Iterator[str]:
-    """Yield the assistant's next turn for `history`, piece by piece, from the embedded engine
-    (`stats`: an engine.Stats to fill with this turn's timings)."""
+                 documents: list[tuple[str, str]] | None = None, settings=None, max_tokens: int | None = None,
+                 seed: int | None = None, temperature: float | None = None, lora_path=None, stats=None,
+                 fitted=None, notices: list[str] | None = None) -> Iterator[str]:
+    """Yield the assistant's next turn for `history`, piece by piece, from the embedded engine.
+
+    `stats`: an engine.Stats to fill with this turn's timings; `fitted`: the prompt from `fit_reply` (made
+    here when not given); `notices`: a list that receives what was left out to fit the context."""
     from . import engine
 
-    return (yield from engine.stream_chat(prompt_messages(history, examples=examples), settings=settings,
-                                          max_tokens=max_tokens, seed=seed, temperature=temperature,
-                                          lora_path=lora_path, stats=stats))
+    if fitted is None:
+        fitted = fit_reply(history, examples=examples, documents=documents, settings=settings,
+                           max_tokens=max_tokens)
+    if notices is not None:
+        notices.extend(fitted.notices)
+    return (yield from engine.stream_chat(fitted.messages, settings=settings, max_tokens=fitted.max_tokens,
+                                          seed=seed, temperature=temperature, lora_path=lora_path, stats=stats))
 
 
 def reply(history: list[ChatMessage] | list[dict], **kwargs) -> str:

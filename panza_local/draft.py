@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import engine, prompts
+from . import engine, fit, prompts
 from .errors import NoDataError, PanzaError
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ class Retrieved:
     to: str = ""
     subject: str = ""
     same_recipient: bool = False
+    kind: str = "sent"  # "doc": a passage of the user's documents, put in the prompt as reference
+    cite: str = ""  # for a document passage: file and paragraphs (`notes.md ¶3-4`)
 
 
 @dataclass
@@ -67,6 +69,7 @@ class DraftPlan:
     notices: list[str] = field(default_factory=list)
     pieces: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    render: object = None  # (retrieved, thread) -> messages: what fit.py trims the prompt with
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Draft:
     notices: list[str] = field(default_factory=list)
     copied: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    retrieved_detail: list[dict] = field(default_factory=list)  # {id, kind, score, cite} per retrieved item
 
     def to_dict(self) -> dict:
         """The JSON object of `panza draft --format json`."""
@@ -119,13 +123,18 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
         examples = [e if isinstance(e, Retrieved) else _as_retrieved(e) for e in examples]
         examples = [e for e in examples if e is not None]
     adapter, lora = _adapter(use_adapter, settings, notices)
-    messages = prompts.build(
-        instruction, profile=prof, to=to, subject=subject, thread=reply.body if reply else None,
-        examples=[e.text for e in examples])  # raw bodies, exactly as train/data.py builds its prompts
-    return DraftPlan(instruction=instruction, messages=messages, settings=settings, model_path=Path(model_path),
+
+    def render(retrieved: list[Retrieved], thread: str | None) -> list[dict]:
+        return prompts.build(  # raw bodies, exactly as train/data.py builds its prompts
+            instruction, profile=prof, to=to, subject=subject, thread=thread,
+            examples=[e.text for e in retrieved if e.kind != "doc"],
+            documents=[(e.cite.rsplit("/", 1)[-1], e.text) for e in retrieved if e.kind == "doc"])
+    plan = DraftPlan(instruction=instruction, messages=[], settings=settings, model_path=Path(model_path),
                      to=to, subject=subject, reply=reply, retrieved=list(examples), adapter=adapter,
                      lora_path=lora, profile=prof, max_tokens=_budget(prof, settings), seed=seed,
-                     notices=notices)
+                     notices=notices, render=render)
+    fit.fit_plan(plan)  # trims to the context with a notice; ContextTooLong when the instruction cannot fit
+    return plan
 
 
 def _safe(fn, notices: list[str], default):
@@ -174,7 +183,15 @@ def _retrieve(query: str, to: str | None, settings, exclude_ids, notices: list[s
         out.append(r)
     out.sort(key=lambda r: not r.same_recipient)  # stable: the index's order within each group
     log.info("retrieved %d examples (%d to the same recipient)", len(out[:k]), sum(r.same_recipient for r in out[:k]))
-    return out[:k]
+    try:  # passages of the user's documents that match the instruction closely, beside the emails
+        docs = [Retrieved(id=h.id, score=h.score, text=h.text, subject=h.subject, kind="doc", cite=h.cite)
+                for h in index.documents(query, settings=settings)]
+    except PanzaError as exc:
+        notices.append(f"document search failed, drafting without documents: {exc.message}")
+        docs = []
+    if docs:
+        log.info("retrieved %d document passages", len(docs))
+    return out[:k] + docs
 
 
 def _as_retrieved(hit) -> Retrieved | None:
@@ -332,7 +349,9 @@ def finish(plan: DraftPlan, *, record: bool = True) -> Draft:
               retrieved=[r.id for r in plan.retrieved], instruction=plan.instruction,
               in_reply_to=reply.message_id if reply and reply.message_id else None,
               references=list(dict.fromkeys(refs)), notices=list(plan.notices),
-              copied=copied_from(text, plan.retrieved), stats=dict(plan.stats))
+              copied=copied_from(text, [r for r in plan.retrieved if r.kind != "doc"]), stats=dict(plan.stats),
+              retrieved_detail=[{"id": r.id, "kind": r.kind, "score": round(r.score, 4), "cite": r.cite}
+                                for r in plan.retrieved])
     if record:
         _record(d)
     return d

@@ -65,7 +65,8 @@ def _fence(label: str, text: str, limit: int | None = None) -> str:
 
 
 def user_turn(instruction: str, *, profile: Profile | None = None, examples: list[str] | None = None,
-              thread: str | None = None, to: str | None = None, subject: str | None = None) -> str:
+              thread: str | None = None, to: str | None = None, subject: str | None = None,
+              documents: list[tuple[str, str]] | None = None) -> str:
     """The user message: fenced context first, the instruction last."""
     parts = []
     if profile and (profile.role or profile.signoff or profile.greeting or profile.typical_words
@@ -84,6 +85,7 @@ def user_turn(instruction: str, *, profile: Profile | None = None, examples: lis
         parts.append("About me: " + " ".join(facts))
     for i, ex in enumerate(examples or [], 1):
         parts.append(_fence(f"Past email {i} I wrote:", ex, MAX_EXAMPLE_CHARS))
+    parts += document_blocks(documents)
     if thread:
         parts.append(_fence("The email I am replying to:", thread, MAX_THREAD_CHARS))
     head = []
@@ -95,6 +97,16 @@ def user_turn(instruction: str, *, profile: Profile | None = None, examples: lis
         parts.append("\n".join(head))
     parts.append(f"Instruction: {instruction.strip()}")
     return "\n\n".join(parts)
+
+
+# -- documents (retrieved passages of the user's notes, PDFs, docs: facts to use, not a style to copy) -----
+MAX_DOCUMENT_CHARS = 1200  # one index chunk (retrieval/chunks.py MAX_CHARS)
+
+
+def document_blocks(documents: list[tuple[str, str]] | None) -> list[str]:
+    """Fenced reference passages, one per (source, text): `source` is the file and paragraphs."""
+    return [_fence(f"From my document {_one_line(source)} (reference, not a past email):", text,
+                   MAX_DOCUMENT_CHARS) for source, text in documents or []]
 
 
 def _one_line(text: str) -> str:

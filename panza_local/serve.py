@@ -11,6 +11,7 @@ web page cannot drive the server through DNS rebinding. One generation runs at a
 # defined inside create_app (a string annotation there would resolve to a query parameter).
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 MODELS = {"panza": (True, True), "panza-norag": (False, True), "panza-stock": (False, False)}
 MAX_TOKENS_CAP = 2048
 _GEN_LOCK = threading.Lock()  # one generation at a time: a llama.cpp context serves one sequence
+# One request planned at a time (store, index and tokenizer access as before, when planning ran under
+# _GEN_LOCK), but beside a running generation: a prompt that cannot fit is answered without waiting for it.
+_PLAN_LOCK = threading.Lock()
 
 
 def is_loopback(host: str) -> bool:
@@ -52,11 +56,16 @@ def check_bind(host: str, api_key: str) -> None:
 
 
 class APIError(Exception):
-    """An error answered in OpenAI's shape: {"error": {"message", "type", "code"}}."""
+    """An error answered in OpenAI's shape: {"error": {"message", "type", "code", "param"}}."""
 
-    def __init__(self, status: int, message: str, code: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, code: str = "invalid_request_error", param: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+
+def too_long(exc) -> APIError:
+    """A prompt that cannot fit the context: 400 context_length_exceeded, as OpenAI answers it."""
+    return APIError(400, f"{exc.message} (fix: {exc.fix})", "context_length_exceeded", "messages")
 
 
 def parse_request(body: dict) -> dict:
@@ -112,19 +121,38 @@ def _content_text(content) -> str:
 
 
 def plan_for(req: dict, settings):
-    """The DraftPlan for a parsed request (client system text and earlier turns kept in the prompt)."""
-    from . import draft
+    """The DraftPlan for a parsed request (client system text and earlier turns kept in the prompt, fitted
+    to the context: fit.ContextTooLong when the last user message cannot fit)."""
+    from . import draft, fit
 
     use_rag, use_adapter = MODELS[req["model"]]
+    if req["max_tokens"]:  # the reply budget the prompt is fitted around
+        settings = dataclasses.replace(settings, max_tokens=req["max_tokens"])
     plan = draft.prepare(req["instruction"], to=req["to"], subject=req["subject"], use_rag=use_rag,
                          use_adapter=use_adapter, seed=req["seed"], settings=settings)
-    if req["notes"]:  # the mail app's own instructions: trusted, but kept out of the fixed preamble
-        plan.messages[-1]["content"] = f"Notes from the mail app: {req['notes'].strip()}\n\n" + plan.messages[-1]["content"]
-    if req["history"]:
-        plan.messages = [plan.messages[0], *req["history"], plan.messages[-1]]
-    if req["max_tokens"]:
-        plan.max_tokens = req["max_tokens"]
+    if req["max_tokens"] and plan.max_tokens != req["max_tokens"]:
+        plan.max_tokens = req["max_tokens"]  # the client's cap, not the profile's typical length
+        fit.fit_plan(plan)
+    if req["notes"] or req["history"]:
+        fit.fit_plan(plan, history=req["history"], notes=req["notes"])
     return plan
+
+
+async def _plan(req: dict, settings):
+    """plan_for in a worker thread; a prompt that cannot fit is the client's error (400), not the server's."""
+    from .fit import ContextTooLong
+
+    def locked():
+        with _PLAN_LOCK:
+            return plan_for(req, settings)
+
+    try:
+        return await asyncio.to_thread(locked)
+    except ContextTooLong as exc:
+        raise too_long(exc) from None
+    except PanzaError as exc:
+        log.error("planning failed: %s", type(exc).__name__)
+        raise APIError(500, exc.message + (f" (fix: {exc.fix})" if exc.fix else ""), "server_error") from None
 
 
 def _generate(plan, req, seed=None) -> Iterator[str]:
@@ -158,7 +186,12 @@ def create_app(settings=None, *, host: str | None = None):
 
     @app.exception_handler(APIError)
     async def api_error(_request, exc: APIError):
-        return _error(exc.status, exc.message, exc.code)
+        return _error(exc.status, exc.message, exc.code, exc.param)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request, exc: Exception):  # still an OpenAI-shaped body, never a bare 500
+        log.error("request failed: %s", type(exc).__name__)
+        return _error(500, f"the server failed: {type(exc).__name__} (fix: see `panza doctor`)", "server_error")
 
     @app.get("/v1/models")
     def models():
@@ -178,11 +211,12 @@ def create_app(settings=None, *, host: str | None = None):
             raise APIError(400, "the body is not valid JSON") from None
         req = parse_request(body)
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        plan = await _plan(req, settings)  # before any byte of the answer: a bad request is still a 400
         if req["stream"]:
-            return StreamingResponse(_sse(req, settings, cid), media_type="text/event-stream",
+            return StreamingResponse(_sse(req, plan, cid), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
-            choices, usage, meta = await asyncio.to_thread(_complete, req, settings)
+            choices, usage, meta = await asyncio.to_thread(_complete, req, plan)
         except PanzaError as exc:
             raise APIError(500, exc.message + (f" (fix: {exc.fix})" if exc.fix else ""), "server_error") from None
         return JSONResponse({"id": cid, "object": "chat.completion", "created": int(time.time()),
@@ -198,11 +232,11 @@ def _host_name(header: str) -> str:
     return header.rsplit(":", 1)[0]
 
 
-def _error(status: int, message: str, code: str):
+def _error(status: int, message: str, code: str, param: str | None = None):
     from fastapi.responses import JSONResponse
 
     kind = "authentication_error" if status == 401 else ("server_error" if status >= 500 else "invalid_request_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": None}}, status_code=status)
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": param}}, status_code=status)
 
 
 def _meta(plan) -> dict:
@@ -213,9 +247,8 @@ def _finish_reason(plan) -> str:
     return "length" if plan.stats.get("completion_tokens", 0) >= plan.max_tokens else "stop"
 
 
-def _complete(req: dict, settings) -> tuple[list, dict, dict]:
+def _complete(req: dict, plan) -> tuple[list, dict, dict]:
     with _GEN_LOCK:
-        plan = plan_for(req, settings)
         choices, prompt_tokens, completion_tokens = [], 0, 0
         base = req["seed"]
         if base is None and req["n"] > 1:
@@ -232,12 +265,11 @@ def _complete(req: dict, settings) -> tuple[list, dict, dict]:
     return choices, usage, _meta(plan)
 
 
-async def _sse(req: dict, settings, cid: str):
+async def _sse(req: dict, plan, cid: str):
     """Server-sent events: role chunk, content chunks, a finish chunk, [DONE]; generation in a worker thread."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     cancel = threading.Event()
-    holder: dict = {}
 
     def put(item) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, item)
@@ -245,8 +277,6 @@ async def _sse(req: dict, settings, cid: str):
     def worker() -> None:
         try:
             with _GEN_LOCK:
-                plan = plan_for(req, settings)
-                holder["plan"] = plan
                 gen = _generate(plan, req, seed=req["seed"])
                 try:
                     for piece in gen:
@@ -281,7 +311,6 @@ async def _sse(req: dict, settings, cid: str):
                 yield f"data: {json.dumps({'error': {'message': value, 'type': 'server_error'}})}\n\n"
                 break
             else:
-                plan = holder["plan"]
                 yield chunk({}, _finish_reason(plan), panza=_meta(plan))
                 if req["include_usage"]:
                     p, c = plan.stats.get("prompt_tokens", 0), plan.stats.get("completion_tokens", 0)

@@ -112,3 +112,26 @@ def test_stream_reply_from_real_engine(home):
     pieces = list(chat.stream_reply([{"role": "user", "content": "Say hi"}], settings=settings, seed=1, stats=stats))
     assert pieces and "".join(pieces).strip()
     assert stats.completion_tokens == len(pieces)
+
+
+def test_fit_reply_says_which_turns_the_history_cap_left_out_and_fences_documents(home):
+    from panza_local import config, fit
+
+    settings = config.load({"threads": 1, "n_ctx": 2048, "max_tokens": 8})
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn{i} " + "x " * 1500}
+               for i in range(5)] + [{"role": "user", "content": "latest question"}]
+    fitted = chat.fit_reply(history, documents=[("plan.md ¶2", "The launch is on ~~~ May 4.")], settings=settings)
+    assert fitted.notices[0].startswith("left out the 4 oldest turns of this conversation")
+    assert not fit.is_notice(fitted.notices[0])  # a quality cap, not the context: side panel only
+    assert fitted.messages[-1]["content"] == "latest question" and fitted.messages[-2]["content"].startswith("turn4")
+    system = fitted.messages[0]["content"]
+    assert "From my document plan.md ¶2" in system and "~ ~ ~" in system and "May 4" in system
+    assert fitted.prompt_tokens == fit.count(fitted.messages, fit_model(settings))
+    with pytest.raises(fit.ContextTooLong, match="your message is too long"):
+        chat.fit_reply([{"role": "user", "content": "word " * 5000}], settings=settings)
+
+
+def fit_model(settings):
+    from panza_local import engine
+
+    return engine.default_model(settings)[0]

@@ -139,9 +139,12 @@ def test_eval_cli_end_to_end_on_the_embedded_model(home, tmp_path, capsys, monke
     assert out["n"] == 2 and out["seeds"] == 2 and out["max_tokens"] == 48
     assert set(out["configs"]) == {"stock", "stock+rag", "adapter", "adapter+rag"}
     st = out["configs"]["stock"]
-    for key in ("bleu", "rouge1", "rouge2", "rougeL", "mauve", "bertscore"):
+    for key in ("bleu", "rouge1", "rouge2", "rougeL", "mauve_minilm", "bertscore_minilm"):
         assert 0.0 <= st[key] <= 1.0 and st[f"{key}_std"] >= 0.0
-    assert st["bertscore"] > 0.1  # real drafts about the same topic are not orthogonal to the email
+    assert st["bertscore_minilm"] > 0.1  # real drafts about the same topic are not orthogonal to the email
+    # the standard metrics need roberta-large / gpt2-large on disk: null here, and the report says why
+    if out["scoring_models"]["bertscore"].startswith("not computed"):
+        assert st["bertscore"] is None and any("panza models pull roberta-large" in n for n in out["notes"])
     assert "no adapter" in out["skipped"]["adapter"] and out["configs"]["adapter"]["bleu"] is None
     assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "metrics.png").is_file()
 

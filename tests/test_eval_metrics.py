@@ -60,7 +60,7 @@ def test_rouge_known_values():
 
 
 def test_bertscore_orders_identical_paraphrase_unrelated():
-    s = m.bertscore([MAYA_A, MAYA_B, OTHER, OTHER2], [MAYA_A, MAYA_A, MAYA_A, MAYA_A])
+    s = m.bertscore_minilm([MAYA_A, MAYA_B, OTHER, OTHER2], [MAYA_A, MAYA_A, MAYA_A, MAYA_A])
     f = [x["f1"] for x in s]
     assert f[0] == pytest.approx(1.0, abs=1e-4)
     assert f[1] > 0.75
@@ -86,8 +86,8 @@ def test_mauve_same_vs_disjoint_distributions():
 
 def test_mauve_on_texts_uses_local_embeddings():
     mine = [MAYA_A, MAYA_B] * 6
-    assert m.mauve(mine, mine) == pytest.approx(1.0)
-    assert m.mauve([OTHER, OTHER2] * 6, mine) < 0.2
+    assert m.mauve_minilm(mine, mine) == pytest.approx(1.0)
+    assert m.mauve_minilm([OTHER, OTHER2] * 6, mine) < 0.2
 
 
 def test_greeting_and_signoff():
@@ -112,11 +112,16 @@ def test_style_identical_and_different():
     assert diff["vocab_overlap"] < 0.15
 
 
-def test_score_set_has_every_metric():
-    out = m.score_set([MAYA_A, MAYA_B, OTHER], [MAYA_A, MAYA_A, MAYA_A])
-    for key in ("bleu", "rouge1", "rouge2", "rougeL", "bertscore", "mauve", "length_words", "greeting_match",
-                "signoff_match", "vocab_overlap", "length_ratio", "length_match"):
+def test_score_set_has_every_metric(home):
+    from panza_local.evaluate.standard import FeatureModel
+
+    nothing = {"bertscore": FeatureModel("roberta-large", None, 17, "not on disk"),
+               "mauve": FeatureModel("gpt2-large", None, None, "not on disk")}
+    out = m.score_set([MAYA_A, MAYA_B, OTHER], [MAYA_A, MAYA_A, MAYA_A], standard=nothing)
+    for key in ("bleu", "rouge1", "rouge2", "rougeL", "bertscore_minilm", "mauve_minilm", "length_words",
+                "greeting_match", "signoff_match", "vocab_overlap", "length_ratio", "length_match"):
         assert key in out and not math.isnan(out[key])
+    assert out["bertscore"] is None and out["mauve"] is None  # the standard ones: their models are not here
     assert 0 < out["bleu"] < 1 and 0 < out["rougeL"] < 1
     with pytest.raises(ValueError):
         m.score_set([MAYA_A], [])

@@ -294,3 +294,73 @@ def test_cli_index_and_search(conn, capsys):
     assert "Q3 budget" in capsys.readouterr().out
     run = conn.execute("SELECT status, summary FROM runs WHERE stage = 'index' ORDER BY id DESC").fetchone()
     assert run[0] == "done" and json.loads(run[1])["unchanged"] == 12
+
+
+MEMO = """Office move plan
+
+The Houston team moves from the 50th floor to building B on March 14. The movers arrive at 7am that Monday and take every box that is labelled with a room number; anything unlabelled stays behind. Please pack your desk by Friday March 11, put personal items in the blue crates, and leave monitors on the desk: IT moves them separately over the weekend and reconnects them before you arrive. Label each crate with your name and new room number on two sides; the movers will not open crates to find out whose they are. Plants, coffee machines and anything fragile are yours to carry. If you are travelling on moving day, ask your neighbour to check your desk on the Friday before, and tell Maria at the front desk so the movers know whom to call.
+
+Parking: the new garage on Smith Street opens on March 1 and replaces the Louisiana Street lot, which closes the same week. Badges for the garage are issued by Carla in facilities, room 210, between 9am and noon. Bring your employee ID; a badge costs nothing, but a lost one is 25 dollars to replace, and visitors park on level 1 only. The garage is open from 6am to 10pm on weekdays; after 10pm the exit gate opens with your badge but the entrance stays closed. Electric vehicle chargers are on level 2, twelve of them, for up to four hours a day per car. Motorcycles and bicycles park on level 1 next to the lift, and there is a covered bicycle cage with lockers that Carla can also give you a key for.
+
+Travel policy: book economy class for flights under six hours, business class above that with your director's approval. The hotel limit is 250 dollars a night in New York and 180 dollars elsewhere, taxes included. Submit receipts within 30 days of your return, or the expense report is sent back to you unpaid. Meals are reimbursed up to 75 dollars a day when you travel overnight, and car rentals need a quote from the company's agency first. Trains count as flights for the six-hour rule. If your trip changes after booking, change it through the agency too, so the company's insurance still covers you, and keep the confirmation email with your receipts."""
+
+
+def _memo(conn, path: str = "/notes/office-memo.md") -> None:
+    conn.execute("INSERT INTO sources (id, uri, kind, added_at) VALUES (3, '/notes', 'docs', ?)", (store.now(),))
+    conn.execute("INSERT INTO documents (id, source_id, path, content_hash, title, text, ingested_at) "
+                 "VALUES (7, 3, ?, 'memo', 'Office move plan', ?, ?)", (path, MEMO, store.now()))
+    index.sync(conn)
+
+
+def test_documents_match_only_what_they_answer(conn):
+    _memo(conn)
+    parking = index.documents("Ask Carla for a parking badge for the new garage", conn=conn)
+    assert parking and parking[0].kind == "doc" and "Carla in facilities" in parking[0].text
+    assert parking[0].cite == "/notes/office-memo.md ¶3" and parking[0].score >= index.DOC_MIN_SCORE
+    assert len(parking) == 1  # the other paragraphs are about something else
+    hotel = index.documents("Remind Dan of the hotel limit for his New York trip", conn=conn)
+    assert hotel and "250 dollars" in hotel[0].text and hotel[0].cite.endswith("¶4")
+    assert len(index.documents("Tell Bob when the movers come and when to pack his desk", conn=conn, k=5)) <= 2
+    for unrelated in ("Thank Anna for the lovely birthday flowers", "Say yes to lunch on Thursday",
+                      "Send Jeff the gas storage numbers", "Tell the team the Astros won last night"):
+        assert index.documents(unrelated, conn=conn) == [], unrelated
+    assert index.documents("parking badge", conn=conn, k=0) == []
+
+
+def test_documents_without_any_document_or_index(home):
+    chroma_store.forget_clients()
+    c = store.connect()
+    try:
+        assert index.documents("Ask Carla for a parking badge", conn=c) == []  # no index at all: nothing, no error
+        add_message(c, 1, "Q3 budget", "Attached is the Q3 budget spreadsheet.")
+        index.sync(c)
+        assert index.documents("Q3 budget spreadsheet", conn=c, min_score=0.0) == []  # mail only
+    finally:
+        c.close()
+        chroma_store.forget_clients()
+
+
+def test_real_documents_from_the_shared_data_are_found_and_cited(conn, shared_data, tmp_path):
+    """Real files (PDFs through pypdf, Markdown) from ../shared/data/docs, ingested and indexed."""
+    import shutil
+
+    from panza_local import ingest
+
+    src = shared_data / "docs" / "py-pdf_sample-files"
+    picked = ["021-pdfa/crazyones-pdfa.pdf", "011-google-doc-document/google-doc-document.pdf", "README.md"]
+    if not all((src / p).is_file() for p in picked):
+        pytest.skip(f"needs {picked} under {src}")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for p in picked:
+        shutil.copy(src / p, notes / p.rsplit("/", 1)[-1])
+    assert ingest.ingest(conn, [str(notes)])["documents"] == 3
+    index.sync(conn)
+    hits = index.documents("Thank the rebels and misfits who see things differently and push the human race "
+                           "forward", conn=conn)
+    assert hits and hits[0].cite.startswith(str(notes / "crazyones-pdfa.pdf") + " ¶"), [h.cite for h in hits]
+    assert "crazy ones" in hits[0].text.lower()
+    zen = index.documents("Remind the team: beautiful is better than ugly, explicit is better than implicit, "
+                          "simple is better than complex", conn=conn)
+    assert zen and zen[0].cite.startswith(str(notes / "google-doc-document.pdf")), [h.cite for h in zen]
+    assert index.documents("Ask Bob to send the Q3 invoice", conn=conn) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 
 import httpx
@@ -148,3 +149,49 @@ def test_client_hanging_up_mid_stream_frees_the_engine(url):
     r = httpx.post(f"{url}/chat/completions", timeout=300,
                    json={"model": "panza-stock", "max_tokens": 3, "messages": [{"role": "user", "content": "Hi"}]})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
+
+
+# -- input that does not fit the context ---------------------------------------------------------------------
+
+LONG = " ".join(f"word{i % 50} budget" for i in range(2500))  # ~7k tokens: over the 2,048-token context
+
+
+def test_an_instruction_over_the_context_is_a_400_in_openai_shape(url):
+    from openai import BadRequestError, OpenAI
+
+    body = {"model": "panza-stock", "max_tokens": 8, "messages": [{"role": "user", "content": LONG}]}
+    for stream in (False, True):  # streaming too: refused before the first byte of an event stream
+        r = httpx.post(f"{url}/chat/completions", json={**body, "stream": stream}, timeout=120)
+        assert r.status_code == 400, r.text
+        assert r.headers["content-type"].startswith("application/json")
+        err = r.json()["error"]
+        assert err["type"] == "invalid_request_error" and err["code"] == "context_length_exceeded"
+        assert err["param"] == "messages"
+        assert "2,048 tokens" in err["message"] and "fix:" in err["message"]
+    with pytest.raises(BadRequestError) as exc:  # what a client library makes of it
+        OpenAI(base_url=url, api_key="x", max_retries=0).chat.completions.create(**body)
+    assert exc.value.code == "context_length_exceeded"
+    # the server is fine afterwards
+    ok = httpx.post(f"{url}/chat/completions", timeout=300,
+                    json={"model": "panza-stock", "max_tokens": 3, "messages": [{"role": "user", "content": "Hi"}]})
+    assert ok.status_code == 200
+
+
+def test_a_long_history_is_trimmed_oldest_first_with_a_notice(url):
+    turns = []
+    for i in range(12):  # ~250 tokens each: about 3,000 tokens of history
+        turns.append({"role": "user" if i % 2 == 0 else "assistant",
+                      "content": f"turn{i} " + " ".join(f"t{i}w{j % 40}" for j in range(90))})
+    body = {"model": "panza-stock", "max_tokens": 4, "messages": [*turns, {"role": "user", "content": "Say yes"}]}
+    r = httpx.post(f"{url}/chat/completions", json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    notices = [n for n in out["panza"]["notices"] if n.startswith("to fit the model's context (2,048 tokens)")]
+    assert len(notices) == 1 and "oldest of 12 earlier chat turns" in notices[0], out["panza"]["notices"]
+    assert out["usage"]["prompt_tokens"] + 4 <= 2048
+    # streamed: the same notice in the final chunk's panza field
+    with httpx.stream("POST", f"{url}/chat/completions", json={**body, "stream": True}, timeout=300) as s:
+        assert s.status_code == 200
+        events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    final = [e for e in events if e.get("panza")]
+    assert final and notices[0] in final[-1]["panza"]["notices"]

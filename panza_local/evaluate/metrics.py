@@ -3,11 +3,15 @@
 BLEU and ROUGE follow Panza's evaluation: texts are lower-cased and stripped of punctuation first, and
 BLEU is the mean of BLEU-1..4 (each the geometric mean of clipped n-gram precisions up to n, with the
 brevity penalty, no smoothing: torchmetrics' `BLEUScore(n_gram=n)`, which Panza used). ROUGE-1/2/L are
-F-measures from `rouge_score`. BERTScore and MAUVE run on the embedded all-MiniLM-L6-v2 (loaded from its
-package folder, offline): BERTScore is the greedy token matching of Zhang et al. (2020) over its
-contextual token embeddings, idf-weighted by the reference set; MAUVE (Pillutla et al., 2021) quantises
-sentence embeddings of both sets with PCA + k-means and integrates the divergence frontier. No model is
-downloaded; nothing here needs the network.
+F-measures from `rouge_score`.
+
+`bertscore` and `mauve` are the standard metrics from the maintained packages on their standard models
+(`standard.py`: roberta-large layer 17, gpt2-large), null when those models are not on disk.
+`bertscore_minilm` and `mauve_minilm` are this module's re-implementations on the embedded
+all-MiniLM-L6-v2 (loaded from its package folder, offline), always available, not comparable with
+published numbers: BERTScore's greedy token matching (Zhang et al., 2020) over MiniLM's contextual token
+embeddings, idf-weighted by the reference set; MAUVE (Pillutla et al., 2021) on MiniLM sentence
+embeddings with PCA + k-means and the divergence frontier. Nothing here downloads a model.
 """
 
 from __future__ import annotations
@@ -113,8 +117,8 @@ def idf_weights(references: Sequence[str]) -> dict[int, float]:
     return {t: math.log((m + 1) / (c + 1)) for t, c in df.items()} | {"default": math.log(m + 1)}
 
 
-def bertscore(candidates: Sequence[str], references: Sequence[str], idf: bool = True) -> list[dict]:
-    """BERTScore precision/recall/F1 per pair (greedy cosine matching of token embeddings)."""
+def bertscore_minilm(candidates: Sequence[str], references: Sequence[str], idf: bool = True) -> list[dict]:
+    """BERTScore precision/recall/F1 per pair on MiniLM (greedy cosine matching of token embeddings)."""
     import numpy as np
 
     if len(candidates) != len(references):
@@ -186,7 +190,7 @@ def mauve_from_features(p_feats, q_feats, *, num_buckets: int | str = "auto", ex
     return float(0.5 * (auc(x[ix], y[ix]) + auc(y[iy], x[iy])))
 
 
-def mauve(candidates: Sequence[str], references: Sequence[str], **kwargs) -> float:
+def mauve_minilm(candidates: Sequence[str], references: Sequence[str], **kwargs) -> float:
     """MAUVE of the generated set against the reference set, on the embedded MiniLM sentence embeddings."""
     from ..retrieval import embed
 
@@ -248,8 +252,12 @@ def style(candidate: str, reference: str) -> dict[str, float]:
     }
 
 
-def score_set(candidates: Sequence[str], references: Sequence[str], *, with_models: bool = True) -> dict:
-    """Every metric for one generated set against its references: means over pairs, MAUVE over the set."""
+def score_set(candidates: Sequence[str], references: Sequence[str], *, with_models: bool = True,
+              standard: dict | None = None) -> dict:
+    """Every metric for one generated set against its references: means over pairs, MAUVE over the set.
+
+    `standard` ({"bertscore", "mauve"} -> standard.FeatureModel, default: what `standard_models()` finds)
+    says which feature models the standard metrics use; a metric whose model is missing is None."""
     if len(candidates) != len(references) or not candidates:
         raise ValueError("score_set needs as many candidates as references, at least one")
     n = len(candidates)
@@ -261,6 +269,12 @@ def score_set(candidates: Sequence[str], references: Sequence[str], *, with_mode
     for key in styles[0]:
         out[key] = sum(s[key] for s in styles) / n
     if with_models:
-        out["bertscore"] = sum(s["f1"] for s in bertscore(candidates, references)) / n
-        out["mauve"] = mauve(candidates, references) if n >= 2 else float("nan")
+        from . import standard as std
+
+        models = standard if standard is not None else std.standard_models()
+        bert, mv = models["bertscore"], models["mauve"]
+        out["bertscore"] = sum(std.bertscore(candidates, references, bert)) / n if bert.path else None
+        out["mauve"] = (std.mauve(candidates, references, mv) if n >= 2 else float("nan")) if mv.path else None
+        out["bertscore_minilm"] = sum(s["f1"] for s in bertscore_minilm(candidates, references)) / n
+        out["mauve_minilm"] = mauve_minilm(candidates, references) if n >= 2 else float("nan")
     return out

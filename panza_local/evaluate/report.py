@@ -11,7 +11,7 @@ from .. import paths
 from ..errors import PanzaError
 
 CONFIG_COLOURS = {"stock": "#9e9e9e", "stock+rag": "#64b5f6", "adapter": "#ffb74d", "adapter+rag": "#e53935"}
-PLOT_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore", "mauve")
+PLOT_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore", "mauve", "bertscore_minilm", "mauve_minilm")
 STYLE_METRICS = ("greeting_match", "signoff_match", "vocab_overlap", "length_match")  # all on a 0-1 scale
 
 
@@ -28,10 +28,17 @@ def _ran(result: dict) -> list[str]:
     return [c for c, v in result["configs"].items() if v.get("bleu") is not None]
 
 
-def plot_metrics(result: dict, out: Path, keys=PLOT_METRICS, name: str = "metrics.png",
+def computed(result: dict, keys=PLOT_METRICS) -> list[str]:
+    """The metrics among `keys` that some configuration has a value for (a standard metric whose model is not
+    on disk has none)."""
+    return [k for k in keys if any(isinstance(v.get(k), (int, float)) for v in result["configs"].values())]
+
+
+def plot_metrics(result: dict, out: Path, keys=None, name: str = "metrics.png",
                  title: str = "Metrics by configuration (bar: mean over seeds, line: ±1 std, dots: seeds)") -> Path:
     """Grouped bars: one group per metric, one bar per configuration, error bar = std across seeds."""
     plt = _pyplot()
+    keys = computed(result) if keys is None else keys
     configs = _ran(result)
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / max(len(configs), 1)
@@ -172,8 +179,9 @@ def _fmt(entry: dict, key: str) -> str:
     return f"{v:.3f} ± {s:.3f}" if isinstance(s, (int, float)) else f"{v:.3f}"
 
 
-def markdown_table(result: dict, keys=("bleu", "rouge1", "rouge2", "rougeL", "bertscore", "mauve")) -> str:
-    """The configurations × metrics table (mean ± std across seeds)."""
+def markdown_table(result: dict, keys=None) -> str:
+    """The configurations × metrics table (mean ± std across seeds); by default every computed metric."""
+    keys = computed(result) or list(PLOT_METRICS[:4]) if keys is None else keys
     lines = ["| configuration | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for c, entry in result["configs"].items():
         if entry.get("bleu") is None:
@@ -196,8 +204,8 @@ def write_report(result: dict, out_dir: Path, *, samples: bool = True) -> Path:
     if curves:
         figs.append(("Training loss", plot_loss(curves, out)))
     md = [f"# panza eval: {result['n']} held-out emails × {result['seeds']} seeds", "",
-          (f"Data: `{result.get('data', '?')}`. Adapter: `{result.get('adapter') or 'none'}`. "
-          f"Scoring models: {result.get('scoring_models', '')}."), "",
+          f"Data: `{result.get('data', '?')}`. Adapter: `{result.get('adapter') or 'none'}`.", "",
+          "Scoring models:", "", *scoring_lines(result.get("scoring_models")), "",
           markdown_table(result), "",
           "Style (mean ± std across seeds):", "",
           markdown_table(result, ("length_words", "greeting_match", "signoff_match", "vocab_overlap")), ""]
@@ -223,6 +231,13 @@ def write_report(result: dict, out_dir: Path, *, samples: bool = True) -> Path:
     paths.write_private(out / "results.json", json.dumps({k: v for k, v in result.items() if k != "samples"},
                                                          indent=2, default=str))
     return path
+
+
+def scoring_lines(models) -> list[str]:
+    """The report's list of which model each metric used (`bertscore`, `mauve`: the standard ones)."""
+    if isinstance(models, str):  # results written before the standard metrics existed
+        return [f"- {models}"]
+    return [f"- `{k}`: {v}" for k, v in (models or {}).items()]
 
 
 def _quote(text: str) -> str:

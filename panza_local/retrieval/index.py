@@ -30,6 +30,15 @@ MAX_TEXT = 2000  # characters embedded per item; MiniLM reads ~256 tokens, the r
 NEAR_DUP = 0.95  # cosine at or above which two emails count as the same email (RAFT exclusion, diversity)
 NEAR_DUP_TEXT = 0.8  # share of the shorter text's word 3-grams found in the other: the same email
 MMR_LAMBDA = 0.7  # relevance vs. novelty in the diversity step
+# Document passages put beside past emails: facts for the draft, not style, so few and only close matches.
+# Measured with MiniLM on an office memo whose chunks hold one paragraph each: an instruction and the
+# paragraph that answers it 0.47-0.76, unrelated instructions 0.0-0.3; shared words without a shared topic
+# ("move our meeting to Friday" vs. "the team moves ... pack by Friday") 0.43-0.46, at the threshold. A
+# wrong passage makes a small model write about it, a missing one only leaves a fact out: precision first
+# (tests/test_index.py::test_documents_match_only_what_they_answer). A chunk that mixes several short
+# paragraphs scores ~0.4 for each of its topics and is rarely used.
+DOC_K = 2
+DOC_MIN_SCORE = 0.45
 
 Progress = Callable[[int, int | None, str | None], None]
 
@@ -401,7 +410,10 @@ def _search(query, k, kinds, before, exclude_ids, min_score, to, conn, settings,
                           fix="run `panza index`")
     cols = {kind: every[kind] for kind in kinds if kind in every}
     dup_text = near_dup_of if isinstance(near_dup_of, str) else None
-    vecs = embed.embed([query] if dup_text is None else [query, dup_text[:MAX_TEXT]], settings.embedding_model)
+    if dup_text is None:  # one query searched twice in a row (past emails, then documents) embeds once
+        vecs = [_query_vector(query, settings.embedding_model)]
+    else:
+        vecs = embed.embed([query, dup_text[:MAX_TEXT]], settings.embedding_model)
     qv = vecs[0]
     clause = _before_clause(before) if before is not None else None
     excluded = {_item_id(x) for x in exclude_ids}
@@ -435,6 +447,32 @@ def _search(query, k, kinds, before, exclude_ids, min_score, to, conn, settings,
         if own:
             conn.close()
     return [c.hit for c in chosen]
+
+
+_QUERIES: dict[tuple[str, str], object] = {}
+
+
+def _query_vector(query: str, model: str):
+    key = (query, model)
+    if key not in _QUERIES:
+        while len(_QUERIES) >= 8:
+            _QUERIES.pop(next(iter(_QUERIES)))
+        _QUERIES[key] = embed.embed([query], model)[0]
+    return _QUERIES[key]
+
+
+def documents(query: str, k: int = DOC_K, *, min_score: float = DOC_MIN_SCORE, near_dup_of=None,
+              conn: sqlite3.Connection | None = None, settings: config.Settings | None = None) -> list[Hit]:
+    """Passages of the user's documents that match `query` closely (at most `k`; none when the index holds no
+    documents). `near_dup_of` (a text) drops passages that contain it, as `search` does (evaluation)."""
+    settings = settings or config.load()
+    if k <= 0:
+        return []
+    try:
+        return search(query, k, kinds=("doc",), min_score=min_score, conn=conn, settings=settings,
+                      near_dup_of=near_dup_of)
+    except NoDataError:  # no index at all: the email search beside it has said so already
+        return []
 
 
 def _snippet(text: str, n: int = 160) -> str:

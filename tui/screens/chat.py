@@ -156,11 +156,12 @@ class ChatScreen(Screen):
             hits, notices = ([], [])
             if self.app.use_rag:
                 hits, notices = backend.retrieve(self.app.conn, history[-1].content, self.app.settings)
+            fitted = backend.fit_reply(history, hits, self.app.settings)  # ContextTooLong: a notification
             self.post_message(ContextReady(hits, backend.model_name(self.app.settings), self.app.adapter_label(),
-                                           notices))
+                                           notices + fitted.notices))
             adapter = self.app.adapter
             self._stats = backend.new_stats()
-            gen = backend.stream_reply(history, examples=[h["text"] for h in hits], settings=self.app.settings,
+            gen = backend.stream_reply(history, fitted=fitted, settings=self.app.settings,
                                        seed=self.app.seed, lora_path=adapter["gguf"] if adapter else None,
                                        stats=self._stats)
             try:
@@ -183,6 +184,8 @@ class ChatScreen(Screen):
     def _show_context(self, event: ContextReady) -> None:
         self.query_one("#chat-side", SidePanel).show_context(event.hits, event.model, event.adapter, event.notices)
         self._hits = event.hits
+        for note in backend.fit_notices(event.notices):
+            self.notify(note, title="Too long for the context", severity="warning", timeout=8)
 
     @on(StreamChunk)
     async def _append_chunk(self, event: StreamChunk) -> None:

@@ -126,6 +126,8 @@ class DraftScreen(Screen):
     @on(ContextReady)
     def _show_context(self, event: ContextReady) -> None:
         self.query_one("#draft-side", SidePanel).show_context(event.hits, event.model, event.adapter, event.notices)
+        for note in backend.fit_notices(event.notices):
+            self.notify(note, title="Too long for the context", severity="warning", timeout=8)
 
     @on(StreamChunk)
     def _append_chunk(self, event: StreamChunk) -> None:

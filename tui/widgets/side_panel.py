@@ -19,11 +19,14 @@ class SidePanel(VerticalScroll):
         yield Static("", id="side-speed")
 
     def show_context(self, hits: list[dict], model: str, adapter: str, notices: list[str] | None = None) -> None:
-        """Show the model, adapter and retrieved emails (score, date, subject)."""
+        """Show the model, adapter and retrieved items: emails (score, date, subject), document passages
+        (score, citation: file and paragraphs)."""
         self.query_one("#side-model", Static).update(
             f"[b]Model[/]\n{escape(model)}\n[b]Adapter[/]\n{escape(adapter or 'none (base model)')}")
         if hits:
-            lines = [f"[b]{h['score']:.2f}[/] {escape(h.get('date') or '?')}\n  {escape(h.get('subject') or '(no subject)')}"
+            lines = [f"[b]{h['score']:.2f}[/] doc\n  {escape(_short_cite(h.get('cite') or h.get('subject') or '?'))}"
+                     if h.get("kind") == "doc" else
+                     f"[b]{h['score']:.2f}[/] {escape(h.get('date') or '?')}\n  {escape(h.get('subject') or '(no subject)')}"
                      for h in hits]
             body = "\n".join(lines)
         else:
@@ -36,3 +39,9 @@ class SidePanel(VerticalScroll):
         """Show the speed of the last generation."""
         self.query_one("#side-speed", Static).update(
             f"[b]Last reply[/]\n{tokens} tokens\n{tokens_per_s:.1f} tok/s\nfirst token {ttft_s:.2f}s")
+
+
+def _short_cite(cite: str) -> str:
+    """`/home/me/notes/plan.md ¶3-4` -> `plan.md ¶3-4` (the panel is narrow; the folder says little)."""
+    path, _, paras = cite.rpartition(" ")
+    return f"{path.rsplit('/', 1)[-1]} {paras}" if path else cite
