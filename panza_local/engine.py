@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import AdapterError, ModelNotFound
+
+log = logging.getLogger(__name__)
 
 _MODELS: OrderedDict[tuple, object] = OrderedDict()
 _MAX_LOADED = 2  # base + one adapter (eval compares both); more would multiply RAM for little gain
@@ -151,6 +154,27 @@ def _attach_lora(lib, llm, lora_path: Path) -> None:
     adapters = (lib.llama_adapter_lora_p_ctypes * 1)(adapter)
     if lib.llama_set_adapters_lora(llm._ctx.ctx, adapters, 1, (ctypes.c_float * 1)(llm.lora_scale)):
         raise RuntimeError(f"llama.cpp could not apply the adapter {lora_path}")
+
+
+def preload(settings=None, *, adapter: bool = True) -> threading.Thread:
+    """Start loading the active model (and the current adapter) in a background thread, so a cold draft's
+    retrieval and prompt building overlap it; the `load` that follows waits for it (same key, same lock)."""
+
+    def work() -> None:
+        try:
+            model_path, s = default_model(settings)
+            lora = None
+            if adapter:
+                from .train import registry
+
+                lora = registry.adapter_for(s).gguf
+            load(model_path, lora, n_ctx=s.n_ctx, threads=s.threads, gpu_layers=s.gpu_layers)
+        except Exception as exc:  # noqa: BLE001 - the foreground load raises the real error with its fix
+            log.debug("preload failed (%s: %s)", type(exc).__name__, exc)
+
+    thread = threading.Thread(target=work, name="panza-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def unload_all() -> None:
