@@ -191,7 +191,9 @@ class Encoder:
         out = np.empty((len(texts), self.word.shape[1]), dtype=np.float32)
 
         def run(i: int) -> None:
-            encs = self.tokenizer.encode_batch(list(texts[i:i + batch_size]))
+            # one text at a time: encode_batch would start the tokenizers' own thread pool, which then
+            # warns on every later fork (subprocess) of this process; a text takes ~50 us either way
+            encs = [self.tokenizer.encode(t) for t in texts[i:i + batch_size]]
             ids = np.fromiter((t for e in encs for t in e.ids), dtype=np.int64)
             out[i:i + len(encs)] = self._forward(ids, [len(e.ids) for e in encs])
 
