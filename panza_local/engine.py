@@ -95,8 +95,11 @@ class Stats:
 
 
 def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: int = 4096,
-         threads: int = 0, gpu_layers: int = 0, logits_all: bool = False):
-    """Return the llama_cpp.Llama for this (model, adapter, context, threads), loading it once."""
+         threads: int = 0, gpu_layers: int = 0, logits_all: bool = False, disk_prefix: bool = False):
+    """Return the llama_cpp.Llama for this (model, adapter, context, threads), loading it once.
+
+    `disk_prefix`: a fresh load starts from the last draft's KV cache on disk and saves its own after each
+    generation (prefix_cache: what lets a cold `panza draft` skip the prompt prefix drafts share)."""
     model_path = Path(model_path)
     if not model_path.exists():
         raise ModelNotFound(f"model file {model_path} does not exist", fix="panza models list")
@@ -124,6 +127,11 @@ def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: 
                 f"llama.cpp could not load the {what} ({model_path}{', ' + str(lora_path) if lora_path else ''}): {exc}",
                 fix="check the file with `panza doctor`; an adapter must be exported for this exact base model",
             ) from None
+        if disk_prefix:
+            from . import prefix_cache
+
+            llm._panza_prefix = prefix_cache.path_for(model_path, lora_path, n_ctx, lib.__version__)
+            prefix_cache.restore(lib, llm, llm._panza_prefix)
         _MODELS[key] = llm
         while len(_MODELS) > _MAX_LOADED:
             _MODELS.popitem(last=False)
@@ -139,10 +147,11 @@ def _attach_lora(lib, llm, lora_path: Path) -> None:
     """Apply a LoRA GGUF to a loaded model's context at run time.
 
     `Llama(lora_path=...)` turns memory-mapping off for the base model (a rule from when llama.cpp merged
-    adapters into the weights), so every adapter draft first copied the whole base GGUF into memory: the
-    seconds an adapter added before the first token (0.5 s for the 135M model here, ~4 s per GB of base
-    model). llama.cpp applies adapters at run time now, so the base stays mapped and the adapter costs
-    only its own small file. Same calls, order and scale as llama-cpp-python's own code path.
+    adapters into the weights), so every adapter draft first copied the whole base GGUF into memory, a
+    cost that grows with the model (the 98 MB embedded one: 2.7 s with `lora_path=` vs 1.7 s mapped, base
+    + adapter, medians of 5 on busy cores). llama.cpp applies adapters at run time now, so the base stays
+    mapped and the adapter costs only its own small file. Same calls, order and scale as llama-cpp-python's
+    own code path, and the same logits (tests/test_coldstart.py).
     """
     import ctypes
 
@@ -158,7 +167,8 @@ def _attach_lora(lib, llm, lora_path: Path) -> None:
 
 def preload(settings=None, *, adapter: bool = True) -> threading.Thread:
     """Start loading the active model (and the current adapter) in a background thread, so a cold draft's
-    retrieval and prompt building overlap it; the `load` that follows waits for it (same key, same lock)."""
+    retrieval and prompt building overlap it; the `load` that follows waits for it (same key, same lock).
+    The model starts from the last draft's KV cache on disk (`load(disk_prefix=True)`)."""
 
     def work() -> None:
         try:
@@ -168,7 +178,7 @@ def preload(settings=None, *, adapter: bool = True) -> threading.Thread:
                 from .train import registry
 
                 lora = registry.adapter_for(s).gguf
-            load(model_path, lora, n_ctx=s.n_ctx, threads=s.threads, gpu_layers=s.gpu_layers)
+            load(model_path, lora, n_ctx=s.n_ctx, threads=s.threads, gpu_layers=s.gpu_layers, disk_prefix=True)
         except Exception as exc:  # noqa: BLE001 - the foreground load raises the real error with its fix
             log.debug("preload failed (%s: %s)", type(exc).__name__, exc)
 
@@ -226,8 +236,12 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
                     stats.ttft_s = time.perf_counter() - t0
                 stats.completion_tokens += 1
                 yield delta
-    stats.total_s = time.perf_counter() - t0
-    stats.prompt_tokens = llm.n_tokens - stats.completion_tokens
+        stats.total_s = time.perf_counter() - t0
+        stats.prompt_tokens = llm.n_tokens - stats.completion_tokens
+        if getattr(llm, "_panza_prefix", None):  # a cold process's model: the next one starts from here
+            from . import prefix_cache
+
+            prefix_cache.save(llama_cpp(), llm, llm._panza_prefix)
     return stats
 
 

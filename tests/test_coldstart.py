@@ -137,3 +137,42 @@ def test_fast_index_reader_gives_the_chromadb_clients_hits(sample_home):
     full = [[(h.id, round(h.score, 5)) for h in index.search(q, 4, to=to)] for q, to in queries]
     assert not chroma_store._READERS
     assert fast == full and all(fast)
+
+
+def test_a_cold_process_starts_from_the_last_drafts_prefix(home, embedded_model):
+    from panza_local import config
+
+    settings = config.load({"n_ctx": 1024, "threads": 1, "temperature": 0.0, "seed": 1})
+    system = {"role": "system", "content": "You write short emails for Maya. " * 20}
+    first = [system, {"role": "user", "content": "Ask Jonas to move our site visit to Friday."}]
+    second = [system, {"role": "user", "content": "Thank Priya for the permit update."}]
+    kw = {"model_path": embedded_model, "max_tokens": 12, "settings": settings}
+
+    engine.unload_all()  # a fresh process's engine: saves its context after the draft
+    llm = engine.load(embedded_model, n_ctx=1024, threads=1, disk_prefix=True)
+    assert llm.n_tokens == 0
+    engine.chat(first, **kw)
+    saved = llm._panza_prefix
+    assert saved.exists() and saved.parent.parent == home / "cache"
+
+    engine.unload_all()  # the next process: starts from the first one's prompt and evaluates only the rest
+    llm = engine.load(embedded_model, n_ctx=1024, threads=1, disk_prefix=True)
+    restored = llm.n_tokens
+    assert restored > 100
+    evaluated = []
+    real_eval = llm.eval
+    llm.eval = lambda toks: (evaluated.append(len(toks)), real_eval(toks))[1]
+    text = engine.chat(second, **kw)
+    prompt = engine.Stats()
+    engine.unload_all()  # a process without the file: the whole prompt, the same greedy text
+    fresh = engine.load(embedded_model, n_ctx=1024, threads=1)
+    assert engine.chat(second, **kw, stats=prompt) == text
+    assert evaluated and sum(evaluated) < prompt.prompt_tokens - 100 + 12  # the shared prefix was not redone
+
+    saved.write_bytes(b"not a llama.cpp state file")  # a file llama.cpp rejects: removed, drafting goes on
+    engine.unload_all()
+    llm = engine.load(embedded_model, n_ctx=1024, threads=1, disk_prefix=True)
+    assert llm.n_tokens == 0 and not saved.exists()
+    assert engine.chat(second, **kw) == text
+    del fresh
+    engine.unload_all()

@@ -1,5 +1,7 @@
 """A BERT sentence encoder in numpy: all-MiniLM-L6-v2's vectors without torch, transformers or
-sentence-transformers (those cost ~10 s to import on a 2-core laptop, for a query that takes 5 ms).
+sentence-transformers, whose imports were ~10 s of a cold `panza draft` for a query that takes milliseconds
+(a fresh process embedding one query: 0.7 s this way, 23 s through sentence-transformers, on 2 busy cores:
+bench/embed.py). It is also faster in bulk there (1.6x), so `embed()` uses it for indexing too.
 
 It reads the model folder sentence-transformers reads (`model.safetensors`, `tokenizer.json`,
 `sentence_bert_config.json`, `1_Pooling/config.json`) and computes the same thing: WordPiece ids from the
@@ -216,9 +218,9 @@ _BLAS_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def _one_blas_thread():
-    """OpenBLAS at one thread while encoding. Its worker threads spin while they wait; on cores shared with
-    llama.cpp or other programs that made a batch 5-8x slower than one thread (measured: bench/embed.py),
-    and this encoder parallelises over batches instead."""
+    """OpenBLAS at one thread while encoding. Its worker threads spin while they wait: on 2 cores shared with
+    other programs (load ~10) 32 emails took 13.6 s with its 2 threads and 2.3 s with one. This encoder
+    parallelises over batches instead (`workers`)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - optional: correct without it, only slower on busy cores
