@@ -185,16 +185,11 @@ def _summary(xs: list[dict], key: str) -> dict:
     return {"median": round(statistics.median(v), 3), "min": round(min(v), 3), "max": round(max(v), 3), "n": len(v)}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="2 rounds")
-    ap.add_argument("--rounds", type=int, help="cold rounds (default 5, --quick 2)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--max-tokens", type=int, default=48)
-    ap.add_argument("--home", type=Path, help="an existing PANZA_HOME with an index and an adapter in use")
-    ap.add_argument("--no-spin-baseline", action="store_true",
-                    help="skip llama-cpp-python in the default environment (very slow on busy cores)")
-    args = ap.parse_args(argv)
+def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_tokens: int = 48,
+         home: Path | None = None, spin_baseline: bool = True) -> dict:
+    """Run the benchmark (the contract of bench/run_all.py: `main(quick)` returning "rows")."""
+    args = argparse.Namespace(quick=quick, rounds=rounds, threads=threads, max_tokens=max_tokens, home=home,
+                              no_spin_baseline=not spin_baseline)
     rounds = args.rounds or (2 if args.quick else 5)
 
     home = args.home or Path(tempfile.mkdtemp(prefix="panza-bench-draft-")) / "home"
@@ -306,8 +301,26 @@ def main(argv: list[str] | None = None) -> dict:
                    "warm": {v: [{k: round(x, 3) for k, x in r.items() if k != "text"} for r in rs]
                             for v, rs in warm.items()}}}
     out["ratios"] = _ratios(out)
+    out["rows"] = _rows(out)
     _write(out)
     return out
+
+
+def _rows(out: dict) -> list[dict]:
+    from bench._common import row
+
+    c, w = out["cold"], out["warm"]
+    rows = [row(f"cold draft first token: {o} vs llama-cpp-python direct (OMP passive)", c[o]["ttft"]["median"],
+                c["direct+passive"]["ttft"]["median"], "s", higher_is_better=False)
+            for o in ("ours", "ours, first draft")]
+    if "direct" in c:
+        rows.append(row("cold draft first token: ours vs llama-cpp-python direct (default env)",
+                        c["ours"]["ttft"]["median"], c["direct"]["ttft"]["median"], "s", higher_is_better=False))
+    rows.append(row("cold draft end: ours vs direct (OMP passive)", c["ours"]["total"]["median"],
+                    c["direct+passive"]["total"]["median"], "s", higher_is_better=False))
+    rows += [row(f"warm draft first token: {name} vs warm direct", w[name]["ttft"]["median"],
+                 w["direct warm"]["ttft"]["median"], "s", higher_is_better=False) for name in ("serve", "tui")]
+    return rows
 
 
 def _ratios(out: dict) -> dict:
@@ -352,4 +365,13 @@ def _write(out: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2 rounds")
+    ap.add_argument("--rounds", type=int, help="cold rounds (default 5, --quick 2)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--home", type=Path, help="an existing PANZA_HOME with an index and an adapter in use")
+    ap.add_argument("--no-spin-baseline", action="store_true",
+                    help="skip llama-cpp-python in the default environment (very slow on busy cores)")
+    a = ap.parse_args()
+    main(a.quick, a.rounds, a.threads, a.max_tokens, a.home, not a.no_spin_baseline)

@@ -51,13 +51,9 @@ def _texts(n: int) -> list[str]:
     return out[:n]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--texts", type=int, help="real emails to embed (default 1000, --quick 200)")
-    ap.add_argument("--rounds", type=int, help="default 3, --quick 2")
-    args = ap.parse_args(argv)
-    n_texts, rounds = args.texts or (200 if args.quick else 1000), args.rounds or (2 if args.quick else 3)
+def main(quick: bool = False, texts: int | None = None, rounds: int | None = None) -> dict:
+    """Run the benchmark (the contract of bench/run_all.py: `main(quick)` returning "rows")."""
+    n_texts, rounds = texts or (200 if quick else 1000), rounds or (2 if quick else 3)
     import numpy as np
 
     from panza_local.retrieval import embed
@@ -104,6 +100,12 @@ def main(argv: list[str] | None = None) -> dict:
                      round(c["sentence-transformers"]["median"] / c["numpy"]["median"], 2),
                      "bulk: numpy / sentence-transformers":
                      round(k["numpy"]["median"] / k["sentence-transformers"]["median"], 2)}
+    from bench._common import row
+
+    out["rows"] = [row("cold process embedding one query: numpy vs sentence-transformers", c["numpy"]["median"],
+                       c["sentence-transformers"]["median"], "s", higher_is_better=False),
+                   row("bulk embedding, batches of 64: numpy vs sentence-transformers", k["numpy"]["median"],
+                       k["sentence-transformers"]["median"], "texts/s")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "embed.json").write_text(json.dumps(out, indent=2))
     md = ["# MiniLM embeddings: numpy encoder vs sentence-transformers (`python -m bench.embed`)\n",
@@ -122,4 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--texts", type=int, help="real emails to embed (default 1000, --quick 200)")
+    ap.add_argument("--rounds", type=int, help="default 3, --quick 2")
+    a = ap.parse_args()
+    main(a.quick, a.texts, a.rounds)

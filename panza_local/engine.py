@@ -62,9 +62,10 @@ def llama_cpp():
     # llama.cpp's CPU backend is built with OpenMP here, and GNU OpenMP's default makes a thread that waits
     # at a barrier spin for ~300k iterations before sleeping: a token has hundreds of barriers, and when
     # the cores are shared (a browser, an editor, the TUI, other agents) the spinning thread takes the
-    # core from the one it waits for. Measured on 2 shared cores: 16 tokens in 39-82 s spinning, 0.4-0.8 s
-    # with OMP_WAIT_POLICY=PASSIVE (bench/engine.py). The library reads the variable once, when it is
-    # loaded, so it is set for that import only; a value the user set wins.
+    # core from the one it waits for. Measured on 2 shared cores (load ~10): 16 tokens took 39-82 s
+    # spinning and 0.4-0.8 s with OMP_WAIT_POLICY=PASSIVE; bench/draft.py runs llama-cpp-python both ways.
+    # The library reads the variable once, when it is loaded, so it is set for that import only; a value
+    # the user set wins.
     set_here = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
     if set_here:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
