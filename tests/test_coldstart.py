@@ -71,10 +71,14 @@ def test_unreadable_adapter_is_a_clear_error(tmp_path, embedded_model):
 
 def _omp_policy(env: dict) -> str:
     code = ("import ctypes; from panza_local import engine; engine.llama_cpp(); import os; "
-            "print('left', os.environ.get('OMP_WAIT_POLICY'), flush=True); "
-            "ctypes.CDLL('libgomp.so.1').omp_display_env(0)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+            "gomp = any('libgomp' in ln for ln in open('/proc/self/maps')); "
+            "print('left', os.environ.get('OMP_WAIT_POLICY'), gomp, flush=True); "
+            "gomp and ctypes.CDLL('libgomp.so.1').omp_display_env(0)")
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+    if out.stdout.split()[2] != "True":
+        pytest.skip("this llama.cpp build does not use GNU OpenMP")
     policy = next(ln.split("=", 1)[1].strip(" '") for ln in out.stderr.splitlines() if "OMP_WAIT_POLICY" in ln)
     return out.stdout.split()[1] + " " + policy
 
@@ -114,7 +118,7 @@ def test_cold_draft_imports_nothing_heavy(sample_home):
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "panza_local", "draft",
                           "Ask Jonas to move our site visit to Friday", "--to", "jonas@example.com",
                           "--format", "json", "--max-tokens", "8", "--seed", "1"],
-                         capture_output=True, text=True, env=env, timeout=600)
+                         check=False, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
     assert result["adapter"] == "ad-cold" and result["retrieved"], result  # both paths really ran
