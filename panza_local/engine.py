@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import AdapterError, ModelNotFound
+
+log = logging.getLogger(__name__)
 
 _MODELS: OrderedDict[tuple, object] = OrderedDict()
 _MAX_LOADED = 2  # base + one adapter (eval compares both); more would multiply RAM for little gain
@@ -49,6 +52,31 @@ def _quiet_env() -> None:
     os.environ.setdefault("LLAMA_LOG_LEVEL", "error")
 
 
+def llama_cpp():
+    """The llama_cpp module, imported the first time with OpenMP told not to spin (see below)."""
+    import sys
+
+    if "llama_cpp" in sys.modules:
+        return sys.modules["llama_cpp"]
+    _quiet_env()
+    # llama.cpp's CPU backend is built with OpenMP here, and GNU OpenMP's default makes a thread that waits
+    # at a barrier spin for ~300k iterations before sleeping: a token has hundreds of barriers, and when
+    # the cores are shared (a browser, an editor, the TUI, other agents) the spinning thread takes the
+    # core from the one it waits for. Measured on 2 shared cores (load ~10): 16 tokens took 39-82 s
+    # spinning and 0.4-0.8 s with OMP_WAIT_POLICY=PASSIVE; bench/draft.py runs llama-cpp-python both ways.
+    # The library reads the variable once, when it is loaded, so it is set for that import only; a value
+    # the user set wins.
+    set_here = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+    if set_here:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        import llama_cpp as mod
+    finally:
+        if set_here:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+    return mod
+
+
 @dataclass
 class Stats:
     """Timing of one generation (what the TUI side panel and benchmarks show): pass one to `stream_chat`
@@ -68,8 +96,11 @@ class Stats:
 
 
 def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: int = 4096,
-         threads: int = 0, gpu_layers: int = 0, logits_all: bool = False):
-    """Return the llama_cpp.Llama for this (model, adapter, context, threads), loading it once."""
+         threads: int = 0, gpu_layers: int = 0, logits_all: bool = False, disk_prefix: bool = False):
+    """Return the llama_cpp.Llama for this (model, adapter, context, threads), loading it once.
+
+    `disk_prefix`: a fresh load starts from the last draft's KV cache on disk and saves its own after each
+    generation (prefix_cache: what lets a cold `panza draft` skip the prompt prefix drafts share)."""
     model_path = Path(model_path)
     if not model_path.exists():
         raise ModelNotFound(f"model file {model_path} does not exist", fix="panza models list")
@@ -81,25 +112,80 @@ def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: 
         if key in _MODELS:
             _MODELS.move_to_end(key)
             return _MODELS[key]
-        _quiet_env()
-        from llama_cpp import Llama
-
-        kwargs = dict(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                      n_gpu_layers=gpu_layers, verbose=False, logits_all=logits_all)
-        if lora_path:
+        lib = llama_cpp()
+        kwargs = {"model_path": str(model_path), "n_ctx": n_ctx, "n_threads": threads, "n_threads_batch": threads,
+                  "n_gpu_layers": gpu_layers, "verbose": False, "logits_all": logits_all}
+        runtime_lora = bool(lora_path) and _can_attach_lora(lib)
+        if lora_path and not runtime_lora:
             kwargs["lora_path"] = str(lora_path)
         try:
-            llm = Llama(**kwargs)
+            llm = lib.Llama(**kwargs)
+            if runtime_lora:
+                _attach_lora(lib, llm, Path(lora_path))
         except (ValueError, RuntimeError) as exc:
             what = "adapter" if lora_path else "model"
             raise (AdapterError if lora_path else ModelNotFound)(
                 f"llama.cpp could not load the {what} ({model_path}{', ' + str(lora_path) if lora_path else ''}): {exc}",
                 fix="check the file with `panza doctor`; an adapter must be exported for this exact base model",
             ) from None
+        if disk_prefix:
+            from . import prefix_cache
+
+            llm._panza_prefix = prefix_cache.path_for(model_path, lora_path, n_ctx, lib.__version__)
+            prefix_cache.restore(lib, llm, llm._panza_prefix)
         _MODELS[key] = llm
         while len(_MODELS) > _MAX_LOADED:
             _MODELS.popitem(last=False)
         return llm
+
+
+def _can_attach_lora(lib) -> bool:
+    return all(hasattr(lib, f) for f in ("llama_adapter_lora_init", "llama_set_adapters_lora",
+                                         "llama_adapter_lora_free", "llama_adapter_lora_p_ctypes"))
+
+
+def _attach_lora(lib, llm, lora_path: Path) -> None:
+    """Apply a LoRA GGUF to a loaded model's context at run time.
+
+    `Llama(lora_path=...)` turns memory-mapping off for the base model (a rule from when llama.cpp merged
+    adapters into the weights), so every adapter draft first copied the whole base GGUF into memory, a
+    cost that grows with the model (the 98 MB embedded one: 2.7 s with `lora_path=` vs 1.7 s mapped, base
+    + adapter, medians of 5 on busy cores). llama.cpp applies adapters at run time now, so the base stays
+    mapped and the adapter costs only its own small file. Same calls, order and scale as llama-cpp-python's
+    own code path, and the same logits (tests/test_coldstart.py).
+    """
+    import ctypes
+
+    adapter = lib.llama_adapter_lora_init(llm._model.model, str(lora_path).encode("utf-8"))
+    if not adapter:
+        raise RuntimeError(f"llama.cpp rejected the adapter {lora_path}")
+    llm._stack.callback(lib.llama_adapter_lora_free, adapter)  # freed before the context and model
+    llm._lora_adapter, llm.lora_path = adapter, str(lora_path)
+    adapters = (lib.llama_adapter_lora_p_ctypes * 1)(adapter)
+    if lib.llama_set_adapters_lora(llm._ctx.ctx, adapters, 1, (ctypes.c_float * 1)(llm.lora_scale)):
+        raise RuntimeError(f"llama.cpp could not apply the adapter {lora_path}")
+
+
+def preload(settings=None, *, adapter: bool = True) -> threading.Thread:
+    """Start loading the active model (and the current adapter) in a background thread, so a cold draft's
+    retrieval and prompt building overlap it; the `load` that follows waits for it (same key, same lock).
+    The model starts from the last draft's KV cache on disk (`load(disk_prefix=True)`)."""
+
+    def work() -> None:
+        try:
+            model_path, s = default_model(settings)
+            lora = None
+            if adapter:
+                from .train import registry
+
+                lora = registry.adapter_for(s).gguf
+            load(model_path, lora, n_ctx=s.n_ctx, threads=s.threads, gpu_layers=s.gpu_layers, disk_prefix=True)
+        except Exception as exc:  # noqa: BLE001 - the foreground load raises the real error with its fix
+            log.debug("preload failed (%s: %s)", type(exc).__name__, exc)
+
+    thread = threading.Thread(target=work, name="panza-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def unload_all() -> None:
@@ -151,10 +237,8 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
     if use_seed is not None and use_seed >= 0:
         kwargs["seed"] = use_seed
     if grammar:
-        from llama_cpp import LlamaGrammar
-
         with _suppress_stderr():
-            kwargs["grammar"] = LlamaGrammar.from_string(grammar, verbose=False)
+            kwargs["grammar"] = llama_cpp().LlamaGrammar.from_string(grammar, verbose=False)
     stats = stats if stats is not None else Stats()
     t0 = time.perf_counter()
     with _LOCK:
@@ -165,8 +249,12 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
                     stats.ttft_s = time.perf_counter() - t0
                 stats.completion_tokens += 1
                 yield delta
-    stats.total_s = time.perf_counter() - t0
-    stats.prompt_tokens = llm.n_tokens - stats.completion_tokens
+        stats.total_s = time.perf_counter() - t0
+        stats.prompt_tokens = llm.n_tokens - stats.completion_tokens
+        if getattr(llm, "_panza_prefix", None):  # a cold process's model: the next one starts from here
+            from . import prefix_cache
+
+            prefix_cache.save(llama_cpp(), llm, llm._panza_prefix)
     return stats
 
 
@@ -201,9 +289,7 @@ def next_token_logits(prompt: str, model_path: str | Path, lora_path: str | Path
 
 def system_info() -> str:
     """llama.cpp's build/CPU feature line."""
-    import llama_cpp
-
-    return llama_cpp.llama_print_system_info().decode()
+    return llama_cpp().llama_print_system_info().decode()
 
 
 @contextlib.contextmanager
@@ -226,6 +312,7 @@ def _suppress_stderr():
 
 def render_chat(messages: list[dict], model_path: str | Path, add_generation_prompt: bool = True) -> str:
     """The prompt text llama.cpp builds for `messages` from the GGUF's own chat template."""
+    llama_cpp()
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     llm = load(model_path, n_ctx=512)

@@ -32,10 +32,20 @@ def register(sub) -> None:
 
 
 def console(quiet: bool = False):
-    """stderr console for notes; a silent one with --quiet (mail clients show stderr over their screen)."""
-    c = _console()
-    c.quiet = quiet
-    return c
+    """stderr console for notes; a silent one with --quiet (mail clients show stderr over their screen).
+    Made on its first print: rich takes ~0.1 s to import, and most drafts print no note."""
+    return _LazyConsole(quiet)
+
+
+class _LazyConsole:
+    def __init__(self, quiet: bool):
+        self.quiet, self._c = quiet, None
+
+    def print(self, *args, **kwargs) -> None:
+        if self._c is None:
+            self._c = _console()
+            self._c.quiet = self.quiet
+        self._c.print(*args, **kwargs)
 
 
 def split_stdin(text: str) -> tuple[str, str | None]:
@@ -53,7 +63,7 @@ def split_stdin(text: str) -> tuple[str, str | None]:
 
 
 def run(args) -> int:
-    from .. import config, draft
+    from .. import config, draft, engine
     from ..errors import PanzaError
 
     if args.n < 1 or args.n > 10:
@@ -70,6 +80,7 @@ def run(args) -> int:
     if not instruction.strip():
         raise PanzaError("the instruction is empty", fix='panza draft "ask Anna to move Friday\'s call to 3pm"')
     settings = config.load({"seed": args.seed, "max_tokens": args.max_tokens, "temperature": args.temperature})
+    engine.preload(settings, adapter=not args.no_adapter)  # loads while retrieval and the prompt are prepared
     kw = {"to": args.to, "subject": args.subject, "reply_to": reply, "use_rag": not args.no_rag,
           "use_adapter": not args.no_adapter, "settings": settings}
     err = console(quiet=args.quiet)

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 PREFIX = "panza-"
 _CLIENTS: dict[str, object] = {}
 _COLLECTIONS: dict[tuple, dict] = {}  # (url, model, kinds) -> {kind: collection}, for search
+_READERS: dict[str, object] = {}  # persistent folder -> chroma_read engine (searches before any write)
 
 
 def client(chroma_url: str = ""):
@@ -27,6 +28,9 @@ def client(chroma_url: str = ""):
         return _CLIENTS[key]
     import chromadb
     from chromadb.config import Settings as ChromaSettings
+
+    if _READERS.pop(key, None) is not None:  # one engine per folder in a process: the full client from now on
+        _COLLECTIONS.clear()
 
     chroma_settings = ChromaSettings(anonymized_telemetry=False)
     if not chroma_url:
@@ -57,12 +61,14 @@ def parse_url(url: str) -> tuple[str, int, bool]:
 def forget_collections() -> None:
     """Drop cached collection handles (another process may have rebuilt the index)."""
     _COLLECTIONS.clear()
+    _READERS.clear()
 
 
 def forget_clients() -> None:
     """Drop cached clients and collections (tests that remove a home, or a changed chroma_url)."""
     _CLIENTS.clear()
     _COLLECTIONS.clear()
+    _READERS.clear()
 
 
 def name_of(kind: str) -> str:
@@ -117,10 +123,20 @@ def get_collections(chroma_url: str, model: str, kinds: tuple[str, ...]) -> dict
     key = (chroma_url or str(paths.subdir("chroma")), model, tuple(kinds))
     if key in _COLLECTIONS:
         return _COLLECTIONS[key]
-    cli = client(chroma_url)
+    reader = None if chroma_url or key[0] in _CLIENTS else _reader(key[0])
+    if reader is not None:  # a search in a process that has not written: no `import chromadb` (seconds)
+        from . import chroma_read
+
+        def get(k):
+            return chroma_read.collection(reader, name_of(k))
+    else:
+        cli = client(chroma_url)
+
+        def get(k):
+            return _get(cli, k, model)
     out = {}
     for k in kinds:
-        c = _get(cli, k, model)
+        c = get(k)
         if c is not None and (c.metadata or {}).get("model") == model:
             out[k] = c
     if len(out) == len(kinds):  # cache only a complete set: a missing kind may be created by the next sync
@@ -138,6 +154,14 @@ def all_ids(col, page: int = 5000) -> set[str]:
         if len(got["ids"]) < page:
             return out
         offset += page
+
+
+def _reader(folder: str):
+    if folder not in _READERS:
+        from . import chroma_read
+
+        _READERS[folder] = chroma_read.open_reader(folder)
+    return _READERS[folder]
 
 
 def batch_size(col, wanted: int) -> int:

@@ -1,7 +1,14 @@
-"""The embedding model (all-MiniLM-L6-v2 by default), loaded from its package folder, offline."""
+"""The embedding model (all-MiniLM-L6-v2 by default), loaded from its package folder, offline.
+
+`embed()` runs the model with numpy (`minilm.Encoder`): the same vectors as sentence-transformers (cosine
+>= 0.99999, tests/test_embed_light.py) without importing torch, transformers or sentence-transformers,
+which took ~10 s of every cold `panza draft` for a 5 ms query. `model()` still gives the
+SentenceTransformer, for the evaluation metrics that need token-level features.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
 from functools import lru_cache
 
@@ -9,8 +16,24 @@ _LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=2)
+def encoder(name: str = "all-minilm-l6-v2"):
+    """The numpy encoder of model `name`, loaded once from its package folder (memory-mapped: milliseconds)."""
+    from .. import catalogue
+    from .minilm import Encoder
+
+    return Encoder(catalogue.embedding_model_dir(name))
+
+
+def _workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+@lru_cache(maxsize=2)
 def model(name: str = "all-minilm-l6-v2"):
-    """A SentenceTransformer loaded once from the embedded model folder (never from the hub)."""
+    """A SentenceTransformer loaded once from the embedded model folder (never from the hub): metrics only."""
     from .. import catalogue
 
     folder = catalogue.embedding_model_dir(name)
@@ -30,10 +53,9 @@ def embed(texts: list[str], name: str = "all-minilm-l6-v2", batch_size: int = 64
 
     if not texts:
         return np.zeros((0, dims(name)), dtype=np.float32)
+    enc = encoder(name)
     with _LOCK:
-        vecs = model(name).encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                  convert_to_numpy=True, show_progress_bar=False)
-    return vecs.astype(np.float32, copy=False)
+        return enc.encode(list(texts), batch_size=batch_size, workers=_workers() if len(texts) > batch_size else 1)
 
 
 def dims(name: str = "all-minilm-l6-v2") -> int:
@@ -54,7 +76,7 @@ def chroma_function(name: str = "all-minilm-l6-v2"):
         from chromadb.utils.embedding_functions import register_embedding_function
 
         class PanzaEmbedding(EmbeddingFunction[Documents]):
-            """The embedded sentence-transformers model, loaded offline from its package folder."""
+            """The embedded MiniLM model (numpy), loaded offline from its package folder."""
 
             def __init__(self, model_name: str = "all-minilm-l6-v2"):
                 self.model_name = model_name
