@@ -174,6 +174,8 @@ def preload(settings=None, *, adapter: bool = True) -> threading.Thread:
     def work() -> None:
         try:
             model_path, s = default_model(settings)
+            if s.engine_url:  # a server generates (remote.py): nothing to load here
+                return
             lora = None
             if adapter:
                 from .train import registry
