@@ -63,12 +63,15 @@ def save(lib, llm, path: Path) -> None:
     count = int(llm.n_tokens)
     if count <= 0:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from . import paths
+
+    paths.ensure_dir(path.parent)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tokens = (lib.llama_token * count)(*[int(t) for t in llm.input_ids[:count]])
     try:
         if not lib.llama_state_seq_save_file(llm._ctx.ctx, str(tmp).encode(), 0, tokens, count):
             raise OSError("llama.cpp could not write it")
+        tmp.chmod(0o600)  # derived from the user's mail, whatever the caller's umask
         os.replace(tmp, path)
     except OSError as exc:
         log.info("prompt cache not saved (%s)", exc)
