@@ -98,4 +98,4 @@ def test_examples_from_the_store(home):
 def test_examples_from_jsonl(shared_data):
     exs = data.examples_from_jsonl(shared_data / "panza" / "marcus_anonymous_clean.jsonl")
     assert len(exs) >= 100
-    assert all(e.target and "Instruction:" in e.messages[1]["content"] for e in exs)
+    assert all(e.target and e.messages[-1]["role"] == "user" and e.messages[-1]["content"].startswith("Write") for e in exs)
