@@ -151,7 +151,7 @@ class Cleaner:
             self._pending.append(line)
             return ""
         sig = _SIGNOFF.match(line)
-        if sig and self._started:
+        if sig:
             self._ended = True
             self._named = bool(sig.group("name"))
             self._pending.append(line)
