@@ -100,7 +100,7 @@ class Cleaner:
             first = parts.pop(0) if parts else ""
             rest = first[len(self._line_out):] if first.startswith(self._line_out) else ""
             out.append(rest)
-            self._line_out, self._line_hold = "", False
+        self._line_out, self._line_hold = "", False
         for part in parts:
             out.append(self._judge(part))
         return "".join(out)

@@ -90,6 +90,7 @@ def test_streaming_holds_back_only_what_it_must():
     c = cleanup.Cleaner(MAYA, TO)
     assert c.feed("Here is the email I would send to Bob about") == ""
     assert c.feed(" it: Hi Bob,\nCould we meet?\n") == "Hi Bob,\nCould we meet?"
+    assert c.feed("Thursday is packed on my side, so we") == "\nThursday is packed on my side, so"  # streams again
 
 
 def test_sign_off_rules():
