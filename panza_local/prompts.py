@@ -56,8 +56,7 @@ def system_preamble(profile: Profile | None = None) -> str:
     p = profile or Profile()
     who = _one_line(p.name) if p.name else ""
     lines = [f"You are {who}{', ' + _one_line(p.role) if p.role else ''}." if who else "You write emails for the user.",
-             ("Write the email you are asked for, in your own voice, like your earlier emails. "
-              "Write only the email itself: no subject line, no notes, no placeholders.")]
+             "Write the email you are asked for in your own words: only the email, no subject line, no notes."]
     if len(p.languages) > 1:
         lines.append(f"You write in {', '.join(_one_line(x) for x in p.languages)}; answer in the language of the request.")
     if p.typical_words:
