@@ -4,8 +4,9 @@ Small models echo prompt scaffolding ("Here's a sample of a message I sent to Bo
 "Chat History:", "---", "[Your Name]") and sign with the recipient's name. `Cleaner` removes the
 scaffolding, puts the user's greeting for this recipient and their own sign-off in place, and cuts what
 follows the sign-off (a second email, notes). It streams: `feed(piece)` returns what is safe to show now,
-holding back only complete lines at the start until they are judged, a line that may be scaffolding
-until it ends, and trailing short lines that may be a sign-off until `close()`. `clean(text)` is the
+holding back only a greeting until the body starts, a line that may be scaffolding until it ends (a
+line's words are shown as they come once its start is plainly email text), and trailing short lines
+that may be a sign-off until `close()`. `clean(text)` is the
 same thing in one call, so a streamed draft and a collected one are the same text.
 """
 
@@ -14,12 +15,9 @@ from __future__ import annotations
 import re
 from email.utils import getaddresses
 
+from .profile import GREETING as _GREETING
 from .prompts import Profile
 
-_GREETING = re.compile(
-    r"^(hi|hello|hey|dear|good (?:morning|afternoon|evening)|morning|greetings|hallo|liebe[rs]?|"
-    r"sehr geehrte[rs]?|bonjour|salut|cher|chère|ciao|buongiorno|hola|estimad[oa]s?|olá|oi|hej|hoi|beste)\b",
-    re.IGNORECASE)
 _SIGNOFF_WORDS = (r"thanks(?: again| so much| a lot)?|thank you(?: so much)?|many thanks|thx|best(?: wishes)?|"
                   r"(?:best|kind|warm|warmest|many)? ?regards|cheers|sincerely(?: yours)?|yours(?: truly| sincerely)?|"
                   r"all the best|talk soon|take care|speak soon|warmly|respectfully|with thanks|love|"

@@ -24,8 +24,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 FIELDS = [f.name for f in fields(Profile)]
-# Opening words of a greeting line, in the languages the cleaner knows.
-_GREETING = re.compile(
+# Opening words of a greeting line, in the languages the cleaner knows (drafts' clean-up uses it too).
+GREETING = re.compile(
     r"^(hi|hello|hey|dear|good (?:morning|afternoon|evening)|morning|greetings|hallo|liebe[rs]?|"
     r"sehr geehrte[rs]?|bonjour|salut|cher|chère|ciao|buongiorno|hola|estimad[oa]s?|olá|oi|hej|hoi|beste)\b",
     re.IGNORECASE)
@@ -158,7 +158,7 @@ def greeting_of(body: str) -> str | None:
     if not lines:
         return None
     first = lines[0]
-    m = _GREETING.match(first)
+    m = GREETING.match(first)
     if not m or len(first.split()) > 5:
         return None
     word = first[: m.end()]
@@ -212,7 +212,7 @@ def greeting_for(to: str | None, conn=None) -> str | None:
     firsts = []
     for r in rows:
         lines = _lines(r["body"] or "")
-        if lines and _GREETING.match(lines[0]) and len(lines[0].split()) <= 5:
+        if lines and GREETING.match(lines[0]) and len(lines[0].split()) <= 5:
             firsts.append(lines[0])
     if not firsts:
         return None
