@@ -29,7 +29,8 @@ _SIGNOFF = re.compile(rf"^(?i:{_SIGNOFF_WORDS})\s*[,.!]*\s*(?P<name>{_NAME}(?:\s
 _PLACEHOLDER = re.compile(r"\[[^\[\]\n]{0,40}\b(?:name|signature|sender|recipient)\b[^\[\]\n]{0,20}\]", re.IGNORECASE)
 _TRAILING_SIGNATURE = re.compile(r"(?<=[.?!])\s+(?=[^.?!\n]{0,40}" + _PLACEHOLDER.pattern + r"[\s*_-]*$)",
                                  re.IGNORECASE)
-_HEADER = re.compile(r"^(subject|re|to|from|cc|bcc|date|sent)\s*:\s*", re.IGNORECASE)
+# Header lines, and "Mention: a, b" (the keyword list of a playback instruction, echoed): dropped whole.
+_HEADER = re.compile(r"^(subject|re|to|from|cc|bcc|date|sent|mention)\s*:\s*", re.IGNORECASE)
 _LABEL = re.compile(r"^(?:chat history|message body|email body|body|email|message|draft|instruction|request|"
                     r"answer|response|reply|output|the (?:answer|response|reply|email|message|draft) is)\s*:\s*",
                     re.IGNORECASE)
@@ -43,24 +44,26 @@ _BRACKETED = re.compile(r"^\[[^\[\]]*\]$")
 # A partial line may be shown before it ends only if its start cannot turn out to be one of the above.
 _MAYBE_LABEL = re.compile(r"^(?:sure|certainly|of course|okay|ok|here|below|this|the|i'?ve|i have|subject|chat|"
                           r"message|email|body|draft|answer|response|reply|output|instruction|request|re|to|from|"
-                          r"cc|bcc|date|sent)\b",
+                          r"cc|bcc|date|sent|mention)\b",
                           re.IGNORECASE)
 _RISKY = re.compile(r"[*\[\]#~<>_=]|-{2,}|[A-Za-z]\s*:|\b(?:subject|chat history|message body)\b", re.IGNORECASE)
 
 
-def clean(text: str, profile: Profile | None = None, to: str | None = None) -> str:
+def clean(text: str, profile: Profile | None = None, to: str | None = None, hint: str = "") -> str:
     """The email in `text`: no scaffolding, the user's greeting and sign-off (same result as streaming it)."""
-    c = Cleaner(profile, to)
+    c = Cleaner(profile, to, hint)
     return (c.feed(text) + c.close()).strip()
 
 
 class Cleaner:
     """Streaming clean-up of one draft: `feed(piece)` -> text to show now; `close()` -> the rest."""
 
-    def __init__(self, profile: Profile | None = None, to: str | None = None):
+    def __init__(self, profile: Profile | None = None, to: str | None = None, hint: str = ""):
+        """`to`: the recipient; `hint`: the instruction (names in it may be greeted: "Reply to Jo ...")."""
         self.profile = profile or Profile()
         self.me = _first_name(self.profile)
         self.them = _recipient_names(to)
+        self.named = self.them | {w.lower() for w in re.findall(r"\b[A-Z][a-z]+\b", hint or "")}
         self.subject = ""
         """A "Subject:" line the model wrote (removed from the text)."""
         self._buf = ""
@@ -237,15 +240,17 @@ class Cleaner:
         return words.rstrip() + ("\n" + signer if signer else "")
 
     def _greeting(self, model_greeting: str) -> str:
-        """The user's greeting for this recipient in place of the model's (the model's when it is the same
-        nameless form: "Hi," in the profile, "Hi Bob," from the model)."""
+        """The user's greeting for this recipient in place of the model's; the model's when the profile's is
+        the same word without a name ("Hi,") and the model's names the recipient ("Hi Bob,"), never a guess
+        ("Hi Re,", "Hi Alex," to someone else)."""
         own = self.profile.greeting.strip()
         if not own or "<name>" in own:
             return model_greeting
         word = own.split()[0].strip(",!:.").lower()
         nameless = len(own.rstrip(",!:.").split()) == 1
-        names = [w.strip(",!:.").lower() for w in model_greeting.split()[1:]]
-        if nameless and model_greeting.split()[0].strip(",!:.").lower() == word and self.me.lower() not in names:
+        names = {w.strip(",!:.").lower() for w in model_greeting.split()[1:]} - {""}
+        same = model_greeting.split()[0].strip(",!:.").lower() == word
+        if nameless and same and names and names <= self.named - {self.me.lower()}:
             return model_greeting
         return own
 

@@ -348,7 +348,7 @@ def stream(plan: DraftPlan, *, seed: int | None = None, temperature: float | Non
     model's own."""
     plan.pieces, plan.raw = [], []
     st = engine.Stats()
-    cleaner = cleanup.Cleaner(plan.profile, plan.to)
+    cleaner = cleanup.Cleaner(plan.profile, plan.to, plan.instruction)
     for piece in engine.stream_chat(plan.messages, model_path=plan.model_path, lora_path=plan.lora_path,
                                     max_tokens=max_tokens or plan.max_tokens, temperature=temperature,
                                     seed=plan.seed if seed is None else seed, stop=[prompts.FENCE],
@@ -370,7 +370,7 @@ def stream(plan: DraftPlan, *, seed: int | None = None, temperature: float | Non
 def finish(plan: DraftPlan, *, record: bool = True) -> Draft:
     """The Draft made of what `stream(plan)` produced (stored in the drafts table when `record`)."""
     # cleaned from the raw text, not the streamed pieces: a stream stopped early never got its tail
-    cleaner = cleanup.Cleaner(plan.profile, plan.to)
+    cleaner = cleanup.Cleaner(plan.profile, plan.to, plan.instruction)
     text = (cleaner.feed("".join(plan.raw)) + cleaner.close()).strip()
     subject = plan.subject or cleaner.subject or _subject_from(plan.instruction)
     reply = plan.reply

@@ -115,6 +115,7 @@ def request(instruction: str, *, to: str | None = None, subject: str | None = No
     """One request line as the user would type it: "Email to Ann: <instruction>"."""
     what = _one_line(instruction)[:MAX_REQUEST_CHARS] or "Write an email."
     who = recipient(to)
+    subject = re.sub(r"^(?:\s*(?:re|fwd?|aw|wg|sv|tr)\s*:\s*)+", "", subject or "", flags=re.IGNORECASE)
     about = f' about "{_one_line(subject)[:120]}"' if subject and _norm(subject) not in _norm(what) else ""
     if who or about:
         return f"Email{' to ' + who if who else ''}{about}: {what}"

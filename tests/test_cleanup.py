@@ -25,11 +25,12 @@ SCAFFOLD_ONE_LINE = ("Here's a sample of a message I sent to Bob: **Subject: Req
 FROM_BOB = "The message is from Bob."
 WELCOME = ("You're welcome. I'll be in touch tomorrow at 10:30am to discuss the project details.\n\n"
            "Best regards,\nBob")
+MENTION = "Hi Bob,\n\nFriday works for me.\nMention: Friday, meeting, move.\n\nCheers,\nMaya"
 SUBJECT_FIRST = ('Subject: Draft a sample message to Bob, with a subject line of "Lunch"\n\nHere\'s the email:\n\n'
                  "Dear Bob,\n\nI am writing to ask whether you are free for lunch on Thursday.")
-LEAKS = re.compile(r"subject:|chat history|message body|\[your name\]|\*\*|^#|---|here'?s a|the message is from",
+LEAKS = re.compile(r"mention:|subject:|chat history|message body|\[your name\]|\*\*|^#|---|here'?s a|the message is from",
                    re.IGNORECASE | re.MULTILINE)
-ALL = [ECHO, SCAFFOLD, SCAFFOLD_ONE_LINE, FROM_BOB, WELCOME, SUBJECT_FIRST]
+ALL = [ECHO, SCAFFOLD, SCAFFOLD_ONE_LINE, FROM_BOB, WELCOME, SUBJECT_FIRST, MENTION]
 
 
 def streamed(text: str, rng: random.Random, profile=MAYA, to=TO) -> tuple[str, list[str]]:
@@ -43,7 +44,7 @@ def streamed(text: str, rng: random.Random, profile=MAYA, to=TO) -> tuple[str, l
     return "".join(pieces).strip(), pieces
 
 
-@pytest.mark.parametrize("text", ALL, ids=["echo", "scaffold", "one-line", "from-bob", "welcome", "subject"])
+@pytest.mark.parametrize("text", ALL, ids=["echo", "scaffold", "one-line", "from-bob", "welcome", "subject", "mention"])
 def test_real_bad_outputs_become_clean_emails(text):
     out = cleanup.clean(text, MAYA, TO)
     assert not LEAKS.search(out), out
@@ -121,6 +122,9 @@ def test_greeting_is_the_users_own_form():
     assert cleanup.clean("Hi Maya,\n\nFriday?", nameless, TO).startswith("Hi,\n\n")  # never to the user herself
     assert cleanup.clean("Dear Bob, could we meet on Friday?", MAYA, TO).startswith("Hi Bob,\n\nCould we meet")
     assert cleanup.clean("Hello Bob,\n\nFriday?", Profile(), TO).startswith("Hello Bob,")  # no profile: as written
+    # a name the model guessed is not kept; one the instruction or the address gives is
+    assert cleanup.clean("Hi Re,\n\nFriday?", nameless, "x@y.org").startswith("Hi,\n\n")
+    assert cleanup.clean("Hi Jo,\n\nFriday?", nameless, "x@y.org", hint="Reply to Jo").startswith("Hi Jo,")
 
 
 def test_nothing_but_scaffolding_is_no_email():
