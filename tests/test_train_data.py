@@ -101,7 +101,7 @@ def test_examples_from_jsonl(shared_data):
     assert all(e.target and e.messages[-1]["role"] == "user" and e.messages[-1]["content"].startswith("Write") for e in exs)
 
 
-def test_training_prompts_are_the_drafts_prompts_with_past_emails(home):
+def test_training_prompts_are_the_drafts_prompts_with_past_emails(home, monkeypatch):
     """With retrieved context, a training example shows its past emails exactly as a draft would: earlier
     turns asking for each (its own playback instruction) and answering with the email, recipient's first."""
     from panza_local import config, draft, store
@@ -118,6 +118,7 @@ def test_training_prompts_are_the_drafts_prompts_with_past_emails(home):
         conn.execute("INSERT INTO pairs (message_id, content_hash, gen_config, status, instruction, created_at) "
                      "VALUES (?, ?, 'g', 'ok', ?, '2024-01-01')", (i + 1, f"h{i}", f"Tomato note {i}"))
     settings = config.load({"raft_context_share": 1.0, "rag_k": 2, "rag_min_score": 0.0})
+    monkeypatch.setattr(data, "CONTEXT_K", 2)
     index.sync(conn, settings=settings)
     (ex,) = [e for e in data.examples(conn, "all", settings) if e.meta["message_id"] == 3]
     assert [m["role"] for m in ex.messages] == ["system", "user", "assistant", "user", "assistant", "user"]
