@@ -7,6 +7,7 @@ Heavy (the whole pipeline: playback of her 138 emails, training, drafts on the r
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 
 import pytest
@@ -27,6 +28,9 @@ VOICE = (
      "Sam Whitaker <sam.whitaker@fastmail.example>", [("thursday",), ("plant",)]),
     ("Ask Bob to send the signed contract back by Friday", "bob@example.com", [("friday",), ("contract",)]),
 )
+# The `home` fixture clears PANZA_* settings; a run on a busy machine may still ask for fewer threads
+# (PANZA_THREADS=1: llama.cpp's and torch's spinning threads crawl when the cores are shared).
+THREADS = os.environ.get("PANZA_THREADS")
 LEAKS = re.compile(r"subject:|chat history|message body|\[your name\]|\*\*|^#|^-{3,}|here'?s (a|the)|"
                    r"the message is from", re.IGNORECASE | re.MULTILINE)
 
@@ -48,7 +52,10 @@ def carries(text: str, groups) -> bool:
 
 
 @pytest.mark.heavy
-def test_quickstart_adapter_drafts_in_her_voice(home):
+def test_quickstart_adapter_drafts_in_her_voice(home, monkeypatch):
+    if THREADS:
+        monkeypatch.setenv("PANZA_THREADS", THREADS)
+
     @contextlib.contextmanager
     def bar(_desc):
         yield lambda *a, **k: None
