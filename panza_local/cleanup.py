@@ -39,6 +39,10 @@ _PREAMBLE = re.compile(r"^(?:(?:sure|certainly|of course|okay|ok)[,!.]?\s*)?(?:h
                        r"response|reply|version|note|letter)\b[^:\n]{0,80}:\s*", re.IGNORECASE)
 _ABOUT = re.compile(r"^(?:the|this) (?:message|email|e-mail) (?:is|was) (?:from|to|sent|written|addressed)\b"
                     r"[^.!?\n]*[.!?]?\s*", re.IGNORECASE)
+# A label alone on its line ("Chat History"), and a greeting line after the body (another email starts).
+_BARE_LABEL = re.compile(r"^(?:chat history|message body|email body|subject line|subject|instruction|request|"
+                         r"answer|response|output)\s*[:.]?$", re.IGNORECASE)
+_NEW_EMAIL = re.compile(r"^(?:\w+:\s*)?(?P<g>\S.{0,40}[,!:])$")
 _RULE = re.compile(r"\s*(?:-{3,}|\*{3,}|_{3,}|={3,})\s*")
 _BRACKETED = re.compile(r"^\[[^\[\]]*\]$")
 # A partial line may be shown before it ends only if its start cannot turn out to be one of the above.
@@ -129,7 +133,7 @@ class Cleaner:
                 if m.group(1).lower() == "subject" and not self.subject:
                     self.subject = line[m.end():].strip()
                 return ""
-        if _BRACKETED.match(line):
+        if _BRACKETED.match(line) or _BARE_LABEL.match(line):
             return ""
         if not line:
             last_blank = self._pending[-1] == "" if self._pending else self._last_blank
@@ -142,6 +146,9 @@ class Cleaner:
                 rest = rest[:1].upper() + rest[1:]
                 self._pending += [self._greeting(greet)] + (["", rest] if rest else [])
                 return self._flush() if rest and _is_body(rest) else ""
+        if self._started and _starts_another_email(line):
+            self._ended = self._named = True  # what follows is another email: cut here, sign off below
+            return ""
         if self._ended:
             if not self._named and _is_body(line) and not _GREETING.match(line):
                 self._ended = False  # "Thanks," then a sentence: it was the body after all
@@ -276,6 +283,12 @@ def _split_greeting(line: str) -> tuple[str | None, str]:
     if len(line.split()) <= 4:
         return line, ""
     return None, line
+
+
+def _starts_another_email(line: str) -> bool:
+    """A greeting alone on its line ("Hello,", "Chair: Hi Hannah,") once the body has begun."""
+    m = _NEW_EMAIL.match(line)
+    return bool(m) and bool(_GREETING.match(m.group("g"))) and len(m.group("g").split()) <= 4
 
 
 def _is_short(line: str) -> bool:

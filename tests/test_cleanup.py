@@ -28,9 +28,12 @@ WELCOME = ("You're welcome. I'll be in touch tomorrow at 10:30am to discuss the 
 MENTION = "Hi Bob,\n\nFriday works for me.\nMention: Friday, meeting, move.\n\nCheers,\nMaya"
 SUBJECT_FIRST = ('Subject: Draft a sample message to Bob, with a subject line of "Lunch"\n\nHere\'s the email:\n\n'
                  "Dear Bob,\n\nI am writing to ask whether you are free for lunch on Thursday.")
-LEAKS = re.compile(r"mention:|subject:|chat history|message body|\[your name\]|\*\*|^#|---|here'?s a|the message is from",
+LEAKS = re.compile(r"mention:|subject:|chat history|^(?:hi|hello)\b.*\n(?:.*\n)*(?:hi|hello)\b|message body|\[your name\]|\*\*|^#|---|here'?s a|the message is from",
                    re.IGNORECASE | re.MULTILINE)
-ALL = [ECHO, SCAFFOLD, SCAFFOLD_ONE_LINE, FROM_BOB, WELCOME, SUBJECT_FIRST, MENTION]
+# The stock model's draft in the quickstart (issue 21 layout): a second greeting, a bare label, more lines.
+STOCK_REPEAT = ("Hi Hannah,\nI hope you're doing well. I'm Maya Lindqvist and I'll be inviting Hannah to a book club "
+                "at my home on Thursday at 7:30pm.\n\nChair: Hi Hannah,\nHello,\nHi,\n\nChat History\n\nCheers,\nMaya")
+ALL = [STOCK_REPEAT, ECHO, SCAFFOLD, SCAFFOLD_ONE_LINE, FROM_BOB, WELCOME, SUBJECT_FIRST, MENTION]
 
 
 def streamed(text: str, rng: random.Random, profile=MAYA, to=TO) -> tuple[str, list[str]]:
@@ -44,7 +47,7 @@ def streamed(text: str, rng: random.Random, profile=MAYA, to=TO) -> tuple[str, l
     return "".join(pieces).strip(), pieces
 
 
-@pytest.mark.parametrize("text", ALL, ids=["echo", "scaffold", "one-line", "from-bob", "welcome", "subject", "mention"])
+@pytest.mark.parametrize("text", ALL, ids=["stock-repeat", "echo", "scaffold", "one-line", "from-bob", "welcome", "subject", "mention"])
 def test_real_bad_outputs_become_clean_emails(text):
     out = cleanup.clean(text, MAYA, TO)
     assert not LEAKS.search(out), out
@@ -61,6 +64,9 @@ def test_the_quoted_drafts_exactly():
     assert cleanup.clean(SCAFFOLD, MAYA, TO) == ("Hi Bob,\n\nI hope this email finds you well. Could we move our "
                                                  "meeting to Friday at 10am?\n\nCheers,\nMaya")
     assert cleanup.clean(SCAFFOLD_ONE_LINE, MAYA, TO) == "Hi Bob,\n\nCould we move our meeting to Friday?\n\nCheers,\nMaya"
+    assert cleanup.clean(STOCK_REPEAT, MAYA, "hannah@x.org") == (
+        "Hi Bob,\nI hope you're doing well. I'm Maya Lindqvist and I'll be inviting Hannah to a book club at my home "
+        "on Thursday at 7:30pm.\n\nCheers,\nMaya")
     assert cleanup.clean(ECHO, MAYA, TO) == ("You can't ask for a meeting on Friday.\n\nNo, I'm not going to the meeting "
                                              "tomorrow.\n\nI'll send you a reminder later today.\n\nCheers,\nMaya")
     c = cleanup.Cleaner(MAYA, TO)
