@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import engine, fit, prompts
+from . import cleanup, engine, fit, prompts
 from .errors import NoDataError, PanzaError
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ class Retrieved:
     same_recipient: bool = False
     kind: str = "sent"  # "doc": a passage of the user's documents, put in the prompt as reference
     cite: str = ""  # for a document passage: file and paragraphs (`notes.md ¶3-4`)
+    instruction: str = ""
+    """What this email was asked for (its playback instruction): the request of its turn in the prompt."""
 
 
 @dataclass
@@ -68,6 +70,9 @@ class DraftPlan:
     seed: int | None = None
     notices: list[str] = field(default_factory=list)
     pieces: list[str] = field(default_factory=list)
+    """The cleaned text as streamed (what the user saw)."""
+    raw: list[str] = field(default_factory=list)
+    """The model's own pieces, before clean-up (tests and benchmarks judge the model by these)."""
     stats: dict = field(default_factory=dict)
     render: object = None  # (retrieved, thread) -> messages: what fit.py trims the prompt with
 
@@ -116,7 +121,7 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
         to = to or reply.sender
         subject = subject or _re(reply.subject)
     prof = profiles.prompt_profile(to, profile if profile is not None else _safe(profiles.load, notices, prompts.Profile()),
-                                   notices=notices)
+                                   notices=notices, hint=instruction)
     if examples is None:
         examples = _retrieve(instruction, to, settings, exclude_ids, notices) if use_rag else []
     else:
@@ -125,9 +130,9 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
     adapter, lora = _adapter(use_adapter, settings, notices)
 
     def render(retrieved: list[Retrieved], thread: str | None) -> list[dict]:
-        return prompts.build(  # raw bodies, exactly as train/data.py builds its prompts
+        return prompts.build(  # past emails as train/data.py builds its prompts
             instruction, profile=prof, to=to, subject=subject, thread=thread,
-            examples=[e.text for e in retrieved if e.kind != "doc"],
+            examples=prompt_examples([e for e in retrieved if e.kind != "doc"]),
             documents=[(e.cite.rsplit("/", 1)[-1], e.text) for e in retrieved if e.kind == "doc"])
     plan = DraftPlan(instruction=instruction, messages=[], settings=settings, model_path=Path(model_path),
                      to=to, subject=subject, reply=reply, retrieved=list(examples), adapter=adapter,
@@ -143,6 +148,37 @@ def _safe(fn, notices: list[str], default):
     except PanzaError as exc:
         notices.append(f"profile not used: {exc.message}")
         return default
+
+
+def prompt_examples(retrieved: list[Retrieved]) -> list[prompts.Example]:
+    """Retrieved emails as prompt turns: each with the request it answered (its playback instruction from the
+    store, else its subject), the way training shows them."""
+    missing = [r.id for r in retrieved if not r.instruction]
+    found = _instructions(missing) if missing else {}
+    out = []
+    for r in retrieved:
+        ask = r.instruction or found.get(r.id) or (f'Write about "{r.subject}".' if r.subject else "")
+        out.append(prompts.Example(text=r.text, request=ask, to=r.to))
+    return out
+
+
+def _instructions(item_ids: list[str]) -> dict[str, str]:
+    """{index item id: the latest playback instruction of its message} for the ids that have one."""
+    from . import store
+
+    try:
+        conn = store.connect()
+    except PanzaError:
+        return {}
+    try:
+        marks = ",".join("?" * len(item_ids))
+        rows = conn.execute(
+            f"SELECT i.item_id, p.instruction FROM index_items i JOIN pairs p ON p.message_id = i.ref_id "
+            f"WHERE i.item_id IN ({marks}) AND i.kind != 'doc' AND p.status = 'ok' AND p.instruction IS NOT NULL "
+            f"ORDER BY p.id", item_ids).fetchall()
+    finally:
+        conn.close()
+    return {r[0]: r[1] for r in rows}  # the newest pair wins
 
 
 def _budget(prof: prompts.Profile, settings) -> int:
@@ -325,30 +361,44 @@ def _re(subject: str) -> str:
 
 def stream(plan: DraftPlan, *, seed: int | None = None, temperature: float | None = None,
            max_tokens: int | None = None) -> Iterator[str]:
-    """Yield the draft's text pieces from the engine; `plan.pieces` holds them afterwards."""
-    plan.pieces = []
+    """Yield the draft's cleaned text pieces (`cleanup.Cleaner`); `plan.pieces` holds them, `plan.raw` the
+    model's own."""
+    plan.pieces, plan.raw = [], []
     st = engine.Stats()
+    cleaner = cleanup.Cleaner(plan.profile, plan.to, plan.instruction)
     for piece in engine.stream_chat(plan.messages, model_path=plan.model_path, lora_path=plan.lora_path,
                                     max_tokens=max_tokens or plan.max_tokens, temperature=temperature,
                                     seed=plan.seed if seed is None else seed, stop=[prompts.FENCE],
                                     settings=plan.settings, stats=st):
-        plan.pieces.append(piece)
-        yield piece
+        plan.raw.append(piece)
+        out = cleaner.feed(piece)
+        if out:
+            plan.pieces.append(out)
+            yield out
     plan.stats = {"prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
                   "ttft_s": round(st.ttft_s, 4), "total_s": round(st.total_s, 4),
                   "tokens_per_s": round(st.tokens_per_s, 1)}
+    out = cleaner.close()
+    if out:
+        plan.pieces.append(out)
+        yield out
 
 
 def finish(plan: DraftPlan, *, record: bool = True) -> Draft:
     """The Draft made of what `stream(plan)` produced (stored in the drafts table when `record`)."""
-    text, found_subject = _tidy("".join(plan.pieces))
-    subject = plan.subject or found_subject or _subject_from(plan.instruction)
+    # cleaned from the raw text, not the streamed pieces: a stream stopped early never got its tail
+    cleaner = cleanup.Cleaner(plan.profile, plan.to, plan.instruction)
+    text = (cleaner.feed("".join(plan.raw)) + cleaner.close()).strip()
+    subject = plan.subject or cleaner.subject or _subject_from(plan.instruction)
     reply = plan.reply
     refs = [*reply.references, reply.message_id] if reply and reply.message_id else []
+    notices = list(plan.notices)
+    if plan.raw and not text:
+        notices.append("the model wrote no usable email (only prompt scaffolding): try again or another seed")
     d = Draft(text=text, subject=subject, to=plan.to or "", adapter=plan.adapter,
               retrieved=[r.id for r in plan.retrieved], instruction=plan.instruction,
               in_reply_to=reply.message_id if reply and reply.message_id else None,
-              references=list(dict.fromkeys(refs)), notices=list(plan.notices),
+              references=list(dict.fromkeys(refs)), notices=notices,
               copied=copied_from(text, [r for r in plan.retrieved if r.kind != "doc"]), stats=dict(plan.stats),
               retrieved_detail=[{"id": r.id, "kind": r.kind, "score": round(r.score, 4), "cite": r.cite}
                                 for r in plan.retrieved])
@@ -380,6 +430,11 @@ def draft(instruction: str, **kwargs) -> Draft:
             pass
         d = finish(plan, record=False)
         d.notices.append("the first draft copied a past email word for word; it was written again without it")
+    if not d.text and plan.raw:  # nothing but scaffolding: one more try with another seed
+        seed = (plan.seed if plan.seed is not None and plan.seed >= 0 else random.randrange(1 << 30)) + 1
+        for _ in stream(plan, seed=seed):
+            pass
+        d = finish(plan, record=False)
     _record(d)
     return d
 
@@ -424,19 +479,6 @@ def copied_from(text: str, retrieved: list[Retrieved], n: int = COPY_WORDS) -> l
         if any(tuple(src[i:i + n]) in grams for i in range(len(src) - n + 1)):
             out.append(r.id)
     return out
-
-
-def _tidy(text: str) -> tuple[str, str]:
-    """Strip the model's stray header lines ("Subject: ...") from the body; return (body, subject found)."""
-    lines = text.strip().splitlines()
-    subject = ""
-    while lines and re.match(r"^\s*(subject|to|from)\s*:", lines[0], re.IGNORECASE):
-        key, _, value = lines.pop(0).partition(":")
-        if key.strip().lower() == "subject":
-            subject = value.strip()
-        while lines and not lines[0].strip():
-            lines.pop(0)
-    return "\n".join(lines).strip().rstrip("~").rstrip(), subject  # "~~" left by the fence stop
 
 
 def _subject_from(instruction: str) -> str:

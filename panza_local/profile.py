@@ -24,8 +24,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 FIELDS = [f.name for f in fields(Profile)]
-# Opening words of a greeting line, in the languages the cleaner knows.
-_GREETING = re.compile(
+# Opening words of a greeting line, in the languages the cleaner knows (drafts' clean-up uses it too).
+GREETING = re.compile(
     r"^(hi|hello|hey|dear|good (?:morning|afternoon|evening)|morning|greetings|hallo|liebe[rs]?|"
     r"sehr geehrte[rs]?|bonjour|salut|cher|chère|ciao|buongiorno|hola|estimad[oa]s?|olá|oi|hej|hoi|beste)\b",
     re.IGNORECASE)
@@ -158,7 +158,7 @@ def greeting_of(body: str) -> str | None:
     if not lines:
         return None
     first = lines[0]
-    m = _GREETING.match(first)
+    m = GREETING.match(first)
     if not m or len(first.split()) > 5:
         return None
     word = first[: m.end()]
@@ -212,7 +212,7 @@ def greeting_for(to: str | None, conn=None) -> str | None:
     firsts = []
     for r in rows:
         lines = _lines(r["body"] or "")
-        if lines and _GREETING.match(lines[0]) and len(lines[0].split()) <= 5:
+        if lines and GREETING.match(lines[0]) and len(lines[0].split()) <= 5:
             firsts.append(lines[0])
     if not firsts:
         return None
@@ -220,10 +220,12 @@ def greeting_for(to: str | None, conn=None) -> str | None:
     return line if n >= 0.3 * len(rows) else None
 
 
-def prompt_profile(to: str | None, prof: Profile, *, conn=None, notices: list[str] | None = None) -> Profile:
+def prompt_profile(to: str | None, prof: Profile, *, conn=None, notices: list[str] | None = None,
+                   hint: str = "") -> Profile:
     """The profile as the prompt shows it for recipient `to` (their usual greeting filled in).
 
-    Drafting and training both call this, so the adapter learns on exactly the prompt drafts use.
+    Drafting and training both call this, so the adapter learns on exactly the prompt drafts use. `hint`
+    (the instruction) names a recipient known only by address: "Ask Bob ..." to bob@example.com.
     """
     greet = None
     if to:
@@ -233,17 +235,33 @@ def prompt_profile(to: str | None, prof: Profile, *, conn=None, notices: list[st
             if notices is not None:
                 notices.append(f"profile not used: {exc.message}")
     if greet or "<name>" in prof.greeting:
-        prof = replace(prof, greeting=greet or _named(prof.greeting, to))
+        prof = replace(prof, greeting=greet or _named(prof.greeting, to, hint))
     return prof
 
 
-def _named(greeting: str, to: str | None) -> str:
+def _named(greeting: str, to: str | None, hint: str = "") -> str:
     """A seeded greeting form ("Hi <name>,") filled with the recipient's first name, or without a name."""
+    first = first_name_of(to, hint)
+    return greeting.replace("<name>", first) if first else greeting.replace(" <name>", "").replace("<name>", "")
+
+
+def first_name_of(to: str | None, hint: str = "") -> str:
+    """The recipient's first name: from the display name, else from the address when it reads as one
+    ("jonas.berg@..." -> Jonas; "bob@..." -> Bob only when `hint` names Bob), else ''."""
     from email.utils import getaddresses
 
-    names = [n for n, _ in getaddresses([to or ""]) if n.strip()]
-    first = names[0].split()[0].strip(",") if names else ""
-    return greeting.replace("<name>", first) if first else greeting.replace(" <name>", "").replace("<name>", "")
+    pairs = getaddresses([to or ""])
+    names = [n for n, _ in pairs if n.strip()]
+    if names:
+        return names[0].split()[0].strip(",")
+    addr = next((a for _, a in pairs if "@" in a), "")
+    parts = re.split(r"[._+-]", addr.split("@")[0]) if addr else []
+    if not parts or not parts[0].isalpha() or len(parts[0]) < 2:
+        return ""
+    first = parts[0].capitalize()
+    if (len(parts) == 2 and parts[1].isalpha() and len(parts[1]) > 1) or re.search(rf"\b{first}\b", hint or ""):
+        return first
+    return ""
 
 
 def address_of(value: str) -> str:

@@ -107,7 +107,8 @@ def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=Non
     total, count = 0.0, 0
     for p in test:
         # the very prompt training and drafting build (per-recipient profile block included)
-        prof = profiles.prompt_profile(p.get("to"), base_profile, conn=conn) if base_profile else None
+        prof = (profiles.prompt_profile(p.get("to"), base_profile, conn=conn, hint=p["instruction"])
+                if base_profile else None)
         msgs = prompts.build(p["instruction"], thread=p.get("thread"), to=p.get("to"), subject=p.get("subject"),
                              profile=prof)
         nll, n = engine.target_nll(msgs, p["email"], model, adapter_gguf, threads=settings.threads)

@@ -130,14 +130,16 @@ def test_rag_puts_past_mail_to_the_recipient_first(settings, indexed):
     assert {r.id for r in plan.retrieved[:2]} == set(bob_ids)  # less similar, but to Bob: first
     assert all(r.same_recipient for r in plan.retrieved[:2]) and not plan.retrieved[2].same_recipient
     assert "call" in plan.retrieved[2].text
-    user = plan.messages[1]["content"]
-    assert user.count("tomatoes") == 2 and 'Usual greeting: "Hi Bob,"' in user  # recipient's own greeting
+    # past emails are earlier turns, the most relevant nearest the request; the recipient's own greeting
+    assert [m["role"] for m in plan.messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert [m["content"] for m in plan.messages[2:7:2]] == [r.text for r in reversed(plan.retrieved)]
+    assert 'Start with "Hi Bob,"' in plan.messages[0]["content"]
     for _ in draft.stream(plan):
         pass
     d = draft.finish(plan)
     assert d.retrieved == [r.id for r in plan.retrieved] and d.text.strip()
     plain = draft.prepare(INSTR, use_rag=False, use_adapter=False, settings=settings)
-    assert plain.retrieved == [] and "tomatoes" not in plain.messages[1]["content"]
+    assert plain.retrieved == [] and len(plain.messages) == 2 and "tomatoes" not in str(plain.messages)
 
 
 def _write_eml(path: Path) -> Path:
@@ -173,7 +175,7 @@ def test_reply_draft_as_eml_carries_threading_headers(settings, tmp_path):
 
 def plan_user(d, eml, settings) -> str:
     plan = draft.prepare(d.instruction, reply_to=eml, use_rag=False, use_adapter=False, settings=settings)
-    return plan.messages[1]["content"]
+    return plan.messages[-1]["content"]
 
 
 def test_eml_utf8_body_roundtrip_and_maildir_draft_flag(home, tmp_path):

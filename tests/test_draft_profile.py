@@ -66,4 +66,4 @@ def test_seeded_greeting_is_filled_for_the_recipient(home):
     conn = store.connect()
     _mail(conn)
     plan = draft.prepare("Ask about lunch", to="Carol Diaz <carol@example.org>", use_rag=False, use_adapter=False)
-    assert 'Usual greeting: "Hi Carol,"' in plan.messages[1]["content"] and "<name>" not in plan.messages[1]["content"]
+    assert 'Start with "Hi Carol,"' in plan.messages[0]["content"] and "<name>" not in str(plan.messages)

@@ -98,4 +98,37 @@ def test_examples_from_the_store(home):
 def test_examples_from_jsonl(shared_data):
     exs = data.examples_from_jsonl(shared_data / "panza" / "marcus_anonymous_clean.jsonl")
     assert len(exs) >= 100
-    assert all(e.target and "Instruction:" in e.messages[1]["content"] for e in exs)
+    assert all(e.target and e.messages[-1]["role"] == "user" and e.messages[-1]["content"].startswith("Write") for e in exs)
+
+
+def test_training_prompts_are_the_drafts_prompts_with_past_emails(home, monkeypatch):
+    """With retrieved context, a training example shows its past emails exactly as a draft would: earlier
+    turns asking for each (its own playback instruction) and answering with the email, recipient's first."""
+    from panza_local import config, draft, store
+    from panza_local.retrieval import index
+
+    conn = store.connect()
+    bodies = ["Hi Bob,\n\nThe tomatoes need water on Sunday.\n\nThanks,\nAnn",
+              "Hi Cy,\n\nThe tomato seedlings arrive Monday.\n\nThanks,\nAnn",
+              "Hi Bob,\n\nCould you water the tomatoes again on Sunday?\n\nThanks,\nAnn"]
+    for i, (body, to) in enumerate(zip(bodies, ["bob@x.org", "cy@x.org", "bob@x.org"])):
+        conn.execute("INSERT INTO messages (id, content_hash, body, subject, to_addrs, date, is_mine, ingested_at) "
+                     "VALUES (?, ?, ?, 'Garden', ?, ?, 1, '2024-01-01')",
+                     (i + 1, f"h{i}", body, to, f"2024-01-0{i + 1}T10:00:00"))
+        conn.execute("INSERT INTO pairs (message_id, content_hash, gen_config, status, instruction, created_at) "
+                     "VALUES (?, ?, 'g', 'ok', ?, '2024-01-01')", (i + 1, f"h{i}", f"Tomato note {i}"))
+    settings = config.load({"raft_context_share": 1.0, "rag_k": 2, "rag_min_score": 0.0})
+    monkeypatch.setattr(data, "CONTEXT_K", 2)
+    index.sync(conn, settings=settings)
+    (ex,) = [e for e in data.examples(conn, "all", settings) if e.meta["message_id"] == 3]
+    assert [m["role"] for m in ex.messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    # the past email to Bob himself sits nearest the request, asked for by its own instruction
+    assert ex.messages[3:5] == [{"role": "user", "content": "Email to bob@x.org: Tomato note 0"},
+                                {"role": "assistant", "content": bodies[0]}]
+    assert ex.messages[1]["content"] == "Email to cy@x.org: Tomato note 1"
+    # and a draft given the same past emails builds the very same prompt
+    hits = [draft.Retrieved(id=f"msg:{i}", score=1.0, text=bodies[i - 1], to=to) for i, to in ((1, "bob@x.org"),
+                                                                                                  (2, "cy@x.org"))]
+    plan = draft.prepare("Tomato note 2", to="bob@x.org", subject="Garden", use_adapter=False, examples=hits,
+                         settings=settings)
+    assert plan.messages == ex.messages

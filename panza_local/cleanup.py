@@ -1,0 +1,318 @@
+"""The last step of every draft: the model's text as an email the user could send.
+
+Small models echo prompt scaffolding ("Here's a sample of a message I sent to Bob:", "**Subject: ...**",
+"Chat History:", "---", "[Your Name]") and sign with the recipient's name. `Cleaner` removes the
+scaffolding, puts the user's greeting for this recipient and their own sign-off in place, and cuts what
+follows the sign-off (a second email, notes). It streams: `feed(piece)` returns what is safe to show now,
+holding back only a greeting until the body starts, a line that may be scaffolding until it ends (a
+line's words are shown as they come once its start is plainly email text), and trailing short lines
+that may be a sign-off until `close()`. `clean(text)` is the
+same thing in one call, so a streamed draft and a collected one are the same text.
+"""
+
+from __future__ import annotations
+
+import re
+from email.utils import getaddresses
+
+from .profile import GREETING as _GREETING
+from .prompts import Profile
+
+_SIGNOFF_WORDS = (r"thanks(?: again| so much| a lot)?|thank you(?: so much)?|many thanks|thx|best(?: wishes)?|"
+                  r"(?:best|kind|warm|warmest|many)? ?regards|cheers|sincerely(?: yours)?|yours(?: truly| sincerely)?|"
+                  r"all the best|talk soon|take care|speak soon|warmly|respectfully|with thanks|love|"
+                  r"mfg|viele grüße|liebe grüße|gruß|grüße|cordialement|bien à vous|saluti|cordiali saluti|"
+                  r"un saluto|saludos|un abrazo|atenciosamente|met vriendelijke groet|groeten|hälsningar|mvh")
+# "Cheers," / "Best regards, Bob" / "Thanks!": a sign-off word alone on its line, maybe with a short name.
+_NAME = r"[A-Z\[][\w'\[\]-]*\.?"
+_SIGNOFF = re.compile(rf"^(?i:{_SIGNOFF_WORDS})\s*[,.!]*\s*(?P<name>{_NAME}(?:\s+{_NAME}){{0,2}})?\s*[,.!]?$")
+_PLACEHOLDER = re.compile(r"\[[^\[\]\n]{0,40}\b(?:name|signature|sender|recipient)\b[^\[\]\n]{0,20}\]", re.IGNORECASE)
+_TRAILING_SIGNATURE = re.compile(r"(?<=[.?!])\s+(?=[^.?!\n]{0,40}" + _PLACEHOLDER.pattern + r"[\s*_-]*$)",
+                                 re.IGNORECASE)
+# Header lines, and "Mention: a, b" (the keyword list of a playback instruction, echoed): dropped whole.
+_HEADER = re.compile(r"^(subject|re|to|from|cc|bcc|date|sent|mention)\s*:\s*", re.IGNORECASE)
+_LABEL = re.compile(r"^(?:chat history|message body|email body|body|email|message|draft|instruction|request|"
+                    r"answer|response|reply|output|the (?:answer|response|reply|email|message|draft) is)\s*:\s*",
+                    re.IGNORECASE)
+_PREAMBLE = re.compile(r"^(?:(?:sure|certainly|of course|okay|ok)[,!.]?\s*)?(?:here'?s|here is|below is|this is|"
+                       r"i'?ve written|i have written)\b[^:\n]{0,120}?\b(?:email|e-mail|message|draft|sample|"
+                       r"response|reply|version|note|letter)\b[^:\n]{0,80}:\s*", re.IGNORECASE)
+_ABOUT = re.compile(r"^(?:the|this) (?:message|email|e-mail) (?:is|was) (?:from|to|sent|written|addressed)\b"
+                    r"[^.!?\n]*[.!?]?\s*", re.IGNORECASE)
+# A label alone on its line ("Chat History"), and a greeting line after the body (another email starts).
+_BARE_LABEL = re.compile(r"^(?:chat history|message body|email body|subject line|subject|instruction|request|"
+                         r"answer|response|output)\s*[:.]?$", re.IGNORECASE)
+_NEW_EMAIL = re.compile(r"^(?:\w+:\s*)?(?P<g>\S.{0,40}[,!:])$")
+_RULE = re.compile(r"\s*(?:-{3,}|\*{3,}|_{3,}|={3,})\s*")
+_BRACKETED = re.compile(r"^\[[^\[\]]*\]$")
+# A partial line may be shown before it ends only if its start cannot turn out to be one of the above.
+_MAYBE_LABEL = re.compile(r"^(?:sure|certainly|of course|okay|ok|here|below|this|the|i'?ve|i have|subject|chat|"
+                          r"message|email|body|draft|answer|response|reply|output|instruction|request|re|to|from|"
+                          r"cc|bcc|date|sent|mention)\b",
+                          re.IGNORECASE)
+_RISKY = re.compile(r"[*\[\]#~<>_=]|-{2,}|[A-Za-z]\s*:|\b(?:subject|chat history|message body)\b", re.IGNORECASE)
+
+
+def clean(text: str, profile: Profile | None = None, to: str | None = None, hint: str = "") -> str:
+    """The email in `text`: no scaffolding, the user's greeting and sign-off (same result as streaming it)."""
+    c = Cleaner(profile, to, hint)
+    return (c.feed(text) + c.close()).strip()
+
+
+class Cleaner:
+    """Streaming clean-up of one draft: `feed(piece)` -> text to show now; `close()` -> the rest."""
+
+    def __init__(self, profile: Profile | None = None, to: str | None = None, hint: str = ""):
+        """`to`: the recipient; `hint`: the instruction (names in it may be greeted: "Reply to Jo ...")."""
+        self.profile = profile or Profile()
+        self.me = _first_name(self.profile)
+        self.them = _recipient_names(to)
+        self.named = self.them | {w.lower() for w in re.findall(r"\b[A-Z][a-z]+\b", hint or "")}
+        self.subject = ""
+        """A "Subject:" line the model wrote (removed from the text)."""
+        self._buf = ""
+        self._pending: list[str] = []  # judged lines held back: greeting, blanks, short lines, the sign-off
+        self._started = False  # a body line has been shown
+        self._ended = False  # a sign-off line is pending: what follows is held until close()
+        self._named = False  # ... and a name line came after it
+        self._shown_lines = 0
+        self._line_out = ""  # part of the current (unfinished) line already shown
+        self._line_hold = False
+        self._last_blank = False
+
+    # -- streaming -------------------------------------------------------------------------------------------
+    def feed(self, piece: str) -> str:
+        """Take a piece of model text; return the cleaned text that can be shown now."""
+        self._buf += piece
+        out = []
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            out.append(self._complete(line))
+        out.append(self._partial())
+        return "".join(out)
+
+    def close(self) -> str:
+        """The rest of the draft (the judged tail: the user's own sign-off) once the model has finished."""
+        out = self._complete(self._buf) if self._buf.strip() or self._line_out else ""
+        self._buf = ""
+        return out + self._tail()
+
+    # -- lines -------------------------------------------------------------------------------------------------
+    def _complete(self, raw: str) -> str:
+        parts = self._parts(raw.strip())
+        out = []
+        if self._line_out:  # the line's start is already shown: show the rest of its first part
+            first = parts.pop(0) if parts else ""
+            rest = first[len(self._line_out):] if first.startswith(self._line_out) else ""
+            out.append(rest)
+        self._line_out, self._line_hold = "", False
+        for part in parts:
+            out.append(self._judge(part))
+        return "".join(out)
+
+    def _parts(self, line: str) -> list[str]:
+        """A line as the logical lines in it: horizontal rules split it, markdown and labels go."""
+        out = []
+        line = _TRAILING_SIGNATURE.sub("\n", line)  # "... Friday? Bob [Your Name]": the signature is its own line
+        for part in (p for chunk in line.split("\n") for p in _RULE.split(chunk)):
+            part = _inline(part, self.me)
+            if part is not None:
+                out.append(part)
+        return out or [""]
+
+    def _judge(self, line: str) -> str:
+        if self._named and line.strip():
+            return ""  # after sign-off and name: a second email or notes, never part of this one
+        before = None
+        while line != before:  # "Here's the email: Subject: ..." peels one label at a time
+            before = line
+            for pat in (_PREAMBLE, _LABEL, _ABOUT):
+                line = pat.sub("", line, count=1)
+            m = _HEADER.match(line)
+            if m:
+                if m.group(1).lower() == "subject" and not self.subject:
+                    self.subject = line[m.end():].strip()
+                return ""
+        if _BRACKETED.match(line) or _BARE_LABEL.match(line):
+            return ""
+        if not line:
+            last_blank = self._pending[-1] == "" if self._pending else self._last_blank
+            if (self._started or self._pending) and not last_blank:
+                self._pending.append("")
+            return ""
+        if not self._started and not any(self._pending) and _GREETING.match(line):
+            greet, rest = _split_greeting(line)
+            if greet is not None:
+                rest = rest[:1].upper() + rest[1:]
+                self._pending += [self._greeting(greet)] + (["", rest] if rest else [])
+                return self._flush() if rest and _is_body(rest) else ""
+        if self._started and _starts_another_email(line):
+            self._ended = self._named = True  # what follows is another email: cut here, sign off below
+            return ""
+        if self._ended:
+            if not self._named and _is_body(line) and not _GREETING.match(line):
+                self._ended = False  # "Thanks," then a sentence: it was the body after all
+                self._pending.append(line)
+                return self._flush()
+            if _is_short(line):
+                self._named = True
+            self._pending.append(line)
+            return ""
+        sig = _SIGNOFF.match(line)
+        if sig:
+            self._ended = True
+            self._named = bool(sig.group("name"))
+            self._pending.append(line)
+            return ""
+        if _is_short(line) and self._started:
+            self._pending.append(line)
+            return ""
+        self._pending.append(line)
+        return self._flush()
+
+    def _flush(self) -> str:
+        lines, self._pending = self._pending, []
+        while lines and not lines[0] and not self._shown_lines:
+            lines.pop(0)
+        out = "".join(("\n" if self._shown_lines + i else "") + ln for i, ln in enumerate(lines))
+        self._shown_lines += len(lines)
+        self._last_blank = lines[-1] == "" if lines else self._last_blank
+        self._started = self._started or bool(lines)
+        return out
+
+    def _partial(self) -> str:
+        """Show the unfinished line's complete words now when its start is plainly email text."""
+        if self._ended or self._line_hold:
+            return ""
+        text = self._buf.lstrip()
+        cut = text.rfind(" ")
+        if cut <= 0:
+            return ""
+        head = text[:cut].rstrip()
+        if _RISKY.search(head):
+            self._line_hold = True
+            return ""
+        if self._line_out:
+            new, self._line_out = head[len(self._line_out):], head
+            return new
+        if len(head.split()) < 4 or _MAYBE_LABEL.match(head) or _SIGNOFF.match(head) or _GREETING.match(head):
+            return ""
+        self._pending.append(head)
+        out = self._flush()
+        self._line_out = head
+        return out
+
+    # -- the end ----------------------------------------------------------------------------------------------
+    def _tail(self) -> str:
+        lines = list(self._pending)
+        self._pending = []
+        if not self._started:
+            return ""  # nothing but scaffolding, a greeting or a sign-off: no email
+        sig_at = next((i for i, ln in enumerate(lines) if _SIGNOFF.match(ln)), None)
+        body = lines if sig_at is None else lines[:sig_at]
+        block = [] if sig_at is None else [lines[sig_at]]
+        after = [ln for ln in lines[sig_at + 1:] if ln] if sig_at is not None else []
+        if block and after and _is_short(after[0]):
+            block.append(after[0])
+        while body and (not body[-1] or self._is_stray_name(body[-1])):
+            body.pop()
+        signoff = self._signoff(block)
+        out = "".join("\n" + ln for ln in body)
+        return out + ("\n\n" + signoff if signoff else "")
+
+    def _is_stray_name(self, line: str) -> bool:
+        """A trailing line that only names the recipient, a placeholder or (when the sign-off will) the user."""
+        if _PLACEHOLDER.search(line):
+            return True
+        words = {w.lower().strip(" .,!*") for w in line.split()} - {""}
+        names = set(self.them) | ({self.me.lower()} if self.me and self.profile.signoff.strip() else set())
+        return bool(words) and len(words) <= 3 and words <= names
+
+    def _signoff(self, block: list[str]) -> str:
+        """The closing to end with: the model's when it is signed as the user, else the profile's."""
+        own = self.profile.signoff.strip()
+        if not block:
+            return own
+        m = _SIGNOFF.match(block[0])
+        words = block[0][: m.start("name")].strip() if m and m.group("name") else block[0].strip()
+        name = (m.group("name") if m and m.group("name") else (block[1] if len(block) > 1 else "")).strip()
+        name = _PLACEHOLDER.sub("", name).strip(" *,.")
+        mine = bool(name) and bool(self.me) and name.split()[0].lower() == self.me.lower()
+        if own and not mine and not (not name and "\n" not in own):
+            return own
+        if mine or not name:
+            signer = name if mine else ""
+        else:
+            signer = self.me  # signed by the recipient or a stranger: sign as the user
+        return words.rstrip() + ("\n" + signer if signer else "")
+
+    def _greeting(self, model_greeting: str) -> str:
+        """The user's greeting for this recipient in place of the model's; the model's when the profile's is
+        the same word without a name ("Hi,") and the model's names the recipient ("Hi Bob,"), never a guess
+        ("Hi Re,", "Hi Alex," to someone else)."""
+        own = self.profile.greeting.strip()
+        if not own or "<name>" in own:
+            return model_greeting
+        word = own.split()[0].strip(",!:.").lower()
+        nameless = len(own.rstrip(",!:.").split()) == 1
+        names = {w.strip(",!:.").lower() for w in model_greeting.split()[1:]} - {""}
+        same = model_greeting.split()[0].strip(",!:.").lower() == word
+        if nameless and same and names and names <= self.named - {self.me.lower()}:
+            return model_greeting
+        return own
+
+
+def _inline(part: str, me: str) -> str | None:
+    """Markdown and placeholders out of one logical line (None: the line was only markup)."""
+    s = part.strip()
+    if not s:
+        return ""
+    s = re.sub(r"^#{1,6}\s+", "", s)
+    s = re.sub(r"\*\*|__", "", s)
+    s = re.sub(r"^\*\s*|\s*\*$", "", s)  # a lone emphasis star at either end
+    s = _PLACEHOLDER.sub(me or "", s).strip()
+    s = re.sub(r"\s{2,}", " ", s) if s != part.strip() else s
+    return s if s else None
+
+
+def _split_greeting(line: str) -> tuple[str | None, str]:
+    """("Dear Mr. Smith,", "I hope ...") from a greeting line; (None, line) when it is not one."""
+    m = re.match(r"^(.{0,40}?[,!:])\s*(.*)$", line)
+    if m and len(m.group(1).split()) <= 5:
+        return m.group(1), m.group(2).strip()
+    if len(line.split()) <= 4:
+        return line, ""
+    return None, line
+
+
+def _starts_another_email(line: str) -> bool:
+    """A greeting alone on its line ("Hello,", "Chair: Hi Hannah,") once the body has begun."""
+    m = _NEW_EMAIL.match(line)
+    return bool(m) and bool(_GREETING.match(m.group("g"))) and len(m.group("g").split()) <= 4
+
+
+def _is_short(line: str) -> bool:
+    """A line that may be a name or the start of a sign-off block: a few words, no sentence."""
+    return len(line.split()) <= 4 and not re.search(r"[.?]$", line.strip("*) "))
+
+
+def _is_body(line: str) -> bool:
+    return len(line.split()) >= 4 or bool(re.search(r"[.?!]$", line))
+
+
+def _first_name(profile: Profile) -> str:
+    """The name the user signs with: the sign-off's name line, else the first word of their name."""
+    lines = [ln.strip() for ln in profile.signoff.splitlines() if ln.strip()]
+    if len(lines) > 1:
+        return lines[1].split()[0].strip(",.")
+    return profile.name.split()[0].strip(",.") if profile.name.strip() else ""
+
+
+def _recipient_names(to: str | None) -> set[str]:
+    """Lower-case names a recipient may be called by (display name words, the address's name parts)."""
+    out: set[str] = set()
+    for name, addr in getaddresses([to or ""]):
+        out.update(w.lower().strip(",.") for w in name.split() if len(w) > 1)
+        local = addr.split("@")[0] if "@" in addr else ""
+        out.update(w.lower() for w in re.split(r"[._+-]", local) if w.isalpha() and len(w) > 1)
+    return out

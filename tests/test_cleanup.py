@@ -1,0 +1,138 @@
+"""The draft clean-up on the embedded model's real bad outputs, streamed in any chunking."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from panza_local import cleanup
+from panza_local.prompts import Profile
+
+MAYA = Profile(name="Maya Lindqvist", greeting="Hi Bob,", signoff="Cheers,\nMaya", typical_words=50)
+TO = "bob@example.com"
+# Real drafts of the embedded SmolLM2-135M in the quickstart home (issue 21), for "Ask Bob to move our
+# meeting to Friday"; the second as the model laid it out, then as the issue quoted it on one line.
+ECHO = ("You can't ask for a meeting on Friday.\n\nThe answer is:\nNo, I'm not going to the meeting tomorrow.\n\n"
+        "I'll send you a reminder later today.\n\nCheers,\nBob")
+SCAFFOLD = ("Here's a sample of a message I sent to Bob:\n\n**Subject: Request for a Meeting on Friday at 10am**\n\n"
+            "---\n\nChat History:\n[Bob@example.com]\n\n---\n\nMessage Body:\nDear Mr. Smith,\n\nI hope this email "
+            "finds you well. Could we move our meeting to Friday at 10am?\n\nBest regards,\nBob **\n[Your Name]\n---")
+SCAFFOLD_ONE_LINE = ("Here's a sample of a message I sent to Bob: **Subject: Request for a Meeting on Friday at 10am** "
+                     "--- Chat History: [Bob@example.com] --- Message Body: Dear Mr. Smith, could we move our "
+                     "meeting to Friday? Bob ** [Your Name] ---")
+FROM_BOB = "The message is from Bob."
+WELCOME = ("You're welcome. I'll be in touch tomorrow at 10:30am to discuss the project details.\n\n"
+           "Best regards,\nBob")
+MENTION = "Hi Bob,\n\nFriday works for me.\nMention: Friday, meeting, move.\n\nCheers,\nMaya"
+SUBJECT_FIRST = ('Subject: Draft a sample message to Bob, with a subject line of "Lunch"\n\nHere\'s the email:\n\n'
+                 "Dear Bob,\n\nI am writing to ask whether you are free for lunch on Thursday.")
+LEAKS = re.compile(r"mention:|subject:|chat history|^(?:hi|hello)\b.*\n(?:.*\n)*(?:hi|hello)\b|message body|\[your name\]|\*\*|^#|---|here'?s a|the message is from",
+                   re.IGNORECASE | re.MULTILINE)
+# The stock model's draft in the quickstart (issue 21 layout): a second greeting, a bare label, more lines.
+STOCK_REPEAT = ("Hi Hannah,\nI hope you're doing well. I'm Maya Lindqvist and I'll be inviting Hannah to a book club "
+                "at my home on Thursday at 7:30pm.\n\nChair: Hi Hannah,\nHello,\nHi,\n\nChat History\n\nCheers,\nMaya")
+ALL = [STOCK_REPEAT, ECHO, SCAFFOLD, SCAFFOLD_ONE_LINE, FROM_BOB, WELCOME, SUBJECT_FIRST, MENTION]
+
+
+def streamed(text: str, rng: random.Random, profile=MAYA, to=TO) -> tuple[str, list[str]]:
+    c = cleanup.Cleaner(profile, to)
+    pieces, i = [], 0
+    while i < len(text):
+        n = rng.randint(1, 9)
+        pieces.append(c.feed(text[i:i + n]))
+        i += n
+    pieces.append(c.close())
+    return "".join(pieces).strip(), pieces
+
+
+@pytest.mark.parametrize("text", ALL, ids=["stock-repeat", "echo", "scaffold", "one-line", "from-bob", "welcome", "subject", "mention"])
+def test_real_bad_outputs_become_clean_emails(text):
+    out = cleanup.clean(text, MAYA, TO)
+    assert not LEAKS.search(out), out
+    assert not re.search(r"^\s*bob\s*$", out, re.IGNORECASE | re.MULTILINE)  # never signed by the recipient
+    if text is FROM_BOB:
+        assert out == ""  # nothing in it was an email: no email, rather than a greeting and a sign-off
+        return
+    assert out.endswith("\n\nCheers,\nMaya")
+    if text in (SCAFFOLD, SCAFFOLD_ONE_LINE):
+        assert out.startswith("Hi Bob,\n\n") and "Friday" in out  # her greeting, the content kept
+
+
+def test_the_quoted_drafts_exactly():
+    assert cleanup.clean(SCAFFOLD, MAYA, TO) == ("Hi Bob,\n\nI hope this email finds you well. Could we move our "
+                                                 "meeting to Friday at 10am?\n\nCheers,\nMaya")
+    assert cleanup.clean(SCAFFOLD_ONE_LINE, MAYA, TO) == "Hi Bob,\n\nCould we move our meeting to Friday?\n\nCheers,\nMaya"
+    assert cleanup.clean(STOCK_REPEAT, MAYA, "hannah@x.org") == (
+        "Hi Bob,\nI hope you're doing well. I'm Maya Lindqvist and I'll be inviting Hannah to a book club at my home "
+        "on Thursday at 7:30pm.\n\nCheers,\nMaya")
+    assert cleanup.clean(ECHO, MAYA, TO) == ("You can't ask for a meeting on Friday.\n\nNo, I'm not going to the meeting "
+                                             "tomorrow.\n\nI'll send you a reminder later today.\n\nCheers,\nMaya")
+    c = cleanup.Cleaner(MAYA, TO)
+    c.feed(SUBJECT_FIRST)
+    c.close()
+    assert c.subject.startswith("Draft a sample message to Bob")  # the subject the model wrote is kept apart
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_streaming_gives_the_same_text_in_any_chunking(seed):
+    rng = random.Random(seed)
+    extra = ["Hi Bob,\n\nThanks!\n\nCould we move it to Friday? Thursday is full.\n\nCheers,\nMaya\n\nHi Jonas,\n\nMore.",
+             "Hi Bob, could we meet on Friday at ten instead of Thursday afternoon?\nThanks,\nMaya Lindqvist",
+             "Dear Bob,\n\nThe plan is to meet on Friday.\n\nSee you then\n\nBest,\n[Your Name]"]
+    for text in ALL + extra:
+        assert streamed(text, rng)[0] == cleanup.clean(text, MAYA, TO)
+
+
+def test_streaming_holds_back_only_what_it_must():
+    c = cleanup.Cleaner(MAYA, TO)
+    assert c.feed("Hi Bob,\n") == ""  # a greeting alone may be all there is: held until the body starts
+    assert c.feed("\nCould we move our meeting to Fri") == "Hi Bob,\n\nCould we move our meeting to"  # mid-line
+    assert c.feed("day?\n") == " Friday?"
+    assert c.feed("Thursday is packed on my side.\n\nCheers,\n") == "\nThursday is packed on my side."
+    assert c.feed("Bob\n") == ""  # a possible sign-off: held until the end
+    assert c.close() == "\n\nCheers,\nMaya"
+    # a line that may turn out to be scaffolding is held until it ends
+    c = cleanup.Cleaner(MAYA, TO)
+    assert c.feed("Here is the email I would send to Bob about") == ""
+    assert c.feed(" it: Hi Bob,\nCould we meet?\n") == "Hi Bob,\nCould we meet?"
+    assert c.feed("Thursday is packed on my side, so we") == "\nThursday is packed on my side, so"  # streams again
+
+
+def test_sign_off_rules():
+    assert cleanup.clean("Could we meet Friday?\n\nThanks,\nMaya", MAYA, TO).endswith("Thanks,\nMaya")  # hers: kept
+    assert cleanup.clean("Could we meet Friday?\n\nThanks, Bob", MAYA, TO).endswith("?\n\nCheers,\nMaya")
+    assert cleanup.clean("Could we meet Friday?", MAYA, TO) == "Could we meet Friday?\n\nCheers,\nMaya"
+    assert cleanup.clean("Could we meet Friday?\n\nBob", MAYA, TO) == "Could we meet Friday?\n\nCheers,\nMaya"
+    # without a profile: the recipient's name and placeholders go, the model's sign-off words stay
+    assert cleanup.clean("Could we meet Friday?\n\nBest,\nBob", None, TO) == "Could we meet Friday?\n\nBest,"
+    assert cleanup.clean("Could we meet Friday?\n\nBest,\n[Your Name]", None, TO) == "Could we meet Friday?\n\nBest,"
+    named = Profile(name="Ann Lee")
+    assert cleanup.clean("Could we meet Friday?\n\nBest,\nBob", named, TO) == "Could we meet Friday?\n\nBest,\nAnn"
+
+
+def test_what_follows_the_sign_off_is_cut_and_thanks_in_the_body_is_kept():
+    out = cleanup.clean("Hi Bob,\n\nFriday works.\n\nCheers,\nMaya\n\nHi Jonas,\n\nAnother email entirely.", MAYA, TO)
+    assert out == "Hi Bob,\n\nFriday works.\n\nCheers,\nMaya"
+    out = cleanup.clean("Hi Bob,\n\nThanks!\n\nCould we move it to Friday?\n\nCheers,\nMaya", MAYA, TO)
+    assert out == "Hi Bob,\n\nThanks!\n\nCould we move it to Friday?\n\nCheers,\nMaya"
+    out = cleanup.clean("Hi Bob,\n\nFriday works.\n\nThanks,\nwe can also do Monday if that suits you better.", MAYA, TO)
+    assert "Monday" in out and out.endswith("Cheers,\nMaya")
+
+
+def test_greeting_is_the_users_own_form():
+    nameless = Profile(name="Maya Lindqvist", greeting="Hi,", signoff="Cheers,\nMaya")
+    assert cleanup.clean("Hi Bob,\n\nFriday?", nameless, TO).startswith("Hi Bob,\n\n")  # same form, name kept
+    assert cleanup.clean("Dear Mr. Smith,\n\nFriday?", nameless, TO).startswith("Hi,\n\n")
+    assert cleanup.clean("Hi Maya,\n\nFriday?", nameless, TO).startswith("Hi,\n\n")  # never to the user herself
+    assert cleanup.clean("Dear Bob, could we meet on Friday?", MAYA, TO).startswith("Hi Bob,\n\nCould we meet")
+    assert cleanup.clean("Hello Bob,\n\nFriday?", Profile(), TO).startswith("Hello Bob,")  # no profile: as written
+    # a name the model guessed is not kept; one the instruction or the address gives is
+    assert cleanup.clean("Hi Re,\n\nFriday?", nameless, "x@y.org").startswith("Hi,\n\n")
+    assert cleanup.clean("Hi Jo,\n\nFriday?", nameless, "x@y.org", hint="Reply to Jo").startswith("Hi Jo,")
+
+
+def test_nothing_but_scaffolding_is_no_email():
+    for text in ("", "---\n**Subject: x**\n---", "Hi Bob,\n\nCheers,\nMaya", "[Bob@example.com]"):
+        assert cleanup.clean(text, MAYA, TO) == ""

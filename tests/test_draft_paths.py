@@ -1,0 +1,99 @@
+"""Every path a draft reaches the user by (CLI, serve streaming and not, the TUI draft screen) gives the
+cleaned email: checked on a prompt whose raw greedy draft carries scaffolding on the real engine.
+
+The paths are not compared word for word: llama.cpp's numerics differ slightly when a prompt's prefix is
+already cached, and greedy decoding of the 4-bit model can then take another word."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from panza_local import cleanup, draft, profile
+from panza_local.prompts import Profile
+
+# Greedy decoding of the embedded model answers this with a "Subject:" line, "Here's the email:" and a
+# "Dear Bob," (checked below on the raw text, so the test notices if the model stops doing so).
+INSTR = "Draft a sample message to Bob, with a Subject: line, about lunch"
+TO = "bob@example.com"
+MAX = 72
+LEAKS = re.compile(r"subject:|here'?s the|\*\*|---|\[your name\]", re.IGNORECASE)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def maya(home, monkeypatch):
+    from panza_local import config
+
+    for key, value in {"PANZA_THREADS": "1", "PANZA_N_CTX": "2048", "PANZA_SEED": "1", "PANZA_TEMPERATURE": "0",
+                       "PANZA_MAX_TOKENS": str(MAX)}.items():
+        monkeypatch.setenv(key, value)  # the CLI, the server and the app load the same settings
+    profile.save(Profile(name="Maya Lindqvist", greeting="Hi <name>,", signoff="Cheers,\nMaya", typical_words=50))
+    settings = config.load()
+    assert (settings.threads, settings.seed, settings.temperature, settings.max_tokens) == (1, 1, 0.0, MAX)
+    plan = draft.prepare(INSTR, to=TO, use_rag=False, use_adapter=False, settings=settings)
+    streamed = "".join(draft.stream(plan)).strip()
+    raw = "".join(plan.raw)
+    assert "Subject:" in raw and not LEAKS.search(streamed), raw  # the model leaked; the clean-up did not
+    assert streamed == draft.finish(plan, record=False).text == cleanup.clean(raw, plan.profile, TO)
+    assert is_clean(streamed)
+    return settings, streamed
+
+
+def is_clean(text: str) -> bool:
+    """Her greeting and sign-off around a body, and none of the scaffolding the model wrote."""
+    return (text.startswith("Hi Bob,\n") and text.endswith("\n\nCheers,\nMaya") and len(text.split()) > 8
+            and not LEAKS.search(text))
+
+
+def test_cli_json_and_text(maya, capsys):
+    from panza_local.cli import main
+
+    args = ["draft", INSTR, "--to", TO, "--no-rag", "--no-adapter"]
+    assert main([*args, "--format", "json"]) == 0
+    assert is_clean(json.loads(capsys.readouterr().out)["text"])
+    assert main(args) == 0  # streamed to the terminal piece by piece
+    assert is_clean(capsys.readouterr().out.strip())
+
+
+def test_serve_streaming_and_not(maya):
+    from openai import OpenAI
+
+    from panza_local import serve
+
+    settings, _ = maya
+    with serve.running(settings=settings) as url:
+        client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
+        body = {"model": "panza-stock", "messages": [{"role": "user", "content": INSTR}], "max_tokens": MAX,
+                "extra_body": {"panza": {"to": TO}}}
+        r = client.chat.completions.create(**body)
+        assert is_clean(r.choices[0].message.content)
+        chunks = list(client.chat.completions.create(**body, stream=True))
+        pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+        assert is_clean("".join(pieces).strip()) and len(pieces) >= 2
+
+
+@pytest.mark.asyncio
+async def test_tui_draft_screen(maya):
+    from panza_local.tui.screens.draft import DraftScreen
+    from test_tui import type_text, wait_workers
+    from test_tui_snapshots import make_app
+    from textual.widgets import TextArea
+
+    settings, _ = maya
+    app = make_app(settings=settings, seed=1, use_rag=False)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, DraftScreen)
+        screen.query_one("#draft-to").value = TO
+        screen.query_one("#draft-instruction").focus()
+        await type_text(pilot, INSTR)
+        await pilot.press("enter")
+        await wait_workers(app, pilot, timeout=900)
+        shown = screen.query_one("#draft-text", TextArea).text.strip()
+        assert is_clean(shown) and screen.result is not None and screen.result.text == shown
