@@ -50,7 +50,7 @@ def connect(path: Path | None = None, *, migrate: bool = True) -> sqlite3.Connec
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _set_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         if migrate:
             apply_migrations(conn)
@@ -64,15 +64,36 @@ def connect(path: Path | None = None, *, migrate: bool = True) -> sqlite3.Connec
     return conn
 
 
+def _set_wal(conn: sqlite3.Connection, tries: int = 50) -> None:
+    """Switch to WAL. On a new store, several connections (a command and its preload thread) may race to
+    switch it; the switch does not wait on the busy handler, so a loser retries (once in WAL, it is a no-op)."""
+    import time
+
+    for i in range(tries):
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or i == tries - 1:
+                raise
+            time.sleep(0.02 * (i + 1))
+
+
 def apply_migrations(conn: sqlite3.Connection) -> list[str]:
-    """Apply every migration not yet applied, each in its own transaction; return their names."""
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    """Apply every migration not yet applied, each in its own transaction; return their names.
+
+    Safe against another connection migrating at the same time: each migration is checked again inside
+    its IMMEDIATE transaction, so the loser of a race skips what the winner applied."""
+    with transaction(conn):
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
     done = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
     applied = []
     for name, sql in migrations():
         if name in done:
             continue
         with transaction(conn):
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE name = ?", (name,)).fetchone():
+                continue
             # executescript would COMMIT our transaction; run statements one by one instead.
             for stmt in _statements(sql):
                 conn.execute(stmt)

@@ -264,6 +264,8 @@ def test_cli_errors_name_the_fix(settings, capsys):
 
 
 def test_stream_draft_yields_pieces_then_returns_the_draft(settings):
+    # long enough for several lines: the clean-up holds a line back only until it is judged
+    settings = dataclasses.replace(settings, max_tokens=60)
     gen = draft.stream_draft(INSTR, use_rag=False, use_adapter=False, settings=settings)
     pieces = []
     with pytest.raises(StopIteration) as stop:

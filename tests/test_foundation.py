@@ -211,3 +211,30 @@ def test_fresh_home_drafts_offline_from_the_cli(home):
                         "--max-tokens", "48"], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.split()) >= 5 and "Traceback" not in r.stderr
+
+
+def test_connections_racing_on_a_new_store_all_open_it(tmp_path):
+    """A command and its preload thread open a new home's store at once: both migrate it, neither fails."""
+    import threading
+
+    from panza_local import store
+
+    errors = []
+    for i in range(12):
+        path = tmp_path / f"s{i}" / "panza.db"
+
+        def open_it():
+            try:
+                store.connect(path).close()
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        conn = store.connect(path)
+        assert store.schema_version(conn) == len(store.migrations())
+        conn.close()
+    assert errors == []
