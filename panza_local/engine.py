@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 _MODELS: OrderedDict[tuple, object] = OrderedDict()
 _MAX_LOADED = 2  # base + one adapter (eval compares both); more would multiply RAM for little gain
 _LOCK = threading.RLock()  # a llama.cpp context is not thread-safe: one generation at a time
+_IMPORT_LOCK = threading.Lock()
 
 
 def _close_all_at_exit() -> None:
@@ -56,8 +57,15 @@ def llama_cpp():
     """The llama_cpp module, imported the first time with OpenMP told not to spin (see below)."""
     import sys
 
-    if "llama_cpp" in sys.modules:
-        return sys.modules["llama_cpp"]
+    with _IMPORT_LOCK:  # another thread may be importing it: `import` waits for that one to finish
+        if "llama_cpp" in sys.modules:
+            import llama_cpp as mod
+
+            return mod
+        return _import_llama_cpp()
+
+
+def _import_llama_cpp():
     _quiet_env()
     # llama.cpp's CPU backend is built with OpenMP here, and GNU OpenMP's default makes a thread that waits
     # at a barrier spin for ~300k iterations before sleeping: a token has hundreds of barriers, and when
@@ -119,7 +127,8 @@ def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: 
         if lora_path and not runtime_lora:
             kwargs["lora_path"] = str(lora_path)
         try:
-            llm = lib.Llama(**kwargs)
+            with FD_LOCK:  # llama-cpp-python redirects fds 1 and 2 while it loads (see FD_LOCK)
+                llm = lib.Llama(**kwargs)
             if runtime_lora:
                 _attach_lora(lib, llm, Path(lora_path))
         except (ValueError, RuntimeError) as exc:
@@ -239,7 +248,7 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
     if use_seed is not None and use_seed >= 0:
         kwargs["seed"] = use_seed
     if grammar:
-        with _suppress_stderr():
+        with quiet_native():
             kwargs["grammar"] = llama_cpp().LlamaGrammar.from_string(grammar, verbose=False)
     stats = stats if stats is not None else Stats()
     t0 = time.perf_counter()
@@ -294,22 +303,33 @@ def system_info() -> str:
     return llama_cpp().llama_print_system_info().decode()
 
 
+# llama.cpp writes to fds 1 and 2 from C, so it is silenced by pointing them at /dev/null and back (llama-cpp-python
+# does so around every load). Two threads doing that at once (a draft's model preload beside a vocab-only load
+# for counting tokens) can each restore the other's /dev/null and leave the process's stdout there for good: a
+# draft that prints nothing and exits 0. Every redirect and every load holds this lock.
+FD_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
-def _suppress_stderr():
-    """Silence llama.cpp's C-level stderr chatter (grammar parse dumps) for one call."""
-    try:
-        fd = os.dup(2)
-    except OSError:  # pragma: no cover
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(fd, 2)
-        os.close(fd)
-        os.close(devnull)
+def quiet_native():
+    """Silence llama.cpp for one call: its C code writes to fd 2, llama-cpp-python's log hook to sys.stderr."""
+    import io
+
+    with FD_LOCK:
+        try:
+            fd = os.dup(2)
+        except OSError:  # pragma: no cover
+            yield
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            with contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            os.dup2(fd, 2)
+            os.close(fd)
+            os.close(devnull)
 
 
 def render_chat(messages: list[dict], model_path: str | Path, add_generation_prompt: bool = True) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -83,12 +82,10 @@ def _vocab(model_path: str | Path):
                 return llm
         if not Path(key).exists():
             raise ModelNotFound(f"model file {key} does not exist", fix="panza models list")
-        os.environ.setdefault("LLAMA_LOG_LEVEL", "error")
-        from llama_cpp import Llama
-
+        lib = engine.llama_cpp()
         try:
-            with _quiet_stderr():  # llama.cpp warns about the tiny context a vocab-only load makes
-                llm = Llama(model_path=key, vocab_only=True, verbose=False)
+            with engine.quiet_native():  # llama.cpp warns about the tiny context a vocab-only load makes
+                llm = lib.Llama(model_path=key, vocab_only=True, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise ModelNotFound(f"llama.cpp could not read the tokenizer of {key}: {exc}",
                                 fix="check the file with `panza doctor`") from None
@@ -122,9 +119,9 @@ class _Probe:
 
 def count(messages: Sequence[dict], model_path: str | Path) -> int:
     """Exact prompt tokens of `messages` for this model (its chat template, its tokenizer)."""
+    llm = _vocab(model_path)  # imports llama_cpp (engine.llama_cpp) before the submodule below
     from llama_cpp import llama_chat_format
 
-    llm = _vocab(model_path)
     handler = (llm.chat_handler or llm._chat_handlers.get(llm.chat_format)
                or llama_chat_format.get_chat_completion_handler(llm.chat_format))
     with _LOCK:
@@ -150,27 +147,6 @@ def trained_context(model_path: str | Path) -> int | None:
         return int(meta[f"{arch}.context_length"])
     except (KeyError, ValueError):
         return None
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence llama.cpp for one call: its C code writes to fd 2, llama-cpp-python's log hook to sys.stderr."""
-    import io
-
-    try:
-        fd = os.dup(2)
-    except OSError:  # pragma: no cover
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        with contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        os.dup2(fd, 2)
-        os.close(fd)
-        os.close(devnull)
 
 
 # -- fitting ---------------------------------------------------------------------------------------------------

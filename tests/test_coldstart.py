@@ -124,7 +124,7 @@ def test_cold_draft_imports_nothing_heavy(sample_home, tmp_path):
             f"sys.exit(main({args!r}))\n")
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
                          timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr[-3000:]
     result = json.loads(out.stdout)
     assert result["adapter"] == "ad-cold" and result["retrieved"], result  # both paths really ran
     imported = set(json.loads(modules.read_text()))
@@ -185,3 +185,40 @@ def test_a_cold_process_starts_from_the_last_drafts_prefix(home, embedded_model)
     assert engine.chat(second, **kw) == text
     del fresh
     engine.unload_all()
+
+
+def test_loads_in_two_threads_leave_stdout_and_stderr_where_they_were(embedded_model):
+    """llama.cpp is silenced by pointing fds 1 and 2 at /dev/null and back; a preload beside a vocab-only load
+    once restored each other's /dev/null, and a cold `panza draft --format json` printed nothing."""
+    import threading
+
+    from panza_local import fit
+
+    before = [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)]
+    errors: list[BaseException] = []
+
+    def vocab_loads() -> None:
+        try:
+            for _ in range(6):
+                fit._VOCABS.clear()
+                fit._vocab(embedded_model)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assert below
+            errors.append(exc)
+
+    def model_loads() -> None:
+        try:
+            for _ in range(3):
+                engine.unload_all()
+                engine.load(embedded_model, n_ctx=256, threads=1)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=vocab_loads), threading.Thread(target=model_loads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.unload_all()
+    fit._VOCABS.clear()
+    assert not errors, errors
+    assert [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)] == before

@@ -1,5 +1,6 @@
 """Every path a draft reaches the user by (CLI, serve streaming and not, the TUI draft screen) gives the
-cleaned email: checked on a prompt whose raw greedy draft carries scaffolding on the real engine.
+cleaned email: checked on a prompt whose raw greedy draft is not yet her email on the real engine (another
+greeting, no sign-off of hers).
 
 The paths are not compared word for word: llama.cpp's numerics differ slightly when a prompt's prefix is
 already cached, and greedy decoding of the 4-bit model can then take another word."""
@@ -14,8 +15,8 @@ import pytest
 from panza_local import cleanup, draft, profile
 from panza_local.prompts import Profile
 
-# Greedy decoding of the embedded model answers this with a "Subject:" line, "Here's the email:" and a
-# "Dear Bob," (checked below on the raw text, so the test notices if the model stops doing so).
+# Greedy decoding of the embedded model answers this with "Dear Bob," and no sign-off of hers (checked
+# below on the raw text, so the test notices if the model starts writing her email unaided).
 INSTR = "Draft a sample message to Bob, with a Subject: line, about lunch"
 TO = "bob@example.com"
 MAX = 72
@@ -37,7 +38,8 @@ def maya(home, monkeypatch):
     plan = draft.prepare(INSTR, to=TO, use_rag=False, use_adapter=False, settings=settings)
     streamed = "".join(draft.stream(plan)).strip()
     raw = "".join(plan.raw)
-    assert "Subject:" in raw and not LEAKS.search(streamed), raw  # the model leaked; the clean-up did not
+    assert not is_clean(raw) and raw.startswith("Dear Bob,"), raw  # the raw text is not her email ...
+    assert not LEAKS.search(streamed), streamed  # ... and the clean-up leaks nothing
     assert streamed == draft.finish(plan, record=False).text == cleanup.clean(raw, plan.profile, TO)
     assert is_clean(streamed)
     return settings, streamed

@@ -87,7 +87,7 @@ def test_oldest_history_goes_first_and_only_as_much_as_needed(settings):
     # minimal: one more old turn would not have fitted
     longer = [*plan.messages[:1], *turns[dropped - 1:], plan.messages[-1]]
     assert fit.count(longer, plan.model_path) + plan.max_tokens > settings.n_ctx
-    assert plan.messages[-1]["content"].endswith("Instruction: Ask Bob to move the call to 3pm")
+    assert plan.messages[-1]["content"].endswith("Ask Bob to move the call to 3pm")  # the request, last
 
 
 def test_then_least_relevant_retrieved_then_the_threads_tail(settings):

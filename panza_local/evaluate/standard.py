@@ -170,18 +170,7 @@ def mauve(candidates: Sequence[str], references: Sequence[str], model: FeatureMo
 def _quiet():
     """The packages print progress bars (Python) and faiss clustering warnings (C, fd 2): keep them off the
     CLI's terminal for the call."""
-    try:
-        fd = os.dup(2)
-    except OSError:  # pragma: no cover
-        fd = None
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        if fd is not None:
-            os.dup2(devnull, 2)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        if fd is not None:
-            os.dup2(fd, 2)
-            os.close(fd)
-        os.close(devnull)
+    from .. import engine
+
+    with engine.quiet_native(), contextlib.redirect_stdout(io.StringIO()):
+        yield

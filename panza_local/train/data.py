@@ -161,12 +161,9 @@ class Tokenizer:
     def __init__(self, gguf_path: str | Path):
         from .. import engine, gguf_header
 
-        engine._quiet_env()
-        from llama_cpp import Llama
-
         self.path = Path(gguf_path)
-        with engine._suppress_stderr():  # a vocab-only context warns "n_ctx_train (0)" despite verbose=False
-            self._llm = Llama(model_path=str(self.path), vocab_only=True, verbose=False)
+        with engine.quiet_native():  # a vocab-only context warns "n_ctx_train (0)" despite verbose=False
+            self._llm = engine.llama_cpp().Llama(model_path=str(self.path), vocab_only=True, verbose=False)
         meta = gguf_header.read_header(self.path)["metadata"]
         self.template = meta.get("tokenizer.chat_template")
         self.eos_id = int(self._llm.token_eos())
