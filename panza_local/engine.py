@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 _MODELS: OrderedDict[tuple, object] = OrderedDict()
 _MAX_LOADED = 2  # base + one adapter (eval compares both); more would multiply RAM for little gain
 _LOCK = threading.RLock()  # a llama.cpp context is not thread-safe: one generation at a time
+# llama-cpp-python's quiet load (verbose=False) points sys.stdout/stderr and fds 1 and 2 at /dev/null while it
+# runs and then restores what it found: two loads overlapping in two threads (the draft's preload and the
+# context fitter's vocab-only load) leave them at /dev/null for good, and `panza draft` printed nothing.
+# Every Llama(...) construction holds this lock.
+QUIET_LOAD = threading.Lock()
 
 
 def _close_all_at_exit() -> None:
@@ -119,7 +124,8 @@ def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: 
         if lora_path and not runtime_lora:
             kwargs["lora_path"] = str(lora_path)
         try:
-            llm = lib.Llama(**kwargs)
+            with QUIET_LOAD:
+                llm = lib.Llama(**kwargs)
             if runtime_lora:
                 _attach_lora(lib, llm, Path(lora_path))
         except (ValueError, RuntimeError) as exc:
@@ -231,10 +237,10 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
     if model_path is None:
         model_path, _ = default_model(settings)
     llm = load(model_path, lora_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers)
-    kwargs = dict(messages=messages, stream=True,
-                  max_tokens=max_tokens if max_tokens is not None else settings.max_tokens,
-                  temperature=settings.temperature if temperature is None else temperature,
-                  top_p=top_p, repeat_penalty=repeat_penalty, stop=stop or [])
+    kwargs = {"messages": messages, "stream": True,
+              "max_tokens": max_tokens if max_tokens is not None else settings.max_tokens,
+              "temperature": settings.temperature if temperature is None else temperature,
+              "top_p": top_p, "repeat_penalty": repeat_penalty, "stop": stop or []}
     use_seed = settings.seed if seed is None else seed
     if use_seed is not None and use_seed >= 0:
         kwargs["seed"] = use_seed

@@ -87,7 +87,7 @@ def _vocab(model_path: str | Path):
         from llama_cpp import Llama
 
         try:
-            with _quiet_stderr():  # llama.cpp warns about the tiny context a vocab-only load makes
+            with engine.QUIET_LOAD, _quiet_stderr():  # llama.cpp warns about a vocab-only load's tiny context
                 llm = Llama(model_path=key, vocab_only=True, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise ModelNotFound(f"llama.cpp could not read the tokenizer of {key}: {exc}",

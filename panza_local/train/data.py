@@ -165,7 +165,7 @@ class Tokenizer:
         from llama_cpp import Llama
 
         self.path = Path(gguf_path)
-        with engine._suppress_stderr():  # a vocab-only context warns "n_ctx_train (0)" despite verbose=False
+        with engine.QUIET_LOAD, engine._suppress_stderr():  # a vocab-only context warns "n_ctx_train (0)" despite verbose=False
             self._llm = Llama(model_path=str(self.path), vocab_only=True, verbose=False)
         meta = gguf_header.read_header(self.path)["metadata"]
         self.template = meta.get("tokenizer.chat_template")
