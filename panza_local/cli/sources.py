@@ -24,19 +24,17 @@ def register(sub) -> None:
 def add_cmd(args) -> int:
     from pathlib import Path
 
-    from .. import store
+    from .. import imap, store
     from ..ingest import detect, source_row
 
     out = []
     with store.connect() as conn:
         for src in args.sources:
-            imap = str(src).startswith(("imap://", "imaps://"))
-            uri = str(src) if imap else str(Path(src).expanduser().resolve())
-            if imap:
-                from ..ingest import imap as imap_source
-
-                imap_source.parse_uri(uri)
-            kind = detect(uri if imap else Path(uri))
+            remote = imap.is_uri(src)
+            uri = str(src) if remote else str(Path(src).expanduser().resolve())
+            if remote:
+                imap.parse_uri(uri)  # refuses a URI with a password before it is stored anywhere
+            kind = detect(uri if remote else Path(uri))
             sid = source_row(conn, uri, kind, register=True)
             out.append({"id": sid, "uri": uri, "kind": kind})
     emit(args, {"added": out}, lambda d: [print(f"registered {r['kind']:12} {r['uri']}") for r in d["added"]]
