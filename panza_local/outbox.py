@@ -104,16 +104,17 @@ def imap_account(target: str = "imap") -> tuple[dict, str | None]:
 
     if target in ("imap", "imaps", ""):
         from . import store
+        from .ingest import sources
 
         conn = store.connect()
         try:
-            row = conn.execute("SELECT uri FROM sources WHERE kind = 'imap' ORDER BY id LIMIT 1").fetchone()
+            uri = sources.imap_account(conn)
         finally:
             conn.close()
-        if row is None:
+        if uri is None:
             raise NoDataError("no IMAP account is known",
                               fix="use --save-draft imaps://USER@HOST/Drafts, or `panza sources add imaps://USER@HOST`")
-        return imap.parse_uri(row["uri"]), None
+        return imap.parse_uri(uri), None
     cfg = imap.parse_uri(target)
     return cfg, cfg["mailbox"]
 
