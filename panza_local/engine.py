@@ -155,8 +155,7 @@ def _attach_lora(lib, llm, lora_path: Path) -> None:
 
     `Llama(lora_path=...)` turns memory-mapping off for the base model (a rule from when llama.cpp merged
     adapters into the weights), so every adapter draft first copied the whole base GGUF into memory, a
-    cost that grows with the model (the 98 MB embedded one: 2.7 s with `lora_path=` vs 1.7 s mapped, base
-    + adapter, medians of 5 on busy cores). llama.cpp applies adapters at run time now, so the base stays
+    cost that grows with the model (bench/draft.py measures the cold draft). llama.cpp applies adapters at run time now, so the base stays
     mapped and the adapter costs only its own small file. Same calls, order and scale as llama-cpp-python's
     own code path, and the same logits (tests/test_coldstart.py).
     """

@@ -22,7 +22,7 @@ IGNORE = -100
 VAL_SHARE = 0.1
 # Past emails in a training prompt (of the `settings.rag_k` retrieved, same recipient first). Each one costs
 # ~130 tokens of a ~190-token example on a short-mail user: one teaches the adapter to use retrieved mail
-# without copying it, at a third of the cost of three (fp32 training on a laptop runs ~170 tokens/s).
+# without copying it, at a third of the training time of three.
 CONTEXT_K = 1
 
 
