@@ -70,11 +70,6 @@ def busy() -> bool:
         return True
 
 
-def registered_sources(conn) -> list[str]:
-    """URIs of the sources `panza sources add` registered for re-tuning."""
-    return [r[0] for r in conn.execute("SELECT uri FROM sources WHERE registered = 1 ORDER BY id")]
-
-
 # --- scoring and the promotion gate -------------------------------------------------------------------
 
 def test_pairs(conn, limit: int = SCORE_LIMIT) -> tuple[list[dict], str]:
@@ -270,7 +265,7 @@ def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, s
 def _pass(conn, out, step, force, say, on_progress, settings, index, ingest, playback, train, registry) -> None:
     cur = registry.adapter_for(settings, conn).row
     out["adapter_before"] = out["adapter_after"] = cur["id"] if cur else None
-    sources = registered_sources(conn)
+    sources = ingest.registered_sources(conn)
     if sources:
         ing = step("ingest", lambda: ingest.ingest(conn, sources, me=settings.me or None, on_progress=on_progress))
         out["new_messages"], out["deleted_messages"] = ing.get("stored", 0), ing.get("deleted", 0)
@@ -374,6 +369,7 @@ def watch(*, debounce_s: float = 30.0, poll_s: float = 300.0, min_interval_s: fl
     from watchdog.observers import Observer
 
     from . import imap
+    from .ingest import registered_sources
 
     say = say or print
     stop = stop or (lambda: False)
@@ -408,7 +404,7 @@ def watch(*, debounce_s: float = 30.0, poll_s: float = 300.0, min_interval_s: fl
     def rescan() -> None:
         conn = store.connect()
         try:
-            sources = registered_sources(conn)
+            sources = registered_sources(conn)  # the sources table is ingest's
         finally:
             conn.close()
         polled.clear()
