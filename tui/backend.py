@@ -53,12 +53,19 @@ def add_turn(conn, conversation_id: int, role: str, content: str, meta: dict | N
 
 def recent_mail(conn, limit: int = 200) -> list[dict]:
     """Recent messages to reply to (the draft form's thread picker)."""
-    return chat.recent_mail(conn, limit=limit)
+    from panza_local.ingest import messages
+
+    return messages.recent(conn, limit=limit)
 
 
 def pipeline_status(conn) -> dict:
-    """What each pipeline stage holds (the status screen)."""
-    return chat.pipeline_status(conn)
+    """What the status screen shows: sources and last sync, counts, adapters with scores, recent runs."""
+    from panza_local.ingest import sources
+    from panza_local.train import registry
+
+    adapters = [{**a, "metrics": a.get("metrics") or {}} for a in registry.list_(conn)]
+    return {"sources": sources.list_(conn), "counts": store.counts(conn), "adapters": adapters,
+            "runs": store.recent_runs(conn)}
 
 
 def counts(conn) -> dict[str, int]:
@@ -132,7 +139,7 @@ def fit_notices(notices: list[str]) -> list[str]:
 
 def plan_draft(instruction: str, *, to: str = "", subject: str = "", thread: dict | None = None,
                use_rag: bool = True, seed: int | None = None, settings=None) -> draft.DraftPlan:
-    """draft.prepare with the fields of the draft form (`thread` is a row of chat.recent_mail)."""
+    """draft.prepare with the fields of the draft form (`thread` is a row of `recent_mail`)."""
     reply = None
     if thread:
         reply = draft.Reply(message_id=thread.get("message_id") or "", references=(thread.get("refs") or "").split(),
@@ -164,7 +171,9 @@ def stream_reply(history: list, **kwargs):
 
 def plan_rows(conn, plan: draft.DraftPlan) -> list[dict]:
     """The plan's retrieved emails as side-panel rows (score, date, subject)."""
-    dates = chat.item_dates(conn, [r.id for r in plan.retrieved])
+    from panza_local.retrieval import index
+
+    dates = index.item_dates(conn, [r.id for r in plan.retrieved])
     return [{"id": r.id, "score": r.score, "date": dates.get(r.id, ""), "subject": r.subject, "kind": r.kind,
              "cite": r.cite} for r in plan.retrieved]
 

@@ -1,10 +1,12 @@
-"""Reading the `messages` table ingest fills: what `panza messages list|show|export` prints."""
+"""Reading the `messages` table ingest fills: what `panza messages list|show|export` prints, and the
+recent mail the TUI's draft form offers to reply to."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
 
+from .. import store
 from ..errors import NoDataError
 
 _SELECT = "SELECT m.*, s.uri AS source_uri FROM messages m LEFT JOIN sources s ON s.id = m.source_id"
@@ -33,3 +35,16 @@ def get(conn: sqlite3.Connection, message_id: int) -> dict:
     if row is None:
         raise NoDataError(f"no message {message_id}", fix="see `panza messages list` for ids")
     return record(row)
+
+
+def recent(conn: sqlite3.Connection, query: str = "", limit: int = 50) -> list[dict]:
+    """Recent live messages (not only the user's) to pick a thread to reply to; `query` filters subject,
+    sender and body."""
+    sql = "SELECT id, date, from_addr, to_addrs, subject, body, message_id, refs FROM messages WHERE deleted = 0"
+    args: list = []
+    if query.strip():
+        like = f"%{store.escape_like(query.strip())}%"
+        sql += " AND (subject LIKE ? ESCAPE '\\' OR from_addr LIKE ? ESCAPE '\\' OR body LIKE ? ESCAPE '\\')"
+        args += [like, like, like]
+    sql += " ORDER BY date DESC, id DESC LIMIT ?"
+    return [dict(r) for r in conn.execute(sql, [*args, limit])]
