@@ -77,7 +77,7 @@ def list_(conn: sqlite3.Connection, query: str = "", limit: int = 500) -> list[C
            "FROM conversations c")
     args: list = []
     if query.strip():
-        like = f"%{_escape_like(query.strip())}%"
+        like = f"%{store.escape_like(query.strip())}%"
         sql += (" WHERE c.title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM chat_messages m "
                 "WHERE m.conversation_id = c.id AND m.content LIKE ? ESCAPE '\\')")
         args += [like, like]
@@ -88,10 +88,6 @@ def list_(conn: sqlite3.Connection, query: str = "", limit: int = 500) -> list[C
 def search(conn: sqlite3.Connection, query: str, limit: int = 500) -> list[Conversation]:
     """Conversations whose title or any message contains `query` (case-insensitive)."""
     return list_(conn, query, limit)
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def rename(conn: sqlite3.Connection, conversation_id: int, title: str) -> Conversation:
@@ -230,43 +226,3 @@ def reply(history: list[ChatMessage] | list[dict], **kwargs) -> str:
     return "".join(stream_reply(history, **kwargs))
 
 
-def recent_mail(conn: sqlite3.Connection, query: str = "", limit: int = 50) -> list[dict]:
-    """Recent ingested messages (not only the user's) to pick a thread to reply to; `query` filters."""
-    sql = "SELECT id, date, from_addr, to_addrs, subject, body, message_id, refs FROM messages WHERE deleted = 0"
-    args: list = []
-    if query.strip():
-        like = f"%{_escape_like(query.strip())}%"
-        sql += " AND (subject LIKE ? ESCAPE '\\' OR from_addr LIKE ? ESCAPE '\\' OR body LIKE ? ESCAPE '\\')"
-        args += [like, like, like]
-    sql += " ORDER BY date DESC, id DESC LIMIT ?"
-    return [dict(r) for r in conn.execute(sql, [*args, limit])]
-
-
-def item_dates(conn: sqlite3.Connection, item_ids: list[str]) -> dict[str, str]:
-    """Dates (YYYY-MM-DD) of the messages behind retrieval-index item ids."""
-    out: dict[str, str] = {}
-    for item_id in item_ids:
-        row = conn.execute("SELECT m.date FROM index_items i JOIN messages m ON m.id = i.ref_id "
-                           "WHERE i.item_id = ? AND i.kind != 'doc'", (item_id,)).fetchone()
-        if row and row["date"]:
-            out[item_id] = row["date"][:10]
-    return out
-
-
-def pipeline_status(conn: sqlite3.Connection) -> dict:
-    """What the status screen shows: sources and last sync, counts, adapters with scores, recent runs."""
-    sources = [dict(r) for r in conn.execute(
-        "SELECT s.id, s.uri, s.kind, s.registered, s.last_sync, "
-        "(SELECT count(*) FROM messages m WHERE m.source_id = s.id AND m.deleted = 0) AS messages "
-        "FROM sources s ORDER BY s.id")]
-    adapters = []
-    for r in conn.execute("SELECT id, base_model, status, metrics, created_at FROM adapters ORDER BY created_at DESC"):
-        row = dict(r)
-        try:
-            row["metrics"] = json.loads(row["metrics"]) if row["metrics"] else {}
-        except json.JSONDecodeError:
-            row["metrics"] = {}
-        adapters.append(row)
-    runs = [dict(r) for r in conn.execute(
-        "SELECT id, stage, started_at, finished_at, status FROM runs ORDER BY id DESC LIMIT 8")]
-    return {"sources": sources, "counts": store.counts(conn), "adapters": adapters, "runs": runs}

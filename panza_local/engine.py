@@ -127,7 +127,7 @@ def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: 
         if lora_path and not runtime_lora:
             kwargs["lora_path"] = str(lora_path)
         try:
-            with FD_LOCK:  # llama-cpp-python redirects fds 1 and 2 while it loads (see FD_LOCK)
+            with QUIET_LOAD:  # llama-cpp-python redirects fds 1 and 2 while it loads (see QUIET_LOAD)
                 llm = lib.Llama(**kwargs)
             if runtime_lora:
                 _attach_lora(lib, llm, Path(lora_path))
@@ -307,7 +307,7 @@ def system_info() -> str:
 # does so around every load). Two threads doing that at once (a draft's model preload beside a vocab-only load
 # for counting tokens) can each restore the other's /dev/null and leave the process's stdout there for good: a
 # draft that prints nothing and exits 0. Every redirect and every load holds this lock.
-FD_LOCK = threading.RLock()
+QUIET_LOAD = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -315,7 +315,7 @@ def quiet_native():
     """Silence llama.cpp for one call: its C code writes to fd 2, llama-cpp-python's log hook to sys.stderr."""
     import io
 
-    with FD_LOCK:
+    with QUIET_LOAD:
         try:
             fd = os.dup(2)
         except OSError:  # pragma: no cover

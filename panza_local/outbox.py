@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
 from pathlib import Path
 
 from .draft import Draft
@@ -102,21 +100,22 @@ def save_maildir(d: Draft, path: str | Path, sender: str | None = None, settings
 def imap_account(target: str = "imap") -> tuple[dict, str | None]:
     """(connection settings, mailbox) for `imaps://USER@HOST[:PORT][/Drafts][?cafile=...]`, or for the
     registered IMAP source when `target` is just "imap" (its mailbox is a source, not the drafts: ignored)."""
-    from .ingest import imap as imap_source
+    from . import imap
 
     if target in ("imap", "imaps", ""):
         from . import store
+        from .ingest import sources
 
         conn = store.connect()
         try:
-            row = conn.execute("SELECT uri FROM sources WHERE kind = 'imap' ORDER BY id LIMIT 1").fetchone()
+            uri = sources.imap_account(conn)
         finally:
             conn.close()
-        if row is None:
+        if uri is None:
             raise NoDataError("no IMAP account is known",
                               fix="use --save-draft imaps://USER@HOST/Drafts, or `panza sources add imaps://USER@HOST`")
-        return imap_source.parse_uri(row["uri"]), None
-    cfg = imap_source.parse_uri(target)
+        return imap.parse_uri(uri), None
+    cfg = imap.parse_uri(target)
     return cfg, cfg["mailbox"]
 
 
@@ -128,52 +127,9 @@ def save_imap(d: Draft, target: str = "imap", *, mailbox: str | None = None, sen
     the keyring password are the IMAP source's own. The mailbox: `mailbox`, the URI's path, the one the
     server marks \\Drafts (RFC 6154), else "Drafts" (created when missing).
     """
-    import imaplib
-    import time
-
-    from .ingest import imap as imap_source
+    from . import imap
 
     cfg, box = imap_account(target)
-    box = mailbox or box
-    raw = to_eml(d, sender, settings=settings)
-    conn = imap_source.connect(cfg)
-    where = f"{cfg['host']}:{cfg['port']}"
-    try:
-        box = box or _drafts_mailbox(conn)
-        flags, when = r"(\Draft \Seen)", imaplib.Time2Internaldate(time.time())
-        typ, data = conn.append(_quote(box), flags, when, raw)
-        if typ != "OK":  # [TRYCREATE]: the mailbox does not exist yet
-            conn.create(_quote(box))
-            typ, data = conn.append(_quote(box), flags, when, raw)
-        if typ != "OK":
-            raise PanzaError(f"the IMAP server {where} refused the draft: {data!r}",
-                             fix=f"check that the mailbox {box!r} exists and is writable")
-    except imaplib.IMAP4.error as exc:
-        raise PanzaError(f"IMAP error on {where}: {exc}", fix=f"check the mailbox name {box!r}") from None
-    finally:
-        with contextlib.suppress(Exception):
-            conn.logout()
+    box = imap.append_draft(cfg, to_eml(d, sender, settings=settings), mailbox or box)
     log.info("draft appended to an IMAP mailbox on %s", cfg["host"] if getattr(settings, "debug", False) else "server")
     return box
-
-
-def _drafts_mailbox(conn) -> str:
-    _typ, rows = conn.list()
-    names = []
-    for raw in rows or []:
-        line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        m = re.match(r'\((?P<flags>[^)]*)\) (?:"[^"]*"|NIL) (?P<name>.+)$', line)
-        if not m:
-            continue
-        name = m.group("name").strip().strip('"')
-        if "\\drafts" in m.group("flags").lower():
-            return name
-        names.append(name)
-    for name in names:
-        if name.lower() in ("drafts", "inbox.drafts", "inbox/drafts"):
-            return name
-    return "Drafts"
-
-
-def _quote(name: str) -> str:
-    return name if re.fullmatch(r"[A-Za-z0-9._/-]+", name) else '"' + name.replace('"', '\\"') + '"'

@@ -70,11 +70,6 @@ def busy() -> bool:
         return True
 
 
-def registered_sources(conn) -> list[str]:
-    """URIs of the sources `panza sources add` registered for re-tuning."""
-    return [r[0] for r in conn.execute("SELECT uri FROM sources WHERE registered = 1 ORDER BY id")]
-
-
 # --- scoring and the promotion gate -------------------------------------------------------------------
 
 def test_pairs(conn, limit: int = SCORE_LIMIT) -> tuple[list[dict], str]:
@@ -270,7 +265,7 @@ def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, s
 def _pass(conn, out, step, force, say, on_progress, settings, index, ingest, playback, train, registry) -> None:
     cur = registry.adapter_for(settings, conn).row
     out["adapter_before"] = out["adapter_after"] = cur["id"] if cur else None
-    sources = registered_sources(conn)
+    sources = ingest.registered_sources(conn)
     if sources:
         ing = step("ingest", lambda: ingest.ingest(conn, sources, me=settings.me or None, on_progress=on_progress))
         out["new_messages"], out["deleted_messages"] = ing.get("stored", 0), ing.get("deleted", 0)
@@ -357,44 +352,6 @@ def history(limit: int = 20) -> list[dict]:
 
 # --- watch mode ---------------------------------------------------------------------------------------
 
-IDLE_MAX_S = 25 * 60  # RFC 2177: a client re-issues IDLE at least every 29 minutes
-
-
-def imap_wait(uri: str, timeout: float) -> bool | None:
-    """Wait on an IMAP mailbox with IDLE until it reports new mail (True) or `timeout` s pass (False).
-
-    None when the server does not offer IDLE (the caller polls instead). Read-only: EXAMINE, never SELECT.
-    """
-
-    from .ingest import imap as imap_source
-
-    cfg = imap_source.parse_uri(uri)
-    conn = imap_source.connect(cfg)
-    try:
-        if "IDLE" not in conn.capabilities:
-            return None
-        typ, _ = conn.select(imap_source._quote(cfg["mailbox"] or "INBOX"), readonly=True)
-        if typ != "OK":
-            return None
-        tag = conn._new_tag().decode()
-        conn.send(f"{tag} IDLE\r\n".encode())
-        if not conn.readline().startswith(b"+"):
-            return None
-        conn.sock.settimeout(max(0.1, min(timeout, IDLE_MAX_S)))
-        try:
-            while True:
-                line = conn.readline()
-                if not line:
-                    return False
-                if line.startswith(b"* ") and line.rstrip().upper().endswith((b" EXISTS", b" RECENT")):
-                    return True
-        except (TimeoutError, OSError):
-            return False  # the connection is unusable after a timed-out read: closed below, not reused
-    finally:
-        with contextlib.suppress(Exception):
-            conn.shutdown()
-
-
 def watch(*, debounce_s: float = 30.0, poll_s: float = 300.0, min_interval_s: float | None = None,
           say: Say | None = None, stop: Callable[[], bool] | None = None, max_passes: int | None = None,
           pass_fn: Callable[[], dict] | None = None) -> int:
@@ -410,6 +367,9 @@ def watch(*, debounce_s: float = 30.0, poll_s: float = 300.0, min_interval_s: fl
     import threading
 
     from watchdog.observers import Observer
+
+    from . import imap
+    from .ingest import registered_sources
 
     say = say or print
     stop = stop or (lambda: False)
@@ -430,7 +390,7 @@ def watch(*, debounce_s: float = 30.0, poll_s: float = 300.0, min_interval_s: fl
     def idle_loop(uri: str) -> None:
         while not quit_.is_set():
             try:
-                got = imap_wait(uri, poll_s)
+                got = imap.idle_wait(uri, poll_s)
             except (PanzaError, OSError, imaplib.IMAP4.error) as exc:  # server away: poll at the interval
                 say(f"IMAP watch: {type(exc).__name__}: {exc}; retrying in {poll_s:.0f} s")
                 got = None
@@ -444,13 +404,13 @@ def watch(*, debounce_s: float = 30.0, poll_s: float = 300.0, min_interval_s: fl
     def rescan() -> None:
         conn = store.connect()
         try:
-            sources = registered_sources(conn)
+            sources = registered_sources(conn)  # the sources table is ingest's
         finally:
             conn.close()
         polled.clear()
         for uri in sources:
             p = Path(uri)
-            if uri.startswith(("imap://", "imaps://")):
+            if imap.is_uri(uri):
                 if uri not in imap_threads:
                     imap_threads[uri] = threading.Thread(target=idle_loop, args=(uri,), daemon=True,
                                                          name="panza-imap-idle")

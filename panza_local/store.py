@@ -141,6 +141,17 @@ def health(conn: sqlite3.Connection) -> dict:
     return {"schema_version": schema_version(conn), "integrity": integrity}
 
 
+def escape_like(text: str) -> str:
+    """`text` as a literal inside a LIKE pattern written with ESCAPE '\\'."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def recent_runs(conn: sqlite3.Connection, limit: int = 8) -> list[dict]:
+    """The last stage runs `run` recorded, newest first (id, stage, started_at, finished_at, status)."""
+    return [dict(r) for r in conn.execute(
+        "SELECT id, stage, started_at, finished_at, status FROM runs ORDER BY id DESC LIMIT ?", (limit,))]
+
+
 def counts(conn: sqlite3.Connection) -> dict[str, int]:
     """Row counts the status views show."""
     q = {

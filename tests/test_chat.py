@@ -88,6 +88,11 @@ def test_prompt_messages_keeps_newest_turns_and_fences_examples():
 
 
 def test_recent_mail_and_pipeline_status(conn):
+    from panza_local.tui import backend
+
+    from panza_local.ingest import messages
+    from panza_local.retrieval import index
+
     conn.execute("INSERT INTO sources (id, uri, kind, registered, added_at, last_sync) "
                  "VALUES (1, '/m', 'mbox', 1, 't', '2026-01-02T00:00:00+00:00')")
     for i, subject in enumerate(["Lunch", "Budget"], 1):
@@ -95,10 +100,11 @@ def test_recent_mail_and_pipeline_status(conn):
                      "ingested_at) VALUES (?, 1, ?, ?, 'bob@example.com', ?, 'body', 0, 't')",
                      (i, f"h{i}", f"2026-01-0{i}T00:00:00+00:00", subject))
     conn.execute("INSERT INTO index_items VALUES ('sent:2', 'sent', 2, 'h2', 'm', 't')")
-    assert [m["subject"] for m in chat.recent_mail(conn)] == ["Budget", "Lunch"]
-    assert [m["subject"] for m in chat.recent_mail(conn, "lun")] == ["Lunch"]
-    assert chat.item_dates(conn, ["sent:2", "sent:9"]) == {"sent:2": "2026-01-02"}
-    st = chat.pipeline_status(conn)
+    assert [m["subject"] for m in messages.recent(conn)] == ["Budget", "Lunch"]
+    assert [m["subject"] for m in messages.recent(conn, "lun")] == ["Lunch"]
+    assert [m["subject"] for m in messages.recent(conn, "%")] == []  # LIKE wildcards are literal
+    assert index.item_dates(conn, ["sent:2", "sent:9"]) == {"sent:2": "2026-01-02"}
+    st = backend.pipeline_status(conn)
     assert st["sources"][0]["messages"] == 2 and st["counts"]["messages"] == 2
     assert st["adapters"] == [] and st["runs"] == []
 

@@ -9,8 +9,7 @@ from email import policy
 import pytest
 import test_ingest_imap as ingest_imap_tests
 
-from panza_local import draft, outbox, store
-from panza_local.ingest import imap as imap_source
+from panza_local import draft, imap, outbox, store
 
 # the ingest tests' real Dovecot server and in-memory keyring, and their skip when Dovecot is absent
 dovecot = ingest_imap_tests.dovecot
@@ -25,7 +24,7 @@ def _reply() -> draft.Draft:
 
 
 def test_save_imap_appends_with_the_draft_flag(dovecot, keyring_memory, home):
-    keyring_memory.set_password(imap_source.KEYRING_SERVICE, "alice@127.0.0.1", "s3cret")
+    keyring_memory.set_password(imap.KEYRING_SERVICE, "alice@127.0.0.1", "s3cret")
     uri = f"imaps://alice@127.0.0.1:{dovecot['port']}/Drafts?cafile={dovecot['cafile']}"
     assert outbox.save_imap(_reply(), uri, sender="alice@example.com") == "Drafts"  # created on first use
     # the registered source is the default account; its own mailbox (INBOX) is not where drafts go
@@ -48,7 +47,7 @@ def test_save_imap_appends_with_the_draft_flag(dovecot, keyring_memory, home):
 def test_save_imap_wrong_password_names_the_fix(dovecot, keyring_memory, home):
     from panza_local.errors import PanzaError
 
-    keyring_memory.set_password(imap_source.KEYRING_SERVICE, "alice@127.0.0.1", "wrong")
+    keyring_memory.set_password(imap.KEYRING_SERVICE, "alice@127.0.0.1", "wrong")
     uri = f"imaps://alice@127.0.0.1:{dovecot['port']}/Drafts?cafile={dovecot['cafile']}"
     with pytest.raises(PanzaError, match="keyring set"):
         outbox.save_imap(_reply(), uri)

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from panza_local import store
+from panza_local import imap, store
 from panza_local.errors import SourceError
-from panza_local.ingest import imap as imap_source
 from panza_local.ingest import ingest
 
 pytestmark = pytest.mark.skipif(not shutil.which("dovecot") or not shutil.which("openssl"),
@@ -185,7 +184,7 @@ def test_imap_incremental_read_only_sync(dovecot, keyring_memory, home):
         admin.append("INBOX", None, None, _message(i, frm="carol@example.com"))
     for i in range(3, 8):
         admin.append("Sent", None, None, _message(i))
-    keyring_memory.set_password(imap_source.KEYRING_SERVICE, "alice@127.0.0.1", "s3cret")
+    keyring_memory.set_password(imap.KEYRING_SERVICE, "alice@127.0.0.1", "s3cret")
     uri = f"imaps://alice@127.0.0.1:{dovecot['port']}?cafile={dovecot['cafile']}"
     conn = store.connect()
     s = ingest(conn, [uri], ["alice@example.com"])
@@ -218,6 +217,6 @@ def test_imap_refuses_bad_certificates_passwords_in_uris_and_missing_secrets(dov
     assert conn.execute("SELECT count(*) FROM sources WHERE uri LIKE '%s3cret%'").fetchone()[0] == 0
     with pytest.raises(SourceError, match="keyring"):  # no secret stored and no terminal to ask
         ingest(conn, [f"imaps://alice@127.0.0.1:{dovecot['port']}/INBOX?cafile={dovecot['cafile']}"], [])
-    keyring_memory.set_password(imap_source.KEYRING_SERVICE, "alice@127.0.0.1", "wrong")
+    keyring_memory.set_password(imap.KEYRING_SERVICE, "alice@127.0.0.1", "wrong")
     with pytest.raises(SourceError, match="login"):
         ingest(conn, [f"imaps://alice@127.0.0.1:{dovecot['port']}/INBOX?cafile={dovecot['cafile']}"], [])

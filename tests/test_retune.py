@@ -202,14 +202,14 @@ def test_watch_wakes_on_imap_idle_and_the_pass_fetches_the_new_message(dovecot, 
     """A real Dovecot: with polling off (1 h), only IDLE can start the second pass, which is a real pass."""
     from test_ingest_imap import _message
 
-    from panza_local.ingest import imap as imap_source
+    from panza_local import imap
 
     monkeypatch.setenv("PANZA_ME", "alice@example.com")
     admin = dovecot["admin"]()
     admin.append("INBOX", None, None, _message(0, frm="carol@example.com"))
-    keyring_memory.set_password(imap_source.KEYRING_SERVICE, "alice@127.0.0.1", "s3cret")
+    keyring_memory.set_password(imap.KEYRING_SERVICE, "alice@127.0.0.1", "s3cret")
     uri = f"imaps://alice@127.0.0.1:{dovecot['port']}/INBOX?cafile={dovecot['cafile']}"
-    assert retune.imap_wait(uri, 0.5) is False  # IDLE offered, nothing new within the timeout
+    assert imap.idle_wait(uri, 0.5) is False  # IDLE offered, nothing new within the timeout
     conn = store.connect()
     conn.execute("INSERT INTO sources (uri, kind, registered, added_at) VALUES (?, 'imap', 1, ?)", (uri, store.now()))
     conn.close()

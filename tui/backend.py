@@ -1,4 +1,6 @@
-"""The app's calls into panza_local, in one place (no Textual here): drafting, retrieval, adapters, re-tune."""
+"""The app's calls into panza_local, in one place (no Textual here): conversations, drafting, retrieval,
+adapters, re-tune, store counts. The screens import this module and panza_local.errors, nothing else of
+panza_local (tests/test_imports.py keeps it so)."""
 
 from __future__ import annotations
 
@@ -6,8 +8,69 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from panza_local import chat, config, draft, engine, outbox
+from panza_local import chat, config, draft, engine, outbox, store
 from panza_local.errors import NoDataError, PanzaError
+
+Draft = draft.Draft  # the finished draft the draft screen holds
+
+
+# --- conversations and the store ------------------------------------------------------------------------
+
+def conversations(conn, query: str = "") -> list[chat.Conversation]:
+    """Stored conversations, newest first, whose title or text contains `query`."""
+    return chat.list_(conn, query)
+
+
+def conversation(conn, conversation_id: int) -> chat.Conversation:
+    """One conversation (id, title, ...)."""
+    return chat.get(conn, conversation_id)
+
+
+def new_conversation(conn) -> chat.Conversation:
+    """A new, empty conversation."""
+    return chat.create(conn)
+
+
+def rename_conversation(conn, conversation_id: int, title: str) -> chat.Conversation:
+    """Give a conversation a new title."""
+    return chat.rename(conn, conversation_id, title)
+
+
+def delete_conversation(conn, conversation_id: int) -> None:
+    """Delete a conversation and its turns."""
+    chat.delete(conn, conversation_id)
+
+
+def turns(conn, conversation_id: int) -> list[chat.ChatMessage]:
+    """A conversation's turns, oldest first."""
+    return chat.messages(conn, conversation_id)
+
+
+def add_turn(conn, conversation_id: int, role: str, content: str, meta: dict | None = None) -> chat.ChatMessage:
+    """Store one turn (user or assistant) of a conversation."""
+    return chat.add_message(conn, conversation_id, role, content, meta)
+
+
+def recent_mail(conn, limit: int = 200) -> list[dict]:
+    """Recent messages to reply to (the draft form's thread picker)."""
+    from panza_local.ingest import messages
+
+    return messages.recent(conn, limit=limit)
+
+
+def pipeline_status(conn) -> dict:
+    """What the status screen shows: sources and last sync, counts, adapters with scores, recent runs."""
+    from panza_local.ingest import sources
+    from panza_local.train import registry
+
+    adapters = [{**a, "metrics": a.get("metrics") or {}} for a in registry.list_(conn)]
+    return {"sources": sources.list_(conn), "counts": store.counts(conn), "adapters": adapters,
+            "runs": store.recent_runs(conn)}
+
+
+def counts(conn) -> dict[str, int]:
+    """Messages, pairs, index items ... in the store (the first-run guide)."""
+    return store.counts(conn)
 
 
 def model_name(settings=None) -> str:
@@ -76,7 +139,7 @@ def fit_notices(notices: list[str]) -> list[str]:
 
 def plan_draft(instruction: str, *, to: str = "", subject: str = "", thread: dict | None = None,
                use_rag: bool = True, seed: int | None = None, settings=None) -> draft.DraftPlan:
-    """draft.prepare with the fields of the draft form (`thread` is a row of chat.recent_mail)."""
+    """draft.prepare with the fields of the draft form (`thread` is a row of `recent_mail`)."""
     reply = None
     if thread:
         reply = draft.Reply(message_id=thread.get("message_id") or "", references=(thread.get("refs") or "").split(),
@@ -108,7 +171,9 @@ def stream_reply(history: list, **kwargs):
 
 def plan_rows(conn, plan: draft.DraftPlan) -> list[dict]:
     """The plan's retrieved emails as side-panel rows (score, date, subject)."""
-    dates = chat.item_dates(conn, [r.id for r in plan.retrieved])
+    from panza_local.retrieval import index
+
+    dates = index.item_dates(conn, [r.id for r in plan.retrieved])
     return [{"id": r.id, "score": r.score, "date": dates.get(r.id, ""), "subject": r.subject, "kind": r.kind,
              "cite": r.cite} for r in plan.retrieved]
 

@@ -29,27 +29,12 @@ def register(sub) -> None:
     ex.set_defaults(func=export_cmd)
 
 
-def _query(all_: bool, limit: int | None = None) -> tuple[str, tuple]:
-    sql = ("SELECT m.*, s.uri AS source_uri FROM messages m LEFT JOIN sources s ON s.id = m.source_id "
-           "WHERE m.deleted = 0" + ("" if all_ else " AND m.is_mine = 1") + " ORDER BY m.date DESC, m.id DESC")
-    if limit:
-        sql += f" LIMIT {int(limit)}"
-    return sql, ()
-
-
-def as_record(row) -> dict:
-    """A messages row as the export object."""
-    return {"id": row["id"], "date": row["date"], "from": row["from_addr"],
-            "to": [a for a in (row["to_addrs"] or "").split(",") if a], "subject": row["subject"],
-            "body": row["body"], "thread": row["thread"], "source": row["source_uri"],
-            "language": row["language"], "is_mine": bool(row["is_mine"])}
-
-
 def list_cmd(args) -> int:
     from .. import store
+    from ..ingest import messages
 
     with store.connect() as conn:
-        rows = [as_record(r) for r in conn.execute(*_query(args.all, args.limit))]
+        rows = list(messages.newest(conn, args.all, args.limit))
 
     def human(d):
         for r in d["messages"]:
@@ -64,14 +49,10 @@ def list_cmd(args) -> int:
 
 def show_cmd(args) -> int:
     from .. import store
-    from ..errors import NoDataError
+    from ..ingest import messages
 
     with store.connect() as conn:
-        row = conn.execute("SELECT m.*, s.uri AS source_uri FROM messages m LEFT JOIN sources s "
-                           "ON s.id = m.source_id WHERE m.id = ?", (args.id,)).fetchone()
-    if row is None:
-        raise NoDataError(f"no message {args.id}", fix="see `panza messages list` for ids")
-    rec = as_record(row)
+        rec = messages.get(conn, args.id)
 
     def human(r):
         print(f"id       {r['id']}{'  (yours)' if r['is_mine'] else ''}")
@@ -86,19 +67,23 @@ def show_cmd(args) -> int:
 
 
 def export_cmd(args) -> int:
+    from pathlib import Path
+
     from .. import paths, store
+    from ..ingest import messages
 
     n = 0
     with store.connect() as conn:
-        rows = conn.execute(*_query(args.all))
-        if args.file == "-":
-            for r in rows:
-                sys.stdout.write(json.dumps({k: as_record(r)[k] for k in EXPORT_KEYS}, ensure_ascii=False) + "\n")
+        lines = (json.dumps({k: r[k] for k in EXPORT_KEYS}, ensure_ascii=False)
+                 for r in messages.newest(conn, args.all))
+        if args.file == "-":  # streamed: `panza messages export - | head` reads the first lines at once
+            for line in lines:
+                sys.stdout.write(line + "\n")
                 n += 1
         else:
-            lines = [json.dumps({k: as_record(r)[k] for k in EXPORT_KEYS}, ensure_ascii=False) for r in rows]
+            lines = list(lines)
             n = len(lines)
-            paths.write_private(__import__("pathlib").Path(args.file), "\n".join(lines) + ("\n" if lines else ""))
+            paths.write_private(Path(args.file), "\n".join(lines) + ("\n" if lines else ""))
     if args.file != "-":
         print(f"exported {n} messages to {args.file}", file=sys.stderr)
     return 0

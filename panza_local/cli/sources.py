@@ -22,44 +22,22 @@ def register(sub) -> None:
 
 
 def add_cmd(args) -> int:
-    from pathlib import Path
-
     from .. import store
-    from ..ingest import detect, source_row
+    from ..ingest import sources
 
-    out = []
     with store.connect() as conn:
-        for src in args.sources:
-            imap = str(src).startswith(("imap://", "imaps://"))
-            uri = str(src) if imap else str(Path(src).expanduser().resolve())
-            if imap:
-                from ..ingest import imap as imap_source
-
-                imap_source.parse_uri(uri)
-            kind = detect(uri if imap else Path(uri))
-            sid = source_row(conn, uri, kind, register=True)
-            out.append({"id": sid, "uri": uri, "kind": kind})
+        out = sources.register(conn, args.sources)
     emit(args, {"added": out}, lambda d: [print(f"registered {r['kind']:12} {r['uri']}") for r in d["added"]]
          and print("read them now with: panza ingest"))
     return 0
 
 
-def list_sources(conn) -> list[dict]:
-    """Every source with its message/document counts."""
-    rows = conn.execute(
-        "SELECT s.id, s.uri, s.kind, s.registered, s.last_sync, "
-        "(SELECT count(*) FROM messages m WHERE m.source_id = s.id AND m.deleted = 0) AS messages, "
-        "(SELECT count(*) FROM messages m WHERE m.source_id = s.id AND m.deleted = 0 AND m.is_mine = 1) AS mine, "
-        "(SELECT count(*) FROM documents d WHERE d.source_id = s.id AND d.deleted = 0) AS documents "
-        "FROM sources s ORDER BY s.id").fetchall()
-    return [dict(r) for r in rows]
-
-
 def list_cmd(args) -> int:
     from .. import store
+    from ..ingest import sources
 
     with store.connect() as conn:
-        data = {"sources": list_sources(conn)}
+        data = {"sources": sources.list_(conn)}
 
     def human(d):
         if not d["sources"]:
@@ -74,28 +52,12 @@ def list_cmd(args) -> int:
 
 
 def remove_cmd(args) -> int:
-    from pathlib import Path
-
     from .. import store
-    from ..errors import SourceError
+    from ..ingest import sources
 
     with store.connect() as conn:
-        key = args.source
-        row = None
-        if key.isdigit():
-            row = conn.execute("SELECT id, uri FROM sources WHERE id = ?", (int(key),)).fetchone()
-        if row is None:
-            uri = key if key.startswith(("imap://", "imaps://")) else str(Path(key).expanduser().resolve())
-            row = conn.execute("SELECT id, uri FROM sources WHERE uri = ? OR uri = ?", (key, uri)).fetchone()
-        if row is None:
-            raise SourceError(f"no source {key!r}", fix="see `panza sources list` for ids and paths")
-        with store.transaction(conn):
-            m = conn.execute("UPDATE messages SET deleted = 1 WHERE source_id = ? AND deleted = 0", (row["id"],)).rowcount
-            d = conn.execute("UPDATE documents SET deleted = 1 WHERE source_id = ? AND deleted = 0",
-                             (row["id"],)).rowcount
-            conn.execute("DELETE FROM source_files WHERE source_id = ?", (row["id"],))
-            conn.execute("UPDATE sources SET registered = 0, cursor = NULL WHERE id = ?", (row["id"],))
-    data = {"removed": row["uri"], "messages_deleted": m, "documents_deleted": d}
-    emit(args, data, lambda x: print(f"removed {x['removed']}: {m} messages and {d} documents marked deleted "
+        data = sources.remove(conn, args.source)
+    emit(args, data, lambda x: print(f"removed {x['removed']}: {x['messages_deleted']} messages and "
+                                     f"{x['documents_deleted']} documents marked deleted "
                                      "(`panza index` drops them from the index)"))
     return 0

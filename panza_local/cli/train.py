@@ -12,7 +12,7 @@ def register(sub) -> None:
     p.add_argument("--preset", choices=["quick", "standard", "thorough"], default=None,
                    help="how long to train (default: the train_preset setting)")
     p.add_argument("--precision", choices=["auto", "fp32", "int8"], default=None,
-                   help="torch on a CPU: int8 runs the frozen base's products in int8 (~1.8x faster where the CPU "
+                   help="torch on a CPU: int8 runs the frozen base's products in int8 (faster where the CPU "
                         "has VNNI; validation stays exact), fp32 exactly; auto (default) = int8 where VNNI is present")
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint left by an interrupted run")
     p.add_argument("--no-use", action="store_true", help="do not serve the new adapter even if it improved")

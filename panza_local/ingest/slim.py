@@ -1,7 +1,7 @@
 """Bounded memory for huge messages: keep a message's MIME skeleton and its text, drop attachment bodies.
 
 Ingest needs a message's headers and its readable text, never its attachments. A 50 MB message parsed
-whole by the stdlib costs ~3x its size in RSS (bytes, the surrogate-escaped str, the line list), so a
+whole by the stdlib costs several times its size in RSS (bytes, the surrogate-escaped str, the line list), so a
 message bigger than `BIG` is first reduced here, straight from the file's memory map, to a small
 RFC 5322 message with the same headers and structure: non-text leaf parts keep their headers and lose
 their body, text parts are cut at `TEXT_CAP` bytes. Nothing here copies more than one text part at a

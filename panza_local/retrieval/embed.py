@@ -2,7 +2,8 @@
 
 `embed()` runs the model with numpy (`minilm.Encoder`): the same vectors as sentence-transformers (cosine
 >= 0.99999, tests/test_embed_light.py) without importing torch, transformers or sentence-transformers,
-which took ~10 s of every cold `panza draft` for a 5 ms query. `model()` still gives the
+whose imports dominated a cold `panza draft` for a query that takes milliseconds (bench/results/embed.md).
+`model()` still gives the
 SentenceTransformer, for the evaluation metrics that need token-level features.
 """
 

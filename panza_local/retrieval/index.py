@@ -146,6 +146,17 @@ def items(conn: sqlite3.Connection) -> Iterator[_Item]:
     yield from _doc_items(conn)
 
 
+def item_dates(conn: sqlite3.Connection, item_ids: list[str]) -> dict[str, str]:
+    """Dates (YYYY-MM-DD) of the messages behind index item ids (documents and unknown ids have none)."""
+    out: dict[str, str] = {}
+    for item_id in item_ids:
+        row = conn.execute("SELECT m.date FROM index_items i JOIN messages m ON m.id = i.ref_id "
+                           "WHERE i.item_id = ? AND i.kind != 'doc'", (item_id,)).fetchone()
+        if row and row["date"]:
+            out[item_id] = row["date"][:10]
+    return out
+
+
 def _hash(item: _Item) -> str:
     raw = json.dumps([item.text, item.meta], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(raw.encode()).hexdigest()[:32]

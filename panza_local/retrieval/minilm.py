@@ -1,7 +1,7 @@
 """A BERT sentence encoder in numpy: all-MiniLM-L6-v2's vectors without torch, transformers or
-sentence-transformers, whose imports were ~10 s of a cold `panza draft` for a query that takes milliseconds
-(a fresh process embedding one query: 0.7 s this way, 23 s through sentence-transformers, on 2 busy cores:
-bench/embed.py). It is also faster in bulk there (1.6x), so `embed()` uses it for indexing too.
+sentence-transformers, whose imports dominated a cold `panza draft` for a query that takes milliseconds
+(a fresh process embedding one query, this way and through sentence-transformers: bench/results/embed.md).
+It is also faster in bulk there, so `embed()` uses it for indexing too.
 
 It reads the model folder sentence-transformers reads (`model.safetensors`, `tokenizer.json`,
 `sentence_bert_config.json`, `1_Pooling/config.json`) and computes the same thing: WordPiece ids from the

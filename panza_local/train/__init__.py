@@ -51,8 +51,9 @@ class HParams:
     max_steps: int = 0
     max_val_rows: int = 24
     precision: str = "auto"
-    """torch on CPU: "int8" runs the frozen base's products in int8 (VNNI CPUs, ~1.8x faster; see
-    train/int8.py), "fp32" exactly; "auto" picks int8 where the CPU has VNNI. Validation is always fp32."""
+    """torch on CPU: "int8" runs the frozen base's products in int8 (faster on VNNI CPUs: bench/results/
+    train_cpu.md; see train/torch/int8.py), "fp32" exactly; "auto" picks int8 where the CPU has VNNI.
+    Validation is always fp32."""
     extra: dict = field(default_factory=dict)
 
 

@@ -12,7 +12,6 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Markdown
 from textual.worker import get_current_worker
 
-from panza_local import chat
 from panza_local.errors import PanzaError
 
 from .. import backend
@@ -64,7 +63,7 @@ class ChatScreen(Screen):
 
     async def on_mount(self) -> None:
         self.sub_title = "chat"
-        convs = chat.list_(self.app.conn)
+        convs = backend.conversations(self.app.conn)
         await self.open_conversation(convs[0].id if convs else None)
         self.query_one("#chat-side", SidePanel).show_context([], backend.model_name(self.app.settings),
                                                                self.app.adapter_label())
@@ -74,15 +73,15 @@ class ChatScreen(Screen):
 
     def refresh_list(self) -> None:
         """Reload the conversation list (filtered by the search box)."""
-        convs = chat.list_(self.app.conn, self._query)
+        convs = backend.conversations(self.app.conn, self._query)
         self.query_one(ConversationList).show(convs, self.conversation_id)
 
     async def open_conversation(self, conversation_id: int | None) -> None:
         """Show a conversation's turns (None: an empty, not yet saved conversation)."""
         self.conversation_id = conversation_id
-        turns = chat.messages(self.app.conn, conversation_id) if conversation_id else []
+        turns = backend.turns(self.app.conn, conversation_id) if conversation_id else []
         await self.query_one(ChatLog).show(turns)
-        self.sub_title = chat.get(self.app.conn, conversation_id).title if conversation_id else "new chat"
+        self.sub_title = backend.conversation(self.app.conn, conversation_id).title if conversation_id else "new chat"
         self.refresh_list()
 
     @on(ConversationPicked)
@@ -110,10 +109,10 @@ class ChatScreen(Screen):
         if self.conversation_id is None:
             self.notify("Nothing to rename yet: send a message first.", severity="warning")
             return
-        current = chat.get(self.app.conn, self.conversation_id).title
+        current = backend.conversation(self.app.conn, self.conversation_id).title
         title = await self.app.push_screen_wait(AskText("Rename conversation", current))
         if title:
-            chat.rename(self.app.conn, self.conversation_id, title)
+            backend.rename_conversation(self.app.conn, self.conversation_id, title)
             self.sub_title = title
             self.refresh_list()
 
@@ -122,10 +121,10 @@ class ChatScreen(Screen):
         target = self.conversation_id or self.query_one(ConversationList).highlighted_id
         if target is None:
             return
-        title = chat.get(self.app.conn, target).title
+        title = backend.conversation(self.app.conn, target).title
         if await self.app.push_screen_wait(Confirm(f"Delete “{title}” and its messages?")):
-            chat.delete(self.app.conn, target)
-            convs = chat.list_(self.app.conn, self._query)
+            backend.delete_conversation(self.app.conn, target)
+            convs = backend.conversations(self.app.conn, self._query)
             await self.open_conversation(convs[0].id if convs else None)
             self.notify(f"Deleted “{title}”.")
 
@@ -137,15 +136,15 @@ class ChatScreen(Screen):
             self.notify("Still writing the last reply: press escape to stop it.", severity="warning")
             return
         if self.conversation_id is None:
-            self.conversation_id = chat.create(self.app.conn).id
-        chat.add_message(self.app.conn, self.conversation_id, "user", event.text)
+            self.conversation_id = backend.new_conversation(self.app.conn).id
+        backend.add_turn(self.app.conn, self.conversation_id, "user", event.text)
         log = self.query_one(ChatLog)
         await log.add("user", event.text)
         self._reply_block = await log.add("assistant", "")
         self._md_stream = Markdown.get_stream(self._reply_block)
         self.refresh_list()
-        self.sub_title = chat.get(self.app.conn, self.conversation_id).title
-        self.generate(chat.messages(self.app.conn, self.conversation_id))
+        self.sub_title = backend.conversation(self.app.conn, self.conversation_id).title
+        self.generate(backend.turns(self.app.conn, self.conversation_id))
 
     @work(thread=True, exclusive=True, group="chat-reply")
     def generate(self, history: list) -> None:
@@ -201,8 +200,8 @@ class ChatScreen(Screen):
         meta = {"retrieved": [h["id"] for h in getattr(self, "_hits", [])], "adapter": self.app.adapter_label(),
                 "tokens": stats.completion_tokens, "tokens_per_s": round(stats.tokens_per_s, 1)}
         if self.conversation_id is not None:
-            chat.add_message(self.app.conn, self.conversation_id, "assistant",
-                             text + ("\n\n*(stopped)*" if event.stopped else ""), meta)
+            backend.add_turn(self.app.conn, self.conversation_id, "assistant",
+                                 text + ("\n\n*(stopped)*" if event.stopped else ""), meta)
         self.query_one("#chat-side", SidePanel).show_speed(stats.completion_tokens, stats.tokens_per_s,
                                                            stats.ttft_s)
         self.refresh_list()

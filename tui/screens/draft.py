@@ -15,7 +15,6 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static, TextArea
 from textual.worker import get_current_worker
 
-from panza_local import chat, draft
 from panza_local.errors import PanzaError
 
 from .. import backend
@@ -44,7 +43,7 @@ class DraftScreen(Screen):
         self.thread: dict | None = None
         self.instruction = ""
         self.streaming = False
-        self.result: draft.Draft | None = None
+        self.result: backend.Draft | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -169,7 +168,7 @@ class DraftScreen(Screen):
 
     @work
     async def action_pick_thread(self) -> None:
-        mails = chat.recent_mail(self.app.conn, limit=200)
+        mails = backend.recent_mail(self.app.conn, limit=200)
         if not mails:
             self.app.notify_error("No mail to reply to yet.\n  fix: panza ingest PATH_TO_YOUR_MAIL")
             return
@@ -218,7 +217,7 @@ class DraftScreen(Screen):
 
     # -- output --------------------------------------------------------------------------------------------
 
-    def current_draft(self) -> draft.Draft | None:
+    def current_draft(self) -> backend.Draft | None:
         """The draft with the user's edits, or None (with a notification saying why)."""
         if self.streaming:
             self.notify("The draft is still being written (escape stops it).", severity="warning")

@@ -10,7 +10,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Markdown
 
-from panza_local import store
+from .. import backend
 
 STEPS = [
     ("messages", "Ingest your mail", "panza ingest ~/Mail/Sent --me you@example.com",
@@ -43,7 +43,7 @@ class FirstRunScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         with VerticalScroll(id="first-run"):
-            yield Markdown(guide(store.counts(self.app.conn)), id="first-run-guide")
+            yield Markdown(guide(backend.counts(self.app.conn)), id="first-run-guide")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -51,7 +51,7 @@ class FirstRunScreen(Screen):
         self.query_one("#first-run").focus()
 
     async def action_recheck(self) -> None:
-        counts = store.counts(self.app.conn)
+        counts = backend.counts(self.app.conn)
         await self.query_one("#first-run-guide", Markdown).update(guide(counts))
         if counts["messages"]:
             self.notify("Mail found: you can draft now (F3).", title="Ready")

@@ -11,7 +11,6 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, ProgressBar, Static
 
-from panza_local import chat
 from panza_local.errors import PanzaError
 
 from .. import backend
@@ -64,7 +63,7 @@ class StatusScreen(Screen):
 
     def action_reload(self) -> None:
         """Re-read the store."""
-        st = chat.pipeline_status(self.app.conn)
+        st = backend.pipeline_status(self.app.conn)
         c = st["counts"]
         self.query_one("#status-counts", Static).update(
             "  ".join(f"[b]{c[k]}[/] {k}" for k in COUNTS)

@@ -5,11 +5,11 @@ Why not transformers + peft: on a CPU the HF stack costs twice the time and memo
 attention). Here the frozen weights are plain tensors (fp32 on CPU, where bf16 has no hardware support;
 Q4 blocks on CUDA, dequantized per use by `q4.q4_linear`), no gradient or fp32 master copy exists for
 them, attention is SDPA per packed example, and the vocabulary projection runs only where there is loss,
-a chunk at a time. On CPUs with VNNI, training runs the frozen products in int8 (`int8.py`: ~1.8x
-the fp32 speed, validation loss within 0.1% after 40 steps) while evaluation stays exact fp32. A CPU step
-keeps what its backward needs in blocks reused from step to step (`arena.py`, `ops.py`), which took
-~350 MB of heap fragmentation off the int8 step's peak RSS, and runs its element-wise work in fused
-kernels where they build (`native.py`).
+a chunk at a time. On CPUs with VNNI, training runs the frozen products in int8 (`int8.py`; speed and
+validation loss against fp32 in bench/results/train_cpu.md and train_int8_quality.json) while evaluation
+stays exact fp32. A CPU step keeps what its backward needs in blocks reused from step to step (`arena.py`,
+`ops.py`), which keeps heap fragmentation off the int8 step's peak RSS, and runs its element-wise work in
+fused kernels where they build (`native.py`).
 The maths is transformers' llama / qwen2 / qwen3 (tests compare the logits with llama.cpp's).
 """
 
@@ -240,7 +240,7 @@ class LoraModel(torch.nn.Module):
         elif rep > 1:
             k, v = k.repeat_interleave(rep, dim=0), v.repeat_interleave(rep, dim=0)
         # one causal attention per packed example: no token sees another example
-        # 4-D inputs: a CPU build then takes its flash kernel (3-D falls back to the math path, ~1.6x slower)
+        # 4-D inputs: a CPU build then takes its flash kernel (3-D falls back to the slower math path)
         outs = [F.scaled_dot_product_attention(q[None, :, s:e], k[None, :, s:e], v[None, :, s:e], is_causal=True,
                                                **gqa)[0] for s, e in spans]
         return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)).transpose(0, 1).reshape(t, -1)
@@ -380,7 +380,8 @@ def build(gguf_path: str | Path, rank: int, alpha: float, targets=ALL_TARGETS, d
         base, lora_dtype, ckpt = load_base(gguf_path, device, torch.float16), torch.float32, bool(grad_ckpt)
     else:
         # Q4_0/Q4_1 projections stay 4-bit and are dequantized to fp32 per use: the weights cost ~1/6 of fp32
-        # (a 1.5B model: ~1 GB instead of 6) for ~5% of the step time (bench/train.py: ours-q4 vs ours-dense)
+        # (a 1.5B model: ~1 GB instead of 6) for a small share of the step time (bench/train.py: ours-q4 vs
+        # ours-dense)
         base = load_base(gguf_path, "cpu", torch.float32, keep_q4=True if keep_q4 is None else keep_q4)
         lora_dtype, ckpt = torch.float32, bool(grad_ckpt)
     use8 = device == "cpu" and precision in ("int8", "auto") and int8.available()
@@ -391,8 +392,8 @@ def build(gguf_path: str | Path, rank: int, alpha: float, targets=ALL_TARGETS, d
 
 
 def optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """AdamW over the LoRA tensors: torch's fused kernel (one call for all ~400 of them; on CPU ~6x faster
-    than the per-tensor loop, ~35 ms a step on two cores) where this torch and device have it."""
+    """AdamW over the LoRA tensors: torch's fused kernel (one call for all of them instead of a loop over
+    each tensor) where this torch and device have it."""
     params = list(params)
     try:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
