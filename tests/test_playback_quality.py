@@ -153,7 +153,7 @@ def test_pairs_and_export_write_chat_jsonl_split_by_date(home, tmp_path):
     assert [m["role"] for m in recs[0]["messages"]] == ["system", "user", "assistant"]
     assert recs[1]["messages"][-1]["content"] == "Email number 19 about topic 19."
     user = recs[1]["messages"][1]["content"]
-    assert "Write to p19 about topic 19." in user and "Subject: Subject 19" in user and "Earlier text" in user
+    assert "Write to p19 about topic 19." in user and '"Subject 19"' in user and "Earlier text" in user
     assert json.loads((tmp_path / "data" / "manifest.json").read_text())["data_hash"] == out["data_hash"]
     assert playback.export(conn, tmp_path / "data")["data_hash"] == out["data_hash"]  # deterministic
     assert (tmp_path / "data" / "train.jsonl").stat().st_mode & 0o077 == 0

@@ -13,6 +13,7 @@ run resumes where it stopped and an unchanged config never regenerates.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -110,45 +111,70 @@ def _with_specifics(sentence: str, email: str, idf: dict, exclude: list[str]) ->
     return f"{sentence.rstrip()} Mention: {', '.join(terms)}." if terms else sentence.rstrip()
 
 
+def plan(row: dict, user_name: str = "") -> dict | None:
+    """What every attempt at one email shares (email, thread, recipient, grammar); None for an empty email."""
+    email = (row.get("body") or "").strip()
+    if not email:
+        return None
+    to_name = q.recipient(email, row.get("to_addrs"), _json_list(row.get("to_names")))
+    return {"row": row, "email": email, "thread": row.get("thread") or "", "to_name": to_name,
+            "exclude": [to_name or "", user_name], "grammar": grammar(to_name), "reasons": [], "rejected": []}
+
+
+def attempt(p: dict, k: int) -> dict:
+    """Attempt `k` at an email: its chat messages, temperature and seed (the retry schedule of both paths)."""
+    return {"messages": prompt(p["email"], p["to_name"], p["thread"]), "temperature": 0.0 if k == 0 else 0.8,
+            "seed": _seed(p["row"]["content_hash"], k)}
+
+
+def judge(p: dict, text: str, k: int, idf: dict) -> dict | None:
+    """The model's answer to attempt `k`, checked by the guards: the final result, or None to try again."""
+    sentence = re.sub(r"\s+", " ", text).strip()
+    why = q.check(sentence, p["email"], to_name=p["to_name"],
+                  context=p["thread"] + " " + (p["row"].get("subject") or ""), banned=LEAK)
+    if why is None:
+        final = _with_specifics(sentence, p["email"], idf, p["exclude"])
+        return {"status": "ok", "instruction": final, "source": "model", "attempts": k + 1,
+                "copy_ratio": q.copy_ratio(final, p["email"]), "reason": ";".join(p["reasons"]) or None}
+    p["reasons"].append(why)
+    p["rejected"].append((sentence, why))  # kept for `--debug` analysis only, never stored
+    return None
+
+
+def fallback(p: dict, idf: dict, user_name: str = "") -> dict:
+    """The extractive instruction, once every attempt was rejected (or a failure when even it copies)."""
+    row, reasons = p["row"], p["reasons"]
+    final = q.extractive(p["email"], subject=row.get("subject"), to_name=p["to_name"], idf=idf,
+                         is_reply=bool(p["thread"]) or (row.get("subject") or "").lower().startswith("re:"),
+                         user_name=user_name, k=SPECIFICS + 2)
+    if q.check(final, p["email"], max_words=80, min_words=3) == "copies_email":
+        return {"status": "failed", "reason": "fallback_copies_email;" + ";".join(reasons), "attempts": ATTEMPTS}
+    return {"status": "ok", "instruction": final, "source": "fallback", "attempts": ATTEMPTS,
+            "copy_ratio": q.copy_ratio(final, p["email"]), "reason": ";".join(reasons), "rejected": p["rejected"]}
+
+
+EMPTY = {"status": "failed", "reason": "empty_email", "attempts": 0}
+
+
 def generate(row: dict, *, model_path: str | Path, settings, idf: dict, user_name: str = "") -> dict:
     """Instruction for one message row (body, thread, subject, to_addrs, content_hash): model, else fallback."""
     from .. import engine
 
-    email = (row.get("body") or "").strip()
-    if not email:
-        return {"status": "failed", "reason": "empty_email", "attempts": 0}
-    thread = row.get("thread") or ""
-    to_names = _json_list(row.get("to_names"))
-    to_name = q.recipient(email, row.get("to_addrs"), to_names)
-    exclude = [to_name or "", user_name]
-    gram = grammar(to_name)
-    reasons: list[str] = []
-    rejected: list[tuple[str, str]] = []  # kept for `--debug` analysis only, never stored
-    for attempt in range(ATTEMPTS):
+    p = plan(row, user_name)
+    if p is None:
+        return dict(EMPTY)
+    for k in range(ATTEMPTS):
+        a = attempt(p, k)
         try:
-            text = engine.chat(prompt(email, to_name, thread), model_path=model_path, settings=settings,
-                               max_tokens=MAX_TOKENS, temperature=0.0 if attempt == 0 else 0.8,
-                               seed=_seed(row["content_hash"], attempt), grammar=gram, stop=["\n"])
+            text = engine.chat(a["messages"], model_path=model_path, settings=settings, max_tokens=MAX_TOKENS,
+                               temperature=a["temperature"], seed=a["seed"], grammar=p["grammar"], stop=["\n"])
         except (RuntimeError, ValueError) as exc:  # llama.cpp decode errors: count, then fall back
-            reasons.append(f"engine_error:{type(exc).__name__}")
+            p["reasons"].append(f"engine_error:{type(exc).__name__}")
             continue
-        sentence = re.sub(r"\s+", " ", text).strip()
-        why = q.check(sentence, email, to_name=to_name, context=thread + " " + (row.get("subject") or ""),
-                      banned=LEAK)
-        if why is None:
-            final = _with_specifics(sentence, email, idf, exclude)
-            return {"status": "ok", "instruction": final, "source": "model", "attempts": attempt + 1,
-                    "copy_ratio": q.copy_ratio(final, email), "reason": ";".join(reasons) or None}
-        reasons.append(why)
-        rejected.append((sentence, why))
-    final = q.extractive(email, subject=row.get("subject"), to_name=to_name, idf=idf,
-                         is_reply=bool(thread) or (row.get("subject") or "").lower().startswith("re:"),
-                         user_name=user_name, k=SPECIFICS + 2)
-    if q.check(final, email, max_words=80, min_words=3) == "copies_email":
-        return {"status": "failed", "reason": "fallback_copies_email;" + ";".join(reasons),
-                "attempts": ATTEMPTS}
-    return {"status": "ok", "instruction": final, "source": "fallback", "attempts": ATTEMPTS,
-            "copy_ratio": q.copy_ratio(final, email), "reason": ";".join(reasons), "rejected": rejected}
+        res = judge(p, text, k, idf)
+        if res is not None:
+            return res
+    return fallback(p, idf, user_name)
 
 
 def _json_list(raw) -> list[str]:
@@ -170,8 +196,11 @@ def _mine(conn: sqlite3.Connection) -> list[dict]:
 
 
 def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = None,
-        on_progress: Progress | None = None, settings=None) -> dict:
-    """Generate the missing pairs (at most `limit`); return generated/reused/failed/recall_at_1/copy_ratio_median."""
+        on_progress: Progress | None = None, settings=None, parallel: int | None = None) -> dict:
+    """Generate the missing pairs (at most `limit`); return generated/reused/failed/recall_at_1/copy_ratio_median.
+
+    `parallel`: emails generated together in one llama.cpp context (`playback.batch`; default
+    `batch.SLOTS`); 1 runs them one at a time (`generate`), which an OpenAI-compatible server always does."""
     from .. import catalogue, config
 
     settings = settings or config.load({"model": model} if model else None)
@@ -190,24 +219,30 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
     idf = q.idf_table(m["body"] for m in mine)
     out = {"generated": 0, "reused": reused, "failed": 0, "model": 0, "fallback": 0, "fail_reasons": {},
            "gen_config": cfg_hash, "todo": len(todo), "todo_total": todo_total}
+    from . import batch
+
+    slots = batch.SLOTS if parallel is None else max(1, parallel)
+    batched = slots > 1 and len(todo) > 1 and not settings.engine_url
+    out |= {"batched": batched, "parallel": slots if batched else 1}
     t0 = time.perf_counter()
     with store.run(conn, "playback") as summary:
         progress(0, len(todo), "")
-        for i, row in enumerate(todo, 1):
-            t1 = time.perf_counter()
-            res = generate(row, model_path=model_path, settings=settings, idf=idf, user_name=settings.user_name)
-            _save(conn, row, cfg_hash, res, time.perf_counter() - t1)
-            if settings.debug:  # message text only when the user asked for debug logs
-                log.debug("playback %s: %s %r rejected %r", row["id"], res.get("source"), res.get("instruction"),
-                          res.get("rejected"))
-            if res["status"] == "ok":
-                out["generated"] += 1
-                out[res["source"]] += 1
-            else:
-                out["failed"] += 1
-                key = res["reason"].split(";")[0]
-                out["fail_reasons"][key] = out["fail_reasons"].get(key, 0) + 1
-            progress(i, len(todo), f"model {out['model']} fallback {out['fallback']} failed {out['failed']}")
+        if batched:
+            results = batch.generate_many(todo, model_path=model_path, settings=settings, idf=idf,
+                                          user_name=settings.user_name, slots=min(slots, len(todo)))
+        else:
+            results = ((row, generate(row, model_path=model_path, settings=settings, idf=idf,
+                                      user_name=settings.user_name)) for row in todo)
+        t1 = time.perf_counter()
+        with contextlib.closing(results):  # an interrupt frees the batch's llama.cpp context at once
+            for i, (row, res) in enumerate(results, 1):
+                _save(conn, row, cfg_hash, res, time.perf_counter() - t1)  # batched: time since the last one
+                t1 = time.perf_counter()
+                if settings.debug:  # message text only when the user asked for debug logs
+                    log.debug("playback %s: %s %r rejected %r", row["id"], res.get("source"),
+                              res.get("instruction"), res.get("rejected"))
+                _count(out, res)
+                progress(i, len(todo), f"model {out['model']} fallback {out['fallback']} failed {out['failed']}")
         out["seconds"] = round(time.perf_counter() - t0, 1)
         out["emails_per_min"] = round(60 * len(todo) / out["seconds"], 1) if out["seconds"] else None
         out.update(quality(conn, cfg_hash, recompute=out["generated"] > 0 or out["failed"] > 0))
@@ -215,6 +250,16 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
     log.info("playback: generated %d (model %d, fallback %d) reused %d failed %d", out["generated"],
              out["model"], out["fallback"], out["reused"], out["failed"])
     return out
+
+
+def _count(out: dict, res: dict) -> None:
+    if res["status"] == "ok":
+        out["generated"] += 1
+        out[res["source"]] += 1
+    else:
+        out["failed"] += 1
+        key = res["reason"].split(";")[0]
+        out["fail_reasons"][key] = out["fail_reasons"].get(key, 0) + 1
 
 
 def _save(conn: sqlite3.Connection, row: dict, cfg_hash: str, res: dict, seconds: float) -> None:
