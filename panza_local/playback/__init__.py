@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, "int | None", "str | None"], None]
 
-VERSION = 7  # bump when the prompt, grammar or guards change meaning: every pair regenerates
-ATTEMPTS = 3
+VERSION = 8  # bump when the prompt, grammar or guards change meaning: every pair regenerates
+ATTEMPTS = 4
 MAX_TOKENS = 40
 EMAIL_CHARS = 1200  # the head of a long email carries its ask; the rest only slows the prompt
 THREAD_CHARS = 300
@@ -57,6 +57,16 @@ SHOTS = [
 ]
 VERBS = ["Ask", "Tell", "Thank", "Reply to", "Write to", "Remind", "Update", "Invite", "Let", "Send",
          "Confirm to", "Inform", "Apologize to", "Congratulate", "Answer"]
+HINTS = {  # what a retry tells the model, by the guard that rejected its last answer
+    "copies_email": "Do not copy sentences from the email: say its point in other, shorter words.",
+    "unsupported": "Use only facts and words that are in this email.",
+    "few_shot_leak": "Use only facts and words that are in this email, not the examples.",
+    "too_long": "At most 15 words.",
+    "too_short": "Say what the email asks or tells, in 8 to 20 words.",
+    "repetitive": "Do not repeat words.",
+    "not_imperative": "One plain sentence, no colon.",
+    "no_recipient": "Name the recipient.",
+}
 LEAK = {w for _, ins in SHOTS for w in q.content_words(ins)} - {"reply", "tell", "team"}
 
 
@@ -75,28 +85,35 @@ def _gbnf_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def grammar(to_name: str | None) -> str:
-    """GBNF: one sentence that starts with an imperative verb naming the recipient and ends with a full stop."""
+def grammar(to_name: str | None, words: list[str] | None = None) -> str:
+    """GBNF: one sentence that starts with an imperative verb naming the recipient and ends with a full stop;
+    with `words`, a sentence of only those words."""
     who = re.sub(r"[^\w .,'&-]", "", to_name or "").strip()
     starts = [f"{v} {who}" for v in VERBS] if who else VERBS
     alts = " | ".join(_gbnf_str(s) for s in starts)
-    return f'root ::= start " " body "."\nstart ::= {alts}\nbody ::= [^\\n.]+\n'
+    if words:
+        vocab = " | ".join(_gbnf_str(w) for w in words)
+        return (f'root ::= start " " body "."\nstart ::= {alts}\nbody ::= word ((" " | ", ") word)*\n'
+                f"word ::= {vocab}\n")
+    # ": " is refused by the guards (the email's own voice follows it), so the grammar never writes it.
+    return f'root ::= start " " body "."\nstart ::= {alts}\nbody ::= ([^\\n.:] | ":" [^\\n. ])+\n'
 
 
-def _user_msg(email: str, to_name: str | None, thread: str | None) -> str:
+def _user_msg(email: str, to_name: str | None, thread: str | None, hint: str | None = None) -> str:
     head = f"To {to_name}." if to_name else "To the recipient."
     if thread:
         t = re.sub(r"\s+", " ", thread).strip()[:THREAD_CHARS]
         head += f" It replies to: {t}"
-    return f"{head}\nEmail:\n{email.strip()[:EMAIL_CHARS]}"
+    # A retry's hint goes after the email, so the retry re-reads only the hint (the rest is in the KV cache).
+    return f"{head}\nEmail:\n{email.strip()[:EMAIL_CHARS]}" + (f"\n\n({hint})" if hint else "")
 
 
-def prompt(email: str, to_name: str | None, thread: str | None = None) -> list[dict]:
+def prompt(email: str, to_name: str | None, thread: str | None = None, hint: str | None = None) -> list[dict]:
     """Chat messages for one email: the fixed system + few-shot prefix (KV-cached across emails), then it."""
     msgs = [{"role": "system", "content": SYSTEM}]
     for u, a in SHOTS:
         msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-    msgs.append({"role": "user", "content": _user_msg(email, to_name, thread)})
+    msgs.append({"role": "user", "content": _user_msg(email, to_name, thread, hint)})
     return msgs
 
 
@@ -122,9 +139,26 @@ def plan(row: dict, user_name: str = "") -> dict | None:
 
 
 def attempt(p: dict, k: int) -> dict:
-    """Attempt `k` at an email: its chat messages, temperature and seed (the retry schedule of both paths)."""
-    return {"messages": prompt(p["email"], p["to_name"], p["thread"]), "temperature": 0.0 if k == 0 else 0.8,
-            "seed": _seed(p["row"]["content_hash"], k)}
+    """Attempt `k` at an email: its chat messages, temperature and seed (the retry schedule of both paths).
+
+    A retry changes the prompt, not only the seed: it tells the model what was wrong with its last answer
+    (`HINTS`, by the guard that rejected it). The first retry stays greedy (the most likely answer to the
+    corrected prompt), later ones sample."""
+    hint = HINTS.get(p["reasons"][-1].split(":")[0]) if k and p["reasons"] else None
+    gram = p["grammar"]
+    if k and k == ATTEMPTS - 1:  # the last try may only use the email's own words (what `unsupported` asks)
+        hint, gram = HINTS["unsupported"], grammar(p["to_name"], words=_own_words(p))
+    return {"messages": prompt(p["email"], p["to_name"], p["thread"], hint), "grammar": gram,
+            "temperature": 0.0 if k < 2 or k == ATTEMPTS - 1 else 0.8, "seed": _seed(p["row"]["content_hash"], k)}
+
+
+def _own_words(p: dict) -> list[str]:
+    """Words an instruction may use on the last try: the email's, its thread's and subject's, and glue words."""
+    text = " ".join([p["email"][:EMAIL_CHARS], p["thread"][:THREAD_CHARS], p["row"].get("subject") or ""])
+    own = {w.strip(".,") for w in q.words(text)}
+    own = {w for w in own if w and "." not in w and len(w) < 30}
+    own |= {w.lower() for w in own} | q.STOP | q.INSTRUCTION_WORDS | {"asking", "telling", "saying", "that", "if"}
+    return sorted(own)
 
 
 def judge(p: dict, text: str, k: int, idf: dict) -> dict | None:
@@ -167,7 +201,7 @@ def generate(row: dict, *, model_path: str | Path, settings, idf: dict, user_nam
         a = attempt(p, k)
         try:
             text = engine.chat(a["messages"], model_path=model_path, settings=settings, max_tokens=MAX_TOKENS,
-                               temperature=a["temperature"], seed=a["seed"], grammar=p["grammar"], stop=["\n"])
+                               temperature=a["temperature"], seed=a["seed"], grammar=a["grammar"], stop=["\n"])
         except (RuntimeError, ValueError) as exc:  # llama.cpp decode errors: count, then fall back
             p["reasons"].append(f"engine_error:{type(exc).__name__}")
             continue

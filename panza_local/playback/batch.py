@@ -96,7 +96,7 @@ def generate_many(rows: Iterable[dict], *, model_path: str | Path, settings, idf
             s.kv, s.pending, s.out = want[:keep], want[keep:], []
             if s.sampler is not None:
                 s.sampler.close()
-            s.sampler = _Sampler(lib, llm, s.plan["grammar"], a["temperature"], a["seed"], scratch)
+            s.sampler = _Sampler(lib, llm, a["grammar"], a["temperature"], a["seed"], scratch)
 
         while True:
             while free and not exhausted:  # fill free slots with the next emails
