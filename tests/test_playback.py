@@ -109,7 +109,8 @@ def test_fallback_is_recorded_honestly_and_a_bad_email_does_not_stop_the_batch(m
     from panza_local import engine
 
     def parrot(messages, **kwargs):  # what the 135M model does when asked naively: copy the email
-        return "Tell them " + messages[-1]["content"].split("Email:\n", 1)[1][:180]
+        email = messages[-1]["content"].split("Email:\n", 1)[1].split("\n\n(")[0]  # not a retry's hint
+        return "Tell them " + email[:180]
 
     monkeypatch.setattr(engine, "chat", parrot)
     out = playback.run(mailbox, parallel=1)

@@ -165,3 +165,23 @@ def test_export_without_pairs_names_the_fix(home, tmp_path):
     conn = store.connect()
     with pytest.raises(NoDataError, match="panza playback"):
         playback.export(conn, tmp_path)
+
+
+def test_retries_change_the_prompt_and_the_last_one_the_vocabulary():
+    from llama_cpp import LlamaGrammar
+
+    row = {"body": EMAIL, "subject": "Koch confirm", "thread": None, "to_addrs": "tom@x.com", "content_hash": "ab" * 32}
+    p = playback.plan(row)
+    first = playback.attempt(p, 0)
+    assert first["temperature"] == 0.0 and first["grammar"] == p["grammar"]
+    p["reasons"].append("copies_email")
+    retry = playback.attempt(p, 1)
+    asked, base = retry["messages"][-1]["content"], first["messages"][-1]["content"]
+    assert asked.startswith(base) and playback.HINTS["copies_email"] in asked  # the hint follows the email
+    assert retry["messages"][:-1] == first["messages"][:-1] and retry["seed"] != first["seed"]
+    assert playback.attempt(p, 2)["temperature"] > 0
+    last = playback.attempt(p, playback.ATTEMPTS - 1)
+    g = last["grammar"]
+    LlamaGrammar.from_string(g, verbose=False)
+    assert '"Koch"' in g and '"Portland"' in g and '"budget"' not in g  # only the email's words (and glue)
+    assert playback.HINTS["unsupported"] in last["messages"][-1]["content"]
