@@ -124,3 +124,23 @@ def test_killed_batched_run_resumes_without_regenerating(home, monkeypatch):
 def test_parallel_flag_is_checked(home, capsys):
     assert main(["playback", "--parallel", "0"]) == 1
     assert "--parallel" in capsys.readouterr().err
+
+
+def test_a_prompt_longer_than_a_slot_goes_one_at_a_time(home, monkeypatch):
+    conn = store.connect()
+    add_message(conn, MAIL[0][0], date="2024-05-01T09:00:00+00:00", to=MAIL[0][2])
+    add_message(conn, "Hi Tom,\n\n" + " ".join(str(1000 + i) for i in range(240)), date="2024-05-02T09:00:00+00:00")
+    rows = playback._mine(conn)
+    calls = []
+
+    def one(row, **kwargs):
+        calls.append(row["id"])
+        return {"status": "ok", "instruction": "Tell Tom the figures.", "source": "model", "attempts": 1}
+
+    monkeypatch.setattr(playback, "generate", one)
+    monkeypatch.setattr(playback, "ATTEMPTS", 1)
+    out = {r["id"]: res for r, res in batch.generate_many(
+        rows, model_path=catalogue.embedded_path("smollm2-135m"), settings=config.Settings(threads=1),
+        idf=q.idf_table(r["body"] for r in rows), slots=2)}
+    assert calls == [rows[1]["id"]]  # the 1,200 characters of numbers; the short email stayed batched
+    assert out[rows[1]["id"]]["instruction"] == "Tell Tom the figures." and out[rows[0]["id"]]["source"]

@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 
 SLOTS = 8  # sequences decoded together: measured on 2 cores, more slots add KV and little speed
 UNIFIED = False
+# KV cells each sequence has past the preamble: a prompt's email, thread and hint (1,200 + 300 characters of
+# English are ~400 tokens) and the answer; each sequence is its own KV stream, so this sizes memory:
+# 9 x 1024 cells x 23 KB a cell for the embedded model's 30 layers is ~210 MB.
+PER_SLOT = 640
+HINT_ROOM = 48  # tokens a retry's hint adds (the longest hint is ~20)
 N_BATCH = 512  # tokens per llama_decode (prompt fill and generation together)
 # The sampler settings of `engine.stream_chat` / `Llama.create_completion` that playback uses.
 TOP_K, TOP_P, MIN_P, TYPICAL_P, REPEAT_PENALTY, PENALTY_LAST_N = 40, 0.95, 0.05, 1.0, 1.1, 64
@@ -66,8 +71,8 @@ def generate_many(rows: Iterable[dict], *, model_path: str | Path, settings, idf
 
     # The preamble: what the prompts of two different emails share (token by token, so BPE merges agree).
     prefix = _common(tokens(pb.prompt("Alpha.", "Ann")), tokens(pb.prompt("Beta!", "Bob")))
-    per_slot = (pb.EMAIL_CHARS + pb.THREAD_CHARS) // 2 + 128 + pb.MAX_TOKENS  # a prompt past the preamble
-    n_ctx = (slots + 1) * -(-(len(prefix) + per_slot) // 256) * 256
+    stream = -(-(len(prefix) + PER_SLOT) // 256) * 256  # KV cells of each sequence
+    n_ctx = (slots + 1) * stream
     ctx = _context(lib, llm, n_ctx, slots + 1, settings)
     batch = lib.llama_batch_init(N_BATCH, 0, 1)
     try:
@@ -91,8 +96,8 @@ def generate_many(rows: Iterable[dict], *, model_path: str | Path, settings, idf
                 lib.llama_memory_seq_rm(mem, s.seq, keep, -1)
             else:
                 lib.llama_memory_seq_rm(mem, s.seq, keep, -1)
-            if len(want) - keep > per_slot:
-                raise RuntimeError(f"prompt of {len(want)} tokens does not fit a slot of {per_slot}")
+            if len(want) + pb.MAX_TOKENS > stream:
+                raise RuntimeError(f"a playback prompt of {len(want)} tokens outgrew its {stream} KV cells")
             s.kv, s.pending, s.out = want[:keep], want[keep:], []
             if s.sampler is not None:
                 s.sampler.close()
@@ -110,6 +115,12 @@ def generate_many(rows: Iterable[dict], *, model_path: str | Path, settings, idf
                     continue
                 if pb.ATTEMPTS <= 0:
                     yield row, pb.fallback(p, idf, user_name)
+                    continue
+                if len(tokens(pb.attempt(p, 0)["messages"])) + pb.MAX_TOKENS + HINT_ROOM > stream:
+                    # A rare prompt longer than a slot (1,200 characters of an email can be ~1,000 tokens
+                    # of digits or non-Latin text): the one-at-a-time path, which has the whole context.
+                    yield row, pb.generate(row, model_path=model_path, settings=settings, idf=idf,
+                                           user_name=user_name)
                     continue
                 s = free.pop()
                 s.plan, s.k = p, 0
