@@ -2,13 +2,16 @@
 
 `generate` asks the chat model (few-shot, a GBNF grammar that forces an imperative sentence naming the
 recipient, short output) and checks the answer with the guards in `playback.scoring`; a rejected answer is
-retried with another seed, and when the model keeps failing a deterministic extractive instruction is used
+retried with a changed prompt (`attempt`: a hint naming what was wrong, then sampling, then a grammar of the
+email's own words), and when the model keeps failing a deterministic extractive instruction is used
 instead. Every pair records which of the two it came from (`source`). The model's sentence carries the ask;
 the email's most specific terms (names, numbers, rare words) are appended so the instruction is specific
 without copying: `instruction = sentence + " Mention: t1, t2, ..."`.
 
 `run` stores one pair per (message content hash, generator config hash), one commit per pair, so a killed
-run resumes where it stopped and an unchanged config never regenerates.
+run resumes where it stopped and an unchanged config never regenerates. With more than one email to do it
+generates them together (`playback.batch`, several sequences per llama.cpp decode); `parallel=1` keeps
+the one-at-a-time path.
 """
 
 from __future__ import annotations
