@@ -144,3 +144,25 @@ def test_a_prompt_longer_than_a_slot_goes_one_at_a_time(home, monkeypatch):
         idf=q.idf_table(r["body"] for r in rows), slots=2)}
     assert calls == [rows[1]["id"]]  # the 1,200 characters of numbers; the short email stayed batched
     assert out[rows[1]["id"]]["instruction"] == "Tell Tom the figures." and out[rows[0]["id"]]["source"]
+
+
+@pytest.mark.slow  # the model generates seven instructions: ~15 s alone, a minute on a busy machine
+def test_ctrl_c_in_a_batched_run_keeps_the_pairs_written_and_the_rerun_does_the_rest(home, monkeypatch):
+    monkeypatch.setenv("PANZA_THREADS", "1")
+    conn = store.connect()
+    for i, (body, subject, to) in enumerate(MAIL):
+        add_message(conn, body, date=f"2024-05-0{i + 1}T09:00:00+00:00", subject=subject, to=to)
+
+    def ctrl_c(done, total=None, note=None):
+        if done == 1:
+            raise KeyboardInterrupt  # while three more emails are mid-generation in the same context
+
+    with pytest.raises(KeyboardInterrupt):
+        playback.run(conn, on_progress=ctrl_c)
+    first = {r[0]: r[1] for r in conn.execute("SELECT content_hash, created_at FROM pairs")}
+    assert len(first) == 1
+    out = playback.run(conn)
+    assert out["batched"] and (out["generated"], out["reused"]) == (3, 1)
+    after = {r[0]: r[1] for r in conn.execute("SELECT content_hash, created_at FROM pairs")}
+    assert len(after) == 4 and all(after[h] == first[h] for h in first)
+    conn.close()
