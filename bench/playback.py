@@ -1,23 +1,22 @@
-"""Playback throughput and quality: panza's generator vs. a naive one-call-per-email loop, same run, same model.
+"""Playback: batched (several emails per llama.cpp decode, `playback/batch.py`) vs one at a time, same run.
 
-panza: a fixed system + few-shot prefix (llama.cpp reuses its KV cache across emails, so only the email is
-evaluated), a grammar that forces one short imperative sentence (<= 40 tokens, stops at the full stop), guards,
-retries and the extractive fallback. naive: one chat call per email with the email first and a plain request
-("write the instruction that produced this email"), the engine's default max_tokens, no grammar, no guards.
+Both paths run `playback.run` on the same store, the same emails (the oldest N of an Enron user no eval
+uses) and the same seeds; between them the pairs are deleted, so both generate everything. Quality is the
+store's own metric: recall@1 against the user's whole mailbox, the median copy ratio, and the share of
+instructions that came from the keyword fallback.
 
-    python bench/playback.py [--jsonl FILE] [--n 12] [--threads 1]
+    python bench/playback.py [--mbox FILE] [--me ADDRESS] [--n 80] [--threads 1] [--parallel 8]
 
-Prints one JSON object: emails/min of each, their ratio, median copy ratio and mean output tokens of each.
-Runs in a throwaway PANZA_HOME; keep --n small on a shared 2-core machine (a few minutes).
+Writes bench/results/playback.json and playback.md. On a shared 2-core machine wall time swings with the
+other work on it, so the CPU seconds of this process (one llama.cpp thread: the work itself) are reported
+next to emails per minute.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -26,97 +25,103 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-DEFAULT = REPO.parent / "shared" / "data" / "panza" / "david_anonymous_clean.jsonl"
-NAIVE = "{email}\n\nWrite the instruction that the author of this email gave to produce it."
+from bench._common import SHARED, machine, row
+
+DEFAULT = SHARED / "enron" / "sent" / "enron.bass-e.sent_items.mbox"
+ME = "eric.bass@enron.com"
+RESULTS = REPO / "bench" / "results"
 
 
-def load_emails(path: Path, n: int) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            rec = json.loads(line)
-            body = (rec.get("email") or "").replace("\r\n", "\n").strip()
-            if body:
-                rows.append({"id": len(rows), "body": body, "subject": rec.get("subject"), "thread": None,
-                             "to_addrs": None, "content_hash": hashlib.sha256(body.encode()).hexdigest()})
-    if not rows:
-        sys.exit(f"{path} holds no emails: pass --jsonl FILE with {{\"email\": ...}} records")
-    return rows[:n]
+def _one(conn, n: int, parallel: int, settings) -> dict:
+    from panza_local import playback
+
+    conn.execute("DELETE FROM pairs")
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = playback.run(conn, limit=n, settings=settings, parallel=parallel)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    reasons: dict[str, int] = {}
+    for (r,) in conn.execute("SELECT reason FROM pairs WHERE reason IS NOT NULL"):
+        for x in r.split(";"):
+            reasons[x] = reasons.get(x, 0) + 1
+    done = out["generated"] + out["failed"]
+    return {"path": "batched" if out.get("batched") else "one at a time", "parallel": out.get("parallel", 1),
+            "emails": done, "seconds_generate": out["seconds"], "seconds_with_scoring": round(wall, 1),
+            "cpu_seconds": round(cpu, 1),
+            "emails_per_min": round(60 * done / out["seconds"], 1),
+            "emails_per_cpu_min": round(60 * done / cpu, 1),
+            "recall_at_1": out["recall_at_1"], "copy_ratio_median": out["copy_ratio_median"],
+            "model": out["model"], "fallback": out["fallback"], "failed": out["failed"],
+            "fallback_share": round(out["fallback"] / max(1, out["generated"]), 3),
+            "recall_by_source": out.get("recall_by_source"), "rejections": reasons,
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
-def measure(jsonl: Path, n: int, threads: int) -> dict:
-    """Run both generators over the same `n` emails; return the figures and bench rows."""
+def measure(mbox: Path, me: str, n: int, threads: int, parallel: int) -> dict:
     os.environ["PANZA_HOME"] = tempfile.mkdtemp(prefix="panza-bench-")
+    from panza_local import catalogue, config, engine, ingest, store
 
-    from panza_local import catalogue, config, engine, playback
-    from panza_local.playback import scoring as q
+    conn = store.connect()
+    ing = ingest.ingest(conn, [str(mbox)], me=[me])
+    settings = config.load()
+    settings.threads = threads
+    model_path = catalogue.resolve(settings.model)
+    engine.chat([{"role": "user", "content": "hi"}], model_path=model_path, settings=settings, max_tokens=1)
+    pool = conn.execute("SELECT count(*) FROM messages WHERE is_mine = 1 AND deleted = 0").fetchone()[0]
+    one = _one(conn, n, 1, settings)
+    many = _one(conn, n, parallel, settings)
+    conn.close()
+    return {"mbox": str(mbox.relative_to(SHARED)) if mbox.is_relative_to(SHARED) else mbox.name,
+            "stored": ing["stored"], "pool": pool, "n": n, "threads": threads, "model": Path(model_path).name,
+            "one_at_a_time": one, "batched": many,
+            "speedup_wall": round(many["emails_per_min"] / one["emails_per_min"], 2),
+            "speedup_cpu": round(one["cpu_seconds"] / many["cpu_seconds"], 2)}
 
-    settings = config.Settings(threads=threads)
-    model = catalogue.embedded_path("smollm2-135m")
-    rows = load_emails(jsonl, n)
-    idf = q.idf_table(r["body"] for r in rows)
-    engine.chat([{"role": "user", "content": "hi"}], model_path=model, settings=settings, max_tokens=1)  # load
 
-    t0 = time.perf_counter()
-    ours, our_tokens, sources = [], [], []
-    for r in rows:
-        res = playback.generate(r, model_path=model, settings=settings, idf=idf)
-        ours.append(res.get("copy_ratio") or 0.0)
-        sources.append(res.get("source"))
-        our_tokens.append(engine.count_tokens(res.get("instruction") or "", model, settings))
-    ours_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    naive, naive_tokens = [], []
-    for r in rows:
-        st = engine.Stats()
-        text = engine.chat([{"role": "user", "content": NAIVE.format(email=r["body"])}], model_path=model,
-                           settings=settings, seed=1, stats=st)
-        naive.append(q.copy_ratio(text, r["body"]))
-        naive_tokens.append(st.completion_tokens)
-    naive_s = time.perf_counter() - t0
-
-    n = len(rows)
-    out = {
-        "emails": n, "threads": threads, "load_avg_1m": round(os.getloadavg()[0], 2),
-        "panza_emails_per_min": round(60 * n / ours_s, 2), "naive_emails_per_min": round(60 * n / naive_s, 2),
-        "speedup": round(naive_s / ours_s, 2),
-        "panza_copy_ratio_median": round(statistics.median(ours), 3),
-        "naive_copy_ratio_median": round(statistics.median(naive), 3),
-        "panza_tokens_mean_last_attempt": round(statistics.mean(our_tokens), 1),
-        "naive_tokens_mean": round(statistics.mean(naive_tokens), 1),
-        "panza_sources": {s: sources.count(s) for s in set(sources)},
-    }
-    from bench._common import row
-
-    note = f"{n} emails, {threads} thread(s), load avg {out['load_avg_1m']}"
-    out["rows"] = [
-        row("playback emails/min (vs naive one-call loop)", out["panza_emails_per_min"],
-            out["naive_emails_per_min"], "emails/min", note=note),
-        row("playback median copy ratio (vs naive)", out["panza_copy_ratio_median"] or 1e-9,
-            out["naive_copy_ratio_median"] or 1e-9, "ratio", higher_is_better=False, note=note),
-    ]
-    return out
+def _md(res: dict) -> str:
+    a, b = res["one_at_a_time"], res["batched"]
+    lines = [f"# Playback: batched vs one at a time ({res['mbox']}, {res['n']} emails, pool {res['pool']})", "",
+             (f"Machine: {machine()}; llama.cpp threads {res['threads']}; model {res['model']}; "
+             f"load avg {a['load_avg_1m']} / {b['load_avg_1m']} after each run."), "",
+             "| | one at a time | batched |", "|---|---|---|"]
+    for key, label in [("parallel", "sequences per decode"), ("emails_per_min", "emails/min (wall)"),
+                       ("emails_per_cpu_min", "emails per CPU-minute"), ("cpu_seconds", "CPU seconds"),
+                       ("recall_at_1", "recall@1 (whole mailbox)"), ("copy_ratio_median", "median copy ratio"),
+                       ("fallback_share", "keyword fallback share"), ("failed", "failed")]:
+        lines.append(f"| {label} | {a[key]} | {b[key]} |")
+    lines += ["", f"Speed-up: {res['speedup_wall']}x emails/min (wall), {res['speedup_cpu']}x CPU seconds.", "",
+              (f"Rejections (guard reasons, all attempts): one at a time {a['rejections']}; "
+              f"batched {b['rejections']}."), ""]
+    return "\n".join(lines)
 
 
 def main(quick: bool = False) -> dict:
-    """bench/run_all.py contract: a few emails when quick, a dozen otherwise."""
-    return measure(DEFAULT, 4 if quick else 12, 1)
+    """bench/run_all.py contract: a few emails when quick."""
+    res = measure(DEFAULT, ME, 8 if quick else 80, 1, 8)
+    a, b = res["one_at_a_time"], res["batched"]
+    note = f"{res['n']} emails of {res['mbox']}, 1 thread"
+    res["rows"] = [row("playback emails/min (batched vs one at a time)", b["emails_per_min"], a["emails_per_min"],
+                       "emails/min", note=note),
+                   row("playback recall@1 (batched vs one at a time)", b["recall_at_1"] or 1e-9,
+                       a["recall_at_1"] or 1e-9, "recall", note=note)]
+    return res
 
 
 def cli() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--jsonl", type=Path, default=DEFAULT, help="cleaned {email, subject} records")
-    ap.add_argument("--n", type=int, default=12, help="emails per method")
+    ap.add_argument("--mbox", type=Path, default=DEFAULT, help="an mbox of one person's sent mail")
+    ap.add_argument("--me", default=ME, help="that person's address")
+    ap.add_argument("--n", type=int, default=80, help="emails per path")
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 on a loaded shared machine)")
+    ap.add_argument("--parallel", type=int, default=8, help="sequences per decode on the batched path")
+    ap.add_argument("--out", default="playback", help="results file name under bench/results")
     args = ap.parse_args()
-    if not args.jsonl.exists():
-        sys.exit(f"{args.jsonl} not found: pass --jsonl FILE (e.g. ../shared/data/panza/*.jsonl)")
-    out = measure(args.jsonl, args.n, args.threads)
-    from bench._common import save
-
-    save("playback", out)
-    print(json.dumps({k: v for k, v in out.items() if k != "rows"}, indent=2))
+    if not args.mbox.exists():
+        sys.exit(f"{args.mbox} not found: pass --mbox FILE (../shared/data/enron/sent/*.mbox) and --me ADDRESS")
+    res = measure(args.mbox, args.me, args.n, args.threads, args.parallel)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({"machine": machine(), **res}, indent=2))
+    (RESULTS / f"{args.out}.md").write_text(_md(res))
+    print(_md(res))
     return 0
 
 

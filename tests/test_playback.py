@@ -66,7 +66,7 @@ def test_run_generates_checked_pairs_then_reuses_them(mailbox, monkeypatch):
         raise RuntimeError("llama_decode returned -1")
 
     monkeypatch.setattr(engine, "chat", broken)  # an engine failure: counted, the batch goes on (fallback)
-    again = playback.run(mailbox)
+    again = playback.run(mailbox, parallel=1)  # the one-at-a-time path calls engine.chat
     assert (again["generated"], again["reused"], again["fallback"]) == (2, 2, 2)
     assert {r[0] for r in mailbox.execute("SELECT reason FROM pairs WHERE source = 'fallback'")} == {
         ";".join(["engine_error:RuntimeError"] * playback.ATTEMPTS)}
@@ -109,10 +109,11 @@ def test_fallback_is_recorded_honestly_and_a_bad_email_does_not_stop_the_batch(m
     from panza_local import engine
 
     def parrot(messages, **kwargs):  # what the 135M model does when asked naively: copy the email
-        return "Tell them " + messages[-1]["content"].split("Email:\n", 1)[1][:180]
+        email = messages[-1]["content"].split("Email:\n", 1)[1].split("\n\n(")[0]  # not a retry's hint
+        return "Tell them " + email[:180]
 
     monkeypatch.setattr(engine, "chat", parrot)
-    out = playback.run(mailbox)
+    out = playback.run(mailbox, parallel=1)
     assert (out["generated"], out["failed"], out["fallback"], out["model"]) == (4, 1, 4, 0)
     assert out["fail_reasons"] == {"empty_email": 1}
     for reason, instruction, body in mailbox.execute(

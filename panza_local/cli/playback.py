@@ -10,6 +10,8 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="generate at most N new pairs (a quick try)")
     p.add_argument("--model", default=None, metavar="NAME", help="chat model that writes the instructions "
                    "(catalogue name; default: the active model)")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="emails generated together in one model context (default 8; 1 = one at a time)")
     add_json(p)
     p.set_defaults(func=run)
     inner = p.add_subparsers(dest="playback_command", metavar="")
@@ -26,10 +28,15 @@ def run(args) -> int:
         from ..errors import ConfigError
 
         raise ConfigError(f"--limit must be 0 or more, got {args.limit}", fix="panza playback --limit 20")
+    if args.parallel is not None and args.parallel < 1:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--parallel must be 1 or more, got {args.parallel}", fix="panza playback --parallel 8")
     conn = store.connect()
     try:
         with progress("playback", enabled=not args.json) as update:
-            out = playback.run(conn, limit=args.limit, model=args.model, on_progress=update)
+            out = playback.run(conn, limit=args.limit, model=args.model, on_progress=update,
+                               parallel=args.parallel)
     finally:
         conn.close()
     emit(args, out, _human)
@@ -37,7 +44,8 @@ def run(args) -> int:
 
 
 def _human(s: dict) -> None:
-    print(f"generated {s['generated']} (model {s['model']}, extractive fallback {s['fallback']}), "
+    how = f", {s['parallel']} at a time" if s.get("batched") else ""
+    print(f"generated {s['generated']} (model {s['model']}, extractive fallback {s['fallback']}{how}), "
           f"reused {s['reused']}, failed {s['failed']}")
     if s["fail_reasons"]:
         print("failed: " + ", ".join(f"{k} {v}" for k, v in s["fail_reasons"].items()))

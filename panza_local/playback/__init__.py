@@ -2,17 +2,21 @@
 
 `generate` asks the chat model (few-shot, a GBNF grammar that forces an imperative sentence naming the
 recipient, short output) and checks the answer with the guards in `playback.scoring`; a rejected answer is
-retried with another seed, and when the model keeps failing a deterministic extractive instruction is used
+retried with a changed prompt (`attempt`: a hint naming what was wrong, then sampling, then a grammar of the
+email's own words), and when the model keeps failing a deterministic extractive instruction is used
 instead. Every pair records which of the two it came from (`source`). The model's sentence carries the ask;
 the email's most specific terms (names, numbers, rare words) are appended so the instruction is specific
 without copying: `instruction = sentence + " Mention: t1, t2, ..."`.
 
 `run` stores one pair per (message content hash, generator config hash), one commit per pair, so a killed
-run resumes where it stopped and an unchanged config never regenerates.
+run resumes where it stopped and an unchanged config never regenerates. With more than one email to do it
+generates them together (`playback.batch`, several sequences per llama.cpp decode); `parallel=1` keeps
+the one-at-a-time path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,8 +35,8 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, "int | None", "str | None"], None]
 
-VERSION = 7  # bump when the prompt, grammar or guards change meaning: every pair regenerates
-ATTEMPTS = 3
+VERSION = 8  # bump when the prompt, grammar or guards change meaning: every pair regenerates
+ATTEMPTS = 4
 MAX_TOKENS = 40
 EMAIL_CHARS = 1200  # the head of a long email carries its ask; the rest only slows the prompt
 THREAD_CHARS = 300
@@ -56,6 +60,16 @@ SHOTS = [
 ]
 VERBS = ["Ask", "Tell", "Thank", "Reply to", "Write to", "Remind", "Update", "Invite", "Let", "Send",
          "Confirm to", "Inform", "Apologize to", "Congratulate", "Answer"]
+HINTS = {  # what a retry tells the model, by the guard that rejected its last answer
+    "copies_email": "Do not copy sentences from the email: say its point in other, shorter words.",
+    "unsupported": "Use only facts and words that are in this email.",
+    "few_shot_leak": "Use only facts and words that are in this email, not the examples.",
+    "too_long": "At most 15 words.",
+    "too_short": "Say what the email asks or tells, in 8 to 20 words.",
+    "repetitive": "Do not repeat words.",
+    "not_imperative": "One plain sentence, no colon.",
+    "no_recipient": "Name the recipient.",
+}
 LEAK = {w for _, ins in SHOTS for w in q.content_words(ins)} - {"reply", "tell", "team"}
 
 
@@ -74,28 +88,35 @@ def _gbnf_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def grammar(to_name: str | None) -> str:
-    """GBNF: one sentence that starts with an imperative verb naming the recipient and ends with a full stop."""
+def grammar(to_name: str | None, words: list[str] | None = None) -> str:
+    """GBNF: one sentence that starts with an imperative verb naming the recipient and ends with a full stop;
+    with `words`, a sentence of only those words."""
     who = re.sub(r"[^\w .,'&-]", "", to_name or "").strip()
     starts = [f"{v} {who}" for v in VERBS] if who else VERBS
     alts = " | ".join(_gbnf_str(s) for s in starts)
-    return f'root ::= start " " body "."\nstart ::= {alts}\nbody ::= [^\\n.]+\n'
+    if words:
+        vocab = " | ".join(_gbnf_str(w) for w in words)
+        return (f'root ::= start " " body "."\nstart ::= {alts}\nbody ::= word ((" " | ", ") word)*\n'
+                f"word ::= {vocab}\n")
+    # ": " is refused by the guards (the email's own voice follows it), so the grammar never writes it.
+    return f'root ::= start " " body "."\nstart ::= {alts}\nbody ::= ([^\\n.:] | ":" [^\\n. ])+\n'
 
 
-def _user_msg(email: str, to_name: str | None, thread: str | None) -> str:
+def _user_msg(email: str, to_name: str | None, thread: str | None, hint: str | None = None) -> str:
     head = f"To {to_name}." if to_name else "To the recipient."
     if thread:
         t = re.sub(r"\s+", " ", thread).strip()[:THREAD_CHARS]
         head += f" It replies to: {t}"
-    return f"{head}\nEmail:\n{email.strip()[:EMAIL_CHARS]}"
+    # A retry's hint goes after the email, so the retry re-reads only the hint (the rest is in the KV cache).
+    return f"{head}\nEmail:\n{email.strip()[:EMAIL_CHARS]}" + (f"\n\n({hint})" if hint else "")
 
 
-def prompt(email: str, to_name: str | None, thread: str | None = None) -> list[dict]:
+def prompt(email: str, to_name: str | None, thread: str | None = None, hint: str | None = None) -> list[dict]:
     """Chat messages for one email: the fixed system + few-shot prefix (KV-cached across emails), then it."""
     msgs = [{"role": "system", "content": SYSTEM}]
     for u, a in SHOTS:
         msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-    msgs.append({"role": "user", "content": _user_msg(email, to_name, thread)})
+    msgs.append({"role": "user", "content": _user_msg(email, to_name, thread, hint)})
     return msgs
 
 
@@ -110,45 +131,87 @@ def _with_specifics(sentence: str, email: str, idf: dict, exclude: list[str]) ->
     return f"{sentence.rstrip()} Mention: {', '.join(terms)}." if terms else sentence.rstrip()
 
 
+def plan(row: dict, user_name: str = "") -> dict | None:
+    """What every attempt at one email shares (email, thread, recipient, grammar); None for an empty email."""
+    email = (row.get("body") or "").strip()
+    if not email:
+        return None
+    to_name = q.recipient(email, row.get("to_addrs"), _json_list(row.get("to_names")))
+    return {"row": row, "email": email, "thread": row.get("thread") or "", "to_name": to_name,
+            "exclude": [to_name or "", user_name], "grammar": grammar(to_name), "reasons": [], "rejected": []}
+
+
+def attempt(p: dict, k: int) -> dict:
+    """Attempt `k` at an email: its chat messages, temperature and seed (the retry schedule of both paths).
+
+    A retry changes the prompt, not only the seed: it tells the model what was wrong with its last answer
+    (`HINTS`, by the guard that rejected it). The first retry stays greedy (the most likely answer to the
+    corrected prompt), later ones sample."""
+    hint = HINTS.get(p["reasons"][-1].split(":")[0]) if k and p["reasons"] else None
+    gram = p["grammar"]
+    if k and k == ATTEMPTS - 1:  # the last try may only use the email's own words (what `unsupported` asks)
+        hint, gram = HINTS["unsupported"], grammar(p["to_name"], words=_own_words(p))
+    return {"messages": prompt(p["email"], p["to_name"], p["thread"], hint), "grammar": gram,
+            "temperature": 0.0 if k < 2 or k == ATTEMPTS - 1 else 0.8, "seed": _seed(p["row"]["content_hash"], k)}
+
+
+def _own_words(p: dict) -> list[str]:
+    """Words an instruction may use on the last try: the email's, its thread's and subject's, and glue words."""
+    text = " ".join([p["email"][:EMAIL_CHARS], p["thread"][:THREAD_CHARS], p["row"].get("subject") or ""])
+    own = {w.strip(".,") for w in q.words(text)}
+    own = {w for w in own if w and "." not in w and len(w) < 30}
+    own |= {w.lower() for w in own} | q.STOP | q.INSTRUCTION_WORDS | {"asking", "telling", "saying", "that", "if"}
+    return sorted(own)
+
+
+def judge(p: dict, text: str, k: int, idf: dict) -> dict | None:
+    """The model's answer to attempt `k`, checked by the guards: the final result, or None to try again."""
+    sentence = re.sub(r"\s+", " ", text).strip()
+    why = q.check(sentence, p["email"], to_name=p["to_name"],
+                  context=p["thread"] + " " + (p["row"].get("subject") or ""), banned=LEAK)
+    if why is None:
+        final = _with_specifics(sentence, p["email"], idf, p["exclude"])
+        return {"status": "ok", "instruction": final, "source": "model", "attempts": k + 1,
+                "copy_ratio": q.copy_ratio(final, p["email"]), "reason": ";".join(p["reasons"]) or None}
+    p["reasons"].append(why)
+    p["rejected"].append((sentence, why))  # kept for `--debug` analysis only, never stored
+    return None
+
+
+def fallback(p: dict, idf: dict, user_name: str = "") -> dict:
+    """The extractive instruction, once every attempt was rejected (or a failure when even it copies)."""
+    row, reasons = p["row"], p["reasons"]
+    final = q.extractive(p["email"], subject=row.get("subject"), to_name=p["to_name"], idf=idf,
+                         is_reply=bool(p["thread"]) or (row.get("subject") or "").lower().startswith("re:"),
+                         user_name=user_name, k=SPECIFICS + 2)
+    if q.check(final, p["email"], max_words=80, min_words=3) == "copies_email":
+        return {"status": "failed", "reason": "fallback_copies_email;" + ";".join(reasons), "attempts": ATTEMPTS}
+    return {"status": "ok", "instruction": final, "source": "fallback", "attempts": ATTEMPTS,
+            "copy_ratio": q.copy_ratio(final, p["email"]), "reason": ";".join(reasons), "rejected": p["rejected"]}
+
+
+EMPTY = {"status": "failed", "reason": "empty_email", "attempts": 0}
+
+
 def generate(row: dict, *, model_path: str | Path, settings, idf: dict, user_name: str = "") -> dict:
     """Instruction for one message row (body, thread, subject, to_addrs, content_hash): model, else fallback."""
     from .. import engine
 
-    email = (row.get("body") or "").strip()
-    if not email:
-        return {"status": "failed", "reason": "empty_email", "attempts": 0}
-    thread = row.get("thread") or ""
-    to_names = _json_list(row.get("to_names"))
-    to_name = q.recipient(email, row.get("to_addrs"), to_names)
-    exclude = [to_name or "", user_name]
-    gram = grammar(to_name)
-    reasons: list[str] = []
-    rejected: list[tuple[str, str]] = []  # kept for `--debug` analysis only, never stored
-    for attempt in range(ATTEMPTS):
+    p = plan(row, user_name)
+    if p is None:
+        return dict(EMPTY)
+    for k in range(ATTEMPTS):
+        a = attempt(p, k)
         try:
-            text = engine.chat(prompt(email, to_name, thread), model_path=model_path, settings=settings,
-                               max_tokens=MAX_TOKENS, temperature=0.0 if attempt == 0 else 0.8,
-                               seed=_seed(row["content_hash"], attempt), grammar=gram, stop=["\n"])
+            text = engine.chat(a["messages"], model_path=model_path, settings=settings, max_tokens=MAX_TOKENS,
+                               temperature=a["temperature"], seed=a["seed"], grammar=a["grammar"], stop=["\n"])
         except (RuntimeError, ValueError) as exc:  # llama.cpp decode errors: count, then fall back
-            reasons.append(f"engine_error:{type(exc).__name__}")
+            p["reasons"].append(f"engine_error:{type(exc).__name__}")
             continue
-        sentence = re.sub(r"\s+", " ", text).strip()
-        why = q.check(sentence, email, to_name=to_name, context=thread + " " + (row.get("subject") or ""),
-                      banned=LEAK)
-        if why is None:
-            final = _with_specifics(sentence, email, idf, exclude)
-            return {"status": "ok", "instruction": final, "source": "model", "attempts": attempt + 1,
-                    "copy_ratio": q.copy_ratio(final, email), "reason": ";".join(reasons) or None}
-        reasons.append(why)
-        rejected.append((sentence, why))
-    final = q.extractive(email, subject=row.get("subject"), to_name=to_name, idf=idf,
-                         is_reply=bool(thread) or (row.get("subject") or "").lower().startswith("re:"),
-                         user_name=user_name, k=SPECIFICS + 2)
-    if q.check(final, email, max_words=80, min_words=3) == "copies_email":
-        return {"status": "failed", "reason": "fallback_copies_email;" + ";".join(reasons),
-                "attempts": ATTEMPTS}
-    return {"status": "ok", "instruction": final, "source": "fallback", "attempts": ATTEMPTS,
-            "copy_ratio": q.copy_ratio(final, email), "reason": ";".join(reasons), "rejected": rejected}
+        res = judge(p, text, k, idf)
+        if res is not None:
+            return res
+    return fallback(p, idf, user_name)
 
 
 def _json_list(raw) -> list[str]:
@@ -170,8 +233,11 @@ def _mine(conn: sqlite3.Connection) -> list[dict]:
 
 
 def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = None,
-        on_progress: Progress | None = None, settings=None) -> dict:
-    """Generate the missing pairs (at most `limit`); return generated/reused/failed/recall_at_1/copy_ratio_median."""
+        on_progress: Progress | None = None, settings=None, parallel: int | None = None) -> dict:
+    """Generate the missing pairs (at most `limit`); return generated/reused/failed/recall_at_1/copy_ratio_median.
+
+    `parallel`: emails generated together in one llama.cpp context (`playback.batch`; default
+    `batch.SLOTS`); 1 runs them one at a time (`generate`), which an OpenAI-compatible server always does."""
     from .. import catalogue, config
 
     settings = settings or config.load({"model": model} if model else None)
@@ -190,24 +256,30 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
     idf = q.idf_table(m["body"] for m in mine)
     out = {"generated": 0, "reused": reused, "failed": 0, "model": 0, "fallback": 0, "fail_reasons": {},
            "gen_config": cfg_hash, "todo": len(todo), "todo_total": todo_total}
+    from . import batch
+
+    slots = batch.SLOTS if parallel is None else max(1, parallel)
+    batched = slots > 1 and len(todo) > 1 and not settings.engine_url
+    out |= {"batched": batched, "parallel": slots if batched else 1}
     t0 = time.perf_counter()
     with store.run(conn, "playback") as summary:
         progress(0, len(todo), "")
-        for i, row in enumerate(todo, 1):
-            t1 = time.perf_counter()
-            res = generate(row, model_path=model_path, settings=settings, idf=idf, user_name=settings.user_name)
-            _save(conn, row, cfg_hash, res, time.perf_counter() - t1)
-            if settings.debug:  # message text only when the user asked for debug logs
-                log.debug("playback %s: %s %r rejected %r", row["id"], res.get("source"), res.get("instruction"),
-                          res.get("rejected"))
-            if res["status"] == "ok":
-                out["generated"] += 1
-                out[res["source"]] += 1
-            else:
-                out["failed"] += 1
-                key = res["reason"].split(";")[0]
-                out["fail_reasons"][key] = out["fail_reasons"].get(key, 0) + 1
-            progress(i, len(todo), f"model {out['model']} fallback {out['fallback']} failed {out['failed']}")
+        if batched:
+            results = batch.generate_many(todo, model_path=model_path, settings=settings, idf=idf,
+                                          user_name=settings.user_name, slots=min(slots, len(todo)))
+        else:
+            results = ((row, generate(row, model_path=model_path, settings=settings, idf=idf,
+                                      user_name=settings.user_name)) for row in todo)
+        t1 = time.perf_counter()
+        with contextlib.closing(results):  # an interrupt frees the batch's llama.cpp context at once
+            for i, (row, res) in enumerate(results, 1):
+                _save(conn, row, cfg_hash, res, time.perf_counter() - t1)  # batched: time since the last one
+                t1 = time.perf_counter()
+                if settings.debug:  # message text only when the user asked for debug logs
+                    log.debug("playback %s: %s %r rejected %r", row["id"], res.get("source"),
+                              res.get("instruction"), res.get("rejected"))
+                _count(out, res)
+                progress(i, len(todo), f"model {out['model']} fallback {out['fallback']} failed {out['failed']}")
         out["seconds"] = round(time.perf_counter() - t0, 1)
         out["emails_per_min"] = round(60 * len(todo) / out["seconds"], 1) if out["seconds"] else None
         out.update(quality(conn, cfg_hash, recompute=out["generated"] > 0 or out["failed"] > 0))
@@ -215,6 +287,16 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
     log.info("playback: generated %d (model %d, fallback %d) reused %d failed %d", out["generated"],
              out["model"], out["fallback"], out["reused"], out["failed"])
     return out
+
+
+def _count(out: dict, res: dict) -> None:
+    if res["status"] == "ok":
+        out["generated"] += 1
+        out[res["source"]] += 1
+    else:
+        out["failed"] += 1
+        key = res["reason"].split(";")[0]
+        out["fail_reasons"][key] = out["fail_reasons"].get(key, 0) + 1
 
 
 def _save(conn: sqlite3.Connection, row: dict, cfg_hash: str, res: dict, seconds: float) -> None:

@@ -111,7 +111,7 @@ def recipient(email: str, to_addrs: str | None = None, to_names: list[str] | Non
     if m and m.group(1).lower() not in STOP:
         return _clean_name(m.group(1))
     for name in to_names or []:
-        if name and "@" not in name:
+        if name and "@" not in name and name.strip().lower() not in ("e-mail", "email", "mail"):  # Enron's fillers
             return _clean_name(name.split(",")[-1] if "," in name else name.split()[0] if name.split() else name)
     if to_addrs:
         first = to_addrs.split(",")[0].strip()
@@ -236,7 +236,7 @@ def check(instruction: str, email: str, *, to_name: str | None = None, context: 
     if max(Counter(low).values()) > max(3, len(low) // 4):
         return "repetitive"
     first = first_name(to_name)
-    if first and to_name != "the team" and first.lower() not in text.lower():
+    if first and to_name != "the team" and first.lower() not in re.sub(r"[^\w\s]", "", text).lower():
         return "no_recipient"
     leaked = {b.lower() for b in banned} & set(low) - {w.lower() for w in words(email + " " + context)}
     if leaked:
