@@ -56,19 +56,34 @@ class HParams:
     extra: dict = field(default_factory=dict)
 
 
+# Epochs by data size, (fewest train emails, (quick, standard, thorough)): a small mailbox needs several passes
+# to move the loss at all; a large one learns the voice in one, and two passes over 3,000 emails would take
+# hours on a laptop's two cores (~6 s a step at seq 512, grad_accum 4: bench/results/train_cpu.md).
+EPOCHS = ((0, (1.5, 3.0, 6.0)), (200, (1.0, 2.0, 4.0)), (600, (0.75, 1.5, 3.0)), (1500, (0.5, 1.0, 2.0)))
+MAX_STEPS = {"quick": 60, "standard": 300, "thorough": 1000}
+"""Most optimizer steps a preset runs whatever the data size (the epochs shrink to fit)."""
+EVALS = {"quick": 2, "standard": 6, "thorough": 8}
+"""Validation passes: enough that early stopping (patience 2) can end a run that has stopped improving."""
+
+
 def hparams(preset: str, n_examples: int) -> HParams:
-    """Hyper-parameters for a preset and a data size: fewer emails get more epochs, never fewer steps."""
+    """Hyper-parameters for a preset and a data size: fewer emails get more epochs, more emails fewer."""
     if preset not in PRESETS:
         from ..errors import ConfigError
 
         raise ConfigError(f"unknown preset {preset!r}", fix=f"use one of: {', '.join(PRESETS)}")
     # Small models want a LoRA lr far above Panza's 1e-5 (that was full-rank RoSA on 7B); 2e-4 lowered
     # validation loss steadily on SmolLM2-135M with 100-500 emails, 5e-4 overshot.
-    epochs = {"quick": 1.0, "standard": 2.0, "thorough": 4.0}[preset]
-    if n_examples < 200:
-        epochs *= 1.5
+    epochs = [e for least, e in EPOCHS if n_examples >= least][-1][PRESETS.index(preset)]
     return HParams(rank=16 if preset == "thorough" else 8, alpha=32.0 if preset == "thorough" else 16.0,
-                   epochs=epochs, lr=2e-4, evals=2 if preset == "quick" else 4)
+                   epochs=epochs, lr=2e-4, evals=EVALS[preset])
+
+
+def preset_steps(hp: HParams, n_rows: int, preset: str | None) -> None:
+    """Cap a run at its preset's MAX_STEPS by lowering the epochs (unless max_steps was set)."""
+    cap = MAX_STEPS.get(preset or "")
+    if cap and not hp.max_steps and math.ceil(n_rows * hp.epochs / hp.grad_accum) > cap:
+        hp.epochs = round(cap * hp.grad_accum / max(1, n_rows), 4)
 
 
 def schedule(hp: HParams, n_rows: int):
@@ -126,7 +141,8 @@ def base_sha256(path) -> str:
     return _SHA_CACHE[key]
 
 
-def prepare(conn, settings, hp_preset: str, overrides: dict | None = None, train_examples=None, val_examples=None):
+def prepare(conn, settings, hp_preset: str, overrides: dict | None = None, train_examples=None, val_examples=None,
+            minutes: float | None = None):
     """(examples train/val, HParams, packed rows train/val, base path) for one run."""
     from .. import catalogue
     from ..errors import NoDataError
@@ -148,28 +164,36 @@ def prepare(conn, settings, hp_preset: str, overrides: dict | None = None, train
 
             raise ConfigError(f"unknown training option {k!r}", fix="see panza_local.train.HParams")
         setattr(hp, k, tuple(v) if k == "targets" else v)
+    if minutes:
+        hp.extra = {**hp.extra, "budget_min": minutes}  # another budget is another adapter
     tok = data.Tokenizer(base)
     rows_tr = data.pack([data.tokenize(e, tok, hp.seq_len) for e in tr], hp.seq_len)
     rows_va = data.pack([data.tokenize(e, tok, hp.seq_len) for e in va], hp.seq_len)[: hp.max_val_rows]
+    preset_steps(hp, len(rows_tr), hp_preset if "epochs" not in (overrides or {}) else None)
     return tr, va, hp, rows_tr, rows_va, base
 
 
 def train(conn, backend: str = "auto", preset: str | None = None, on_progress=None, resume: bool = True, *,
           settings=None, overrides: dict | None = None, train_examples=None, val_examples=None,
-          promote: bool = False, init_from: str | None = None) -> dict:
+          promote: bool = False, init_from: str | None = None, minutes: float | None = None) -> dict:
     """Train (or resume, or reuse) an adapter for the active model on the stored pairs; export and register it.
 
     `init_from`: id of a ready adapter of the same base and shape to warm-start from (torch backend; ignored,
     with `init_from` None in the result's config, when it cannot be used).
+    `minutes`: finish within this many minutes from the call: the step count is fitted to the step time
+    measured on the first steps (budget.py), never above the preset's.
     """
-    from .. import config, store
-    from . import data, export, registry
+    import time
 
+    from .. import config, store
+    from . import budget, data, export, registry
+
+    started = time.monotonic()
     settings = settings or config.load()
     name = auto_backend() if backend == "auto" else backend
     fn = backend_fn(name)
     tr, va, hp, rows_tr, rows_va, base = prepare(conn, settings, preset or settings.train_preset, overrides,
-                                                 train_examples, val_examples)
+                                                 train_examples, val_examples, minutes=minutes)
     sha = base_sha256(base)
     dhash = data.data_hash(tr + va)
     hp_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(hp).items()}
@@ -192,9 +216,13 @@ def train(conn, backend: str = "auto", preset: str | None = None, on_progress=No
         return out
     run_dir = registry.adapter_dir(adapter_id)
     with store.run(conn, "train") as summary:
+        pacer = budget.Pacer(minutes * 60 if minutes else None, hp.evals, started=started,
+                             val_tokens=sum(len(r["input_ids"]) for r in rows_va),
+                             step_tokens=hp.grad_accum * sum(len(r["input_ids"]) for r in rows_tr) / max(1, len(rows_tr)),
+                             cap=schedule(hp, len(rows_tr))[0])
         try:
             kw = {"threads": settings.threads, "init": init} if name == "torch" else {}
-            res = fn(base, rows_tr, rows_va, hp, run_dir, on_progress, resume, **kw)
+            res = fn(base, rows_tr, rows_va, hp, run_dir, _with_eta(on_progress, pacer), resume, pace=pacer, **kw)
         except BaseException as exc:
             registry.fail(conn, adapter_id, type(exc).__name__)
             raise
@@ -214,9 +242,40 @@ def train(conn, backend: str = "auto", preset: str | None = None, on_progress=No
                "tokens_per_s": res["tokens_per_s"], "peak_mem_mb": res["peak_mem_mb"], "steps": res["steps"],
                "resumed_from": res["resumed_from"], "early_stopped": res.get("early_stopped", False),
                "n_train": len(tr), "n_val": len(va), "backend": name, "device": res.get("device"),
-               "precision": res.get("precision"), "promoted": registry.current_id() == adapter_id}
-        summary.update({k: v for k, v in out.items() if k != "gguf"})
+               "precision": res.get("precision"), "promoted": registry.current_id() == adapter_id,
+               "planned_steps": res.get("total_steps"), **pacer.summary(), **_stop(res, pacer, hp)}
+        summary.update({k: v for k, v in out.items() if k not in ("gguf", "plan")})
     return out
+
+
+def _with_eta(on_progress, pacer):
+    """on_progress with the ETA from the measured step and validation times appended to its note."""
+    if on_progress is None:
+        return None
+    from .budget import fmt_s
+
+    def update(step: int, total: int, note: str | None = None) -> None:
+        eta = pacer.eta(step, total)
+        on_progress(step, total, f"{note} · ETA {fmt_s(eta)}" if eta is not None and step < total else note)
+
+    return update
+
+
+def _stop(res: dict, pacer, hp: HParams) -> dict:
+    """Why the run ended: `stop_reason` (plateau, time, budget, preset) and a sentence, `stop_why`."""
+    plan = pacer.plan or {}
+    if res.get("early_stopped"):
+        why = (f"validation loss did not improve for {hp.patience} validations in a row "
+               f"(best {res['val_loss_after']:.4f})")
+        return {"early_stopped": True, "stop_reason": "plateau", "stop_why": why}
+    if pacer.reason == "time":
+        return {"early_stopped": True, "stop_reason": "time",
+                "stop_why": f"steps ran slower than measured; stopped at step {res['steps']} to end in time"}
+    if plan.get("limited_by") == "budget":
+        return {"early_stopped": False, "stop_reason": "budget",
+                "stop_why": f"{plan['steps']} steps fit in {pacer.budget_s / 60:g} min at {plan['step_s']:.2f} s a step "
+                            f"and {plan['eval_s']:.2f} s a validation"}
+    return {"early_stopped": False, "stop_reason": "preset", "stop_why": f"the preset's {res.get('total_steps')} steps ran"}
 
 
 def _init_tensors(adapter_id: str, hp: HParams, sha: str) -> dict | None:

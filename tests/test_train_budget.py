@@ -1,0 +1,151 @@
+"""Training that fits a budget: steps fitted to the measured step time, early stop on a plateau, presets by size.
+
+The real runs train the embedded model on the sample mailbox's emails with tiny rows, and assert the logic
+with the times the run measured (its recorded plan), never on the wall clock.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from panza_local.train import budget
+
+TINY = {"seq_len": 96, "grad_accum": 1, "max_val_rows": 1, "ckpt_every": 1000}
+
+
+@pytest.fixture
+def one_thread(home, monkeypatch):
+    """A home, and training on one thread: on a shared 2-core machine two threads wait on each other."""
+    monkeypatch.setenv("PANZA_THREADS", "1")
+    return home
+
+
+def sample_examples(n: int | None = None):
+    """The sample mailbox's emails by Maya as training examples (subject as the instruction), oldest first."""
+    from email.utils import parsedate_to_datetime
+
+    from panza_local import sample
+    from panza_local.train import data
+
+    out = []
+    for m in sample.sample_messages():
+        if sample.SAMPLE_ME not in (m["From"] or ""):
+            continue
+        body = m.get_payload(decode=True).decode("utf-8").split("\nOn ")[0].split("\n-----")[0]
+        date = parsedate_to_datetime(m["Date"]).isoformat()
+        out.append(data.make_example(f"Write an email about: {m['Subject']}", body, to=m["To"],
+                                     subject=m["Subject"], meta={"date": date, "to": m["To"], "subject": m["Subject"]}))
+    return out[:n] if n else out
+
+
+# -- the arithmetic, with measured figures --------------------------------------------------------------
+
+def test_fit_steps_spends_the_budget_on_steps_and_validations():
+    # 60 s budget, 10 s gone, 3 steps done at 1 s a step, validation 2 s, 4 passes a run
+    total = budget.fit_steps(60, 10, 3, 1.0, 2.0, 4, reserve_s=3.0, safety=1.0)
+    cost = (total - 3) * 1.0 + budget.passes(3, total, 4) * 2.0
+    assert cost <= 60 - 10 - 3 < cost + 1.0 + 2.0  # fits, and one more step would not
+    assert budget.fit_steps(60, 70, 3, 1.0, 2.0, 4) == 3  # budget spent: stop where it is
+    # slower steps, fewer of them
+    assert budget.fit_steps(600, 10, 3, 4.0, 2.0, 4) < budget.fit_steps(600, 10, 3, 1.0, 2.0, 4)
+
+
+def test_passes_counts_the_schedules_validations():
+    from panza_local.train import HParams, schedule
+
+    for total, evals in ((10, 4), (7, 4), (100, 6), (3, 8)):
+        _, every, _ = schedule(HParams(max_steps=total, evals=evals), 10)
+        expect = sum(1 for s in range(1, total + 1) if s % every == 0 or s == total)
+        assert budget.passes(0, total, evals) == expect
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_pacer_fits_the_total_after_its_probe_steps_then_cuts_a_slow_run():
+    clock = Clock()
+    p = budget.Pacer(120.0, evals=4, val_tokens=100, step_tokens=400, probe=3, clock=clock)
+    state = {"step": 0, "train_s": 0.0, "history": [], "total": 1000}
+    clock.t = 5.0  # model load + first validation
+    fits = []
+    for k, dt in enumerate((3.0, 2.0, 2.0), start=1):  # the first step is slow (warm-up): left out
+        clock.t += dt
+        state["step"], state["train_s"] = k, state["train_s"] + dt
+        fits.append(p(state))
+    assert fits[:2] == [None, None] and p.step_s == 2.0
+    assert p.eval_s == pytest.approx(2.0 * budget.EVAL_COST * 100 / 400)  # estimated until one is timed
+    assert fits[2] == budget.fit_steps(120.0, 12.0, 3, 2.0, p.eval_s, 4) == p.plan["steps"]
+    assert p.plan["limited_by"] == "budget" and p.eta(3, fits[2]) > 0
+    state["total"] = fits[2]
+    # steps turn 3x slower: the pacer ends the run before it overruns
+    cut = None
+    while cut is None:
+        clock.t += 6.0
+        state["step"], state["train_s"] = state["step"] + 1, state["train_s"] + 6.0
+        cut = p(state)
+    assert cut == state["step"] < fits[2] and p.reason == "time" and clock.t <= 120.0
+
+
+def test_pacer_never_runs_longer_than_the_preset():
+    clock = Clock()
+    p = budget.Pacer(3600.0, evals=2, probe=2, cap=20, clock=clock)
+    state = {"step": 0, "train_s": 0.0, "history": [], "total": 20}
+    for k in (1, 2):
+        clock.t += 1.0
+        state["step"], state["train_s"] = k, float(k)
+        fit = p(state)
+    assert fit == 20 and p.plan["limited_by"] == "preset"
+
+
+def test_presets_are_sized_by_the_data():
+    from panza_local.train import HParams, hparams, preset_steps
+
+    small, mid, large = (hparams("standard", n).epochs for n in (100, 400, 2000))
+    assert small > mid > large
+    assert hparams("quick", 100).epochs < hparams("standard", 100).epochs < hparams("thorough", 100).epochs
+    hp = HParams(epochs=2.0, grad_accum=4)
+    preset_steps(hp, 2000, "standard")  # 1,000 steps asked for: capped at the preset's MAX_STEPS
+    from panza_local.train import MAX_STEPS, schedule
+
+    assert schedule(hp, 2000)[0] == MAX_STEPS["standard"]
+
+
+# -- real runs on the embedded model ----------------------------------------------------------------------
+
+def test_minutes_fits_the_steps_to_the_measured_step_time(one_thread):
+    from panza_local import store
+    from panza_local.train import train
+
+    exs = sample_examples(24)
+    conn = store.connect()
+    res = train(conn, backend="torch", preset="quick", minutes=0.2, train_examples=exs[:20], val_examples=exs[20:],
+                overrides={**TINY, "max_steps": 10_000, "evals": 2, "patience": 100})
+    plan = res["plan"]
+    assert plan and plan["done"] == budget.PROBE_STEPS and res["step_s"] > 0
+    # the total is what the measured times give, and the run kept to it (or was cut short to end in time)
+    assert plan["steps"] == budget.fit_steps(12.0, plan["elapsed_s"], plan["done"], plan["step_s"],
+                                             plan["eval_s"], plan["evals"])
+    assert plan["limited_by"] == "budget" and res["stop_reason"] in ("budget", "time")
+    assert res["steps"] == res["planned_steps"] and res["steps"] <= plan["steps"]
+    assert res["steps"] >= plan["done"]
+    if res["stop_reason"] == "budget":
+        assert res["steps"] == plan["steps"] and not res["early_stopped"]
+
+
+def test_early_stop_on_a_plateau(one_thread):
+    from panza_local import store
+    from panza_local.train import train
+
+    exs = sample_examples(12)
+    conn = store.connect()
+    # lr 0: the validation loss cannot improve, so patience (2) ends the run at its second validation
+    res = train(conn, backend="torch", preset="quick", train_examples=exs[:10], val_examples=exs[10:],
+                overrides={**TINY, "max_steps": 8, "evals": 8, "lr": 0.0, "patience": 2})
+    assert res["early_stopped"] and res["stop_reason"] == "plateau"
+    assert res["steps"] == 2 < res["planned_steps"] == 8
+    assert res["val_loss_after"] == res["val_loss_before"]
