@@ -149,3 +149,95 @@ def test_early_stop_on_a_plateau(one_thread):
     assert res["early_stopped"] and res["stop_reason"] == "plateau"
     assert res["steps"] == 2 < res["planned_steps"] == 8
     assert res["val_loss_after"] == res["val_loss_before"]
+
+
+# -- choosing what to train on ---------------------------------------------------------------------------
+
+def synthetic(n_people: int = 6, per_person: int = 10):
+    """Emails to `n_people` recipients (the first gets half of all mail), one topic each, dated in order."""
+    from panza_local.train import data
+
+    out, k = [], 0
+    for p in range(n_people):
+        for j in range(per_person * (n_people if p == 0 else 1)):
+            k += 1
+            body = (f"Hello person {p}, about item {j}: the {['oak', 'brick', 'gravel', 'hedge'][j % 4]} order "
+                    f"number {k * 7919 % 10007} arrives on day {j % 28 + 1}; please confirm the {k}th quote "
+                    f"and the plan for week {k % 52}.")
+            out.append(data.make_example(f"item {j}", body, meta={"date": f"2024-01-01T00:00:{k:05d}",
+                                                                  "to": f"Person {p} <p{p}@x.example>",
+                                                                  "subject": f"Re: project {p}"}))
+    return out
+
+
+def test_near_duplicates_are_dropped_newest_copy_kept():
+    from panza_local.train import data, select
+
+    exs = synthetic(3, 4)
+    n = len(exs)
+    base = exs[5].target
+    copy = base.replace("please confirm", "please do confirm") + " Thanks."  # a near-copy, sent later
+    exs.append(data.make_example("again", copy, meta={**exs[5].meta, "date": "2025-01-01T00:00:00"}))
+    exs.append(data.make_example("same", base, meta={**exs[5].meta, "date": "2023-01-01T00:00:00"}))  # older copy
+    chosen, rep = select.choose(exs, len(exs))
+    assert rep["dropped"]["near_duplicate"] == 2 and len(chosen) == n  # the original and the older copy go
+    kept = {e.target for e in chosen}
+    assert copy in kept and base not in kept
+    # distinct emails on the same subject are not near-duplicates
+    assert select.jaccard(select.shingles(exs[0].target), select.shingles(exs[1].target)) < select.NEAR_DUP
+
+
+def test_selection_spreads_over_recipients_newest_first():
+    from collections import Counter
+
+    from panza_local.train import select
+
+    exs = synthetic(6, 10)  # 60 emails to p0, 10 to each of p1..p5
+    chosen, rep = select.choose(exs, 30)
+    per = Counter(select.recipient_of(e.meta["to"]) for e in chosen)
+    assert len(per) == 6 and rep["recipients"] == {"available": 6, "chosen": 6}
+    assert per["p0@x.example"] < 30 * 60 / 110  # below its share of the mailbox
+    assert rep["chosen"] == 30 and sum(rep["chosen_by"].values()) == 30
+    assert rep["chosen_by"]["new_recipient"] == 6 and rep["dropped"]["over_budget"] == 110 - 30
+    # newest first within a recipient: p0's chosen are its newest
+    p0 = sorted(e.meta["date"] for e in exs if e.meta["to"].startswith("Person 0"))
+    assert sorted(e.meta["date"] for e in chosen if e.meta["to"].startswith("Person 0")) == p0[-per["p0@x.example"]:]
+
+
+def test_selection_on_the_sample_mailbox():
+    from panza_local.train import select
+
+    exs = sample_examples()
+    chosen, rep = select.choose(exs, 40)
+    assert len(chosen) == 40 and rep["available"] == len(exs)
+    assert rep["recipients"]["chosen"] == rep["recipients"]["available"]  # every correspondent kept
+    assert rep["topics"]["chosen"] >= 30  # spread over subjects, not 40 of the same few
+    # its template-made near-copies go (same sentences reordered), and no two chosen emails are near-copies
+    assert rep["dropped"]["near_duplicate"] >= 2
+    sets = [select.shingles(e.target) for e in chosen]
+    assert max(select.jaccard(a, b) for i, a in enumerate(sets) for b in sets[:i]) < select.NEAR_DUP
+    newest = max(e.meta["date"] for e in exs)
+    assert rep["dates"]["newest"] == newest
+
+
+def test_train_reports_the_selection_when_the_budget_cannot_use_every_pair(one_thread):
+    """A budget too small for every pair trains on a chosen subset and says which and why in the result."""
+    from panza_local import store
+    from panza_local.train import train
+
+    exs = sample_examples(40)
+    conn = store.connect()
+    # the quick preset on a tiny budget: at the default speed, few steps fit, so few of the 36 pairs
+    res = train(conn, backend="torch", preset="quick", minutes=0.05, train_examples=exs[:36], val_examples=exs[36:],
+                overrides={**TINY, "evals": 1})
+    sel = res["selection"]
+    assert sel["available"] == 36 and sel["chosen"] == res["n_train"] < 36
+    assert "tokens/s" in sel["why"] and sel["dropped"]["over_budget"] == 36 - sel["chosen"]
+    assert sum(sel["chosen_by"].values()) == sel["chosen"]
+
+
+def test_cli_rejects_a_budget_of_no_time(home, capsys):
+    from panza_local.cli import main
+
+    assert main(["train", "--minutes", "0"]) == 1
+    assert "--minutes" in capsys.readouterr().err

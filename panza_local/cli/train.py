@@ -51,6 +51,12 @@ def run(args) -> int:
             print(f"adapter {r['adapter_id']}: validation loss {r['val_loss_before']:.3f} -> "
                   f"{r['val_loss_after']:.3f} ({r['n_train']} train / {r['n_val']} val emails, {r['steps']} of "
                   f"{r.get('planned_steps') or r['steps']} steps{', stopped early' if r.get('early_stopped') else ''})")
+            sel = r.get("selection") or {}
+            if sel.get("chosen", 0) < sel.get("available", 0):
+                by = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sel["chosen_by"].items())
+                drop = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sel["dropped"].items() if v)
+                print(f"trained on {sel['chosen']} of {sel['available']} emails ({sel['why']}): chosen {by}; "
+                      f"dropped {drop}")
             if r.get("step_s"):
                 print(f"{r['step_s']:.2f} s a step, {r['eval_s']:.2f} s a validation; ended: {r.get('stop_why')}")
             prec = f", {r['precision']}" if r.get("precision") else ""

@@ -79,6 +79,44 @@ def hparams(preset: str, n_examples: int) -> HParams:
                    epochs=epochs, lr=2e-4, evals=EVALS[preset])
 
 
+DEFAULT_TOKENS_PER_S = 300.0
+"""Training speed assumed before this machine has trained once (int8 on two cores, bench/results/train_cpu.md)."""
+
+
+def usable(hp: HParams, preset: str | None, n_examples: int, rows: list[dict], minutes: float | None,
+           tokens_per_s: tuple[float, str]) -> tuple[int | None, str]:
+    """(how many train examples this run can use, why), or (None, why) when it can use them all: the examples
+    one pass (the preset's epochs, at least one) fits in the preset's step cap, or in `minutes` at the
+    measured `tokens_per_s` ((speed, where it was measured)). An explicit max_steps is the caller's choice:
+    no selection then."""
+    if hp.max_steps or not rows or not n_examples:
+        return None, "steps set by the caller" if hp.max_steps else "no data"
+    steps, why = MAX_STEPS.get(preset or ""), f"the {preset} preset's {MAX_STEPS.get(preset or '')} steps"
+    if minutes:
+        tps, src = tokens_per_s
+        step_s = hp.grad_accum * sum(len(r["input_ids"]) for r in rows) / len(rows) / max(tps, 1e-9)
+        fit = int(minutes * 60 * 0.8 / step_s)  # a fifth for loading, validation and export
+        if steps is None or fit < steps:
+            steps, why = fit, f"{fit} steps in {minutes:g} min at {tps:.0f} tokens/s ({src})"
+    if steps is None:
+        return None, "no step limit"
+    per_row = n_examples / len(rows)
+    k = max(MIN_PAIRS, int(steps * hp.grad_accum / max(1.0, hp.epochs) * per_row))
+    return (k, why) if k < n_examples else (None, why)
+
+
+def _measured_tokens_per_s(conn, base) -> tuple[float, str]:
+    """Training speed of the newest ready adapter on this base file (this machine's own figure), else the default."""
+    from . import registry
+
+    sha = base_sha256(base)
+    for row in registry.list_(conn):
+        tps = (row.get("metrics") or {}).get("tokens_per_s")
+        if row.get("status") == "ready" and row.get("base_sha256") == sha and tps:
+            return float(tps), f"measured by {row['id']}"
+    return DEFAULT_TOKENS_PER_S, "default: nothing trained here yet"
+
+
 def preset_steps(hp: HParams, n_rows: int, preset: str | None) -> None:
     """Cap a run at its preset's MAX_STEPS by lowering the epochs (unless max_steps was set)."""
     cap = MAX_STEPS.get(preset or "")
@@ -143,7 +181,8 @@ def base_sha256(path) -> str:
 
 def prepare(conn, settings, hp_preset: str, overrides: dict | None = None, train_examples=None, val_examples=None,
             minutes: float | None = None):
-    """(examples train/val, HParams, packed rows train/val, base path) for one run."""
+    """(examples train/val, HParams, packed rows train/val, base path, selection report) for one run: when
+    there are more train pairs than the preset's steps or the `minutes` can use, a chosen subset (select.py)."""
     from .. import catalogue
     from ..errors import NoDataError
     from . import data
@@ -167,10 +206,20 @@ def prepare(conn, settings, hp_preset: str, overrides: dict | None = None, train
     if minutes:
         hp.extra = {**hp.extra, "budget_min": minutes}  # another budget is another adapter
     tok = data.Tokenizer(base)
-    rows_tr = data.pack([data.tokenize(e, tok, hp.seq_len) for e in tr], hp.seq_len)
+    seqs = [data.tokenize(e, tok, hp.seq_len) for e in tr]
+    rows_tr = data.pack(seqs, hp.seq_len)
+    selection = {"available": len(tr), "chosen": len(tr), "limit": None}
+    k, why = usable(hp, hp_preset, len(tr), rows_tr, minutes, _measured_tokens_per_s(conn, base))
+    if k is not None and k < len(tr):  # more pairs than this run can use: choose which (select.py)
+        from . import select
+
+        seq_of = {id(e): q for e, q in zip(tr, seqs)}
+        tr, selection = select.choose(tr, k)
+        rows_tr = data.pack([seq_of[id(e)] for e in tr], hp.seq_len)
+    selection["why"] = why
     rows_va = data.pack([data.tokenize(e, tok, hp.seq_len) for e in va], hp.seq_len)[: hp.max_val_rows]
     preset_steps(hp, len(rows_tr), hp_preset if "epochs" not in (overrides or {}) else None)
-    return tr, va, hp, rows_tr, rows_va, base
+    return tr, va, hp, rows_tr, rows_va, base, selection
 
 
 def train(conn, backend: str = "auto", preset: str | None = None, on_progress=None, resume: bool = True, *,
@@ -192,8 +241,8 @@ def train(conn, backend: str = "auto", preset: str | None = None, on_progress=No
     settings = settings or config.load()
     name = auto_backend() if backend == "auto" else backend
     fn = backend_fn(name)
-    tr, va, hp, rows_tr, rows_va, base = prepare(conn, settings, preset or settings.train_preset, overrides,
-                                                 train_examples, val_examples, minutes=minutes)
+    tr, va, hp, rows_tr, rows_va, base, selection = prepare(conn, settings, preset or settings.train_preset,
+                                                            overrides, train_examples, val_examples, minutes=minutes)
     sha = base_sha256(base)
     dhash = data.data_hash(tr + va)
     hp_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(hp).items()}
@@ -203,12 +252,13 @@ def train(conn, backend: str = "auto", preset: str | None = None, on_progress=No
     ident = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     adapter_id = f"ad-{ident[:10]}"
     cfg = {"backend": name, "hparams": hp_dict, "base_path": str(base), "n_train": len(tr), "n_val": len(va),
+           "selection": {k: v for k, v in selection.items() if k != "why"},
            "train_rows": len(rows_tr), "val_rows": len(rows_va), "init_from": init_from}
     existing = registry.begin(conn, adapter_id, base_model=settings.model, base_sha256=sha, data_hash=dhash,
                               config=cfg)
     if existing is not None:  # same base, data and settings: nothing to do
         m = existing.get("metrics") or {}
-        out = {"adapter_id": adapter_id, "reused": True, "gguf": existing["gguf"],
+        out = {"adapter_id": adapter_id, "reused": True, "gguf": existing["gguf"], "selection": selection,
                **{k: m.get(k) for k in ("val_loss_before", "val_loss_after", "tokens_per_s", "peak_mem_mb")}}
         if promote:
             registry.use(adapter_id, conn)
@@ -243,8 +293,9 @@ def train(conn, backend: str = "auto", preset: str | None = None, on_progress=No
                "resumed_from": res["resumed_from"], "early_stopped": res.get("early_stopped", False),
                "n_train": len(tr), "n_val": len(va), "backend": name, "device": res.get("device"),
                "precision": res.get("precision"), "promoted": registry.current_id() == adapter_id,
-               "planned_steps": res.get("total_steps"), **pacer.summary(), **_stop(res, pacer, hp)}
-        summary.update({k: v for k, v in out.items() if k not in ("gguf", "plan")})
+               "planned_steps": res.get("total_steps"), **pacer.summary(), **_stop(res, pacer, hp),
+               "selection": selection}
+        summary.update({k: v for k, v in out.items() if k not in ("gguf", "plan", "selection")})
     return out
 
 
