@@ -124,14 +124,19 @@ class Pacer:
             return None
         elapsed = now - self.started
         if self.plan is None:
-            if (len(self.step_times) < self.probe and step < total) or not self.step_times:
+            if not self.step_times:
+                return None
+            probe_left = self.probe - len(self.step_times)
+            # plan once the probe is done, or sooner when finishing the probe would already overrun the budget
+            if probe_left > 0 and step < total and elapsed + (probe_left + 1) * self.step_s + self.eval_s < self.budget_s:
                 return None
             want = fit_steps(self.budget_s, elapsed, step, self.step_s, self.eval_s, self.evals)
             limited = "budget"
             if self.cap is not None and want >= self.cap:
                 want, limited = max(step, self.cap), "preset"
-            self.plan = {"elapsed_s": round(elapsed, 3), "done": step, "step_s": round(self.step_s, 4),
-                         "eval_s": round(self.eval_s, 4), "evals": self.evals,
+            # unrounded: the figures the total was computed from, so anyone can recompute it
+            self.plan = {"elapsed_s": elapsed, "done": step, "step_s": self.step_s, "eval_s": self.eval_s,
+                         "evals": self.evals,
                          "budget_s": self.budget_s, "steps": want, "limited_by": limited}
             return want
         # planned: stop here if the next step and the last validation would not fit any more
