@@ -39,6 +39,7 @@ class StatusScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self.retuning = False
+        self.stage_started: dict[str, float] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -69,10 +70,11 @@ class StatusScreen(Screen):
                                                                  "promoted", "held-out loss new / current", "why")
         self.query_one("#retune-bar", ProgressBar).update(total=100, progress=0)  # idle, not animating
         stages = self.query_one("#retune-stages", DataTable)
-        for key, label in (("stage", "stage"), ("state", "state"), ("count", "done / total"), ("note", "note")):
+        for key, label in (("stage", "stage"), ("state", "state"), ("count", "done / total"), ("eta", "ETA"),
+                           ("note", "note")):
             stages.add_column(label, key=key)
         for name in STAGES:
-            stages.add_row(name, f"{MARKS['waiting']} waiting", "", "", key=name)
+            stages.add_row(name, f"{MARKS['waiting']} waiting", "", "", "", key=name)
         self.action_reload()
         self.query_one("#status-sources").focus()
 
@@ -127,8 +129,9 @@ class StatusScreen(Screen):
         stages = self.query_one("#retune-stages", DataTable)
         for name in STAGES:
             stages.update_cell(name, "state", f"{MARKS['waiting']} waiting")
-            stages.update_cell(name, "count", "")
-            stages.update_cell(name, "note", "")
+            for col in ("count", "eta", "note"):
+                stages.update_cell(name, col, "")
+        self.stage_started: dict[str, float] = {}
         self.retune()
 
     @work(thread=True, exclusive=True, group="retune")
@@ -163,6 +166,7 @@ class StatusScreen(Screen):
         count = f"{ev['done']} / {ev['total']}" if ev.get("total") else (str(ev["done"]) if ev.get("done") else "")
         stages.update_cell(ev["stage"], "state", f"{MARKS.get(ev['state'], '')} {ev['state']}")
         stages.update_cell(ev["stage"], "count", "" if ev["state"] == "skipped" else count)
+        stages.update_cell(ev["stage"], "eta", _eta(self.stage_started, ev))
         if ev.get("note") or ev["state"] != "running":
             stages.update_cell(ev["stage"], "note", ev.get("note") or "")
         if ev["state"] == "running":
@@ -183,6 +187,19 @@ class StatusScreen(Screen):
         self.notify(f"Re-tune finished: {note or s}", title="Re-tune")
         self.app.refresh_adapter()
         self.action_reload()
+
+
+def _eta(started: dict[str, float], ev: dict) -> str:
+    """Time left in a running stage at its rate so far ('' when unknown or not running)."""
+    import time
+
+    now = time.monotonic()
+    t0 = started.setdefault(ev["stage"], now)
+    done, total = ev.get("done") or 0, ev.get("total")
+    if ev["state"] != "running" or not total or done <= 0 or done >= total:
+        return ""
+    left = (now - t0) / done * (total - done)
+    return f"{int(left // 60)}:{int(left % 60):02d}"
 
 
 def _when(iso: str | None) -> str:
