@@ -79,8 +79,9 @@ def hparams(preset: str, n_examples: int) -> HParams:
                    epochs=epochs, lr=2e-4, evals=EVALS[preset])
 
 
-DEFAULT_TOKENS_PER_S = 300.0
-"""Training speed assumed before this machine has trained once (int8 on two cores, bench/results/train_cpu.md)."""
+DEFAULT_TOKENS_PER_S = {"int8": 320.0, "fp32": 150.0}
+"""Training speed assumed before this machine has trained once: two cores, the embedded model, the int8 path
+where the CPU has VNNI, else fp32 (bench/results/train_cpu.md: ours, ours-fp32)."""
 
 
 def usable(hp: HParams, preset: str | None, n_examples: int, rows: list[dict], minutes: float | None,
@@ -114,7 +115,13 @@ def _measured_tokens_per_s(conn, base) -> tuple[float, str]:
         tps = (row.get("metrics") or {}).get("tokens_per_s")
         if row.get("status") == "ready" and row.get("base_sha256") == sha and tps:
             return float(tps), f"measured by {row['id']}"
-    return DEFAULT_TOKENS_PER_S, "default: nothing trained here yet"
+    try:
+        from .torch import int8
+
+        kind = "int8" if int8.available() else "fp32"
+    except ImportError:  # no torch (an mlx-only install): the fp32 figure is the cautious guess
+        kind = "fp32"
+    return DEFAULT_TOKENS_PER_S[kind], f"default for {kind}: nothing trained here yet"
 
 
 def preset_steps(hp: HParams, n_rows: int, preset: str | None) -> None:
