@@ -249,3 +249,20 @@ def test_cli_rejects_a_budget_of_no_time(home, capsys):
 
     assert main(["train", "--minutes", "0"]) == 1
     assert "--minutes" in capsys.readouterr().err
+
+
+def test_progress_note_carries_the_eta_from_measured_times():
+    from panza_local.train import _with_eta
+
+    clock = Clock()
+    p = budget.Pacer(None, evals=2, clock=clock)
+    seen = []
+    update = _with_eta(lambda s, t, n=None: seen.append(n), p)
+    update(0, 10, "val loss 3.0")  # nothing measured yet: no ETA
+    for k in (1, 2):
+        clock.t += 2.0
+        p({"step": k, "train_s": 2.0 * k, "history": [], "total": 10})
+        update(k, 10, None)
+    update(10, 10, "done")
+    assert seen[0] == "val loss 3.0" and seen[-1] == "done"
+    assert seen[2] == f"ETA {budget.fmt_s(p.eta(2, 10))}" and p.eta(2, 10) == 8 * 2.0  # no validation timed yet

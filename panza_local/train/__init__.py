@@ -314,7 +314,9 @@ def _with_eta(on_progress, pacer):
 
     def update(step: int, total: int, note: str | None = None) -> None:
         eta = pacer.eta(step, total)
-        on_progress(step, total, f"{note} · ETA {fmt_s(eta)}" if eta is not None and step < total else note)
+        if eta is not None and step < total:
+            note = f"{note} · ETA {fmt_s(eta)}" if note else f"ETA {fmt_s(eta)}"
+        on_progress(step, total, note)
 
     return update
 
