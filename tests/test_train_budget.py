@@ -266,3 +266,27 @@ def test_progress_note_carries_the_eta_from_measured_times():
     update(10, 10, "done")
     assert seen[0] == "val loss 3.0" and seen[-1] == "done"
     assert seen[2] == f"ETA {budget.fmt_s(p.eta(2, 10))}" and p.eta(2, 10) == 8 * 2.0  # no validation timed yet
+
+
+@pytest.mark.slow
+def test_cli_train_json_reports_the_budget(one_thread, capsys):
+    """`panza train --minutes N --json` on stored pairs: the chosen steps, the measured step time, how it ended."""
+    import json
+
+    from panza_local import store
+    from panza_local.cli import main
+
+    conn = store.connect()
+    for e in sample_examples(30):
+        mid = conn.execute("INSERT INTO messages (content_hash, date, body, subject, to_addrs, is_mine, ingested_at) "
+                           "VALUES (?, ?, ?, ?, ?, 1, ?)", (e.key, e.meta["date"], e.target, e.meta["subject"],
+                                                            e.meta["to"], store.now())).lastrowid
+        conn.execute("INSERT INTO pairs (message_id, content_hash, gen_config, status, instruction, created_at) "
+                     "VALUES (?, ?, 'g', 'ok', ?, ?)", (mid, e.key, f"Write about {e.meta['subject']}", store.now()))
+    conn.close()
+    capsys.readouterr()
+    assert main(["train", "--preset", "quick", "--minutes", "0.3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["plan"]["steps"] >= res["planned_steps"] == res["steps"] >= 1 and res["step_s"] > 0
+    assert res["stop_reason"] in ("budget", "time", "preset", "plateau") and isinstance(res["early_stopped"], bool)
+    assert res["stop_why"] and res["selection"]["available"] >= res["selection"]["chosen"] == res["n_train"]
