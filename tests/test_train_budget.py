@@ -287,6 +287,6 @@ def test_cli_train_json_reports_the_budget(one_thread, capsys):
     capsys.readouterr()
     assert main(["train", "--preset", "quick", "--minutes", "0.3", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["plan"]["steps"] >= res["planned_steps"] == res["steps"] >= 1 and res["step_s"] > 0
+    assert res["plan"]["steps"] >= res["planned_steps"] >= res["steps"] >= 1 and res["step_s"] > 0
     assert res["stop_reason"] in ("budget", "time", "preset", "plateau") and isinstance(res["early_stopped"], bool)
     assert res["stop_why"] and res["selection"]["available"] >= res["selection"]["chosen"] == res["n_train"]
