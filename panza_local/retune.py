@@ -85,7 +85,8 @@ def test_pairs(conn, limit: int = SCORE_LIMIT) -> tuple[list[dict], str]:
     return test, digest.hexdigest()[:16]
 
 
-def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=None, test=None) -> float | None:
+def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=None, test=None,
+          on_scored: Callable[[int], None] | None = None) -> float | None:
     """Mean per-token NLL of the user's held-out emails under base + adapter (None: base); lower is better.
 
     Scored by llama.cpp on the served bits, with the prompt builder training and drafting use.
@@ -100,7 +101,7 @@ def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=Non
     model = catalogue.resolve(settings.model)
     base_profile = profiles.load_or_none()
     total, count = 0.0, 0
-    for p in test:
+    for k, p in enumerate(test, start=1):
         # the very prompt training and drafting build (per-recipient profile block included)
         prof = (profiles.prompt_profile(p.get("to"), base_profile, conn=conn, hint=p["instruction"])
                 if base_profile else None)
@@ -109,10 +110,16 @@ def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=Non
         nll, n = engine.target_nll(msgs, p["email"], model, adapter_gguf, threads=settings.threads)
         total, count = total + nll, count + n
         failpoint.hit("retune.score")
+        if on_scored is not None:
+            on_scored(k)
     return total / max(count, 1)
 
 
-def gate(conn, candidate_id: str, settings=None, say: Say | None = None) -> dict:
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def gate(conn, candidate_id: str, settings=None, say: Say | None = None, on_progress=None) -> dict:
     """Score the candidate and the current adapter (or the base model) on the same held-out pairs; promote
     the candidate when it is at least as good. Records both scores in `retune_gate`; returns the decision."""
     from .train import registry
@@ -127,8 +134,11 @@ def gate(conn, candidate_id: str, settings=None, say: Say | None = None) -> dict
     if current and current["id"] == cand["id"]:
         out.update(promoted=False, reason=f"the candidate {cand['id']} is already the current adapter")
         return out
-    out["score_new"] = score(conn, cand["gguf"], settings=settings, test=test)
-    out["score_current"] = score(conn, current["gguf"] if current else None, settings=settings, test=test)
+    n = len(test)
+    tick = (lambda off, what: lambda k: on_progress(off + k, 2 * n, what)) if on_progress else (lambda off, what: None)
+    out["score_new"] = score(conn, cand["gguf"], settings=settings, test=test, on_scored=tick(0, "scoring the candidate"))
+    out["score_current"] = score(conn, current["gguf"] if current else None, settings=settings, test=test,
+                                 on_scored=tick(n, f"scoring {current['id'] if current else 'the base model'}"))
     s_new, s_cur, what = out["score_new"], out["score_current"], current["id"] if current else "the base model"
     if not test:
         out["promoted"] = current is None
@@ -227,8 +237,20 @@ def _start_from(conn, current: dict | None, new: int, settings) -> tuple[str | N
 
 # --- the pass -----------------------------------------------------------------------------------------
 
-def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, settings=None) -> dict:
-    """One re-tune pass. Returns new_messages, new_pairs, trained, promoted, reason, seconds (+ details)."""
+STAGES = ("ingest", "playback", "index", "train", "evaluate", "promote")
+"""The stages of a pass, in order, as progress events name them."""
+
+OnStage = Callable[[dict], None]
+
+
+def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, settings=None,
+             on_stage: OnStage | None = None) -> dict:
+    """One re-tune pass. Returns new_messages, new_pairs, trained, promoted, reason, seconds (+ details).
+
+    `on_progress(done, total, note)` sees every stage's counts in one stream; `on_stage(event)` sees them per
+    stage: {stage (one of STAGES), state (running, done, skipped), done, total, note}, each stage ending in a
+    done or skipped event whose note carries its counts, so a view can show the whole path (the CLI's and the
+    TUI's)."""
     from . import ingest, playback, train
     from .retrieval import index
     from .train import registry
@@ -244,8 +266,21 @@ def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, s
             with store.run(conn, "retune") as summary:
                 run_id = conn.execute("SELECT max(id) FROM runs WHERE stage = 'retune'").fetchone()[0]
 
+                def emit(stage: str, state: str, done: int = 0, total: int | None = None, note: str = "") -> None:
+                    if on_stage is not None:
+                        on_stage({"stage": stage, "state": state, "done": done, "total": total, "note": note})
+
+                def prog(stage: str):
+                    """The on_progress a stage gets: the caller's stream, and a running event of this stage."""
+                    def cb(done: int, total: int | None = None, note: str | None = None) -> None:
+                        if on_progress is not None:
+                            on_progress(done, total, note)
+                        emit(stage, "running", done, total, note or "")
+                    return cb
+
                 def step(name, fn):
                     t0 = time.perf_counter()
+                    emit(name, "running")
                     try:
                         return fn()
                     finally:
@@ -254,7 +289,7 @@ def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, s
                         # ... and one killed later too: its row is written now, not only at the end
                         conn.execute("UPDATE runs SET summary = ? WHERE id = ?", (json.dumps(out, default=str), run_id))
 
-                _pass(conn, out, step, force, say, on_progress, settings, index, ingest, playback, train, registry)
+                _pass(conn, out, step, force, say, prog, emit, settings, index, ingest, playback, train, registry)
                 out["seconds"] = round(time.perf_counter() - t_start, 2)
                 summary.update(out)
         finally:
@@ -262,47 +297,74 @@ def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, s
     return out
 
 
-def _pass(conn, out, step, force, say, on_progress, settings, index, ingest, playback, train, registry) -> None:
+def _pass(conn, out, step, force, say, prog, emit, settings, index, ingest, playback, train, registry) -> None:
+    def skip_rest(after: str, why: str) -> None:
+        for name in STAGES[STAGES.index(after) + 1:]:
+            emit(name, "skipped", note=why)
+
     cur = registry.adapter_for(settings, conn).row
     out["adapter_before"] = out["adapter_after"] = cur["id"] if cur else None
     sources = ingest.registered_sources(conn)
     if sources:
-        ing = step("ingest", lambda: ingest.ingest(conn, sources, me=settings.me or None, on_progress=on_progress))
+        ing = step("ingest", lambda: ingest.ingest(conn, sources, me=settings.me or None, on_progress=prog("ingest")))
         out["new_messages"], out["deleted_messages"] = ing.get("stored", 0), ing.get("deleted", 0)
         out["ingest"] = {k: ing.get(k) for k in ("seen", "stored", "duplicates", "skipped", "errors_total",
                                                   "unchanged_files", "files")}
+        seen = ing.get("seen") or 0
+        emit("ingest", "done", seen, seen, f"{out['new_messages']} new of {seen} seen")
+    else:
+        emit("ingest", "skipped", note="no registered sources (panza sources add PATH)")
     say(f"ingest: {out['new_messages']} new messages from {len(sources)} registered source(s)")
     try:
-        pb = step("playback", lambda: playback.run(conn, on_progress=on_progress, settings=settings))
+        pb = step("playback", lambda: playback.run(conn, on_progress=prog("playback"), settings=settings))
     except NoDataError as exc:
         out["reason"] = f"nothing to learn from: {exc.message}"
         say(out["reason"])
+        emit("playback", "skipped", note="nothing to learn from")
+        skip_rest("playback", "nothing to learn from")
         return
     out["new_pairs"], out["failed_pairs"], out["reused_pairs"] = pb.get("generated", 0), pb.get("failed", 0), \
         pb.get("reused", 0)
+    n_pb = out["new_pairs"] + out["failed_pairs"] + out["reused_pairs"]
+    emit("playback", "done", n_pb, n_pb, f"{out['new_pairs']} new pairs, {out['reused_pairs']} kept, "
+                                         f"{out['failed_pairs']} failed")
     say(f"playback: {out['new_pairs']} new pairs")
     changed_through = _last_store_change(conn)
     if out["new_pairs"] or not _index_synced_after(conn, changed_through, settings):
-        ix = step("index", lambda: index.sync(conn, on_progress=on_progress, settings=settings))
+        ix = step("index", lambda: index.sync(conn, on_progress=prog("index"), settings=settings))
         _set_state(conn, "index_synced", json.dumps({"ingest_run": changed_through, "model": settings.embedding_model,
                                                      "chroma_url": settings.chroma_url}))
         out["indexed"] = ix.get("embedded", 0)
         say(f"index: {ix.get('embedded', 0)} embedded, {ix.get('removed', 0)} removed")
+        emit("index", "done", ix.get("total") or 0, ix.get("total") or 0,
+             f"{ix.get('embedded', 0)} embedded, {ix.get('removed', 0)} removed, {ix.get('total', 0)} in all")
     else:  # opening Chroma alone costs seconds: skip it when no ingest changed the store since the last sync
         out["indexed"] = 0
         say("index: up to date")
+        emit("index", "skipped", note="up to date")
     decision = plan(conn, settings, force)
     out["new_for_training"], out["reason"] = decision["new_for_training"], decision["why"]
     if not decision["train"]:
         say(f"train: skipped ({decision['why']})")
+        emit("train", "skipped", note=decision["why"])
+        skip_rest("train", "nothing trained")
         return
     out["mode"], out["mode_why"] = decision["mode"], decision["mode_why"]
     say(f"train: {decision['why']}; {decision['mode_why']}")
-    res = step("train", lambda: train.train(conn, backend=settings.train_backend, on_progress=on_progress,
+    res = step("train", lambda: train.train(conn, backend=settings.train_backend, on_progress=prog("train"),
                                             settings=settings, init_from=decision["init_from"]))
     out["trained"], out["adapter_id"] = True, res["adapter_id"]
-    out["train"] = {k: res.get(k) for k in ("val_loss_before", "val_loss_after", "steps", "resumed_from", "reused")}
-    g = step("eval", lambda: gate(conn, res["adapter_id"], settings, say))
+    out["train"] = {k: res.get(k) for k in ("val_loss_before", "val_loss_after", "steps", "resumed_from", "reused",
+                                            "stop_reason")}
+    steps_done = res.get("steps") or 0
+    emit("train", "done", steps_done, res.get("planned_steps") or steps_done,
+         f"{res['adapter_id']}: validation loss {res.get('val_loss_before') or 0:.3f} -> {res.get('val_loss_after') or 0:.3f}"
+         if not res.get("reused") else f"{res['adapter_id']} already trained on this data")
+    g = step("eval", lambda: gate(conn, res["adapter_id"], settings, say, on_progress=prog("evaluate")))
+    emit("evaluate", "done", g["n_test"], g["n_test"], f"held-out loss new {_num(g['score_new'])} vs "
+                                                       f"{g['compared_with']} {_num(g['score_current'])}")
+    emit("promote", "done", int(g["promoted"]), 1, ("promoted " if g["promoted"] else "kept the current: ")
+         + (res["adapter_id"] if g["promoted"] else g["reason"]))
     out["promoted"], out["score_new"], out["score_current"] = g["promoted"], g["score_new"], g["score_current"]
     out["compared_with"], out["n_test"] = g["compared_with"], g["n_test"]
     out["reason"] = f"{decision['why']}; {g['reason']}"

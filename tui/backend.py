@@ -205,8 +205,9 @@ def alternatives(instruction: str, n: int = 3, **kwargs) -> list[draft.Draft]:
 
 
 def run_retune(on_progress: Callable[[int, int | None, str | None], None],
-               say: Callable[[str], None] | None = None, settings=None) -> dict:
+               say: Callable[[str], None] | None = None, settings=None,
+               on_stage: Callable[[dict], None] | None = None) -> dict:
     """One re-tune pass (ingest → playback → index → train → eval → promote, only for what is new)."""
     from panza_local import retune
 
-    return retune.run_once(on_progress=on_progress, say=say, settings=settings)
+    return retune.run_once(on_progress=on_progress, say=say, settings=settings, on_stage=on_stage)

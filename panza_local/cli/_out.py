@@ -37,16 +37,18 @@ def console(stderr: bool = True):
 
 
 @contextlib.contextmanager
-def progress(desc: str, enabled: bool = True) -> Iterator[Callable[[int, int | None, str | None], None]]:
-    """A progress bar with ETA; yields `update(done, total, note)`. Quiet when disabled or not a TTY."""
+def progress(desc: str, enabled: bool = True, eta: bool = True) -> Iterator[Callable[[int, int | None, str | None], None]]:
+    """A progress bar with ETA; yields `update(done, total, note)`. Quiet when disabled or not a TTY.
+
+    `eta=False` leaves out rich's own estimate, for a caller whose note carries a better one."""
     if not enabled or not sys.stderr.isatty():
         yield lambda done, total=None, note=None: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.fields[note]}"), console=console(),
-                  transient=False) as bar:
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+    cols += [TimeRemainingColumn()] if eta else []
+    with Progress(*cols, TextColumn("{task.fields[note]}"), console=console(), transient=False) as bar:
         task = bar.add_task(desc, total=None, note="")
 
         def update(done: int, total: int | None = None, note: str | None = None) -> None:

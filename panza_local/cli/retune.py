@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ._out import add_json, emit, progress
+import contextlib
+from collections.abc import Callable, Iterator
+
+from ._out import add_json, emit
 
 
 def register(sub) -> None:
@@ -62,7 +65,38 @@ def run(args) -> int:
     if args.watch:
         retune.watch(debounce_s=args.debounce, poll_s=args.poll, min_interval_s=args.min_interval, say=say)
         return 0
-    with progress("retune", enabled=not args.json) as cb:
-        out = retune.run_once(force=args.force, say=say, on_progress=cb)
+    with stage_view(enabled=not args.json) as on_stage:
+        out = retune.run_once(force=args.force, say=say, on_stage=on_stage)
     emit(args, out, lambda d: print(f"done in {d['seconds']} s: {d['reason'] or 'nothing new'}"))
     return 0
+
+
+@contextlib.contextmanager
+def stage_view(enabled: bool = True) -> Iterator[Callable[[dict], None]]:
+    """One rich progress view of a pass: a line per stage (ingest ... promote) with its counts, its ETA and a
+    note; yields the `on_stage` callback of `retune.run_once`. Quiet when disabled or not a TTY."""
+    import sys
+
+    if not enabled or not sys.stderr.isatty():
+        yield lambda event: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..retune import STAGES
+    from ._out import console
+
+    with Progress(TextColumn("{task.fields[mark]} [bold]{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), TextColumn("{task.fields[note]}"), console=console()) as bar:
+        tasks = {s: bar.add_task(s, total=1, completed=0, mark="·", note="[dim]waiting[/]") for s in STAGES}
+
+        def on_stage(ev: dict) -> None:
+            t, state = tasks[ev["stage"]], ev["state"]
+            if state == "running":
+                bar.update(t, total=ev["total"], completed=ev["done"], mark="▶", note=ev["note"])
+            elif state == "done":
+                total = ev["total"] or ev["done"] or 1
+                bar.update(t, total=total, completed=total, mark="✓", note=ev["note"])
+            else:
+                bar.update(t, total=1, completed=1, mark="–", note=f"[dim]skipped: {ev['note']}[/]")
+
+        yield on_stage

@@ -1,4 +1,5 @@
-"""`panza train [--backend auto|torch|mlx] [--preset quick|standard|thorough] [--precision auto|fp32|int8] [--json]`."""
+"""`panza train [--backend auto|torch|mlx] [--preset quick|standard|thorough] [--minutes N] [--precision auto|fp32|int8]
+[--json]`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "int8"], default=None,
                    help="torch on a CPU: int8 runs the frozen base's products in int8 (faster where the CPU "
                         "has VNNI; validation stays exact), fp32 exactly; auto (default) = int8 where VNNI is present")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="finish within N minutes: the steps are fitted to the step time measured on the first "
+                        "steps (never more than the preset's); stops sooner when validation loss stops improving")
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint left by an interrupted run")
     p.add_argument("--no-use", action="store_true", help="do not serve the new adapter even if it improved")
     add_json(p)
@@ -24,12 +28,16 @@ def run(args) -> int:
     from .. import config, store
     from ..train import train
 
+    if args.minutes is not None and args.minutes <= 0:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--minutes {args.minutes:g} leaves no time to train", fix="give a positive number of minutes")
     settings = config.load({"train_backend": args.backend, "train_preset": args.preset})
     conn = store.connect()
     try:
-        with progress("train", enabled=not args.json) as update:
+        with progress("train", enabled=not args.json, eta=False) as update:
             res = train(conn, backend=settings.train_backend, preset=settings.train_preset, on_progress=update,
-                        resume=not args.restart, settings=settings, promote=not args.no_use,
+                        resume=not args.restart, settings=settings, promote=not args.no_use, minutes=args.minutes,
                         overrides={"precision": args.precision} if args.precision else None)
     finally:
         conn.close()
@@ -41,8 +49,16 @@ def run(args) -> int:
             if r.get("resumed_from"):
                 print(f"resumed from step {r['resumed_from']}")
             print(f"adapter {r['adapter_id']}: validation loss {r['val_loss_before']:.3f} -> "
-                  f"{r['val_loss_after']:.3f} ({r['n_train']} train / {r['n_val']} val emails, {r['steps']} steps"
-                  f"{', stopped early' if r.get('early_stopped') else ''})")
+                  f"{r['val_loss_after']:.3f} ({r['n_train']} train / {r['n_val']} val emails, {r['steps']} of "
+                  f"{r.get('planned_steps') or r['steps']} steps{', stopped early' if r.get('early_stopped') else ''})")
+            sel = r.get("selection") or {}
+            if sel.get("chosen", 0) < sel.get("available", 0):
+                by = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sel["chosen_by"].items())
+                drop = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sel["dropped"].items() if v)
+                print(f"trained on {sel['chosen']} of {sel['available']} emails ({sel['why']}): chosen {by}; "
+                      f"dropped {drop}")
+            if r.get("step_s"):
+                print(f"{r['step_s']:.2f} s a step, {r['eval_s']:.2f} s a validation; ended: {r.get('stop_why')}")
             prec = f", {r['precision']}" if r.get("precision") else ""
             print(f"{r['tokens_per_s']:.0f} tokens/s, peak memory {r['peak_mem_mb']:.0f} MB on {r['device']}{prec}")
         print(f"GGUF adapter: {r['gguf']}")

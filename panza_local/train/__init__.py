@@ -57,19 +57,79 @@ class HParams:
     extra: dict = field(default_factory=dict)
 
 
+# Epochs by data size, (fewest train emails, (quick, standard, thorough)): a small mailbox needs several passes
+# to move the loss at all; a large one learns the voice in one, and two passes over 3,000 emails would take
+# hours on a laptop's two cores (~6 s a step at seq 512, grad_accum 4: bench/results/train_cpu.md).
+EPOCHS = ((0, (1.5, 3.0, 6.0)), (200, (1.0, 2.0, 4.0)), (600, (0.75, 1.5, 3.0)), (1500, (0.5, 1.0, 2.0)))
+MAX_STEPS = {"quick": 60, "standard": 300, "thorough": 1000}
+"""Most optimizer steps a preset runs whatever the data size (the epochs shrink to fit)."""
+EVALS = {"quick": 2, "standard": 6, "thorough": 8}
+"""Validation passes: enough that early stopping (patience 2) can end a run that has stopped improving."""
+
+
 def hparams(preset: str, n_examples: int) -> HParams:
-    """Hyper-parameters for a preset and a data size: fewer emails get more epochs, never fewer steps."""
+    """Hyper-parameters for a preset and a data size: fewer emails get more epochs, more emails fewer."""
     if preset not in PRESETS:
         from ..errors import ConfigError
 
         raise ConfigError(f"unknown preset {preset!r}", fix=f"use one of: {', '.join(PRESETS)}")
     # Small models want a LoRA lr far above Panza's 1e-5 (that was full-rank RoSA on 7B); 2e-4 lowered
     # validation loss steadily on SmolLM2-135M with 100-500 emails, 5e-4 overshot.
-    epochs = {"quick": 1.0, "standard": 2.0, "thorough": 4.0}[preset]
-    if n_examples < 200:
-        epochs *= 1.5
+    epochs = [e for least, e in EPOCHS if n_examples >= least][-1][PRESETS.index(preset)]
     return HParams(rank=16 if preset == "thorough" else 8, alpha=32.0 if preset == "thorough" else 16.0,
-                   epochs=epochs, lr=2e-4, evals=2 if preset == "quick" else 4)
+                   epochs=epochs, lr=2e-4, evals=EVALS[preset])
+
+
+DEFAULT_TOKENS_PER_S = {"int8": 320.0, "fp32": 150.0}
+"""Training speed assumed before this machine has trained once: two cores, the embedded model, the int8 path
+where the CPU has VNNI, else fp32 (bench/results/train_cpu.md: ours, ours-fp32)."""
+
+
+def usable(hp: HParams, preset: str | None, n_examples: int, rows: list[dict], minutes: float | None,
+           tokens_per_s: tuple[float, str]) -> tuple[int | None, str]:
+    """(how many train examples this run can use, why), or (None, why) when it can use them all: the examples
+    one pass (the preset's epochs, at least one) fits in the preset's step cap, or in `minutes` at the
+    measured `tokens_per_s` ((speed, where it was measured)). An explicit max_steps is the caller's choice:
+    no selection then."""
+    if hp.max_steps or not rows or not n_examples:
+        return None, "steps set by the caller" if hp.max_steps else "no data"
+    steps, why = MAX_STEPS.get(preset or ""), f"the {preset} preset's {MAX_STEPS.get(preset or '')} steps"
+    if minutes:
+        tps, src = tokens_per_s
+        step_s = hp.grad_accum * sum(len(r["input_ids"]) for r in rows) / len(rows) / max(tps, 1e-9)
+        fit = int(minutes * 60 * 0.8 / step_s)  # a fifth for loading, validation and export
+        if steps is None or fit < steps:
+            steps, why = fit, f"{fit} steps in {minutes:g} min at {tps:.0f} tokens/s ({src})"
+    if steps is None:
+        return None, "no step limit"
+    per_row = n_examples / len(rows)
+    k = max(MIN_PAIRS, int(steps * hp.grad_accum / max(1.0, hp.epochs) * per_row))
+    return (k, why) if k < n_examples else (None, why)
+
+
+def _measured_tokens_per_s(conn, base) -> tuple[float, str]:
+    """Training speed of the newest ready adapter on this base file (this machine's own figure), else the default."""
+    from . import registry
+
+    sha = base_sha256(base)
+    for row in registry.list_(conn):
+        tps = (row.get("metrics") or {}).get("tokens_per_s")
+        if row.get("status") == "ready" and row.get("base_sha256") == sha and tps:
+            return float(tps), f"measured by {row['id']}"
+    try:
+        from .torch import int8
+
+        kind = "int8" if int8.available() else "fp32"
+    except ImportError:  # no torch (an mlx-only install): the fp32 figure is the cautious guess
+        kind = "fp32"
+    return DEFAULT_TOKENS_PER_S[kind], f"default for {kind}: nothing trained here yet"
+
+
+def preset_steps(hp: HParams, n_rows: int, preset: str | None) -> None:
+    """Cap a run at its preset's MAX_STEPS by lowering the epochs (unless max_steps was set)."""
+    cap = MAX_STEPS.get(preset or "")
+    if cap and not hp.max_steps and math.ceil(n_rows * hp.epochs / hp.grad_accum) > cap:
+        hp.epochs = round(cap * hp.grad_accum / max(1, n_rows), 4)
 
 
 def schedule(hp: HParams, n_rows: int):
@@ -127,8 +187,10 @@ def base_sha256(path) -> str:
     return _SHA_CACHE[key]
 
 
-def prepare(conn, settings, hp_preset: str, overrides: dict | None = None, train_examples=None, val_examples=None):
-    """(examples train/val, HParams, packed rows train/val, base path) for one run."""
+def prepare(conn, settings, hp_preset: str, overrides: dict | None = None, train_examples=None, val_examples=None,
+            minutes: float | None = None):
+    """(examples train/val, HParams, packed rows train/val, base path, selection report) for one run: when
+    there are more train pairs than the preset's steps or the `minutes` can use, a chosen subset (select.py)."""
     from .. import catalogue
     from ..errors import NoDataError
     from . import data
@@ -149,28 +211,46 @@ def prepare(conn, settings, hp_preset: str, overrides: dict | None = None, train
 
             raise ConfigError(f"unknown training option {k!r}", fix="see panza_local.train.HParams")
         setattr(hp, k, tuple(v) if k == "targets" else v)
+    if minutes:
+        hp.extra = {**hp.extra, "budget_min": minutes}  # another budget is another adapter
     tok = data.Tokenizer(base)
-    rows_tr = data.pack([data.tokenize(e, tok, hp.seq_len) for e in tr], hp.seq_len)
+    seqs = [data.tokenize(e, tok, hp.seq_len) for e in tr]
+    rows_tr = data.pack(seqs, hp.seq_len)
+    selection = {"available": len(tr), "chosen": len(tr), "limit": None}
+    k, why = usable(hp, hp_preset, len(tr), rows_tr, minutes, _measured_tokens_per_s(conn, base))
+    if k is not None and k < len(tr):  # more pairs than this run can use: choose which (select.py)
+        from . import select
+
+        seq_of = {id(e): q for e, q in zip(tr, seqs)}
+        tr, selection = select.choose(tr, k)
+        rows_tr = data.pack([seq_of[id(e)] for e in tr], hp.seq_len)
+    selection["why"] = why
     rows_va = data.pack([data.tokenize(e, tok, hp.seq_len) for e in va], hp.seq_len)[: hp.max_val_rows]
-    return tr, va, hp, rows_tr, rows_va, base
+    preset_steps(hp, len(rows_tr), hp_preset if "epochs" not in (overrides or {}) else None)
+    return tr, va, hp, rows_tr, rows_va, base, selection
 
 
 def train(conn, backend: str = "auto", preset: str | None = None, on_progress=None, resume: bool = True, *,
           settings=None, overrides: dict | None = None, train_examples=None, val_examples=None,
-          promote: bool = False, init_from: str | None = None) -> dict:
+          promote: bool = False, init_from: str | None = None, minutes: float | None = None) -> dict:
     """Train (or resume, or reuse) an adapter for the active model on the stored pairs; export and register it.
 
     `init_from`: id of a ready adapter of the same base and shape to warm-start from (torch backend; ignored,
     with `init_from` None in the result's config, when it cannot be used).
+    `minutes`: finish within this many minutes from the call: the step count is fitted to the step time
+    measured on the first steps (budget.py), never above the preset's.
     """
-    from .. import config, store
-    from . import data, export, registry
+    import time
 
+    from .. import config, store
+    from . import budget, data, export, registry
+
+    started = time.monotonic()
     settings = settings or config.load()
     name = auto_backend() if backend == "auto" else backend
     fn = backend_fn(name)
-    tr, va, hp, rows_tr, rows_va, base = prepare(conn, settings, preset or settings.train_preset, overrides,
-                                                 train_examples, val_examples)
+    tr, va, hp, rows_tr, rows_va, base, selection = prepare(conn, settings, preset or settings.train_preset,
+                                                            overrides, train_examples, val_examples, minutes=minutes)
     sha = base_sha256(base)
     dhash = data.data_hash(tr + va)
     hp_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(hp).items()}
@@ -180,12 +260,13 @@ def train(conn, backend: str = "auto", preset: str | None = None, on_progress=No
     ident = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     adapter_id = f"ad-{ident[:10]}"
     cfg = {"backend": name, "hparams": hp_dict, "base_path": str(base), "n_train": len(tr), "n_val": len(va),
+           "selection": {k: v for k, v in selection.items() if k != "why"},
            "train_rows": len(rows_tr), "val_rows": len(rows_va), "init_from": init_from}
     existing = registry.begin(conn, adapter_id, base_model=settings.model, base_sha256=sha, data_hash=dhash,
                               config=cfg)
     if existing is not None:  # same base, data and settings: nothing to do
         m = existing.get("metrics") or {}
-        out = {"adapter_id": adapter_id, "reused": True, "gguf": existing["gguf"],
+        out = {"adapter_id": adapter_id, "reused": True, "gguf": existing["gguf"], "selection": selection,
                **{k: m.get(k) for k in ("val_loss_before", "val_loss_after", "tokens_per_s", "peak_mem_mb")}}
         if promote:
             registry.use(adapter_id, conn)
@@ -193,9 +274,13 @@ def train(conn, backend: str = "auto", preset: str | None = None, on_progress=No
         return out
     run_dir = registry.adapter_dir(adapter_id)
     with store.run(conn, "train") as summary:
+        pacer = budget.Pacer(minutes * 60 if minutes else None, hp.evals, started=started,
+                             val_tokens=sum(len(r["input_ids"]) for r in rows_va),
+                             step_tokens=hp.grad_accum * sum(len(r["input_ids"]) for r in rows_tr) / max(1, len(rows_tr)),
+                             cap=schedule(hp, len(rows_tr))[0])
         try:
             kw = {"threads": settings.threads, "init": init} if name == "torch" else {}
-            res = fn(base, rows_tr, rows_va, hp, run_dir, on_progress, resume, **kw)
+            res = fn(base, rows_tr, rows_va, hp, run_dir, _with_eta(on_progress, pacer), resume, pace=pacer, **kw)
         except BaseException as exc:
             registry.fail(conn, adapter_id, type(exc).__name__)
             raise
@@ -215,9 +300,43 @@ def train(conn, backend: str = "auto", preset: str | None = None, on_progress=No
                "tokens_per_s": res["tokens_per_s"], "peak_mem_mb": res["peak_mem_mb"], "steps": res["steps"],
                "resumed_from": res["resumed_from"], "early_stopped": res.get("early_stopped", False),
                "n_train": len(tr), "n_val": len(va), "backend": name, "device": res.get("device"),
-               "precision": res.get("precision"), "promoted": registry.current_id() == adapter_id}
-        summary.update({k: v for k, v in out.items() if k != "gguf"})
+               "precision": res.get("precision"), "promoted": registry.current_id() == adapter_id,
+               "planned_steps": res.get("total_steps"), **pacer.summary(), **_stop(res, pacer, hp),
+               "selection": selection}
+        summary.update({k: v for k, v in out.items() if k not in ("gguf", "plan", "selection")})
     return out
+
+
+def _with_eta(on_progress, pacer):
+    """on_progress with the ETA from the measured step and validation times appended to its note."""
+    if on_progress is None:
+        return None
+    from .budget import fmt_s
+
+    def update(step: int, total: int, note: str | None = None) -> None:
+        eta = pacer.eta(step, total)
+        if eta is not None and step < total:
+            note = f"{note} · ETA {fmt_s(eta)}" if note else f"ETA {fmt_s(eta)}"
+        on_progress(step, total, note)
+
+    return update
+
+
+def _stop(res: dict, pacer, hp: HParams) -> dict:
+    """Why the run ended: `stop_reason` (plateau, time, budget, preset) and a sentence, `stop_why`."""
+    plan = pacer.plan or {}
+    if res.get("early_stopped"):
+        why = (f"validation loss did not improve for {hp.patience} validations in a row "
+               f"(best {res['val_loss_after']:.4f})")
+        return {"early_stopped": True, "stop_reason": "plateau", "stop_why": why}
+    if pacer.reason == "time":
+        return {"early_stopped": True, "stop_reason": "time",
+                "stop_why": f"steps ran slower than measured; stopped at step {res['steps']} to end in time"}
+    if plan.get("limited_by") == "budget":
+        return {"early_stopped": False, "stop_reason": "budget",
+                "stop_why": f"{plan['steps']} steps fit in {pacer.budget_s / 60:g} min at {plan['step_s']:.2f} s a step "
+                            f"and {plan['eval_s']:.2f} s a validation"}
+    return {"early_stopped": False, "stop_reason": "preset", "stop_why": f"the preset's {res.get('total_steps')} steps ran"}
 
 
 def _init_tensors(adapter_id: str, hp: HParams, sha: str) -> dict | None:

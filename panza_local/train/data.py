@@ -90,7 +90,9 @@ def examples(conn: sqlite3.Connection, split: str, settings=None, *, context: bo
         prof = profiles.prompt_profile(to, base_profile, conn=conn, hint=instruction) if base_profile else None
         out.append(make_example(instruction, email, _row_get(r, "content_hash", default=""),
                                 thread=_row_get(r, "thread"), to=to, subject=_row_get(r, "subject"),
-                                examples=ctx, profile=prof, meta={"message_id": mid, "split": _row_get(r, "split")}))
+                                examples=ctx, profile=prof,
+                                meta={"message_id": mid, "split": _row_get(r, "split"), "date": _row_get(r, "date"),
+                                      "to": to, "subject": _row_get(r, "subject"), "thread": _row_get(r, "thread")}))
     return out
 
 

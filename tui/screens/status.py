@@ -8,6 +8,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, ProgressBar, Static
 
@@ -17,6 +18,16 @@ from .. import backend
 from ..messages import RetuneDone, RetuneProgress
 
 COUNTS = ("messages", "mine", "pairs", "indexed", "adapters", "documents", "sources")
+STAGES = ("ingest", "playback", "index", "train", "evaluate", "promote")  # retune.STAGES (not imported: startup)
+MARKS = {"waiting": "·", "running": "▶", "done": "✓", "skipped": "–"}
+
+
+class RetuneStage(Message):
+    """One stage event of a running re-tune (retune.run_once's on_stage)."""
+
+    def __init__(self, event: dict) -> None:
+        super().__init__()
+        self.event = event
 
 
 class StatusScreen(Screen):
@@ -27,6 +38,7 @@ class StatusScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self.retuning = False
+        self.stage_started: dict[str, float] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -44,6 +56,7 @@ class StatusScreen(Screen):
             with Horizontal(id="retune-row"):
                 yield ProgressBar(id="retune-bar", show_eta=False)
                 yield Static("idle: press r to re-tune now", id="retune-note")
+            yield DataTable(id="retune-stages", cursor_type="none", zebra_stripes=True)
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -55,6 +68,12 @@ class StatusScreen(Screen):
         self.query_one("#status-retunes", DataTable).add_columns("started", "status", "new mail", "new pairs",
                                                                  "promoted", "held-out loss new / current", "why")
         self.query_one("#retune-bar", ProgressBar).update(total=100, progress=0)  # idle, not animating
+        stages = self.query_one("#retune-stages", DataTable)
+        for key, label in (("stage", "stage"), ("state", "state"), ("count", "done / total"), ("eta", "ETA"),
+                           ("note", "note")):
+            stages.add_column(label, key=key)
+        for name in STAGES:
+            stages.add_row(name, f"{MARKS['waiting']} waiting", "", "", "", key=name)
         self.action_reload()
         self.query_one("#status-sources").focus()
 
@@ -106,6 +125,12 @@ class StatusScreen(Screen):
         self.retuning = True
         self.query_one("#retune-note", Static).update("starting…")
         self.query_one("#retune-bar", ProgressBar).update(total=None, progress=0)
+        stages = self.query_one("#retune-stages", DataTable)
+        for name in STAGES:
+            stages.update_cell(name, "state", f"{MARKS['waiting']} waiting")
+            for col in ("count", "eta", "note"):
+                stages.update_cell(name, col, "")
+        self.stage_started: dict[str, float] = {}
         self.retune()
 
     @work(thread=True, exclusive=True, group="retune")
@@ -114,7 +139,8 @@ class StatusScreen(Screen):
         try:
             summary = backend.run_retune(
                 lambda done, total=None, note=None: self.post_message(RetuneProgress(done, total, note or "")),
-                say=lambda line: self.post_message(RetuneProgress(-1, None, line)), settings=self.app.settings)
+                say=lambda line: self.post_message(RetuneProgress(-1, None, line)), settings=self.app.settings,
+                on_stage=lambda ev: self.post_message(RetuneStage(ev)))
         except PanzaError as exc:
             self.post_message(RetuneDone(None, str(exc)))
             return
@@ -128,6 +154,22 @@ class StatusScreen(Screen):
         if event.done >= 0:  # -1: a stage summary line, no count
             self.query_one("#retune-bar", ProgressBar).update(total=event.total, progress=event.done)
         self.query_one("#retune-note", Static).update(event.note or f"{event.done}/{event.total or '?'}")
+
+    @on(RetuneStage)
+    def _stage(self, event: RetuneStage) -> None:
+        """The stage table: each stage's state, counts and note, as `panza retune` shows them."""
+        ev = event.event
+        if ev["stage"] not in STAGES:
+            return
+        stages = self.query_one("#retune-stages", DataTable)
+        count = f"{ev['done']} / {ev['total']}" if ev.get("total") else (str(ev["done"]) if ev.get("done") else "")
+        stages.update_cell(ev["stage"], "state", f"{MARKS.get(ev['state'], '')} {ev['state']}")
+        stages.update_cell(ev["stage"], "count", "" if ev["state"] == "skipped" else count)
+        stages.update_cell(ev["stage"], "eta", _eta(self.stage_started, ev))
+        if ev.get("note") or ev["state"] != "running":
+            stages.update_cell(ev["stage"], "note", ev.get("note") or "")
+        if ev["state"] == "running":
+            self.query_one("#retune-bar", ProgressBar).update(total=ev.get("total"), progress=ev.get("done") or 0)
 
     @on(RetuneDone)
     def _retuned(self, event: RetuneDone) -> None:
@@ -144,6 +186,19 @@ class StatusScreen(Screen):
         self.notify(f"Re-tune finished: {note or s}", title="Re-tune")
         self.app.refresh_adapter()
         self.action_reload()
+
+
+def _eta(started: dict[str, float], ev: dict) -> str:
+    """Time left in a running stage at its rate so far ('' when unknown or not running)."""
+    import time
+
+    now = time.monotonic()
+    t0 = started.setdefault(ev["stage"], now)
+    done, total = ev.get("done") or 0, ev.get("total")
+    if ev["state"] != "running" or not total or done <= 0 or done >= total:
+        return ""
+    left = (now - t0) / done * (total - done)
+    return f"{int(left // 60)}:{int(left % 60):02d}"
 
 
 def _when(iso: str | None) -> str:

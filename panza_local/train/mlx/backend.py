@@ -14,6 +14,7 @@ mlx-lm keeps LoRA as x @ A @ B with A (in, r) and B (r, out); PEFT keeps lora_A 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -148,11 +149,12 @@ def _load_checkpoint(path: Path, lm, opt) -> dict:
 
 
 def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_dir: Path, on_progress=None,
-               resume: bool = True, lm=None) -> dict:
+               resume: bool = True, lm=None, pace=None) -> dict:
     """Train a LoRA on packed rows with mlx; checkpoint to `run_dir/checkpoint.mlx.safetensors`, resume from it.
 
     Returns the adapter tensors (PEFT naming) of the best validation state and the run's figures, the keys
     `train.train()` reads from every backend. `lm` lets a caller pass a model already loaded (benchmarks).
+    `pace(state)` (a budget.Pacer), called after every step, may return a new total (a time budget).
     """
     import mlx.core as mx
     import mlx.optimizers as optim
@@ -187,6 +189,8 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
     if resume and ckpt.exists():
         state = _load_checkpoint(ckpt, lm, opt)
         resumed_from = state["step"]
+        if state.get("total", total) != total:  # fitted to a time budget (budget.py): keep that schedule
+            total, eval_every, lr_at = schedule(dataclasses.replace(hp, max_steps=state["total"]), n)
     if state["val_before"] is None:
         state["val_before"] = evaluate(lm, val_rows)
         state["best_loss"] = state["val_before"]
@@ -220,6 +224,9 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
         state["train_s"] += time.perf_counter() - t0
         state["train_tokens"] += sum(len(r["input_ids"]) for r in batch)
         state["step"] = step = step + 1
+        if pace is not None and (fit := pace(state)) and fit != total:  # a time budget fixes the total (budget.py)
+            total, eval_every, lr_at = schedule(dataclasses.replace(hp, max_steps=fit), n)
+            state["total"] = total
         last_loss = loss_total / max(n_tgt, 1)
         tps = state["train_tokens"] / max(state["train_s"], 1e-9)
         note = f"loss {last_loss:.3f} · {tps:.0f} tok/s"

@@ -15,6 +15,7 @@ The maths is transformers' llama / qwen2 / qwen3 (tests compare the logits with 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -435,10 +436,11 @@ def _save_checkpoint(path: Path, model: LoraModel, opt, state: dict) -> None:
 
 
 def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_dir: Path, on_progress=None,
-               resume: bool = True, device: str = "auto", threads: int = 0, init: dict | None = None) -> dict:
+               resume: bool = True, device: str = "auto", threads: int = 0, init: dict | None = None, pace=None) -> dict:
     """Train a LoRA on packed rows; checkpoint to `run_dir/checkpoint.pt` and resume from it.
 
     `init` (PEFT-named tensors of an earlier adapter of the same shape) warm-starts a fresh run.
+    `pace(state)` (a budget.Pacer), called after every step, may return a new total (a time budget).
 
     Returns the adapter tensors (PEFT naming) of the best validation state and the run's figures.
     """
@@ -478,6 +480,8 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
         opt.load_state_dict(saved["opt"])
         state = saved["state"]
         resumed_from = state["step"]
+        if state.get("total", total) != total:  # fitted to a time budget (budget.py): keep that schedule
+            total, eval_every, lr_at = schedule(dataclasses.replace(hp, max_steps=state["total"]), n)
     elif init is not None:  # warm start: a fresh run begins where the served adapter is
         model.load_lora_tensors(init)
     if state["val_before"] is None:
@@ -507,6 +511,9 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
         state["train_s"] += time.perf_counter() - t0
         state["train_tokens"] += sum(len(r["input_ids"]) for r in batch)
         state["step"] = step = step + 1
+        if pace is not None and (fit := pace(state)) and fit != total:  # a time budget fixes the total (budget.py)
+            total, eval_every, lr_at = schedule(dataclasses.replace(hp, max_steps=fit), n)
+            state["total"] = total
         last_loss = loss_total / max(n_tgt, 1)
         tps = state["train_tokens"] / max(state["train_s"], 1e-9)
         note = f"loss {last_loss:.3f} · {tps:.0f} tok/s"
