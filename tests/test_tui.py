@@ -35,7 +35,8 @@ async def wait_until(pilot, done, what: str, limit: float = 240) -> None:
 
 async def wait_workers(app, pilot, timeout: float = 240) -> None:
     """Let every worker finish (the real engine on a busy 2-core box can take a while), then let the messages
-    they posted be handled."""
+    they posted be handled (a thread worker posts before it finishes). A *cancelled* worker counts as finished
+    at once while its thread still runs: after a cancel, wait for the screen's own state instead."""
     await wait_until(pilot, lambda: all(w.is_finished for w in app.workers), f"workers still running: {list(app.workers)}",
                      timeout)
     await pilot.pause()  # messages posted by the workers are handled before this returns
