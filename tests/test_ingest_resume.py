@@ -35,9 +35,9 @@ def test_kill_9_mid_ingest_then_rerun(shared_data, home, tmp_path):
     sources = [str(sent / f"enron.allen-p.{n}.mbox") for n in ("sent", "_sent_mail", "sent_items")]
     store.connect().close()
     db = home / "panza.db"
-    # SIGKILLed by the failpoint right after the 5th batch of 25 is committed (not a timer racing the ingest)
+    # SIGKILLed by the failpoint right after the 8th batch of 25 is committed (not a timer racing the ingest)
     proc = subprocess.run([sys.executable, "-c", CHILD.format(me=ME), *sources], check=False, timeout=300,
-                          env={**os.environ, "PANZA_HOME": str(home), "PANZA_FAILPOINT": "ingest.batch:5"})
+                          env={**os.environ, "PANZA_HOME": str(home), "PANZA_FAILPOINT": "ingest.batch:8"})
     assert proc.returncode == -signal.SIGKILL, "the ingest was not killed mid-run"
     partial = _rows(db)
     assert 100 <= len(partial) < 600
