@@ -118,8 +118,24 @@ def visible_text(app) -> str:
     return console.export_text()
 
 
+@pytest.fixture(autouse=True)
+def _record_notifications(monkeypatch):
+    """Every notification the app raises, kept: on screen they expire after their timeout in wall-clock time,
+    which a busy machine can outlast between the notify and the test's look at it."""
+    from panza_local.tui.app import PanzaApp
+
+    real = PanzaApp.notify
+
+    def notify(self, message, *args, **kwargs):
+        self.__dict__.setdefault("_seen_notes", []).append(str(message))
+        return real(self, message, *args, **kwargs)
+
+    monkeypatch.setattr(PanzaApp, "notify", notify)
+
+
 def notes(app) -> list[str]:
-    return [n.message for n in app._notifications]
+    """The messages of every notification the app raised so far (expired ones included)."""
+    return list(app.__dict__.get("_seen_notes", [])) or [n.message for n in app._notifications]
 
 
 async def type_text(pilot, text: str) -> None:
@@ -349,8 +365,8 @@ async def test_errors_name_the_fixing_command(home):
     settings = config.Settings(model="no-such-model")
     app = make_app(settings=settings, check_model=True)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
-        assert any("panza models" in n or "models add" in n for n in notes(app)), notes(app)
+        await wait_until(pilot, lambda: any("panza models" in n or "models add" in n for n in notes(app)),
+                         f"no notification names the fix: {notes(app)}", limit=60)
         # drafting without a model says what fixes it too
         await pilot.press("f3")
         await pilot.pause()
@@ -361,8 +377,7 @@ async def test_errors_name_the_fixing_command(home):
         assert errors and all("fix" in n for n in errors), notes(app)
         # replying to a thread with no mail ingested names `panza ingest`
         await pilot.press("ctrl+t")
-        await pilot.pause()
-        assert any("panza ingest" in n for n in notes(app))
+        await wait_until(pilot, lambda: any("panza ingest" in n for n in notes(app)), "no `panza ingest` hint", limit=60)
 
 
 # -- responsiveness -------------------------------------------------------------------------------------------
