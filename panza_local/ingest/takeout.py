@@ -12,6 +12,7 @@ again and the messages already stored count as duplicates.
 
 from __future__ import annotations
 
+import io
 import re
 import tarfile
 import zipfile
@@ -98,8 +99,8 @@ def _members(path: Path, raw: BinaryIO) -> Iterator[tuple[str, BinaryIO]]:
         with zipfile.ZipFile(raw) as zf:
             for info in zf.infolist():
                 if _is_mbox(info.filename):
-                    with zf.open(info) as stream:
-                        yield info.filename, stream
+                    with zf.open(info) as stream:  # buffered: readline in C, not ZipExtFile's Python one
+                        yield info.filename, io.BufferedReader(stream, 1 << 20)
         return
     with tarfile.open(fileobj=raw, mode="r|*") as tf:  # stream mode: one forward pass, no seeking
         for member in tf:
