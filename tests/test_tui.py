@@ -33,6 +33,14 @@ async def wait_until(pilot, done, what: str, limit: float = 240) -> None:
         await pilot.pause(0.02)
 
 
+async def wait_dialog(app, pilot, kind: str) -> None:
+    """Wait until the modal `kind` (AskText, Confirm, PickOne) is on top: an action's worker pushes it."""
+    from panza_local.tui.screens import dialogs
+
+    cls = getattr(dialogs, kind)
+    await wait_until(pilot, lambda: isinstance(app.screen, cls), f"the {kind} dialog never opened", limit=60)
+
+
 async def wait_workers(app, pilot, timeout: float = 240) -> None:
     """Let every worker finish (the real engine on a busy 2-core box can take a while), then let the messages
     they posted be handled (a thread worker posts before it finishes). A *cancelled* worker counts as finished
@@ -211,18 +219,17 @@ async def test_history_browse_search_rename_delete(seeded):
         assert "too blunt" in visible_text(app)
         # rename it
         await pilot.press("ctrl+r")
-        await pilot.pause()
+        await wait_dialog(app, pilot, "AskText")
         await pilot.press("ctrl+a", "ctrl+k")  # clear the prefilled title
         await type_text(pilot, "Budget tone")
         await pilot.press("enter")
-        await pilot.pause()
-        assert chat.get(app.conn, 2).title == "Budget tone"
+        await wait_until(pilot, lambda: chat.get(app.conn, 2).title == "Budget tone", "the rename was not stored")
         # delete it (F8, then y)
         await pilot.press("f8")
-        await pilot.pause()
+        await wait_dialog(app, pilot, "Confirm")
         await pilot.press("y")
-        await pilot.pause()
-        assert [c.id for c in chat.list_(app.conn)] == [1]
+        await wait_until(pilot, lambda: [c.id for c in chat.list_(app.conn)] == [1], "the delete was not stored")
+        await wait_workers(app, pilot)
         assert screen.query_one("#conv-options").option_count == 0  # the search "blunt" still applies
         await pilot.press("ctrl+f", "ctrl+a", "ctrl+k")  # clear it
         await pilot.pause()
@@ -281,10 +288,10 @@ async def test_draft_streams_then_saves_eml_and_maildir(seeded, tmp_path, engine
         assert isinstance(screen, DraftScreen)
         # reply to Bob's lunch email, picked from the keyboard
         await pilot.press("ctrl+t")
-        await pilot.pause()
+        await wait_dialog(app, pilot, "PickOne")
         await type_text(pilot, "lunch")
         await pilot.press("enter", "enter")
-        await pilot.pause()
+        await wait_until(pilot, lambda: screen.query_one("#draft-to").value, "the picked thread filled nothing")
         assert screen.query_one("#draft-to").value == "bob@example.com"
         assert screen.query_one("#draft-subject").value == "Re: Lunch on Friday?"
         await pilot.press("tab", "tab", "tab")  # back to the instruction box
@@ -314,7 +321,7 @@ async def test_draft_streams_then_saves_eml_and_maildir(seeded, tmp_path, engine
         edited = area.text
         target = tmp_path / "out" / "reply.eml"
         await pilot.press("ctrl+s")
-        await pilot.pause()
+        await wait_dialog(app, pilot, "AskText")
         await pilot.press("ctrl+a", "ctrl+k")
         await type_text(pilot, str(target))
         await pilot.press("enter")
@@ -328,7 +335,7 @@ async def test_draft_streams_then_saves_eml_and_maildir(seeded, tmp_path, engine
         # save to a Maildir's Drafts folder: the file carries the D flag
         maildir = tmp_path / "Maildir"
         await pilot.press("ctrl+o")
-        await pilot.pause()
+        await wait_dialog(app, pilot, "AskText")
         await pilot.press("ctrl+a", "ctrl+k")
         await type_text(pilot, str(maildir / "Drafts"))
         await pilot.press("enter")
