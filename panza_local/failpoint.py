@@ -4,6 +4,7 @@
 to 1). Unset (always, in normal use) a hit costs one environment lookup. The points:
 
     ingest.file       after each file of a source is read (inside the open batch transaction)
+    ingest.batch      after each full batch is committed (also mid-file: an mbox or a Takeout archive)
     playback.pair     after each pair is saved
     index.batch       after each embedded batch is recorded
     train.checkpoint  after each training checkpoint is written

@@ -1,5 +1,8 @@
 """Crash safety: SIGKILL at seeded random points in ingest, playback, index and train, then the same command.
 
+The kill points are failpoints (panza_local/failpoint.py: the Nth file, pair, batch or checkpoint, N drawn
+from the seed), not timers: where a kill lands never depends on how fast or busy the machine is.
+
 After each stage's kills and one uninterrupted re-run: the counts equal those of a run that was never
 killed, no row is duplicated, `PRAGMA integrity_check` is ok, Chroma holds exactly the store's indexed
 items, and the current adapter loads in llama.cpp. Each test prints how many kills landed mid-run.
@@ -16,7 +19,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -58,39 +60,15 @@ def _one(home: Path, sql: str, *params):
         conn.close()
 
 
-def _running(home: Path, stage: str, after: int) -> bool:
-    if not (home / "panza.db").exists():
-        return False
-    try:
-        return bool(_one(home, "SELECT count(*) FROM runs WHERE id > ? AND stage = ? AND status = 'running'",
-                         after, stage))
-    except sqlite3.OperationalError:
-        return False
-
-
-def _kill_during(env: dict, home: Path, stage: str, args: list[str], delay: float, ready=None,
-                 timeout: float = 900) -> bool:
-    """Start `panza <args>`, SIGKILL it `delay` s after `stage` is running (and `ready()`); True if it died mid-run."""
-    after = _one(home, "SELECT coalesce(max(id), 0) FROM runs") if (home / "panza.db").exists() else 0
-    proc = subprocess.Popen(_cmd(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _running(home, stage, after) and (ready is None or ready()):
-                time.sleep(delay)
-                if proc.poll() is not None:
-                    break
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(30)
-                return True
-            time.sleep(0.05)
-        assert proc.poll() is not None, f"{stage} never started"
-        assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
-        return False  # it finished before the kill point: counted, not a kill
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def _kill_at(env: dict, args: list[str], point: str, timeout: float = 900) -> bool:
+    """Run `panza <args>` armed to SIGKILL itself at failpoint `point` ("name:N"); True if it died there, False
+    if it finished first (fewer than N hits were left: counted, not a kill)."""
+    r = subprocess.run(_cmd(*args), env={**env, "PANZA_FAILPOINT": point}, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, timeout=timeout, check=False)
+    if r.returncode == -signal.SIGKILL:
+        return True
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    return False
 
 
 def _integrity(home: Path) -> None:
@@ -126,11 +104,9 @@ def world(tmp_path_factory, shared_data):
     for f in files[:N_FILES]:
         shutil.copy(f, mail / "cur" / f.name)
     ref, home = root / "ref", root / "home"
-    t0 = time.monotonic()
     reference = _panza(_env(ref), "ingest", str(mail))
-    # kill points scale with this machine's speed: a fixed delay misses a fast machine's whole run
     return {"root": root, "mail": mail, "home": home, "ref": ref, "reference": reference,
-            "ingest_s": time.monotonic() - t0, "rng": random.Random(SEED), "kills": {}}
+            "rng": random.Random(SEED), "kills": {}}
 
 
 def _ingested(home: Path) -> dict:
@@ -148,9 +124,10 @@ def _ingested(home: Path) -> dict:
 def test_ingest_survives_kills(world):
     home, env, rng = world["home"], _env(world["home"]), world["rng"]
     kills = 0
-    for _ in range(5):
-        kills += _kill_during(env, home, "ingest", ["ingest", str(world["mail"])],
-                              delay=rng.uniform(0.0, 0.4) * world["ingest_s"])
+    for i in range(5):
+        # after a seeded file (inside the open batch), or right after a batch commit, in turn
+        point = f"ingest.file:{rng.randint(1, 100)}" if i % 2 == 0 else "ingest.batch:1"
+        kills += _kill_at(env, ["ingest", str(world["mail"])], point)
     final = _panza(env, "ingest", str(world["mail"]))
     world["kills"]["ingest"] = kills
     print(f"ingest: {kills} kills mid-run; final run {json.dumps({k: final[k] for k in ('seen', 'stored')})}")
@@ -169,11 +146,8 @@ def test_playback_survives_kills(world):
         return _one(home, "SELECT count(*) FROM pairs WHERE status = 'ok'")
 
     kills = 0
-    for _ in range(2):
-        before = pairs()
-        # kill after at least one pair of this run was stored, part-way through the next
-        kills += _kill_during(env, home, "playback", ["playback", "--limit", "4"], delay=rng.uniform(0.5, 8.0),
-                              ready=lambda b=before: pairs() > b)
+    for _ in range(2):  # killed right after the seeded 1st-3rd pair of the 4 is stored
+        kills += _kill_at(env, ["playback", "--limit", "4"], f"playback.pair:{rng.randint(1, 3)}")
     world["kills"]["playback"] = kills
     have = pairs()
     assert have >= kills
@@ -190,11 +164,12 @@ def test_index_survives_kills(world):
     from panza_local import config
     from panza_local.retrieval import chroma_store, index
 
-    home, env, rng = world["home"], _env(world["home"]), world["rng"]
+    home, env = world["home"], _env(world["home"])
     kills = 0
-    for _ in range(3):
-        kills += _kill_during(env, home, "index", ["index"], delay=rng.uniform(2.0, 15.0))
+    for _ in range(3):  # right after each run's first embedded batch is recorded (until nothing is left to embed)
+        kills += _kill_at(env, ["index"], "index.batch:1")
     world["kills"]["index"] = kills
+    assert kills >= 1
     res = _panza(env, "index")
     print(f"index: {kills} kills mid-run; final {json.dumps({k: res[k] for k in ('embedded', 'total')})}")
     _integrity(home)
@@ -220,10 +195,10 @@ def test_index_survives_kills(world):
 
 
 def test_train_survives_kills(world):
-    home, env, rng = world["home"], _env(world["home"]), world["rng"]
-    kills = _kill_during(env, home, "train", ["train"], delay=rng.uniform(1.0, 10.0))
-    kills += _kill_during(env, home, "train", ["train"], delay=rng.uniform(0.0, 3.0),
-                          ready=lambda: any(home.glob("adapters/*/checkpoint.pt")))
+    home, env = world["home"], _env(world["home"])
+    # train writes few checkpoints: each run is killed right after its first one (no seeded draw)
+    kills = _kill_at(env, ["train"], "train.checkpoint:1")
+    kills += _kill_at(env, ["train"], "train.checkpoint:1")  # the resumed run, at its next checkpoint
     world["kills"]["train"] = kills
     res = _panza(env, "train")
     print(f"train: {kills} kills mid-run; final {json.dumps({k: res.get(k) for k in ('adapter_id', 'resumed_from')})}")

@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -200,12 +199,10 @@ def _app(**settings):
 
 
 async def _wait(app, pilot, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    await pilot.pause(0.2)
-    while any(not w.is_finished for w in app.workers):
-        assert time.monotonic() < deadline, f"workers still running: {list(app.workers)}"
-        await pilot.pause(0.2)
-    await pilot.pause(0.3)
+    """Every worker done and what it posted handled (test_tui.wait_workers: waits for the state, not a clock)."""
+    from test_tui import wait_workers
+
+    await wait_workers(app, pilot, timeout)
 
 
 def _record_notes(app) -> list:

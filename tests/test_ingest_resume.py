@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 from panza_local import store
 from panza_local.ingest import ingest
@@ -18,6 +17,7 @@ import sys
 import panza_local.ingest as ing
 from panza_local import store
 ing.BATCH = 25  # small batches so the kill lands between commits
+ing.BATCH_SECONDS = 1e9  # ... counted, never timed: the kill point does not depend on the machine's speed
 ing.ingest(store.connect(), sys.argv[1:], {me!r})
 """
 
@@ -35,24 +35,10 @@ def test_kill_9_mid_ingest_then_rerun(shared_data, home, tmp_path):
     sources = [str(sent / f"enron.allen-p.{n}.mbox") for n in ("sent", "_sent_mail", "sent_items")]
     store.connect().close()
     db = home / "panza.db"
-    proc = subprocess.Popen([sys.executable, "-c", CHILD.format(me=ME), *sources],
-                            env={**os.environ, "PANZA_HOME": str(home)})
-    killed_mid_run = False
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            c = sqlite3.connect(db, timeout=1)
-            n = c.execute("SELECT count(*) FROM messages").fetchone()[0]
-            c.close()
-        except sqlite3.OperationalError:
-            n = 0
-        if n >= 100:
-            proc.send_signal(signal.SIGKILL)
-            killed_mid_run = True
-            break
-        time.sleep(0.02)
-    proc.wait(30)
-    assert killed_mid_run, "the ingest finished before it could be killed"
+    # SIGKILLed by the failpoint right after the 8th batch of 25 is committed (not a timer racing the ingest)
+    proc = subprocess.run([sys.executable, "-c", CHILD.format(me=ME), *sources], check=False, timeout=300,
+                          env={**os.environ, "PANZA_HOME": str(home), "PANZA_FAILPOINT": "ingest.batch:8"})
+    assert proc.returncode == -signal.SIGKILL, "the ingest was not killed mid-run"
     partial = _rows(db)
     assert 100 <= len(partial) < 600
 

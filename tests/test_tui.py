@@ -24,14 +24,95 @@ def seeded(home):
     return home
 
 
+async def wait_until(pilot, done, what: str, limit: float = 240) -> None:
+    """Wait for the state `done()` (checked between frames). `limit` only turns a hang into a failure that says
+    what never happened: it is never the synchronisation itself."""
+    deadline = time.monotonic() + limit
+    while not done():
+        assert time.monotonic() < deadline, f"{what}: not within {limit:.0f}s"
+        await pilot.pause(0.02)
+
+
+async def wait_dialog(app, pilot, kind: str) -> None:
+    """Wait until the modal `kind` (AskText, Confirm, PickOne) is on top: an action's worker pushes it."""
+    from panza_local.tui.screens import dialogs
+
+    cls = getattr(dialogs, kind)
+    await wait_until(pilot, lambda: isinstance(app.screen, cls), f"the {kind} dialog never opened", limit=60)
+
+
 async def wait_workers(app, pilot, timeout: float = 240) -> None:
-    """Let every worker finish (the real engine on a busy 2-core box can take a while), then settle."""
-    deadline = time.monotonic() + timeout
-    await pilot.pause(0.2)
-    while any(not w.is_finished for w in app.workers):
-        assert time.monotonic() < deadline, f"workers still running: {list(app.workers)}"
-        await pilot.pause(0.2)
-    await pilot.pause(0.3)
+    """Let every worker finish (the real engine on a busy 2-core box can take a while), then let the messages
+    they posted be handled (a thread worker posts before it finishes). A *cancelled* worker counts as finished
+    at once while its thread still runs: after a cancel, wait for the screen's own state instead."""
+    await wait_until(pilot, lambda: all(w.is_finished for w in app.workers), f"workers still running: {list(app.workers)}",
+                     timeout)
+    await pilot.pause()  # messages posted by the workers are handled before this returns
+
+
+class EngineHold:
+    """Holds every generation of the real engine at a known point until the test calls `release()`, so a test
+    sees a stream or a re-tune mid-way however fast or busy the machine is.
+
+    at="start": the worker waits (idle) before the engine starts; after release it generates as usual.
+    at="end": the engine generates as usual, and when it finishes before the release it generates again
+    (the real engine, busy the whole time) until released; with `replay` the further generations' pieces are
+    yielded too, otherwise only the first generation's are (what the caller gets is unchanged).
+    `reached` is set once a generation is held (start) or has produced its first piece (end); `pieces` counts
+    the engine's pieces across all generations."""
+
+    def __init__(self, monkeypatch, at: str = "end", replay: bool = False) -> None:
+        import threading
+
+        from panza_local import engine
+
+        self.at, self.replay = at, replay
+        self.reached, self._released = threading.Event(), threading.Event()
+        self.pieces = 0
+        real = engine.stream_chat
+
+        def held(*args, **kwargs):
+            if self.at == "start":
+                self.reached.set()
+                self._released.wait()
+            first = True
+            while True:
+                gen = real(*args, **kwargs)
+                while True:
+                    try:
+                        piece = next(gen)
+                    except StopIteration as end:
+                        stats = end.value  # stream_chat returns its Stats
+                        break
+                    self.pieces += 1
+                    self.reached.set()
+                    if first or self.replay:
+                        yield piece
+                    if self._released.is_set() and (self.replay or not first):  # (replayed pieces: stop now)
+                        gen.close()
+                        return None
+                if self.at == "start" or self._released.is_set():
+                    return stats
+                first = False
+
+        monkeypatch.setattr(engine, "stream_chat", held)
+
+    def release(self) -> None:
+        self._released.set()
+
+
+@pytest.fixture
+def engine_hold(monkeypatch):
+    """EngineHold factory; every hold is released at teardown so no engine thread outlives the test."""
+    holds = []
+
+    def make(**kwargs) -> EngineHold:
+        holds.append(EngineHold(monkeypatch, **kwargs))
+        return holds[-1]
+
+    yield make
+    for h in holds:
+        h.release()
 
 
 def visible_text(app) -> str:
@@ -45,8 +126,24 @@ def visible_text(app) -> str:
     return console.export_text()
 
 
+@pytest.fixture(autouse=True)
+def _record_notifications(monkeypatch):
+    """Every notification the app raises, kept: on screen they expire after their timeout in wall-clock time,
+    which a busy machine can outlast between the notify and the test's look at it."""
+    from panza_local.tui.app import PanzaApp
+
+    real = PanzaApp.notify
+
+    def notify(self, message, *args, **kwargs):
+        self.__dict__.setdefault("_seen_notes", []).append(str(message))
+        return real(self, message, *args, **kwargs)
+
+    monkeypatch.setattr(PanzaApp, "notify", notify)
+
+
 def notes(app) -> list[str]:
-    return [n.message for n in app._notifications]
+    """The messages of every notification the app raised so far (expired ones included)."""
+    return list(app.__dict__.get("_seen_notes", [])) or [n.message for n in app._notifications]
 
 
 async def type_text(pilot, text: str) -> None:
@@ -91,10 +188,12 @@ async def test_help_screen_and_palette_switch_screens(seeded):
         await pilot.press("ctrl+p")
         await pilot.pause()
         await type_text(pilot, "status")
-        await pilot.pause(0.5)
+        from textual.command import CommandList
+
+        await wait_until(pilot, lambda: app.screen.query(CommandList) and app.screen.query_one(CommandList).option_count,
+                         "the palette never listed a match for 'status'")
         await pilot.press("enter")
-        await pilot.pause(0.5)
-        assert isinstance(app.screen, StatusScreen)
+        await wait_until(pilot, lambda: isinstance(app.screen, StatusScreen), "enter in the palette did not open status")
 
 
 # -- chat history ---------------------------------------------------------------------------------------------
@@ -120,18 +219,17 @@ async def test_history_browse_search_rename_delete(seeded):
         assert "too blunt" in visible_text(app)
         # rename it
         await pilot.press("ctrl+r")
-        await pilot.pause()
+        await wait_dialog(app, pilot, "AskText")
         await pilot.press("ctrl+a", "ctrl+k")  # clear the prefilled title
         await type_text(pilot, "Budget tone")
         await pilot.press("enter")
-        await pilot.pause()
-        assert chat.get(app.conn, 2).title == "Budget tone"
+        await wait_until(pilot, lambda: chat.get(app.conn, 2).title == "Budget tone", "the rename was not stored")
         # delete it (F8, then y)
         await pilot.press("f8")
-        await pilot.pause()
+        await wait_dialog(app, pilot, "Confirm")
         await pilot.press("y")
-        await pilot.pause()
-        assert [c.id for c in chat.list_(app.conn)] == [1]
+        await wait_until(pilot, lambda: [c.id for c in chat.list_(app.conn)] == [1], "the delete was not stored")
+        await wait_workers(app, pilot)
         assert screen.query_one("#conv-options").option_count == 0  # the search "blunt" still applies
         await pilot.press("ctrl+f", "ctrl+a", "ctrl+k")  # clear it
         await pilot.pause()
@@ -177,10 +275,11 @@ async def test_chat_streams_from_real_engine_and_survives_restart(seeded):
 # -- draft mode -----------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-async def test_draft_streams_then_saves_eml_and_maildir(seeded, tmp_path):
+async def test_draft_streams_then_saves_eml_and_maildir(seeded, tmp_path, engine_hold):
     from panza_local.tui.screens.draft import DraftScreen
     from textual.widgets import TextArea
 
+    hold = engine_hold(at="start")  # the engine waits for the test: "streaming" is seen however fast it is
     app = make_app(max_tokens=12, seed=3, use_rag=False)
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.press("f3")
@@ -189,17 +288,22 @@ async def test_draft_streams_then_saves_eml_and_maildir(seeded, tmp_path):
         assert isinstance(screen, DraftScreen)
         # reply to Bob's lunch email, picked from the keyboard
         await pilot.press("ctrl+t")
-        await pilot.pause()
+        await wait_dialog(app, pilot, "PickOne")
         await type_text(pilot, "lunch")
         await pilot.press("enter", "enter")
-        await pilot.pause()
+        await wait_until(pilot, lambda: screen.query_one("#draft-to").value, "the picked thread filled nothing")
         assert screen.query_one("#draft-to").value == "bob@example.com"
         assert screen.query_one("#draft-subject").value == "Re: Lunch on Friday?"
         await pilot.press("tab", "tab", "tab")  # back to the instruction box
         screen.query_one("#draft-instruction").focus()
         await type_text(pilot, "say yes to lunch on Friday")
         await pilot.press("enter")
-        assert screen.streaming  # set as the key is handled (12 tokens may be done a moment later)
+        await wait_until(pilot, hold.reached.is_set, "the draft never reached the engine")
+        area = screen.query_one("#draft-text", TextArea)
+        assert screen.streaming and area.read_only  # held before its first token: the draft is being written
+        await pilot.press("ctrl+s")  # saving mid-stream is refused, not a half draft on disk
+        await wait_until(pilot, lambda: any("still being written" in n for n in notes(app)), "no mid-stream warning")
+        hold.release()
         t0 = time.monotonic()
         await wait_workers(app, pilot)
         print(f"draft took {time.monotonic() - t0:.1f}s")
@@ -210,7 +314,6 @@ async def test_draft_streams_then_saves_eml_and_maildir(seeded, tmp_path):
         side = visible_text(app)
         assert "smollm2-135m" in side and "tok/s" in side
         # edit in place, then save as .eml through the dialog
-        area = screen.query_one("#draft-text", TextArea)
         area.focus()
         await pilot.press(*["down"] * 12, "end")  # to the end of the draft
         assert area.cursor_location == area.document.end
@@ -218,11 +321,11 @@ async def test_draft_streams_then_saves_eml_and_maildir(seeded, tmp_path):
         edited = area.text
         target = tmp_path / "out" / "reply.eml"
         await pilot.press("ctrl+s")
-        await pilot.pause()
+        await wait_dialog(app, pilot, "AskText")
         await pilot.press("ctrl+a", "ctrl+k")
         await type_text(pilot, str(target))
         await pilot.press("enter")
-        await pilot.pause(0.5)
+        await wait_workers(app, pilot)  # the save dialog's worker wrote the file (or notified why not)
         assert target.exists(), notes(app)
         msg = email.message_from_bytes(target.read_bytes(), policy=policy.default)
         assert msg["To"] == "bob@example.com"
@@ -232,11 +335,11 @@ async def test_draft_streams_then_saves_eml_and_maildir(seeded, tmp_path):
         # save to a Maildir's Drafts folder: the file carries the D flag
         maildir = tmp_path / "Maildir"
         await pilot.press("ctrl+o")
-        await pilot.pause()
+        await wait_dialog(app, pilot, "AskText")
         await pilot.press("ctrl+a", "ctrl+k")
         await type_text(pilot, str(maildir / "Drafts"))
         await pilot.press("enter")
-        await pilot.pause(0.5)
+        await wait_workers(app, pilot)
         assert (maildir / "Drafts" / "cur").is_dir(), notes(app)
         box = mailbox.Maildir(str(maildir / "Drafts"), create=False)
         keys = list(box.keys())
@@ -269,8 +372,8 @@ async def test_errors_name_the_fixing_command(home):
     settings = config.Settings(model="no-such-model")
     app = make_app(settings=settings, check_model=True)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
-        assert any("panza models" in n or "models add" in n for n in notes(app)), notes(app)
+        await wait_until(pilot, lambda: any("panza models" in n or "models add" in n for n in notes(app)),
+                         "no notification names the fix", limit=60)
         # drafting without a model says what fixes it too
         await pilot.press("f3")
         await pilot.pause()
@@ -281,8 +384,7 @@ async def test_errors_name_the_fixing_command(home):
         assert errors and all("fix" in n for n in errors), notes(app)
         # replying to a thread with no mail ingested names `panza ingest`
         await pilot.press("ctrl+t")
-        await pilot.pause()
-        assert any("panza ingest" in n for n in notes(app))
+        await wait_until(pilot, lambda: any("panza ingest" in n for n in notes(app)), "no `panza ingest` hint", limit=60)
 
 
 # -- responsiveness -------------------------------------------------------------------------------------------
@@ -371,11 +473,13 @@ def endless_drafts(monkeypatch):
 
 
 @pytest.mark.slow
-async def test_responsive_while_a_draft_streams(seeded, endless_drafts):
+async def test_responsive_while_a_draft_streams(seeded, endless_drafts, engine_hold):
     from textual.widgets import Input, TextArea
 
-    # The draft must still be streaming while keys are typed, however fast the machine: the real engine runs, but
-    # with its end-of-turn tokens banned and no stop string, so only Escape ends it.
+    # The draft must still be streaming while keys are typed, however fast or busy the machine: the real engine
+    # runs with its end-of-turn tokens banned and no stop string, and should it still end (the context fills),
+    # the hold starts it again and streams that too, so only Escape ends the draft.
+    hold = engine_hold(at="end", replay=True)
     app = make_app(seed=5, use_rag=False)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("f3")
@@ -384,24 +488,27 @@ async def test_responsive_while_a_draft_streams(seeded, endless_drafts):
         await type_text(pilot, "ask Carol to move the budget review")
         await pilot.press("enter")
         area = screen.query_one("#draft-text", TextArea)
-        t0 = time.monotonic()
-        while screen.streaming and not area.text:  # wait for the first streamed piece
-            assert time.monotonic() - t0 < 120, notes(app)
-            await pilot.pause(0.05)
+        await wait_until(pilot, lambda: area.text or not screen.streaming, "no streamed piece")  # the first one
         assert screen.streaming, notes(app)
         probe = LagProbe()
         probe.start()
         await pilot.press("shift+tab")  # instruction → Subject box, typing while tokens keep arriving
         subject = screen.query_one("#draft-subject", Input)
         assert app.focused is subject
-        chars_before = len(area.text)
+        pieces_before = hold.pieces
         lat = await key_latencies(app, subject, "budgetreview")
-        await pilot.pause(2.0)  # keep probing the loop for a while as tokens arrive
+        # keep probing the loop while the engine produces 20 more tokens (and for 100 ticks at least)
+        await wait_until(pilot, lambda: hold.pieces >= pieces_before + 20 and len(probe.lags) >= 100,
+                         "the engine stopped producing tokens")
         probe.stop()
-        assert screen.streaming and len(area.text) > chars_before, notes(app)  # tokens kept arriving throughout
+        assert screen.streaming, notes(app)  # tokens kept arriving throughout
         await pilot.press("escape")  # stop the draft: what streamed so far stays, editable
+        t0 = time.monotonic()
+        # a cancelled worker counts as finished at once; its thread still tidies and records the draft
+        await wait_until(pilot, lambda: not screen.streaming, "escape did not end the draft")
+        print(f"\nstopped {time.monotonic() - t0:.1f}s after escape, {hold.pieces} pieces")
         await wait_workers(app, pilot)
-        assert not screen.streaming and not area.read_only and area.text.strip()
+        assert not area.read_only and area.text.strip()
         print(f"\nwhile streaming: key latency median {sorted(lat)[len(lat) // 2] * 1000:.0f} ms, "
               f"max {max(lat) * 1000:.0f} ms; loop lag p95 {p95(probe.lags) * 1000:.0f} ms, "
               f"max {max(probe.lags) * 1000:.0f} ms over {len(probe.lags)} ticks")
@@ -413,7 +520,7 @@ async def test_responsive_while_a_draft_streams(seeded, endless_drafts):
 
 
 @pytest.mark.slow
-async def test_responsive_while_a_retune_runs(home, tmp_path, monkeypatch):
+async def test_responsive_while_a_retune_runs(home, tmp_path, monkeypatch, engine_hold):
     from email.message import EmailMessage
 
     from textual.widgets import DataTable
@@ -435,14 +542,16 @@ async def test_responsive_while_a_retune_runs(home, tmp_path, monkeypatch):
     conn.execute("INSERT INTO sources (uri, kind, registered, added_at) VALUES ('/elsewhere', 'mbox', 0, ?)",
                  (store.now(),))  # a second row for the cursor to move to (not re-read: not registered)
     conn.close()
+    # the re-tune is held inside its playback stage, the real engine generating, until the measurement is done
+    hold = engine_hold(at="end")
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("f4")
         await pilot.pause()
         screen = app.screen
         await pilot.press("r")
-        await pilot.pause(0.2)
-        assert screen.retuning
+        await wait_until(pilot, lambda: hold.reached.is_set() or not screen.retuning, "the re-tune never generated")
+        assert screen.retuning, str(screen.query_one("#retune-note").render())
         probe = LagProbe()
         probe.start()
         table = screen.query_one("#status-sources", DataTable)
@@ -450,9 +559,12 @@ async def test_responsive_while_a_retune_runs(home, tmp_path, monkeypatch):
         lat = []
         for key, row in [("down", 1), ("up", 0)] * 6:  # move through the sources table while the worker runs
             lat.append(await latency_until(app, key, None, lambda row=row: table.cursor_row == row))
-        await pilot.pause(2.0)  # keep probing the loop for a while as the worker runs
+        pieces_before = hold.pieces
+        await wait_until(pilot, lambda: hold.pieces >= pieces_before + 20 and len(probe.lags) >= 100,
+                         "the held re-tune stopped generating")  # keep probing the loop while the engine works
         probe.stop()
         was_running = screen.retuning
+        hold.release()
         await wait_workers(app, pilot, timeout=300)
         print(f"\nwhile re-tuning: key latency median {sorted(lat)[len(lat) // 2] * 1000:.0f} ms, "
               f"max {max(lat) * 1000:.0f} ms; loop lag p95 {p95(probe.lags) * 1000:.0f} ms, "
@@ -471,6 +583,7 @@ async def test_responsive_while_a_retune_runs(home, tmp_path, monkeypatch):
 async def test_status_shows_retune_history_and_a_promotion_by_another_process(home, embedded_model):
     """A re-tune in another process promotes an adapter: the running app switches to it between requests,
     says so, and the status view lists every pass with promoted or not and why."""
+    import asyncio
     import json
     import subprocess
     import sys
@@ -503,17 +616,18 @@ async def test_status_shows_retune_history_and_a_promotion_by_another_process(ho
         assert len(rows) == 2
         assert "yes" in rows[0][4] and rows[0][5] == "1.2000 / 1.5000" and rows[0][6].startswith("promoted")
         assert rows[1][4] == "no" and rows[1][6].startswith("kept ad-old")
-        r = subprocess.run([sys.executable, "-m", "panza_local", "adapters", "use", "ad-new"], capture_output=True,
-                           text=True, timeout=120)
+        r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "panza_local", "adapters", "use", "ad-new"],
+                                    check=False, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
-        for _ in range(50):
-            await pilot.pause(0.1)
-            if app.adapter and app.adapter["id"] == "ad-new":
-                break
-        assert app.adapter["id"] == "ad-new" and app.adapter_label() == "ad-new"
+        await wait_until(pilot, lambda: app.adapter and app.adapter["id"] == "ad-new", "the app never switched adapter")
+        assert app.adapter_label() == "ad-new"
         assert any("Drafts now use adapter ad-new" in n for n in notes(app)), notes(app)
-        await pilot.pause(0.3)
         adapters = app.screen.query_one("#status-adapters", DataTable)
-        marked = [adapters.get_row_at(i)[0] for i in range(adapters.row_count)]
+
+        def marked_rows() -> list[str]:
+            return [adapters.get_row_at(i)[0] for i in range(adapters.row_count)]
+
+        await wait_until(pilot, lambda: "● ad-new" in marked_rows(), "the status table never marked ad-new")
+        marked = marked_rows()
         assert "● ad-new" in marked and "ad-old" in marked, marked
         assert "ad-new" in visible_text(app)

@@ -22,15 +22,29 @@ from pathlib import Path
 
 from .. import failpoint, store
 from ..errors import SourceError
-from . import authorship, clean, documents, eml, emlx, folder, imap, jsonl, maildir, mbox, thunderbird
+from . import (
+    authorship,
+    clean,
+    documents,
+    eml,
+    emlx,
+    folder,
+    imap,
+    jsonl,
+    maildir,
+    mbox,
+    takeout,
+    thunderbird,
+)
 from .parse import Item, parse
 
 log = logging.getLogger(__name__)
 
 # Source kinds, in detection order. Each module: detect(path), files(root) -> (path, reader), read(path, start).
-SOURCES = {"imap": imap, "thunderbird": thunderbird, "maildir": maildir, "mbox": mbox, "emlx": emlx,
-           "eml": eml, "jsonl": jsonl, "docs": documents, "folder": folder}
-READERS = {"mbox": mbox.read, "maildir": maildir.read, "eml": eml.read, "emlx": emlx.read, "jsonl": jsonl.read}
+SOURCES = {"imap": imap, "thunderbird": thunderbird, "maildir": maildir, "mbox": mbox, "takeout": takeout,
+           "emlx": emlx, "eml": eml, "jsonl": jsonl, "docs": documents, "folder": folder}
+READERS = {"mbox": mbox.read, "maildir": maildir.read, "eml": eml.read, "emlx": emlx.read, "jsonl": jsonl.read,
+           "takeout": takeout.read}
 APPENDABLE = {"mbox", "jsonl"}          # read from the stored offset when the file only grew
 BATCH = 500                             # rows per transaction (what a crash can cost)
 BATCH_SECONDS = 2.0                     # ... or this long, whichever comes first (how long others wait)
@@ -57,7 +71,7 @@ def detect(path: Path) -> str:
     if kind.startswith("skip:"):
         raise SourceError(f"{path} is not a mailbox, message, JSONL corpus or document ({kind[5:]})",
                           fix="point ingest at an mbox, a Maildir, a folder of .eml/.emlx files, a Thunderbird "
-                              "profile, a .jsonl corpus or a document")
+                              "profile, a Gmail Takeout .zip/.tgz, a .jsonl corpus or a document")
     return {"doc": "docs"}.get(kind, kind)
 
 
@@ -184,6 +198,7 @@ def _tick(conn, tx: dict) -> bool:
 
 def _commit(conn, tx: dict) -> None:
     conn.execute("COMMIT")
+    failpoint.hit("ingest.batch")
     if time.monotonic() - tx["t0"] > BATCH_SECONDS:
         # leave the lock free a moment: a waiting writer polls about every 100 ms (SQLite's busy handler),
         # so re-taking it at once would starve it into "database is locked" on a long ingest

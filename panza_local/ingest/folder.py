@@ -1,4 +1,5 @@
-"""Any folder: every file is classified on its own (mbox, Maildir message, .eml, .emlx, JSONL, document).
+"""Any folder: every file is classified on its own (mbox, Maildir message, .eml, .emlx, Takeout archive, JSONL,
+document).
 
 Files that are none of these are counted as skipped with a reason, never silently ignored.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import documents, eml, mbox
+from . import documents, eml, mbox, takeout
 
 _TNEF_MAGIC = b"\x78\x9f\x3e\x22"
 _CFB_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
@@ -43,6 +44,9 @@ def classify(path: Path) -> str:
         return "maildir"
     if mbox.detect(path):
         return "mbox"
+    archive = takeout.classify(path)
+    if archive:
+        return archive
     if suffix == ".eml" or (suffix not in (".pdf", ".docx", ".odt", ".epub") and eml.looks_like_message(path)):
         return "eml"
     if suffix in documents.EXTS:

@@ -27,9 +27,12 @@ def files(root: Path) -> Iterator[tuple[Path, str]]:
 
 
 def folder_of(path: Path) -> str:
-    """Maildir++ folder name (`.Sent` → `Sent`, the root → `INBOX`)."""
-    name = path.parent.parent.name
-    return name.lstrip(".") if name.startswith(".") else "INBOX"
+    """Maildir++ folder name (`.Sent` → `Sent`, the root → `INBOX`); a Thunderbird Maildir-store folder
+    (`Sent/cur/…` beside `Sent.msf`) keeps its own name."""
+    folder = path.parent.parent
+    if folder.name.startswith("."):
+        return folder.name.lstrip(".")
+    return folder.name if folder.with_name(folder.name + ".msf").exists() else "INBOX"
 
 
 def read(path: Path, start: int = 0) -> Iterator[Item]:

@@ -1,4 +1,6 @@
-"""A Thunderbird profile: its Mail/ and ImapMail/ folders are mbox files (`.msf` indexes ignored)."""
+"""A Thunderbird profile: its Mail/ and ImapMail/ folders, stored as mbox files (the default) or, with the
+Maildir store (`mail.serverDefaultStoreContractID` = maildirstore), as folders of one message per file under
+`cur/` (Thunderbird writes no `new/`). `.msf` indexes are ignored; both stores can mix in one profile."""
 
 from __future__ import annotations
 
@@ -39,7 +41,11 @@ def files(root: Path) -> Iterator[tuple[Path, str]]:
             if not base.is_dir():
                 continue
             for f in sorted(base.rglob("*")):
-                if f.is_file() and f.suffix.lower() not in _NOT_MBOX and f.stat().st_size > 0 and mbox.detect(f):
+                if not f.is_file() or f.suffix.lower() in _NOT_MBOX or f.stat().st_size == 0:
+                    continue
+                if f.parent.name in ("cur", "new") and not f.name.startswith("."):
+                    yield f, "maildir"  # a Maildir-store folder: <Folder>/cur/<message>
+                elif f.parent.name != "tmp" and mbox.detect(f):
                     yield f, "mbox"
 
 
