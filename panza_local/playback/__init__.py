@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import re
+import zlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -121,7 +122,10 @@ def prompt(email: str, to_name: str | None, thread: str | None = None, hint: str
 
 
 def _seed(content_hash: str, attempt: int) -> int:
-    return int(content_hash[:8], 16) + attempt
+    try:
+        return int(content_hash[:8], 16) + attempt
+    except ValueError:  # not a hex digest (a hand-made row): any stable number will do
+        return zlib.crc32(content_hash.encode()) + attempt
 
 
 def _with_specifics(sentence: str, email: str, idf: dict, exclude: list[str]) -> str:
