@@ -1,0 +1,89 @@
+"""GGUF block types kept as their bytes: dequantized bit for bit as gguf-py does, products and losses equal to the
+dense layer's, and a loaded base that holds no dense copy of its projections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from panza_local.train.torch import backend as tb
+from panza_local.train.torch import blocks, q4, synth
+
+
+@pytest.mark.parametrize("qtype", blocks.TYPES)
+def test_dequantize_is_gguf_py_bit_for_bit(qtype):
+    import gguf
+    from gguf.quants import dequantize
+
+    rng = np.random.default_rng(3)
+    raw = synth.random_tensor(8, 512, qtype, 0.05, rng)
+    if qtype not in ("F16", "BF16"):  # every byte random too, scale fields included (inf and nan must match)
+        raw = np.concatenate([raw, rng.integers(0, 256, raw.shape, dtype=np.uint8)])
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref = np.asarray(dequantize(raw, gguf.GGMLQuantizationType[qtype]), dtype=np.float32).reshape(-1, 512)
+    w = blocks.from_raw(raw, qtype, (raw.shape[0], 512))
+    ours = blocks.dequantize(w).numpy()
+    assert np.array_equal(ours, ref, equal_nan=True)
+    assert w.nbytes == raw.nbytes  # the same bytes, nothing expanded
+    ids = torch.tensor([5, 0, 3])
+    assert np.array_equal(blocks.embedding(ids, w, torch.float32).numpy(), ref[ids.numpy()], equal_nan=True)
+    assert 0.03 < float(np.std(ref[:8])) < 0.08  # the synthetic blocks give the spread asked for
+
+
+def _q4(rng):
+    w = q4.quantize_q4_0(torch.randn(48, 64, generator=torch.Generator().manual_seed(0)))
+    return w, q4.dequantize(w, torch.float32), q4.q4_linear
+
+
+def _k4(rng):
+    w = blocks.from_raw(synth.random_tensor(10, 256, "Q4_K", 0.05, rng), "Q4_K", (10, 256))
+    return w, blocks.dequantize(w), blocks.linear
+
+
+@pytest.mark.parametrize("kind,slice_elems", [("q4", 0), ("blocks", blocks.SLICE_ELEMS), ("blocks", 3 * 256)])
+def test_frozen_linear_gradients_equal_the_dense_layer(monkeypatch, kind, slice_elems):
+    if slice_elems:
+        monkeypatch.setattr(blocks, "SLICE_ELEMS", slice_elems)  # 3 rows a slice: the sliced path too
+    w, dense, linear = (_q4 if kind == "q4" else _k4)(np.random.default_rng(0))
+    x = torch.randn(2, 5, dense.shape[1], requires_grad=True)
+    y = linear(x, w)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    (torch.nn.functional.linear(x2, dense) * g).sum().backward()
+    assert torch.allclose(y, x2 @ dense.t(), atol=1e-5)
+    assert torch.allclose(x.grad, x2.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("slice_elems", [blocks.SLICE_ELEMS, 7 * 256])
+def test_block_cross_entropy_equals_the_dense_one(monkeypatch, slice_elems):
+    monkeypatch.setattr(blocks, "SLICE_ELEMS", slice_elems)
+    rng = np.random.default_rng(1)
+    w = blocks.from_raw(synth.random_tensor(40, 256, "Q6_K", 1.0, rng), "Q6_K", (40, 256))
+    dense = blocks.dequantize(w)
+    h = torch.randn(6, 256, requires_grad=True)
+    tgt = torch.tensor([0, 39, 7, 7, 20, 3])
+    loss = blocks.linear_cross_entropy(h, tgt, w)
+    (loss * 0.5).backward()
+    h2 = h.detach().clone().requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(h2 @ dense.t(), tgt, reduction="sum")
+    (ref * 0.5).backward()
+    assert torch.allclose(loss, ref, rtol=1e-5)
+    assert torch.allclose(h.grad, h2.grad, atol=1e-4)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        blocks.linear_cross_entropy(h, torch.tensor([40]), w)
+
+
+def test_loaded_base_keeps_the_file_bytes(tmp_path):
+    path = synth.write(tmp_path / "m.gguf", "llama", types=synth.Q4_K_M, n_layers=1)
+    base = tb.load_base(path, keep_blocks=True)
+    kept = [w for w in base.w.values() if isinstance(w, blocks.BlockWeight)]
+    dense_bytes = sum(w.numel() * w.element_size() for w in base.w.values() if isinstance(w, torch.Tensor))
+    assert len(kept) == 9  # 7 projections, the embedding and the output
+    assert {w.qtype for w in kept} == {"Q4_K", "Q6_K"}
+    assert sum(w.nbytes for w in kept) <= path.stat().st_size
+    assert dense_bytes < 20_000  # norms only
+    # llama's q/k rows are un-permuted as whole rows: the same blocks, in the transformers order
+    q = tb.load_base(path).w["blk.0.attn_q"]
+    assert torch.equal(blocks.dequantize(base.w["blk.0.attn_q"]), q)
