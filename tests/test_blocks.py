@@ -87,3 +87,31 @@ def test_loaded_base_keeps_the_file_bytes(tmp_path):
     # llama's q/k rows are un-permuted as whole rows: the same blocks, in the transformers order
     q = tb.load_base(path).w["blk.0.attn_q"]
     assert torch.equal(blocks.dequantize(base.w["blk.0.attn_q"]), q)
+
+
+def test_int8_path_on_blocks_keeps_no_int8_copy(tmp_path, monkeypatch):
+    """On a VNNI CPU the frozen products run in int8: from blocks, each group is quantized per use (forward and
+    again backward) and gives the products an int8 copy of the dense base gives (torch._int_mm runs, slowly,
+    on any x86 CPU, so this runs here without VNNI)."""
+    from panza_local.train.torch import int8
+
+    monkeypatch.setattr(int8, "available", lambda: True)
+    torch.set_num_threads(1)
+    path = synth.write(tmp_path / "m.gguf", "qwen2", types=synth.Q4_K_M, n_layers=1, tied=True)
+    lazy = tb.build(path, 4, 8.0, tb.ALL_TARGETS, "cpu", precision="int8")
+    dense = tb.build(path, 4, 8.0, tb.ALL_TARGETS, "cpu", precision="int8", keep_q4=False)
+    assert all(isinstance(w, int8.LazyI8) for w in lazy.i8.values() if not isinstance(w, torch.Tensor))
+    assert all(isinstance(w, int8.I8Weight) for w in dense.i8.values() if not isinstance(w, torch.Tensor))
+    row = {"input_ids": list(range(100, 140)), "positions": list(range(40)), "segments": [0] * 40,
+           "targets": [-100] * 10 + list(range(300, 330)), "n_targets": 30}
+    grads = []
+    for m in (lazy, dense):
+        with torch.no_grad():
+            for k, p in m.lora.items():
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(k))) * 0.05)
+        m.train()
+        loss, n = m(row)
+        (loss / n).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.lora.values()]))
+    cos = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)
+    assert cos > 0.99, cos  # the same int8 layer products; only the vocabulary projection differs (fp32 here)

@@ -344,17 +344,22 @@ class LoraModel(torch.nn.Module):
 def _int8_weights(base: Base) -> dict:
     """Layer i's fused int8 weights by "i.qkv" / "i.o" / "i.gu" / "i.down" (+ ".bias"), and the vocabulary
     projection's by "output" when it is a plain tensor (see int8.linear_cross_entropy for how it is used).
+    A group with GGUF blocks gets an int8.LazyI8: quantized from its blocks at each use, never kept.
     """
     head = base.w.get("output", base.w["token_embd"])
     out = {} if isinstance(head, (q4.Q4Weight, blocks.BlockWeight)) else {"output": int8.from_dense(head)}
     for i in range(base.cfg.n_layers):
         for fused, gnames in FUSED.items():
-            dense = [_dense(base.w[f"blk.{i}.{g}"]) for g in gnames]
-            out[f"{i}.{fused}"] = int8.from_dense(torch.cat(dense) if len(dense) > 1 else dense[0])
+            ws = [base.w[f"blk.{i}.{g}"] for g in gnames]
+            if any(isinstance(w, blocks.BlockWeight) for w in ws):  # made per use from the blocks
+                out[f"{i}.{fused}"] = int8.LazyI8(ws)
+            else:
+                dense = [_dense(w) for w in ws]
+                out[f"{i}.{fused}"] = int8.from_dense(torch.cat(dense) if len(dense) > 1 else dense[0])
             biases = [base.w.get(f"blk.{i}.{g}.bias") for g in gnames]
             if any(b is not None for b in biases):
-                out[f"{i}.{fused}.bias"] = torch.cat([b if b is not None else torch.zeros(d.shape[0])
-                                                      for b, d in zip(biases, dense)]).float()
+                out[f"{i}.{fused}.bias"] = torch.cat([b if b is not None else torch.zeros(_shape(w)[0])
+                                                      for b, w in zip(biases, ws)]).float()
     return out
 
 

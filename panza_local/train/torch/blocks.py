@@ -209,7 +209,8 @@ def slices(w: BlockWeight):
     return [(s, min(s + step, w.shape[0])) for s in range(0, w.shape[0], step)]
 
 
-def _dense_slice(w: BlockWeight, s: int, e: int, dtype) -> torch.Tensor:
+def dense_slice(w: BlockWeight, s: int, e: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rows s:e of `w` dense, in the shared scratch buffer (valid until the next call)."""
     return dequantize_rows(w.raw[s:e], w.qtype, w.shape[1], _scratch((e - s, w.shape[1]), dtype, w.raw.device))
 
 
@@ -225,9 +226,9 @@ class _BlockLinear(torch.autograd.Function):
         x2, y2 = x.reshape(-1, shape[1]), y.view(-1, shape[0])
         parts = slices(w)
         if len(parts) == 1:
-            return torch.mm(x2, _dense_slice(w, 0, shape[0], x.dtype).t(), out=y2).view(y.shape)
+            return torch.mm(x2, dense_slice(w, 0, shape[0], x.dtype).t(), out=y2).view(y.shape)
         for s, e in parts:
-            y2[:, s:e] = x2 @ _dense_slice(w, s, e, x.dtype).t()
+            y2[:, s:e] = x2 @ dense_slice(w, s, e, x.dtype).t()
         return y
 
     @staticmethod
@@ -237,7 +238,7 @@ class _BlockLinear(torch.autograd.Function):
         g2 = g.reshape(-1, w.shape[0])
         gx = None
         for s, e in slices(w):
-            part = g2[:, s:e] @ _dense_slice(w, s, e, g.dtype)
+            part = g2[:, s:e] @ dense_slice(w, s, e, g.dtype)
             gx = part if gx is None else gx.add_(part)
         return gx.reshape(*g.shape[:-1], w.shape[1]), None, None, None
 
@@ -269,7 +270,7 @@ class _BlockLinearCE(torch.autograd.Function):
         s = torch.zeros((t, 1), dtype=torch.float32, device=h.device)
         acc = torch.zeros((t, shape[1]), dtype=torch.float32, device=h.device) if want else None
         for a, b in slices(w):
-            ws = _dense_slice(w, a, b, h.dtype)
+            ws = dense_slice(w, a, b, h.dtype)
             logits = (h @ ws.t()).float()
             m_new = torch.maximum(m, logits.amax(dim=1, keepdim=True))
             rescale = torch.exp(m - m_new)
