@@ -115,3 +115,35 @@ def test_int8_path_on_blocks_keeps_no_int8_copy(tmp_path, monkeypatch):
         grads.append(torch.cat([p.grad.flatten() for p in m.lora.values()]))
     cos = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)
     assert cos > 0.99, cos  # the same int8 layer products; only the vocabulary projection differs (fp32 here)
+
+
+def test_memory_preflight_refuses_with_the_fix(tmp_path, monkeypatch):
+    """A run that would not fit in the free memory stops before it loads anything, naming what fits."""
+    from panza_local.errors import AdapterError
+    from panza_local.train import HParams
+    from panza_local.train.torch import memory
+
+    path = synth.write(tmp_path / "m.gguf", "qwen2", types=synth.Q4_K_M, n_layers=2)
+    est = memory.estimate(path, 512)
+    assert est["weights"] <= path.stat().st_size  # the blocks as they are: no dense copy counted
+    assert memory.estimate(path, 1024)["activations"] == 2 * est["activations"]
+    assert memory.estimate(path, 512, grad_ckpt=True)["activations"] < est["activations"]
+    monkeypatch.setenv("PANZA_MEM_AVAILABLE_MB", str(est["total"] / 2**20 + 10))
+    assert memory.check(path, 512)["total"] == est["total"]
+    # short of memory by the activations of ~300 tokens: shorter sequences fit, and the error says so
+    short = est["total"] - 300 * est["per_seq_token"]
+    monkeypatch.setenv("PANZA_MEM_AVAILABLE_MB", str(short / 2**20))
+    with pytest.raises(AdapterError, match="sequence length 512 needs about") as exc:
+        memory.check(path, 512)
+    fix = exc.value.fix
+    n = int(fix.split("--seq-len ")[1].split("`")[0])
+    assert 128 <= n <= 212 and memory.estimate(path, n)["total"] <= short
+    assert "smaller model" in fix
+    # hopeless: no sequence length fits; the trainer refuses before building the model or writing anything
+    monkeypatch.setenv("PANZA_MEM_AVAILABLE_MB", "1")
+    rows = [{"input_ids": [1, 2, 3], "positions": [0, 1, 2], "segments": [0] * 3, "targets": [-100, 2, 3],
+             "n_targets": 2}]
+    with pytest.raises(AdapterError, match="0.0 GB is free") as exc:
+        tb.train_lora(path, rows, rows, HParams(max_steps=1), tmp_path / "run", device="cpu", threads=1)
+    assert "--seq-len" not in exc.value.fix and "smaller model" in exc.value.fix
+    assert not (tmp_path / "run").exists()

@@ -27,7 +27,7 @@ from ... import failpoint
 from ...errors import AdapterError
 from .. import schedule
 from ..data import IGNORE
-from . import blocks, int8, ops, q4
+from . import blocks, int8, memory, ops, q4
 from .arena import Arena
 
 ARCHS = {"llama", "mistral", "qwen2", "qwen3"}
@@ -486,6 +486,11 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
     device = pick_device(device)
     if device == "cpu":
         torch.set_num_threads(threads or engine.physical_cores())
+    precision = getattr(hp, "precision", "auto")
+    # refuse now, with the fix, rather than be killed by the OOM killer at the first long row
+    memory.check(gguf_path, max(len(r["input_ids"]) for r in list(train_rows) + list(val_rows)), hp.rank,
+                 hp.targets, device, int8=device == "cpu" and precision in ("int8", "auto") and int8.available(),
+                 grad_ckpt=bool(hp.grad_ckpt if hp.grad_ckpt is not None else device == "cuda"))
     torch.manual_seed(hp.seed)
     model = build(gguf_path, hp.rank, hp.alpha, hp.targets, device, hp.grad_ckpt, hp.seed,
                   precision=getattr(hp, "precision", "auto"))
