@@ -147,3 +147,30 @@ def test_memory_preflight_refuses_with_the_fix(tmp_path, monkeypatch):
         tb.train_lora(path, rows, rows, HParams(max_steps=1), tmp_path / "run", device="cpu", threads=1)
     assert "--seq-len" not in exc.value.fix and "smaller model" in exc.value.fix
     assert not (tmp_path / "run").exists()
+
+
+def test_catalogue_says_which_architectures_train(home, tmp_path, capsys):
+    import gguf
+
+    from panza_local import catalogue
+    from panza_local.cli import main
+    from panza_local.train.mlx import model as mlx_model
+
+    assert catalogue.TRAINABLE_BY["torch"] == tb.ARCHS and catalogue.TRAINABLE_BY["mlx"] == mlx_model.SUPPORTED
+    assert catalogue.get("gemma3-270m").trainable_by == ["mlx"]
+    assert catalogue.get("qwen2.5-0.5b").trainable_by == ["torch", "mlx"]
+    path = tmp_path / "phi.gguf"
+    w = gguf.GGUFWriter(str(path), "phi3")
+    w.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert main(["models", "add", str(path), "--name", "myphi"]) == 0
+    out = capsys.readouterr().out
+    assert "phi3: cannot be trained by panza-local" in out
+    assert main(["models", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("myphi" in ln and "(cannot be trained)" in ln for ln in lines)
+    assert any("gemma3-270m" in ln and "(trains on Apple Silicon only)" in ln for ln in lines)
+    assert not any("qwen2.5-0.5b " in ln and "trained" in ln for ln in lines)
