@@ -150,8 +150,6 @@ def test_memory_preflight_refuses_with_the_fix(tmp_path, monkeypatch):
 
 
 def test_catalogue_says_which_architectures_train(home, tmp_path, capsys):
-    import gguf
-
     from panza_local import catalogue
     from panza_local.cli import main
     from panza_local.train.mlx import model as mlx_model
@@ -159,13 +157,7 @@ def test_catalogue_says_which_architectures_train(home, tmp_path, capsys):
     assert catalogue.TRAINABLE_BY["torch"] == tb.ARCHS and catalogue.TRAINABLE_BY["mlx"] == mlx_model.SUPPORTED
     assert catalogue.get("gemma3-270m").trainable_by == ["mlx"]
     assert catalogue.get("qwen2.5-0.5b").trainable_by == ["torch", "mlx"]
-    path = tmp_path / "phi.gguf"
-    w = gguf.GGUFWriter(str(path), "phi3")
-    w.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    path = synth.stub(tmp_path / "phi.gguf", "phi3")
     assert main(["models", "add", str(path), "--name", "myphi"]) == 0
     out = capsys.readouterr().out
     assert "phi3: cannot be trained by panza-local" in out

@@ -53,6 +53,17 @@ def random_tensor(rows: int, cols: int, qtype: str, std: float, rng: np.random.G
     return raw.reshape(rows, -1)
 
 
+def stub(path: str | Path, arch: str) -> Path:
+    """A GGUF with only an architecture and one tiny tensor (header checks: `models add`, backend refusals)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
+    for step in (w.write_header_to_file, w.write_kv_data_to_file, w.write_tensors_to_file, w.close):
+        step()
+    return Path(path)
+
+
 def tokenizer_meta() -> dict:
     """The embedded SmolLM2's tokenizer keys (tokenizer.*) from its GGUF header."""
     from ... import catalogue, gguf_header
