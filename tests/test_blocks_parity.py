@@ -37,6 +37,8 @@ CASES = {
     "qwen2-tied": dict(arch="qwen2", types=_types(3), tied=True),
     "qwen3": dict(arch="qwen3", types=_types(6), head_dim=128),
     "llama-q4km": dict(arch="llama", types=synth.Q4_K_M),
+    # Qwen2.5-0.5B's case: rows of 896 are not whole K blocks, so Q5_0 / Q8_0 beside Q4_K / Q6_K ffn_down
+    "qwen2-q4km-fallback": dict(arch="qwen2", types=synth.Q4_K_M, dim=384, n_heads=6, tied=True),
 }
 
 
@@ -78,6 +80,9 @@ def test_base_and_adapter_logits_match_llama_cpp(tmp_path, tokenizer, name):
     base_cpp = _cpp_logits(path, tokens)
     model = tb.build(path, 8, 16.0, tb.ALL_TARGETS, "cpu", precision="fp32")
     assert all(isinstance(model.base.w[k], blocks.BlockWeight) for k in ("blk.0.attn_q", "token_embd"))
+    if name == "qwen2-q4km-fallback":
+        assert {w.qtype for w in model.base.w.values() if isinstance(w, blocks.BlockWeight)} == {
+            "Q4_K", "Q5_0", "Q6_K", "Q8_0"}  # the mix of the real Qwen2.5-0.5B Q4_K_M file
     model.eval()
     base_torch = _torch_logits(model, tokens)
     cos = _cos(base_cpp, base_torch)

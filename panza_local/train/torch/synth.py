@@ -21,10 +21,27 @@ _FIELDS = {"Q4_0": ((0, 1.0),), "Q4_1": ((0, 1.0), (2, -7.5)), "Q5_0": ((0, 1.0)
            "Q3_K": ((108, 1.0),), "Q4_K": ((0, 1.0), (2, 7.5)), "Q5_K": ((0, 1.0), (2, 15.5)),
            "Q6_K": ((208, 1.0),)}
 
-# the Q4_K_M recipe as llama.cpp applies it to these tensors (attn_v and ffn_down: Q6_K in half the layers)
-Q4_K_M = {"token_embd": "Q6_K", "output": "Q6_K", "attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q6_K",
-          "attn_output": "Q4_K", "ffn_gate": "Q4_K", "ffn_up": "Q4_K", "ffn_down": "Q6_K"}
-QWEN25_05B = dict(n_layers=24, dim=896, n_heads=14, n_kv_heads=2, ffn=4864)
+# llama.cpp's fallback when a row is not a whole number of 256-weight K blocks (Qwen2.5-0.5B's 896 columns)
+K_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+# shapes of the models the benchmark writes in their Q4_K_M layout (vocab as the real model's)
+LAYOUTS = {"qwen2.5-0.5b": dict(arch="qwen2", n_layers=24, dim=896, n_heads=14, n_kv_heads=2, ffn=4864,
+                                vocab=151936, tied=True),
+           "qwen2.5-1.5b": dict(arch="qwen2", n_layers=28, dim=1536, n_heads=12, n_kv_heads=2, ffn=8960,
+                                vocab=151936, tied=True),
+           "llama-3.2-3b": dict(arch="llama", n_layers=28, dim=3072, n_heads=24, n_kv_heads=8, ffn=8192,
+                                vocab=128256, tied=True)}
+
+
+def Q4_K_M(kind: str, layer: int, n_layers: int, cols: int) -> str:
+    """The block type llama.cpp's Q4_K_M gives a tensor: Q6_K for the embedding and output, Q6_K for attn_v and
+    ffn_down in the first and last eighth of the layers and every third between, Q4_K for the rest; a K type on
+    rows that are not whole K blocks falls back (K_FALLBACK)."""
+    more_bits = layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
+    if kind in ("token_embd", "output") or (kind in ("attn_v", "ffn_down") and more_bits):
+        qtype = "Q6_K"
+    else:
+        qtype = "Q4_K"
+    return qtype if cols % 256 == 0 else K_FALLBACK[qtype]
 
 
 def random_tensor(rows: int, cols: int, qtype: str, std: float, rng: np.random.Generator) -> np.ndarray:
@@ -74,18 +91,28 @@ def tokenizer_meta() -> dict:
 
 def write(path: str | Path, arch: str = "llama", *, n_layers: int = 2, dim: int = 256, n_heads: int = 4,
           n_kv_heads: int = 2, ffn: int = 512, types: dict | str = "Q8_0", seed: int = 0, tied: bool = False,
-          head_dim: int = 0, tokenizer: dict | None = None, std: float = 0.05) -> Path:
+          head_dim: int = 0, tokenizer: dict | None = None, std: float = 0.05, vocab: int = 0) -> Path:
     """Write a random-weight GGUF; `types` maps tensor kinds (token_embd, output, attn_q, ..., ffn_down) to
-    block types, or is one block type for all of them. Norms are ~1, biases (qwen2) and q/k norms (qwen3)
-    F32. Returns `path`."""
+    block types, or is one block type for all of them, or a recipe (kind, layer, n_layers, cols) -> type such
+    as `Q4_K_M`. Norms are ~1, biases (qwen2) and q/k norms (qwen3) F32. `vocab` larger than the tokenizer's
+    pads it with unused tokens (a real model's embedding size). Returns `path`."""
     import gguf
 
     path = Path(path)
     rng = np.random.default_rng(seed)
     tok = tokenizer if tokenizer is not None else tokenizer_meta()
-    vocab = len(tok["tokenizer.ggml.tokens"])
+    tokens, ttypes = list(tok["tokenizer.ggml.tokens"]), list(tok["tokenizer.ggml.token_type"])
+    if vocab > len(tokens):
+        ttypes += [5] * (vocab - len(tokens))  # unused
+        tokens += [f"<unused{i}>" for i in range(vocab - len(tokens))]
+    vocab = len(tokens)
     hd = head_dim or dim // n_heads
-    kind_type = (lambda k: types) if isinstance(types, str) else (lambda k: types.get(k, "Q8_0"))
+    if callable(types):
+        kind_type = lambda k, i, cols: types(k, i, n_layers, cols)
+    elif isinstance(types, str):
+        kind_type = lambda k, i, cols: types
+    else:
+        kind_type = lambda k, i, cols: types.get(k, "Q8_0")
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(n_layers)
     w.add_context_length(2048)
@@ -103,8 +130,8 @@ def write(path: str | Path, arch: str = "llama", *, n_layers: int = 2, dim: int 
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
     w.add_tokenizer_model(tok["tokenizer.ggml.model"])
     w.add_tokenizer_pre(tok.get("tokenizer.ggml.pre", "default"))
-    w.add_token_list(tok["tokenizer.ggml.tokens"])
-    w.add_token_types(tok["tokenizer.ggml.token_type"])
+    w.add_token_list(tokens)
+    w.add_token_types(ttypes)
     if "tokenizer.ggml.merges" in tok:
         w.add_token_merges(tok["tokenizer.ggml.merges"])
     for key, add in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
@@ -116,7 +143,7 @@ def write(path: str | Path, arch: str = "llama", *, n_layers: int = 2, dim: int 
         w.add_chat_template(tok["tokenizer.chat_template"])
 
     def add(name: str, rows: int, cols: int, kind: str, std_: float = std) -> None:
-        qtype = kind_type(kind)
+        qtype = kind_type(kind, int(name.split(".")[1]) if name.startswith("blk.") else 0, cols)
         arr = random_tensor(rows, cols, qtype, std_, rng)
         raw_dtype = None if qtype == "F32" else gguf.GGMLQuantizationType[qtype]
         w.add_tensor(name, arr, raw_dtype=raw_dtype)
