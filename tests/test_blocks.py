@@ -81,6 +81,13 @@ def test_block_cross_entropy_equals_the_dense_one(monkeypatch, slice_elems):
     assert torch.allclose(h.grad, h2.grad, atol=1e-4)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         blocks.linear_cross_entropy(h, torch.tensor([40]), w)
+    # a bf16 compute dtype (the CUDA path's): the products in bf16, the sums in fp32
+    hb = h.detach().to(torch.bfloat16).requires_grad_(True)
+    lb = blocks.linear_cross_entropy(hb, tgt, w)
+    lb.backward()
+    assert hb.grad.dtype == torch.bfloat16
+    assert torch.allclose(lb, ref, rtol=2e-2)
+    assert torch.nn.functional.cosine_similarity(hb.grad.float().flatten(), 2 * h2.grad.flatten(), dim=0) > 0.99
 
 
 def test_loaded_base_keeps_the_file_bytes(tmp_path):

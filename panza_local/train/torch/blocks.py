@@ -204,12 +204,11 @@ _SCRATCH: dict = {}
 
 def _scratch(shape, dtype, device) -> torch.Tensor:
     """One dense buffer per (device, dtype) that every layer reuses: the slice being multiplied."""
-    key = (str(device), dtype)
-    arena = _SCRATCH.get(key)
-    if arena is None or str(device) != "cpu":
-        if str(device) != "cpu":
-            return torch.empty(shape, dtype=dtype, device=device)
-        arena = _SCRATCH[key] = Arena(block=0)
+    if str(device) != "cpu":  # the caching allocator reuses the memory already
+        return torch.empty(shape, dtype=dtype, device=device)
+    arena = _SCRATCH.get(dtype)
+    if arena is None:
+        arena = _SCRATCH[dtype] = Arena(block=0)
     return arena.scratch("w", shape, dtype)
 
 
@@ -287,7 +286,11 @@ class _BlockLinearCE(torch.autograd.Function):
             p = logits.sub_(m_new).exp_()
             s = s * rescale + p.sum(dim=1, keepdim=True)
             if want:
-                acc.mul_(rescale).addmm_(p.to(ws.dtype), ws)
+                acc.mul_(rescale)
+                if ws.dtype == torch.float32:
+                    acc.addmm_(p, ws)
+                else:  # a bf16 / fp16 compute dtype (CUDA): the product in it, the running sum in fp32
+                    acc.add_(p.to(ws.dtype) @ ws)
             m = m_new
         w_tgt = embedding(targets, w, torch.float32)
         hf = h.float()
