@@ -46,7 +46,9 @@ def rows_for(data: Path, seq: int, n_rows: int) -> list[dict]:
 VARIANTS = {"ours": {"precision": "auto"}, "ours-fp32": {"precision": "fp32"},
             "ours-int8-ckpt": {"precision": "int8", "grad_ckpt": True},
             "ours-dense": {"keep_q4": False, "grad_ckpt": False, "precision": "fp32"},
-            "ours-q4-ckpt": {"keep_q4": True, "grad_ckpt": True, "precision": "fp32"}}
+            "ours-q4-ckpt": {"keep_q4": True, "grad_ckpt": True, "precision": "fp32"},
+            # what `panza train` runs when the pre-flight finds the activations would not fit: checkpointing
+            "ours-ckpt": {"grad_ckpt": True, "precision": "auto"}}
 
 
 def layout_gguf(layout: str, out: Path) -> Path:
