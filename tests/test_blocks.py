@@ -181,3 +181,24 @@ def test_catalogue_says_which_architectures_train(home, tmp_path, capsys):
     assert any("myphi" in ln and "(cannot be trained)" in ln for ln in lines)
     assert any("gemma3-270m" in ln and "(trains on Apple Silicon only)" in ln for ln in lines)
     assert not any("qwen2.5-0.5b " in ln and "trained" in ln for ln in lines)
+
+
+def test_preflight_turns_checkpointing_on_when_only_that_fits(tmp_path, monkeypatch):
+    from panza_local.train import HParams
+    from panza_local.train.torch import memory
+
+    path = synth.write(tmp_path / "m.gguf", "llama", types="Q8_0", n_layers=3, dim=256, ffn=512)
+    rows = [{"input_ids": list(range(100, 164)), "positions": list(range(64)), "segments": [0] * 64,
+             "targets": [-100] * 8 + list(range(300, 356)), "n_targets": 56}]
+    full, ckpt = memory.estimate(path, 64), memory.estimate(path, 64, grad_ckpt=True)
+    assert ckpt["total"] < full["total"]
+    monkeypatch.setenv("PANZA_MEM_AVAILABLE_MB", str((full["total"] + ckpt["total"]) / 2 / 2**20))
+    hp = HParams(max_steps=1, grad_accum=1, evals=1, precision="fp32")
+    res = tb.train_lora(path, rows, rows, hp, tmp_path, device="cpu", threads=1)
+    assert res["grad_ckpt"] is True and res["steps"] == 1
+    hp.grad_ckpt = False  # asked for explicitly: refused, and the fix names checkpointing
+    from panza_local.errors import AdapterError
+
+    with pytest.raises(AdapterError) as exc:
+        tb.train_lora(path, rows, rows, hp, tmp_path / "b", device="cpu", threads=1)
+    assert "--grad-ckpt" in exc.value.fix

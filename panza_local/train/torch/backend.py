@@ -471,6 +471,23 @@ def _save_checkpoint(path: Path, model: LoraModel, opt, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def plan_memory(gguf_path, train_rows, val_rows, hp, device: str, precision: str) -> bool:
+    """Whether to checkpoint: the pre-flight (memory.check) at the run's longest row; with `grad_ckpt` unset, a
+    run whose activations would not fit turns checkpointing on instead of failing. Raises AdapterError (with the
+    fix) when even that does not fit: refused now rather than killed by the OOM killer at the first long row."""
+    seq = max(len(r["input_ids"]) for r in list(train_rows) + list(val_rows))
+    use8 = device == "cpu" and precision in ("int8", "auto") and int8.available()
+    ckpt = bool(hp.grad_ckpt if hp.grad_ckpt is not None else device == "cuda")
+    try:
+        memory.check(gguf_path, seq, hp.rank, hp.targets, device, int8=use8, grad_ckpt=ckpt)
+    except AdapterError:
+        if ckpt or hp.grad_ckpt is not None:
+            raise
+        memory.check(gguf_path, seq, hp.rank, hp.targets, device, int8=use8, grad_ckpt=True)
+        ckpt = True
+    return ckpt
+
+
 def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_dir: Path, on_progress=None,
                resume: bool = True, device: str = "auto", threads: int = 0, init: dict | None = None) -> dict:
     """Train a LoRA on packed rows; checkpoint to `run_dir/checkpoint.pt` and resume from it.
@@ -487,13 +504,9 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
     if device == "cpu":
         torch.set_num_threads(threads or engine.physical_cores())
     precision = getattr(hp, "precision", "auto")
-    # refuse now, with the fix, rather than be killed by the OOM killer at the first long row
-    memory.check(gguf_path, max(len(r["input_ids"]) for r in list(train_rows) + list(val_rows)), hp.rank,
-                 hp.targets, device, int8=device == "cpu" and precision in ("int8", "auto") and int8.available(),
-                 grad_ckpt=bool(hp.grad_ckpt if hp.grad_ckpt is not None else device == "cuda"))
+    ckpt = plan_memory(gguf_path, train_rows, val_rows, hp, device, precision)
     torch.manual_seed(hp.seed)
-    model = build(gguf_path, hp.rank, hp.alpha, hp.targets, device, hp.grad_ckpt, hp.seed,
-                  precision=getattr(hp, "precision", "auto"))
+    model = build(gguf_path, hp.rank, hp.alpha, hp.targets, device, ckpt, hp.seed, precision=precision)
     model.train()
     params = list(model.lora.values())
     opt = optimizer(params, hp.lr, hp.weight_decay)
@@ -570,5 +583,5 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
             "tokens_per_s": state["train_tokens"] / max(state["train_s"], 1e-9),
             "peak_mem_mb": _peak_mem_mb(device), "steps": state["step"], "total_steps": total,
             "resumed_from": resumed_from, "early_stopped": state["stopped"], "history": state["history"],
-            "device": device, "train_tokens": state["train_tokens"],
+            "device": device, "train_tokens": state["train_tokens"], "grad_ckpt": model.grad_ckpt,
             "precision": "int8" if model.i8 is not None else str(model.compute_dtype).removeprefix("torch.")}
