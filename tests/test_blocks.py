@@ -202,3 +202,13 @@ def test_preflight_turns_checkpointing_on_when_only_that_fits(tmp_path, monkeypa
     with pytest.raises(AdapterError) as exc:
         tb.train_lora(path, rows, rows, hp, tmp_path / "b", device="cpu", threads=1)
     assert "--grad-ckpt" in exc.value.fix
+
+
+def test_dequantize_rows_honours_dtype_and_out():
+    rng = np.random.default_rng(5)
+    w = blocks.from_raw(synth.random_tensor(4, 256, "Q6_K", 0.05, rng), "Q6_K", (4, 256))
+    ref = blocks.dequantize(w)
+    assert blocks.dequantize(w, torch.bfloat16).dtype == torch.bfloat16
+    for out in (torch.empty(4, 256), torch.empty(4, 256, dtype=torch.float16), torch.empty(256, 4).t()):
+        got = blocks.dequantize_rows(w.raw, "Q6_K", 256, out)
+        assert got.data_ptr() == out.data_ptr() and torch.allclose(got.float(), ref, atol=1e-3)

@@ -180,12 +180,13 @@ def dequantize_rows(raw: torch.Tensor, qtype: str, cols: int, out: torch.Tensor 
         dst = dst if dst is not None else torch.empty((rows, cols), dtype=torch.float32)
         if native.usable(dst):  # one pass in C (native.c), the same values bit for bit
             native.dequant_blocks(raw, qtype, dst)
-            return dst if out is None or dst is out else out.copy_(dst)
+            if out is None:
+                return dst.to(dtype)
+            return dst if dst is out else out.copy_(dst)
     if qtype in ("F16", "BF16"):
         w = raw.contiguous().view(torch.float16 if qtype == "F16" else torch.bfloat16)
     else:
-        blk, nbytes = SIZES[qtype]
-        w = _DEQUANT[qtype](raw.reshape(-1, nbytes))
+        w = _DEQUANT[qtype](raw.reshape(-1, SIZES[qtype][1]))
     w = w.reshape(rows, cols)
     if out is None:
         return w.to(dtype)
@@ -203,7 +204,7 @@ _SCRATCH: dict = {}
 
 
 def _scratch(shape, dtype, device) -> torch.Tensor:
-    """One dense buffer per (device, dtype) that every layer reuses: the slice being multiplied."""
+    """One dense CPU buffer per dtype that every layer reuses: the slice being multiplied."""
     if str(device) != "cpu":  # the caching allocator reuses the memory already
         return torch.empty(shape, dtype=dtype, device=device)
     arena = _SCRATCH.get(dtype)
