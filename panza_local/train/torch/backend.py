@@ -415,6 +415,7 @@ def build(gguf_path: str | Path, rank: int, alpha: float, targets=ALL_TARGETS, d
     elif device == "mps":
         base, lora_dtype, ckpt = load_base(gguf_path, device, torch.float16), torch.float32, bool(grad_ckpt)
     else:
+        memory.lean_heap()  # freed temporaries go back to the system: peak RSS is what is live, not heap holes
         # every projection, the embedding and the output stay in their file's blocks and are dequantized to
         # fp32 a slice at a time per use (blocks.py): the weights cost what the file does (a 1.5B Q4_K_M:
         # ~1 GB instead of 6); `keep_q4=False` is the dense fp32 base (bench/train.py: ours-dense)

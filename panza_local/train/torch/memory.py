@@ -112,3 +112,24 @@ def check(gguf_path: str | Path, seq_len: int, rank: int = 8, targets=None, devi
         f"(weights {_gb(est['weights'])}, LoRA and optimizer {_gb(est['lora'])}, activations "
         f"{_gb(est['activations'])}, working buffers and runtime {_gb(est['scratch'] + est['runtime'])}); "
         f"{_gb(free)} is free", fix="; ".join(fixes))
+
+
+M_MMAP_THRESHOLD = -3
+HEAP_MMAP_BYTES = 1 << 20
+
+
+def lean_heap() -> bool:
+    """Have glibc serve every allocation from 1 MB up with its own mmap, returned to the system when freed.
+
+    Why: by default glibc raises that threshold to the size of each large block freed (up to 32 MB), so a
+    training step's [tokens, ffn] temporaries come from the heap, and the holes they leave between longer-lived
+    tensors stay resident. Measured on 4 layers of Qwen2.5-0.5B's shape at seq 512: peak RSS 1332 MB with the
+    default, 672 MB with the threshold fixed (965 -> 632 MB with checkpointing). False where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_BYTES))
+    except (OSError, AttributeError):  # macOS, musl, Windows
+        return False
