@@ -2,12 +2,14 @@
 
 Why not transformers + peft: on a CPU the HF stack costs twice the time and memory for the same maths
 (its GGUF loader keeps several copies while dequantizing; logits for every position in fp32; eager
-attention). Here the frozen weights are plain tensors (fp32 on CPU, where bf16 has no hardware support;
-Q4 blocks on CUDA, dequantized per use by `q4.q4_linear`), no gradient or fp32 master copy exists for
-them, attention is SDPA per packed example, and the vocabulary projection runs only where there is loss,
-a chunk at a time. On CPUs with VNNI, training runs the frozen products in int8 (`int8.py`: ~1.8x
-the fp32 speed, validation loss within 0.1% after 40 steps) while evaluation stays exact fp32. A CPU step
-keeps what its backward needs in blocks reused from step to step (`arena.py`, `ops.py`), which took
+attention). Here the frozen weights stay in the GGUF's own blocks, whatever their type (blocks.py: the file's
+bytes, dequantized a slice at a time inside forward and again in backward, to fp32 on CPU, where bf16 has no
+hardware support, to bf16 on CUDA; Q4_0/Q4_1 projections on CUDA through `q4.q4_linear`'s compiled kernel), no
+gradient or dense copy exists for them, attention is SDPA per packed example, and the vocabulary projection
+runs only where there is loss, a chunk at a time. Before a run, memory.py checks that it fits. On CPUs
+with VNNI, training runs the frozen products in int8 (`int8.py`: ~1.8x the fp32 speed, validation loss
+within 0.1% after 40 steps; each group quantized from its blocks per use) while evaluation stays exact
+fp32. A CPU step keeps what its backward needs in blocks reused from step to step (`arena.py`, `ops.py`), which took
 ~350 MB of heap fragmentation off the int8 step's peak RSS, and runs its element-wise work in fused
 kernels where they build (`native.py`).
 The maths is transformers' llama / qwen2 / qwen3 (tests compare the logits with llama.cpp's).
