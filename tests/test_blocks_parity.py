@@ -33,12 +33,12 @@ def _types(shift: int) -> dict:
 
 
 CASES = {
-    "llama": dict(arch="llama", types=_types(0)),
-    "qwen2-tied": dict(arch="qwen2", types=_types(3), tied=True),
-    "qwen3": dict(arch="qwen3", types=_types(6), head_dim=128),
-    "llama-q4km": dict(arch="llama", types=synth.Q4_K_M),
+    "llama": {"arch": "llama", "types": _types(0)},
+    "qwen2-tied": {"arch": "qwen2", "types": _types(3), "tied": True},
+    "qwen3": {"arch": "qwen3", "types": _types(6), "head_dim": 128},
+    "llama-q4km": {"arch": "llama", "types": synth.Q4_K_M},
     # Qwen2.5-0.5B's case: rows of 896 are not whole K blocks, so Q5_0 / Q8_0 beside Q4_K / Q6_K ffn_down
-    "qwen2-q4km-fallback": dict(arch="qwen2", types=synth.Q4_K_M, dim=384, n_heads=6, tied=True),
+    "qwen2-q4km-fallback": {"arch": "qwen2", "types": synth.Q4_K_M, "dim": 384, "n_heads": 6, "tied": True},
 }
 
 

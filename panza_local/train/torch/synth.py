@@ -24,12 +24,14 @@ _FIELDS = {"Q4_0": ((0, 1.0),), "Q4_1": ((0, 1.0), (2, -7.5)), "Q5_0": ((0, 1.0)
 # llama.cpp's fallback when a row is not a whole number of 256-weight K blocks (Qwen2.5-0.5B's 896 columns)
 K_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 # shapes of the models the benchmark writes in their Q4_K_M layout (vocab as the real model's)
-LAYOUTS = {"qwen2.5-0.5b": dict(arch="qwen2", n_layers=24, dim=896, n_heads=14, n_kv_heads=2, ffn=4864,
-                                vocab=151936, tied=True),
-           "qwen2.5-1.5b": dict(arch="qwen2", n_layers=28, dim=1536, n_heads=12, n_kv_heads=2, ffn=8960,
-                                vocab=151936, tied=True),
-           "llama-3.2-3b": dict(arch="llama", n_layers=28, dim=3072, n_heads=24, n_kv_heads=8, ffn=8192,
-                                vocab=128256, tied=True)}
+LAYOUTS = {
+    "qwen2.5-0.5b": {"arch": "qwen2", "n_layers": 24, "dim": 896, "n_heads": 14, "n_kv_heads": 2, "ffn": 4864,
+                     "vocab": 151936, "tied": True},
+    "qwen2.5-1.5b": {"arch": "qwen2", "n_layers": 28, "dim": 1536, "n_heads": 12, "n_kv_heads": 2, "ffn": 8960,
+                     "vocab": 151936, "tied": True},
+    "llama-3.2-3b": {"arch": "llama", "n_layers": 28, "dim": 3072, "n_heads": 24, "n_kv_heads": 8, "ffn": 8192,
+                     "vocab": 128256, "tied": True},
+}
 
 
 def Q4_K_M(kind: str, layer: int, n_layers: int, cols: int) -> str:
