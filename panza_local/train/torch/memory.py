@@ -9,9 +9,9 @@ The estimate, for a GGUF, a sequence length and the LoRA settings:
   layers (one layer and the layer inputs with checkpointing);
 - scratch: one dequantized slice of a weight, the vocabulary slice's logits, the int8 group of the int8 path;
 - the runtime: Python, torch and llama.cpp's libraries (RUNTIME).
-Calibrated on the fp32 path at seq 512 (the int8 path keeps less: the estimate errs high there): SmolLM2-135M
-measured 1838 MB peak RSS, estimated 2.3 GB; Qwen2.5-0.5B's Q4_K_M layout (bench/results/train_cpu_qwen2.5-0.5b)
-measured 3731 MB, estimated 3.9 GB.
+Calibrated on the fp32 path at seq 512 with `lean_heap` (the int8 path keeps less: the estimate errs high there):
+SmolLM2-135M measured 1168 MB peak RSS, estimated 1266 MB; Qwen2.5-0.5B's Q4_K_M layout
+(bench/results/train_cpu_qwen2.5-0.5b) measured 1848 MB, estimated 1993 MB; with checkpointing 975 MB, 1127 MB.
 Free memory is psutil's `available` (RAM) or CUDA's free memory; PANZA_MEM_AVAILABLE_MB overrides it (tests,
 or a container whose limit psutil cannot see).
 """
@@ -24,10 +24,9 @@ from pathlib import Path
 from ...errors import AdapterError
 
 RUNTIME = 450 * 2**20
-# fp32 values a layer keeps per token, in units of (dim, q width, kv width, ffn): the norm inputs, the
-# projections' inputs, q/k/v after RoPE, the attention output, gate|up and the SwiGLU output, autograd's
-# temporaries between them
-ACT = (14, 4, 6, 9)
+# fp32 values a layer keeps per token, in units of (dim, q width, kv width, ffn): the norm inputs and outputs
+# (the LoRA's inputs), q after RoPE and the attention output, k and v, gate|up and the SwiGLU output
+ACT = (4, 2, 2, 3)
 MIN_SEQ = 128
 
 
