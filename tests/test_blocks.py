@@ -212,3 +212,12 @@ def test_dequantize_rows_honours_dtype_and_out():
     for out in (torch.empty(4, 256), torch.empty(4, 256, dtype=torch.float16), torch.empty(256, 4).t()):
         got = blocks.dequantize_rows(w.raw, "Q6_K", 256, out)
         assert got.data_ptr() == out.data_ptr() and torch.allclose(got.float(), ref, atol=1e-3)
+
+
+def test_train_command_passes_sequence_length_and_checkpointing():
+    from panza_local.cli import build_parser
+    from panza_local.cli import train as train_cli
+
+    args = build_parser().parse_args(["train", "--seq-len", "256", "--grad-ckpt"])
+    assert train_cli._overrides(args) == {"seq_len": 256, "grad_ckpt": True}
+    assert train_cli._overrides(build_parser().parse_args(["train"])) is None
