@@ -5,6 +5,13 @@ on the same packed rows of one user's real emails (seq 512, batch 1, AdamW), eac
 that peak RSS is its own. tokens/s counts every token of the rows (prompt and email) over the timed steps.
 
     python bench/train.py [--steps 8] [--threads 2] [--data ../shared/data/panza/jeff_johnson_clean.jsonl]
+
+With --layout qwen2.5-0.5b (or qwen2.5-1.5b, llama-3.2-3b) the model is instead a random-weight GGUF that the
+bench writes in that model's Q4_K_M layout (its shapes, vocabulary and llama.cpp's block types, see
+panza_local/train/torch/synth.py), and the baseline is transformers + peft on a randomly initialised model of
+the same shape in fp32 (what its GGUF loader would dequantize the file to): the same shape, the same rows.
+
+    python bench/train.py --layout qwen2.5-0.5b --methods ours,baseline --steps 2 --out bench/results
 """
 
 from __future__ import annotations
@@ -39,10 +46,25 @@ def rows_for(data: Path, seq: int, n_rows: int) -> list[dict]:
 VARIANTS = {"ours": {"precision": "auto"}, "ours-fp32": {"precision": "fp32"},
             "ours-int8-ckpt": {"precision": "int8", "grad_ckpt": True},
             "ours-dense": {"keep_q4": False, "grad_ckpt": False, "precision": "fp32"},
-            "ours-q4-ckpt": {"keep_q4": True, "grad_ckpt": True, "precision": "fp32"}}
+            "ours-q4-ckpt": {"keep_q4": True, "grad_ckpt": True, "precision": "fp32"},
+            # what `panza train` runs when the pre-flight finds the activations would not fit: checkpointing
+            "ours-ckpt": {"grad_ckpt": True, "precision": "auto"}}
 
 
-def run_ours(rows, steps, warmup, threads, variant: str = "ours") -> dict:
+def layout_gguf(layout: str, out: Path) -> Path:
+    """The random-weight GGUF of `layout` (written once into `out`)."""
+    from panza_local.train.torch import synth
+
+    path = out / f"random-{layout}-q4_k_m.gguf"
+    if not path.exists():
+        spec = dict(synth.LAYOUTS[layout])
+        out.mkdir(parents=True, exist_ok=True)
+        synth.write(path.with_suffix(".tmp"), spec.pop("arch"), types=synth.Q4_K_M, **spec)
+        path.with_suffix(".tmp").rename(path)
+    return path
+
+
+def run_ours(rows, steps, warmup, threads, variant: str = "ours", gguf: str = "") -> dict:
     import torch
 
     from panza_local import catalogue
@@ -50,7 +72,7 @@ def run_ours(rows, steps, warmup, threads, variant: str = "ours") -> dict:
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    model = tb.build(catalogue.embedded_path(), 8, 16.0, tb.ALL_TARGETS, "cpu", **VARIANTS[variant])
+    model = tb.build(gguf or catalogue.embedded_path(), 8, 16.0, tb.ALL_TARGETS, "cpu", **VARIANTS[variant])
     load_s = time.perf_counter() - t0
     opt = tb.optimizer(model.lora.values(), lr=2e-4)
 
@@ -64,7 +86,22 @@ def run_ours(rows, steps, warmup, threads, variant: str = "ours") -> dict:
     return _loop(step, rows, steps, warmup, load_s)
 
 
-def run_baseline(rows, steps, warmup, threads) -> dict:
+def _hf_random(layout: str):
+    """A randomly initialised transformers model of `layout`'s shape (fp32)."""
+    import transformers
+
+    from panza_local.train.torch import synth
+
+    spec = synth.LAYOUTS[layout]
+    cls = {"qwen2": "Qwen2", "llama": "Llama"}[spec["arch"]]
+    cfg = getattr(transformers, f"{cls}Config")(
+        vocab_size=spec["vocab"], hidden_size=spec["dim"], intermediate_size=spec["ffn"],
+        num_hidden_layers=spec["n_layers"], num_attention_heads=spec["n_heads"],
+        num_key_value_heads=spec["n_kv_heads"], tie_word_embeddings=spec["tied"], max_position_embeddings=4096)
+    return getattr(transformers, f"{cls}ForCausalLM")(cfg)
+
+
+def run_baseline(rows, steps, warmup, threads, layout: str = "embedded") -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -75,7 +112,10 @@ def run_baseline(rows, steps, warmup, threads) -> dict:
     torch.set_num_threads(threads)
     p = catalogue.embedded_path()
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name)
+    if layout != "embedded":
+        model = _hf_random(layout)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                              "up_proj", "down_proj"]))
@@ -139,7 +179,7 @@ def _loop(step, rows, steps, warmup, load_s) -> dict:
 
 
 def measure(methods: list[str], data: str = str(DEFAULT_DATA), seq: int = 512, steps: int = 8, warmup: int = 1,
-            threads: int = 2) -> list[dict]:
+            threads: int = 2, layout: str = "embedded", gguf: str = "") -> list[dict]:
     """Each method in its own process (its peak RSS is its own); one result dict per method."""
     results = []
     for method in methods:
@@ -147,7 +187,8 @@ def measure(methods: list[str], data: str = str(DEFAULT_DATA), seq: int = 512, s
         # step takes minutes, so it times fewer steps (tokens/s does not depend on how many)
         n = min(steps, MLX_STEPS) if method == "mlx" else steps
         cmd = [sys.executable, __file__, "--one", method, "--data", data, "--seq", str(seq),
-               "--steps", str(n), "--warmup", str(warmup), "--threads", str(threads)]
+               "--steps", str(n), "--warmup", str(warmup), "--threads", str(threads), "--layout", layout,
+               "--gguf", gguf]
         res = run_child(cmd)
         res = {**res, "method": method} if "error" in res else res
         print(json.dumps(res), flush=True)
@@ -197,31 +238,43 @@ def cli() -> int:
     ap.add_argument("--methods", default="ours,baseline,mlx",
                     help=f"comma-separated: baseline, mlx, {', '.join(VARIANTS)}")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench" / "out"))
+    ap.add_argument("--layout", default="embedded", choices=["embedded", "qwen2.5-0.5b", "qwen2.5-1.5b",
+                                                             "llama-3.2-3b"],
+                    help="embedded: the SmolLM2-135M GGUF; else a random-weight GGUF in that model's Q4_K_M layout")
+    ap.add_argument("--gguf", default="", help=argparse.SUPPRESS)
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         rows = rows_for(Path(args.data), args.seq, args.steps + args.warmup)
         if args.one in VARIANTS:
-            res = run_ours(rows, args.steps, args.warmup, args.threads, args.one)
+            res = run_ours(rows, args.steps, args.warmup, args.threads, args.one, args.gguf)
         elif args.one == "mlx":
             res = run_mlx(rows, args.steps, args.warmup, args.threads)
         else:
-            res = run_baseline(rows, args.steps, args.warmup, args.threads)
+            res = run_baseline(rows, args.steps, args.warmup, args.threads, args.layout)
         print("RESULT " + json.dumps({**res, "method": args.one}), flush=True)
         return 0
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in ("baseline", "mlx", *VARIANTS)]
     if unknown:  # an unknown name used to run the baseline under that name
         ap.error(f"unknown method(s) {', '.join(unknown)}: use baseline, mlx, {', '.join(VARIANTS)}")
+    out = Path(args.out)
+    gguf = str(layout_gguf(args.layout, REPO / "bench" / "out")) if args.layout != "embedded" else ""
+    if gguf and "mlx" in methods:
+        ap.error("mlx runs the embedded model only")
     rounds = []
     # the machine's speed drifts: rotate the order each round, pair each method with its round's baseline
     for k in range(args.rounds):
         order = methods[k % len(methods):] + methods[:k % len(methods)]
-        got = {r["method"]: r for r in measure(order, args.data, args.seq, args.steps, args.warmup, args.threads)}
+        got = {r["method"]: r for r in measure(order, args.data, args.seq, args.steps, args.warmup, args.threads,
+                                               args.layout, gguf)}
         rounds.append([got[m] for m in methods])
     results = [_summarize([rnd[j] for rnd in rounds]) for j in range(len(methods))]
     by = {r["method"]: r for r in results}
-    lines = [(f"# CPU LoRA training, SmolLM2-135M Q4_1 GGUF, seq {args.seq}, {args.threads} threads, "
+    model = ("SmolLM2-135M Q4_1 GGUF" if not gguf else
+             f"random-weight GGUF in {args.layout}'s Q4_K_M layout ({Path(gguf).stat().st_size / 2**20:.0f} MB; "
+             f"baseline: transformers + peft, the same shape in fp32)")
+    lines = [(f"# CPU LoRA training, {model}, seq {args.seq}, {args.threads} threads, "
               f"rank 8 all-linear, {args.steps} timed steps (mlx: {min(args.steps, MLX_STEPS)}), "
               f"{args.rounds} round(s), medians; ratios are the median of each round's ratio (min-max)"), "",
              "| method | tokens/s | peak RSS MB | step s | load s | vs baseline tok/s | vs baseline RSS |",
@@ -241,13 +294,14 @@ def cli() -> int:
             r["vs_baseline_tokens_per_s"], r["vs_baseline_rss"] = statistics.median(tok), statistics.median(mem)
         lines.append(f"| {r['method']} | {r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['step_s']:.2f} | "
                      f"{r['load_s']:.1f} | {ratio} |")
-    lines += ["", "Goal (issue): ours >= 2x the baseline's tokens/s at <= 0.5x its peak RSS."]
+    lines += ["", "Goal (issue): ours >= 2x the baseline's tokens/s at <= 0.5x its peak RSS.", "",
+              f"Command: `python bench/train.py {' '.join(sys.argv[1:])}`"]
     md = "\n".join(lines) + "\n"
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_cpu.json").write_text(json.dumps({"args": vars(args), "results": results, "rounds": rounds},
-                                                   indent=2))
-    (out / "train_cpu.md").write_text(md)
+    stem = "train_cpu" if not gguf else f"train_cpu_{args.layout}"
+    (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "results": results, "rounds": rounds},
+                                                 indent=2))
+    (out / f"{stem}.md").write_text(md)
     print(md)
     return 0
 

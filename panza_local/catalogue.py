@@ -28,6 +28,26 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SUPPORTED_ARCHS = {"llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "mistral", "granite"}
+# which training backend has a model for each architecture (train/torch/backend.ARCHS, train/mlx/model.SUPPORTED;
+# tests/test_blocks_parity.py checks they agree); every supported architecture serves with llama.cpp
+TRAINABLE_BY = {"torch": frozenset({"llama", "mistral", "qwen2", "qwen3"}),
+                "mlx": frozenset({"llama", "mistral", "granite", "qwen2", "qwen3", "gemma3"})}
+
+
+def trainable_by(arch: str) -> list[str]:
+    """The training backends that fine-tune `arch` (torch: any CPU or CUDA; mlx: Apple Silicon only)."""
+    return [b for b, archs in TRAINABLE_BY.items() if arch in archs]
+
+
+def training_note(arch: str) -> str:
+    """One plain sentence on whether a model of `arch` can be fine-tuned here, and where."""
+    by = trainable_by(arch)
+    if by == ["torch", "mlx"]:
+        return f"{arch}: trains on any machine (torch) and on Apple Silicon (mlx)"
+    if by == ["mlx"]:
+        return (f"{arch}: trains only on Apple Silicon (mlx); the torch trainer (Linux, Windows, CUDA) cannot train "
+                f"it, drafts with it work everywhere")
+    return f"{arch}: cannot be trained by panza-local (drafts with the stock model only)"
 REQUIRED = ("name", "display", "kind", "arch", "hf_repo", "license", "context_length", "ram_gb")
 KINDS = ("chat", "embedding", "metric")
 
@@ -57,6 +77,11 @@ class Model:
     good_for: str = ""
     notes: str = ""
     dims: int = 0
+
+    @property
+    def trainable_by(self) -> list[str]:
+        """Training backends that fine-tune this model (empty: draft-only); see `training_note`."""
+        return trainable_by(self.arch) if self.kind == "chat" else []
 
     @property
     def pinned(self) -> bool:
@@ -332,7 +357,8 @@ def add(path: str | Path, name: str) -> dict:
                      (name, str(src), digest, info["arch"], store.now()))
     finally:
         conn.close()
-    return {"name": name, "path": str(src), "sha256": digest, **info}
+    return {"name": name, "path": str(src), "sha256": digest, **info, "trainable_by": trainable_by(info["arch"]),
+            "training": training_note(info["arch"])}
 
 
 # -- pull: the one command that uses the network --------------------------------------------------------------

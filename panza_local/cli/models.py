@@ -39,19 +39,23 @@ def list_cmd(args) -> int:
         path, state = catalogue.status(m)
         verified = "package" if m.kind == "embedding" else "pinned" if m.pinned else "hub hash"
         rows.append({**asdict(m), "present": path is not None, "path": path, "state": state,
-                     "pinned": m.pinned, "verified": verified, "active": m.name == active})
+                     "pinned": m.pinned, "verified": verified, "active": m.name == active,
+                     "trainable_by": m.trainable_by})
     for name, row in catalogue.user_models().items():
         rows.append({"name": name, "kind": "chat", "arch": row["arch"], "display": f"added: {row['path']}",
                      "ram_gb": None, "license": "?", "present": True, "path": row["path"], "state": "added",
-                     "pinned": bool(row.get("sha256")), "verified": "added", "active": name == active})
+                     "pinned": bool(row.get("sha256")), "verified": "added", "active": name == active,
+                     "trainable_by": catalogue.trainable_by(row["arch"])})
 
     def human(rows):
         for r in rows:
             mark = "*" if r["active"] else " "
             state = "on disk" if r["present"] else "not pulled"
             ram = f"{r['ram_gb']:>4} GB" if r.get("ram_gb") else "    ?  "
+            trains = ("" if r["kind"] != "chat" else "  (cannot be trained)" if not r["trainable_by"]
+                      else "  (trains on Apple Silicon only)" if r["trainable_by"] == ["mlx"] else "")
             print(f"{mark} {r['name']:18} {r['kind']:9} {ram}  {state:10}  {r['verified']:8}  {r['display']}  "
-                  f"[{r['license']}]")
+                  f"[{r['license']}]{trains}")
         print("\n* = active.  verified: pinned = sha256 in the catalogue; hub hash = checked against the hash the hub "
               "sends;\npackage = installed with pip.  panza models pull NAME | panza models add FILE.gguf --name NAME | "
               "panza models use NAME")
@@ -101,7 +105,7 @@ def add_cmd(args) -> int:
 
     info = catalogue.add(args.path, args.name)
     emit(args, info, lambda d: print(f"added {d['name']} ({d['arch']}, {d['path']}); "
-                                     f"`panza models use {d['name']}` to make it active"))
+                                     f"`panza models use {d['name']}` to make it active\n{d['training']}"))
     return 0
 
 

@@ -1,5 +1,5 @@
 """`panza train [--backend auto|torch|mlx] [--preset quick|standard|thorough] [--minutes N] [--precision auto|fp32|int8]
-[--json]`."""
+[--seq-len N] [--grad-ckpt] [--json]`."""
 
 from __future__ import annotations
 
@@ -18,10 +18,19 @@ def register(sub) -> None:
     p.add_argument("--minutes", type=float, default=None,
                    help="finish within N minutes: the steps are fitted to the step time measured on the first "
                         "steps (never more than the preset's); stops sooner when validation loss stops improving")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="longest training sequence in tokens (default 512; shorter needs less memory)")
+    p.add_argument("--grad-ckpt", action="store_true", default=None,
+                   help="gradient checkpointing: recompute each layer in backward (slower, far less memory)")
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint left by an interrupted run")
     p.add_argument("--no-use", action="store_true", help="do not serve the new adapter even if it improved")
     add_json(p)
     p.set_defaults(func=run)
+
+
+def _overrides(args) -> dict | None:
+    given = {"precision": args.precision, "seq_len": args.seq_len, "grad_ckpt": args.grad_ckpt}
+    return {k: v for k, v in given.items() if v is not None} or None
 
 
 def run(args) -> int:
@@ -38,7 +47,7 @@ def run(args) -> int:
         with progress("train", enabled=not args.json, eta=False) as update:
             res = train(conn, backend=settings.train_backend, preset=settings.train_preset, on_progress=update,
                         resume=not args.restart, settings=settings, promote=not args.no_use, minutes=args.minutes,
-                        overrides={"precision": args.precision} if args.precision else None)
+                        overrides=_overrides(args))
     finally:
         conn.close()
 

@@ -2,14 +2,16 @@
 
 Why not transformers + peft: on a CPU the HF stack costs twice the time and memory for the same maths
 (its GGUF loader keeps several copies while dequantizing; logits for every position in fp32; eager
-attention). Here the frozen weights are plain tensors (fp32 on CPU, where bf16 has no hardware support;
-Q4 blocks on CUDA, dequantized per use by `q4.q4_linear`), no gradient or fp32 master copy exists for
-them, attention is SDPA per packed example, and the vocabulary projection runs only where there is loss,
-a chunk at a time. On CPUs with VNNI, training runs the frozen products in int8 (`int8.py`; speed and
-validation loss against fp32 in bench/results/train_cpu.md and train_int8_quality.json) while evaluation
-stays exact fp32. A CPU step keeps what its backward needs in blocks reused from step to step (`arena.py`,
-`ops.py`), which keeps heap fragmentation off the int8 step's peak RSS, and runs its element-wise work in
-fused kernels where they build (`native.py`).
+attention). Here the frozen weights stay in the GGUF's own blocks, whatever their type (blocks.py: the file's
+bytes, dequantized a slice at a time inside forward and again in backward, to fp32 on CPU, where bf16 has no
+hardware support, to bf16 on CUDA; Q4_0/Q4_1 projections on CUDA through `q4.q4_linear`'s compiled kernel), no
+gradient or dense copy exists for them, attention is SDPA per packed example, and the vocabulary projection
+runs only where there is loss, a chunk at a time. Before a run, memory.py checks that it fits. On CPUs
+with VNNI, training runs the frozen products in int8 (`int8.py`: speed and validation loss against fp32 in
+bench/results/train_cpu.md and train_int8_quality.json; each group quantized from its blocks per use) while evaluation stays exact
+fp32. A CPU step keeps what its backward needs in blocks reused from step to step (`arena.py`, `ops.py`), which keeps
+heap fragmentation off the int8 step's peak RSS, and runs its element-wise work in fused
+kernels where they build (`native.py`).
 The maths is transformers' llama / qwen2 / qwen3 (tests compare the logits with llama.cpp's).
 """
 
@@ -28,7 +30,7 @@ from ... import failpoint
 from ...errors import AdapterError
 from .. import schedule
 from ..data import IGNORE
-from . import int8, ops, q4
+from . import blocks, int8, memory, ops, q4
 from .arena import Arena
 
 ARCHS = {"llama", "mistral", "qwen2", "qwen3"}
@@ -64,11 +66,13 @@ class Config:
 
 @dataclass
 class Base:
-    """A frozen base: config + weights by GGUF name (dense tensors or q4.Q4Weight)."""
+    """A frozen base: config + weights by GGUF name (dense tensors, q4.Q4Weight or blocks.BlockWeight), and
+    the dtype the model computes in."""
 
     cfg: Config
     w: dict = field(default_factory=dict)
     rope_freqs: torch.Tensor | None = None
+    dtype: torch.dtype = torch.float32
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -92,13 +96,15 @@ def read_config(meta: dict) -> Config:
 
 
 def load_base(gguf_path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
-              keep_q4: bool = False) -> Base:
-    """Read a GGUF into a frozen Base: dequantized to `dtype`, or Q4_0/Q4_1 blocks kept when `keep_q4`."""
+              keep_q4: bool = False, keep_blocks: bool = False) -> Base:
+    """Read a GGUF into a frozen Base: dequantized to `dtype`; Q4_0/Q4_1 projections as q4.Q4Weight when
+    `keep_q4`; with `keep_blocks`, every other projection, the embedding and the output in their own block
+    type (blocks.BlockWeight: the file's bytes, dequantized a slice at a time per use)."""
     from . import gguf_tensors
 
     meta, tensors = gguf_tensors.read(gguf_path)
     cfg = read_config(meta)
-    base = Base(cfg)
+    base = Base(cfg, dtype=dtype)
     for t in tensors.values():
         name = t.name.removesuffix(".weight")
         kind = name.split(".")[-1] if name.startswith("blk.") else name
@@ -111,6 +117,12 @@ def load_base(gguf_path: str | Path, device: str = "cpu", dtype: torch.dtype = t
                 idx = torch.from_numpy(_unpermute(np.arange(t.shape[0]), heads))
                 qw = q4.Q4Weight(qw.qs[idx], qw.d[idx], qw.m[idx] if qw.m is not None else None, t.shape)
             base.w[name] = qw.to(device)
+            continue
+        if keep_blocks and t.qname in blocks.SIZES and (kind in LINEARS or name in ("token_embd", "output")):
+            bw = blocks.from_raw(t.raw, t.qname, t.shape)
+            if permuted:  # whole rows move: the blocks stay bit-exact
+                bw = bw.rows(torch.from_numpy(_unpermute(np.arange(t.shape[0]), heads)))
+            base.w[name] = bw.to(device)
             continue
         keep_fp32 = t.name.endswith("norm.weight") or t.name.endswith(".bias") or name == "rope_freqs"
         tensor = gguf_tensors.dequantize(t, torch.float32 if keep_fp32 else dtype)
@@ -139,7 +151,8 @@ class LoraModel(torch.nn.Module):
         self.static = False  # True: loss over every position with ignore_index (capturable in a CUDA graph)
         self.lora = torch.nn.ParameterDict()
         emb = base.w["token_embd"]
-        device = emb.qs.device if isinstance(emb, q4.Q4Weight) else emb.device
+        device = emb.qs.device if isinstance(emb, q4.Q4Weight) else emb.raw.device if isinstance(
+            emb, blocks.BlockWeight) else emb.device
         gen = torch.Generator().manual_seed(seed)
         for i in range(self.cfg.n_layers):
             for gname, hname in LINEARS.items():
@@ -185,7 +198,7 @@ class LoraModel(torch.nn.Module):
     # -- pieces --------------------------------------------------------------------------------
     def _lin(self, x, i: int, gname: str):
         w = self.base.w[f"blk.{i}.{gname}"]
-        y = q4.q4_linear(x, w) if isinstance(w, q4.Q4Weight) else F.linear(x, w)
+        y = _linear(x, w)
         bias = self.base.w.get(f"blk.{i}.{gname}.bias")
         if bias is not None:
             y = y + bias.to(y.dtype)
@@ -250,7 +263,12 @@ class LoraModel(torch.nn.Module):
         """Final-norm hidden states for one packed row (1-D tensors)."""
         emb = self.base.w["token_embd"]
         dtype = self.compute_dtype
-        x = q4.q4_embedding(input_ids, emb, dtype) if isinstance(emb, q4.Q4Weight) else emb[input_ids].to(dtype)
+        if isinstance(emb, q4.Q4Weight):
+            x = q4.q4_embedding(input_ids, emb, dtype)
+        elif isinstance(emb, blocks.BlockWeight):
+            x = blocks.embedding(input_ids, emb, dtype)
+        else:
+            x = emb[input_ids].to(dtype)
         ang = positions.to(self.inv_freq.dtype)[:, None] * self.inv_freq[None, :]
         ang = torch.cat([ang, ang], dim=-1)[:, None, :]
         cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
@@ -266,6 +284,8 @@ class LoraModel(torch.nn.Module):
     @property
     def compute_dtype(self) -> torch.dtype:
         emb = self.base.w["token_embd"]
+        if isinstance(emb, blocks.BlockWeight):
+            return self.base.dtype
         return torch.bfloat16 if isinstance(emb, q4.Q4Weight) else emb.dtype
 
     @property
@@ -275,7 +295,7 @@ class LoraModel(torch.nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         out = self.output_weight
-        return (q4.q4_linear(h, out) if isinstance(out, q4.Q4Weight) else F.linear(h, out)).float()
+        return _linear(h, out).float()
 
     def forward(self, row: dict) -> tuple[torch.Tensor, int]:
         """(sum of token losses, number of loss tokens) for one packed row from `data.pack`."""
@@ -298,6 +318,8 @@ class LoraModel(torch.nn.Module):
         out = self.output_weight
         if isinstance(out, q4.Q4Weight):
             return F.cross_entropy(self.logits(h[sel]), tgt[sel], reduction="sum"), n
+        if isinstance(out, blocks.BlockWeight):  # the vocabulary a slice at a time, never dense
+            return blocks.linear_cross_entropy(h[sel], tgt[sel], out), n
         w8 = self.i8.get("output") if self.i8 is not None and self.training else None
         return int8.linear_cross_entropy(h[sel], tgt[sel], out, self._step_arena, w8), n
 
@@ -325,26 +347,42 @@ class LoraModel(torch.nn.Module):
 def _int8_weights(base: Base) -> dict:
     """Layer i's fused int8 weights by "i.qkv" / "i.o" / "i.gu" / "i.down" (+ ".bias"), and the vocabulary
     projection's by "output" when it is a plain tensor (see int8.linear_cross_entropy for how it is used).
+    A group with GGUF blocks gets an int8.LazyI8: quantized from its blocks at each use, never kept.
     """
     head = base.w.get("output", base.w["token_embd"])
-    out = {} if isinstance(head, q4.Q4Weight) else {"output": int8.from_dense(head)}
+    out = {} if isinstance(head, (q4.Q4Weight, blocks.BlockWeight)) else {"output": int8.from_dense(head)}
     for i in range(base.cfg.n_layers):
         for fused, gnames in FUSED.items():
-            dense = [_dense(base.w[f"blk.{i}.{g}"]) for g in gnames]
-            out[f"{i}.{fused}"] = int8.from_dense(torch.cat(dense) if len(dense) > 1 else dense[0])
+            ws = [base.w[f"blk.{i}.{g}"] for g in gnames]
+            if any(isinstance(w, blocks.BlockWeight) for w in ws):  # made per use from the blocks
+                out[f"{i}.{fused}"] = int8.LazyI8(ws)
+            else:
+                dense = [_dense(w) for w in ws]
+                out[f"{i}.{fused}"] = int8.from_dense(torch.cat(dense) if len(dense) > 1 else dense[0])
             biases = [base.w.get(f"blk.{i}.{g}.bias") for g in gnames]
             if any(b is not None for b in biases):
-                out[f"{i}.{fused}.bias"] = torch.cat([b if b is not None else torch.zeros(d.shape[0])
-                                                      for b, d in zip(biases, dense)]).float()
+                out[f"{i}.{fused}.bias"] = torch.cat([b if b is not None else torch.zeros(_shape(w)[0])
+                                                      for b, w in zip(biases, ws)]).float()
     return out
 
 
 def _dense(w) -> torch.Tensor:
+    if isinstance(w, blocks.BlockWeight):
+        return blocks.dequantize(w, torch.float32)
     return q4.dequantize(w, torch.float32) if isinstance(w, q4.Q4Weight) else w.float()
 
 
 def _shape(w) -> tuple[int, int]:
-    return w.shape if isinstance(w, q4.Q4Weight) else tuple(w.shape)
+    return tuple(w.shape)
+
+
+def _linear(x: torch.Tensor, w) -> torch.Tensor:
+    """x @ W.T for a frozen weight of any kind (dense, Q4 blocks, GGUF blocks)."""
+    if isinstance(w, q4.Q4Weight):
+        return q4.q4_linear(x, w)
+    if isinstance(w, blocks.BlockWeight):
+        return blocks.linear(x, w)
+    return F.linear(x, w)
 
 
 def spans_of(segments) -> list[tuple[int, int]]:
@@ -375,15 +413,17 @@ def build(gguf_path: str | Path, rank: int, alpha: float, targets=ALL_TARGETS, d
     """The trainable model for a GGUF on the best device: Q4 blocks + fp32 compute on CPU, + bf16 on CUDA."""
     device = pick_device(device)
     if device == "cuda":
-        base = load_base(gguf_path, device, torch.bfloat16, keep_q4=True)
+        base = load_base(gguf_path, device, torch.bfloat16, keep_q4=True, keep_blocks=True)
         lora_dtype, ckpt = torch.float32, True if grad_ckpt is None else grad_ckpt
     elif device == "mps":
         base, lora_dtype, ckpt = load_base(gguf_path, device, torch.float16), torch.float32, bool(grad_ckpt)
     else:
-        # Q4_0/Q4_1 projections stay 4-bit and are dequantized to fp32 per use: the weights cost ~1/6 of fp32
-        # (a 1.5B model: ~1 GB instead of 6) for a small share of the step time (bench/train.py: ours-q4 vs
-        # ours-dense)
-        base = load_base(gguf_path, "cpu", torch.float32, keep_q4=True if keep_q4 is None else keep_q4)
+        memory.lean_heap()  # freed temporaries go back to the system: peak RSS is what is live, not heap holes
+        # every projection, the embedding and the output stay in their file's blocks and are dequantized to
+        # fp32 a slice at a time per use (blocks.py): the weights cost what the file does (a 1.5B Q4_K_M:
+        # ~1 GB instead of 6); `keep_q4=False` is the dense fp32 base (bench/train.py: ours-dense)
+        keep = True if keep_q4 is None else keep_q4
+        base = load_base(gguf_path, "cpu", torch.float32, keep_blocks=keep)
         lora_dtype, ckpt = torch.float32, bool(grad_ckpt)
     use8 = device == "cpu" and precision in ("int8", "auto") and int8.available()
     if precision == "int8" and device == "cpu" and not use8:
@@ -435,6 +475,23 @@ def _save_checkpoint(path: Path, model: LoraModel, opt, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def plan_memory(gguf_path, train_rows, val_rows, hp, device: str, precision: str) -> bool:
+    """Whether to checkpoint: the pre-flight (memory.check) at the run's longest row; with `grad_ckpt` unset, a
+    run whose activations would not fit turns checkpointing on instead of failing. Raises AdapterError (with the
+    fix) when even that does not fit: refused now rather than killed by the OOM killer at the first long row."""
+    seq = max(len(r["input_ids"]) for r in list(train_rows) + list(val_rows))
+    use8 = device == "cpu" and precision in ("int8", "auto") and int8.available()
+    ckpt = bool(hp.grad_ckpt if hp.grad_ckpt is not None else device == "cuda")
+    try:
+        memory.check(gguf_path, seq, hp.rank, hp.targets, device, int8=use8, grad_ckpt=ckpt)
+    except AdapterError:
+        if ckpt or hp.grad_ckpt is not None:
+            raise
+        memory.check(gguf_path, seq, hp.rank, hp.targets, device, int8=use8, grad_ckpt=True)
+        ckpt = True
+    return ckpt
+
+
 def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_dir: Path, on_progress=None,
                resume: bool = True, device: str = "auto", threads: int = 0, init: dict | None = None, pace=None) -> dict:
     """Train a LoRA on packed rows; checkpoint to `run_dir/checkpoint.pt` and resume from it.
@@ -451,9 +508,10 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
     device = pick_device(device)
     if device == "cpu":
         torch.set_num_threads(threads or engine.physical_cores())
+    precision = getattr(hp, "precision", "auto")
+    ckpt = plan_memory(gguf_path, train_rows, val_rows, hp, device, precision)
     torch.manual_seed(hp.seed)
-    model = build(gguf_path, hp.rank, hp.alpha, hp.targets, device, hp.grad_ckpt, hp.seed,
-                  precision=getattr(hp, "precision", "auto"))
+    model = build(gguf_path, hp.rank, hp.alpha, hp.targets, device, ckpt, hp.seed, precision=precision)
     model.train()
     params = list(model.lora.values())
     opt = optimizer(params, hp.lr, hp.weight_decay)
@@ -535,5 +593,5 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
             "tokens_per_s": state["train_tokens"] / max(state["train_s"], 1e-9),
             "peak_mem_mb": _peak_mem_mb(device), "steps": state["step"], "total_steps": total,
             "resumed_from": resumed_from, "early_stopped": state["stopped"], "history": state["history"],
-            "device": device, "train_tokens": state["train_tokens"],
+            "device": device, "train_tokens": state["train_tokens"], "grad_ckpt": model.grad_ckpt,
             "precision": "int8" if model.i8 is not None else str(model.compute_dtype).removeprefix("torch.")}

@@ -49,6 +49,42 @@ class I8Weight:
     def nbytes(self) -> int:
         return self.q.numel() + self.s.numel() * 4
 
+    def get(self) -> I8Weight:
+        return self
+
+
+class LazyI8:
+    """A fused group's int8 weight made from its frozen parts (GGUF blocks or dense rows) at each use, forward
+    and again backward: no int8 copy of the model stays in memory, one group's at a time (the parts are
+    dequantized a slice of rows at a time, each row quantized with its own scale as `from_dense` does)."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return sum(p.shape[0] for p in self.parts), self.parts[0].shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+    def get(self) -> I8Weight:
+        from . import blocks
+
+        rows, cols = self.shape
+        q, s = torch.empty(rows, cols, dtype=torch.int8), torch.empty(rows)
+        off = 0
+        for w in self.parts:
+            spans = blocks.slices(w) if isinstance(w, blocks.BlockWeight) else [(0, w.shape[0])]
+            for a, b in spans:
+                dense = blocks.dense_slice(w, a, b) if isinstance(w, blocks.BlockWeight) else w.float()
+                qq, ss = quant_rows(dense, keep=False)
+                q[off + a:off + b].copy_(qq)
+                s[off + a:off + b].copy_(ss.view(-1))
+            off += w.shape[0]
+        return I8Weight(q, s)
+
 
 def available() -> bool:
     """True when this CPU runs int8 matmuls fast (AVX-512 VNNI, AVX-VNNI or AMX) and torch has them."""
@@ -169,20 +205,22 @@ class _LoraI8(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, wq, ws, scale, parts, ffn, arena, *ab):
+    def forward(ctx, x, wsrc, scale, parts, ffn, arena, *ab):
+        w = wsrc.get()  # frozen: kept on ctx (an I8Weight), or made again in backward (a LazyI8)
+        wq, ws = w.q, w.s
         qx, sx = quant_rows(x, arena)
         xa = None
         if ab:
             a_all = torch.cat(ab[0::2])
             xa = torch.mm(x, a_all.t(), out=take(arena, (x.shape[0], a_all.shape[0])))
         keep = take(arena, (x.shape[0], wq.shape[0]), torch.float16) if ffn else None
-        ctx.save_for_backward(qx, sx, wq, ws, xa, keep, *ab)
-        ctx.scale, ctx.parts, ctx.ffn, ctx.arena = scale, parts, ffn, arena
+        ctx.save_for_backward(qx, sx, xa, keep, *ab)
+        ctx.scale, ctx.parts, ctx.ffn, ctx.arena, ctx.wsrc = scale, parts, ffn, arena, wsrc
         return _product(qx, sx, wq, ws, xa, scale, parts, ab, arena, ffn=ffn, keep=keep)
 
     @staticmethod
     def backward(ctx, gy):
-        qx, sx, wq, ws, xa, keep, *ab = ctx.saved_tensors
+        qx, sx, xa, keep, *ab = ctx.saved_tensors
         scale, parts, arena = ctx.scale, ctx.parts, ctx.arena
         gy = gy.contiguous()
         if ctx.ffn:
@@ -195,15 +233,15 @@ class _LoraI8(torch.autograd.Function):
                 grads += [da[rank], (xa[:, rank].t() @ gy[:, out]).mul_(scale).t()]
         gx = None
         if ctx.needs_input_grad[0]:
-            gx = mm_grad(gy, I8Weight(wq, ws), arena, gxa, torch.cat(ab[0::2]) if ab else None)
-        return (gx, None, None, None, None, None, None, *grads)
+            gx = mm_grad(gy, ctx.wsrc.get(), arena, gxa, torch.cat(ab[0::2]) if ab else None)
+        return (gx, None, None, None, None, None, *grads)
 
 
-def lora_linear(x: torch.Tensor, w: I8Weight, scale: float, parts, ab, ffn: int = 0,
+def lora_linear(x: torch.Tensor, w: I8Weight | LazyI8, scale: float, parts, ab, ffn: int = 0,
                 arena: Arena | None = None) -> torch.Tensor:
     """Frozen int8 product plus the LoRA of each part; with `ffn`, silu(gate) * up of it (see `_LoraI8`).
     What backward needs is kept in `arena` when given."""
-    return _LoraI8.apply(x.contiguous(), w.q, w.s, scale, tuple(parts), ffn, arena, *ab)
+    return _LoraI8.apply(x.contiguous(), w, scale, tuple(parts), ffn, arena, *ab)
 
 
 CE_CHUNK = 128

@@ -396,3 +396,173 @@ void pz_softmax_xent(float *x, long R, long V, long ldx, const int64_t *tgt, int
     qs[r] = pmax / 127.0f;
   }
 }
+
+/* ---- GGUF block dequantization (blocks.py): ggml's block layouts (ggml-common.h), one block per iteration,
+ * the same float operations in the same order as gguf-py's numpy reference (bit for bit: -ffp-contract=off).
+ * Plain C: the compiler vectorises the inner loops; blocks are split between threads. */
+
+static inline float h2f(const uint8_t *p) {
+  uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else { /* subnormal: normalise */
+      exp = 127 - 15 + 1;
+      while (!(man & 0x400)) { man <<= 1; exp--; }
+      bits = sign | (exp << 23) | ((man & 0x3FF) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7F800000u | (man << 13);
+  } else {
+    bits = sign | ((exp - 15 + 127) << 23) | (man << 13);
+  }
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+
+static void dq_q4_0(const uint8_t *b, float *y) {
+  float d = h2f(b);
+  for (int j = 0; j < 16; j++) {
+    y[j] = (float)((b[2 + j] & 0x0F) - 8) * d;
+    y[j + 16] = (float)((b[2 + j] >> 4) - 8) * d;
+  }
+}
+
+static void dq_q4_1(const uint8_t *b, float *y) {
+  float d = h2f(b), m = h2f(b + 2);
+  for (int j = 0; j < 16; j++) {
+    y[j] = (float)(b[4 + j] & 0x0F) * d + m;
+    y[j + 16] = (float)(b[4 + j] >> 4) * d + m;
+  }
+}
+
+static void dq_q5(const uint8_t *b, float *y, int has_min) {
+  float d = h2f(b), m = has_min ? h2f(b + 2) : 0.0f;
+  const uint8_t *hb = b + (has_min ? 4 : 2), *qs = hb + 4;
+  uint32_t qh = (uint32_t)hb[0] | ((uint32_t)hb[1] << 8) | ((uint32_t)hb[2] << 16) | ((uint32_t)hb[3] << 24);
+  for (int j = 0; j < 16; j++) {
+    int x0 = (qs[j] & 0x0F) | (((qh >> j) & 1) << 4), x1 = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+    if (has_min) {
+      y[j] = (float)x0 * d + m;
+      y[j + 16] = (float)x1 * d + m;
+    } else {
+      y[j] = d * (float)(x0 - 16);
+      y[j + 16] = d * (float)(x1 - 16);
+    }
+  }
+}
+
+static void dq_q8_0(const uint8_t *b, float *y) {
+  float d = h2f(b);
+  for (int j = 0; j < 32; j++) y[j] = (float)(int8_t)b[2 + j] * d;
+}
+
+static void dq_q2_k(const uint8_t *b, float *y) {
+  const uint8_t *sc = b, *qs = b + 16;
+  float d = h2f(b + 80), dmin = h2f(b + 82);
+  for (int n = 0; n < 2; n++)          /* 128 weights from 32 bytes, 4 shifts */
+    for (int s = 0; s < 4; s++)
+      for (int h = 0; h < 2; h++) {    /* 16 weights, one scale each */
+        int is = n * 8 + s * 2 + h;
+        float dl = d * (float)(sc[is] & 0xF), ml = dmin * (float)(sc[is] >> 4);
+        const uint8_t *q = qs + n * 32 + h * 16;
+        float *o = y + is * 16;
+        for (int l = 0; l < 16; l++) o[l] = dl * (float)((q[l] >> (2 * s)) & 3) - ml;
+      }
+}
+
+static void dq_q3_k(const uint8_t *b, float *y) {
+  const uint8_t *hm = b, *qs = b + 32, *sc = b + 96;
+  float d = h2f(b + 108);
+  for (int is = 0; is < 16; is++) {
+    int lo = (sc[is % 8] >> (4 * (is / 8))) & 0x0F, hi = (sc[8 + is % 4] >> (2 * (is / 4))) & 0x03;
+    float dl = d * (float)((lo | (hi << 4)) - 32);
+    int n = is / 8, s = (is / 2) % 4, h = is % 2, bit = n * 4 + s;
+    const uint8_t *q = qs + n * 32 + h * 16, *hh = hm + h * 16;
+    float *o = y + is * 16;
+    for (int l = 0; l < 16; l++)
+      o[l] = dl * (float)((int)((q[l] >> (2 * s)) & 3) - (((hh[l] >> bit) & 1) ? 0 : 4));
+  }
+}
+
+static inline void k_scale_min(const uint8_t *q, int j, float *sc, float *mn) {
+  if (j < 4) {
+    *sc = (float)(q[j] & 63);
+    *mn = (float)(q[j + 4] & 63);
+  } else {
+    *sc = (float)((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4));
+    *mn = (float)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
+static void dq_q45_k(const uint8_t *b, float *y, int five) {
+  float d = h2f(b), dmin = h2f(b + 2);
+  const uint8_t *scales = b + 4, *qh = b + 16, *ql = b + (five ? 48 : 16);
+  for (int j = 0; j < 8; j++) {    /* 8 groups of 32 weights: a pair of groups shares 32 bytes of nibbles */
+    float sc, mn;
+    k_scale_min(scales, j, &sc, &mn);
+    float d1 = d * sc, m1 = dmin * mn;
+    const uint8_t *q = ql + (j / 2) * 32;
+    int shift = (j % 2) * 4;
+    float *o = y + j * 32;
+    for (int l = 0; l < 32; l++) {
+      int v = (q[l] >> shift) & 0x0F;
+      if (five) v |= ((qh[l] >> j) & 1) << 4;
+      o[l] = d1 * (float)v - m1;
+    }
+  }
+}
+
+static void dq_q6_k(const uint8_t *b, float *y) {
+  const uint8_t *ql = b, *qh = b + 128;
+  const int8_t *sc = (const int8_t *)(b + 192);
+  float d = h2f(b + 208);
+  for (int is = 0; is < 16; is++) {  /* 16 weights a scale, in gguf-py's order */
+    int g = is / 2, half = is % 2;     /* group of 32: g = n * 4 + k (k: which nibble / 2-bit field) */
+    int n = g / 4, k = g % 4;
+    const uint8_t *lq = ql + n * 64 + (k % 2) * 32 + half * 16, *hq = qh + n * 32 + half * 16;
+    int lshift = (k / 2) * 4, hshift = k * 2;
+    float dl = d * (float)sc[is];
+    float *o = y + is * 16;
+    for (int l = 0; l < 16; l++)
+      o[l] = dl * (float)((int)(((lq[l] >> lshift) & 0x0F) | (((hq[l] >> hshift) & 3) << 4)) - 32);
+  }
+}
+
+/* Dequantize nblk blocks of GGUF type `type` (ggml's numbering: 2 Q4_0, 3 Q4_1, 6 Q5_0, 7 Q5_1, 8 Q8_0,
+ * 10 Q2_K .. 14 Q6_K) from src into out (nblk x the block's weights, contiguous). */
+void pz_dequant_blocks(const uint8_t *src, long nblk, int type, float *out, int nt) {
+  long bytes, n;
+  switch (type) {
+    case 2: bytes = 18; n = 32; break;
+    case 3: bytes = 20; n = 32; break;
+    case 6: bytes = 22; n = 32; break;
+    case 7: bytes = 24; n = 32; break;
+    case 8: bytes = 34; n = 32; break;
+    case 10: bytes = 84; n = 256; break;
+    case 11: bytes = 110; n = 256; break;
+    case 12: bytes = 144; n = 256; break;
+    case 13: bytes = 176; n = 256; break;
+    case 14: bytes = 210; n = 256; break;
+    default: return;
+  }
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (long i = 0; i < nblk; i++) {
+    const uint8_t *b = src + i * bytes;
+    float *y = out + i * n;
+    switch (type) {
+      case 2: dq_q4_0(b, y); break;
+      case 3: dq_q4_1(b, y); break;
+      case 6: dq_q5(b, y, 0); break;
+      case 7: dq_q5(b, y, 1); break;
+      case 8: dq_q8_0(b, y); break;
+      case 10: dq_q2_k(b, y); break;
+      case 11: dq_q3_k(b, y); break;
+      case 12: dq_q45_k(b, y, 0); break;
+      case 13: dq_q45_k(b, y, 1); break;
+      case 14: dq_q6_k(b, y); break;
+    }
+  }
+}

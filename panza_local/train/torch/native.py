@@ -51,6 +51,7 @@ _SIGNATURES = {
     "pz_rms_norm": [P, L, L, P, ctypes.c_float, P, P, P, I],
     "pz_rms_norm_grad": [P, P, P, P, L, L, P, I],
     "pz_softmax_xent": [P, L, L, L, P, I, P, P, P, L, P, ctypes.c_uint64, I],
+    "pz_dequant_blocks": [P, L, I, P, I],
 }
 
 _lib: ctypes.CDLL | None | bool = False  # False: not tried yet
@@ -225,3 +226,15 @@ def softmax_xent(logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor
     lib().pz_softmax_xent(logits.data_ptr(), logits.shape[0], logits.shape[1], logits.stride(0),
                           targets.data_ptr(), int(grad), loss.data_ptr(), _ptr(cs), _ptr(q),
                           q.stride(0) if q is not None else 0, _ptr(qs), seed, torch.get_num_threads())
+
+
+GGML_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13,
+              "Q6_K": 14}
+
+
+def dequant_blocks(raw: torch.Tensor, qtype: str, out: torch.Tensor) -> None:
+    """out (fp32, contiguous) = the weights of the GGUF blocks in `raw` (uint8, contiguous), see blocks.py."""
+    assert raw.is_contiguous() and out.is_contiguous() and out.dtype == torch.float32
+    nblk = raw.numel() // {2: 18, 3: 20, 6: 22, 7: 24, 8: 34, 10: 84, 11: 110, 12: 144, 13: 176, 14: 210}[
+        GGML_TYPES[qtype]]
+    lib().pz_dequant_blocks(raw.data_ptr(), nblk, GGML_TYPES[qtype], out.data_ptr(), torch.get_num_threads())
