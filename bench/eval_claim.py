@@ -37,7 +37,7 @@ def panza(home: Path, *args: str, json_out: bool = True) -> dict:
     env = {**os.environ, "PANZA_HOME": str(home)}
     cmd = [sys.executable, "-m", "panza_local", *args] + (["--json"] if json_out else [])
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    out = subprocess.run(cmd, env=env, check=False, stdout=subprocess.PIPE, text=True)
     print(f"  {' '.join(args)}: rc {out.returncode} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if out.returncode != 0:
         raise SystemExit(f"`panza {' '.join(args)}` failed ({out.returncode}):\n{out.stdout[-2000:]}")
@@ -102,8 +102,8 @@ def main() -> None:
     res = report.parent
     (res / f"eval_{args.user}.json").write_text(json.dumps(out, indent=2, default=str))
     md = [f"# Evaluation: {args.user} ({', '.join(out['sources'])})", "",
-          f"{ev.get('n')} held-out emails x {ev.get('seeds')} seeds, embedded model, preset {args.preset}; "
-          f"adapter {ev.get('adapter')}.", "", table(ev), "",
+          (f"{ev.get('n')} held-out emails x {ev.get('seeds')} seeds, embedded model, preset {args.preset}; "
+           f"adapter {ev.get('adapter')}."), "", table(ev), "",
           "Scoring models: " + "; ".join(f"{k}: {v}" for k, v in dict(ev.get("scoring_models") or {}).items()), "",
           "Step times (s): " + ", ".join(f"{k} {v}" for k, v in steps.items())]
     (res / f"eval_{args.user}.md").write_text("\n".join(md) + "\n")

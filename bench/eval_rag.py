@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from eval_claim import ME, USERS  # noqa: E402
+from eval_claim import ME, USERS
 
 
 def main() -> None:
@@ -76,7 +76,7 @@ def main() -> None:
     times["eval"] = round(time.perf_counter() - t, 1)
     out = {"user": args.user, "n": len(items), "seeds": args.seeds, "rag_k": settings.rag_k,
            "rag_min_score": settings.rag_min_score, "max_example_chars": prompts.MAX_EXAMPLE_CHARS,
-           "loadavg": open("/proc/loadavg").read().split()[:3], "seconds": times,
+           "loadavg": Path("/proc/loadavg").read_text().split()[:3], "seconds": times,
            "configs": {c: {k: v for k, v in r.items() if k not in ("per_seed", "lengths")}
                        for c, r in result["configs"].items() if r.get("bleu") is not None},
            "per_seed": {c: r.get("per_seed") for c, r in result["configs"].items() if r.get("bleu") is not None},

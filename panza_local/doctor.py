@@ -22,7 +22,7 @@ def cpu() -> dict:
     if cpuinfo.exists():
         text = cpuinfo.read_text(errors="replace")
         for line in text.splitlines():
-            if line.startswith("model name") and not info["model"].strip(" x86_64"):
+            if line.startswith("model name") and not info["model"].replace("x86_64", "").strip():
                 info["model"] = line.split(":", 1)[1].strip()
             if line.startswith(("flags", "Features")):
                 flags = set(line.split(":", 1)[1].split())
@@ -44,7 +44,7 @@ def accelerators(deep: bool = False) -> dict:
     if out["nvidia_smi"]:
         try:
             res = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=5)
+                                 check=False, capture_output=True, text=True, timeout=5)
             out["gpus"] = [g.strip() for g in res.stdout.splitlines() if g.strip()]
         except (OSError, subprocess.SubprocessError):
             out["gpus"] = []

@@ -240,10 +240,10 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
     if model_path is None:
         model_path, _ = default_model(settings)
     llm = load(model_path, lora_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers)
-    kwargs = dict(messages=messages, stream=True,
-                  max_tokens=max_tokens if max_tokens is not None else settings.max_tokens,
-                  temperature=settings.temperature if temperature is None else temperature,
-                  top_p=top_p, repeat_penalty=repeat_penalty, stop=stop or [])
+    kwargs = {"messages": messages, "stream": True,
+              "max_tokens": max_tokens if max_tokens is not None else settings.max_tokens,
+              "temperature": settings.temperature if temperature is None else temperature,
+              "top_p": top_p, "repeat_penalty": repeat_penalty, "stop": stop or []}
     use_seed = settings.seed if seed is None else seed
     if use_seed is not None and use_seed >= 0:
         kwargs["seed"] = use_seed

@@ -158,13 +158,13 @@ def test_gguf_header_rejects_corruption(tmp_path, blob):
 
 def test_cli_help_and_errors(home):
     env = {**os.environ, "PANZA_HOME": str(home)}
-    r = subprocess.run([sys.executable, "-m", "panza_local", "--help"], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-m", "panza_local", "--help"], check=False, capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "doctor" in r.stdout
     r = subprocess.run([sys.executable, "-m", "panza_local", "models", "add", "/nonexistent.gguf", "--name", "x"],
-                       capture_output=True, text=True, env=env)
+                       check=False, capture_output=True, text=True, env=env)
     assert r.returncode == 1 and "Traceback" not in r.stderr and "no such file" in r.stderr
     r = subprocess.run([sys.executable, "-m", "panza_local", "config", "set", "n_ctx", "big"],
-                       capture_output=True, text=True, env=env)
+                       check=False, capture_output=True, text=True, env=env)
     assert r.returncode == 1 and "fix: panza config set n_ctx" in r.stderr
 
 
@@ -172,7 +172,7 @@ def test_doctor_json(home):
     import json
 
     env = {**os.environ, "PANZA_HOME": str(home)}
-    r = subprocess.run([sys.executable, "-m", "panza_local", "doctor", "--json"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "panza_local", "doctor", "--json"], check=False, capture_output=True, text=True,
                        env=env)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
@@ -208,7 +208,7 @@ def test_fresh_home_drafts_offline_from_the_cli(home):
     """Issue 2's promise: a brand-new home, no data, no network: `panza draft` prints an email."""
     env = {**os.environ, "PANZA_HOME": str(home), "PANZA_THREADS": "1", "PANZA_SEED": "3"}
     r = subprocess.run([sys.executable, "-m", "panza_local", "draft", "Ask Bob to move our meeting to Friday",
-                        "--max-tokens", "48"], capture_output=True, text=True, env=env, timeout=300)
+                        "--max-tokens", "48"], check=False, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.split()) >= 5 and "Traceback" not in r.stderr
 
@@ -223,7 +223,7 @@ def test_connections_racing_on_a_new_store_all_open_it(tmp_path):
     for i in range(12):
         path = tmp_path / f"s{i}" / "panza.db"
 
-        def open_it():
+        def open_it(path=path):
             try:
                 store.connect(path).close()
             except Exception as exc:  # noqa: BLE001 - collected and asserted below

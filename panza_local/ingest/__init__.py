@@ -293,7 +293,7 @@ def _store_item(conn, sid: int, item: Item, opts: dict, summary: dict, touched: 
         return
     try:
         row = _jsonl_row(item) if item.record is not None else _mail_row(conn, item, opts)
-    except Exception as exc:  # a parser bug on one message must not stop the batch: count it and go on
+    except Exception as exc:  # noqa: BLE001 - a parser bug on one message must not stop the batch: count it and go on
         _error(summary, item.location, f"unparsable message ({type(exc).__name__})")
         _skip(summary, "unparsable")
         return

@@ -88,7 +88,7 @@ def guess_me(roots: list[str], limit: int = 2000) -> list[tuple[str, int]]:
         for raw, where in iter_raw(roots, want=looks_sent if by_path else None):
             try:
                 p = parse(raw)
-            except Exception:  # a broken message says nothing about who the user is
+            except Exception:  # noqa: BLE001, S112 - a broken message says nothing about who the user is
                 continue
             if by_path or looks_sent(p.labels):
                 for a in authors(p):

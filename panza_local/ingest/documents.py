@@ -50,7 +50,7 @@ def extract(path: Path) -> tuple[str, str]:
         title, text = fn(path)
     except DocumentError:
         raise
-    except Exception as exc:  # every reader library has its own exception zoo; one reason for them all
+    except Exception as exc:  # noqa: BLE001 - every reader library has its own exception zoo; one reason for them all
         raise DocumentError("unreadable_document", type(exc).__name__) from None
     text = re.sub(r"[ \t]+\n", "\n", text.replace("\r\n", "\n")).strip()[:MAX_CHARS]
     if not text:
@@ -123,7 +123,7 @@ def _pdf(path: Path) -> tuple[str, str]:
     if reader.is_encrypted:
         try:
             ok = reader.decrypt("")
-        except Exception:  # unsupported encryption algorithm
+        except Exception:  # noqa: BLE001 - unsupported encryption algorithm
             ok = 0
         if not ok:
             raise DocumentError("encrypted_pdf", "password-protected")
@@ -131,13 +131,13 @@ def _pdf(path: Path) -> tuple[str, str]:
     try:  # metadata is optional and often broken; the text matters more
         meta = reader.metadata
         title = str(meta.title) if meta and meta.title else ""
-    except Exception:
+    except Exception:  # noqa: BLE001
         title = ""
     pages = []
     for page in reader.pages:
         try:
             pages.append(page.extract_text() or "")
-        except Exception:  # one bad page must not lose the rest of the document
+        except Exception:  # noqa: BLE001 - one bad page must not lose the rest of the document
             pages.append("")
     return title, "\n\n".join(pages)
 
@@ -165,7 +165,7 @@ def _odt(path: Path) -> tuple[str, str]:
 
         t = doc.meta.getElementsByType(dc.Title)
         title = teletype.extractText(t[0]) if t else ""
-    except Exception:  # metadata is optional
+    except Exception:  # noqa: BLE001 - metadata is optional
         title = ""
     return title, "\n".join(parts)
 

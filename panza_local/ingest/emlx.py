@@ -55,7 +55,7 @@ def read(path: Path, start: int = 0) -> Iterator[Item]:
 def _plist_date(blob: bytes) -> str | None:
     try:
         meta = plistlib.loads(blob.strip())
-    except Exception:  # a damaged plist only costs the fallback date
+    except Exception:  # noqa: BLE001 - a damaged plist only costs the fallback date
         return None
     ts = meta.get("date-sent") or meta.get("date-received")
     if not isinstance(ts, (int, float)):

@@ -21,9 +21,9 @@ import hashlib
 import json
 import logging
 import re
-import zlib
 import sqlite3
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
