@@ -1,7 +1,7 @@
 """Frozen GGUF weights kept in their own block format, dequantized a slice at a time inside forward and backward.
 
-Why: a Q4_K_M file (Q4_K, Q5_0, Q6_K and Q8_0 blocks) expanded to fp32 costs ~7x its size; the laptops this
-is for cannot hold that for a 1.5B or 3B model. Here every tensor people download (Q4_0, Q4_1, Q5_0, Q5_1,
+Why: a Q4_K_M file (Q4_K, Q5_0, Q6_K and Q8_0 blocks) expanded to fp32 costs several times its size; the laptops
+this is for cannot hold that for a 1.5B or 3B model. Here every tensor people download (Q4_0, Q4_1, Q5_0, Q5_1,
 Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16, BF16) stays as its file bytes (a read-only memory map, or a copy
 of the rows when llama's q/k rows are un-permuted), and `linear` dequantizes the weight a slice of rows at
 a time into one scratch buffer shared by every layer, for the forward product and again for the input
@@ -11,8 +11,7 @@ with an online log-sum-exp (see `_BlockLinearCE`).
 
 The dequantization follows ggml's block layouts (ggml-common.h; gguf-py's `gguf.quants` is the reference
 the tests compare with, bit for bit): in one pass per block in C where native.py's kernels build
-(`pz_dequant_blocks`, ~14x the torch ops' speed: a 1536 x 512 Q4_K weight in 1.5 ms on one core), else as
-vectorised torch ops, one function per block type.
+(`pz_dequant_blocks`, much faster than the torch ops), else as vectorised torch ops, one function per block type.
 """
 
 from __future__ import annotations
