@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -360,21 +360,29 @@ def _re(subject: str) -> str:
 # -- generation ---------------------------------------------------------------------------------------------
 
 def stream(plan: DraftPlan, *, seed: int | None = None, temperature: float | None = None,
-           max_tokens: int | None = None) -> Iterator[str]:
+           max_tokens: int | None = None, cancelled: Callable[[], bool] | None = None) -> Iterator[str]:
     """Yield the draft's cleaned text pieces (`cleanup.Cleaner`); `plan.pieces` holds them, `plan.raw` the
-    model's own."""
+    model's own. `cancelled` is asked after every token the model writes, also while the clean-up holds text
+    back (a front end's stop button must not wait for the next visible piece): when it says so, the engine
+    stops."""
     plan.pieces, plan.raw = [], []
     st = engine.Stats()
     cleaner = cleanup.Cleaner(plan.profile, plan.to, plan.instruction)
-    for piece in engine.stream_chat(plan.messages, model_path=plan.model_path, lora_path=plan.lora_path,
-                                    max_tokens=max_tokens or plan.max_tokens, temperature=temperature,
-                                    seed=plan.seed if seed is None else seed, stop=[prompts.FENCE],
-                                    settings=plan.settings, stats=st):
-        plan.raw.append(piece)
-        out = cleaner.feed(piece)
-        if out:
-            plan.pieces.append(out)
-            yield out
+    gen = engine.stream_chat(plan.messages, model_path=plan.model_path, lora_path=plan.lora_path,
+                             max_tokens=max_tokens or plan.max_tokens, temperature=temperature,
+                             seed=plan.seed if seed is None else seed, stop=[prompts.FENCE],
+                             settings=plan.settings, stats=st)
+    try:
+        for piece in gen:
+            plan.raw.append(piece)
+            if cancelled is not None and cancelled():
+                break
+            out = cleaner.feed(piece)
+            if out:
+                plan.pieces.append(out)
+                yield out
+    finally:
+        gen.close()  # frees the engine (its lock) now, not when the generator is collected
     plan.stats = {"prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
                   "ttft_s": round(st.ttft_s, 4), "total_s": round(st.total_s, 4),
                   "tokens_per_s": round(st.tokens_per_s, 1)}

@@ -149,9 +149,10 @@ def plan_draft(instruction: str, *, to: str = "", subject: str = "", thread: dic
                          seed=seed, settings=settings)
 
 
-def stream_draft(plan: draft.DraftPlan):
-    """The draft's text pieces from the engine (draft.stream); `finish_draft(plan)` collects them."""
-    return draft.stream(plan)
+def stream_draft(plan: draft.DraftPlan, cancelled=None):
+    """The draft's text pieces from the engine (draft.stream, which asks `cancelled` after every token);
+    `finish_draft(plan)` collects them."""
+    return draft.stream(plan, cancelled=cancelled)
 
 
 def finish_draft(plan: draft.DraftPlan) -> draft.Draft:

@@ -105,7 +105,7 @@ class DraftScreen(Screen):
                                       seed=self.app.seed, settings=self.app.settings)
             self.post_message(ContextReady(backend.plan_rows(self.app.conn, plan), plan.settings.model,
                                            plan.adapter or "none (base model)", plan.notices))
-            gen = backend.stream_draft(plan)
+            gen = backend.stream_draft(plan, cancelled=lambda: worker.is_cancelled)  # escape stops the engine
             try:
                 for piece in gen:
                     if worker.is_cancelled:
