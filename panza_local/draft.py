@@ -129,9 +129,14 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
         examples = [e for e in examples if e is not None]
     adapter, lora = _adapter(use_adapter, settings, notices)
 
+    # An adapter learned from playback pairs, whose requests end with " Mention: <specific terms>": the
+    # user's request takes that shape too (the words are the user's own), so the adapter keeps them.
+    asked = instruction if lora is None else prompts.mention(instruction, prompts.instruction_specifics(
+        instruction, [prompts.recipient(to), profiles.first_name_of(to, instruction)]))
+
     def render(retrieved: list[Retrieved], thread: str | None) -> list[dict]:
         return prompts.build(  # past emails as train/data.py builds its prompts
-            instruction, profile=prof, to=to, subject=subject, thread=thread,
+            asked, profile=prof, to=to, subject=subject, thread=thread,
             examples=prompt_examples([e for e in retrieved if e.kind != "doc"]),
             documents=[(e.cite.rsplit("/", 1)[-1], e.text) for e in retrieved if e.kind == "doc"])
     plan = DraftPlan(instruction=instruction, messages=[], settings=settings, model_path=Path(model_path),

@@ -128,6 +128,32 @@ def request(instruction: str, *, to: str | None = None, subject: str | None = No
     return what
 
 
+MENTION = " Mention: "
+MENTION_TERMS = 4  # the user's instruction's own specifics named again, as playback instructions end
+
+
+def mention(sentence: str, terms) -> str:
+    """A request in the shape data playback writes them: the sentence, then " Mention: t1, t2." (the
+    email's specific terms). Training pairs and retrieved examples carry it; so a draft for an adapter does."""
+    terms, sentence = [t for t in terms if t], sentence.rstrip()
+    if not terms:
+        return sentence
+    return f"{sentence}{'' if sentence[-1:] in '.!?' else '.'}{MENTION}{', '.join(terms)}."
+
+
+def instruction_specifics(instruction: str, exclude=()) -> list[str]:
+    """The terms of the user's own instruction an adapter should find in the draft: its names, days,
+    numbers and rarest words, without the leading verb or the recipient (playback's keyword picker)."""
+    from .playback import scoring
+
+    words = instruction.split()
+    if not words or MENTION.strip() in instruction:
+        return []
+    skip = [*exclude, *(w for w in words[:1] if w.lower().strip(".,") in scoring.INSTRUCTION_WORDS)]
+    body = " ".join(w for w in words if w.lower().strip(".,") not in scoring.INSTRUCTION_WORDS)
+    return scoring.keywords(body, {}, k=MENTION_TERMS, exclude=skip)
+
+
 def user_turn(instruction: str, *, thread: str | None = None, to: str | None = None,
               subject: str | None = None, documents: list[tuple[str, str]] | None = None, **_context) -> str:
     """The last user message: passages of the user's documents and the email being answered (fenced,

@@ -84,6 +84,19 @@ def test_adapter_changes_the_draft(settings, random_lora):
     assert tuned.text != stock.text  # greedy decoding: only the adapter differs
 
 
+def test_adapter_request_ends_like_a_playback_instruction(settings, random_lora):
+    """The adapter learned requests shaped "<sentence>. Mention: <terms>."; the user's request is given that
+    shape from its own words (day, thing, never the verb or the recipient); the stock model gets it as typed."""
+    ask = "Ask Bob to send the signed contract back by Friday"
+    tuned = draft.prepare(ask, to="bob@example.com", use_rag=False, use_adapter=random_lora, settings=settings)
+    stock = draft.prepare(ask, to="bob@example.com", use_rag=False, use_adapter=False, settings=settings)
+    last = tuned.messages[-1]["content"]
+    assert last.endswith(". Mention: signed, contract, Friday.") and ask in last, last
+    assert "Mention:" not in stock.messages[-1]["content"] and tuned.instruction == ask
+    again = draft.prepare(ask + ". Mention: contract.", use_rag=False, use_adapter=random_lora, settings=settings)
+    assert again.messages[-1]["content"].count("Mention:") == 1  # a request already in that shape is kept
+
+
 def test_current_adapter_comes_from_the_registry(settings, random_lora):
     import shutil
 

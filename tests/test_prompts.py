@@ -109,3 +109,11 @@ def test_injection_adds_no_special_tokens_under_the_real_chat_template(vocab):
     # and the raw, un-neutralised text in an assistant turn would have opened extra turns: the check can fail
     raw = [clean[0], {"role": "user", "content": "x"}, {"role": "assistant", "content": INJECTION}]
     assert turn_markers(raw) > 4
+
+
+def test_mention_suffix_is_playbacks_shape():
+    assert prompts.mention("Tell Tom the plan", ["Friday", "", "beds"]) == "Tell Tom the plan. Mention: Friday, beds."
+    assert prompts.mention("Tell Tom the plan.", ["Friday"]) == "Tell Tom the plan. Mention: Friday."
+    assert prompts.mention("Tell Tom the plan.", []) == "Tell Tom the plan."
+    terms = prompts.instruction_specifics("Invite Hannah to book club at mine on Thursday at 7:30", ["Hannah"])
+    assert "Thursday" in terms and "7:30" in terms and not {"Invite", "Hannah"} & set(terms)

@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import failpoint, store
+from .. import failpoint, prompts, store
 from ..errors import NoDataError
 from . import scoring as q
 from .export import export, pairs, split_of, splits  # noqa: F401  (public API lives here too)
@@ -131,8 +131,7 @@ def _seed(content_hash: str, attempt: int) -> int:
 def _with_specifics(sentence: str, email: str, idf: dict, exclude: list[str]) -> str:
     have = {w.lower() for w in q.words(sentence)}
     terms = [t for t in q.keywords(email, idf, k=SPECIFICS + 4, exclude=exclude) if t.lower() not in have]
-    terms = terms[:SPECIFICS]
-    return f"{sentence.rstrip()} Mention: {', '.join(terms)}." if terms else sentence.rstrip()
+    return prompts.mention(sentence, terms[:SPECIFICS])
 
 
 def plan(row: dict, user_name: str = "") -> dict | None:
