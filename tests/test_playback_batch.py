@@ -115,7 +115,7 @@ def test_killed_batched_run_resumes_without_regenerating(home, monkeypatch):
     before = {r[0]: r[1] for r in conn.execute("SELECT content_hash, created_at FROM pairs")}
     assert len(before) == 2
     out = playback.run(conn)
-    assert out["batched"] and (out["generated"], out["reused"]) == (2, 2)
+    assert out.batched and (out.generated, out.reused) == (2, 2)
     after = {r[0]: r[1] for r in conn.execute("SELECT content_hash, created_at FROM pairs")}
     assert len(after) == 4 and all(after[h] == before[h] for h in before)  # kept, not regenerated
     conn.close()
@@ -162,7 +162,7 @@ def test_ctrl_c_in_a_batched_run_keeps_the_pairs_written_and_the_rerun_does_the_
     first = {r[0]: r[1] for r in conn.execute("SELECT content_hash, created_at FROM pairs")}
     assert len(first) == 1
     out = playback.run(conn)
-    assert out["batched"] and (out["generated"], out["reused"]) == (3, 1)
+    assert out.batched and (out.generated, out.reused) == (3, 1)
     after = {r[0]: r[1] for r in conn.execute("SELECT content_hash, created_at FROM pairs")}
     assert len(after) == 4 and all(after[h] == first[h] for h in first)
     conn.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from panza_local import chat, config, draft, engine, outbox, store
 from panza_local.errors import NoDataError, PanzaError
+from panza_local.results import RetuneResult
 
 Draft = draft.Draft  # the finished draft the draft screen holds
 
@@ -207,7 +208,7 @@ def alternatives(instruction: str, n: int = 3, **kwargs) -> list[draft.Draft]:
 
 def run_retune(on_progress: Callable[[int, int | None, str | None], None],
                say: Callable[[str], None] | None = None, settings=None,
-               on_stage: Callable[[dict], None] | None = None) -> dict:
+               on_stage: Callable[[dict], None] | None = None) -> RetuneResult:
     """One re-tune pass (ingest → playback → index → train → eval → promote, only for what is new)."""
     from panza_local import retune
 

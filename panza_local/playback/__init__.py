@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .. import failpoint, store
 from ..errors import NoDataError
+from ..results import PlaybackResult
 from . import scoring as q
 from .export import export, pairs, split_of, splits  # noqa: F401  (public API lives here too)
 
@@ -237,8 +238,8 @@ def _mine(conn: sqlite3.Connection) -> list[dict]:
 
 
 def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = None,
-        on_progress: Progress | None = None, settings=None, parallel: int | None = None) -> dict:
-    """Generate the missing pairs (at most `limit`); return generated/reused/failed/recall_at_1/copy_ratio_median.
+        on_progress: Progress | None = None, settings=None, parallel: int | None = None) -> PlaybackResult:
+    """Generate the missing pairs (at most `limit`); return what was generated, reused, failed, and the quality.
 
     `parallel`: emails generated together in one llama.cpp context (`playback.batch`; default
     `batch.SLOTS`); 1 runs them one at a time (`generate`), which an OpenAI-compatible server always does."""
@@ -290,7 +291,7 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
         summary.update(out)
     log.info("playback: generated %d (model %d, fallback %d) reused %d failed %d", out["generated"],
              out["model"], out["fallback"], out["reused"], out["failed"])
-    return out
+    return PlaybackResult(**out)
 
 
 def _count(out: dict, res: dict) -> None:

@@ -21,6 +21,7 @@ from email.utils import getaddresses
 
 from .. import config, failpoint, store
 from ..errors import NoDataError
+from ..results import IndexResult
 from . import chroma_store, chunks, embed
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ def _hash(item: _Item) -> str:
 # ---------------------------------------------------------------- sync
 
 def sync(conn: sqlite3.Connection, on_progress: Progress | None = None, *, settings: config.Settings | None = None,
-         embed_fn: Callable[[list[str]], object] | None = None, batch: int = 256) -> dict:
+         embed_fn: Callable[[list[str]], object] | None = None, batch: int = 256) -> IndexResult:
     """Bring the collections in step with the store: embed new or changed items, remove gone ones."""
     t0 = time.perf_counter()
     settings = settings or config.load()
@@ -229,12 +230,12 @@ def sync(conn: sqlite3.Connection, on_progress: Progress | None = None, *, setti
             failpoint.hit("index.batch")
         if on_progress:
             on_progress(min(i + batch, total), total, f"{embedded} embedded")
-    summary = {"embedded": embedded, "removed": len(gone), "unchanged": len(wanted) - total,
-               "total": conn.execute("SELECT count(*) FROM index_items").fetchone()[0], "failed": len(errors),
-               "errors": errors, "skipped": dict(skipped), "repaired": repaired, "rebuilt": bool(notice),
-               "notice": notice, "model": model, "seconds": round(time.perf_counter() - t0, 2)}
+    summary = IndexResult(embedded=embedded, removed=len(gone), unchanged=len(wanted) - total,
+                          total=conn.execute("SELECT count(*) FROM index_items").fetchone()[0], failed=len(errors),
+                          errors=errors, skipped=dict(skipped), repaired=repaired, rebuilt=bool(notice),
+                          notice=notice, model=model, seconds=round(time.perf_counter() - t0, 2))
     log.info("index sync: %s embedded, %s removed, %s unchanged, %s failed",
-             embedded, len(gone), summary["unchanged"], len(errors))
+             embedded, len(gone), summary.unchanged, len(errors))
     return summary
 
 
