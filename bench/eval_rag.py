@@ -93,11 +93,12 @@ def main() -> None:
 
 def _playback(conn, rows: list[dict], settings) -> None:
     from panza_local import catalogue, playback
+    from panza_local.ingest import messages
 
     model = catalogue.resolve(settings.model)
     cfg, _ = playback.gen_config(model, settings)
     done = {r[0] for r in conn.execute("SELECT content_hash FROM pairs WHERE gen_config = ?", (cfg,))}
-    idf = playback.q.idf_table(m["body"] for m in playback._mine(conn))
+    idf = playback.q.idf_table(m["body"] for m in messages.mine(conn))
     for row in rows:
         if row["content_hash"] in done:
             continue

@@ -189,9 +189,7 @@ def plan(conn, settings=None, force: bool = False) -> dict:
     current = registry.adapter_for(settings, conn).row
     n_ok = len(playback.pairs(conn))
     ref = _reference(conn, current)
-    new = n_ok if ref is None else conn.execute(
-        "SELECT count(DISTINCT p.message_id) FROM pairs p JOIN messages m ON m.id = p.message_id WHERE "
-        "p.status = 'ok' AND m.deleted = 0 AND m.is_mine = 1 AND p.created_at > ?", (ref,)).fetchone()[0]
+    new = n_ok if ref is None else playback.new_since(conn, ref)
     out = {"train": False, "init_from": None, "new_for_training": new, "mode": None}
     if n_ok < MIN_PAIRS:
         out["why"] = f"{n_ok} training pairs (< {MIN_PAIRS} needed)"
@@ -279,7 +277,7 @@ def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, s
         conn = store.connect()
         try:
             with store.run(conn, "retune") as summary:
-                run_id = conn.execute("SELECT max(id) FROM runs WHERE stage = 'retune'").fetchone()[0]
+                run_id = store.last_run_id(conn, "retune")
 
                 def emit(stage: str, state: str, done: int = 0, total: int | None = None, note: str = "") -> None:
                     if on_stage is not None:
@@ -302,8 +300,7 @@ def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, s
                         out.steps[name] = round(time.perf_counter() - t0, 2)
                         summary.update(out.to_dict())  # a pass that fails later still records what it had done
                         # ... and one killed later too: its row is written now, not only at the end
-                        conn.execute("UPDATE runs SET summary = ? WHERE id = ?",
-                                     (json.dumps(out.to_dict(), default=str), run_id))
+                        store.save_run_summary(conn, run_id, out.to_dict())
 
                 _pass(_Pass(conn, settings, force, say, step, prog, emit), out)
                 out.seconds = round(time.perf_counter() - t_start, 2)
@@ -393,11 +390,7 @@ def _pass(p: _Pass, out: RetuneResult) -> None:
 
 def _last_store_change(conn) -> int:
     """Id of the newest ingest run that changed messages (or was killed, so may have): 0 when none."""
-    row = conn.execute(
-        "SELECT max(id) FROM runs WHERE stage = 'ingest' AND (status != 'done' OR json_extract(summary, '$.stored') > 0 "
-        "OR json_extract(summary, '$.deleted') > 0 OR json_extract(summary, '$.reassigned') > 0 "
-        "OR json_extract(summary, '$.documents') > 0)").fetchone()[0]
-    return row or 0
+    return store.last_run_that_counted(conn, "ingest", ("stored", "deleted", "reassigned", "documents"))
 
 
 def _index_synced_after(conn, ingest_run: int, settings) -> bool:
@@ -417,8 +410,7 @@ def history(limit: int = 20) -> list[dict]:
     """The last re-tune passes, newest first; a pass whose process died shows status 'killed'."""
     conn = store.connect()
     try:
-        rows = conn.execute("SELECT id, started_at, finished_at, status, summary FROM runs WHERE stage = 'retune' "
-                            "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        rows = store.runs_of(conn, "retune", limit)
     finally:
         conn.close()
     running_now = busy() if any(r["status"] == "running" for r in rows) else False

@@ -47,7 +47,7 @@ def test_train_exports_registers_and_reuses(home, shared_data):
     conn = store.connect()
     res = train(conn, backend="torch", preset="quick", overrides=TINY, promote=True)
     for key in ("adapter_id", "val_loss_before", "val_loss_after", "tokens_per_s", "peak_mem_mb", "gguf"):
-        assert res[key] is not None, key
+        assert getattr(res, key) is not None, key
     assert res.steps == 3 and res.tokens_per_s > 0 and 100 < res.peak_mem_mb < 4000
     assert Path(res.gguf).exists() and not (Path(res.gguf).parent / "checkpoint.pt").exists()
     row = registry.get(res.adapter_id, conn)

@@ -65,13 +65,15 @@ def pipeline_status(conn) -> dict:
     from panza_local.train import registry
 
     adapters = [{**a, "metrics": a.get("metrics") or {}} for a in registry.list_(conn)]
-    return {"sources": sources.list_(conn), "counts": store.counts(conn), "adapters": adapters,
+    return {"sources": sources.list_(conn), "counts": counts(conn), "adapters": adapters,
             "runs": store.recent_runs(conn)}
 
 
 def counts(conn) -> dict[str, int]:
-    """Messages, pairs, index items ... in the store (the first-run guide)."""
-    return store.counts(conn)
+    """Messages, pairs, index items ... in the store (the first-run guide and the status screen)."""
+    from panza_local import doctor
+
+    return doctor.store_counts(conn)
 
 
 def model_name(settings=None) -> str:
