@@ -133,7 +133,9 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         """The JSON object of `panza train --json`."""
-        return _json(self, drop=frozenset(f.name for f in fields(self)) - _TRAIN_REUSED if self.reused else frozenset())
+        if not self.reused:
+            return asdict(self)
+        return _json(self, drop=frozenset(f.name for f in fields(self)) - _TRAIN_REUSED)
 
 
 @dataclass
