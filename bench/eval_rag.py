@@ -78,9 +78,9 @@ def main() -> None:
            "rag_min_score": settings.rag_min_score, "max_example_chars": prompts.MAX_EXAMPLE_CHARS,
            "loadavg": Path("/proc/loadavg").read_text().split()[:3], "seconds": times,
            "configs": {c: {k: v for k, v in r.items() if k not in ("per_seed", "lengths")}
-                       for c, r in result["configs"].items() if r.get("bleu") is not None},
-           "per_seed": {c: r.get("per_seed") for c, r in result["configs"].items() if r.get("bleu") is not None},
-           "notes": result["notes"], "samples": result["samples"]}
+                       for c, r in result.configs.items() if r.get("bleu") is not None},
+           "per_seed": {c: r.get("per_seed") for c, r in result.configs.items() if r.get("bleu") is not None},
+           "notes": result.notes, "samples": result.samples}
     name = f"eval_rag_{args.user}" + (f"_{args.tag}" if args.tag else "")
     dest = ROOT / "bench" / "results" / f"{name}.json"
     dest.write_text(json.dumps(out, indent=2, default=str))
@@ -93,11 +93,12 @@ def main() -> None:
 
 def _playback(conn, rows: list[dict], settings) -> None:
     from panza_local import catalogue, playback
+    from panza_local.ingest import messages
 
     model = catalogue.resolve(settings.model)
     cfg, _ = playback.gen_config(model, settings)
     done = {r[0] for r in conn.execute("SELECT content_hash FROM pairs WHERE gen_config = ?", (cfg,))}
-    idf = playback.q.idf_table(m["body"] for m in playback._mine(conn))
+    idf = playback.q.idf_table(m["body"] for m in messages.mine(conn))
     for row in rows:
         if row["content_hash"] in done:
             continue

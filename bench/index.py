@@ -151,7 +151,7 @@ def bench_real(mails: list[dict], n: int) -> dict:
         again = index.sync(conn)
         resync = time.perf_counter() - t0
         conn.close()
-    assert first["embedded"] == n and again["embedded"] == 0
+    assert first.embedded == n and again.embedded == 0
     return {"n": n, "seconds": secs, "items_per_s": n / secs, "resync_seconds": resync}
 
 
@@ -176,7 +176,7 @@ def bench_size(mails: list[dict], base: np.ndarray, n: int, queries: np.ndarray,
         t0 = time.perf_counter()
         out = index.sync(conn, embed_fn=lambda texts: np.stack([vec_of[hash(t)] for t in texts]), batch=2000)
         sync_s = time.perf_counter() - t0
-        assert out["embedded"] == n, out
+        assert out.embedded == n, out
         settings = config.load()
         col = chroma_store.get_collections(settings.chroma_url, settings.embedding_model, ("sent",))["sent"]
 

@@ -60,12 +60,12 @@ def run(data: Path, quick: bool = False) -> dict:
         leftover = sum(bool(residual_markers(b)) for b in bodies) / max(1, len(bodies))
         conn.close()
     return {
-        "files": len(files), "messages": first["seen"],
+        "files": len(files), "messages": first.seen,
         "baseline_messages": n_base, "baseline_msgs_per_s": round(n_base / t_base), "baseline_s": round(t_base, 2),
-        "first_msgs_per_s": round(first["seen"] / t_first), "first_s": round(t_first, 2),
+        "first_msgs_per_s": round(first.seen / t_first), "first_s": round(t_first, 2),
         "rerun_s": round(t_again, 3), "rerun_share_of_first": round(t_again / t_first, 4),
-        "rerun_seen": again["seen"], "stored": first["stored"], "mine": first["mine"],
-        "duplicates": first["duplicates"], "skipped": first["skipped"],
+        "rerun_seen": again.seen, "stored": first.stored, "mine": first.mine,
+        "duplicates": first.duplicates, "skipped": first.skipped,
         "mine_with_quote_markers": round(leftover, 4), "cpus": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }

@@ -65,25 +65,25 @@ def run(data: Path, author: str, limit: int | None, threads: int, preset: str, m
 
         ing = stage("ingest", lambda: ingest(conn, [str(f) for f in files], ME.get(author)))
         mine = conn.execute("SELECT count(*) FROM messages WHERE is_mine = 1 AND deleted = 0").fetchone()[0]
-        stages["ingest"].update(seen=ing["seen"], stored=ing["stored"], mine=mine, duplicates=ing["duplicates"])
+        stages["ingest"].update(seen=ing.seen, stored=ing.stored, mine=mine, duplicates=ing.duplicates)
         set_aside = keep_newest(conn, limit) if limit else 0
         used = conn.execute("SELECT count(*) FROM messages WHERE is_mine = 1 AND deleted = 0").fetchone()[0]
         pb = stage("playback", lambda: playback.run(conn, settings=settings))
-        stages["playback"].update({k: pb.get(k) for k in ("generated", "reused", "failed", "recall_at_1",
+        stages["playback"].update({k: getattr(pb, k) for k in ("generated", "reused", "failed", "recall_at_1",
                                                          "copy_ratio_median")})
-        stages["playback"]["emails_per_min"] = round(pb.get("generated", 0) / max(stages["playback"]["wall_s"], 1e-9)
+        stages["playback"]["emails_per_min"] = round(pb.generated / max(stages["playback"]["wall_s"], 1e-9)
                                                      * 60, 1)
         ix = stage("index", lambda: index.sync(conn, settings=settings))
-        stages["index"].update({k: ix.get(k) for k in ("embedded", "total")})
+        stages["index"].update({k: getattr(ix, k) for k in ("embedded", "total")})
         def said(done, total=None, note=None):  # the train progress line, to stderr
             print(f"  [{time.strftime('%H:%M:%S')}] train {done}/{total} {note or ''}", file=sys.stderr, flush=True)
 
         tr = stage("train", lambda: train(conn, preset=preset, minutes=minutes, settings=settings, promote=True,
                                           on_progress=said))
-        stages["train"].update({k: tr.get(k) for k in (
+        stages["train"].update({k: getattr(tr, k) for k in (
             "adapter_id", "n_train", "n_val", "steps", "planned_steps", "step_s", "eval_s", "stop_reason", "stop_why",
             "val_loss_before", "val_loss_after", "tokens_per_s", "peak_mem_mb", "promoted", "precision")})
-        sel = tr.get("selection") or {}
+        sel = tr.selection or {}
         stages["train"]["selection"] = {k: sel.get(k) for k in ("available", "chosen", "chosen_by", "dropped", "why")}
         total = round(time.perf_counter() - t_all, 2)
         conn.close()

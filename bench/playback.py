@@ -43,16 +43,16 @@ def _one(conn, n: int, parallel: int, settings) -> dict:
     for (r,) in conn.execute("SELECT reason FROM pairs WHERE reason IS NOT NULL"):
         for x in r.split(";"):
             reasons[x] = reasons.get(x, 0) + 1
-    done = out["generated"] + out["failed"]
-    return {"path": "batched" if out.get("batched") else "one at a time", "parallel": out.get("parallel", 1),
-            "emails": done, "seconds_generate": out["seconds"], "seconds_with_scoring": round(wall, 1),
+    done = out.generated + out.failed
+    return {"path": "batched" if out.batched else "one at a time", "parallel": out.parallel,
+            "emails": done, "seconds_generate": out.seconds, "seconds_with_scoring": round(wall, 1),
             "cpu_seconds": round(cpu, 1),
-            "emails_per_min": round(60 * done / out["seconds"], 1),
+            "emails_per_min": round(60 * done / out.seconds, 1),
             "emails_per_cpu_min": round(60 * done / cpu, 1),
-            "recall_at_1": out["recall_at_1"], "copy_ratio_median": out["copy_ratio_median"],
-            "model": out["model"], "fallback": out["fallback"], "failed": out["failed"],
-            "fallback_share": round(out["fallback"] / max(1, out["generated"]), 3),
-            "recall_by_source": out.get("recall_by_source"), "rejections": reasons,
+            "recall_at_1": out.recall_at_1, "copy_ratio_median": out.copy_ratio_median,
+            "model": out.model, "fallback": out.fallback, "failed": out.failed,
+            "fallback_share": round(out.fallback / max(1, out.generated), 3),
+            "recall_by_source": out.recall_by_source, "rejections": reasons,
             "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
@@ -71,7 +71,7 @@ def measure(mbox: Path, me: str, n: int, threads: int, parallel: int) -> dict:
     many = _one(conn, n, parallel, settings)
     conn.close()
     return {"mbox": str(mbox.relative_to(SHARED)) if mbox.is_relative_to(SHARED) else mbox.name,
-            "stored": ing["stored"], "pool": pool, "n": n, "threads": threads, "model": Path(model_path).name,
+            "stored": ing.stored, "pool": pool, "n": n, "threads": threads, "model": Path(model_path).name,
             "one_at_a_time": one, "batched": many,
             "speedup_wall": round(many["emails_per_min"] / one["emails_per_min"], 2),
             "speedup_cpu": round(one["cpu_seconds"] / many["cpu_seconds"], 2)}

@@ -105,13 +105,26 @@ def engine_info(settings) -> dict:
     return {"kind": "remote", "url": settings.engine_url, "model": remote.model_name(settings), **remote.ping(settings)}
 
 
+def store_counts(conn) -> dict[str, int]:
+    """Row counts the status views show (messages, mine, documents, pairs, indexed, adapters, sources), each
+    from the module that owns its table."""
+    from .ingest import messages
+    from .playback import count_ok
+    from .retrieval import index
+    from .train import registry
+
+    c = messages.counts(conn)
+    return {"messages": c["messages"], "mine": c["mine"], "documents": c["documents"], "pairs": count_ok(conn),
+            "indexed": index.count(conn), "adapters": registry.count(conn), "sources": c["sources"]}
+
+
 def report(deep: bool = False) -> dict:
     """Everything `panza doctor` shows, as one dict (the --json output)."""
     settings = config.load()
     conn = store.connect()
     try:
         health = store.health(conn)
-        counts = store.counts(conn)
+        counts = store_counts(conn)
     finally:
         conn.close()
     try:

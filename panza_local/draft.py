@@ -170,20 +170,16 @@ def prompt_examples(retrieved: list[Retrieved]) -> list[prompts.Example]:
 def _instructions(item_ids: list[str]) -> dict[str, str]:
     """{index item id: the latest playback instruction of its message} for the ids that have one."""
     from . import store
+    from .retrieval import index
 
     try:
         conn = store.connect()
     except PanzaError:
         return {}
     try:
-        marks = ",".join("?" * len(item_ids))
-        rows = conn.execute(
-            f"SELECT i.item_id, p.instruction FROM index_items i JOIN pairs p ON p.message_id = i.ref_id "
-            f"WHERE i.item_id IN ({marks}) AND i.kind != 'doc' AND p.status = 'ok' AND p.instruction IS NOT NULL "
-            f"ORDER BY p.id", item_ids).fetchall()
+        return index.item_instructions(conn, item_ids)
     finally:
         conn.close()
-    return {r[0]: r[1] for r in rows}  # the newest pair wins
 
 
 def _budget(prof: prompts.Profile, settings) -> int:
@@ -256,11 +252,11 @@ def _as_retrieved(hit) -> Retrieved | None:
 
 def _message_for_item(item_id: str):
     from . import store
+    from .retrieval import index
 
     conn = store.connect()
     try:
-        return conn.execute("SELECT m.body, m.to_addrs, m.subject FROM index_items i JOIN messages m ON m.id = i.ref_id "
-                            "WHERE i.item_id = ? AND i.kind != 'doc'", (item_id,)).fetchone()
+        return index.item_message(conn, item_id)
     finally:
         conn.close()
 
@@ -325,15 +321,12 @@ def reply_from_bytes(raw: bytes) -> Reply:
 def reply_from_store(message_id: str) -> Reply:
     """The Reply for a message already ingested, found by its Message-ID."""
     from . import store
+    from .ingest import messages
 
     bare = message_id.strip().strip("<>")
     conn = store.connect()
     try:
-        row = None
-        for cand in (bare, f"<{bare}>", bare.lower(), f"<{bare.lower()}>"):
-            row = conn.execute("SELECT * FROM messages WHERE message_id = ? ORDER BY deleted LIMIT 1", (cand,)).fetchone()
-            if row:
-                break
+        row = messages.by_message_id(conn, bare)
     finally:
         conn.close()
     if row is None:

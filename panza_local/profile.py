@@ -114,13 +114,13 @@ def set_value(name: str, value) -> Profile:
 def seed(conn=None, settings=None) -> Profile:
     """A profile inferred from the emails the user wrote (the `messages` rows with is_mine = 1)."""
     from . import config, store
+    from .ingest import messages
 
     settings = settings or config.load()
     own = conn is None
     conn = conn or store.connect()
     try:
-        rows = conn.execute("SELECT body, language FROM messages WHERE is_mine = 1 AND deleted = 0 "
-                            "ORDER BY date DESC LIMIT 5000").fetchall()
+        rows = messages.mine_newest(conn, 5000)
     finally:
         if own:
             conn.close()
@@ -196,6 +196,7 @@ def greeting_for(to: str | None, conn=None) -> str | None:
     if not to:
         return None
     from . import store
+    from .ingest import messages
 
     addr = address_of(to)
     if not addr:
@@ -203,21 +204,19 @@ def greeting_for(to: str | None, conn=None) -> str | None:
     own = conn is None
     conn = conn or store.connect()
     try:
-        rows = conn.execute("SELECT body FROM messages WHERE is_mine = 1 AND deleted = 0 AND "
-                            "lower(to_addrs) LIKE ? ORDER BY date DESC LIMIT 200",
-                            (f"%{addr.lower()}%",)).fetchall()
+        bodies = messages.mine_to(conn, addr, 200)
     finally:
         if own:
             conn.close()
     firsts = []
-    for r in rows:
-        lines = _lines(r["body"] or "")
+    for body in bodies:
+        lines = _lines(body or "")
         if lines and GREETING.match(lines[0]) and len(lines[0].split()) <= 5:
             firsts.append(lines[0])
     if not firsts:
         return None
     line, n = Counter(firsts).most_common(1)[0]
-    return line if n >= 0.3 * len(rows) else None
+    return line if n >= 0.3 * len(bodies) else None
 
 
 def prompt_profile(to: str | None, prof: Profile, *, conn=None, notices: list[str] | None = None,

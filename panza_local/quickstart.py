@@ -64,7 +64,7 @@ def run(bar: Bar, say: Callable[[str], None], *, limit: int | None = None, prese
             t0, c0 = time.perf_counter(), time.process_time()
             with bar(name) as cb:
                 result = step(cb)
-            result = {k: v for k, v in result.items() if not isinstance(v, (list, dict)) or k == "skipped"}
+            result = {k: v for k, v in result.to_dict().items() if not isinstance(v, (list, dict)) or k == "skipped"}
             # CPU seconds beside wall seconds: on a busy machine they say what the stage costs by itself
             out[name] = {**result, "seconds": round(time.perf_counter() - t0, 1),
                          "cpu_seconds": round(time.process_time() - c0, 1)}

@@ -18,12 +18,16 @@ import contextlib
 import hashlib
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import config, failpoint, paths, store
 from .errors import NoDataError, PanzaError
+from .results import RetuneResult
 
 Say = Callable[[str], None]
 
@@ -185,9 +189,7 @@ def plan(conn, settings=None, force: bool = False) -> dict:
     current = registry.adapter_for(settings, conn).row
     n_ok = len(playback.pairs(conn))
     ref = _reference(conn, current)
-    new = n_ok if ref is None else conn.execute(
-        "SELECT count(DISTINCT p.message_id) FROM pairs p JOIN messages m ON m.id = p.message_id WHERE "
-        "p.status = 'ok' AND m.deleted = 0 AND m.is_mine = 1 AND p.created_at > ?", (ref,)).fetchone()[0]
+    new = n_ok if ref is None else playback.new_since(conn, ref)
     out = {"train": False, "init_from": None, "new_for_training": new, "mode": None}
     if n_ok < MIN_PAIRS:
         out["why"] = f"{n_ok} training pairs (< {MIN_PAIRS} needed)"
@@ -243,28 +245,39 @@ STAGES = ("ingest", "playback", "index", "train", "evaluate", "promote")
 OnStage = Callable[[dict], None]
 
 
+@dataclass
+class _Pass:
+    """What the stages of one pass share: the store, the settings, and the pass's own reporting."""
+
+    conn: sqlite3.Connection
+    settings: config.Settings
+    force: bool
+    say: Say
+    step: Callable[[str, Callable[[], Any]], Any]
+    """step(name, fn): run one stage, timing it and recording the pass so far"""
+    prog: Callable[[str], Callable[..., None]]
+    """prog(stage): the on_progress callback that stage gets"""
+    emit: Callable[..., None]
+    """emit(stage, state, done, total, note): one on_stage event"""
+
+
 def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, settings=None,
-             on_stage: OnStage | None = None) -> dict:
-    """One re-tune pass. Returns new_messages, new_pairs, trained, promoted, reason, seconds (+ details).
+             on_stage: OnStage | None = None) -> RetuneResult:
+    """One re-tune pass: new_messages, new_pairs, trained, promoted, reason, seconds (+ details).
 
     `on_progress(done, total, note)` sees every stage's counts in one stream; `on_stage(event)` sees them per
     stage: {stage (one of STAGES), state (running, done, skipped), done, total, note}, each stage ending in a
     done or skipped event whose note carries its counts, so a view can show the whole path (the CLI's and the
     TUI's)."""
-    from . import ingest, playback, train
-    from .retrieval import index
-    from .train import registry
-
     say = say or (lambda s: None)
     settings = settings or config.load()
     t_start = time.perf_counter()
-    out = {"new_messages": 0, "new_pairs": 0, "trained": False, "promoted": False, "reason": "", "steps": {},
-           "adapter_before": None, "adapter_after": None}
+    out = RetuneResult()
     with lock():
         conn = store.connect()
         try:
             with store.run(conn, "retune") as summary:
-                run_id = conn.execute("SELECT max(id) FROM runs WHERE stage = 'retune'").fetchone()[0]
+                run_id = store.last_run_id(conn, "retune")
 
                 def emit(stage: str, state: str, done: int = 0, total: int | None = None, note: str = "") -> None:
                     if on_stage is not None:
@@ -284,101 +297,100 @@ def run_once(*, force: bool = False, say: Say | None = None, on_progress=None, s
                     try:
                         return fn()
                     finally:
-                        out["steps"][name] = round(time.perf_counter() - t0, 2)
-                        summary.update(out)  # a pass that fails later still records what it had done
+                        out.steps[name] = round(time.perf_counter() - t0, 2)
+                        summary.update(out.to_dict())  # a pass that fails later still records what it had done
                         # ... and one killed later too: its row is written now, not only at the end
-                        conn.execute("UPDATE runs SET summary = ? WHERE id = ?", (json.dumps(out, default=str), run_id))
+                        store.save_run_summary(conn, run_id, out.to_dict())
 
-                _pass(conn, out, step, force, say, prog, emit, settings, index, ingest, playback, train, registry)
-                out["seconds"] = round(time.perf_counter() - t_start, 2)
-                summary.update(out)
+                _pass(_Pass(conn, settings, force, say, step, prog, emit), out)
+                out.seconds = round(time.perf_counter() - t_start, 2)
+                summary.update(out.to_dict())
         finally:
             conn.close()
     return out
 
 
-def _pass(conn, out, step, force, say, prog, emit, settings, index, ingest, playback, train, registry) -> None:
+def _pass(p: _Pass, out: RetuneResult) -> None:
+    from . import ingest, playback, train
+    from .retrieval import index
+    from .train import registry
+
+    conn, settings, say, step, prog, emit = p.conn, p.settings, p.say, p.step, p.prog, p.emit
+
     def skip_rest(after: str, why: str) -> None:
         for name in STAGES[STAGES.index(after) + 1:]:
             emit(name, "skipped", note=why)
 
     cur = registry.adapter_for(settings, conn).row
-    out["adapter_before"] = out["adapter_after"] = cur["id"] if cur else None
+    out.adapter_before = out.adapter_after = cur["id"] if cur else None
     sources = ingest.registered_sources(conn)
     if sources:
         ing = step("ingest", lambda: ingest.ingest(conn, sources, me=settings.me or None, on_progress=prog("ingest")))
-        out["new_messages"], out["deleted_messages"] = ing.get("stored", 0), ing.get("deleted", 0)
-        out["ingest"] = {k: ing.get(k) for k in ("seen", "stored", "duplicates", "skipped", "errors_total",
-                                                  "unchanged_files", "files")}
-        seen = ing.get("seen") or 0
-        emit("ingest", "done", seen, seen, f"{out['new_messages']} new of {seen} seen")
+        out.new_messages, out.deleted_messages = ing.stored, ing.deleted
+        out.ingest = {k: getattr(ing, k) for k in ("seen", "stored", "duplicates", "skipped", "errors_total",
+                                                   "unchanged_files", "files")}
+        emit("ingest", "done", ing.seen, ing.seen, f"{out.new_messages} new of {ing.seen} seen")
     else:
         emit("ingest", "skipped", note="no registered sources (panza sources add PATH)")
-    say(f"ingest: {out['new_messages']} new messages from {len(sources)} registered source(s)")
+    say(f"ingest: {out.new_messages} new messages from {len(sources)} registered source(s)")
     try:
         pb = step("playback", lambda: playback.run(conn, on_progress=prog("playback"), settings=settings))
     except NoDataError as exc:
-        out["reason"] = f"nothing to learn from: {exc.message}"
-        say(out["reason"])
+        out.reason = f"nothing to learn from: {exc.message}"
+        say(out.reason)
         emit("playback", "skipped", note="nothing to learn from")
         skip_rest("playback", "nothing to learn from")
         return
-    out["new_pairs"], out["failed_pairs"], out["reused_pairs"] = pb.get("generated", 0), pb.get("failed", 0), \
-        pb.get("reused", 0)
-    n_pb = out["new_pairs"] + out["failed_pairs"] + out["reused_pairs"]
-    emit("playback", "done", n_pb, n_pb, f"{out['new_pairs']} new pairs, {out['reused_pairs']} kept, "
-                                         f"{out['failed_pairs']} failed")
-    say(f"playback: {out['new_pairs']} new pairs")
+    out.new_pairs, out.failed_pairs, out.reused_pairs = pb.generated, pb.failed, pb.reused
+    n_pb = out.new_pairs + out.failed_pairs + out.reused_pairs
+    emit("playback", "done", n_pb, n_pb, f"{out.new_pairs} new pairs, {out.reused_pairs} kept, "
+                                         f"{out.failed_pairs} failed")
+    say(f"playback: {out.new_pairs} new pairs")
     changed_through = _last_store_change(conn)
-    if out["new_pairs"] or not _index_synced_after(conn, changed_through, settings):
+    if out.new_pairs or not _index_synced_after(conn, changed_through, settings):
         ix = step("index", lambda: index.sync(conn, on_progress=prog("index"), settings=settings))
         _set_state(conn, "index_synced", json.dumps({"ingest_run": changed_through, "model": settings.embedding_model,
                                                      "chroma_url": settings.chroma_url}))
-        out["indexed"] = ix.get("embedded", 0)
-        say(f"index: {ix.get('embedded', 0)} embedded, {ix.get('removed', 0)} removed")
-        emit("index", "done", ix.get("total") or 0, ix.get("total") or 0,
-             f"{ix.get('embedded', 0)} embedded, {ix.get('removed', 0)} removed, {ix.get('total', 0)} in all")
+        out.indexed = ix.embedded
+        say(f"index: {ix.embedded} embedded, {ix.removed} removed")
+        emit("index", "done", ix.total, ix.total, f"{ix.embedded} embedded, {ix.removed} removed, {ix.total} in all")
     else:  # opening Chroma alone costs seconds: skip it when no ingest changed the store since the last sync
-        out["indexed"] = 0
+        out.indexed = 0
         say("index: up to date")
         emit("index", "skipped", note="up to date")
-    decision = plan(conn, settings, force)
-    out["new_for_training"], out["reason"] = decision["new_for_training"], decision["why"]
+    decision = plan(conn, settings, p.force)
+    out.new_for_training, out.reason = decision["new_for_training"], decision["why"]
     if not decision["train"]:
         say(f"train: skipped ({decision['why']})")
         emit("train", "skipped", note=decision["why"])
         skip_rest("train", "nothing trained")
         return
-    out["mode"], out["mode_why"] = decision["mode"], decision["mode_why"]
+    out.mode, out.mode_why = decision["mode"], decision["mode_why"]
     say(f"train: {decision['why']}; {decision['mode_why']}")
     res = step("train", lambda: train.train(conn, backend=settings.train_backend, on_progress=prog("train"),
                                             settings=settings, init_from=decision["init_from"]))
-    out["trained"], out["adapter_id"] = True, res["adapter_id"]
-    out["train"] = {k: res.get(k) for k in ("val_loss_before", "val_loss_after", "steps", "resumed_from", "reused",
-                                            "stop_reason")}
-    steps_done = res.get("steps") or 0
-    emit("train", "done", steps_done, res.get("planned_steps") or steps_done,
-         f"{res['adapter_id']}: validation loss {res.get('val_loss_before') or 0:.3f} -> {res.get('val_loss_after') or 0:.3f}"
-         if not res.get("reused") else f"{res['adapter_id']} already trained on this data")
-    g = step("eval", lambda: gate(conn, res["adapter_id"], settings, say, on_progress=prog("evaluate")))
+    out.trained, out.adapter_id = True, res.adapter_id
+    out.train = {k: getattr(res, k) for k in ("val_loss_before", "val_loss_after", "steps", "resumed_from", "reused",
+                                              "stop_reason")}
+    steps_done = res.steps or 0
+    emit("train", "done", steps_done, res.planned_steps or steps_done,
+         f"{res.adapter_id}: validation loss {res.val_loss_before or 0:.3f} -> {res.val_loss_after or 0:.3f}"
+         if not res.reused else f"{res.adapter_id} already trained on this data")
+    g = step("eval", lambda: gate(conn, res.adapter_id, settings, say, on_progress=prog("evaluate")))
     emit("evaluate", "done", g["n_test"], g["n_test"], f"held-out loss new {_num(g['score_new'])} vs "
                                                        f"{g['compared_with']} {_num(g['score_current'])}")
     emit("promote", "done", int(g["promoted"]), 1, ("promoted " if g["promoted"] else "kept the current: ")
-         + (res["adapter_id"] if g["promoted"] else g["reason"]))
-    out["promoted"], out["score_new"], out["score_current"] = g["promoted"], g["score_new"], g["score_current"]
-    out["compared_with"], out["n_test"] = g["compared_with"], g["n_test"]
-    out["reason"] = f"{decision['why']}; {g['reason']}"
+         + (res.adapter_id if g["promoted"] else g["reason"]))
+    out.promoted, out.score_new, out.score_current = g["promoted"], g["score_new"], g["score_current"]
+    out.compared_with, out.n_test = g["compared_with"], g["n_test"]
+    out.reason = f"{decision['why']}; {g['reason']}"
     cur = registry.adapter_for(settings, conn).row
-    out["adapter_after"] = cur["id"] if cur else None
+    out.adapter_after = cur["id"] if cur else None
 
 
 def _last_store_change(conn) -> int:
     """Id of the newest ingest run that changed messages (or was killed, so may have): 0 when none."""
-    row = conn.execute(
-        "SELECT max(id) FROM runs WHERE stage = 'ingest' AND (status != 'done' OR json_extract(summary, '$.stored') > 0 "
-        "OR json_extract(summary, '$.deleted') > 0 OR json_extract(summary, '$.reassigned') > 0 "
-        "OR json_extract(summary, '$.documents') > 0)").fetchone()[0]
-    return row or 0
+    return store.last_run_that_counted(conn, "ingest", ("stored", "deleted", "reassigned", "documents"))
 
 
 def _index_synced_after(conn, ingest_run: int, settings) -> bool:
@@ -398,8 +410,7 @@ def history(limit: int = 20) -> list[dict]:
     """The last re-tune passes, newest first; a pass whose process died shows status 'killed'."""
     conn = store.connect()
     try:
-        rows = conn.execute("SELECT id, started_at, finished_at, status, summary FROM runs WHERE stage = 'retune' "
-                            "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        rows = store.runs_of(conn, "retune", limit)
     finally:
         conn.close()
     running_now = busy() if any(r["status"] == "running" for r in rows) else False
@@ -416,7 +427,7 @@ def history(limit: int = 20) -> list[dict]:
 
 def watch(*, debounce_s: float = 30.0, poll_s: float = 300.0, min_interval_s: float | None = None,
           say: Say | None = None, stop: Callable[[], bool] | None = None, max_passes: int | None = None,
-          pass_fn: Callable[[], dict] | None = None) -> int:
+          pass_fn: Callable[[], RetuneResult] | None = None) -> int:
     """Watch folder and file sources (watchdog) and IMAP ones (IDLE, else polling); run a pass after new
     data settles.
 
@@ -498,7 +509,7 @@ def watch(*, debounce_s: float = 30.0, poll_s: float = 300.0, min_interval_s: fl
                 state["dirty"], state["events"] = False, 0
                 try:
                     res = pass_fn()
-                    say(f"pass done: {res['new_messages']} new messages, promoted={res['promoted']} ({res['reason']})")
+                    say(f"pass done: {res.new_messages} new messages, promoted={res.promoted} ({res.reason})")
                 except RetuneBusy as exc:
                     say(str(exc))
                 except PanzaError as exc:  # a bad pass is reported; watching goes on

@@ -1,5 +1,18 @@
 """SQLite store: WAL, foreign keys, ordered append-only migrations (panza_local/migrations/NNNN_*.sql)."""
 
+# Who owns each table: only the owner's SQL writes it or reads it on its own; another module's SQL names it only
+# joined to a table of its own (playback's pairs JOIN messages), else it calls a function of the owner
+# (tests/test_sql_owners.py reads this map; paths under panza_local/, "/" ends a package):
+#   ingest/              sources, source_files, messages, documents, ingest_meta
+#   playback/            pairs
+#   retrieval/           index_items
+#   train/registry.py    adapters
+#   catalogue.py         models
+#   chat.py              conversations, chat_messages
+#   draft.py             drafts
+#   retune.py            retune_gate, retune_state
+#   store.py             runs, schema_migrations
+
 from __future__ import annotations
 
 import contextlib
@@ -152,20 +165,6 @@ def recent_runs(conn: sqlite3.Connection, limit: int = 8) -> list[dict]:
         "SELECT id, stage, started_at, finished_at, status FROM runs ORDER BY id DESC LIMIT ?", (limit,))]
 
 
-def counts(conn: sqlite3.Connection) -> dict[str, int]:
-    """Row counts the status views show."""
-    q = {
-        "messages": "SELECT count(*) FROM messages WHERE deleted = 0",
-        "mine": "SELECT count(*) FROM messages WHERE deleted = 0 AND is_mine = 1",
-        "documents": "SELECT count(*) FROM documents WHERE deleted = 0",
-        "pairs": "SELECT count(*) FROM pairs WHERE status = 'ok'",
-        "indexed": "SELECT count(*) FROM index_items",
-        "adapters": "SELECT count(*) FROM adapters",
-        "sources": "SELECT count(*) FROM sources",
-    }
-    return {k: conn.execute(sql).fetchone()[0] for k, sql in q.items()}
-
-
 @contextlib.contextmanager
 def run(conn: sqlite3.Connection, stage: str) -> Iterator[dict]:
     """Record one stage run in `runs`; the caller fills the yielded dict with its summary."""
@@ -182,3 +181,28 @@ def run(conn: sqlite3.Connection, stage: str) -> Iterator[dict]:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
                          (now(), status, json.dumps(summary, default=str), run_id))
+
+
+def last_run_id(conn: sqlite3.Connection, stage: str) -> int | None:
+    """Id of the newest run of `stage` (the one `run` is recording, inside it), or None."""
+    return conn.execute("SELECT max(id) FROM runs WHERE stage = ?", (stage,)).fetchone()[0]
+
+
+def save_run_summary(conn: sqlite3.Connection, run_id: int, summary: dict) -> None:
+    """Write a running stage's summary so far (a run killed later still shows what it had done)."""
+    conn.execute("UPDATE runs SET summary = ? WHERE id = ?", (json.dumps(summary, default=str), run_id))
+
+
+def runs_of(conn: sqlite3.Connection, stage: str, limit: int = 20) -> list[sqlite3.Row]:
+    """The last runs of `stage`, newest first: id, started_at, finished_at, status, summary (JSON text)."""
+    return conn.execute("SELECT id, started_at, finished_at, status, summary FROM runs WHERE stage = ? "
+                        "ORDER BY id DESC LIMIT ?", (stage, limit)).fetchall()
+
+
+def last_run_that_counted(conn: sqlite3.Connection, stage: str, keys: tuple[str, ...]) -> int:
+    """Id of the newest run of `stage` with one of the summary counts `keys` above 0, or that did not finish
+    (so may have); 0 when none."""
+    counted = " OR ".join("json_extract(summary, ?) > 0" for _ in keys)
+    row = conn.execute(f"SELECT max(id) FROM runs WHERE stage = ? AND (status != 'done' OR {counted})",
+                       (stage, *(f"$.{k}" for k in keys))).fetchone()[0]
+    return row or 0

@@ -101,7 +101,7 @@ def sample_home(home, tmp_path, random_lora):
     mbox = sample.write_sample_mailbox(tmp_path / "mail")
     ingest.ingest(conn, [str(mbox)], me=[sample.SAMPLE_ME])
     summary = index.sync(conn)
-    assert summary["total"] > 50
+    assert summary.total > 50
     assert registry.begin(conn, "ad-cold", base_model="smollm2-135m", base_sha256="x" * 64, data_hash="d",
                           config={}) is None
     folder = registry.adapter_dir("ad-cold")

@@ -86,6 +86,22 @@ def check(label: str, out) -> None:
     assert not extra, f"`panza {label}` prints keys docs/CLI.md does not list: {extra} (document them)"
 
 
+def test_the_typed_results_carry_exactly_the_documented_keys():
+    """Each stage's result dataclass (panza_local/results.py) has a field for every top-level key its command
+    documents, and no other (eval's `samples` feed the report only and never reach the JSON)."""
+    import dataclasses
+
+    from panza_local import results
+
+    typed = {"ingest": results.IngestResult, "playback": results.PlaybackResult, "index": results.IndexResult,
+             "train": results.TrainResult, "eval": results.EvalResult, "retune": results.RetuneResult}
+    for label, cls in typed.items():
+        documented = {tokens(path)[0] for path, _ in TABLES[label]}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"samples"}
+        assert fields == documented, (f"{cls.__name__} and docs/CLI.md `{label}` differ: fields only "
+                                      f"{sorted(fields - documented)}, documented only {sorted(documented - fields)}")
+
+
 # --- the parser ------------------------------------------------------------------------------------------
 
 def commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):

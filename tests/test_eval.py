@@ -37,18 +37,18 @@ def test_evaluate_aggregates_over_seeds_and_configs():
 
     result = evaluate.evaluate(_items(), configs=("stock", "adapter"), seeds=2, generate_fn=gen,
                                settings=object(), with_models=False)
-    assert result["n"] == 3 and result["seeds"] == 2
+    assert result.n == 3 and result.seeds == 2
     # config outer, then item, then seed: a model is loaded once per config and prompts reuse their KV cache
     assert calls[:4] == [("stock", 1234), ("stock", 1235), ("stock", 1234), ("stock", 1235)]
     assert len(calls) == 2 * 3 * 2
-    ad, st = result["configs"]["adapter"], result["configs"]["stock"]
+    ad, st = result.configs["adapter"], result.configs["stock"]
     assert ad["bleu"] == pytest.approx(1.0) and ad["rougeL"] == pytest.approx(1.0) and ad["bleu_std"] == 0.0
     assert ad["greeting_match"] == 1.0 and ad["signoff_match"] == 1.0
     assert st["bleu"] < 0.2 and st["greeting_match"] == 0.0
     assert st["length_words_std"] == 0.0 and set(st["per_seed"]) == {"1234", "1235"}
     # configurations not asked for are still listed, with the reason they have no numbers
     for c in ("stock+rag", "adapter+rag"):
-        assert result["configs"][c]["bleu"] is None and result["configs"][c]["skipped"]
+        assert result.configs[c]["bleu"] is None and result.configs[c]["skipped"]
 
 
 def test_seed_spread_is_the_std_across_seeds():
@@ -59,7 +59,7 @@ def test_seed_spread_is_the_std_across_seeds():
 
     result = evaluate.evaluate(_items(), configs=("stock",), seeds=2, generate_fn=gen, settings=object(),
                                with_models=False)
-    st = result["configs"]["stock"]
+    st = result.configs["stock"]
     assert st["per_seed"]["1234"]["bleu"] == pytest.approx(1.0)
     assert st["per_seed"]["1235"]["bleu"] < 0.05
     assert st["bleu_std"] == pytest.approx(abs(1.0 - st["per_seed"]["1235"]["bleu"]) / 2 ** 0.5)
@@ -96,13 +96,13 @@ def test_report_renders_with_loss_curves(home, tmp_path):
     result = evaluate.evaluate(_items(), configs=("stock", "adapter"), seeds=2, generate_fn=_fake_generate,
                                settings=object(), with_models=False)
     for c in ("stock", "adapter"):
-        result["configs"][c].update(mauve=0.5, mauve_std=0.1, bertscore=0.6, bertscore_std=0.05)
-    result["adapter"] = "a1"
+        result.configs[c].update(mauve=0.5, mauve_std=0.1, bertscore=0.6, bertscore_std=0.05)
+    result.adapter = "a1"
     folder = home / "adapters" / "a1"
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps(
         {"history": [{"step": s, "loss": 3.0 - s * 0.1, "val_loss": 3.1 - s * 0.08} for s in range(10)]}))
-    path = evaluate_report.write_report(result, tmp_path / "rep")
+    path = evaluate_report.write_report(result.to_dict(samples=True), tmp_path / "rep")
     md = path.read_text()
     assert "| adapter | 1.000 ± 0.000" in md and "| stock+rag | -" in md
     for png in ("metrics.png", "style.png", "lengths.png", "loss.png"):

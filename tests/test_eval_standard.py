@@ -101,25 +101,25 @@ def test_eval_reports_which_models_it_used(home, tmp_path, minilm, no_hub_cache)
                 "mauve": FeatureModel("all-minilm-l6-v2", minilm)}
     res = evaluate.evaluate(_items(), configs=("stock", "adapter"), seeds=2, generate_fn=_fake_generate,
                             settings=object(), standard=stand_in)
-    ad, st = res["configs"]["adapter"], res["configs"]["stock"]
+    ad, st = res.configs["adapter"], res.configs["stock"]
     assert ad["bertscore"] == pytest.approx(1.0, abs=1e-5) and st["bertscore"] < ad["bertscore"]
     assert ad["bertscore_minilm"] == pytest.approx(1.0, abs=1e-4) and st["bertscore_minilm"] < 0.9
     assert 0.0 <= st["mauve"] <= 1.0 and st["mauve_std"] >= 0.0 and ad["mauve_minilm"] == pytest.approx(1.0)
-    used = res["scoring_models"]
+    used = res.scoring_models
     assert used["bertscore"].startswith("bert-score 0.3.") and f"all-minilm-l6-v2 layer 6 ({minilm})" in used["bertscore"]
     assert used["mauve"].startswith("mauve-text 0.4") and "final token" in used["mauve"]
     assert "re-implementation" in used["bertscore_minilm"] and "re-implementation" in used["mauve_minilm"]
-    md = Path(report.write_report(res, tmp_path / "with")).read_text()
+    md = Path(report.write_report(res.to_dict(samples=True), tmp_path / "with")).read_text()
     assert f"- `bertscore`: {used['bertscore']}" in md
     assert "| configuration | bleu | rouge1 | rouge2 | rougeL | bertscore | mauve | bertscore_minilm | mauve_minilm |" in md
     # nothing on disk (the default): the standard keys are null, the report says why and how to fetch them
     res = evaluate.evaluate(_items(), configs=("stock",), seeds=1, generate_fn=_fake_generate, settings=object())
-    st = res["configs"]["stock"]
+    st = res.configs["stock"]
     assert st["bertscore"] is None and st["mauve"] is None and st["bertscore_std"] is None
     assert isinstance(st["bertscore_minilm"], float) and isinstance(st["mauve_minilm"], float)
     assert any(n.startswith("bertscore: roberta-large is not on disk (fix: run `panza models pull roberta-large`)")
-               for n in res["notes"])
-    md = Path(report.write_report(res, tmp_path / "without")).read_text()
+               for n in res.notes)
+    md = Path(report.write_report(res.to_dict(samples=True), tmp_path / "without")).read_text()
     assert "- `bertscore`: not computed: roberta-large is not on disk" in md
     assert "| configuration | bleu | rouge1 | rouge2 | rougeL | bertscore_minilm | mauve_minilm |" in md
-    assert len(REFS) == res["n"]
+    assert len(REFS) == res.n

@@ -183,9 +183,9 @@ def test_eval_skips_an_item_that_cannot_fit_and_scores_the_rest(settings):
              evaluate.Item(instruction=filler("w", 1500), reference="Hi Bob, long one."),
              evaluate.Item(instruction="Ask Bob for the report", reference="Bob, could you send the report?")]
     res = evaluate.evaluate(items, configs=["stock"], seeds=1, settings=settings, with_models=False, max_tokens=6)
-    assert res["configs"]["stock"]["lengths"] and len(res["configs"]["stock"]["lengths"]) == 2
-    assert isinstance(res["configs"]["stock"]["bleu"], float)
-    assert any("1 of 3 held-out emails were not drafted (items 1)" in n and "too long" in n for n in res["notes"])
+    assert res.configs["stock"]["lengths"] and len(res.configs["stock"]["lengths"]) == 2
+    assert isinstance(res.configs["stock"]["bleu"], float)
+    assert any("1 of 3 held-out emails were not drafted (items 1)" in n and "too long" in n for n in res.notes)
 
 
 # -- TUI -------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import pytest
 from panza_local import store
 from panza_local.errors import SourceError
 from panza_local.ingest import detect, ingest, takeout
+from panza_local.results import IngestResult
 
 COLS = "message_id, is_mine, from_addr, to_addrs, subject, date, body, thread"
 KIND = {"mbox": "mbox", "maildir": "maildir", "eml": "eml", "emlx": "emlx", "takeout_zip": "takeout",
@@ -35,7 +36,7 @@ def _rows(db: Path) -> dict[str, tuple]:
         c.close()
 
 
-def _ingest(db: Path, path: Path) -> dict:
+def _ingest(db: Path, path: Path) -> IngestResult:
     conn = store.connect(db)
     try:
         return ingest(conn, [str(path)], [mf.ME])
@@ -49,7 +50,7 @@ def reference(tmp_path_factory) -> dict[str, tuple]:
     tmp = tmp_path_factory.mktemp("reference")
     db = tmp / "ref.db"
     summary = _ingest(db, mf.write_mbox(tmp))
-    assert summary["stored"] == mf.TOTAL
+    assert summary.stored == mf.TOTAL
     return _rows(db)
 
 
@@ -69,18 +70,18 @@ def test_each_format_reads_the_same_mail(fmt, reference, tmp_path):
     assert detect(path) == ("folder" if fmt in ("eml", "emlx") else KIND[fmt])
     db = tmp_path / "panza.db"
     summary = _ingest(db, path)
-    assert summary["sources"][0]["kind"] == KIND[fmt], summary["sources"]
-    assert summary["stored"] == mf.TOTAL and summary["duplicates"] == 0 and summary["errors_total"] == 0, summary
-    skipped = summary["skipped"]
-    assert summary["seen"] == mf.TOTAL + sum(skipped.values())
+    assert summary.sources[0]["kind"] == KIND[fmt], summary.sources
+    assert summary.stored == mf.TOTAL and summary.duplicates == 0 and summary.errors_total == 0, summary
+    skipped = summary.skipped
+    assert summary.seen == mf.TOTAL + sum(skipped.values())
     assert skipped in ({}, {"not_mail": 1}), skipped  # emlx: Apple's Envelope Index, counted, never mail
-    assert summary["mine"] == mf.MINE
+    assert summary.mine == mf.MINE
     got = _rows(db)
     assert got.keys() == reference.keys()
     for mid, row in reference.items():
         assert got[mid] == row, (fmt, mid)  # authorship, addresses, subject, date, cleaned body, thread
     again = _ingest(db, path)  # nothing new the second time
-    assert again["stored"] == 0 and again["files"] == 0 and again["unchanged_files"] >= 1, again
+    assert again.stored == 0 and again.files == 0 and again.unchanged_files >= 1, again
 
 
 def test_folders_keep_their_names(tmp_path):
@@ -128,8 +129,8 @@ def test_takeout_in_a_downloads_folder_and_bad_archives(tmp_path):
         zf.writestr("Takeout/Google Photos/a.json", "{}")
     (downloads / "cut-short.zip").write_bytes(mf.write_takeout(tmp_path / "full", "zip").read_bytes()[:5000])
     summary = _ingest(tmp_path / "panza.db", downloads)
-    assert summary["stored"] == mf.TOTAL and summary["mine"] == mf.MINE
-    assert summary["skipped"] == {"archive_without_mail": 1, "damaged_archive": 1}, summary["skipped"]
+    assert summary.stored == mf.TOTAL and summary.mine == mf.MINE
+    assert summary.skipped == {"archive_without_mail": 1, "damaged_archive": 1}, summary.skipped
     with pytest.raises(SourceError) as err:  # pointed at an archive with no mail: says so, names the file
         detect(downloads / "photos.zip")
     assert "photos.zip" in str(err.value) and "archive_without_mail" in str(err.value)
@@ -164,9 +165,9 @@ def test_kill_mid_ingest_then_resume(fmt, point, reference, home, tmp_path):
     resumed = _ingest(db, path)
     done = len(partial)
     if fmt == "maildir":  # committed files are not read again
-        assert resumed["unchanged_files"] == done and resumed["seen"] == mf.TOTAL - done, resumed
+        assert resumed.unchanged_files == done and resumed.seen == mf.TOTAL - done, resumed
     else:  # an archive is read again; what was stored counts once
-        assert resumed["duplicates"] == done and resumed["stored"] == mf.TOTAL - done, resumed
+        assert resumed.duplicates == done and resumed.stored == mf.TOTAL - done, resumed
     assert _rows(db) == reference
     c = sqlite3.connect(db)
     try:

@@ -64,7 +64,7 @@ def test_a_mailbox_named_with_a_quote_syncs_and_takes_drafts(dovecot, keyring_me
     uri = f"imaps://alice@127.0.0.1:{dovecot['port']}?cafile={dovecot['cafile']}"
     conn = store.connect()
     s = ingest(conn, [uri], ["alice@example.com"])
-    assert s["errors"] == [] and s["mine"] == 1
+    assert s.errors == [] and s.mine == 1
     assert conn.execute("SELECT location FROM messages").fetchone()[0].startswith(f"{box};UID=")
     cfg = imap.parse_uri(uri)
     assert imap.append_draft(cfg, _message(2), box) == box

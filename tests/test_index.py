@@ -71,17 +71,17 @@ def chroma_ids() -> set[str]:
 
 def test_sync_is_incremental_and_removes_deleted(conn):
     first = index.sync(conn)
-    assert (first["embedded"], first["removed"], first["unchanged"], first["total"]) == (12, 0, 0, 12)
+    assert (first.embedded, first.removed, first.unchanged, first.total) == (12, 0, 0, 12)
     assert chroma_ids() == {f"msg:{i}" for i in range(1, 13)}
     assert conn.execute("SELECT count(*) FROM index_items").fetchone()[0] == 12
 
     again = index.sync(conn)
-    assert (again["embedded"], again["removed"], again["unchanged"], again["total"]) == (0, 0, 12, 12)
+    assert (again.embedded, again.removed, again.unchanged, again.total) == (0, 0, 12, 12)
 
     conn.execute("UPDATE messages SET body = body || ' Updated numbers inside.' WHERE id = 1")
     conn.execute("UPDATE messages SET deleted = 1 WHERE id = 3")
     changed = index.sync(conn)
-    assert (changed["embedded"], changed["removed"], changed["unchanged"], changed["total"]) == (1, 1, 10, 11)
+    assert (changed.embedded, changed.removed, changed.unchanged, changed.total) == (1, 1, 10, 11)
     assert "msg:3" not in chroma_ids()
     hits = index.search("lunch at the Thai place", k=5, conn=conn)
     assert 3 not in [h.ref_id for h in hits]
@@ -92,12 +92,12 @@ def test_removed_source_leaves_the_index(conn):
     conn.execute("INSERT INTO sources (id, uri, kind, added_at) VALUES (2, '/docs', 'docs', ?)", (store.now(),))
     conn.execute("INSERT INTO documents (source_id, path, content_hash, title, text, ingested_at) "
                  "VALUES (2, '/docs/a.md', 'h', 'A', 'First paragraph.\n\nSecond one.', ?)", (store.now(),))
-    assert index.sync(conn)["total"] == 14
+    assert index.sync(conn).total == 14
     # what `panza sources remove` does: the source's rows leave the store (documents cascade)
     conn.execute("DELETE FROM messages WHERE source_id = 1")
     conn.execute("DELETE FROM sources WHERE id IN (1, 2)")
     out = index.sync(conn)
-    assert out["removed"] == 13 and out["total"] == 1
+    assert out.removed == 13 and out.total == 1
     assert chroma_ids() == {"msg:50"}
 
 
@@ -163,7 +163,7 @@ def test_training_context_on_real_mail(conn, shared_data):
     for i, r in enumerate(rows, 1):
         add_message(conn, 100 + i, r.get("subject") or "", r["email"], date=f"2024-{1 + i // 28:02d}-"
                     f"{1 + i % 28:02d}T10:00:00+00:00")
-    assert index.sync(conn)["total"] == len(rows)
+    assert index.sync(conn).total == len(rows)
     bodies = {100 + i: r["email"] for i, r in enumerate(rows, 1)}
     vecs = dict(zip(bodies, embed.embed(list(bodies.values()))))
     checked = 0
@@ -187,9 +187,9 @@ def test_embedding_model_change_rebuilds_with_notice(conn):
     with pytest.raises(NoDataError, match="panza index"):
         index.search("budget", conn=conn)
     out = index.sync(conn)
-    assert out["rebuilt"] and "older-embedder" in out["notice"] and "all-minilm-l6-v2" in out["notice"]
-    assert (out["embedded"], out["unchanged"], out["total"]) == (12, 0, 12)
-    assert index.sync(conn)["embedded"] == 0
+    assert out.rebuilt and "older-embedder" in out.notice and "all-minilm-l6-v2" in out.notice
+    assert (out.embedded, out.unchanged, out.total) == (12, 0, 12)
+    assert index.sync(conn).embedded == 0
 
 
 def test_lost_collection_is_repaired(conn):
@@ -197,7 +197,7 @@ def test_lost_collection_is_repaired(conn):
     s = config.load()
     chroma_store.client(s.chroma_url).delete_collection(chroma_store.name_of("sent"))
     out = index.sync(conn)
-    assert out["embedded"] == 12 and out["total"] == 12
+    assert out.embedded == 12 and out.total == 12
 
 
 def test_bad_item_is_counted_and_batch_goes_on(conn):
@@ -209,10 +209,10 @@ def test_bad_item_is_counted_and_batch_goes_on(conn):
         return embed.embed(texts)
 
     out = index.sync(conn, embed_fn=flaky, batch=5)
-    assert out["failed"] == 1 and out["errors"][0]["id"] == "msg:40" and out["embedded"] == 12
-    assert "POISON" not in json.dumps(out["errors"])  # errors never carry message text
+    assert out.failed == 1 and out.errors[0]["id"] == "msg:40" and out.embedded == 12
+    assert "POISON" not in json.dumps(out.errors)  # errors never carry message text
     retry = index.sync(conn)
-    assert retry["embedded"] == 1 and retry["total"] == 13
+    assert retry.embedded == 1 and retry.total == 13
 
 
 def test_interrupted_sync_resumes(conn):
@@ -228,7 +228,7 @@ def test_interrupted_sync_resumes(conn):
         index.sync(conn, embed_fn=dies_second_batch, batch=4)
     assert conn.execute("SELECT count(*) FROM index_items").fetchone()[0] == 4
     out = index.sync(conn)
-    assert (out["embedded"], out["unchanged"], out["total"]) == (8, 4, 12)
+    assert (out.embedded, out.unchanged, out.total) == (8, 4, 12)
 
 
 def test_chunking_respects_paragraphs():
@@ -258,13 +258,13 @@ def test_documents_are_chunked_and_cited(conn, tmp_path):
                  "VALUES (7, 3, '/docs/plan.md', 'h', 'Plan', ?, ?)", (text, store.now()))
     out = index.sync(conn)
     n_chunks = len(chunks.chunk(text))
-    assert n_chunks >= 2 and out["total"] == 12 + n_chunks
+    assert n_chunks >= 2 and out.total == 12 + n_chunks
     hits = index.search("boiler pressure valve", k=2, kinds=("doc",), conn=conn)
     assert hits[0].kind == "doc" and hits[0].ref_id == 7 and hits[0].id.startswith("doc:7:")
     assert hits[0].cite.startswith("/docs/plan.md ¶") and "pressure valve" in hits[0].text
     conn.execute("UPDATE documents SET text = 'Short now.' WHERE id = 7")
     again = index.sync(conn)
-    assert again["removed"] == n_chunks - 1 and again["embedded"] == 1
+    assert again.removed == n_chunks - 1 and again.embedded == 1
 
 
 def test_carries_context_share():
@@ -354,7 +354,7 @@ def test_real_documents_from_the_shared_data_are_found_and_cited(conn, shared_da
     notes.mkdir()
     for p in picked:
         shutil.copy(src / p, notes / p.rsplit("/", 1)[-1])
-    assert ingest.ingest(conn, [str(notes)])["documents"] == 3
+    assert ingest.ingest(conn, [str(notes)]).documents == 3
     index.sync(conn)
     hits = index.documents("Thank the rebels and misfits who see things differently and push the human race "
                            "forward", conn=conn)

@@ -71,13 +71,13 @@ def test_index_and_search_through_a_chroma_server(home, chroma_server, monkeypat
         for i, (subject, body, to) in enumerate(MAIL, 1):
             add_message(conn, i, subject, body, to)
         first = index.sync(conn)
-        assert (first["embedded"], first["total"]) == (12, 12)
+        assert (first.embedded, first.total) == (12, 12)
         assert not (home / "chroma").exists()  # nothing went to the local persistent store
-        assert index.sync(conn)["embedded"] == 0
+        assert index.sync(conn).embedded == 0
         hits = index.search("quarterly budget spreadsheet", k=2, conn=conn)
         assert hits[0].ref_id == 1
         conn.execute("UPDATE messages SET deleted = 1 WHERE id = 1")
-        assert index.sync(conn)["removed"] == 1
+        assert index.sync(conn).removed == 1
         assert 1 not in [h.ref_id for h in index.search("quarterly budget spreadsheet", k=2, conn=conn)]
         assert index.training_context(11, 2, conn=conn)  # RAFT context works the same way remotely
         # the server holds embeddings and ids, never the mail text

@@ -17,8 +17,8 @@ ALLEN = ["phillip.allen@enron.com", "k..allen@enron.com"]
 
 
 def _check_accounting(s: dict) -> None:
-    assert s["seen"] == s["stored"] + s["duplicates"] + sum(s["skipped"].values()), s
-    assert all(isinstance(k, str) and k and v > 0 for k, v in s["skipped"].items())
+    assert s.seen == s.stored + s.duplicates + sum(s.skipped.values()), s
+    assert all(isinstance(k, str) and k and v > 0 for k, v in s.skipped.items())
 
 
 def _residual_share(conn) -> float:
@@ -76,16 +76,16 @@ def test_format_end_to_end(shared_data, conn, fmt, kind):
     assert detect(root) in (kind, "folder")
     s = ingest(conn, [str(root)], ALLEN)
     _check_accounting(s)
-    assert s["seen"] == 1746 and s["errors_total"] == 0
-    assert 1040 <= s["stored"] <= 1060, s
-    assert 600 <= s["mine"] <= 615, s
+    assert s.seen == 1746 and s.errors_total == 0
+    assert 1040 <= s.stored <= 1060, s
+    assert 600 <= s.mine <= 615, s
     mine_from = {r[0] for r in conn.execute("SELECT DISTINCT author FROM messages WHERE is_mine = 1")}
     assert mine_from <= set(ALLEN)
     assert _residual_share(conn) < 0.01
     dates = [r[0] for r in conn.execute("SELECT date FROM messages WHERE date IS NOT NULL")]
     assert len(dates) > 1000 and all(d.endswith("+00:00") for d in dates)  # ISO 8601, UTC
     again = ingest(conn, [str(root)], ALLEN)
-    assert again["seen"] == 0 and again["stored"] == 0 and again["unchanged_files"] >= 1
+    assert again.seen == 0 and again.stored == 0 and again.unchanged_files >= 1
 
 
 def test_jsonl_corpus_is_all_mine(shared_data, conn):
@@ -93,8 +93,8 @@ def test_jsonl_corpus_is_all_mine(shared_data, conn):
     lines = [json.loads(x) for x in src.read_text().splitlines() if x.strip()]
     s = ingest(conn, [str(src)], [])
     _check_accounting(s)
-    assert s["seen"] == len(lines)
-    assert s["stored"] + s["duplicates"] == len(lines)
+    assert s.seen == len(lines)
+    assert s.stored + s.duplicates == len(lines)
     assert conn.execute("SELECT count(*) FROM messages WHERE is_mine = 0").fetchone()[0] == 0
     first = conn.execute("SELECT body, subject FROM messages ORDER BY id LIMIT 1").fetchone()
     assert first["body"].startswith(lines[0]["email"].replace("\r\n", "\n")[:40])
@@ -139,14 +139,14 @@ def test_lay_k_assistant_is_not_the_boss(shared_data, conn):
                         ).fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM messages WHERE is_mine = 0 AND from_addr LIKE 'rosalee%'"
                         ).fetchone()[0] > 100
-    assert 0 < s["mine"] <= 13
+    assert 0 < s.mine <= 13
 
 
 def test_mailing_list_rewritten_from(shared_data, conn):
     s = ingest(conn, [str(shared_data / "usrp" / "rob_kossler" / "Maildir")], ["rkossler@nd.edu"])
     _check_accounting(s)
-    assert s["seen"] == 648
-    assert s["mine"] >= 630  # ~45% of these have From rewritten to the list address
+    assert s.seen == 648
+    assert s.mine >= 630  # ~45% of these have From rewritten to the list address
     assert conn.execute("SELECT count(*) FROM messages WHERE body LIKE '%mailing list%listinfo%'").fetchone()[0] == 0
     assert _residual_share(conn) < 0.01
 
@@ -155,9 +155,9 @@ def test_new_address_relabels_without_reparsing(tmp_path, conn):
     p = _mbox(tmp_path / "sent.mbox", [("me@example.com", "a", "first message with enough words"),
                                        ("other@example.com", "b", "second message with enough words")])
     s = ingest(conn, [str(p)], [])
-    assert s["mine"] == 0
+    assert s.mine == 0
     s2 = ingest(conn, [str(p)], ["me@example.com"])
-    assert s2["seen"] == 0 and s2["reassigned"] == 1
+    assert s2.seen == 0 and s2.reassigned == 1
     assert conn.execute("SELECT count(*) FROM messages WHERE is_mine = 1").fetchone()[0] == 1
 
 
@@ -167,16 +167,16 @@ def test_grown_changed_and_deleted_files(tmp_path, conn):
     msgs = [("me@example.com", f"subject {i}", f"message number {i} says something new") for i in range(6)]
     box = _mbox(tmp_path / "sent.mbox", msgs[:4])
     s = ingest(conn, [str(box)], ["me@example.com"])
-    assert (s["seen"], s["stored"]) == (4, 4)
+    assert (s.seen, s.stored) == (4, 4)
     # grown: only the new messages are read
     _mbox(tmp_path / "sent.mbox", msgs)
     s = ingest(conn, [str(box)], ["me@example.com"])
-    assert (s["seen"], s["stored"], s["duplicates"]) == (2, 2, 0)
+    assert (s.seen, s.stored, s.duplicates) == (2, 2, 0)
     # changed (first message deleted by the mail client): re-read, the gone one marked deleted
     _mbox(tmp_path / "sent.mbox", msgs[1:])
     os.utime(box, ns=(1, 1))
     s = ingest(conn, [str(box)], ["me@example.com"])
-    assert s["deleted"] == 1 and s["stored"] == 0 and s["duplicates"] == 5
+    assert s.deleted == 1 and s.stored == 0 and s.duplicates == 5
     live = conn.execute("SELECT count(*) FROM messages WHERE deleted = 0").fetchone()[0]
     assert live == 5
     # a file that disappears: its messages are marked deleted, not left behind
@@ -185,7 +185,7 @@ def test_grown_changed_and_deleted_files(tmp_path, conn):
     ingest(conn, [str(tmp_path / "mail")], ["me@example.com"])
     other.unlink()
     s = ingest(conn, [str(tmp_path / "mail")], ["me@example.com"])
-    assert s["deleted"] == 1
+    assert s.deleted == 1
 
 
 def test_duplicates_across_folders_and_sources(shared_data, conn):
@@ -193,11 +193,11 @@ def test_duplicates_across_folders_and_sources(shared_data, conn):
     files = [str(sent / f"enron.allen-p.{n}.mbox") for n in ("sent", "_sent_mail")]
     s = ingest(conn, files, ALLEN)
     _check_accounting(s)
-    assert s["duplicates"] > 400  # the two folders hold the same mail under different Message-IDs
+    assert s.duplicates > 400  # the two folders hold the same mail under different Message-IDs
     n = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
     s2 = ingest(conn, [str(shared_data / "enron" / "formats" / "eml" / "Sent")], ALLEN)
-    assert s2["stored"] < s2["seen"] // 2  # the same user's mail again, in another container
-    assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] - n == s2["stored"]
+    assert s2.stored < s2.seen // 2  # the same user's mail again, in another container
+    assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] - n == s2.stored
 
 
 def test_ctrl_c_then_rerun_gives_the_same_counts(shared_data, tmp_path, conn, monkeypatch):
@@ -234,9 +234,9 @@ def test_every_tricky_file(shared_data, conn):
     s = ingest(conn, [str(shared_data / "tricky")], [])
     _check_accounting(s)
     n_files = sum(1 for p in (shared_data / "tricky").rglob("*") if p.is_file())
-    assert s["seen"] >= n_files - 5  # every file is seen (mbox files hold several messages)
-    assert "unparsable" not in s["skipped"], s["errors"]
-    assert s["stored"] > 300
+    assert s.seen >= n_files - 5  # every file is seen (mbox files hold several messages)
+    assert "unparsable" not in s.skipped, s.errors
+    assert s.stored > 300
     assert _residual_share(conn) < 0.01
     # charsets and RFC 2047 subjects come out as text
     subjects = [r[0] for r in conn.execute("SELECT subject FROM messages")]
@@ -253,8 +253,8 @@ def test_single_bad_message_is_counted_not_fatal(tmp_path, conn):
     (d / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
     s = ingest(conn, [str(d)], ["me@example.com"])
     _check_accounting(s)
-    assert s["seen"] == 4 and s["stored"] == 2
-    assert s["skipped"] == {"empty_after_cleaning": 1, "not_mail": 1}
+    assert s.seen == 4 and s.stored == 2
+    assert s.skipped == {"empty_after_cleaning": 1, "not_mail": 1}
     body = conn.execute("SELECT body FROM messages WHERE body LIKE 'caf%'").fetchone()[0]
     assert body.startswith("café")
 
@@ -284,8 +284,8 @@ def test_documents(tmp_path, conn):
     (d / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
     s = ingest(conn, [str(d)], [])
     _check_accounting(s)
-    assert s["documents"] == 4 and s["skipped"] == {"unreadable_pdf": 1}
-    assert s["errors"][0]["path"].endswith("broken.pdf")
+    assert s.documents == 4 and s.skipped == {"unreadable_pdf": 1}
+    assert s.errors[0]["path"].endswith("broken.pdf")
     docs = {Path(r["path"]).name: r for r in conn.execute("SELECT * FROM documents")}
     assert docs["notes.md"]["title"] == "Trip notes"
     assert docs["page.html"]["title"] == "Policy" and "Remote work" in docs["page.html"]["text"]
@@ -293,16 +293,16 @@ def test_documents(tmp_path, conn):
     assert docs["utf16.txt"]["text"] == "Bonjour à tous"
     (d / "notes.md").unlink()
     s = ingest(conn, [str(d)], [])
-    assert s["deleted"] == 1 and s["seen"] == 0
+    assert s.deleted == 1 and s.seen == 0
 
 
 @pytest.mark.slow
 def test_shared_documents(shared_data, conn):
     s = ingest(conn, [str(shared_data / "docs")], [])
     _check_accounting(s)
-    assert s["documents"] > 90
-    assert s["skipped"].get("encrypted_pdf") == 2
-    assert all(e["reason"] for e in s["errors"])
+    assert s.documents > 90
+    assert s.skipped.get("encrypted_pdf") == 2
+    assert all(e["reason"] for e in s.errors)
 
 
 # --- CLI ------------------------------------------------------------------------------------------------
@@ -357,7 +357,7 @@ def test_only_mine_and_language_filters_are_counted(tmp_path, conn):
     ])
     s = ingest(conn, [str(box)], ["me@example.com"], only_mine=True, languages=["en"])
     _check_accounting(s)
-    assert s["skipped"] == {"not_mine": 1, "language": 1} and s["stored"] == 1
+    assert s.skipped == {"not_mine": 1, "language": 1} and s.stored == 1
     s = ingest(fresh := store.connect(tmp_path / "all.db"), [str(box)], ["me@example.com"])
     langs = dict(fresh.execute("SELECT subject, language FROM messages").fetchall())
-    assert langs == {"en": "en", "de": "de", "x": "en"} and s["mine"] == 2
+    assert langs == {"en": "en", "de": "de", "x": "en"} and s.mine == 2

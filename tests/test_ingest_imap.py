@@ -189,7 +189,7 @@ def test_imap_incremental_read_only_sync(dovecot, keyring_memory, home):
     uri = f"imaps://alice@127.0.0.1:{dovecot['port']}?cafile={dovecot['cafile']}"
     conn = store.connect()
     s = ingest(conn, [uri], ["alice@example.com"])
-    assert (s["seen"], s["stored"], s["mine"]) == (8, 8, 5)
+    assert (s.seen, s.stored, s.mine) == (8, 8, 5)
     row = conn.execute("SELECT body, thread, location FROM messages WHERE subject = 'note 3'").fetchone()
     assert row["body"] == "Hello Bob, this is note number 3 about the budget."
     assert "earlier text 3" in row["thread"] and row["location"].startswith("Sent;UID=")
@@ -197,14 +197,14 @@ def test_imap_incremental_read_only_sync(dovecot, keyring_memory, home):
     admin.select("Sent", readonly=True)
     assert admin.uid("SEARCH", None, "SEEN")[1][0] == b""
     # unchanged: nothing fetched
-    assert ingest(conn, [uri], ["alice@example.com"])["seen"] == 0
+    assert ingest(conn, [uri], ["alice@example.com"]).seen == 0
     # new mail: only it is fetched; an expunged message is marked deleted
     admin.append("Sent", None, None, _message(8))
     admin.select("INBOX")
     admin.uid("STORE", "1", "+FLAGS", "(\\Deleted)")
     admin.expunge()
     s = ingest(conn, [uri], ["alice@example.com"])
-    assert (s["seen"], s["stored"], s["deleted"]) == (1, 1, 1)
+    assert (s.seen, s.stored, s.deleted) == (1, 1, 1)
     assert conn.execute("SELECT count(*) FROM messages WHERE deleted = 0").fetchone()[0] == 8
     admin.logout()
 

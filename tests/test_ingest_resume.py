@@ -45,7 +45,7 @@ def test_kill_9_mid_ingest_then_rerun(shared_data, home, tmp_path):
     conn = store.connect()
     resumed = ingest(conn, sources, ME)
     conn.close()
-    assert resumed["seen"] < 1509  # what was committed before the kill is not read again
+    assert resumed.seen < 1509  # what was committed before the kill is not read again
     got = _rows(db)
 
     fresh = store.connect(tmp_path / "fresh.db")

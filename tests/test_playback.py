@@ -42,9 +42,9 @@ def mailbox(home, monkeypatch):
 
 def test_run_generates_checked_pairs_then_reuses_them(mailbox, monkeypatch):
     out = playback.run(mailbox, limit=2)  # the real model on two emails (the rest of the file is model-free)
-    assert (out["generated"], out["reused"], out["failed"]) == (2, 0, 0)
-    assert out["model"] + out["fallback"] == 2
-    assert set(out) >= {"generated", "reused", "failed", "recall_at_1", "copy_ratio_median"}
+    assert (out.generated, out.reused, out.failed) == (2, 0, 0)
+    assert out.model + out.fallback == 2
+    assert set(out.to_dict()) >= {"generated", "reused", "failed", "recall_at_1", "copy_ratio_median"}
     rows = mailbox.execute("SELECT p.*, m.body, m.to_addrs FROM pairs p JOIN messages m ON m.id = p.message_id "
                            "ORDER BY p.id").fetchall()
     assert len(rows) == 2
@@ -57,7 +57,7 @@ def test_run_generates_checked_pairs_then_reuses_them(mailbox, monkeypatch):
                                                "Invite", "Let", "Send", "Confirm", "Inform", "Apologize",
                                                "Congratulate", "Answer")
         assert r["recall_hit"] in (0, 1)
-    assert 0.0 <= out["recall_at_1"] <= 1.0
+    assert 0.0 <= out.recall_at_1 <= 1.0
 
     from panza_local import engine
 
@@ -66,13 +66,13 @@ def test_run_generates_checked_pairs_then_reuses_them(mailbox, monkeypatch):
 
     monkeypatch.setattr(engine, "chat", broken)  # an engine failure: counted, the batch goes on (fallback)
     again = playback.run(mailbox, parallel=1)  # the one-at-a-time path calls engine.chat
-    assert (again["generated"], again["reused"], again["fallback"]) == (2, 2, 2)
+    assert (again.generated, again.reused, again.fallback) == (2, 2, 2)
     assert {r[0] for r in mailbox.execute("SELECT reason FROM pairs WHERE source = 'fallback'")} == {
         ";".join(["engine_error:RuntimeError"] * playback.ATTEMPTS)}
     last = playback.run(mailbox)
-    assert (last["generated"], last["reused"], last["failed"]) == (0, 4, 0)
+    assert (last.generated, last.reused, last.failed) == (0, 4, 0)
     assert mailbox.execute("SELECT count(*) FROM pairs").fetchone()[0] == 4
-    assert last["recall_at_1"] == again["recall_at_1"]
+    assert last.recall_at_1 == again.recall_at_1
 
 
 def test_interrupted_run_resumes_without_regenerating(mailbox, monkeypatch):
@@ -87,18 +87,18 @@ def test_interrupted_run_resumes_without_regenerating(mailbox, monkeypatch):
     assert len(first) == 2
     assert mailbox.execute("SELECT status FROM runs WHERE stage = 'playback'").fetchone()[0] == "interrupted"
     out = playback.run(mailbox)
-    assert (out["generated"], out["reused"]) == (2, 2)
+    assert (out.generated, out.reused) == (2, 2)
     after = {r[0]: r[1] for r in mailbox.execute("SELECT content_hash, created_at FROM pairs")}
     assert len(after) == 4 and all(after[h] == first[h] for h in first)
 
 
 def test_changed_prompt_regenerates_and_latest_pair_wins(mailbox, monkeypatch):
     monkeypatch.setattr(playback, "ATTEMPTS", 0)  # extractive only: this test is about keys, not the model
-    assert playback.run(mailbox)["generated"] == 4
+    assert playback.run(mailbox).generated == 4
     monkeypatch.setattr(playback, "SYSTEM", playback.SYSTEM + " Keep it short.")
     monkeypatch.setattr(playback, "SPECIFICS", 3)
     out = playback.run(mailbox)
-    assert (out["generated"], out["reused"]) == (4, 0)
+    assert (out.generated, out.reused) == (4, 0)
     assert mailbox.execute("SELECT count(DISTINCT gen_config) FROM pairs").fetchone()[0] == 2
     assert all(p["instruction"].count(",") <= 4 for p in playback.pairs(mailbox))  # the newer (shorter) ones
 
@@ -113,14 +113,14 @@ def test_fallback_is_recorded_honestly_and_a_bad_email_does_not_stop_the_batch(m
 
     monkeypatch.setattr(engine, "chat", parrot)
     out = playback.run(mailbox, parallel=1)
-    assert (out["generated"], out["failed"], out["fallback"], out["model"]) == (4, 1, 4, 0)
-    assert out["fail_reasons"] == {"empty_email": 1}
+    assert (out.generated, out.failed, out.fallback, out.model) == (4, 1, 4, 0)
+    assert out.fail_reasons == {"empty_email": 1}
     for reason, instruction, body in mailbox.execute(
             "SELECT p.reason, p.instruction, m.body FROM pairs p JOIN messages m ON m.id = p.message_id "
             "WHERE p.source = 'fallback'"):
         assert set(reason.split(";")) <= {"copies_email", "too_long", "no_recipient"}
         assert q.copy_ratio(instruction, body) < 0.2
-    assert playback.run(mailbox)["generated"] == 0  # failed pairs are keyed too: not retried each run
+    assert playback.run(mailbox).generated == 0  # failed pairs are keyed too: not retried each run
 
 
 def test_cli_json_and_export(mailbox, tmp_path, capsys, monkeypatch):
@@ -151,6 +151,6 @@ def test_kill_9_mid_run_then_rerun_generates_each_pair_once(mailbox, home):
     before = mailbox.execute("SELECT count(*) FROM pairs").fetchone()[0]
     assert before == 2
     out = playback.run(mailbox)
-    assert out["generated"] + before == 4 and out["reused"] == before
+    assert out.generated + before == 4 and out.reused == before
     dupes = mailbox.execute("SELECT count(*) FROM pairs GROUP BY content_hash HAVING count(*) > 1").fetchall()
     assert dupes == []

@@ -13,6 +13,7 @@ from test_playback_quality import add_message
 
 from panza_local import catalogue, config, playback, sample, store
 from panza_local.cli import main
+from panza_local.ingest import messages
 from panza_local.playback import batch
 from panza_local.playback import scoring as q
 
@@ -25,7 +26,7 @@ def maya(home, tmp_path, monkeypatch):
     monkeypatch.setenv("PANZA_THREADS", "1")
     conn = store.connect()
     ingest.ingest(conn, [str(sample.write_sample_mailbox(tmp_path / "maya.mbox"))], me=[sample.SAMPLE_ME])
-    mine = playback._mine(conn)
+    mine = messages.mine(conn)
     settings = config.Settings(threads=1)
     yield conn, mine, q.idf_table(m["body"] for m in mine), settings, catalogue.embedded_path("smollm2-135m")
     conn.close()
@@ -80,7 +81,7 @@ def test_each_sequence_keeps_its_own_grammar(home, monkeypatch):
     conn = store.connect()
     for i, (body, subject, to) in enumerate(MAIL):
         add_message(conn, body, date=f"2024-05-0{i + 1}T09:00:00+00:00", subject=subject, to=to)
-    rows = playback._mine(conn)
+    rows = messages.mine(conn)
     seen: list[tuple[str, str]] = []
     judge = playback.judge
 
@@ -115,7 +116,7 @@ def test_killed_batched_run_resumes_without_regenerating(home, monkeypatch):
     before = {r[0]: r[1] for r in conn.execute("SELECT content_hash, created_at FROM pairs")}
     assert len(before) == 2
     out = playback.run(conn)
-    assert out["batched"] and (out["generated"], out["reused"]) == (2, 2)
+    assert out.batched and (out.generated, out.reused) == (2, 2)
     after = {r[0]: r[1] for r in conn.execute("SELECT content_hash, created_at FROM pairs")}
     assert len(after) == 4 and all(after[h] == before[h] for h in before)  # kept, not regenerated
     conn.close()
@@ -130,7 +131,7 @@ def test_a_prompt_longer_than_a_slot_goes_one_at_a_time(home, monkeypatch):
     conn = store.connect()
     add_message(conn, MAIL[0][0], date="2024-05-01T09:00:00+00:00", to=MAIL[0][2])
     add_message(conn, "Hi Tom,\n\n" + " ".join(str(1000 + i) for i in range(240)), date="2024-05-02T09:00:00+00:00")
-    rows = playback._mine(conn)
+    rows = messages.mine(conn)
     calls = []
 
     def one(row, **kwargs):
@@ -162,7 +163,7 @@ def test_ctrl_c_in_a_batched_run_keeps_the_pairs_written_and_the_rerun_does_the_
     first = {r[0]: r[1] for r in conn.execute("SELECT content_hash, created_at FROM pairs")}
     assert len(first) == 1
     out = playback.run(conn)
-    assert out["batched"] and (out["generated"], out["reused"]) == (3, 1)
+    assert out.batched and (out.generated, out.reused) == (3, 1)
     after = {r[0]: r[1] for r in conn.execute("SELECT content_hash, created_at FROM pairs")}
     assert len(after) == 4 and all(after[h] == first[h] for h in first)
     conn.close()

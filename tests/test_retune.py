@@ -19,6 +19,7 @@ import pytest
 from test_ingest_imap import dovecot, keyring_memory  # noqa: F401  (the IMAP suite's real Dovecot fixture)
 
 from panza_local import retune, store
+from panza_local.results import RetuneResult
 
 MAILDIR = "enron/formats/maildir"
 
@@ -115,7 +116,7 @@ def test_watch_debounces_waits_the_interval_and_ignores_reads(home, tmp_path):
         passes.append(time.monotonic())
         for f in (mail / "cur").iterdir():
             f.read_bytes()  # what ingest does: reading must not count as new mail
-        return {"new_messages": 0, "promoted": False, "reason": "recorded"}
+        return RetuneResult(reason="recorded")
 
     said: list[str] = []
     t = threading.Thread(target=lambda: retune.watch(debounce_s=1.0, poll_s=3600, min_interval_s=3.0,
@@ -157,10 +158,10 @@ def test_a_pass_without_own_mail_is_recorded_and_log_shows_killed_passes(home, t
         shutil.copy(f, mail / "cur")
     assert cli.main(["sources", "add", str(mail)]) == 0
     out = retune.run_once()
-    ing = out["ingest"]
-    assert ing["seen"] == 5 and out["new_messages"] == ing["stored"] >= 3 and not out["trained"]
-    assert out["new_pairs"] == 0
-    assert out["reason"].startswith("nothing to learn from") and set(out["steps"]) == {"ingest", "playback"}
+    ing = out.ingest
+    assert ing["seen"] == 5 and out.new_messages == ing["stored"] >= 3 and not out.trained
+    assert out.new_pairs == 0
+    assert out.reason.startswith("nothing to learn from") and set(out.steps) == {"ingest", "playback"}
     conn = store.connect()  # a pass killed mid-way leaves a 'running' row and no lock holder
     conn.execute("INSERT INTO runs (stage, started_at, summary) VALUES ('retune', ?, ?)",
                  (store.now(), json.dumps({"new_messages": 3, "steps": {"ingest": 0.5}})))
@@ -172,7 +173,7 @@ def test_a_pass_without_own_mail_is_recorded_and_log_shows_killed_passes(home, t
     text = capsys.readouterr().out
     assert "killed" in text and "steps: ingest" in text and "nothing to learn from" in text
     again = retune.run_once()
-    assert again["new_messages"] == 0 and again["ingest"]["unchanged_files"] == 5
+    assert again.new_messages == 0 and again.ingest["unchanged_files"] == 5
 
 
 def test_cli_refuses_a_second_pass_while_one_runs(home):

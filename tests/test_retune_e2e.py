@@ -204,12 +204,12 @@ def test_adapter_trained_on_shuffled_pairs_is_not_promoted(fresh):
     # its own training pairs, so best-state selection keeps the overfit end, not an early near-base state.)
     res = train.train(conn, train_examples=shuffled[: len(tr)], val_examples=shuffled[: len(tr)],
                       overrides={"seed": 3, "epochs": 12.0, "lr": 3e-3, "grad_accum": 1, "patience": 100})
-    assert res["adapter_id"] != current
-    decision = retune.gate(conn, res["adapter_id"])
+    assert res.adapter_id != current
+    decision = retune.gate(conn, res.adapter_id)
     print("shuffled-pairs gate:", json.dumps(decision))
     assert not decision["promoted"] and decision["reason"].startswith(f"kept {current}: held-out loss")
     assert decision["score_new"] > decision["score_current"]
-    row = conn.execute("SELECT * FROM retune_gate WHERE adapter_id = ?", (res["adapter_id"],)).fetchone()
+    row = conn.execute("SELECT * FROM retune_gate WHERE adapter_id = ?", (res.adapter_id,)).fetchone()
     assert row["score_new"] == decision["score_new"] and row["score_current"] == decision["score_current"]
     assert row["current_id"] == current and row["promoted"] == 0 and row["n_test"] == decision["n_test"] >= 1
     assert registry.current_id() == current

@@ -34,7 +34,7 @@ def test_every_stage_reports_and_a_pass_with_nothing_new_skips_the_work(home, mo
     assert list(end) == list(retune.STAGES)  # every stage ends once, in pipeline order
     assert end["ingest"]["state"] == "skipped" and "no registered sources" in end["ingest"]["note"]
     assert end["index"]["state"] == "done" and end["index"]["done"] == 3 and "3 embedded" in end["index"]["note"]
-    assert end["train"]["state"] == "skipped" and end["train"]["note"] == out["reason"]
+    assert end["train"]["state"] == "skipped" and end["train"]["note"] == out.reason
     assert end["evaluate"]["state"] == end["promote"]["state"] == "skipped"
     running = [e for e in events if e["state"] == "running"]
     assert {"playback", "index"} <= {e["stage"] for e in running}
@@ -43,7 +43,7 @@ def test_every_stage_reports_and_a_pass_with_nothing_new_skips_the_work(home, mo
     out2 = retune.run_once(on_stage=again.append)
     end2 = finals(again)
     assert list(end2) == list(retune.STAGES) and end2["index"]["state"] == "skipped"
-    assert end2["index"]["note"] == "up to date" and out2["new_pairs"] == 0 and "index" not in out2["steps"]
+    assert end2["index"]["note"] == "up to date" and out2.new_pairs == 0 and "index" not in out2.steps
     assert end2["playback"]["note"].startswith("0 new pairs")
 
 

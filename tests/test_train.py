@@ -47,25 +47,25 @@ def test_train_exports_registers_and_reuses(home, shared_data):
     conn = store.connect()
     res = train(conn, backend="torch", preset="quick", overrides=TINY, promote=True)
     for key in ("adapter_id", "val_loss_before", "val_loss_after", "tokens_per_s", "peak_mem_mb", "gguf"):
-        assert res[key] is not None, key
-    assert res["steps"] == 3 and res["tokens_per_s"] > 0 and 100 < res["peak_mem_mb"] < 4000
-    assert Path(res["gguf"]).exists() and not (Path(res["gguf"]).parent / "checkpoint.pt").exists()
-    row = registry.get(res["adapter_id"], conn)
+        assert getattr(res, key) is not None, key
+    assert res.steps == 3 and res.tokens_per_s > 0 and 100 < res.peak_mem_mb < 4000
+    assert Path(res.gguf).exists() and not (Path(res.gguf).parent / "checkpoint.pt").exists()
+    row = registry.get(res.adapter_id, conn)
     assert row["status"] == "ready" and row["base_sha256"] == catalogue.sha256_file(catalogue.embedded_path())
     assert row["config"]["hparams"]["max_steps"] == 3 and row["data_hash"]
-    assert (registry.current() or {}).get("id") == (res["adapter_id"] if res["promoted"] else None)
-    logits = engine.next_token_logits("Hi", catalogue.embedded_path(), res["gguf"], threads=2)
+    assert (registry.current() or {}).get("id") == (res.adapter_id if res.promoted else None)
+    logits = engine.next_token_logits("Hi", catalogue.embedded_path(), res.gguf, threads=2)
     assert np.isfinite(logits).all()
     engine.unload_all()
     again = train(conn, backend="torch", preset="quick", overrides=TINY)
-    assert again["reused"] and again["adapter_id"] == res["adapter_id"]
+    assert again.reused and again.adapter_id == res.adapter_id
     # precision auto trains in int8 where this CPU has VNNI; fp32 on request is another adapter
     from panza_local.train.torch import int8
 
-    assert res["precision"] == ("int8" if int8.available() else "float32")
+    assert res.precision == ("int8" if int8.available() else "float32")
     exact = train(conn, backend="torch", preset="quick", overrides={**TINY, "precision": "fp32"})
-    assert exact["precision"] == "float32" and exact["adapter_id"] != res["adapter_id"]
-    assert exact["val_loss_before"] == pytest.approx(res["val_loss_before"], rel=1e-5)  # validation is exact in both
+    assert exact.precision == "float32" and exact.adapter_id != res.adapter_id
+    assert exact.val_loss_before == pytest.approx(res.val_loss_before, rel=1e-5)  # validation is exact in both
 
 
 def test_kill9_resumes_from_last_checkpoint(home, shared_data):
@@ -101,8 +101,8 @@ def test_kill9_resumes_from_last_checkpoint(home, shared_data):
     conn = store.connect()
     assert [r["status"] for r in registry.list_(conn)] == ["training"]
     res = train(conn, backend="torch", preset="quick", overrides=opts)
-    assert res["resumed_from"] >= 2 and res["steps"] == 5
-    assert registry.get(res["adapter_id"], conn)["status"] == "ready"
+    assert res.resumed_from >= 2 and res.steps == 5
+    assert registry.get(res.adapter_id, conn)["status"] == "ready"
 
 
 @pytest.mark.heavy
@@ -114,15 +114,15 @@ def test_training_on_100_real_pairs_lowers_val_loss_and_changes_drafts(home, sha
     conn = store.connect()
     res = train(conn, backend="torch", preset="quick",
                 overrides={"epochs": 1.0, "grad_accum": 2, "max_val_rows": 6, "evals": 2, "lr": 3e-4})
-    assert res["n_train"] >= 100
-    assert res["val_loss_after"] < res["val_loss_before"] - 0.05, res
+    assert res.n_train >= 100
+    assert res.val_loss_after < res.val_loss_before - 0.05, res
     # the adapter changes what llama.cpp drafts (greedy, same prompts)
     base = catalogue.embedded_path()
     val = data.examples(conn, "val", context=False)[:3]
     changed = 0
     for ex in val:
         a = engine.chat(ex.messages, model_path=base, max_tokens=40, temperature=0.0, seed=1)
-        b = engine.chat(ex.messages, model_path=base, lora_path=res["gguf"], max_tokens=40, temperature=0.0, seed=1)
+        b = engine.chat(ex.messages, model_path=base, lora_path=res.gguf, max_tokens=40, temperature=0.0, seed=1)
         changed += a != b
     engine.unload_all()
     assert changed >= 2

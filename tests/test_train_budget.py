@@ -133,16 +133,16 @@ def test_minutes_fits_the_steps_to_the_measured_step_time(one_thread):
     conn = store.connect()
     res = train(conn, backend="torch", preset="quick", minutes=0.2, train_examples=exs[:20], val_examples=exs[20:],
                 overrides={**TINY, "max_steps": 10_000, "evals": 2, "patience": 100})
-    plan = res["plan"]
-    assert plan and 1 <= plan["done"] <= budget.PROBE_STEPS and res["step_s"] > 0
+    plan = res.plan
+    assert plan and 1 <= plan["done"] <= budget.PROBE_STEPS and res.step_s > 0
     # the total is what the measured times give, and the run kept to it (or was cut short to end in time)
     assert plan["steps"] == budget.fit_steps(12.0, plan["elapsed_s"], plan["done"], plan["step_s"],
                                              plan["eval_s"], plan["evals"])
-    assert plan["limited_by"] == "budget" and res["stop_reason"] in ("budget", "time")
-    assert res["steps"] == res["planned_steps"] and res["steps"] <= plan["steps"]
-    assert res["steps"] >= plan["done"]
-    if res["stop_reason"] == "budget":
-        assert res["steps"] == plan["steps"] and not res["early_stopped"]
+    assert plan["limited_by"] == "budget" and res.stop_reason in ("budget", "time")
+    assert res.steps == res.planned_steps and res.steps <= plan["steps"]
+    assert res.steps >= plan["done"]
+    if res.stop_reason == "budget":
+        assert res.steps == plan["steps"] and not res.early_stopped
 
 
 def test_early_stop_on_a_plateau(one_thread):
@@ -154,9 +154,9 @@ def test_early_stop_on_a_plateau(one_thread):
     # lr 0: the validation loss cannot improve, so patience (2) ends the run at its second validation
     res = train(conn, backend="torch", preset="quick", train_examples=exs[:10], val_examples=exs[10:],
                 overrides={**TINY, "max_steps": 8, "evals": 8, "lr": 0.0, "patience": 2})
-    assert res["early_stopped"] and res["stop_reason"] == "plateau"
-    assert res["steps"] == 2 < res["planned_steps"] == 8
-    assert res["val_loss_after"] == res["val_loss_before"]
+    assert res.early_stopped and res.stop_reason == "plateau"
+    assert res.steps == 2 < res.planned_steps == 8
+    assert res.val_loss_after == res.val_loss_before
 
 
 # -- choosing what to train on ---------------------------------------------------------------------------
@@ -238,8 +238,8 @@ def test_train_reports_the_selection_when_the_budget_cannot_use_every_pair(one_t
     # the quick preset on a tiny budget: at the default speed, few steps fit, so few of the 36 pairs
     res = train(conn, backend="torch", preset="quick", minutes=0.05, train_examples=exs[:36], val_examples=exs[36:],
                 overrides={**TINY, "evals": 1})
-    sel = res["selection"]
-    assert sel["available"] == 36 and sel["chosen"] == res["n_train"] < 36
+    sel = res.selection
+    assert sel["available"] == 36 and sel["chosen"] == res.n_train < 36
     assert "tokens/s" in sel["why"] and sel["dropped"]["over_budget"] == 36 - sel["chosen"]
     assert sum(sel["chosen_by"].values()) == sel["chosen"]
 

@@ -65,7 +65,7 @@ class PanzaApp(App):
                 self.notify_error(str(exc))
         first = self._first_run
         if first is None:
-            first = store.counts(self.conn)["messages"] == 0
+            first = backend.counts(self.conn)["messages"] == 0
         if first:
             self.push_screen(FirstRunScreen())
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from panza_local import chat, config, draft, engine, outbox, store
 from panza_local.errors import NoDataError, PanzaError
+from panza_local.results import RetuneResult
 
 Draft = draft.Draft  # the finished draft the draft screen holds
 
@@ -64,13 +65,15 @@ def pipeline_status(conn) -> dict:
     from panza_local.train import registry
 
     adapters = [{**a, "metrics": a.get("metrics") or {}} for a in registry.list_(conn)]
-    return {"sources": sources.list_(conn), "counts": store.counts(conn), "adapters": adapters,
+    return {"sources": sources.list_(conn), "counts": counts(conn), "adapters": adapters,
             "runs": store.recent_runs(conn)}
 
 
 def counts(conn) -> dict[str, int]:
-    """Messages, pairs, index items ... in the store (the first-run guide)."""
-    return store.counts(conn)
+    """Messages, pairs, index items ... in the store (the first-run guide and the status screen)."""
+    from panza_local import doctor
+
+    return doctor.store_counts(conn)
 
 
 def model_name(settings=None) -> str:
@@ -207,7 +210,7 @@ def alternatives(instruction: str, n: int = 3, **kwargs) -> list[draft.Draft]:
 
 def run_retune(on_progress: Callable[[int, int | None, str | None], None],
                say: Callable[[str], None] | None = None, settings=None,
-               on_stage: Callable[[dict], None] | None = None) -> dict:
+               on_stage: Callable[[dict], None] | None = None) -> RetuneResult:
     """One re-tune pass (ingest → playback → index → train → eval → promote, only for what is new)."""
     from panza_local import retune
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual.message import Message
 from textual.widget import Widget
+
+if TYPE_CHECKING:
+    from panza_local.results import RetuneResult
 
 
 class PromptSubmitted(Message):
@@ -85,7 +90,7 @@ class RetuneProgress(Message):
 class RetuneDone(Message):
     """A re-tune finished with this summary (or an error)."""
 
-    def __init__(self, summary: dict | None, error: str = "") -> None:
+    def __init__(self, summary: RetuneResult | None, error: str = "") -> None:
         super().__init__()
         self.summary = summary
         self.error = error

@@ -15,9 +15,12 @@ def add_json(p) -> None:
 
 
 def emit(args, data: Any, human: Callable[[Any], None] | None = None) -> None:
-    """Print `data` as JSON when --json was given, else through `human` (default: key: value lines)."""
+    """Print `data` as JSON when --json was given, else through `human` (default: key: value lines).
+
+    A typed stage result (panza_local.results) prints as its `to_dict()`; `human` gets the result itself."""
     if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+        obj = data.to_dict() if hasattr(data, "to_dict") else data
+        print(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
         return
     if human:
         human(data)

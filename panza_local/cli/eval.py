@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._out import add_json, console, emit, progress
+
+if TYPE_CHECKING:
+    from ..results import EvalResult
 
 
 def register(sub) -> None:
@@ -33,21 +38,21 @@ def run(args) -> int:
     with progress("evaluating", enabled=not args.json) as update:
         result = evaluate.run(data=args.data, limit=args.limit or None, seeds=args.seeds, configs=configs,
                               report=args.report, on_progress=update, max_tokens=args.max_tokens)
-    result.pop("samples", None)
     emit(args, result, _human)
     return 0
 
 
-def _human(r: dict) -> None:
+def _human(r: EvalResult) -> None:
     from ..evaluate.report import markdown_table
 
-    print(f"{r['n']} held-out emails x {r['seeds']} seeds ({r['data']}); adapter: {r['adapter'] or 'none'}")
-    print(markdown_table(r))
-    print(markdown_table(r, ("length_words", "greeting_match", "signoff_match", "vocab_overlap")))
+    table = r.to_dict()
+    print(f"{r.n} held-out emails x {r.seeds} seeds ({r.data}); adapter: {r.adapter or 'none'}")
+    print(markdown_table(table))
+    print(markdown_table(table, ("length_words", "greeting_match", "signoff_match", "vocab_overlap")))
     out = console()
-    for c, why in (r.get("skipped") or {}).items():
+    for c, why in r.skipped.items():
         out.print(f"[yellow]{c} not run:[/] {why}")
-    for note in r.get("notes") or []:
+    for note in r.notes:
         out.print(f"[dim]note:[/] {note}")
-    if r.get("report"):
-        print(f"report: {r['report']}")
+    if r.report:
+        print(f"report: {r.report}")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from ._out import add_json, emit, progress
+
+if TYPE_CHECKING:
+    from ..results import IngestResult
 
 
 def register(sub) -> None:
@@ -92,21 +96,21 @@ def run(args) -> int:
     return 0
 
 
-def _human(s: dict) -> None:
-    skipped = sum(s["skipped"].values())
-    print(f"seen {s['seen']}: stored {s['stored']} ({s['mine']} yours, {s['documents']} documents), "
-          f"duplicates {s['duplicates']}, skipped {skipped}")
-    for reason, n in sorted(s["skipped"].items(), key=lambda kv: -kv[1]):
+def _human(s: IngestResult) -> None:
+    skipped = sum(s.skipped.values())
+    print(f"seen {s.seen}: stored {s.stored} ({s.mine} yours, {s.documents} documents), "
+          f"duplicates {s.duplicates}, skipped {skipped}")
+    for reason, n in sorted(s.skipped.items(), key=lambda kv: -kv[1]):
         print(f"  skipped {n:6}  {reason}")
-    if s["unchanged_files"]:
-        print(f"unchanged files (not re-read): {s['unchanged_files']}")
-    if s["deleted"]:
-        print(f"gone from their source, marked deleted: {s['deleted']}")
-    if s["reassigned"]:
-        print(f"re-labelled for your addresses: {s['reassigned']}")
-    if not s["me"]:
+    if s.unchanged_files:
+        print(f"unchanged files (not re-read): {s.unchanged_files}")
+    if s.deleted:
+        print(f"gone from their source, marked deleted: {s.deleted}")
+    if s.reassigned:
+        print(f"re-labelled for your addresses: {s.reassigned}")
+    if not s.me:
         print("note: no address of yours is known: only JSONL corpora count as your mail (use --me)")
-    for e in s["errors"][:20]:
+    for e in s.errors[:20]:
         print(f"  error: {e['path']}: {e['reason']}")
-    if s["errors_total"] > 20:
-        print(f"  ... {s['errors_total'] - 20} more errors (see --json)")
+    if s.errors_total > 20:
+        print(f"  ... {s.errors_total - 20} more errors (see --json)")

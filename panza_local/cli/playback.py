@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._out import add_json, emit, progress
+
+if TYPE_CHECKING:
+    from ..results import PlaybackResult
 
 
 def register(sub) -> None:
@@ -43,16 +48,16 @@ def run(args) -> int:
     return 0
 
 
-def _human(s: dict) -> None:
-    how = f", {s['parallel']} at a time" if s.get("batched") else ""
-    print(f"generated {s['generated']} (model {s['model']}, extractive fallback {s['fallback']}{how}), "
-          f"reused {s['reused']}, failed {s['failed']}")
-    if s["fail_reasons"]:
-        print("failed: " + ", ".join(f"{k} {v}" for k, v in s["fail_reasons"].items()))
-    if s["recall_at_1"] is not None:
-        print(f"quality over {s['pairs']} pairs: recall@1 {s['recall_at_1']:.3f} (target ≥ 0.8), "
-              f"median copy ratio {s['copy_ratio_median']:.3f} (target ≤ 0.3)")
-    left = s["todo_total"] - s["generated"] - s["failed"] if "todo_total" in s else 0
+def _human(s: PlaybackResult) -> None:
+    how = f", {s.parallel} at a time" if s.batched else ""
+    print(f"generated {s.generated} (model {s.model}, extractive fallback {s.fallback}{how}), "
+          f"reused {s.reused}, failed {s.failed}")
+    if s.fail_reasons:
+        print("failed: " + ", ".join(f"{k} {v}" for k, v in s.fail_reasons.items()))
+    if s.recall_at_1 is not None:
+        print(f"quality over {s.pairs} pairs: recall@1 {s.recall_at_1:.3f} (target ≥ 0.8), "
+              f"median copy ratio {s.copy_ratio_median:.3f} (target ≤ 0.3)")
+    left = s.todo_total - s.generated - s.failed
     if left > 0:
         print(f"{left} emails still have no instruction: run `panza playback` again to continue")
 

@@ -54,8 +54,9 @@ def run(args) -> int:
     skip = "on battery" if args.only_on_ac and schedule.on_battery() else None
     skip = skip or (args.only_when_idle and schedule.busy_machine())
     if skip:
-        emit(args, {"new_messages": 0, "new_pairs": 0, "trained": False, "promoted": False,
-                    "reason": f"{skip}: skipped", "seconds": 0})
+        from ..results import RetuneResult
+
+        emit(args, RetuneResult(reason=f"{skip}: skipped", seconds=0))
         return 0
     if args.nice:
         from ..engine import physical_cores
@@ -67,7 +68,7 @@ def run(args) -> int:
         return 0
     with stage_view(enabled=not args.json) as on_stage:
         out = retune.run_once(force=args.force, say=say, on_stage=on_stage)
-    emit(args, out, lambda d: print(f"done in {d['seconds']} s: {d['reason'] or 'nothing new'}"))
+    emit(args, out, lambda r: print(f"done in {r.seconds} s: {r.reason or 'nothing new'}"))
     return 0
 
 

@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._out import add_json, emit, progress
+
+if TYPE_CHECKING:
+    from ..results import TrainResult
 
 
 def register(sub) -> None:
@@ -51,28 +56,28 @@ def run(args) -> int:
     finally:
         conn.close()
 
-    def human(r):
-        if r.get("reused"):
-            print(f"adapter {r['adapter_id']} already trained on this data with these settings: nothing to do")
+    def human(r: TrainResult):
+        if r.reused:
+            print(f"adapter {r.adapter_id} already trained on this data with these settings: nothing to do")
         else:
-            if r.get("resumed_from"):
-                print(f"resumed from step {r['resumed_from']}")
-            print(f"adapter {r['adapter_id']}: validation loss {r['val_loss_before']:.3f} -> "
-                  f"{r['val_loss_after']:.3f} ({r['n_train']} train / {r['n_val']} val emails, {r['steps']} of "
-                  f"{r.get('planned_steps') or r['steps']} steps{', stopped early' if r.get('early_stopped') else ''})")
-            sel = r.get("selection") or {}
+            if r.resumed_from:
+                print(f"resumed from step {r.resumed_from}")
+            print(f"adapter {r.adapter_id}: validation loss {r.val_loss_before:.3f} -> "
+                  f"{r.val_loss_after:.3f} ({r.n_train} train / {r.n_val} val emails, {r.steps} of "
+                  f"{r.planned_steps or r.steps} steps{', stopped early' if r.early_stopped else ''})")
+            sel = r.selection or {}
             if sel.get("chosen", 0) < sel.get("available", 0):
                 by = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sel["chosen_by"].items())
                 drop = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sel["dropped"].items() if v)
                 print(f"trained on {sel['chosen']} of {sel['available']} emails ({sel['why']}): chosen {by}; "
                       f"dropped {drop}")
-            if r.get("step_s"):
-                print(f"{r['step_s']:.2f} s a step, {r['eval_s']:.2f} s a validation; ended: {r.get('stop_why')}")
-            prec = f", {r['precision']}" if r.get("precision") else ""
-            print(f"{r['tokens_per_s']:.0f} tokens/s, peak memory {r['peak_mem_mb']:.0f} MB on {r['device']}{prec}")
-        print(f"GGUF adapter: {r['gguf']}")
-        print("now serving it" if r.get("promoted") else
-              f"not served (use it with `panza adapters use {r['adapter_id']}`)")
+            if r.step_s:
+                print(f"{r.step_s:.2f} s a step, {r.eval_s:.2f} s a validation; ended: {r.stop_why}")
+            prec = f", {r.precision}" if r.precision else ""
+            print(f"{r.tokens_per_s:.0f} tokens/s, peak memory {r.peak_mem_mb:.0f} MB on {r.device}{prec}")
+        print(f"GGUF adapter: {r.gguf}")
+        print("now serving it" if r.promoted else
+              f"not served (use it with `panza adapters use {r.adapter_id}`)")
 
     emit(args, res, human)
     return 0

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import NoDataError, PanzaError
+from ..results import EvalResult
 from . import metrics
 from .data import Item, _norm, items_from_jsonl, items_from_store, read_jsonl  # noqa: F401
 
@@ -201,8 +202,8 @@ def token_budget(items: Sequence[Item], ceiling: int) -> int:
 
 def evaluate(items: Sequence[Item], *, configs: Sequence[str] = tuple(CONFIGS), seeds: int = 3, settings=None,
              on_progress: Progress | None = None, with_models: bool = True, generate_fn=None,
-             samples: int = 3, max_tokens: int | None = None, standard: dict | None = None) -> dict:
-    """Generate and score: {configs: {name: {metric, metric_std, ...}}, seeds, n, skipped, notes, ...}.
+             samples: int = 3, max_tokens: int | None = None, standard: dict | None = None) -> EvalResult:
+    """Generate and score: configs ({name: {metric, metric_std, ...}}), seeds, n, skipped, notes, ....
 
     `standard`: the feature models of the standard BERTScore and MAUVE (default: those on disk)."""
     from dataclasses import replace as _replace
@@ -260,26 +261,24 @@ def evaluate(items: Sequence[Item], *, configs: Sequence[str] = tuple(CONFIGS), 
     if on_progress:
         on_progress(total, total, "scoring")
     scored = score(items, gens, with_models=with_models, standard=standard)
-    result: dict = {"configs": {}, "seeds": len(seed_list), "n": len(items), "skipped": skipped, "notes": notes,
-                    "adapter": adapter_id, "scoring_models": scoring_models(standard if with_models else None),
-                    "max_tokens": getattr(settings, "max_tokens", None),
-                    "temperature": getattr(settings, "temperature", None),
-                    "ref_lengths": [len(metrics.words(it.reference)) for it in items]}
-    for c in CONFIGS:  # all four, always: the ones not run say why
-        result["configs"][c] = scored.get(c) or {**{k: None for k in METRICS},
-                                                 **{f"{k}_std": None for k in METRICS},
-                                                 "skipped": skipped.get(c, "not requested (--configs)")}
-    result["samples"] = [{"instruction": items[i].instruction, "reference": items[i].reference,
-                          **{g.config: g.text for g in gens if g.index == i and g.seed == seed_list[0]}}
-                         for i in range(min(samples, len(items)))]
-    return result
+    configs_out = {c: scored.get(c) or {**{k: None for k in METRICS}, **{f"{k}_std": None for k in METRICS},
+                                        "skipped": skipped.get(c, "not requested (--configs)")}
+                   for c in CONFIGS}  # all four, always: the ones not run say why
+    return EvalResult(
+        configs=configs_out, seeds=len(seed_list), n=len(items), skipped=skipped, notes=notes, adapter=adapter_id,
+        scoring_models=scoring_models(standard if with_models else None),
+        max_tokens=getattr(settings, "max_tokens", None), temperature=getattr(settings, "temperature", None),
+        ref_lengths=[len(metrics.words(it.reference)) for it in items],
+        samples=[{"instruction": items[i].instruction, "reference": items[i].reference,
+                  **{g.config: g.text for g in gens if g.index == i and g.seed == seed_list[0]}}
+                 for i in range(min(samples, len(items)))])
 
 
 # -- the stage ---------------------------------------------------------------------------------------------------
 
 def run(*, data: str | Path | None = None, limit: int | None = 20, seeds: int = 3,
         configs: Sequence[str] = tuple(CONFIGS), report: str | Path | None = None,
-        on_progress: Progress | None = None, settings=None, conn=None, max_tokens: int | None = None) -> dict:
+        on_progress: Progress | None = None, settings=None, conn=None, max_tokens: int | None = None) -> EvalResult:
     """`panza eval`: pick held-out items (store or --data), evaluate, record, optionally write the report."""
     from .. import store
 
@@ -298,30 +297,28 @@ def run(*, data: str | Path | None = None, limit: int | None = 20, seeds: int = 
         with store.run(conn, "eval") as summary:
             result = evaluate(items, configs=configs, seeds=seeds, settings=settings, on_progress=on_progress,
                               max_tokens=max_tokens)
-            result["notes"] = notes + result["notes"]
-            result["data"] = str(data) if data else "store:test"
-            summary.update({"n": result["n"], "seeds": result["seeds"], "adapter": result["adapter"],
-                            "configs": {c: {k: v.get(k) for k in METRICS}
-                                        for c, v in result["configs"].items()}})
+            result.notes = notes + result.notes
+            result.data = str(data) if data else "store:test"
+            summary.update({"n": result.n, "seeds": result.seeds, "adapter": result.adapter,
+                            "configs": {c: {k: v.get(k) for k in METRICS} for c, v in result.configs.items()}})
         _save_with_adapter(result)
         if report:
             from .report import write_report
 
-            result["report"] = str(write_report(result, Path(report)))
+            result.report = str(write_report(result.to_dict(samples=True), Path(report)))
         return result
     finally:
         if own:
             conn.close()
 
 
-def _save_with_adapter(result: dict) -> None:
+def _save_with_adapter(result: EvalResult) -> None:
     """Store the scores next to the adapter they measured (adapters/<id>/eval.json)."""
-    if not result.get("adapter"):
+    if not result.adapter:
         return
     from .. import paths
 
-    folder = paths.home() / "adapters" / re.sub(r"[^\w.+-]", "_", str(result["adapter"]))
+    folder = paths.home() / "adapters" / re.sub(r"[^\w.+-]", "_", str(result.adapter))
     if not folder.is_dir():
         return
-    slim = {k: v for k, v in result.items() if k not in ("samples",)}
-    paths.write_private(folder / "eval.json", json.dumps(slim, indent=2, default=str))
+    paths.write_private(folder / "eval.json", json.dumps(result.to_dict(), indent=2, default=str))

@@ -53,6 +53,8 @@ def _test_rows(conn) -> list:
 
 def items_from_store(conn, limit: int | None = None) -> list[Item]:
     """Held-out pairs from the store (playback's test split), newest first, at most `limit`."""
+    from ..ingest import messages
+
     out = []
     for r in _test_rows(conn):
         instruction, email = _get(r, "instruction"), _get(r, "email", "body", "target")
@@ -61,7 +63,7 @@ def items_from_store(conn, limit: int | None = None) -> list[Item]:
         mid = _get(r, "message_id", "id")
         to, subject = _get(r, "to", "to_addrs"), _get(r, "subject")
         if mid is not None and (to is None or subject is None):
-            m = conn.execute("SELECT to_addrs, subject FROM messages WHERE id = ?", (int(mid),)).fetchone()
+            m = messages.by_id(conn, int(mid))
             if m:
                 to, subject = to if to is not None else m["to_addrs"], subject if subject is not None else m["subject"]
         out.append(Item(instruction=instruction, reference=email, to=to or None, subject=subject or None,
@@ -151,8 +153,9 @@ def _stored_pairs(conn) -> dict[str, dict]:
     """Normalised body prefix -> {instruction, message_id, test} for every email played back in the store."""
     out: dict[str, dict] = {}
     try:
-        rows = conn.execute("SELECT m.id, m.body, p.instruction FROM pairs p JOIN messages m ON m.id = p.message_id "
-                            "WHERE p.status = 'ok' AND p.instruction IS NOT NULL ORDER BY p.id").fetchall()
+        from .. import playback
+
+        rows = playback.played_back(conn)
     except Exception:  # noqa: BLE001 - a store without pairs is simply a store without pairs
         return out
     for r in rows:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .. import failpoint, store
 from ..errors import SourceError
+from ..results import IngestResult
 from . import (
     authorship,
     clean,
@@ -83,8 +84,8 @@ def new_summary() -> dict:
 
 def ingest(conn: sqlite3.Connection, sources: list[str], me: list[str] | None = None,
            on_progress: Progress | None = None, *, only_mine: bool = False, register: bool = False,
-           languages: list[str] | None = None) -> dict:
-    """Ingest every source; return seen/stored/duplicates/skipped/errors (seen = stored + duplicates + skipped)."""
+           languages: list[str] | None = None) -> IngestResult:
+    """Ingest every source; return what was seen, stored, duplicated, skipped (seen = stored + duplicates + skipped)."""
     me_set = authorship.normalise_me(me) or _stored_me(conn)
     summary = new_summary()
     opts = {"me": me_set, "only_mine": only_mine, "languages": set(languages or [])}
@@ -114,7 +115,7 @@ def ingest(conn: sqlite3.Connection, sources: list[str], me: list[str] | None = 
         rec.update({k: v for k, v in summary.items() if k not in ("errors", "me")})
     log.info("ingest: seen %d stored %d duplicates %d skipped %s", summary["seen"], summary["stored"],
              summary["duplicates"], summary["skipped"])
-    return summary
+    return IngestResult(**summary)
 
 
 def source_row(conn: sqlite3.Connection, uri: str, kind: str, register: bool = False) -> int:

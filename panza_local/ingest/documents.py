@@ -185,3 +185,19 @@ def _epub(path: Path) -> tuple[str, str]:
              for item in book.get_items_of_type(ebooklib.ITEM_DOCUMENT)]
     titles = book.get_metadata("DC", "title")
     return (titles[0][0] if titles else ""), "\n\n".join(parts)
+
+
+# --- the stored documents (the `documents` table ingest fills) ----------------------------------------------
+
+def live(conn) -> Iterator:
+    """(id, text) of every live document: what the index chunks and embeds."""
+    return iter(conn.execute("SELECT id, text FROM documents WHERE deleted = 0"))
+
+
+def live_by_ids(conn, ids: list[int]) -> dict:
+    """{id: row (id, path, title, text)} of the live documents among `ids`."""
+    if not ids:
+        return {}
+    return {r["id"]: r for r in conn.execute(
+        f"SELECT id, path, title, text FROM documents WHERE deleted = 0 AND id IN ({','.join('?' * len(ids))})",
+        list(ids))}

@@ -48,3 +48,71 @@ def recent(conn: sqlite3.Connection, query: str = "", limit: int = 50) -> list[d
         args += [like, like, like]
     sql += " ORDER BY date DESC, id DESC LIMIT ?"
     return [dict(r) for r in conn.execute(sql, [*args, limit])]
+
+
+# --- what the other stages read (their SQL on `messages` lives here, with the table) ------------------------
+
+def by_id(conn: sqlite3.Connection, message_id: int) -> sqlite3.Row | None:
+    """The messages row `message_id` (deleted ones too), or None."""
+    return conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+
+
+def by_message_id(conn: sqlite3.Connection, message_id: str) -> sqlite3.Row | None:
+    """The row whose Message-ID header is `message_id` (with or without <>, in either case), live first; or None."""
+    bare = message_id.strip().strip("<>")
+    for cand in (bare, f"<{bare}>", bare.lower(), f"<{bare.lower()}>"):
+        row = conn.execute("SELECT * FROM messages WHERE message_id = ? ORDER BY deleted LIMIT 1", (cand,)).fetchone()
+        if row:
+            return row
+    return None
+
+
+def live(conn: sqlite3.Connection) -> Iterator[sqlite3.Row]:
+    """Every live message (id, date, subject, body, from_addr, to_addrs, cc_addrs, is_mine): what the index embeds."""
+    return iter(conn.execute("SELECT id, date, subject, body, from_addr, to_addrs, cc_addrs, is_mine "
+                             "FROM messages WHERE deleted = 0"))
+
+
+def live_by_ids(conn: sqlite3.Connection, ids: list[int]) -> dict[int, sqlite3.Row]:
+    """{id: row (id, date, subject, body, to_addrs)} of the live messages among `ids`."""
+    if not ids:
+        return {}
+    return {r["id"]: r for r in conn.execute(
+        f"SELECT id, date, subject, body, to_addrs FROM messages WHERE deleted = 0 AND id IN ({','.join('?' * len(ids))})",
+        list(ids))}
+
+
+def mine(conn: sqlite3.Connection) -> list[dict]:
+    """The user's live messages, oldest first (undated last): what playback writes instructions for."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
+    extra = ", to_names" if "to_names" in cols else ", NULL AS to_names"
+    return [dict(r) for r in conn.execute(
+        f"SELECT id, content_hash, body, thread, subject, to_addrs, date{extra} FROM messages "
+        "WHERE is_mine = 1 AND deleted = 0 ORDER BY date IS NULL, date, id")]
+
+
+def mine_bodies(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """(content_hash, body) of the user's live messages: the pool playback's recall@1 searches."""
+    return conn.execute("SELECT content_hash, body FROM messages WHERE is_mine = 1 AND deleted = 0").fetchall()
+
+
+def mine_newest(conn: sqlite3.Connection, limit: int = 5000) -> list[sqlite3.Row]:
+    """(body, language) of the user's newest live messages: what the profile is seeded from."""
+    return conn.execute("SELECT body, language FROM messages WHERE is_mine = 1 AND deleted = 0 "
+                        "ORDER BY date DESC LIMIT ?", (limit,)).fetchall()
+
+
+def mine_to(conn: sqlite3.Connection, address: str, limit: int = 200) -> list[str]:
+    """Bodies of the user's newest live messages to `address` (a substring of the To: addresses, any case)."""
+    rows = conn.execute("SELECT body FROM messages WHERE is_mine = 1 AND deleted = 0 AND "
+                        "lower(to_addrs) LIKE ? ORDER BY date DESC LIMIT ?", (f"%{address.lower()}%", limit))
+    return [r["body"] for r in rows]
+
+
+def counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Live messages, the user's own, live documents and sources (what the status views show)."""
+    q = {"messages": "SELECT count(*) FROM messages WHERE deleted = 0",
+         "mine": "SELECT count(*) FROM messages WHERE deleted = 0 AND is_mine = 1",
+         "documents": "SELECT count(*) FROM documents WHERE deleted = 0",
+         "sources": "SELECT count(*) FROM sources"}
+    return {k: conn.execute(sql).fetchone()[0] for k, sql in q.items()}

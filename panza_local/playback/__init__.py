@@ -29,8 +29,9 @@ from pathlib import Path
 
 from .. import failpoint, prompts, store
 from ..errors import NoDataError
+from ..results import PlaybackResult
 from . import scoring as q
-from .export import export, pairs, split_of, splits  # noqa: F401  (public API lives here too)
+from .export import count_ok, export, instructions, new_since, pairs, played_back, split_of, splits  # noqa: F401  (public API lives here too)
 
 log = logging.getLogger(__name__)
 
@@ -227,27 +228,20 @@ def _json_list(raw) -> list[str]:
     return [str(v) for v in val] if isinstance(val, list) else []
 
 
-def _mine(conn: sqlite3.Connection) -> list[dict]:
-    cols = {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
-    extra = ", to_names" if "to_names" in cols else ", NULL AS to_names"
-    return [dict(r) for r in conn.execute(
-        f"SELECT id, content_hash, body, thread, subject, to_addrs, date{extra} FROM messages "
-        "WHERE is_mine = 1 AND deleted = 0 ORDER BY date IS NULL, date, id")]
-
-
 def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = None,
-        on_progress: Progress | None = None, settings=None, parallel: int | None = None) -> dict:
-    """Generate the missing pairs (at most `limit`); return generated/reused/failed/recall_at_1/copy_ratio_median.
+        on_progress: Progress | None = None, settings=None, parallel: int | None = None) -> PlaybackResult:
+    """Generate the missing pairs (at most `limit`); return what was generated, reused, failed, and the quality.
 
     `parallel`: emails generated together in one llama.cpp context (`playback.batch`; default
     `batch.SLOTS`); 1 runs them one at a time (`generate`), which an OpenAI-compatible server always does."""
     from .. import catalogue, config
+    from ..ingest import messages
 
     settings = settings or config.load({"model": model} if model else None)
     model_path = catalogue.resolve(model or settings.model)
     cfg_hash, _ = gen_config(model_path, settings)
     progress = on_progress or (lambda done, total=None, note=None: None)
-    mine = _mine(conn)
+    mine = messages.mine(conn)
     if not mine:
         raise NoDataError("there are no emails written by you in the store",
                           fix="run `panza ingest MAILBOX --me YOUR@ADDRESS` first")
@@ -289,7 +283,7 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
         summary.update(out)
     log.info("playback: generated %d (model %d, fallback %d) reused %d failed %d", out["generated"],
              out["model"], out["fallback"], out["reused"], out["failed"])
-    return out
+    return PlaybackResult(**out)
 
 
 def _count(out: dict, res: dict) -> None:
@@ -339,9 +333,10 @@ def quality(conn: sqlite3.Connection, cfg_hash: str, recompute: bool = True) -> 
 
 
 def _score_recall(conn: sqlite3.Connection, rows) -> None:
+    from ..ingest import messages
     from ..retrieval import embed
 
-    pool = conn.execute("SELECT content_hash, body FROM messages WHERE is_mine = 1 AND deleted = 0").fetchall()
+    pool = messages.mine_bodies(conn)
     index = {r["content_hash"]: i for i, r in enumerate(pool)}
     email_vecs = embed.embed([r["body"] for r in pool])
     ins_vecs = embed.embed([r["instruction"] for r in rows])

@@ -67,6 +67,34 @@ def pairs(conn: sqlite3.Connection, split: str | None = None) -> list[dict]:
     return out
 
 
+def instructions(conn: sqlite3.Connection, message_ids: list[int]) -> dict[int, str]:
+    """{message id: its newest ok instruction} for the ids among `message_ids` that have one."""
+    if not message_ids:
+        return {}
+    marks = ",".join("?" * len(message_ids))
+    rows = conn.execute(f"SELECT message_id, instruction FROM pairs WHERE message_id IN ({marks}) AND status = 'ok' "
+                        f"AND instruction IS NOT NULL ORDER BY id", list(message_ids)).fetchall()
+    return {r[0]: r[1] for r in rows}  # the newest pair wins
+
+
+def played_back(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """(id, body, instruction) of every email with an ok pair, oldest pair first, deleted mail included."""
+    return conn.execute("SELECT m.id, m.body, p.instruction FROM pairs p JOIN messages m ON m.id = p.message_id "
+                        "WHERE p.status = 'ok' AND p.instruction IS NOT NULL ORDER BY p.id").fetchall()
+
+
+def new_since(conn: sqlite3.Connection, created_at: str) -> int:
+    """The user's live emails with an ok pair stored after `created_at`."""
+    return conn.execute(
+        "SELECT count(DISTINCT p.message_id) FROM pairs p JOIN messages m ON m.id = p.message_id WHERE "
+        "p.status = 'ok' AND m.deleted = 0 AND m.is_mine = 1 AND p.created_at > ?", (created_at,)).fetchone()[0]
+
+
+def count_ok(conn: sqlite3.Connection) -> int:
+    """Pairs with an instruction (status ok)."""
+    return conn.execute("SELECT count(*) FROM pairs WHERE status = 'ok'").fetchone()[0]
+
+
 def chat_record(pair: dict) -> dict:
     """One training example: the prompt the drafts use, with the email as the assistant turn."""
     from .. import prompts

@@ -21,6 +21,7 @@ from email.utils import getaddresses
 
 from .. import config, failpoint, store
 from ..errors import NoDataError
+from ..results import IndexResult
 from . import chroma_store, chunks, embed
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,9 @@ def message_text(subject: str | None, body: str | None) -> str:
 
 
 def _message_items(conn: sqlite3.Connection) -> Iterator[_Item]:
-    rows = conn.execute("SELECT id, date, subject, body, from_addr, to_addrs, cc_addrs, is_mine "
-                        "FROM messages WHERE deleted = 0")
-    for r in rows:
+    from ..ingest import messages
+
+    for r in messages.live(conn):
         mine = bool(r["is_mine"])
         people = addresses([r["to_addrs"] or "", r["cc_addrs"] or ""]) if mine else addresses(r["from_addr"])
         ts = timestamp(r["date"])
@@ -132,7 +133,9 @@ def _message_items(conn: sqlite3.Connection) -> Iterator[_Item]:
 
 
 def _doc_items(conn: sqlite3.Connection) -> Iterator[_Item]:
-    for r in conn.execute("SELECT id, text FROM documents WHERE deleted = 0"):
+    from ..ingest import documents
+
+    for r in documents.live(conn):
         text = r["text"] or ""
         for c in chunks.chunk(text):
             meta = {"kind": "doc", "ref": r["id"], "ts": -1, "chunk": c.n, "start": c.start, "end": c.end,
@@ -157,6 +160,24 @@ def item_dates(conn: sqlite3.Connection, item_ids: list[str]) -> dict[str, str]:
     return out
 
 
+def item_message(conn: sqlite3.Connection, item_id: str) -> sqlite3.Row | None:
+    """(body, to_addrs, subject) of the message behind a mail item id, or None (documents, unknown ids)."""
+    return conn.execute("SELECT m.body, m.to_addrs, m.subject FROM index_items i JOIN messages m ON m.id = i.ref_id "
+                        "WHERE i.item_id = ? AND i.kind != 'doc'", (item_id,)).fetchone()
+
+
+def item_instructions(conn: sqlite3.Connection, item_ids: list[str]) -> dict[str, str]:
+    """{item id: the newest playback instruction of its message} for the mail items among `item_ids` that have one."""
+    if not item_ids:
+        return {}
+    marks = ",".join("?" * len(item_ids))
+    rows = conn.execute(
+        f"SELECT i.item_id, p.instruction FROM index_items i JOIN pairs p ON p.message_id = i.ref_id "
+        f"WHERE i.item_id IN ({marks}) AND i.kind != 'doc' AND p.status = 'ok' AND p.instruction IS NOT NULL "
+        f"ORDER BY p.id", list(item_ids)).fetchall()
+    return {r[0]: r[1] for r in rows}  # the newest pair wins
+
+
 def _hash(item: _Item) -> str:
     raw = json.dumps([item.text, item.meta], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
@@ -165,7 +186,7 @@ def _hash(item: _Item) -> str:
 # ---------------------------------------------------------------- sync
 
 def sync(conn: sqlite3.Connection, on_progress: Progress | None = None, *, settings: config.Settings | None = None,
-         embed_fn: Callable[[list[str]], object] | None = None, batch: int = 256) -> dict:
+         embed_fn: Callable[[list[str]], object] | None = None, batch: int = 256) -> IndexResult:
     """Bring the collections in step with the store: embed new or changed items, remove gone ones."""
     t0 = time.perf_counter()
     settings = settings or config.load()
@@ -229,12 +250,12 @@ def sync(conn: sqlite3.Connection, on_progress: Progress | None = None, *, setti
             failpoint.hit("index.batch")
         if on_progress:
             on_progress(min(i + batch, total), total, f"{embedded} embedded")
-    summary = {"embedded": embedded, "removed": len(gone), "unchanged": len(wanted) - total,
-               "total": conn.execute("SELECT count(*) FROM index_items").fetchone()[0], "failed": len(errors),
-               "errors": errors, "skipped": dict(skipped), "repaired": repaired, "rebuilt": bool(notice),
-               "notice": notice, "model": model, "seconds": round(time.perf_counter() - t0, 2)}
+    summary = IndexResult(embedded=embedded, removed=len(gone), unchanged=len(wanted) - total,
+                          total=conn.execute("SELECT count(*) FROM index_items").fetchone()[0], failed=len(errors),
+                          errors=errors, skipped=dict(skipped), repaired=repaired, rebuilt=bool(notice),
+                          notice=notice, model=model, seconds=round(time.perf_counter() - t0, 2))
     log.info("index sync: %s embedded, %s removed, %s unchanged, %s failed",
-             embedded, len(gone), summary["unchanged"], len(errors))
+             embedded, len(gone), summary.unchanged, len(errors))
     return summary
 
 
@@ -493,14 +514,10 @@ def _snippet(text: str, n: int = 160) -> str:
 
 def _hydrate(conn: sqlite3.Connection, cands: list[_Cand]) -> list[_Cand]:
     """Attach hits from the store (the collection holds no text); items gone since the last sync drop out."""
-    mids = [c.meta["ref"] for c in cands if c.meta.get("kind") != "doc"]
-    dids = [c.meta["ref"] for c in cands if c.meta.get("kind") == "doc"]
-    msgs = {r["id"]: r for r in conn.execute(
-        f"SELECT id, date, subject, body, to_addrs FROM messages WHERE deleted = 0 AND id IN ({','.join('?' * len(mids))})",
-        mids)} if mids else {}
-    docs = {r["id"]: r for r in conn.execute(
-        f"SELECT id, path, title, text FROM documents WHERE deleted = 0 AND id IN ({','.join('?' * len(dids))})",
-        dids)} if dids else {}
+    from ..ingest import documents, messages
+
+    msgs = messages.live_by_ids(conn, [c.meta["ref"] for c in cands if c.meta.get("kind") != "doc"])
+    docs = documents.live_by_ids(conn, [c.meta["ref"] for c in cands if c.meta.get("kind") == "doc"])
     out = []
     for c in cands:
         m, ref = c.meta, c.meta["ref"]
@@ -527,20 +544,22 @@ def training_context(message_id: int, k: int | None = None, *, conn: sqlite3.Con
                      settings: config.Settings | None = None, query: str | None = None) -> list[Hit]:
     """Retrieved examples for one training target: only the user's mail dated strictly before it, never the
     target itself nor a near-duplicate of it (mostly the same words, or embedding cosine >= NEAR_DUP)."""
+    from .. import playback
+    from ..ingest import messages
+
     settings = settings or config.load()
     k = settings.rag_k if k is None else k
     own = conn is None
     conn = conn or store.connect()
     try:
-        row = conn.execute("SELECT id, date, subject, body FROM messages WHERE id = ?", (message_id,)).fetchone()
+        row = messages.by_id(conn, message_id)
         if row is None:
             raise NoDataError(f"no message with id {message_id}", fix="see `panza messages list` for ids")
         if timestamp(row["date"]) is None or k <= 0:
             return []  # an undated target has no provable past: no context rather than a possible leak
         if query is None:
-            pair = conn.execute("SELECT instruction FROM pairs WHERE message_id = ? AND status = 'ok' "
-                                "AND instruction IS NOT NULL ORDER BY id DESC LIMIT 1", (message_id,)).fetchone()
-            query = pair[0] if pair else f"{row['subject'] or ''}\n\n{row['body']}"
+            query = playback.instructions(conn, [message_id]).get(message_id)
+            query = query if query is not None else f"{row['subject'] or ''}\n\n{row['body']}"
         hits = search(query, k=k, kinds=("sent",), before=row["date"], exclude_ids=[message_id],
                       conn=conn, settings=settings, near_dup_of=row["body"] or "")
         return [h for h in hits if h.ref_id != message_id]
@@ -554,6 +573,11 @@ def carries_context(message_id: int, share: float | None = None) -> bool:
     share = config.load().raft_context_share if share is None else share
     draw = int(hashlib.sha256(f"raft:{message_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return draw < share
+
+
+def count(conn: sqlite3.Connection) -> int:
+    """Items in the index (by the store's ledger)."""
+    return conn.execute("SELECT count(*) FROM index_items").fetchone()[0]
 
 
 def status(conn: sqlite3.Connection) -> dict:

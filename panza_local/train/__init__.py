@@ -20,6 +20,8 @@ import platform
 import sys
 from dataclasses import dataclass, field
 
+from ..results import TrainResult
+
 BACKENDS = {
     "torch": "panza_local.train.torch.backend:train_lora",
     "mlx": "panza_local.train.mlx.backend:train_lora",
@@ -232,7 +234,7 @@ def prepare(conn, settings, hp_preset: str, overrides: dict | None = None, train
 
 def train(conn, backend: str = "auto", preset: str | None = None, on_progress=None, resume: bool = True, *,
           settings=None, overrides: dict | None = None, train_examples=None, val_examples=None,
-          promote: bool = False, init_from: str | None = None, minutes: float | None = None) -> dict:
+          promote: bool = False, init_from: str | None = None, minutes: float | None = None) -> TrainResult:
     """Train (or resume, or reuse) an adapter for the active model on the stored pairs; export and register it.
 
     `init_from`: id of a ready adapter of the same base and shape to warm-start from (torch backend; ignored,
@@ -266,12 +268,11 @@ def train(conn, backend: str = "auto", preset: str | None = None, on_progress=No
                               config=cfg)
     if existing is not None:  # same base, data and settings: nothing to do
         m = existing.get("metrics") or {}
-        out = {"adapter_id": adapter_id, "reused": True, "gguf": existing["gguf"], "selection": selection,
-               **{k: m.get(k) for k in ("val_loss_before", "val_loss_after", "tokens_per_s", "peak_mem_mb")}}
         if promote:
             registry.use(adapter_id, conn)
-        out["promoted"] = registry.current_id() == adapter_id
-        return out
+        return TrainResult(adapter_id=adapter_id, reused=True, gguf=existing["gguf"], selection=selection,
+                           promoted=registry.current_id() == adapter_id,
+                           **{k: m.get(k) for k in ("val_loss_before", "val_loss_after", "tokens_per_s", "peak_mem_mb")})
     run_dir = registry.adapter_dir(adapter_id)
     with store.run(conn, "train") as summary:
         pacer = budget.Pacer(minutes * 60 if minutes else None, hp.evals, started=started,
@@ -295,15 +296,14 @@ def train(conn, backend: str = "auto", preset: str | None = None, on_progress=No
         improved = res["val_loss_after"] < res["val_loss_before"]
         if promote and improved:
             registry.use(adapter_id, conn)
-        out = {"adapter_id": adapter_id, "reused": False, "gguf": str(gguf),
-               "val_loss_before": res["val_loss_before"], "val_loss_after": res["val_loss_after"],
-               "tokens_per_s": res["tokens_per_s"], "peak_mem_mb": res["peak_mem_mb"], "steps": res["steps"],
-               "resumed_from": res["resumed_from"], "early_stopped": res.get("early_stopped", False),
-               "n_train": len(tr), "n_val": len(va), "backend": name, "device": res.get("device"),
-               "precision": res.get("precision"), "promoted": registry.current_id() == adapter_id,
-               "planned_steps": res.get("total_steps"), **pacer.summary(), **_stop(res, pacer, hp),
-               "selection": selection}
-        summary.update({k: v for k, v in out.items() if k not in ("gguf", "plan", "selection")})
+        out = TrainResult(
+            adapter_id=adapter_id, reused=False, gguf=str(gguf), val_loss_before=res["val_loss_before"],
+            val_loss_after=res["val_loss_after"], tokens_per_s=res["tokens_per_s"], peak_mem_mb=res["peak_mem_mb"],
+            steps=res["steps"], resumed_from=res["resumed_from"],
+            n_train=len(tr), n_val=len(va), backend=name, device=res.get("device"), precision=res.get("precision"),
+            promoted=registry.current_id() == adapter_id, planned_steps=res.get("total_steps"), **pacer.summary(),
+            **_stop(res, pacer, hp), selection=selection)
+        summary.update({k: v for k, v in out.to_dict().items() if k not in ("gguf", "plan", "selection")})
     return out
 
 

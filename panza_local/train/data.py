@@ -99,8 +99,8 @@ def examples(conn: sqlite3.Connection, split: str, settings=None, *, context: bo
 def _training_context(conn, message_id: int, settings, to: str | None = None) -> list | None:
     """Past emails retrieved for one training email (never itself), for the RAFT share of examples, as the
     prompt turns drafts show them (each with its own playback instruction as the request)."""
+    from .. import playback, prompts
     from .. import profile as profiles
-    from .. import prompts
     from ..retrieval import index
 
     if not index.carries_context(message_id, settings.raft_context_share):
@@ -113,19 +113,9 @@ def _training_context(conn, message_id: int, settings, to: str | None = None) ->
     addr = profiles.address_of(to).lower() if to else ""
     hits.sort(key=lambda h: not (addr and any(addr in t.lower() for t in h.to)))  # same recipient first, as drafts
     hits = hits[:CONTEXT_K]
-    asks = _instructions(conn, [h.ref_id for h in hits])
+    asks = playback.instructions(conn, [h.ref_id for h in hits])
     return [prompts.Example(text=h.text, request=asks.get(h.ref_id) or (f'Write about "{h.subject}".' if h.subject else ""),
                             to=", ".join(h.to)) for h in hits] or None
-
-
-def _instructions(conn, message_ids: list[int]) -> dict[int, str]:
-    """{message id: its latest ok playback instruction}."""
-    if not message_ids:
-        return {}
-    marks = ",".join("?" * len(message_ids))
-    rows = conn.execute(f"SELECT message_id, instruction FROM pairs WHERE message_id IN ({marks}) AND status = 'ok' "
-                        f"AND instruction IS NOT NULL ORDER BY id", list(message_ids)).fetchall()
-    return {r[0]: r[1] for r in rows}
 
 
 def examples_from_jsonl(path: str | Path, split: str = "all", limit: int | None = None) -> list[Example]:

@@ -109,6 +109,11 @@ def list_(conn: sqlite3.Connection | None = None) -> list[dict]:
     return rows
 
 
+def count(conn: sqlite3.Connection) -> int:
+    """Adapters registered (any status)."""
+    return conn.execute("SELECT count(*) FROM adapters").fetchone()[0]
+
+
 def current_id() -> str | None:
     """Id the `current` pointer names (None: drafts use the base model alone)."""
     link = adapters_dir() / CURRENT

@@ -180,10 +180,10 @@ class StatusScreen(Screen):
             self.app.notify_error(event.error)
             self.action_reload()  # the failed run is listed under Recent runs
             return
-        s = event.summary or {}
-        note = ", ".join(f"{k} {s[k]}" for k in ("new_messages", "new_pairs", "trained", "promoted", "reason") if k in s)
-        self.query_one("#retune-note", Static).update(f"done: {note or s}")
-        self.notify(f"Re-tune finished: {note or s}", title="Re-tune")
+        s = event.summary
+        note = ", ".join(f"{k} {getattr(s, k)}" for k in ("new_messages", "new_pairs", "trained", "promoted", "reason"))
+        self.query_one("#retune-note", Static).update(f"done: {note}")
+        self.notify(f"Re-tune finished: {note}", title="Re-tune")
         self.app.refresh_adapter()
         self.action_reload()
 
