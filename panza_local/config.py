@@ -79,6 +79,9 @@ class Settings:
     """New emails needed before a background re-tune trains a new adapter."""
     retune_interval_min: int = 60
     """Minimum minutes between two background re-tunes."""
+    retune_minutes: float = 3.0
+    """Training budget of one re-tune pass, in minutes (the steps fitted to this machine's measured step
+    time, as `panza train --minutes`); 0 = the preset's full steps."""
     debug: bool = False
     """Log message bodies, subjects and addresses (off: logs carry only counts and ids)."""
 

@@ -368,7 +368,8 @@ def _pass(p: _Pass, out: RetuneResult) -> None:
     out.mode, out.mode_why = decision["mode"], decision["mode_why"]
     say(f"train: {decision['why']}; {decision['mode_why']}")
     res = step("train", lambda: train.train(conn, backend=settings.train_backend, on_progress=prog("train"),
-                                            settings=settings, init_from=decision["init_from"]))
+                                            settings=settings, init_from=decision["init_from"],
+                                            minutes=settings.retune_minutes or None))
     out.trained, out.adapter_id = True, res.adapter_id
     out.train = {k: getattr(res, k) for k in ("val_loss_before", "val_loss_after", "steps", "resumed_from", "reused",
                                               "stop_reason")}
