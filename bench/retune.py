@@ -71,7 +71,7 @@ def panza(home: Path, threads: int, *args: str) -> tuple[dict, float]:
     env = {**os.environ, "PANZA_HOME": str(home), "PANZA_THREADS": str(threads)}
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "panza_local", *args, "--json"], env=env, cwd=ROOT,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+                       capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"`panza {' '.join(args)}` failed ({p.returncode}): {p.stderr[-2000:]}")
@@ -115,17 +115,17 @@ def markdown(r: dict, machine: str) -> str:
                 f"pairs, trained {p.get('trained')}{loss}, promoted {p.get('promoted')} ({steps}) |")
 
     return "\n".join([
-        f"# Re-tune pass on new mail (`python bench/retune.py --author {r['author']} --base {r['base']} "
-        f"--new {r['new']}`)", "",
-        f"{machine}; {r['threads']} threads, embedded model; load average {r['load_avg_1m']} when it ended; "
-        f"{r['when']}. Each pass is a fresh `panza retune --json` process (start-up included).", "",
+        (f"# Re-tune pass on new mail (`python bench/retune.py --author {r['author']} --base {r['base']} "
+         f"--new {r['new']}`)"), "",
+        (f"{machine}; {r['threads']} threads, embedded model; load average {r['load_avg_1m']} when it ended; "
+         f"{r['when']}. Each pass is a fresh `panza retune --json` process (start-up included)."), "",
         "| pass | wall s | goal | what it did |", "|---|---:|---:|---|",
         row(f"setup: the first pass on {r['base']} emails (`--force`)", r["setup"], "-"),
         row(f"{r['new']} new emails appended to the mbox", r["new_mail"], f"<= {r['goals_s']['new_mail']:.0f} s"),
         row("nothing new", r["nothing_new"], f"<= {r['goals_s']['nothing_new']:.0f} s"), "",
-        f"Held-out gate on the new-mail pass: new {r['new_mail'].get('score_new')} vs current "
-        f"{r['new_mail'].get('score_current')} on {r['new_mail'].get('n_test')} pairs; reason: "
-        f"{r['new_mail'].get('reason')}.", ""])
+        (f"Held-out gate on the new-mail pass: new {r['new_mail'].get('score_new')} vs current "
+         f"{r['new_mail'].get('score_current')} on {r['new_mail'].get('n_test')} pairs; reason: "
+         f"{r['new_mail'].get('reason')}."), ""])
 
 
 def main() -> int:
