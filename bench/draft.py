@@ -171,6 +171,15 @@ def _tui_draft(instruction: str, to: str, settings) -> dict:
             "load": load()}
 
 
+def _tui_after_pause(instruction: str, to: str, settings) -> dict:
+    """The TUI's draft after the user paused in typing: the form's prompt was evaluated during the pause
+    (backend.prefill_draft, untimed: it ran while the user was reading what they typed), then Enter."""
+    from panza_local.tui import backend
+
+    backend.prefill_draft(instruction, to=to, seed=1, settings=settings)
+    return _tui_draft(instruction, to, settings)
+
+
 def _direct_warm(llm, prompt: str, args) -> dict:
     from panza_local import prompts
 
@@ -303,7 +312,7 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
                 if server.poll() is not None:
                     raise SystemExit(f"panza serve exited: {server.stderr.read().decode()[-1500:]}") from None
                 time.sleep(0.2)
-        warm: dict[str, list[dict]] = {"serve": [], "tui": [], "direct warm": []}
+        warm: dict[str, list[dict]] = {"serve": [], "tui": [], "tui, after a pause in typing": [], "direct warm": []}
         _serve_request(url, *JOBS[-1], args.max_tokens)  # the first request loads the model: not timed
         _tui_draft(*JOBS[-1], settings)
         lib = engine.llama_cpp()
@@ -314,8 +323,11 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
             j = i % len(JOBS)
             steps = [("serve", lambda j=j: _serve_request(url, *JOBS[j], args.max_tokens)),
                      ("tui", lambda j=j: _tui_draft(*JOBS[j], settings)),
+                     # another email than the plain TUI row's, so neither finds the other's prompt cached
+                     ("tui, after a pause in typing", lambda j=j: _tui_after_pause(*JOBS[(j + 3) % len(JOBS)],
+                                                                                   settings)),
                      ("direct warm", lambda j=j: _direct_warm(direct, prompts_text[j], args))]
-            for name, fn in steps[i % 3:] + steps[:i % 3]:
+            for name, fn in steps[i % 4:] + steps[:i % 4]:
                 warm[name].append(fn())
             print(f"  warm {i + 1}: " + ", ".join(f"{k} {v[-1]['ttft']:.2f}/{v[-1]['total']:.2f} s"
                                                  for k, v in warm.items()) + f", load {load():.1f}", flush=True)
@@ -355,7 +367,8 @@ def _rows(out: dict) -> list[dict]:
     rows.append(row("cold draft end: ours vs direct (OMP passive)", c["ours"]["total"]["median"],
                     c["direct+passive"]["total"]["median"], "s", higher_is_better=False))
     rows += [row(f"warm draft first token: {name} vs warm direct", w[name]["ttft"]["median"],
-                 w["direct warm"]["ttft"]["median"], "s", higher_is_better=False) for name in ("serve", "tui")]
+                 w["direct warm"]["ttft"]["median"], "s", higher_is_better=False)
+             for name in ("serve", "tui", "tui, after a pause in typing")]
     return rows
 
 
@@ -367,7 +380,7 @@ def _ratios(out: dict) -> dict:
             for k in ("ttft", "total"):
                 for o in ("ours", "ours, first draft"):
                     r[f"cold {k}: {base} / {o}"] = round(c[base][k]["median"] / c[o][k]["median"], 2)
-    for name in ("serve", "tui"):
+    for name in ("serve", "tui", "tui, after a pause in typing"):
         for k in ("ttft", "total"):
             r[f"warm {k}: direct warm / {name}"] = round(w["direct warm"][k]["median"] / w[name][k]["median"], 2)
     return r

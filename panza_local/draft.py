@@ -381,7 +381,8 @@ def stream(plan: DraftPlan, *, seed: int | None = None, temperature: float | Non
                 yield out
     finally:
         gen.close()  # frees the engine (its lock) now, not when the generator is collected
-    plan.stats = {"prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
+    plan.stats = {"prompt_tokens": st.prompt_tokens, "cached_tokens": st.cached_tokens,
+                  "completion_tokens": st.completion_tokens,
                   "ttft_s": round(st.ttft_s, 4), "total_s": round(st.total_s, 4),
                   "tokens_per_s": round(st.tokens_per_s, 1)}
     out = cleaner.close()

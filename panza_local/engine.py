@@ -91,6 +91,8 @@ class Stats:
     as `stats=` and it is filled in as the stream runs; the stream also returns it."""
 
     prompt_tokens: int = 0
+    cached_tokens: int = 0
+    """Of the prompt tokens, those already in the model's KV cache (a shared prefix, or a prefill)."""
     completion_tokens: int = 0
     ttft_s: float = 0.0
     total_s: float = 0.0
@@ -253,6 +255,7 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
     stats = stats if stats is not None else Stats()
     t0 = time.perf_counter()
     with _LOCK:
+        stats.cached_tokens = _cached_prefix(llm, messages)
         for chunk in llm.create_chat_completion(**kwargs):
             delta = chunk["choices"][0].get("delta", {}).get("content")
             if delta:
@@ -267,6 +270,39 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
 
             prefix_cache.save(llama_cpp(), llm, llm._panza_prefix)
     return stats
+
+
+def _cached_prefix(llm, messages: list[dict]) -> int:
+    """How many of the prompt's tokens the model's KV cache already holds (llama-cpp-python reuses them)."""
+    from . import fit
+
+    if not llm.n_tokens:
+        return 0
+    return llm.longest_token_prefix(llm._input_ids[:llm.n_tokens].tolist(), fit.chat_tokens(messages, llm))
+
+
+def prefill(messages: list[dict], *, model_path: str | Path | None = None, lora_path: str | Path | None = None,
+            settings=None) -> int:
+    """Evaluate the prompt of `messages` into the model's KV cache now, generating nothing worth keeping, so
+    that a generation whose prompt starts the same way evaluates only the rest (the TUI calls it while the
+    user is still typing). Returns the prompt tokens evaluated now (0: already cached). A remote engine
+    does nothing."""
+    from . import config, fit
+
+    settings = settings or config.load()
+    if settings.engine_url:
+        return 0
+    if model_path is None:
+        model_path, _ = default_model(settings)
+    llm = load(model_path, lora_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers)
+    with _LOCK:
+        tokens = fit.chat_tokens(messages, llm)
+        cached = llm.longest_token_prefix(llm._input_ids[:llm.n_tokens].tolist(), tokens) if llm.n_tokens else 0
+        if cached >= len(tokens) - 1:
+            return 0
+        # one greedy token: llama-cpp-python's own prefix reuse evaluates only what is not cached yet
+        llm.create_completion(tokens, max_tokens=1, temperature=0.0)
+        return len(tokens) - cached
 
 
 def chat(messages: list[dict], **kwargs) -> str:

@@ -119,8 +119,13 @@ class _Probe:
 
 def count(messages: Sequence[dict], model_path: str | Path) -> int:
     """Exact prompt tokens of `messages` for this model (its chat template, its tokenizer)."""
-    llm = _vocab(model_path)  # imports llama_cpp (engine.llama_cpp) before the submodule below
-    from llama_cpp import llama_chat_format
+    return len(chat_tokens(messages, _vocab(model_path)))
+
+
+def chat_tokens(messages: Sequence[dict], llm) -> list[int]:
+    """The tokens `llm.create_chat_completion(messages)` would evaluate: its own chat handler, stopped before
+    it generates."""
+    from llama_cpp import llama_chat_format  # llm exists: llama_cpp was imported by engine.llama_cpp
 
     handler = (llm.chat_handler or llm._chat_handlers.get(llm.chat_format)
                or llama_chat_format.get_chat_completion_handler(llm.chat_format))
@@ -128,7 +133,7 @@ def count(messages: Sequence[dict], model_path: str | Path) -> int:
         try:
             handler(llama=_Probe(llm), messages=list(messages), max_tokens=1)
         except _Captured as got:
-            return len(got.tokens)
+            return got.tokens
     raise RuntimeError("the chat handler returned without building a prompt")  # pragma: no cover
 
 

@@ -3,6 +3,9 @@
 The kill points are failpoints (panza_local/failpoint.py: the Nth file, pair, batch or checkpoint, N drawn
 from the seed), not timers: where a kill lands never depends on how fast or busy the machine is.
 
+The mail is 600 of an Enron author's sent files from ../shared/data, or, in a fresh clone without it, the
+project's own sample mailbox written as a Maildir (tests/mailformats.py): every stage is killed either way.
+
 After each stage's kills and one uninterrupted re-run: the counts equal those of a run that was never
 killed, no row is duplicated, `PRAGMA integrity_check` is ok, Chroma holds exactly the store's indexed
 items, and the current adapter loads in llama.cpp. Each test prints how many kills landed mid-run.
@@ -32,9 +35,9 @@ PAIRS = 8
 SEED = int(os.environ.get("PANZA_CRASH_SEED", "12"))
 
 
-def _env(home: Path) -> dict:
+def _env(home: Path, me: list[str] = ME) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PANZA_") or k == "PANZA_SHARED_DATA"}
-    env.update(PANZA_HOME=str(home), PANZA_THREADS="1", PANZA_TRAIN_PRESET="quick", PANZA_ME=",".join(ME))
+    env.update(PANZA_HOME=str(home), PANZA_THREADS="1", PANZA_TRAIN_PRESET="quick", PANZA_ME=",".join(me))
     return env
 
 
@@ -95,17 +98,24 @@ def _no_duplicates(home: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, shared_data):
+def world(tmp_path_factory):
+    from conftest import SHARED
+
     root = tmp_path_factory.mktemp("crash")
-    mail = root / "mail"
-    for sub in ("cur", "new", "tmp"):
-        (mail / sub).mkdir(parents=True)
-    files = sorted((shared_data / SENT).iterdir(), key=lambda p: int(re.search(r"Q(\d+)", p.name).group(1)))
-    for f in files[:N_FILES]:
-        shutil.copy(f, mail / "cur" / f.name)
+    if (SHARED / SENT).is_dir():
+        mail, me = root / "mail", ME
+        for sub in ("cur", "new", "tmp"):
+            (mail / sub).mkdir(parents=True)
+        files = sorted((SHARED / SENT).iterdir(), key=lambda p: int(re.search(r"Q(\d+)", p.name).group(1)))
+        for f in files[:N_FILES]:
+            shutil.copy(f, mail / "cur" / f.name)
+    else:  # a fresh clone: the sample mailbox, as a Maildir the project writes itself
+        import mailformats
+
+        mail, me = mailformats.write_maildir(root / "sample"), [mailformats.ME]
     ref, home = root / "ref", root / "home"
-    reference = _panza(_env(ref), "ingest", str(mail))
-    return {"root": root, "mail": mail, "home": home, "ref": ref, "reference": reference,
+    reference = _panza(_env(ref, me), "ingest", str(mail))
+    return {"root": root, "mail": mail, "home": home, "ref": ref, "reference": reference, "me": me,
             "rng": random.Random(SEED), "kills": {}}
 
 
@@ -122,7 +132,7 @@ def _ingested(home: Path) -> dict:
 
 
 def test_ingest_survives_kills(world):
-    home, env, rng = world["home"], _env(world["home"]), world["rng"]
+    home, env, rng = world["home"], _env(world["home"], world["me"]), world["rng"]
     kills = 0
     for i in range(5):
         # after a seeded file (inside the open batch), or right after a batch commit, in turn
@@ -140,7 +150,7 @@ def test_ingest_survives_kills(world):
 
 
 def test_playback_survives_kills(world):
-    home, env, rng = world["home"], _env(world["home"]), world["rng"]
+    home, env, rng = world["home"], _env(world["home"], world["me"]), world["rng"]
 
     def pairs() -> int:
         return _one(home, "SELECT count(*) FROM pairs WHERE status = 'ok'")
@@ -164,7 +174,7 @@ def test_index_survives_kills(world):
     from panza_local import config
     from panza_local.retrieval import chroma_store, index
 
-    home, env = world["home"], _env(world["home"])
+    home, env = world["home"], _env(world["home"], world["me"])
     kills = 0
     for _ in range(3):  # right after each run's first embedded batch is recorded (until nothing is left to embed)
         kills += _kill_at(env, ["index"], "index.batch:1")
@@ -195,7 +205,7 @@ def test_index_survives_kills(world):
 
 
 def test_train_survives_kills(world):
-    home, env = world["home"], _env(world["home"])
+    home, env = world["home"], _env(world["home"], world["me"])
     # train writes few checkpoints: each run is killed right after its first one (no seeded draw)
     kills = _kill_at(env, ["train"], "train.checkpoint:1")
     kills += _kill_at(env, ["train"], "train.checkpoint:1")  # the resumed run, at its next checkpoint

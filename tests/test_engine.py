@@ -59,7 +59,23 @@ def test_shared_prefix_is_not_re_evaluated(settings, embedded_model):
     engine.chat(first, model_path=embedded_model, max_tokens=4, settings=settings, stats=cold)
     engine.chat(second, model_path=embedded_model, max_tokens=4, settings=settings, stats=warm)
     assert warm.prompt_tokens > 300 and llm.n_tokens > 300
-    assert warm.ttft_s < cold.ttft_s  # only the differing tail was evaluated
+    # only the differing tail was evaluated: the shared preamble was in the KV cache
+    assert cold.cached_tokens < 300 < warm.cached_tokens < warm.prompt_tokens
+
+
+def test_prefill_evaluates_ahead_and_changes_nothing(settings, embedded_model):
+    """What the TUI does while the user types: the prompt as typed so far is evaluated; the draft then starts
+    from it (cached_tokens), and writes exactly what it writes without the head start."""
+    typed = [MSGS[0], {"role": "user", "content": "Write a two-sentence email asking Bob to move our meeting"}]
+    engine.unload_all()
+    plain = engine.chat(MSGS, model_path=embedded_model, max_tokens=30, settings=settings)
+    engine.unload_all()
+    assert engine.prefill(typed, model_path=embedded_model, settings=settings) > 20
+    assert engine.prefill(typed, model_path=embedded_model, settings=settings) == 0  # already there
+    stats = engine.Stats()
+    ahead = engine.chat(MSGS, model_path=embedded_model, max_tokens=30, settings=settings, stats=stats)
+    assert ahead == plain
+    assert stats.prompt_tokens - 8 <= stats.cached_tokens < stats.prompt_tokens, stats
 
 
 def test_missing_model_file_is_a_clear_error(settings, tmp_path):

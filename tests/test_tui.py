@@ -347,6 +347,28 @@ async def test_draft_streams_then_saves_eml_and_maildir(seeded, tmp_path, engine
         assert "D" in box.get_message(keys[0]).get_flags()
 
 
+async def test_draft_prompt_is_evaluated_while_typing(seeded):
+    """A pause in typing evaluates the prompt typed so far; Enter then starts from it (the side panel says
+    how much of the prompt was ready)."""
+    from panza_local.tui.screens.draft import DraftScreen
+
+    app = make_app(max_tokens=8, seed=3, use_rag=False)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, DraftScreen)
+        text = "thank Bob for the quarterly report"
+        await type_text(pilot, text)
+        await wait_until(pilot, lambda: screen.prefilled == text, "the prompt was never evaluated ahead of enter")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: screen.result is not None and not screen.streaming, "no draft")
+        await wait_workers(app, pilot)
+        stats = screen.result.stats
+        assert stats["prompt_tokens"] > 50 and stats["cached_tokens"] >= stats["prompt_tokens"] - 2, stats
+        assert f"prompt {stats['prompt_tokens']} tokens, {stats['cached_tokens']} ready" in visible_text(app)
+
+
 # -- status screen --------------------------------------------------------------------------------------------
 
 async def test_status_screen_shows_pipeline(seeded):

@@ -152,6 +152,13 @@ def plan_draft(instruction: str, *, to: str = "", subject: str = "", thread: dic
                          seed=seed, settings=settings)
 
 
+def prefill_draft(instruction: str, **fields) -> int:
+    """Evaluate the prompt the draft form would send now (engine.prefill), while the user is still typing:
+    a draft whose prompt starts the same way then evaluates only the rest. Returns the tokens evaluated."""
+    plan = plan_draft(instruction, **fields)
+    return engine.prefill(plan.messages, model_path=plan.model_path, lora_path=plan.lora_path, settings=plan.settings)
+
+
 def stream_draft(plan: draft.DraftPlan, cancelled=None):
     """The draft's text pieces from the engine (draft.stream, which asks `cancelled` after every token);
     `finish_draft(plan)` collects them."""

@@ -40,6 +40,15 @@ class SearchChanged(Message):
         self.query = query
 
 
+class Prefilled(Message):
+    """The draft form's prompt for `instruction` is in the engine's KV cache (`tokens` evaluated for it)."""
+
+    def __init__(self, instruction: str, tokens: int) -> None:
+        super().__init__()
+        self.instruction = instruction
+        self.tokens = tokens
+
+
 class StreamChunk(Message):
     """A piece of generated text arrived from a worker."""
 

@@ -18,7 +18,7 @@ from textual.worker import get_current_worker
 from panza_local.errors import PanzaError
 
 from .. import backend
-from ..messages import ContextReady, PromptSubmitted, StreamChunk, StreamDone, StreamFailed
+from ..messages import ContextReady, Prefilled, PromptSubmitted, StreamChunk, StreamDone, StreamFailed
 from ..widgets.prompt import PromptInput
 from ..widgets.side_panel import SidePanel
 from .dialogs import AskText, PickOne
@@ -38,12 +38,18 @@ class DraftScreen(Screen):
         Binding("escape", "stop", "Stop", show=False),
     ]
 
+    PREFILL_AFTER_S = 0.6
+    """Quiet typing time after which the prompt as typed so far is evaluated ahead of Enter."""
+
     def __init__(self) -> None:
         super().__init__()
         self.thread: dict | None = None
         self.instruction = ""
         self.streaming = False
         self.result: backend.Draft | None = None
+        self.prefilled: str | None = None
+        """The instruction whose prompt was last evaluated ahead of Enter (None: none yet)."""
+        self._prefill_timer = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -75,6 +81,37 @@ class DraftScreen(Screen):
         return (self.query_one("#draft-to", Input).value.strip(), self.query_one("#draft-subject", Input).value.strip())
 
     # -- generating ----------------------------------------------------------------------------------------
+
+    # -- ahead of Enter: a pause in typing evaluates the prompt so far, so the draft starts at once -------------
+
+    @on(TextArea.Changed, "#draft-instruction")
+    @on(Input.Changed, "#draft-to")
+    @on(Input.Changed, "#draft-subject")
+    def _typed(self, _event) -> None:
+        if self._prefill_timer is not None:
+            self._prefill_timer.stop()
+        self._prefill_timer = self.set_timer(self.PREFILL_AFTER_S, self._start_prefill)
+
+    def _start_prefill(self) -> None:
+        text = self.query_one("#draft-instruction", PromptInput).text.strip()
+        if text and not self.streaming:
+            to, subject = self._fields()
+            self.prefill(text, to, subject, self.thread)
+
+    @work(thread=True, exclusive=True, group="prefill")
+    def prefill(self, instruction: str, to: str, subject: str, thread: dict | None) -> None:
+        """Plan the draft for the text typed so far and evaluate its prompt (posts Prefilled); errors are left
+        for the real draft to report."""
+        try:
+            n = backend.prefill_draft(instruction, to=to, subject=subject, thread=thread, use_rag=self.app.use_rag,
+                                      seed=self.app.seed, settings=self.app.settings)
+        except Exception:  # noqa: BLE001 - only a head start: the draft itself shows what went wrong
+            return
+        self.post_message(Prefilled(instruction, n))
+
+    @on(Prefilled)
+    def _prefilled(self, event: Prefilled) -> None:
+        self.prefilled = event.instruction
 
     @on(PromptSubmitted, "#draft-instruction")
     def _submitted(self, event: PromptSubmitted) -> None:
@@ -142,7 +179,8 @@ class DraftScreen(Screen):
         area.read_only = False
         stats = event.result.stats if event.result is not None else {}
         self.query_one("#draft-side", SidePanel).show_speed(stats.get("completion_tokens", 0),
-                                                            stats.get("tokens_per_s", 0.0), stats.get("ttft_s", 0.0))
+                                                            stats.get("tokens_per_s", 0.0), stats.get("ttft_s", 0.0),
+                                                            stats.get("prompt_tokens", 0), stats.get("cached_tokens", 0))
         to, subject = self._fields()
         if not subject and event.result is not None:
             self.query_one("#draft-subject", Input).value = event.result.subject

@@ -35,10 +35,11 @@ class SidePanel(VerticalScroll):
             body += f"\n[dim]{escape(note)}[/]"
         self.query_one("#side-hits", Static).update(f"[b]Retrieved[/]\n{body}")
 
-    def show_speed(self, tokens: int, tokens_per_s: float, ttft_s: float) -> None:
-        """Show the speed of the last generation."""
+    def show_speed(self, tokens: int, tokens_per_s: float, ttft_s: float, prompt: int = 0, cached: int = 0) -> None:
+        """Show the speed of the last generation (and how much of its prompt was ready before it began)."""
+        ready = f"\nprompt {prompt} tokens, {cached} ready" if prompt else ""
         self.query_one("#side-speed", Static).update(
-            f"[b]Last reply[/]\n{tokens} tokens\n{tokens_per_s:.1f} tok/s\nfirst token {ttft_s:.2f}s")
+            f"[b]Last reply[/]\n{tokens} tokens\n{tokens_per_s:.1f} tok/s\nfirst token {ttft_s:.2f}s{ready}")
 
 
 def _short_cite(cite: str) -> str:
