@@ -14,6 +14,18 @@ OUT = Path(__file__).resolve().parent / "out"
 SHARED = Path(os.environ.get("PANZA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+def enron_data(arg: str | None) -> Path | None:
+    """The shared data folder (`--data`, else ../shared/data) when it holds the Enron sent mboxes; else None,
+    having said so on stderr (a fresh clone has no ../shared)."""
+    import sys
+
+    data = Path(arg) if arg else SHARED
+    if (data / "enron" / "sent").is_dir():
+        return data
+    print(f"needs the shared data set at {data} (absent in a fresh clone): pass --data", file=sys.stderr)
+    return None
+
+
 def row(name: str, ours: float, baseline: float, unit: str, higher_is_better: bool = True, note: str = "") -> dict:
     """One result row: ratio > 1 always means panza-local is better."""
     if ours and baseline:

@@ -141,11 +141,10 @@ def main() -> int:
     root = Path(__file__).resolve().parents[1]
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    from bench._common import SHARED, machine
+    from bench._common import enron_data, machine
 
-    data = Path(args.data) if args.data else SHARED
-    if not (data / "enron" / "sent").is_dir():
-        print(f"needs the shared data set at {data} (absent in a fresh clone): pass --data", file=sys.stderr)
+    data = enron_data(args.data)
+    if data is None:
         return 1
     r = run(data, args.author, args.limit, args.threads, args.preset, args.minutes)
     out = Path(args.out) if args.out else root / "bench" / "results"

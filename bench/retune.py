@@ -138,11 +138,10 @@ def main() -> int:
     args = ap.parse_args()
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from bench._common import SHARED, machine
+    from bench._common import enron_data, machine
 
-    data = Path(args.data) if args.data else SHARED
-    if not (data / "enron" / "sent").is_dir():
-        print(f"needs the shared data set at {data} (absent in a fresh clone): pass --data", file=sys.stderr)
+    data = enron_data(args.data)
+    if data is None:
         return 1
     r = run(data, args.author, args.base, args.new, args.threads)
     out = ROOT / "bench" / "results"

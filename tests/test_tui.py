@@ -146,6 +146,16 @@ def notes(app) -> list[str]:
     return list(app.__dict__.get("_seen_notes", [])) or [n.message for n in app._notifications]
 
 
+async def open_draft(app, pilot):
+    """F3: the draft screen, on top."""
+    from panza_local.tui.screens.draft import DraftScreen
+
+    await pilot.press("f3")
+    await pilot.pause()
+    assert isinstance(app.screen, DraftScreen)
+    return app.screen
+
+
 async def type_text(pilot, text: str) -> None:
     await pilot.press(*["space" if c == " " else c for c in text])
 
@@ -276,16 +286,12 @@ async def test_chat_streams_from_real_engine_and_survives_restart(seeded):
 
 @pytest.mark.slow
 async def test_draft_streams_then_saves_eml_and_maildir(seeded, tmp_path, engine_hold):
-    from panza_local.tui.screens.draft import DraftScreen
     from textual.widgets import TextArea
 
     hold = engine_hold(at="start")  # the engine waits for the test: "streaming" is seen however fast it is
     app = make_app(max_tokens=12, seed=3, use_rag=False)
     async with app.run_test(size=(160, 48)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause()
-        screen = app.screen
-        assert isinstance(screen, DraftScreen)
+        screen = await open_draft(app, pilot)
         # reply to Bob's lunch email, picked from the keyboard
         await pilot.press("ctrl+t")
         await wait_dialog(app, pilot, "PickOne")
@@ -350,14 +356,9 @@ async def test_draft_streams_then_saves_eml_and_maildir(seeded, tmp_path, engine
 async def test_draft_prompt_is_evaluated_while_typing(seeded):
     """A pause in typing evaluates the prompt typed so far; Enter then starts from it (the side panel says
     how much of the prompt was ready)."""
-    from panza_local.tui.screens.draft import DraftScreen
-
     app = make_app(max_tokens=8, seed=3, use_rag=False)
     async with app.run_test(size=(160, 48)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause()
-        screen = app.screen
-        assert isinstance(screen, DraftScreen)
+        screen = await open_draft(app, pilot)
         text = "thank Bob for the quarterly report"
         await type_text(pilot, text)
         await wait_until(pilot, lambda: screen.prefilled == text, "the prompt was never evaluated ahead of enter")
