@@ -132,7 +132,8 @@ def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: 
             with QUIET_LOAD:  # llama-cpp-python redirects fds 1 and 2 while it loads (see QUIET_LOAD)
                 llm = lib.Llama(**kwargs)
             if runtime_lora:
-                _attach_lora(lib, llm, Path(lora_path))
+                with quiet_native():  # llama.cpp notes each tensor it cannot repack for this CPU
+                    _attach_lora(lib, llm, Path(lora_path))
         except (ValueError, RuntimeError) as exc:
             what = "adapter" if lora_path else "model"
             raise (AdapterError if lora_path else ModelNotFound)(
