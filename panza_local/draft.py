@@ -366,10 +366,12 @@ def stream(plan: DraftPlan, *, seed: int | None = None, temperature: float | Non
     plan.pieces, plan.raw = [], []
     st = engine.Stats()
     cleaner = cleanup.Cleaner(plan.profile, plan.to, plan.instruction)
+    # a day the user did not give is not written (only when they gave one: "move it to Friday")
+    days = prompts.other_weekdays(plan.instruction, plan.reply.body if plan.reply else None)
     gen = engine.stream_chat(plan.messages, model_path=plan.model_path, lora_path=plan.lora_path,
                              max_tokens=max_tokens or plan.max_tokens, temperature=temperature,
                              seed=plan.seed if seed is None else seed, stop=[prompts.FENCE],
-                             settings=plan.settings, stats=st)
+                             settings=plan.settings, stats=st, banned_words=days)
     try:
         for piece in gen:
             plan.raw.append(piece)

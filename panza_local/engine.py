@@ -223,11 +223,14 @@ def default_model(settings=None):
 def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, lora_path: str | Path | None = None,
                 max_tokens: int | None = None, temperature: float | None = None, stop: list[str] | None = None,
                 seed: int | None = None, grammar: str | None = None, top_p: float = 0.95,
-                repeat_penalty: float = 1.1, settings=None, stats: Stats | None = None) -> Iterator[str]:
+                repeat_penalty: float = 1.1, settings=None, stats: Stats | None = None,
+                banned_words: list[str] | None = None) -> Iterator[str]:
     """Yield the assistant's reply to `messages` piece by piece (chat template from the GGUF).
 
     `stats` (optional) is filled with this generation's token counts and timings; the generator's return
-    value is the same Stats.
+    value is the same Stats. `banned_words`: words the reply should not contain: their one-token spellings
+    (with and without a leading space) get a -100 logit bias, so in prose the model picks another word (it
+    can still spell one in pieces when set on it); a remote engine does not take them.
     """
     from . import config
 
@@ -250,6 +253,8 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
     use_seed = settings.seed if seed is None else seed
     if use_seed is not None and use_seed >= 0:
         kwargs["seed"] = use_seed
+    if banned_words:
+        kwargs["logit_bias"] = {t: -100.0 for t in single_tokens(llm, banned_words)}
     if grammar:
         with quiet_native():
             kwargs["grammar"] = llama_cpp().LlamaGrammar.from_string(grammar, verbose=False)
@@ -271,6 +276,17 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
 
             prefix_cache.save(llama_cpp(), llm, llm._panza_prefix)
     return stats
+
+
+def single_tokens(llm, words: list[str]) -> set[int]:
+    """The ids of `words` (and of " word") that this model's vocabulary holds as one token each."""
+    out = set()
+    for w in words:
+        for variant in (w, " " + w):
+            ids = llm.tokenize(variant.encode("utf-8"), add_bos=False, special=False)
+            if len(ids) == 1:
+                out.add(ids[0])
+    return out
 
 
 def _cached_prefix(llm, messages: list[dict]) -> int:

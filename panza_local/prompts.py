@@ -154,6 +154,18 @@ def instruction_specifics(instruction: str, exclude=()) -> list[str]:
     return scoring.keywords(body, {}, k=MENTION_TERMS, exclude=skip)
 
 
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def other_weekdays(*texts: str | None) -> list[str]:
+    """The weekdays a draft must not bring in: when the user's words (instruction, the email answered) name a
+    day, every other day (a small model turned "move our meeting to Friday" into "... on Thursday"); none when
+    they name no day. "Fri" and "friday" count as Friday."""
+    said = " ".join(t for t in texts if t).lower()
+    named = {d for d in WEEKDAYS if re.search(rf"\b{d[:3].lower()}(?:{d[3:].lower()}|\.)?\b", said)}
+    return [d for d in WEEKDAYS if d not in named] if named else []
+
+
 def user_turn(instruction: str, *, thread: str | None = None, to: str | None = None,
               subject: str | None = None, documents: list[tuple[str, str]] | None = None, **_context) -> str:
     """The last user message: passages of the user's documents and the email being answered (fenced,

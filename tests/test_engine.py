@@ -88,3 +88,16 @@ def test_missing_model_file_is_a_clear_error(settings, tmp_path):
 def test_next_token_logits_shape(embedded_model):
     logits = engine.next_token_logits("Hello", embedded_model)
     assert logits.ndim == 1 and logits.shape[0] > 40000
+
+
+def test_banned_words_are_not_written_in_prose(settings, embedded_model):
+    """The words' one-token spellings get a -100 bias: in prose the model picks another word. (A model set on a
+    word can still spell it in pieces, e.g. when listing the days of the week: this steers, it does not parse.)"""
+    ask = [{"role": "user", "content": "Write one short sentence inviting Ann to lunch on Thursday."}]
+    free = engine.chat(ask, model_path=embedded_model, max_tokens=40, settings=settings)
+    assert "Thursday" in free  # the model writes it when free to
+    banned = ["Monday", "Tuesday", "Wednesday", "Thursday"]
+    llm = engine.load(embedded_model, n_ctx=settings.n_ctx, threads=settings.threads)
+    assert len(engine.single_tokens(llm, banned)) == 8  # each with and without a leading space
+    held = engine.chat(ask, model_path=embedded_model, max_tokens=40, settings=settings, banned_words=banned)
+    assert held.strip() and not any(d in held for d in banned), held

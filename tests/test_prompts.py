@@ -117,3 +117,11 @@ def test_mention_suffix_is_playbacks_shape():
     assert prompts.mention("Tell Tom the plan.", []) == "Tell Tom the plan."
     terms = prompts.instruction_specifics("Invite Hannah to book club at mine on Thursday at 7:30", ["Hannah"])
     assert "Thursday" in terms and "7:30" in terms and not {"Invite", "Hannah"} & set(terms)
+
+
+def test_days_the_user_did_not_give_are_the_ones_banned():
+    assert prompts.other_weekdays("Ask Bob to move our meeting to Friday") == [
+        "Monday", "Tuesday", "Wednesday", "Thursday", "Saturday", "Sunday"]
+    assert "Tuesday" not in prompts.other_weekdays("meet on tue. or fri", None)
+    assert prompts.other_weekdays("Thank Sam for the invoice", None) == []  # no day given: none banned
+    assert "Monday" not in prompts.other_weekdays("Say yes", "Lunch on Monday?")  # the email answered names it
