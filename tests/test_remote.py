@@ -105,7 +105,11 @@ def test_draft_through_a_llama_cpp_server_matches_local_and_uses_the_adapter(hom
 
     settings = config.load({"temperature": 0, "max_tokens": 24, "threads": 2})
     local_lora = draft.draft(INSTRUCTION, use_rag=False, use_adapter=adapter, settings=settings)
-    local_base = draft.draft(INSTRUCTION, use_rag=False, use_adapter=False, settings=settings)
+    base_plan = draft.prepare(INSTRUCTION, use_rag=False, use_adapter=adapter, settings=settings)
+    base_plan.lora_path = None  # the same prompt (shaped for an adapter), the base model alone
+    for _ in draft.stream(base_plan):
+        pass
+    local_base = draft.finish(base_plan, record=False)
     engine.unload_all()
     assert remote["text"] == local_lora.text  # same prompt, same clean-up, same greedy tokens
     assert remote["text"] != local_base.text  # so the server applied the adapter
