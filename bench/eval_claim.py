@@ -44,6 +44,18 @@ def panza(home: Path, *args: str, json_out: bool = True) -> dict:
     return json.loads(out.stdout) if json_out and out.stdout.strip() else {}
 
 
+def without_mail(report_md: Path) -> None:
+    """Drop the report's examples (held-out emails quoted in full): the results live in the repository, and
+    ../shared/data is used in place, never copied into it. `panza eval --report` keeps them for a user."""
+    if not report_md.exists():
+        return
+    text = report_md.read_text()
+    cut = text.find("## Examples")
+    if cut >= 0:
+        report_md.write_text(text[:cut] + "## Examples\n\nLeft out here: they quote the held-out emails of "
+                             "../shared/data, which stays out of the repository.\n")
+
+
 def table(result: dict) -> str:
     """Markdown: configuration x metric, mean ± spread across seeds."""
     # bertscore/mauve: the standard packages on roberta-large/gpt2-large (null when not on disk);
@@ -95,6 +107,7 @@ def main() -> None:
     train = step("train", "train", "--preset", args.preset)
     report = ROOT / "bench" / "results" / f"eval_{args.user}"   # report.md + plots, kept with the figures
     ev = step("eval", "eval", "--limit", str(args.limit), "--seeds", str(args.seeds), "--report", str(report))
+    without_mail(report / "report.md")
     out = {"user": args.user, "sources": [str(p.relative_to(DATA)) for p in USERS[args.user]],
            "mine": ingest.get("mine"), "playback": {k: pb.get(k) for k in ("pairs", "quality", "generated")},
            "train": {k: v for k, v in train.items() if not isinstance(v, (list, dict))},
