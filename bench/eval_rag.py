@@ -80,7 +80,10 @@ def main() -> None:
            "configs": {c: {k: v for k, v in r.items() if k not in ("per_seed", "lengths")}
                        for c, r in result.configs.items() if r.get("bleu") is not None},
            "per_seed": {c: r.get("per_seed") for c, r in result.configs.items() if r.get("bleu") is not None},
-           "notes": result.notes, "samples": result.samples}
+           "notes": result.notes,
+           # the drafts without the held-out emails and requests they came from (../shared/data stays out of the repo)
+           "samples": [{k: v for k, v in x.items() if k not in ("reference", "instruction", "thread")}
+                       for x in result.samples]}
     name = f"eval_rag_{args.user}" + (f"_{args.tag}" if args.tag else "")
     dest = ROOT / "bench" / "results" / f"{name}.json"
     dest.write_text(json.dumps(out, indent=2, default=str))
