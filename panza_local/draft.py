@@ -132,7 +132,7 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
     # An adapter learned from playback pairs, whose requests end with " Mention: <specific terms>": the
     # user's request takes that shape too (the words are the user's own), so the adapter keeps them. A remote
     # engine holds the user's adapter (settings.engine_url), so its requests take the shape as well.
-    tuned = lora is not None or bool(getattr(settings, "engine_url", ""))
+    tuned = lora is not None or bool(settings.engine_url)
     asked = instruction if not tuned else prompts.mention(instruction, prompts.instruction_specifics(
         instruction, [prompts.recipient(to), profiles.first_name_of(to, instruction)]))
 

@@ -261,7 +261,7 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
     stats = stats if stats is not None else Stats()
     t0 = time.perf_counter()
     with _LOCK:
-        stats.cached_tokens = _cached_prefix(llm, messages)
+        before = llm._input_ids[:llm.n_tokens].copy()  # what the KV cache holds: the prompt's reused prefix
         for chunk in llm.create_chat_completion(**kwargs):
             delta = chunk["choices"][0].get("delta", {}).get("content")
             if delta:
@@ -271,6 +271,7 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
                 yield delta
         stats.total_s = time.perf_counter() - t0
         stats.prompt_tokens = llm.n_tokens - stats.completion_tokens
+        stats.cached_tokens = _cached(before, llm._input_ids[:stats.prompt_tokens])
         if getattr(llm, "_panza_prefix", None):  # a cold process's model: the next one starts from here
             from . import prefix_cache
 
@@ -289,13 +290,14 @@ def single_tokens(llm, words: list[str]) -> set[int]:
     return out
 
 
-def _cached_prefix(llm, messages: list[dict]) -> int:
-    """How many of the prompt's tokens the model's KV cache already holds (llama-cpp-python reuses them)."""
-    from . import fit
+def _cached(cache, tokens) -> int:
+    """How many of `tokens` the KV cache holding `cache` already has (their common prefix: what
+    llama-cpp-python reuses rather than evaluates)."""
+    import numpy as np  # loaded already: llama_cpp imports it
 
-    if not llm.n_tokens:
-        return 0
-    return llm.longest_token_prefix(llm._input_ids[:llm.n_tokens].tolist(), fit.chat_tokens(messages, llm))
+    n = min(len(cache), len(tokens))
+    differ = (np.asarray(cache[:n]) != np.asarray(tokens[:n])).nonzero()[0]
+    return int(differ[0]) if len(differ) else n
 
 
 def prefill(messages: list[dict], *, model_path: str | Path | None = None, lora_path: str | Path | None = None,
@@ -314,7 +316,7 @@ def prefill(messages: list[dict], *, model_path: str | Path | None = None, lora_
     llm = load(model_path, lora_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers)
     with _LOCK:
         tokens = fit.chat_tokens(messages, llm)
-        cached = llm.longest_token_prefix(llm._input_ids[:llm.n_tokens].tolist(), tokens) if llm.n_tokens else 0
+        cached = _cached(llm._input_ids[:llm.n_tokens], tokens)
         if cached >= len(tokens) - 1:
             return 0
         # one greedy token: llama-cpp-python's own prefix reuse evaluates only what is not cached yet

@@ -149,9 +149,8 @@ def instruction_specifics(instruction: str, exclude=()) -> list[str]:
     words = instruction.split()
     if not words or MENTION.strip() in instruction:
         return []
-    skip = [*exclude, *(w for w in words[:1] if w.lower().strip(".,") in scoring.INSTRUCTION_WORDS)]
-    body = " ".join(w for w in words if w.lower().strip(".,") not in scoring.INSTRUCTION_WORDS)
-    return scoring.keywords(body, {}, k=MENTION_TERMS, exclude=skip)
+    body = " ".join(w for w in words if w.lower().strip(".,") not in scoring.INSTRUCTION_WORDS)  # "Ask", "Tell"
+    return scoring.keywords(body, {}, k=MENTION_TERMS, exclude=exclude)
 
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
