@@ -1,5 +1,5 @@
 """A cold `panza draft` (adapter + retrieval) pays for nothing it does not use: no torch, transformers,
-sentence-transformers or chromadb import; the adapter applied at run time on a memory-mapped base; the
+sentence-transformers, chromadb or scikit-learn import; the adapter applied at run time on a memory-mapped base; the
 index read through Chroma's engine with the same hits as the chromadb client; OpenMP not spinning."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from panza_local import engine
 
-HEAVY = ("torch", "transformers", "sentence_transformers", "chromadb")
+HEAVY = ("torch", "transformers", "sentence_transformers", "chromadb", "sklearn")
 
 
 @pytest.fixture(scope="module")

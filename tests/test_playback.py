@@ -154,3 +154,12 @@ def test_kill_9_mid_run_then_rerun_generates_each_pair_once(mailbox, home):
     assert out.generated + before == 4 and out.reused == before
     dupes = mailbox.execute("SELECT count(*) FROM pairs GROUP BY content_hash HAVING count(*) > 1").fetchall()
     assert dupes == []
+
+
+def test_stop_words_are_scikit_learns():
+    """The project's copy (no scikit-learn import on the draft path) is scikit-learn's list, word for word."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    from panza_local.playback.stopwords import ENGLISH
+
+    assert ENGLISH == ENGLISH_STOP_WORDS

@@ -185,9 +185,9 @@ def keywords(email: str, idf: dict[str, float], k: int = 5, exclude: Iterable[st
 
 @lru_cache(maxsize=1)
 def _stop_words() -> frozenset[str]:
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+    from .stopwords import ENGLISH
 
-    return frozenset(STOP | ENGLISH_STOP_WORDS)
+    return frozenset(STOP | ENGLISH)
 
 
 def _useful(low: str) -> bool:
