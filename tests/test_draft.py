@@ -155,6 +155,43 @@ def test_rag_puts_past_mail_to_the_recipient_first(settings, indexed):
     assert plain.retrieved == [] and len(plain.messages) == 2 and "tomatoes" not in str(plain.messages)
 
 
+THANKFUL = ["Hi Dana,\n\nThanks for moving the budget call to Friday, that helps a lot.\n\nCheers,\nAnn",
+            "Hi Lee,\n\nThank you for the call notes from Friday, they were clear.\n\nCheers,\nAnn"]
+ASKING = ["Hi Max,\n\nCould you move the budget call to Thursday? I am travelling on Friday.\n\nCheers,\nAnn"]
+TELLING = ["Hi Kim,\n\nThe budget call is on Friday at 10, same dial-in as always.\n\nCheers,\nAnn"]
+
+
+@pytest.fixture
+def acts(settings):
+    """Past mail about a call: two open by thanking, one asks, one tells."""
+    index = pytest.importorskip("panza_local.retrieval.index")
+    conn = store.connect()
+    ids = {}
+    for kind, bodies in (("thank", THANKFUL), ("ask", ASKING), ("tell", TELLING)):
+        for i, body in enumerate(bodies):
+            ids[f"msg:{add_message(conn, body, to=f'{kind}{i}@example.org', subject='Call')}"] = kind
+    index.sync(conn, settings=settings)
+    yield ids
+    conn.close()
+
+
+def test_examples_match_the_requests_act(settings, acts):
+    """A request that thanks nobody gets no example that opens by thanking (the quickstart adapter copied
+    "Thanks for moving the meeting to Friday." from one into "Ask Bob to move our meeting to Friday"); a
+    request that asks gets the emails that ask first; a thank-you or a reply may have them all."""
+    s = dataclasses.replace(settings, rag_k=2)
+
+    def kinds(instruction, **kw):
+        return [acts[r.id] for r in draft.prepare(instruction, use_adapter=False, settings=s, **kw).retrieved]
+
+    asked = kinds("Ask Dana to move the budget call to Friday")
+    assert asked[0] == "ask" and "thank" not in asked
+    assert "thank" not in kinds("Tell Dana the budget call is on Friday")
+    assert "thank" in kinds("Thank Dana for moving the budget call to Friday")
+    assert draft.request_act("Can Dana move the call?") == "ask"
+    assert draft.request_act("Ask Dana to move the call", replying=True) == "reply"
+
+
 def _write_eml(path: Path) -> Path:
     msg = email.message.EmailMessage()
     msg["From"] = "Bob Stone <bob@example.org>"

@@ -90,6 +90,36 @@ def test_grammar_compiles_and_names_the_recipient():
     LlamaGrammar.from_string(playback.grammar(None), verbose=False)
 
 
+@pytest.mark.parametrize("email,act", [
+    ("Hi Tom,\n\nThanks for walking the site with me. The drainage looks wrong.\n\nCheers,\nMaya", "thank"),
+    ("Dear Tom,\n\nThank you so much for the invitation. I will be travelling.\n\nBest,\nDavid", "thank"),
+    (EMAIL, "ask"),
+    ("Hi Hannah,\n\nBook club is at mine. Shall we say Tuesday at 7:30?\n\nCheers,\nMaya", "ask"),
+    ("Hi Tom,\n\nNice set. Please add the tree protection zones to sheet 39.\n\nCheers,\nMaya", "ask"),
+    # the courtesies every email has are not an ask; "please find" hands something over
+    (("Hi Sam,\n\nPlease find the invoice attached. Payment in 30 days is fine.\n\nLet me know if anything "
+      "looks off.\n\nCheers,\nMaya"), None),
+    ("Team - the budget review moves to 3pm Thursday in 32C.\nPhillip", None),
+])
+def test_lead_act_names_what_the_email_does(email, act):
+    assert q.lead_act(email) == act
+
+
+def test_the_instruction_starts_with_the_emails_act():
+    """An email that asks gets an "Ask ..." instruction, one that opens by thanking a "Thank ...", the others
+    neither; and "Ask" is never taken for a word leaked from the few-shot examples (it was, and every
+    model answer "Ask ..." to an email without the word was rejected)."""
+    thank = playback.plan({"body": "Hi Tom,\n\nThanks for the photos.\n\nMaya", "content_hash": "ab"})
+    ask = playback.plan({"body": EMAIL, "content_hash": "ab"})
+    tell = playback.plan({"body": "Hi Tom,\n\nThe review moves to Thursday.\n\nMaya", "content_hash": "ab"})
+    assert '"Thank Tom"' in thank["grammar"] and '"Ask Tom"' not in thank["grammar"]
+    assert '"Ask Tom"' in ask["grammar"] and '"Tell Tom"' not in ask["grammar"]
+    assert '"Tell Tom"' in tell["grammar"] and '"Ask Tom"' not in tell["grammar"] and "Thank" not in tell["grammar"]
+    assert q.check("Ask Tom for the Koch confirmation for the Malin deal by Thursday.", EMAIL, to_name="Tom",
+                   banned=playback.LEAK) is None
+    assert not q.INSTRUCTION_WORDS & playback.LEAK
+
+
 def test_gen_config_hash_changes_with_the_prompt_only(embedded_model, monkeypatch):
     from panza_local import config
 

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, "int | None", "str | None"], None]
 
-VERSION = 8  # bump when the prompt, grammar or guards change meaning: every pair regenerates
+VERSION = 9  # bump when the prompt, grammar or guards change meaning: every pair regenerates
 ATTEMPTS = 4
 MAX_TOKENS = 40
 EMAIL_CHARS = 1200  # the head of a long email carries its ask; the rest only slows the prompt
@@ -62,6 +62,10 @@ SHOTS = [
 ]
 VERBS = ["Ask", "Tell", "Thank", "Reply to", "Write to", "Remind", "Update", "Invite", "Let", "Send",
          "Confirm to", "Inform", "Apologize to", "Congratulate", "Answer"]
+# The verbs an instruction may start with, by the email's act (`scoring.lead_act`): an email that opens by
+# thanking is a "Thank ..." and one that asks is an "Ask ...", so that a user's "Ask Bob to ..." maps to emails
+# that ask; the others never start with either.
+ACT_VERBS = {"thank": ["Thank"], "ask": ["Ask"], None: [v for v in VERBS if v not in ("Ask", "Thank")]}
 HINTS = {  # what a retry tells the model, by the guard that rejected its last answer
     "copies_email": "Do not copy sentences from the email: say its point in other, shorter words.",
     "unsupported": "Use only facts and words that are in this email.",
@@ -72,7 +76,10 @@ HINTS = {  # what a retry tells the model, by the guard that rejected its last a
     "not_imperative": "One plain sentence, no colon.",
     "no_recipient": "Name the recipient.",
 }
-LEAK = {w for _, ins in SHOTS for w in q.content_words(ins)} - {"reply", "tell", "team"}
+# Words of the examples' instructions that must not turn up in an answer unless its email has them. The verbs
+# of the instruction form are not evidence ("Ask" was, and every "Ask ..." answer to an email without the word
+# was rejected: no adapter learned what a request looks like).
+LEAK = {w for _, ins in SHOTS for w in q.content_words(ins)} - q.INSTRUCTION_WORDS - {"team"}
 
 
 def gen_config(model_path: str | Path, settings) -> tuple[str, dict]:
@@ -80,7 +87,8 @@ def gen_config(model_path: str | Path, settings) -> tuple[str, dict]:
     p = Path(model_path)
     size = p.stat().st_size if p.exists() else 0
     cfg = {"version": VERSION, "model": p.name, "model_size": size, "system": SYSTEM, "shots": SHOTS,
-           "verbs": VERBS, "attempts": ATTEMPTS, "max_tokens": MAX_TOKENS, "email_chars": EMAIL_CHARS,
+           "verbs": VERBS, "act_verbs": {str(k): v for k, v in ACT_VERBS.items()}, "leak": sorted(LEAK),
+           "attempts": ATTEMPTS, "max_tokens": MAX_TOKENS, "email_chars": EMAIL_CHARS,
            "thread_chars": THREAD_CHARS, "specifics": SPECIFICS}
     digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
     return digest, cfg
@@ -90,11 +98,12 @@ def _gbnf_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def grammar(to_name: str | None, words: list[str] | None = None) -> str:
+def grammar(to_name: str | None, words: list[str] | None = None, verbs: list[str] | None = None) -> str:
     """GBNF: one sentence that starts with an imperative verb naming the recipient and ends with a full stop;
     with `words`, a sentence of only those words."""
     who = re.sub(r"[^\w .,'&-]", "", to_name or "").strip()
-    starts = [f"{v} {who}" for v in VERBS] if who else VERBS
+    verbs = verbs or VERBS
+    starts = [f"{v} {who}" for v in verbs] if who else verbs
     alts = " | ".join(_gbnf_str(s) for s in starts)
     if words:
         vocab = " | ".join(_gbnf_str(w) for w in words)
@@ -141,8 +150,10 @@ def plan(row: dict, user_name: str = "") -> dict | None:
     if not email:
         return None
     to_name = q.recipient(email, row.get("to_addrs"), _json_list(row.get("to_names")))
-    return {"row": row, "email": email, "thread": row.get("thread") or "", "to_name": to_name,
-            "exclude": [to_name or "", user_name], "grammar": grammar(to_name), "reasons": [], "rejected": []}
+    verbs = ACT_VERBS[q.lead_act(email)]
+    return {"row": row, "email": email, "thread": row.get("thread") or "", "to_name": to_name, "verbs": verbs,
+            "exclude": [to_name or "", user_name], "grammar": grammar(to_name, verbs=verbs), "reasons": [],
+            "rejected": []}
 
 
 def attempt(p: dict, k: int) -> dict:
@@ -154,7 +165,7 @@ def attempt(p: dict, k: int) -> dict:
     hint = HINTS.get(p["reasons"][-1].split(":")[0]) if k and p["reasons"] else None
     gram = p["grammar"]
     if k and k == ATTEMPTS - 1:  # the last try may only use the email's own words (what `unsupported` asks)
-        hint, gram = HINTS["unsupported"], grammar(p["to_name"], words=_own_words(p))
+        hint, gram = HINTS["unsupported"], grammar(p["to_name"], words=_own_words(p), verbs=p["verbs"])
     return {"messages": prompt(p["email"], p["to_name"], p["thread"], hint), "grammar": gram,
             "temperature": 0.0 if k < 2 or k == ATTEMPTS - 1 else 0.8, "seed": _seed(p["row"]["content_hash"], k)}
 

@@ -214,6 +214,29 @@ def extractive(email: str, *, subject: str | None, to_name: str | None, idf: dic
     return out + "."
 
 
+# -- the email's act: what its instruction must start with --------------------------------------------------
+
+THANKS_OPENING = re.compile(r"^\W*(?:many\s+|big\s+)?(?:thanks|thank\s+you|thx)\b", re.IGNORECASE)
+REQUEST = re.compile(r"\b(?:could|can|would|will)\s+(?:you|we)\b|\bplease\s+(?!find\b|note\b|see\b)\w|\?",
+                     re.IGNORECASE)
+CLOSING_ASK = re.compile(r"^\W*(?:let\s+me\s+know|any\s+questions|feel\s+free)\b", re.IGNORECASE)
+
+
+def lead_act(email: str) -> str | None:
+    """"thank" when the email opens by thanking, "ask" when it asks the recipient something (a question, "could
+    you", "please add"), None otherwise. The closing courtesies every email has ("Let me know if ...") do not
+    count. Playback's instruction starts with the matching verb, so an adapter learns that "Ask Bob to ..."
+    asks and that thanks come only when the request thanks (a 135M playback model left both out, and the
+    adapter opened requests with "Thanks for ...")."""
+    body = _body_lines(email)
+    if THANKS_OPENING.match(body):
+        return "thank"
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+|\n+", body) if s.strip()]
+    if any(REQUEST.search(s) and not CLOSING_ASK.match(s) for s in sentences):
+        return "ask"
+    return None
+
+
 # -- guards: reasons an instruction is rejected ----------------------------------------------------------------
 
 def check(instruction: str, email: str, *, to_name: str | None = None, context: str = "",
