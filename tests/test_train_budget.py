@@ -50,6 +50,23 @@ def test_fit_steps_spends_the_budget_on_steps_and_validations():
     assert budget.fit_steps(600, 10, 3, 4.0, 2.0, 4) < budget.fit_steps(600, 10, 3, 1.0, 2.0, 4)
 
 
+def test_a_budget_spends_at_most_a_quarter_on_validation():
+    """The full arnold-j run: 14 s a step, 42 s a validation pass, 5 minutes; with the preset's 4 passes every
+    step was validated and 5 steps ran. One pass (the last) leaves room for more than twice the steps."""
+    assert budget.fit_evals(187.0, 42.5, 4) == 1 and budget.fit_evals(1000.0, 2.0, 4) == 4
+    assert budget.fit_evals(10.0, 0.0, 3) == 3 and budget.fit_evals(1.0, 50.0, 4) == 1
+    four = budget.fit_steps(300, 100, 3, 13.8, 42.5, 4)
+    clock = Clock()
+    p = budget.Pacer(300.0, evals=4, probe=3, clock=clock)
+    p.eval_times.append(42.5)  # the "val loss before" pass
+    clock.t = 58.6
+    for k in (1, 2, 3):
+        clock.t += 13.8
+        fit = p({"step": k, "train_s": 13.8 * k, "history": [], "total": 18})
+    assert p.evals == p.plan["evals"] == 1 and fit == budget.fit_steps(300, clock.t, 3, 13.8, 42.5, 1)
+    assert fit >= 2 * four and (fit - 3) * 13.8 + 42.5 <= (300 - clock.t) * budget.SAFETY
+
+
 def test_passes_counts_the_schedules_validations():
     from panza_local.train import HParams, schedule
 

@@ -539,7 +539,8 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
         state = saved["state"]
         resumed_from = state["step"]
         if state.get("total", total) != total:  # fitted to a time budget (budget.py): keep that schedule
-            total, eval_every, lr_at = schedule(dataclasses.replace(hp, max_steps=state["total"]), n)
+            fitted = dataclasses.replace(hp, max_steps=state["total"], evals=state.get("evals", hp.evals))
+            total, eval_every, lr_at = schedule(fitted, n)
     elif init is not None:  # warm start: a fresh run begins where the served adapter is
         model.load_lora_tensors(init)
     if state["val_before"] is None:
@@ -570,8 +571,8 @@ def train_lora(gguf_path, train_rows: list[dict], val_rows: list[dict], hp, run_
         state["train_tokens"] += sum(len(r["input_ids"]) for r in batch)
         state["step"] = step = step + 1
         if pace is not None and (fit := pace(state)) and fit != total:  # a time budget fixes the total (budget.py)
-            total, eval_every, lr_at = schedule(dataclasses.replace(hp, max_steps=fit), n)
-            state["total"] = total
+            total, eval_every, lr_at = schedule(dataclasses.replace(hp, max_steps=fit, evals=pace.evals), n)
+            state["total"], state["evals"] = total, pace.evals
         last_loss = loss_total / max(n_tgt, 1)
         tps = state["train_tokens"] / max(state["train_s"], 1e-9)
         note = f"loss {last_loss:.3f} · {tps:.0f} tok/s"
