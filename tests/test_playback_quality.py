@@ -105,19 +105,23 @@ def test_lead_act_names_what_the_email_does(email, act):
     assert q.lead_act(email) == act
 
 
-def test_the_instruction_starts_with_the_emails_act():
-    """An email that asks gets an "Ask ..." instruction, one that opens by thanking a "Thank ...", the others
-    neither; and "Ask" is never taken for a word leaked from the few-shot examples (it was, and every
-    model answer "Ask ..." to an email without the word was rejected)."""
+def test_only_an_email_that_thanks_gets_a_thank_you_instruction():
+    """An email that opens by thanking gets a "Thank <who> for ..." instruction and no other email does (the
+    adapter learns that thanks come when asked for); and "Ask" is never taken for a word leaked from the
+    few-shot examples (it was, and every model answer "Ask ..." to an email without the word was rejected)."""
     thank = playback.plan({"body": "Hi Tom,\n\nThanks for the photos.\n\nMaya", "content_hash": "ab"})
     ask = playback.plan({"body": EMAIL, "content_hash": "ab"})
     tell = playback.plan({"body": "Hi Tom,\n\nThe review moves to Thursday.\n\nMaya", "content_hash": "ab"})
-    assert '"Thank Tom"' in thank["grammar"] and '"Ask Tom"' not in thank["grammar"]
-    assert '"Ask Tom"' in ask["grammar"] and '"Tell Tom"' not in ask["grammar"]
-    assert '"Tell Tom"' in tell["grammar"] and '"Ask Tom"' not in tell["grammar"] and "Thank" not in tell["grammar"]
+    assert 'start ::= "Thank Tom for"\n' in thank["grammar"]
+    for p in (ask, tell):
+        assert '"Ask Tom"' in p["grammar"] and '"Tell Tom"' in p["grammar"] and "Thank" not in p["grammar"]
     assert q.check("Ask Tom for the Koch confirmation for the Malin deal by Thursday.", EMAIL, to_name="Tom",
                    banned=playback.LEAK) is None
     assert not q.INSTRUCTION_WORDS & playback.LEAK
+    from llama_cpp import LlamaGrammar
+
+    LlamaGrammar.from_string(thank["grammar"], verbose=False)
+    LlamaGrammar.from_string(playback.grammar(None, verbs=playback.ACT_VERBS["thank"]), verbose=False)
 
 
 def test_gen_config_hash_changes_with_the_prompt_only(embedded_model, monkeypatch):

@@ -63,9 +63,12 @@ SHOTS = [
 VERBS = ["Ask", "Tell", "Thank", "Reply to", "Write to", "Remind", "Update", "Invite", "Let", "Send",
          "Confirm to", "Inform", "Apologize to", "Congratulate", "Answer"]
 # The verbs an instruction may start with, by the email's act (`scoring.lead_act`): an email that opens by
-# thanking is a "Thank ..." and one that asks is an "Ask ...", so that a user's "Ask Bob to ..." maps to emails
-# that ask; the others never start with either.
-ACT_VERBS = {"thank": ["Thank"], "ask": ["Ask"], None: [v for v in VERBS if v not in ("Ask", "Thank")]}
+# thanking is a "Thank <who> for ...", and no other email's is, so that an adapter learns that thanks come only
+# when the request thanks (the quickstart adapter opened 9 requests in 12 with "Thanks for ..."). Emails that
+# ask keep every other verb: forcing "Ask <who> to" made the 135M model write "Ask Shanna to the team." and
+# recall@1 fell from 0.80 to 0.70 on 60 of bass-e's emails.
+ACT_VERBS = {"thank": ["Thank {who} for"], "ask": [v for v in VERBS if v != "Thank"],
+             None: [v for v in VERBS if v != "Thank"]}
 HINTS = {  # what a retry tells the model, by the guard that rejected its last answer
     "copies_email": "Do not copy sentences from the email: say its point in other, shorter words.",
     "unsupported": "Use only facts and words that are in this email.",
@@ -103,7 +106,7 @@ def grammar(to_name: str | None, words: list[str] | None = None, verbs: list[str
     with `words`, a sentence of only those words."""
     who = re.sub(r"[^\w .,'&-]", "", to_name or "").strip()
     verbs = verbs or VERBS
-    starts = [f"{v} {who}" for v in verbs] if who else verbs
+    starts = [v.format(who=who or "them") if "{who}" in v else f"{v} {who}".strip() for v in verbs]
     alts = " | ".join(_gbnf_str(s) for s in starts)
     if words:
         vocab = " | ".join(_gbnf_str(w) for w in words)
