@@ -193,7 +193,7 @@ def _budget(prof: prompts.Profile, settings) -> int:
 
 
 THANKS = re.compile(r"\b(?:thank|thanks|grateful|appreciat)", re.IGNORECASE)
-ASKS = re.compile(r"^\W*(?:ask|request|check\s+(?:with|whether|if))\b|\?\s*$", re.IGNORECASE)
+ASKS = re.compile(r"^\W*(?:ask|request|remind|invite|check\s+(?:with|whether|if))\b|\?\s*$", re.IGNORECASE)
 
 
 def request_act(instruction: str, replying: bool = False) -> str | None:

@@ -188,7 +188,7 @@ def test_examples_match_the_requests_act(settings, acts):
     assert asked[0] == "ask" and "thank" not in asked
     assert "thank" not in kinds("Tell Dana the budget call is on Friday")
     assert "thank" in kinds("Thank Dana for moving the budget call to Friday")
-    assert draft.request_act("Can Dana move the call?") == "ask"
+    assert draft.request_act("Can Dana move the call?") == draft.request_act("Remind Dana of the call") == "ask"
     assert draft.request_act("Ask Dana to move the call", replying=True) == "reply"
 
 
