@@ -46,6 +46,9 @@ def ends_with_her_signoff(text: str) -> bool:
     return bool(re.search(r"\n\s*Cheers,?\s*\n\s*Maya\s*$", text.rstrip()))
 
 
+THANKS_OPENING = re.compile(r"^\s*hi [^,\n]+,\s*(thanks|thank you)\b", re.IGNORECASE)
+
+
 def carries(text: str, groups) -> bool:
     low = text.lower()
     return all(any(w in low for w in group) for group in groups)
@@ -63,7 +66,8 @@ def test_quickstart_adapter_drafts_in_her_voice(home, monkeypatch):
     out = quickstart.run(bar, print)
     assert out["train"]["promoted"], out["train"]
     rows = quickstart.compare([(i, to) for i, to, _ in VOICE])
-    counts = {"greeting": 0, "signoff": 0, "raw_greeting": 0, "raw_signoff": 0, "content": 0, "stock_content": 0}
+    counts = {"greeting": 0, "signoff": 0, "raw_greeting": 0, "raw_signoff": 0, "content": 0, "stock_content": 0,
+              "thanks_unasked": 0}
     for (instruction, to, groups), row in zip(VOICE, rows):
         print(f"\n=== {instruction} (to {to})\n--- stock:\n{row['stock']}\n--- adapter (raw):\n{row['adapter_raw']}"
               f"\n--- adapter:\n{row['adapter']}")
@@ -74,8 +78,11 @@ def test_quickstart_adapter_drafts_in_her_voice(home, monkeypatch):
         counts["raw_signoff"] += ends_with_her_signoff(row["adapter_raw"])
         counts["content"] += carries(row["adapter"], groups)
         counts["stock_content"] += carries(row["stock"], groups)
+        # none of these requests thanks anyone: a draft that opens "Thanks for ..." turned the request around
+        counts["thanks_unasked"] += bool(THANKS_OPENING.search(row["adapter"]))
     print("\ncounts (of 5):", counts, "\nstage seconds:",
           {k: v.get("seconds") for k, v in out.items() if isinstance(v, dict) and "seconds" in v})
     assert counts["greeting"] >= 4 and counts["signoff"] >= 4 and counts["content"] >= 4
+    assert counts["thanks_unasked"] <= 1
     # the model itself, not the clean-up, writes her greeting and sign-off
     assert counts["raw_greeting"] >= 4 and counts["raw_signoff"] >= 4
