@@ -121,7 +121,7 @@ def test_only_an_email_that_thanks_gets_a_thank_you_instruction():
     from llama_cpp import LlamaGrammar
 
     LlamaGrammar.from_string(thank["grammar"], verbose=False)
-    LlamaGrammar.from_string(playback.grammar(None, verbs=playback.ACT_VERBS["thank"]), verbose=False)
+    LlamaGrammar.from_string(playback.grammar(None, verbs=playback.THANK_VERBS), verbose=False)
 
 
 def test_gen_config_hash_changes_with_the_prompt_only(embedded_model, monkeypatch):

@@ -67,8 +67,8 @@ VERBS = ["Ask", "Tell", "Thank", "Reply to", "Write to", "Remind", "Update", "In
 # when the request thanks (the quickstart adapter opened 9 requests in 12 with "Thanks for ..."). Emails that
 # ask keep every other verb: forcing "Ask <who> to" made the 135M model write "Ask Shanna to the team." and
 # recall@1 fell from 0.80 to 0.70 on 60 of bass-e's emails.
-ACT_VERBS = {"thank": ["Thank {who} for"], "ask": [v for v in VERBS if v != "Thank"],
-             None: [v for v in VERBS if v != "Thank"]}
+THANK_VERBS = ["Thank {who} for"]
+OTHER_VERBS = [v for v in VERBS if v != "Thank"]
 HINTS = {  # what a retry tells the model, by the guard that rejected its last answer
     "copies_email": "Do not copy sentences from the email: say its point in other, shorter words.",
     "unsupported": "Use only facts and words that are in this email.",
@@ -90,7 +90,7 @@ def gen_config(model_path: str | Path, settings) -> tuple[str, dict]:
     p = Path(model_path)
     size = p.stat().st_size if p.exists() else 0
     cfg = {"version": VERSION, "model": p.name, "model_size": size, "system": SYSTEM, "shots": SHOTS,
-           "verbs": VERBS, "act_verbs": {str(k): v for k, v in ACT_VERBS.items()}, "leak": sorted(LEAK),
+           "verbs": VERBS, "act_verbs": {"thank": THANK_VERBS, "other": OTHER_VERBS}, "leak": sorted(LEAK),
            "attempts": ATTEMPTS, "max_tokens": MAX_TOKENS, "email_chars": EMAIL_CHARS,
            "thread_chars": THREAD_CHARS, "specifics": SPECIFICS}
     digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
@@ -153,7 +153,7 @@ def plan(row: dict, user_name: str = "") -> dict | None:
     if not email:
         return None
     to_name = q.recipient(email, row.get("to_addrs"), _json_list(row.get("to_names")))
-    verbs = ACT_VERBS[q.lead_act(email)]
+    verbs = THANK_VERBS if q.lead_act(email) == "thank" else OTHER_VERBS
     return {"row": row, "email": email, "thread": row.get("thread") or "", "to_name": to_name, "verbs": verbs,
             "exclude": [to_name or "", user_name], "grammar": grammar(to_name, verbs=verbs), "reasons": [],
             "rejected": []}

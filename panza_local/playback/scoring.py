@@ -214,7 +214,7 @@ def extractive(email: str, *, subject: str | None, to_name: str | None, idf: dic
     return out + "."
 
 
-# -- the email's act: what its instruction must start with --------------------------------------------------
+# -- the email's act: does it open by thanking, does it ask ---------------------------------------------------
 
 THANKS_OPENING = re.compile(r"^\W*(?:many\s+|big\s+)?(?:thanks|thank\s+you|thx)\b", re.IGNORECASE)
 REQUEST = re.compile(r"\b(?:could|can|would|will)\s+(?:you|we)\b|\bplease\s+(?!find\b|note\b|see\b)\w|\?",
@@ -225,9 +225,9 @@ CLOSING_ASK = re.compile(r"^\W*(?:let\s+me\s+know|any\s+questions|feel\s+free)\b
 def lead_act(email: str) -> str | None:
     """"thank" when the email opens by thanking, "ask" when it asks the recipient something (a question, "could
     you", "please add"), None otherwise. The closing courtesies every email has ("Let me know if ...") do not
-    count. Playback's instruction starts with the matching verb, so an adapter learns that "Ask Bob to ..."
-    asks and that thanks come only when the request thanks (a 135M playback model left both out, and the
-    adapter opened requests with "Thanks for ...")."""
+    count. Playback's instruction is "Thank <who> for ..." for an email that opens by thanking and for no
+    other, so an adapter learns that thanks come only when the request thanks; drafts rank past emails by it
+    (`draft._retrieve`)."""
     body = _body_lines(email)
     if THANKS_OPENING.match(body):
         return "thank"
