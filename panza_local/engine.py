@@ -409,23 +409,45 @@ def target_nll(messages: list[dict], target: str, model_path: str | Path, lora_p
     """Summed negative log-likelihood of `target` as the assistant's reply to `messages`, and its token count.
 
     Scored by llama.cpp on the exact bits that serve (base GGUF + adapter GGUF), so re-tuning compares
-    adapters the way users will see them. Long prompts are cut from the left to fit `n_ctx`.
+    adapters the way users will see them. Long prompts are cut from the left to fit `n_ctx`. Only the
+    target's positions produce logits (the output layer is a fifth of the embedded model's work per token),
+    and the prompt prefix the previous call left in the KV cache (system prompt, profile block) is kept.
     """
     import numpy as np
 
     prompt = render_chat(messages, model_path)
-    llm = load(model_path, lora_path, n_ctx=n_ctx, threads=threads, logits_all=True)
+    llm = load(model_path, lora_path, n_ctx=n_ctx, threads=threads)
+    lib = llama_cpp()
     with _LOCK:
         p_tok = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         t_tok = llm.tokenize(target.encode("utf-8"), add_bos=False, special=False) + [llm.token_eos()]
         t_tok = t_tok[: n_ctx // 2]
         p_tok = p_tok[-(n_ctx - len(t_tok)):]
         tokens = p_tok + t_tok
-        llm.reset()
-        llm.eval(tokens)
-        logits = np.asarray(llm.scores[: len(tokens)], dtype=np.float64)
-    start = len(p_tok) - 1  # logits at position i predict token i+1
-    rows = logits[start: start + len(t_tok)]
-    rows = rows - rows.max(axis=1, keepdims=True)
-    logp = rows[np.arange(len(t_tok)), t_tok] - np.log(np.exp(rows).sum(axis=1))
+        start = len(p_tok) - 1  # logits at position i predict token i+1
+        cached = llm.input_ids[:llm.n_tokens].tolist()
+        keep = 0
+        while keep < min(len(cached), start) and cached[keep] == tokens[keep]:
+            keep += 1
+        # Llama's own bookkeeping stays true: input_ids[:n_tokens] is what the KV cache holds
+        llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+        llm.n_tokens = keep
+        rows, batch, ctx = [], llm._batch.batch, llm._ctx.ctx
+        for i in range(keep, len(tokens), llm.n_batch):
+            chunk = tokens[i:i + llm.n_batch]
+            for j, tok in enumerate(chunk):
+                batch.token[j], batch.pos[j], batch.n_seq_id[j] = tok, i + j, 1
+                batch.seq_id[j][0] = 0
+                batch.logits[j] = start <= i + j < start + len(t_tok)
+            batch.n_tokens = len(chunk)
+            if lib.llama_decode(ctx, batch) != 0:
+                llm.n_tokens = 0
+                raise RuntimeError("llama_decode failed while scoring a held-out email")
+            rows += [np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, j), shape=(llm.n_vocab(),)).astype(np.float64)
+                     for j in range(len(chunk)) if batch.logits[j]]
+            llm.input_ids[i:i + len(chunk)] = chunk
+            llm.n_tokens += len(chunk)
+    logits = np.stack(rows)
+    logits = logits - logits.max(axis=1, keepdims=True)
+    logp = logits[np.arange(len(t_tok)), t_tok] - np.log(np.exp(logits).sum(axis=1))
     return float(-logp.sum()), len(t_tok)

@@ -93,7 +93,9 @@ def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=Non
           on_scored: Callable[[int], None] | None = None) -> float | None:
     """Mean per-token NLL of the user's held-out emails under base + adapter (None: base); lower is better.
 
-    Scored by llama.cpp on the served bits, with the prompt builder training and drafting use.
+    Scored by llama.cpp on the served bits, with the prompt builder training and drafting use. A pair this
+    scorer already scored with the same prompt is not scored again (`retune_scores`): a pass re-scores the
+    current adapter only on the test pairs that are new since it was judged.
     """
     from . import catalogue, engine, prompts
     from . import profile as profiles
@@ -103,6 +105,9 @@ def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=Non
     if not test:
         return None
     model = catalogue.resolve(settings.model)
+    # what decides a score besides the prompt: the served bits (a kept score is only reused for the same ones)
+    scorer = [model.name, model.stat().st_size, str(adapter_gguf or "base"),
+              Path(adapter_gguf).stat().st_size if adapter_gguf else 0]
     base_profile = profiles.load_or_none()
     total, count = 0.0, 0
     for k, p in enumerate(test, start=1):
@@ -111,7 +116,14 @@ def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=Non
                 if base_profile else None)
         msgs = prompts.build(p["instruction"], thread=p.get("thread"), to=p.get("to"), subject=p.get("subject"),
                              profile=prof)
-        nll, n = engine.target_nll(msgs, p["email"], model, adapter_gguf, threads=settings.threads)
+        key = hashlib.sha256(json.dumps([scorer, msgs, p["email"]], sort_keys=True).encode()).hexdigest()[:32]
+        hit = conn.execute("SELECT nll, n FROM retune_scores WHERE key = ?", (key,)).fetchone()
+        if hit:
+            nll, n = hit
+        else:
+            nll, n = engine.target_nll(msgs, p["email"], model, adapter_gguf, threads=settings.threads)
+            conn.execute("INSERT OR REPLACE INTO retune_scores (key, nll, n, scored_at) VALUES (?,?,?,?)",
+                         (key, nll, n, store.now()))
         total, count = total + nll, count + n
         failpoint.hit("retune.score")
         if on_scored is not None:

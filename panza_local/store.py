@@ -10,7 +10,7 @@
 #   catalogue.py         models
 #   chat.py              conversations, chat_messages
 #   draft.py             drafts
-#   retune.py            retune_gate, retune_state
+#   retune.py            retune_gate, retune_state, retune_scores
 #   store.py             runs, schema_migrations
 
 from __future__ import annotations

@@ -101,3 +101,37 @@ def test_banned_words_are_not_written_in_prose(settings, embedded_model):
     assert len(engine.single_tokens(llm, banned)) == 8  # each with and without a leading space
     held = engine.chat(ask, model_path=embedded_model, max_tokens=40, settings=settings, banned_words=banned)
     assert held.strip() and not any(d in held for d in banned), held
+
+
+def _nll_every_position(messages: list[dict], target: str, model_path) -> tuple[float, int]:
+    """The reference: llama.cpp's logits at every position of prompt + email (logits_all), log-softmax here."""
+    import numpy as np
+
+    lib = engine.llama_cpp()
+    llm = lib.Llama(str(model_path), n_ctx=1024, n_threads=1, logits_all=True, verbose=False)
+    p_tok = llm.tokenize(engine.render_chat(messages, model_path).encode(), add_bos=True, special=True)
+    t_tok = llm.tokenize(target.encode(), add_bos=False, special=False) + [llm.token_eos()]
+    llm.eval(p_tok + t_tok)
+    rows = np.asarray(llm.scores[len(p_tok) - 1: len(p_tok) - 1 + len(t_tok)], dtype=np.float64)
+    rows -= rows.max(axis=1, keepdims=True)
+    logp = rows[np.arange(len(t_tok)), t_tok] - np.log(np.exp(rows).sum(axis=1))
+    return float(-logp.sum()), len(t_tok)
+
+
+def test_target_nll_is_the_email_tokens_loss_and_a_kept_prefix_changes_nothing(settings, embedded_model):
+    target = "Hi Bob,\n\nCould we move our meeting to Friday? Thursday no longer works for me.\n\nCheers,\nMaya"
+    other = [MSGS[0], {"role": "user", "content": "Write an email telling Ann the report is late."}]
+    engine.unload_all()
+    nll, n = engine.target_nll(MSGS, target, embedded_model, threads=1)
+    ref, n_ref = _nll_every_position(MSGS, target, embedded_model)
+    assert n == n_ref > 10
+    assert abs(nll - ref) / n < 1e-3, (nll, ref)
+    # the next call keeps the system prompt's KV from this one: same loss as a fresh model computes
+    kept = engine.target_nll(other, "Hi Ann, the report will be a day late. Maya", embedded_model, threads=1)
+    engine.unload_all()
+    fresh = engine.target_nll(other, "Hi Ann, the report will be a day late. Maya", embedded_model, threads=1)
+    assert kept[1] == fresh[1] and abs(kept[0] - fresh[0]) / kept[1] < 1e-3, (kept, fresh)
+    # and a model a chat used in between still scores the same (its bookkeeping of the KV cache stays true)
+    engine.chat(other, model_path=embedded_model, settings=settings, max_tokens=3)  # the same Llama object
+    again = engine.target_nll(other, "Hi Ann, the report will be a day late. Maya", embedded_model, threads=1)
+    assert abs(again[0] - fresh[0]) / again[1] < 1e-3

@@ -237,3 +237,29 @@ def test_watch_wakes_on_imap_idle_and_the_pass_fetches_the_new_message(dovecot, 
     done = [s for s in said if s.startswith("pass done")]
     assert said[0].startswith("watching 0 folder/file source(s) and 1 IMAP mailbox(es)")
     assert len(done) == 2 and done[1].startswith("pass done: 1 new messages"), said
+
+
+def test_a_held_out_email_is_scored_once_per_scorer_and_prompt(home, monkeypatch):
+    """The gate re-scores the current adapter only on test pairs it has not scored with the same prompt."""
+    from panza_local import engine
+
+    conn = store.connect()
+    _add_pairs(conn, 40)
+    test, _ = retune.test_pairs(conn)
+    assert len(test) >= 3
+    calls: list[str] = []
+    real = engine.target_nll
+
+    def spy(messages, target, *a, **kw):
+        calls.append(target)
+        return real(messages, target, *a, **kw)
+
+    monkeypatch.setattr(engine, "target_nll", spy)
+    first = retune.score(conn, None, test=test[:3])
+    assert len(calls) == 3 and first > 0
+    assert retune.score(conn, None, test=test[:3]) == first and len(calls) == 3  # all three kept
+    changed = [dict(test[0], instruction=test[0]["instruction"] + " Keep it short.")] + test[1:3]
+    assert retune.score(conn, None, test=changed) != first
+    assert calls[3:] == [test[0]["email"]]  # only the pair whose prompt changed was scored again
+    n_rows = conn.execute("SELECT count(*) FROM retune_scores").fetchone()[0]
+    assert n_rows == 4 and not conn.execute("SELECT 1 FROM retune_scores WHERE key LIKE '%email%'").fetchone()

@@ -214,8 +214,9 @@ def test_adapter_trained_on_shuffled_pairs_is_not_promoted(fresh):
     assert row["current_id"] == current and row["promoted"] == 0 and row["n_test"] == decision["n_test"] >= 1
     assert registry.current_id() == current
     _assert_current_loads(current)
-    # the honest adapter, re-scored on the same pairs, is what the first pass promoted over the base
-    assert abs(retune.score(conn, registry.current()["gguf"]) - decision["score_current"]) < 1e-6
+    # the honest adapter, re-scored on the same pairs (its kept scores dropped), is what the gate compared with
+    conn.execute("DELETE FROM retune_scores")
+    assert abs(retune.score(conn, registry.current()["gguf"]) - decision["score_current"]) < 1e-4  # summation order may differ with the kept prefix
 
 
 def _steps(conn) -> dict:
