@@ -94,8 +94,10 @@ def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=Non
     """Mean per-token NLL of the user's held-out emails under base + adapter (None: base); lower is better.
 
     Scored by llama.cpp on the served bits, with the prompt builder training and drafting use. A pair this
-    scorer already scored with the same prompt is not scored again (`retune_scores`): a pass re-scores the
-    current adapter only on the test pairs that are new since it was judged.
+    scorer already scored with the same prompt is not scored again (`retune_scores`): a gate killed midway
+    goes on where it stopped, and with a saved profile (`panza profile seed`) a pass re-scores the current
+    adapter only on test pairs new since it was judged. (A profile seeded anew from the mail at each pass
+    changes its typical length, and so every prompt, when mail arrives.)
     """
     from . import catalogue, engine, prompts
     from . import profile as profiles

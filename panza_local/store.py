@@ -4,7 +4,7 @@
 # joined to a table of its own (playback's pairs JOIN messages), else it calls a function of the owner
 # (tests/test_sql_owners.py reads this map; paths under panza_local/, "/" ends a package):
 #   ingest/              sources, source_files, messages, documents, ingest_meta
-#   playback/            pairs
+#   playback/            pairs, playback_vectors
 #   retrieval/           index_items
 #   train/registry.py    adapters
 #   catalogue.py         models

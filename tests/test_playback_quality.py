@@ -199,3 +199,24 @@ def test_export_without_pairs_names_the_fix(home, tmp_path):
     conn = store.connect()
     with pytest.raises(NoDataError, match="panza playback"):
         playback.export(conn, tmp_path)
+
+
+def test_recall_embeds_each_text_once(home, monkeypatch):
+    """The quality metric keeps its vectors: a second pass embeds only the texts it has not seen, and the kept
+    vectors are the ones the embedding model gives."""
+    import numpy as np
+
+    from panza_local.retrieval import embed
+
+    conn = store.connect()
+    calls: list[int] = []
+    real = embed.embed
+    monkeypatch.setattr(embed, "embed", lambda texts, **kw: calls.append(len(texts)) or real(texts, **kw))
+    texts = ["Hi Bob, the contract is signed.", "Lunch on Friday?", "Hi Bob, the contract is signed."]
+    first = playback._vectors(conn, texts)
+    assert calls == [2] and first.shape == (3, embed.dims())
+    second = playback._vectors(conn, [*texts, "Tell the team the budget review moved to 3pm."])
+    assert calls == [2, 1]
+    assert np.array_equal(second[:3], first)
+    assert np.allclose(second, real([*texts, "Tell the team the budget review moved to 3pm."]), atol=1e-5)
+    assert playback._vectors(conn, []).shape == (0, embed.dims()) and calls == [2, 1]

@@ -346,14 +346,39 @@ def quality(conn: sqlite3.Connection, cfg_hash: str, recompute: bool = True) -> 
             "pairs": len(rows), "recall_by_source": by_source}
 
 
+def _vectors(conn: sqlite3.Connection, texts: list[str], name: str = "all-minilm-l6-v2"):
+    """Embeddings of `texts`, the ones embedded before read back from `playback_vectors`, the rest embedded
+    and kept (a pass on 50 new emails of a 5,000-email mailbox embeds 100 texts, not 10,000)."""
+    import numpy as np
+
+    from ..retrieval import embed
+
+    keys = [hashlib.sha256(f"{name}\0{t}".encode()).hexdigest()[:32] for t in texts]
+    have: dict[str, bytes] = {}
+    uniq = sorted(set(keys))
+    for i in range(0, len(uniq), 500):
+        part = uniq[i:i + 500]
+        have.update(conn.execute(f"SELECT key, vec FROM playback_vectors WHERE key IN ({','.join('?' * len(part))})",
+                                 part).fetchall())
+    todo = sorted({k: i for i, k in enumerate(keys) if k not in have}.items(), key=lambda kv: kv[1])
+    if todo:
+        fresh = embed.embed([texts[i] for _, i in todo], name=name)
+        with store.transaction(conn):
+            conn.executemany("INSERT OR REPLACE INTO playback_vectors (key, vec) VALUES (?, ?)",
+                             [(k, v.astype(np.float32).tobytes()) for (k, _), v in zip(todo, fresh)])
+        have.update((k, v.astype(np.float32).tobytes()) for (k, _), v in zip(todo, fresh))
+    if not texts:
+        return np.zeros((0, embed.dims(name)), dtype=np.float32)
+    return np.stack([np.frombuffer(have[k], dtype=np.float32) for k in keys])
+
+
 def _score_recall(conn: sqlite3.Connection, rows) -> None:
     from ..ingest import messages
-    from ..retrieval import embed
 
     pool = messages.mine_bodies(conn)
     index = {r["content_hash"]: i for i, r in enumerate(pool)}
-    email_vecs = embed.embed([r["body"] for r in pool])
-    ins_vecs = embed.embed([r["instruction"] for r in rows])
+    email_vecs = _vectors(conn, [r["body"] for r in pool])
+    ins_vecs = _vectors(conn, [r["instruction"] for r in rows])
     hits = q.recall_hits(ins_vecs, email_vecs, [index[r["content_hash"]] for r in rows])
     with store.transaction(conn):
         conn.executemany("UPDATE pairs SET recall_hit = ? WHERE id = ?",
