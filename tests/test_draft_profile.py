@@ -33,6 +33,16 @@ def test_seed_from_mail(home):
     assert profile.greeting_for("nobody@example.org", conn) is None
 
 
+def test_the_seeded_length_is_a_round_number_that_a_few_new_emails_do_not_move(home):
+    assert [profile.round_words(n) for n in (0, 7, 31, 33, 47, 152, 437)] == [0, 7, 30, 35, 45, 150, 450]
+    conn = store.connect()
+    for i in range(9):  # bodies of 29 to 37 words: median 33
+        add_message(conn, " ".join(["word"] * (29 + i)), to="bob@example.org", date=f"2001-01-{i + 1:02d}T10:00:00+00:00")
+    before = profile.seed(conn).typical_words
+    add_message(conn, " ".join(["word"] * 40), to="bob@example.org")  # the median moves to 33.5
+    assert before == profile.seed(conn).typical_words == 35
+
+
 def test_empty_store_gives_empty_profile_and_files_are_private(home):
     assert profile.load() == Profile()
     p = profile.set_value("signoff", "Best,\\nAnn")
