@@ -143,8 +143,8 @@ def round_words(n: float) -> int:
     """A typical length as a person would say it: 31 -> 30, 47 -> 45, 152 -> 150, 437 -> 450 (under 10 as is).
 
     A seeded profile is computed afresh from the mail, and every prompt says its length. With the exact
-    median, new mail moved it by a word (allen-p: 31 -> 30 after 50 emails), which changed every training and
-    scoring prompt, so the re-tune gate had to score the current adapter again on every test pair."""
+    median, new mail moved it by a word (allen-p: 31 -> 30 after 50 emails) and with it every prompt: the
+    ones the adapter was trained on, the gate's kept scores, the draft prefix kept on disk."""
     n = int(n + 0.5)
     step = 1 if n < 10 else 5 if n < 100 else 10 if n < 300 else 50
     return int(n / step + 0.5) * step

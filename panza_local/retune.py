@@ -95,8 +95,8 @@ def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=Non
 
     Scored by llama.cpp on the served bits, with the prompt builder training and drafting use. A pair this
     scorer already scored with the same prompt is not scored again (`retune_scores`): a gate killed midway
-    goes on where it stopped, and a pass re-scores the current adapter only on test pairs new since it was
-    judged, unless the new mail changed the profile the prompts show (a seeded profile's habits).
+    goes on where it stopped. (A pass on new mail still scores both adapters on every pair: the test split is
+    the newest emails, which the current adapter was never scored on.)
     """
     from . import catalogue, engine, prompts
     from . import profile as profiles

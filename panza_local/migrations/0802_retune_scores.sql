@@ -1,6 +1,6 @@
--- Re-tune: each held-out email's score under one scorer (base model file + adapter file), so a pass scores
--- the current adapter only on the test pairs it was not scored on before. The key hashes the scorer, the
--- prompt's messages and the email: a changed profile, instruction or adapter is a new key. No text is kept.
+-- Re-tune: each held-out email's score under one scorer (base model file + adapter file), so a gate killed
+-- midway, or run again on the same pairs, scores nothing twice. The key hashes the scorer, the prompt's
+-- messages and the email: a changed profile, instruction or adapter is a new key. No text is kept.
 CREATE TABLE retune_scores (
   key        TEXT PRIMARY KEY,
   nll        REAL NOT NULL,                  -- summed negative log-likelihood of the email's tokens
