@@ -360,13 +360,14 @@ def _vectors(conn: sqlite3.Connection, texts: list[str], name: str = "all-minilm
         part = uniq[i:i + 500]
         have.update(conn.execute(f"SELECT key, vec FROM playback_vectors WHERE key IN ({','.join('?' * len(part))})",
                                  part).fetchall())
-    todo = sorted({k: i for i, k in enumerate(keys) if k not in have}.items(), key=lambda kv: kv[1])
+    todo = [k for k in dict.fromkeys(keys) if k not in have]  # each new text once, in order
     if todo:
-        fresh = embed.embed([texts[i] for _, i in todo], name=name)
+        text_of = dict(zip(keys, texts))
+        vecs = embed.embed([text_of[k] for k in todo], name=name)
+        fresh = {k: v.astype(np.float32).tobytes() for k, v in zip(todo, vecs)}
         with store.transaction(conn):
-            conn.executemany("INSERT OR REPLACE INTO playback_vectors (key, vec) VALUES (?, ?)",
-                             [(k, v.astype(np.float32).tobytes()) for (k, _), v in zip(todo, fresh)])
-        have.update((k, v.astype(np.float32).tobytes()) for (k, _), v in zip(todo, fresh))
+            conn.executemany("INSERT OR REPLACE INTO playback_vectors (key, vec) VALUES (?, ?)", fresh.items())
+        have |= fresh
     if not texts:
         return np.zeros((0, embed.dims(name)), dtype=np.float32)
     return np.stack([np.frombuffer(have[k], dtype=np.float32) for k in keys])
