@@ -44,9 +44,10 @@ _BARE_LABEL = re.compile(r"^(?:chat history|message body|email body|subject line
                          r"answer|response|output)\s*[:.]?$", re.IGNORECASE)
 _NEW_EMAIL = re.compile(r"^(?:\w+:\s*)?(?P<g>\S.{0,40}[,!:])$")
 _RULE = re.compile(r"\s*(?:-{3,}|\*{3,}|_{3,}|={3,})\s*")
+_BULLET = re.compile(r"^(?:[-*+•]\s*)+")  # "-Chat History:", "- Subject: ...": scaffolding as a list item
 _BRACKETED = re.compile(r"^\[[^\[\]]*\]$")
 # A partial line may be shown before it ends only if its start cannot turn out to be one of the above.
-_MAYBE_LABEL = re.compile(r"^(?:sure|certainly|of course|okay|ok|here|below|this|the|i'?ve|i have|subject|chat|"
+_MAYBE_LABEL = re.compile(r"^[-*+•]?\s*(?:sure|certainly|of course|okay|ok|here|below|this|the|i'?ve|i have|subject|chat|"
                           r"message|email|body|draft|answer|response|reply|output|instruction|request|re|to|from|"
                           r"cc|bcc|date|sent|mention)\b",
                           re.IGNORECASE)
@@ -123,6 +124,10 @@ class Cleaner:
     def _judge(self, line: str) -> str:
         if self._named and line.strip():
             return ""  # after sign-off and name: a second email or notes, never part of this one
+        core = _BULLET.sub("", line)
+        if core != line and (_LABEL.match(core) or _HEADER.match(core) or _BARE_LABEL.match(core)
+                             or _BRACKETED.match(core)):
+            line = core  # a list item that is scaffolding is judged as scaffolding; other list items stay
         before = None
         while line != before:  # "Here's the email: Subject: ..." peels one label at a time
             before = line

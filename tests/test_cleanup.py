@@ -33,7 +33,12 @@ LEAKS = re.compile(r"mention:|subject:|chat history|^(?:hi|hello)\b.*\n(?:.*\n)*
 # The stock model's draft in the quickstart (issue 21 layout): a second greeting, a bare label, more lines.
 STOCK_REPEAT = ("Hi Hannah,\nI hope you're doing well. I'm Maya Lindqvist and I'll be inviting Hannah to a book club "
                 "at my home on Thursday at 7:30pm.\n\nChair: Hi Hannah,\nHello,\nHi,\n\nChat History\n\nCheers,\nMaya")
-ALL = [STOCK_REPEAT, ECHO, SCAFFOLD, SCAFFOLD_ONE_LINE, FROM_BOB, WELCOME, SUBJECT_FIRST, MENTION]
+# The stock model's draft for the same invitation in a fresh-clone quickstart carried a line "-Chat History:"
+# (a label as a list item); the rest here is the stock draft of another run (a label's line was all we kept).
+STOCK_BULLET = ("Hi Hannah,\nI hope you're doing well. I'm Maya Lindqvist and I'll be inviting Hannah to a book club "
+                "at my home on Thursday at 7:30pm. What do you think?\n-Chat History:\n- [hannah.cole@postbox.example]"
+                "\n\nBest,\nMaya")
+ALL = [STOCK_REPEAT, ECHO, SCAFFOLD, SCAFFOLD_ONE_LINE, FROM_BOB, WELCOME, SUBJECT_FIRST, MENTION, STOCK_BULLET]
 
 
 def streamed(text: str, rng: random.Random, profile=MAYA, to=TO) -> tuple[str, list[str]]:
@@ -47,7 +52,8 @@ def streamed(text: str, rng: random.Random, profile=MAYA, to=TO) -> tuple[str, l
     return "".join(pieces).strip(), pieces
 
 
-@pytest.mark.parametrize("text", ALL, ids=["stock-repeat", "echo", "scaffold", "one-line", "from-bob", "welcome", "subject", "mention"])
+@pytest.mark.parametrize("text", ALL, ids=["stock-repeat", "echo", "scaffold", "one-line", "from-bob", "welcome", "subject", "mention",
+                                       "stock-bullet"])
 def test_real_bad_outputs_become_clean_emails(text):
     out = cleanup.clean(text, MAYA, TO)
     assert not LEAKS.search(out), out
@@ -55,7 +61,7 @@ def test_real_bad_outputs_become_clean_emails(text):
     if text is FROM_BOB:
         assert out == ""  # nothing in it was an email: no email, rather than a greeting and a sign-off
         return
-    assert out.endswith("\n\nCheers,\nMaya")
+    assert out.endswith("\n\nBest,\nMaya" if text is STOCK_BULLET else "\n\nCheers,\nMaya")  # hers kept, or hers put
     if text in (SCAFFOLD, SCAFFOLD_ONE_LINE):
         assert out.startswith("Hi Bob,\n\n") and "Friday" in out  # her greeting, the content kept
 
@@ -131,6 +137,16 @@ def test_greeting_is_the_users_own_form():
     # a name the model guessed is not kept; one the instruction or the address gives is
     assert cleanup.clean("Hi Re,\n\nFriday?", nameless, "x@y.org").startswith("Hi,\n\n")
     assert cleanup.clean("Hi Jo,\n\nFriday?", nameless, "x@y.org", hint="Reply to Jo").startswith("Hi Jo,")
+
+
+def test_scaffolding_as_a_list_item_goes_and_the_users_own_list_stays():
+    assert cleanup.clean(STOCK_BULLET, MAYA, "hannah.cole@postbox.example") == (
+        "Hi Bob,\nI hope you're doing well. I'm Maya Lindqvist and I'll be inviting Hannah to a book club at my "
+        "home on Thursday at 7:30pm. What do you think?\n\nBest,\nMaya")  # her greeting's form; her sign-off kept
+    listed = "Hi Bob,\n\nFor Friday:\n- the signed contract\n- * Subject: contract\n- the keys\n\nCheers,\nMaya"
+    assert cleanup.clean(listed, MAYA, TO) == "Hi Bob,\n\nFor Friday:\n- the signed contract\n- the keys\n\nCheers,\nMaya"
+    c = cleanup.Cleaner(MAYA, TO)
+    assert c.feed("Hi Bob,\n\nThe plan for Friday is set.\n-Chat History of the") == "Hi Bob,\n\nThe plan for Friday is set."
 
 
 def test_nothing_but_scaffolding_is_no_email():
