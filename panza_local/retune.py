@@ -35,6 +35,8 @@ FULL_EVERY = 4   # warm starts in a row before a full retrain from scratch (warm
 DRIFT = 1.0      # new pairs above this share of what the current adapter saw: retrain from scratch
 GATE_MIN = 6      # fewest held-out pairs a promotion decision is made on (test split topped up from valid)
 SCORE_LIMIT = 24  # held-out pairs scored per adapter (the newest; scoring is llama.cpp, a few s each)
+EARLY_MIN = 8     # the gate may stop before SCORE_LIMIT pairs once this many show a clear difference ...
+EARLY_Z = 3.0     # ... a mean paired difference this many standard errors from zero
 
 
 class RetuneBusy(PanzaError):
@@ -85,8 +87,13 @@ def test_pairs(conn, limit: int = SCORE_LIMIT) -> tuple[list[dict], str]:
         # a young mailbox's test split is a pair or two: one email's loss decides nothing, so the newest
         # validation pairs join it (no adapter trained on them; they only chose its best checkpoint)
         test = playback.pairs(conn, split="valid")[-(GATE_MIN - len(test)):] + test
-    digest = hashlib.sha256("\n".join(p["content_hash"] + (p["instruction"] or "") for p in test).encode())
-    return test, digest.hexdigest()[:16]
+    return test, _hash(test)
+
+
+def _hash(test: list[dict]) -> str:
+    """A hash naming exactly which held-out pairs (and instructions) a score is on."""
+    return hashlib.sha256("\n".join(p["content_hash"] + (p["instruction"] or "") for p in test).encode()
+                          ).hexdigest()[:16]
 
 
 def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=None, test=None,
@@ -98,20 +105,29 @@ def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=Non
     goes on where it stopped. (A pass on new mail still scores both adapters on every pair: the test split is
     the newest emails, which the current adapter was never scored on.)
     """
-    from . import catalogue, engine, prompts
-    from . import profile as profiles
-
     settings = settings or config.load()
     test = test if test is not None else test_pairs(conn, limit)[0]
     if not test:
         return None
+    total, count = 0.0, 0
+    for k, (nll, n) in enumerate(_pair_scores(conn, adapter_gguf, test, settings), start=1):
+        total, count = total + nll, count + n
+        if on_scored is not None:
+            on_scored(k)
+    return total / max(count, 1)
+
+
+def _pair_scores(conn, adapter_gguf: str | None, test: list[dict], settings) -> Iterator[tuple[float, int]]:
+    """(summed NLL, token count) of each test pair's email under base + adapter, in order (kept ones reused)."""
+    from . import catalogue, engine, prompts
+    from . import profile as profiles
+
     model = catalogue.resolve(settings.model)
     # what decides a score besides the prompt: the served bits (a kept score is only reused for the same ones)
     scorer = [model.name, model.stat().st_size, str(adapter_gguf or "base"),
               Path(adapter_gguf).stat().st_size if adapter_gguf else 0]
     base_profile = profiles.load_or_none()
-    total, count = 0.0, 0
-    for k, p in enumerate(test, start=1):
+    for p in test:
         # the very prompt training and drafting build (per-recipient profile block included)
         prof = (profiles.prompt_profile(p.get("to"), base_profile, conn=conn, hint=p["instruction"])
                 if base_profile else None)
@@ -125,11 +141,20 @@ def score(conn, adapter_gguf: str | None, limit: int = SCORE_LIMIT, settings=Non
             nll, n = engine.target_nll(msgs, p["email"], model, adapter_gguf, threads=settings.threads)
             conn.execute("INSERT OR REPLACE INTO retune_scores (key, nll, n, scored_at) VALUES (?,?,?,?)",
                          (key, nll, n, store.now()))
-        total, count = total + nll, count + n
         failpoint.hit("retune.score")
-        if on_scored is not None:
-            on_scored(k)
-    return total / max(count, 1)
+        yield nll, n
+
+
+def decided(diffs: list[float]) -> bool:
+    """Whether the paired differences so far (candidate's NLL minus current's, one per email) already show
+    which adapter is better: at least EARLY_MIN emails and a mean EARLY_Z standard errors from zero. Emails
+    that both adapters score the same (a difference of exactly 0) never decide it."""
+    k = len(diffs)
+    if k < EARLY_MIN:
+        return False
+    mean = sum(diffs) / k
+    var = sum((d - mean) ** 2 for d in diffs) / (k - 1)
+    return mean != 0 and mean * mean * k > EARLY_Z * EARLY_Z * var
 
 
 def _num(x) -> str:
@@ -138,7 +163,11 @@ def _num(x) -> str:
 
 def gate(conn, candidate_id: str, settings=None, say: Say | None = None, on_progress=None) -> dict:
     """Score the candidate and the current adapter (or the base model) on the same held-out pairs; promote
-    the candidate when it is at least as good. Records both scores in `retune_gate`; returns the decision."""
+    the candidate when it is at least as good. Records both scores in `retune_gate`; returns the decision.
+
+    The two are scored email by email, side by side, and the gate stops before the last pair once the paired
+    differences are clear (`decided`): a candidate much better or much worse is judged on EARLY_MIN emails, a
+    close call on all of them. The scores and `n_test` are those of the pairs it scored."""
     from .train import registry
 
     say = say or (lambda s: None)
@@ -151,22 +180,35 @@ def gate(conn, candidate_id: str, settings=None, say: Say | None = None, on_prog
     if current and current["id"] == cand["id"]:
         out.update(promoted=False, reason=f"the candidate {cand['id']} is already the current adapter")
         return out
-    n = len(test)
-    tick = (lambda off, what: lambda k: on_progress(off + k, 2 * n, what)) if on_progress else (lambda off, what: None)
-    out["score_new"] = score(conn, cand["gguf"], settings=settings, test=test, on_scored=tick(0, "scoring the candidate"))
-    out["score_current"] = score(conn, current["gguf"] if current else None, settings=settings, test=test,
-                                 on_scored=tick(n, f"scoring {current['id'] if current else 'the base model'}"))
-    s_new, s_cur, what = out["score_new"], out["score_current"], current["id"] if current else "the base model"
+    what = current["id"] if current else "the base model"
+    # the two adapters scored email by email, side by side, until the paired differences are clear
+    new_it = _pair_scores(conn, cand["gguf"], test, settings)
+    cur_it = _pair_scores(conn, current["gguf"] if current else None, test, settings)
+    sums, count, diffs = [0.0, 0.0], 0, []
+    for (a, n), (b, _) in zip(new_it, cur_it):
+        sums, count = [sums[0] + a, sums[1] + b], count + n
+        diffs.append(a - b)
+        if on_progress is not None:
+            on_progress(2 * len(diffs), 2 * len(test), f"scoring the candidate and {what}")
+        if len(diffs) < len(test) and decided(diffs):
+            break
+    n_all, test = len(test), test[:len(diffs)]
+    thash = _hash(test)
+    early = f" (clear after {len(test)} of {n_all})" if len(test) < n_all else ""
+    out.update(n_test=len(test), test_hash=thash)
+    if test:
+        out["score_new"], out["score_current"] = sums[0] / max(count, 1), sums[1] / max(count, 1)
+    s_new, s_cur = out["score_new"], out["score_current"]
     if not test:
         out["promoted"] = current is None
         out["reason"] = ("no held-out pairs yet; promoted: no adapter in use" if current is None else
                          f"no held-out pairs to compare on: kept {what}")
     elif s_new <= s_cur:
         out["promoted"], out["reason"] = True, (f"promoted: held-out loss {s_new:.4f} <= {s_cur:.4f} ({what}) "
-                                                f"on {len(test)} test pairs")
+                                                f"on {len(test)} test pairs{early}")
     else:
         out["promoted"], out["reason"] = False, (f"kept {what}: held-out loss {s_new:.4f} > {s_cur:.4f} "
-                                                 f"on {len(test)} test pairs")
+                                                 f"on {len(test)} test pairs{early}")
     if out["promoted"]:
         registry.use(cand["id"], conn)  # atomic symlink switch: readers see the old or the new adapter
     conn.execute("INSERT OR REPLACE INTO retune_gate (adapter_id, current_id, score_new, score_current, n_test, "

@@ -10,6 +10,7 @@ import mailbox
 from email import policy
 from pathlib import Path
 
+import loras
 import pytest
 
 from panza_local import draft, outbox, prompts, store
@@ -43,24 +44,7 @@ def add_message(conn, body: str, *, to: str = "", subject: str = "", mine: bool 
 @pytest.fixture(scope="module")
 def random_lora(tmp_path_factory, embedded_model) -> Path:
     """A rank-8 LoRA with random A and B on q/v of every layer, written by the training stage's exporter."""
-    import numpy as np
-
-    from panza_local import gguf_header
-    from panza_local.train import export
-
-    meta = gguf_header.read_header(embedded_model)["metadata"]
-    arch = meta["general.architecture"]
-    d, heads, kv = (int(meta[f"{arch}.{k}"]) for k in ("embedding_length", "attention.head_count",
-                                                        "attention.head_count_kv"))
-    rng, r = np.random.default_rng(0), 8
-    tensors = {}
-    for layer in range(int(meta[f"{arch}.block_count"])):
-        for mod, out in (("q_proj", d), ("v_proj", d // heads * kv)):
-            pre = f"base_model.model.model.layers.{layer}.self_attn.{mod}"
-            tensors[f"{pre}.lora_A.weight"] = rng.normal(0, 0.05, (r, d)).astype("float32")
-            tensors[f"{pre}.lora_B.weight"] = rng.normal(0, 0.05, (out, r)).astype("float32")
-    out = tmp_path_factory.mktemp("lora") / "random-lora.gguf"
-    return export.write_gguf_lora(tensors, alpha=16, rank=r, base_gguf_path=embedded_model, out_path=out)
+    return loras.random_lora(embedded_model, tmp_path_factory.mktemp("lora") / "random-lora.gguf")
 
 
 INSTR = "Ask Bob to move our Friday call to 3pm"

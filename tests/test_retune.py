@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import loras
 import pytest
 from test_ingest_imap import dovecot, keyring_memory  # noqa: F401  (the IMAP suite's real Dovecot fixture)
 
@@ -263,3 +264,35 @@ def test_a_held_out_email_is_scored_once_per_scorer_and_prompt(home, monkeypatch
     assert calls[3:] == [test[0]["email"]]  # only the pair whose prompt changed was scored again
     n_rows = conn.execute("SELECT count(*) FROM retune_scores").fetchone()[0]
     assert n_rows == 4 and not conn.execute("SELECT 1 FROM retune_scores WHERE key LIKE '%email%'").fetchone()
+
+
+@pytest.mark.parametrize("std,clear", [(0.3, True), (0.0, False)], ids=["much-worse", "the-same"])
+def test_the_gate_stops_once_the_paired_difference_is_clear(home, monkeypatch, embedded_model, std, clear):
+    """A candidate far worse than the base model is judged on EARLY_MIN emails; one that scores the same as the
+    base model (a LoRA of zeros) on every email is scored on all of them, then promoted ("at least as good")."""
+    from panza_local import engine
+
+    monkeypatch.setenv("PANZA_THREADS", "1")
+    conn = store.connect()
+    _add_pairs(conn, 140)
+    test, _ = retune.test_pairs(conn)
+    assert len(test) > retune.EARLY_MIN
+    _adapter(conn, "cand", "2026-02-01T00:00:00+00:00")
+    from panza_local.train import registry
+
+    loras.random_lora(embedded_model, Path(registry.get("cand", conn)["gguf"]), std=std)
+    calls: list[str | None] = []
+    real = engine.target_nll
+    monkeypatch.setattr(engine, "target_nll", lambda m, t, model, lora, **kw: calls.append(lora) or real(m, t, model, lora, **kw))
+    seen: list[tuple[int, int]] = []
+    g = retune.gate(conn, "cand", on_progress=lambda done, total, note: seen.append((done, total)))
+    print(json.dumps(g))
+    n = retune.EARLY_MIN if clear else len(test)
+    assert g["n_test"] == n and len(calls) == 2 * n and calls[:2] == [str(registry.get("cand", conn)["gguf"]), None]
+    assert seen[-1] == (2 * n, 2 * len(test))
+    assert g["promoted"] is not clear and (g["score_new"] > g["score_current"]) is clear
+    assert g["test_hash"] == retune._hash(test[:n]) and (f"(clear after {n} of {len(test)})" in g["reason"]) is clear
+    # the recorded scores are those of the pairs the gate scored, as `score` gives them
+    assert retune.score(conn, None, test=test[:n]) == pytest.approx(g["score_current"], abs=1e-9)
+    row = conn.execute("SELECT n_test, promoted FROM retune_gate WHERE adapter_id = 'cand'").fetchone()
+    assert tuple(row) == (n, int(not clear))
