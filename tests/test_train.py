@@ -1,4 +1,5 @@
-"""Training end to end on real mail: val loss drops, the adapter changes drafts, kill -9 resumes, reuse."""
+"""Training end to end on real mail (without ../shared, the project's sample mailbox): val loss drops, the
+adapter changes drafts, kill -9 resumes, reuse."""
 
 from __future__ import annotations
 
@@ -11,39 +12,56 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SHARED
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TINY = {"max_steps": 3, "seq_len": 128, "grad_accum": 1, "max_val_rows": 1, "evals": 1, "ckpt_every": 1}
 
 
-def fill_store(jsonl: Path, n: int) -> None:
-    """Write `n` of a user's real emails as ingested messages with playback pairs (subject as instruction)."""
+def user_emails(n: int, who: str = "") -> list[dict]:
+    """`n` emails of one user: Marcus's from ../shared/data when it is there (or `who="marcus"`), else Maya's own
+    from the project's sample mailbox (a fresh clone trains on those, no skip)."""
+    jsonl = SHARED / "panza" / "marcus_anonymous_clean.jsonl"
+    if who == "marcus" and not jsonl.is_file():
+        pytest.skip(f"needs the shared data set at {SHARED} (absent in a fresh clone)")
+    if who != "maya" and jsonl.is_file():
+        rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()]
+        rows = [{"subject": d.get("subject"), "email": d["email"].strip()} for d in rows if d.get("email", "").strip()]
+    else:
+        from panza_local import sample
+
+        rows = [{"subject": m["Subject"], "email": m.get_payload(decode=True).decode("utf-8").strip()}
+                for m in sample.sample_messages()
+                if sample.SAMPLE_ME in m["From"] and not m["Subject"].startswith("Re:")]  # hers, no quoted thread
+    return rows[:n]
+
+
+def fill_store(n: int, who: str = "") -> int:
+    """Write `n` of a user's real emails (`user_emails`) as ingested messages with playback pairs (subject as
+    instruction); returns how many there were."""
     from panza_local import store
 
     conn = store.connect()
-    k = 0
-    for line in jsonl.read_text(encoding="utf-8").splitlines():
-        d = json.loads(line)
-        if not d.get("email", "").strip() or k >= n:
-            continue
-        k += 1
+    rows = user_emails(n, who)
+    for k, d in enumerate(rows, start=1):
         conn.execute("INSERT INTO messages (id, content_hash, body, subject, date, is_mine, ingested_at) "
                      "VALUES (?, ?, ?, ?, ?, 1, '2024-01-01')",
-                     (k, f"h{k}", d["email"].strip(), d.get("subject"), f"2001-01-01T{k // 60:02d}:{k % 60:02d}:00"))
+                     (k, f"h{k}", d["email"], d["subject"], f"2001-01-01T{k // 60:02d}:{k % 60:02d}:00"))
         conn.execute("INSERT INTO pairs (message_id, content_hash, gen_config, status, instruction, created_at) "
                      "VALUES (?, ?, 'g', 'ok', ?, '2024-01-01')",
-                     (k, f"h{k}", f"Write an email about: {d.get('subject') or 'this'}"))
+                     (k, f"h{k}", f"Write an email about: {d['subject'] or 'this'}"))
     conn.close()
+    return len(rows)
 
 
-def test_train_exports_registers_and_reuses(home, shared_data):
+def test_train_exports_registers_and_reuses(home):
     import numpy as np
 
     from panza_local import catalogue, engine, store
     from panza_local.train import registry, train
 
-    fill_store(shared_data / "panza" / "marcus_anonymous_clean.jsonl", 30)
+    fill_store(30)
     conn = store.connect()
     res = train(conn, backend="torch", preset="quick", overrides=TINY, promote=True)
     for key in ("adapter_id", "val_loss_before", "val_loss_after", "tokens_per_s", "peak_mem_mb", "gguf"):
@@ -68,12 +86,12 @@ def test_train_exports_registers_and_reuses(home, shared_data):
     assert exact.val_loss_before == pytest.approx(res.val_loss_before, rel=1e-5)  # validation is exact in both
 
 
-def test_kill9_resumes_from_last_checkpoint(home, shared_data):
+def test_kill9_resumes_from_last_checkpoint(home):
     """A run killed with SIGKILL resumes at its last checkpoint instead of restarting from step 0."""
     from panza_local import store
     from panza_local.train import registry, train
 
-    fill_store(shared_data / "panza" / "marcus_anonymous_clean.jsonl", 30)
+    fill_store(30)
     opts = {**TINY, "max_steps": 5}
     code = ("import sys; from panza_local import store; from panza_local.train import train; "
             f"train(store.connect(), backend='torch', preset='quick', overrides={opts!r})")
@@ -105,16 +123,17 @@ def test_kill9_resumes_from_last_checkpoint(home, shared_data):
     assert registry.get(res.adapter_id, conn)["status"] == "ready"
 
 
-@pytest.mark.heavy
-def test_training_on_100_real_pairs_lowers_val_loss_and_changes_drafts(home, shared_data):
+@pytest.mark.parametrize("who", ["maya", pytest.param("marcus", marks=pytest.mark.heavy)])
+def test_training_on_a_users_mail_lowers_val_loss_and_changes_drafts(home, who):
+    """One epoch on all of a user's emails: the sample person's 118 (every run), Marcus's 150 (-m heavy)."""
     from panza_local import catalogue, engine, store
     from panza_local.train import data, train
 
-    fill_store(shared_data / "panza" / "marcus_anonymous_clean.jsonl", 150)
+    n = fill_store(150, who)
     conn = store.connect()
     res = train(conn, backend="torch", preset="quick",
                 overrides={"epochs": 1.0, "grad_accum": 2, "max_val_rows": 6, "evals": 2, "lr": 3e-4})
-    assert res.n_train >= 100
+    assert res.n_train >= 0.75 * n
     assert res.val_loss_after < res.val_loss_before - 0.05, res
     # the adapter changes what llama.cpp drafts (greedy, same prompts)
     base = catalogue.embedded_path()
