@@ -76,8 +76,8 @@ def _adapter(base: Path, out: Path) -> Path:
     for i in range(30):
         for m, (o, inn) in shapes.items():
             block = "self_attn" if m in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
-            tensors[f"model.layers.{i}.{block}.{m}.lora_A.weight"] = (rng.normal(size=(r, inn)) * 0.02).astype(np.float32)
-            tensors[f"model.layers.{i}.{block}.{m}.lora_B.weight"] = (rng.normal(size=(o, r)) * 0.02).astype(np.float32)
+            tensors[f"model.layers.{i}.{block}.{m}.lora_A.weight"] = (rng.normal(size=(r, inn)) * 0.05).astype(np.float32)
+            tensors[f"model.layers.{i}.{block}.{m}.lora_B.weight"] = (rng.normal(size=(o, r)) * 0.05).astype(np.float32)
     return export.write_gguf_lora(tensors, 16.0, r, base, out)
 
 
@@ -112,6 +112,7 @@ def test_draft_through_a_llama_cpp_server_matches_local_and_uses_the_adapter(hom
     local_base = draft.finish(base_plan, record=False)
     engine.unload_all()
     assert remote["text"] == local_lora.text  # same prompt, same clean-up, same greedy tokens
+    print("remote:", repr(remote["text"]), "base:", repr(local_base.text))
     assert remote["text"] != local_base.text  # so the server applied the adapter
 
 

@@ -3,7 +3,6 @@ adapter changes drafts, kill -9 resumes, reuse."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,29 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SHARED
+from usermail import user_emails
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TINY = {"max_steps": 3, "seq_len": 128, "grad_accum": 1, "max_val_rows": 1, "evals": 1, "ckpt_every": 1}
-
-
-def user_emails(n: int, who: str = "") -> list[dict]:
-    """`n` emails of one user: Marcus's from ../shared/data when it is there (or `who="marcus"`), else Maya's own
-    from the project's sample mailbox (a fresh clone trains on those, no skip)."""
-    jsonl = SHARED / "panza" / "marcus_anonymous_clean.jsonl"
-    if who == "marcus" and not jsonl.is_file():
-        pytest.skip(f"needs the shared data set at {SHARED} (absent in a fresh clone)")
-    if who != "maya" and jsonl.is_file():
-        rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()]
-        rows = [{"subject": d.get("subject"), "email": d["email"].strip()} for d in rows if d.get("email", "").strip()]
-    else:
-        from panza_local import sample
-
-        rows = [{"subject": m["Subject"], "email": m.get_payload(decode=True).decode("utf-8").strip()}
-                for m in sample.sample_messages()
-                if sample.SAMPLE_ME in m["From"] and not m["Subject"].startswith("Re:")]  # hers, no quoted thread
-    return rows[:n]
 
 
 def fill_store(n: int, who: str = "") -> int:
