@@ -282,7 +282,7 @@ def test_kill_9_in_each_step_then_the_same_command_completes(fresh):
     items = conn.execute("SELECT count(*), count(DISTINCT item_id) FROM index_items").fetchone()
     assert items[0] == items[1] >= n_msgs
     # counted by a fresh process: this one's Chroma system for the path predates the snapshot restore
-    code = ("from panza_local import chroma_store, config; s = config.load(); "
+    code = ("from panza_local import config; from panza_local.retrieval import chroma_store; s = config.load(); "
             "cols = chroma_store.get_collections(s.chroma_url, s.embedding_model, ('sent', 'thread', 'doc')); "
             "print(sum(c.count() for c in cols.values()))")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False)
