@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
+import loras
 import pytest
 
 INSTRUCTION = "Ask Bob to move our meeting to Friday"
@@ -63,24 +63,6 @@ def llama_server(model: Path, log: Path, lora: Path | None = None, threads: int 
             proc.wait()
 
 
-def _adapter(base: Path, out: Path) -> Path:
-    """A random all-linear LoRA for the embedded model, exported as the trainer exports (GGUF LoRA), small
-    enough that the model still writes words and large enough that greedy drafts change."""
-    from panza_local.train import export
-
-    rng = np.random.default_rng(7)
-    dim, kv, ffn, r = 576, 192, 1536, 8
-    shapes = {"q_proj": (dim, dim), "k_proj": (kv, dim), "v_proj": (kv, dim), "o_proj": (dim, dim),
-              "gate_proj": (ffn, dim), "up_proj": (ffn, dim), "down_proj": (dim, ffn)}
-    tensors = {}
-    for i in range(30):
-        for m, (o, inn) in shapes.items():
-            block = "self_attn" if m in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
-            tensors[f"model.layers.{i}.{block}.{m}.lora_A.weight"] = (rng.normal(size=(r, inn)) * 0.05).astype(np.float32)
-            tensors[f"model.layers.{i}.{block}.{m}.lora_B.weight"] = (rng.normal(size=(o, r)) * 0.05).astype(np.float32)
-    return export.write_gguf_lora(tensors, 16.0, r, base, out)
-
-
 def _panza(home: Path, *args: str, **env) -> subprocess.CompletedProcess:
     full = {**os.environ, "PANZA_HOME": str(home), "PANZA_THREADS": "2", **env}
     return subprocess.run([sys.executable, "-m", "panza_local", *args], check=False, capture_output=True, text=True, env=full,
@@ -91,7 +73,8 @@ def _panza(home: Path, *args: str, **env) -> subprocess.CompletedProcess:
 def test_draft_through_a_llama_cpp_server_matches_local_and_uses_the_adapter(home, tmp_path, embedded_model):
     from panza_local import config, draft, engine
 
-    adapter = _adapter(embedded_model, tmp_path / "adapter.gguf")
+    # all-linear, small enough that the model still writes words, large enough that greedy drafts change
+    adapter = loras.random_lora(embedded_model, tmp_path / "adapter.gguf", std=0.05, seed=7, modules=loras.ALL_LINEAR)
     with llama_server(embedded_model, tmp_path / "server.log", lora=adapter) as url:
         r = _panza(home, "draft", INSTRUCTION, "--format", "json", "--max-tokens", "24", "--temperature", "0",
                    "--no-rag", PANZA_ENGINE_URL=url)
