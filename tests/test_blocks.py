@@ -90,6 +90,53 @@ def test_block_cross_entropy_equals_the_dense_one(monkeypatch, slice_elems):
     assert torch.nn.functional.cosine_similarity(hb.grad.float().flatten(), 2 * h2.grad.flatten(), dim=0) > 0.99
 
 
+def test_block_cross_entropy_with_logits_far_apart():
+    """Logits hundreds apart (a random or sharply peaked model): exp() of most of them underflows; those are
+    dropped to 0, never left denormal, and the loss and gradient still equal the float64 reference."""
+    rng = np.random.default_rng(2)
+    w = blocks.from_raw(synth.random_tensor(64, 256, "Q8_0", 1.0, rng), "Q8_0", (64, 256))
+    dense = blocks.dequantize(w).double()
+    h = (torch.randn(5, 256, generator=torch.Generator().manual_seed(4)) * 3).requires_grad_(True)
+    tgt = torch.tensor([1, 2, 63, 0, 9])
+    loss = blocks.linear_cross_entropy(h, tgt, w)
+    loss.backward()
+    h2 = h.detach().double().requires_grad_(True)
+    logits = h2 @ dense.t()
+    assert float((logits.amax(1) - logits.amin(1)).min()) > 150  # the spread the case is about (e^-150: denormal)
+    ref = torch.nn.functional.cross_entropy(logits, tgt, reduction="sum")
+    ref.backward()
+    assert torch.allclose(loss.double(), ref, rtol=1e-5)
+    assert torch.allclose(h.grad.double(), h2.grad, atol=1e-4)
+    p = blocks._exp_(torch.linspace(-200, 0, 4001))  # what the pass exponentiates: 0 or a normal float
+    assert not bool(((p > 0) & (p < torch.finfo(torch.float32).tiny)).any())
+    assert float(p[-1]) == 1.0 and float(p[0]) == 0.0
+
+
+@pytest.mark.parametrize("qtype", [t for t in blocks.TYPES if t not in ("F16", "BF16")])
+def test_blocks_go_to_int8_in_one_pass_bit_for_bit(qtype, monkeypatch):
+    """The int8 path's per-use weight: GGUF block rows straight to int8 (one C pass a row) give exactly what
+    dequantizing to fp32 and then quantizing each row gives."""
+    from panza_local.train.torch import int8, native
+    from panza_local.train.torch.arena import Arena
+
+    if native.lib() is None:
+        pytest.skip("no fused kernels here (no C compiler, or neither AVX2 nor AVX-512)")
+    rng = np.random.default_rng(5)
+    parts = [blocks.from_raw(synth.random_tensor(rows, 768, qtype, 0.05, rng), qtype, (rows, 768))
+             for rows in (7, 12)]
+    parts[1].raw[3] = 0  # an all-zero row: its scale is the floor, its values 0
+    lazy = int8.LazyI8(parts)
+    ours = lazy.get(Arena(block=0))
+    q, s = ours.q.clone(), ours.s.clone()
+    monkeypatch.setattr(native, "_lib", None)  # the reference: fp32 rows, then torch's per-row int8
+    dense = torch.cat([blocks.dequantize(p) for p in parts])
+    ref_q, ref_s = int8.quant_rows(dense, keep=False)
+    assert q.shape == (19, 768)
+    assert torch.equal(q, ref_q)
+    assert torch.equal(s, ref_s.view(-1))
+    assert torch.equal(q[7 + 3], torch.zeros(768, dtype=torch.int8))
+
+
 def test_loaded_base_keeps_the_file_bytes(tmp_path):
     path = synth.write(tmp_path / "m.gguf", "llama", types=synth.Q4_K_M, n_layers=1)
     base = tb.load_base(path, keep_blocks=True)

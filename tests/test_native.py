@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
-from panza_local.train.torch import int8, native
+from panza_local.train.torch import int8, native, synth
 
 
 @pytest.fixture(autouse=True, params=native.variants_here() or [None])
@@ -229,6 +230,7 @@ def test_the_avx2_build_gives_the_avx512_builds_bits():
     qx, sx = int8.quant_rows(torch.randn(41, 75))
     y32, xa, g = torch._int_mm(qx, w.q.t()), torch.randn(41, 8), torch.randn(41, 300)
     lora = [(0, 300, 0, torch.randn(8, 300)), (300, 300, 0, torch.randn(8, 300))]
+    k_raw = torch.from_numpy(synth.random_tensor(6, 512, "Q4_K", 0.05, np.random.default_rng(0)))
 
     def run():
         out = [*int8.quant_rows(x, col_scale=cs)]
@@ -242,7 +244,9 @@ def test_the_avx2_build_gives_the_avx512_builds_bits():
         native.rms_norm_grad(x, rstd, cs, x * 0.1, ng)
         deq = torch.empty(41, 600)
         native.dequant(y32, sx, deq, xa, torch.randn(8, 600))
-        return out + [prod, keep, sg, nrm, rstd, ng, deq]
+        kq, ks = torch.empty(6, 512, dtype=torch.int8), torch.empty(6)
+        native.blocks_to_i8(k_raw, "Q4_K", kq, ks)
+        return out + [prod, keep, sg, nrm, rstd, ng, deq, kq, ks]
 
     got = {}
     for v in ("avx512", "avx2"):

@@ -49,14 +49,16 @@ class I8Weight:
     def nbytes(self) -> int:
         return self.q.numel() + self.s.numel() * 4
 
-    def get(self) -> I8Weight:
+    def get(self, arena: Arena | None = None) -> I8Weight:
         return self
 
 
 class LazyI8:
     """A fused group's int8 weight made from its frozen parts (GGUF blocks or dense rows) at each use, forward
-    and again backward: no int8 copy of the model stays in memory, one group's at a time (the parts are
-    dequantized a slice of rows at a time, each row quantized with its own scale as `from_dense` does)."""
+    and again backward: no int8 copy of the model stays in memory, one group's at a time, in the arena's
+    scratch when given. Block rows go straight to int8 in one pass (`native.blocks_to_i8`) where the kernels
+    run, else a slice of rows at a time through fp32; each row gets its own scale either way, as `from_dense`
+    gives it, and the same values."""
 
     def __init__(self, parts: list):
         self.parts = parts
@@ -69,20 +71,25 @@ class LazyI8:
     def nbytes(self) -> int:
         return 0
 
-    def get(self) -> I8Weight:
+    def get(self, arena: Arena | None = None) -> I8Weight:
         from . import blocks
 
         rows, cols = self.shape
-        q, s = torch.empty(rows, cols, dtype=torch.int8), torch.empty(rows)
+        q, s = scratch(arena, "lazy_q", (rows, cols), torch.int8), scratch(arena, "lazy_s", (rows,))
         off = 0
         for w in self.parts:
-            spans = blocks.slices(w) if isinstance(w, blocks.BlockWeight) else [(0, w.shape[0])]
+            n = w.shape[0]
+            if isinstance(w, blocks.BlockWeight) and w.qtype in native.GGML_TYPES and native.usable(s):
+                native.blocks_to_i8(w.raw, w.qtype, q[off:off + n], s[off:off + n])
+                off += n
+                continue
+            spans = blocks.slices(w) if isinstance(w, blocks.BlockWeight) else [(0, n)]
             for a, b in spans:
                 dense = blocks.dense_slice(w, a, b) if isinstance(w, blocks.BlockWeight) else w.float()
                 qq, ss = quant_rows(dense, keep=False)
                 q[off + a:off + b].copy_(qq)
                 s[off + a:off + b].copy_(ss.view(-1))
-            off += w.shape[0]
+            off += n
         return I8Weight(q, s)
 
 
@@ -206,7 +213,7 @@ class _LoraI8(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, wsrc, scale, parts, ffn, arena, *ab):
-        w = wsrc.get()  # frozen: kept on ctx (an I8Weight), or made again in backward (a LazyI8)
+        w = wsrc.get(arena)  # frozen: kept on ctx (an I8Weight), or made again in backward (a LazyI8)
         wq, ws = w.q, w.s
         qx, sx = quant_rows(x, arena)
         xa = None
@@ -233,7 +240,7 @@ class _LoraI8(torch.autograd.Function):
                 grads += [da[rank], (xa[:, rank].t() @ gy[:, out]).mul_(scale).t()]
         gx = None
         if ctx.needs_input_grad[0]:
-            gx = mm_grad(gy, ctx.wsrc.get(), arena, gxa, torch.cat(ab[0::2]) if ab else None)
+            gx = mm_grad(gy, ctx.wsrc.get(arena), arena, gxa, torch.cat(ab[0::2]) if ab else None)
         return (gx, None, None, None, None, None, *grads)
 
 

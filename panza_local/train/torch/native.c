@@ -98,30 +98,30 @@ static inline void add_lowrank4(float *const *y, long n, const float *const *u, 
  * The same arithmetic as int8.quant_rows' torch expression, bit for bit: x * cs first, then times
  * (1 / m) * 127 (torch computes `127.0 / m` as a reciprocal times 127; 127 / m differs in the last bit,
  * and that flips a value that lands on .5). */
+static inline float quant_row(const float *xr, long C, const float *cs, int8_t *qr) {
+  __m512 m = _mm512_setzero_ps();
+  for (long c = 0; c < C; c += 16) {
+    __mmask16 k = C - c >= 16 ? 0xFFFF : tail(C - c);
+    __m512 v = _mm512_maskz_loadu_ps(k, xr + c);
+    if (cs) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, cs + c));
+    m = _mm512_max_ps(m, _mm512_abs_ps(v));
+  }
+  float mx = _mm512_reduce_max_ps(m);
+  if (!(mx >= 1e-30f)) mx = 1e-30f;
+  __m512 inv = _mm512_set1_ps((1.0f / mx) * 127.0f);
+  for (long c = 0; c < C; c += 16) {
+    __mmask16 k = C - c >= 16 ? 0xFFFF : tail(C - c);
+    __m512 v = _mm512_maskz_loadu_ps(k, xr + c);
+    if (cs) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, cs + c));
+    _mm_mask_storeu_epi8(qr + c, k, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv))));
+  }
+  return mx / 127.0f;
+}
+
 void pz_quant_rows(const float *x, long R, long C, long ldx, const float *cs, int8_t *q, long ldq, float *s,
                    int nt) {
 #pragma omp parallel for num_threads(nt) schedule(static)
-  for (long r = 0; r < R; r++) {
-    const float *xr = x + r * ldx;
-    int8_t *qr = q + r * ldq;
-    __m512 m = _mm512_setzero_ps();
-    for (long c = 0; c < C; c += 16) {
-      __mmask16 k = C - c >= 16 ? 0xFFFF : tail(C - c);
-      __m512 v = _mm512_maskz_loadu_ps(k, xr + c);
-      if (cs) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, cs + c));
-      m = _mm512_max_ps(m, _mm512_abs_ps(v));
-    }
-    float mx = _mm512_reduce_max_ps(m);
-    if (!(mx >= 1e-30f)) mx = 1e-30f;
-    __m512 inv = _mm512_set1_ps((1.0f / mx) * 127.0f);
-    for (long c = 0; c < C; c += 16) {
-      __mmask16 k = C - c >= 16 ? 0xFFFF : tail(C - c);
-      __m512 v = _mm512_maskz_loadu_ps(k, xr + c);
-      if (cs) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, cs + c));
-      _mm_mask_storeu_epi8(qr + c, k, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv))));
-    }
-    s[r] = mx / 127.0f;
-  }
+  for (long r = 0; r < R; r++) s[r] = quant_row(x + r * ldx, C, cs, q + r * ldq);
 }
 
 /* One row of the product before its LoRA parts: y[n] = y32[n] * sx * sw[n]. */
@@ -533,36 +533,63 @@ static void dq_q6_k(const uint8_t *b, float *y) {
 
 /* Dequantize nblk blocks of GGUF type `type` (ggml's numbering: 2 Q4_0, 3 Q4_1, 6 Q5_0, 7 Q5_1, 8 Q8_0,
  * 10 Q2_K .. 14 Q6_K) from src into out (nblk x the block's weights, contiguous). */
+static int block_info(int type, long *bytes, long *n) {
+  switch (type) {
+    case 2: *bytes = 18; *n = 32; return 1;
+    case 3: *bytes = 20; *n = 32; return 1;
+    case 6: *bytes = 22; *n = 32; return 1;
+    case 7: *bytes = 24; *n = 32; return 1;
+    case 8: *bytes = 34; *n = 32; return 1;
+    case 10: *bytes = 84; *n = 256; return 1;
+    case 11: *bytes = 110; *n = 256; return 1;
+    case 12: *bytes = 144; *n = 256; return 1;
+    case 13: *bytes = 176; *n = 256; return 1;
+    case 14: *bytes = 210; *n = 256; return 1;
+    default: return 0;
+  }
+}
+
+static void dq_block(int type, const uint8_t *b, float *y) {
+  switch (type) {
+    case 2: dq_q4_0(b, y); break;
+    case 3: dq_q4_1(b, y); break;
+    case 6: dq_q5(b, y, 0); break;
+    case 7: dq_q5(b, y, 1); break;
+    case 8: dq_q8_0(b, y); break;
+    case 10: dq_q2_k(b, y); break;
+    case 11: dq_q3_k(b, y); break;
+    case 12: dq_q45_k(b, y, 0); break;
+    case 13: dq_q45_k(b, y, 1); break;
+    case 14: dq_q6_k(b, y); break;
+  }
+}
+
+/* Dequantize nblk blocks of GGUF type `type` (ggml's numbering: 2 Q4_0, 3 Q4_1, 6 Q5_0, 7 Q5_1, 8 Q8_0,
+ * 10 Q2_K .. 14 Q6_K) from src into out (nblk x the block's weights, contiguous). */
 void pz_dequant_blocks(const uint8_t *src, long nblk, int type, float *out, int nt) {
   long bytes, n;
-  switch (type) {
-    case 2: bytes = 18; n = 32; break;
-    case 3: bytes = 20; n = 32; break;
-    case 6: bytes = 22; n = 32; break;
-    case 7: bytes = 24; n = 32; break;
-    case 8: bytes = 34; n = 32; break;
-    case 10: bytes = 84; n = 256; break;
-    case 11: bytes = 110; n = 256; break;
-    case 12: bytes = 144; n = 256; break;
-    case 13: bytes = 176; n = 256; break;
-    case 14: bytes = 210; n = 256; break;
-    default: return;
-  }
+  if (!block_info(type, &bytes, &n)) return;
 #pragma omp parallel for num_threads(nt) schedule(static)
-  for (long i = 0; i < nblk; i++) {
-    const uint8_t *b = src + i * bytes;
-    float *y = out + i * n;
-    switch (type) {
-      case 2: dq_q4_0(b, y); break;
-      case 3: dq_q4_1(b, y); break;
-      case 6: dq_q5(b, y, 0); break;
-      case 7: dq_q5(b, y, 1); break;
-      case 8: dq_q8_0(b, y); break;
-      case 10: dq_q2_k(b, y); break;
-      case 11: dq_q3_k(b, y); break;
-      case 12: dq_q45_k(b, y, 0); break;
-      case 13: dq_q45_k(b, y, 1); break;
-      case 14: dq_q6_k(b, y); break;
+  for (long i = 0; i < nblk; i++) dq_block(type, src + i * bytes, out + i * n);
+}
+
+/* R rows of GGUF blocks (`row_bytes` each, C weights) straight to per-row int8: each row dequantized into a
+ * buffer that stays in cache, then quantized as pz_quant_rows does (the same values, bit for bit, as
+ * pz_dequant_blocks followed by pz_quant_rows, without the fp32 copy of the whole weight between them). */
+void pz_blocks_to_i8(const uint8_t *src, long R, long row_bytes, int type, int8_t *q, long ldq, float *s,
+                     int nt) {
+  long bytes, n;
+  if (!block_info(type, &bytes, &n)) return;
+  long nb = row_bytes / bytes, C = nb * n;
+#pragma omp parallel num_threads(nt)
+  {
+    float *buf = row_buffer(C);
+#pragma omp for schedule(static)
+    for (long r = 0; r < R; r++) {
+      const uint8_t *row = src + r * row_bytes;
+      for (long j = 0; j < nb; j++) dq_block(type, row + j * bytes, buf + j * n);
+      s[r] = quant_row(buf, C, NULL, q + r * ldq);
     }
+    free(buf);
   }
 }

@@ -52,6 +52,7 @@ _SIGNATURES = {
     "pz_rms_norm_grad": [P, P, P, P, L, L, P, I],
     "pz_softmax_xent": [P, L, L, L, P, I, P, P, P, L, P, ctypes.c_uint64, I],
     "pz_dequant_blocks": [P, L, I, P, I],
+    "pz_blocks_to_i8": [P, L, L, I, P, L, P, I],
 }
 
 _lib: ctypes.CDLL | None | bool = False  # False: not tried yet
@@ -238,3 +239,12 @@ def dequant_blocks(raw: torch.Tensor, qtype: str, out: torch.Tensor) -> None:
     nblk = raw.numel() // {2: 18, 3: 20, 6: 22, 7: 24, 8: 34, 10: 84, 11: 110, 12: 144, 13: 176, 14: 210}[
         GGML_TYPES[qtype]]
     lib().pz_dequant_blocks(raw.data_ptr(), nblk, GGML_TYPES[qtype], out.data_ptr(), torch.get_num_threads())
+
+
+def blocks_to_i8(raw: torch.Tensor, qtype: str, q: torch.Tensor, s: torch.Tensor) -> None:
+    """q (int8 rows) and s (one fp32 scale per row) of the GGUF block rows `raw` (uint8 [rows, row bytes],
+    contiguous rows): `dequant_blocks` then `quant_rows`, bit for bit, one row at a time."""
+    assert raw.stride(-1) == 1 and raw.stride(0) == raw.shape[1] and s.is_contiguous()
+    _rows(q)
+    lib().pz_blocks_to_i8(raw.data_ptr(), raw.shape[0], raw.shape[1], GGML_TYPES[qtype], q.data_ptr(), q.stride(0),
+                          s.data_ptr(), torch.get_num_threads())
