@@ -11,8 +11,8 @@ Cold rows, one fresh process each, rounds interleaved (the order rotates) so loa
 - direct: `python direct.py`: imports llama_cpp, loads the base GGUF with `lora_path=` (llama-cpp-python's
   own adapter path), and streams `create_completion` on the prompt text panza rendered (same template,
   same sampling, greedy, the same stop), in the default environment;
-- direct+passive: the same with OMP_WAIT_POLICY=PASSIVE, what panza's engine sets for llama.cpp (so the
-  two baselines separate what that setting does from what the rest of panza does).
+- direct+omp: the same with the OpenMP wait setting panza's engine gives llama.cpp (`engine.OMP_ENV`; so the
+  two baselines separate what that setting does from what the rest of panza does, see bench/omp_wait.py).
 Both sides generate the same tokens (greedy, same prompt): the results record whether the texts matched.
 
     python -m bench.draft [--quick] [--rounds N] [--threads 2] [--max-tokens 48] [--home PANZA_HOME]
@@ -234,7 +234,7 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
         n_prompt.append(engine.count_tokens(text, model_path, settings=settings))
     engine.unload_all()
 
-    variants = ["ours", "ours, first draft", "direct+passive"] + ([] if args.no_spin_baseline else ["direct"])
+    variants = ["ours", "ours, first draft", "direct+omp"] + ([] if args.no_spin_baseline else ["direct"])
     kv_dir = home / "cache" / "kv"
     cold: dict[str, list[dict]] = {v: [] for v in variants}
     same_text: list[bool] = []
@@ -265,11 +265,11 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
                 got[v] = ours(j)
             else:
                 got[v] = _timed([PY, str(work / "direct.py"), str(spec)],
-                                {**env, "OMP_WAIT_POLICY": "PASSIVE"} if v == "direct+passive" else env)
+                                {**env, **engine.OMP_ENV} if v == "direct+omp" else env)
             cold[v].append(got[v])
         # the same tokens: ours is direct's text, plus the sign-off the clean-up appends to a draft cut short
         same_text.append(got["ours"]["text"] == got["ours, first draft"]["text"]
-                         and got["ours"]["text"].startswith(got["direct+passive"]["text"]))
+                         and got["ours"]["text"].startswith(got["direct+omp"]["text"]))
         if not same_text[-1]:
             print("  texts differ:\n" + "\n".join(f"    {v}: {got[v]['text']!r}" for v in variants), flush=True)
         print(f"  round {i + 1}: " + ", ".join(f"{v} {got[v]['ttft']:.2f}/{got[v]['total']:.2f} s" for v in variants)
@@ -284,8 +284,8 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
         spec = work / f"one{j}.json"
         spec.write_text(json.dumps({**json.loads((work / f"job{j}.json").read_text()), "max_tokens": 1}))
         for v, cpus in first_cpu.items():
-            if v == "direct+passive":
-                r = _timed([PY, str(work / "direct.py"), str(spec)], {**env, "OMP_WAIT_POLICY": "PASSIVE"})
+            if v == "direct+omp":
+                r = _timed([PY, str(work / "direct.py"), str(spec)], {**env, **engine.OMP_ENV})
             else:
                 if v == "ours, first draft":
                     shutil.rmtree(kv_dir, ignore_errors=True)
@@ -358,14 +358,14 @@ def _rows(out: dict) -> list[dict]:
     from bench._common import row
 
     c, w = out["cold"], out["warm"]
-    rows = [row(f"cold draft first token: {o} vs llama-cpp-python direct (OMP passive)", c[o]["ttft"]["median"],
-                c["direct+passive"]["ttft"]["median"], "s", higher_is_better=False)
+    rows = [row(f"cold draft first token: {o} vs llama-cpp-python direct (same OMP env)", c[o]["ttft"]["median"],
+                c["direct+omp"]["ttft"]["median"], "s", higher_is_better=False)
             for o in ("ours", "ours, first draft")]
     if "direct" in c:
         rows.append(row("cold draft first token: ours vs llama-cpp-python direct (default env)",
                         c["ours"]["ttft"]["median"], c["direct"]["ttft"]["median"], "s", higher_is_better=False))
-    rows.append(row("cold draft end: ours vs direct (OMP passive)", c["ours"]["total"]["median"],
-                    c["direct+passive"]["total"]["median"], "s", higher_is_better=False))
+    rows.append(row("cold draft end: ours vs direct (same OMP env)", c["ours"]["total"]["median"],
+                    c["direct+omp"]["total"]["median"], "s", higher_is_better=False))
     rows += [row(f"warm draft first token: {name} vs warm direct", w[name]["ttft"]["median"],
                  w["direct warm"]["ttft"]["median"], "s", higher_is_better=False)
              for name in ("serve", "tui", "tui, after a pause in typing")]
@@ -375,7 +375,7 @@ def _rows(out: dict) -> list[dict]:
 def _ratios(out: dict) -> dict:
     """Same-run medians of baseline / ours (> 1: panza is faster)."""
     c, w, r = out["cold"], out["warm"], {}
-    for base in ("direct", "direct+passive"):
+    for base in ("direct", "direct+omp"):
         if base in c:
             for k in ("ttft", "total"):
                 for o in ("ours", "ours, first draft"):

@@ -54,7 +54,7 @@ def _quiet_env() -> None:
 
 
 def llama_cpp():
-    """The llama_cpp module, imported the first time with OpenMP told not to spin (see below)."""
+    """The llama_cpp module, imported the first time with OpenMP told to spin only briefly (see OMP_ENV)."""
     import sys
 
     with _IMPORT_LOCK:  # another thread may be importing it: `import` waits for that one to finish
@@ -65,23 +65,29 @@ def llama_cpp():
         return _import_llama_cpp()
 
 
+# How long an OpenMP thread of llama.cpp's CPU backend spins at a barrier before it sleeps (GNU OpenMP's
+# GOMP_SPINCOUNT, in loop iterations); a token has hundreds of barriers. The default (300k iterations) lets a
+# waiting thread take the core from the one it waits for when the cores are shared (a browser, an editor, the
+# TUI). Not spinning at all (OMP_WAIT_POLICY=PASSIVE, what this set before) sends every barrier through a futex
+# sleep and wake, which made decoding several times slower on idle cores, in drafts and in playback's batched
+# steps alike. A thousand iterations (microseconds) decodes as fast as spinning when idle and stays near passive
+# waiting with busy loops on the cores: bench/omp_wait.py measures all three (bench/results/omp_wait.md).
+OMP_ENV = {"GOMP_SPINCOUNT": "1000"}
+
+
 def _import_llama_cpp():
     _quiet_env()
-    # llama.cpp's CPU backend is built with OpenMP here, and GNU OpenMP's default makes a thread that waits
-    # at a barrier spin for ~300k iterations before sleeping: a token has hundreds of barriers, and when
-    # the cores are shared (a browser, an editor, the TUI, other agents) the spinning thread takes the
-    # core from the one it waits for. Measured on 2 shared cores (load ~10): 16 tokens took 39-82 s
-    # spinning and 0.4-0.8 s with OMP_WAIT_POLICY=PASSIVE; bench/draft.py runs llama-cpp-python both ways.
-    # The library reads the variable once, when it is loaded, so it is set for that import only; a value
-    # the user set wins.
+    # The library reads the variable once, when it is loaded, so it is set for that import only; a value the
+    # user set (GOMP_SPINCOUNT or OMP_WAIT_POLICY) wins.
     set_here = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
     if set_here:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.environ.update(OMP_ENV)
     try:
         import llama_cpp as mod
     finally:
         if set_here:
-            os.environ.pop("OMP_WAIT_POLICY", None)
+            for k in OMP_ENV:
+                os.environ.pop(k, None)
     return mod
 
 

@@ -179,6 +179,33 @@ def test_int8_path_on_blocks_keeps_no_int8_copy(tmp_path, monkeypatch):
     assert cos > 0.99, cos  # the same int8 layer products; only the vocabulary projection differs (fp32 here)
 
 
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_checkpointed_step_gives_the_same_gradients(tmp_path, monkeypatch, precision):
+    """Gradient checkpointing (what the pre-flight turns on when memory is short) recomputes each layer in
+    backward, reusing only per-op scratch: the LoRA gradients are the plain step's."""
+    from panza_local.train.torch import arena, int8
+
+    monkeypatch.setattr(int8, "available", lambda: True)
+    path = synth.write(tmp_path / "m.gguf", "qwen2", types=synth.Q4_K_M, n_layers=2, tied=True)
+    row = {"input_ids": list(range(100, 148)), "positions": list(range(48)), "segments": [0] * 48,
+           "targets": [-100] * 8 + list(range(300, 340)), "n_targets": 40}
+    grads = []
+    for ckpt in (False, True):
+        m = tb.build(path, 4, 8.0, tb.ALL_TARGETS, "cpu", grad_ckpt=ckpt, precision=precision)
+        assert isinstance(m.arena, arena.ScratchOnly) == ckpt
+        with torch.no_grad():
+            for k, p in m.lora.items():
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(k))) * 0.05)
+        m.train()
+        for _ in range(2):  # a second step reuses the scratch the first one left
+            for p in m.lora.values():
+                p.grad = None
+            loss, n = m(row)
+            (loss / n).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.lora.values()]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
 def test_memory_preflight_refuses_with_the_fix(tmp_path, monkeypatch):
     """A run that would not fit in the free memory stops before it loads anything, naming what fits."""
     from panza_local.errors import AdapterError

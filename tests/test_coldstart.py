@@ -56,25 +56,30 @@ def test_unreadable_adapter_is_a_clear_error(tmp_path, embedded_model):
         engine.load(embedded_model, bad, n_ctx=256, threads=1)
 
 
-def _omp_policy(env: dict) -> str:
+def _omp_wait(env: dict) -> tuple[str, str, str]:
+    """(GOMP_SPINCOUNT left in the environment after the import, and libgomp's own OMP_WAIT_POLICY and
+    GOMP_SPINCOUNT as it reports them) in a fresh process that imports llama.cpp through the engine."""
     code = ("import ctypes; from panza_local import engine; engine.llama_cpp(); import os; "
             "gomp = any('libgomp' in ln for ln in open('/proc/self/maps')); "
-            "print('left', os.environ.get('OMP_WAIT_POLICY'), gomp, flush=True); "
-            "gomp and ctypes.CDLL('libgomp.so.1').omp_display_env(0)")
+            "print('left', os.environ.get('GOMP_SPINCOUNT'), gomp, flush=True); "
+            "gomp and ctypes.CDLL('libgomp.so.1').omp_display_env(1)")
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     if out.stdout.split()[2] != "True":
         pytest.skip("this llama.cpp build does not use GNU OpenMP")
-    policy = next(ln.split("=", 1)[1].strip(" '") for ln in out.stderr.splitlines() if "OMP_WAIT_POLICY" in ln)
-    return out.stdout.split()[1] + " " + policy
+    shown = {ln.split("=", 1)[0].strip(): ln.split("=", 1)[1].strip(" '") for ln in out.stderr.splitlines()
+             if ln.strip().startswith(("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))}
+    return out.stdout.split()[1], shown["OMP_WAIT_POLICY"], shown["GOMP_SPINCOUNT"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GNU OpenMP (libgomp) is the Linux build's")
-def test_openmp_waits_passively_unless_the_user_chose():
+def test_openmp_spins_briefly_unless_the_user_chose():
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    assert _omp_policy(env) == "None PASSIVE"  # told for llama.cpp's load, not left in the environment
-    assert _omp_policy({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE ACTIVE"
+    # told for llama.cpp's load, not left in the environment
+    assert _omp_wait(env) == ("None", "PASSIVE", engine.OMP_ENV["GOMP_SPINCOUNT"])
+    assert _omp_wait({**env, "OMP_WAIT_POLICY": "ACTIVE"})[1] == "ACTIVE"
+    assert _omp_wait({**env, "GOMP_SPINCOUNT": "77"}) == ("77", "PASSIVE", "77")
 
 
 @pytest.fixture

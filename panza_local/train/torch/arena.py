@@ -84,6 +84,18 @@ class Arena:
         return _alias(b, 0, shape, dtype)
 
 
+class ScratchOnly(Arena):
+    """Reused scratch (`scratch`) without the bump blocks: `take` is a plain allocation. For a checkpointed
+    step, whose backward runs each layer's forward again (it would take fresh room a layer at a time), but
+    whose per-op temporaries (the int8 weight made from blocks, the int32 product) are as large as ever."""
+
+    def reset(self) -> None:
+        pass
+
+    def take(self, shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype)
+
+
 def scratch(arena: Arena | None, slot: str, shape, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """`arena.scratch` (CPU), or a plain `torch.empty` on `device` without an arena."""
     return arena.scratch(slot, shape, dtype) if arena is not None else torch.empty(shape, dtype=dtype, device=device)

@@ -31,7 +31,7 @@ from ...errors import AdapterError
 from .. import schedule
 from ..data import IGNORE
 from . import blocks, int8, memory, ops, q4
-from .arena import Arena
+from .arena import Arena, ScratchOnly
 
 ARCHS = {"llama", "mistral", "qwen2", "qwen3"}
 PERMUTED = {"llama", "mistral"}
@@ -172,9 +172,9 @@ class LoraModel(torch.nn.Module):
         self.register_buffer("inv_freq", inv.to(device), persistent=False)
         self.i8 = _int8_weights(base) if int8 else None
         # a CPU step keeps what its backward needs in reused blocks (arena.py): all of it on the int8 path,
-        # norms and attention on the fp32 one; not with checkpointing, whose recompute in backward would
-        # take fresh room for every layer
-        self.arena = Arena() if device.type == "cpu" and not grad_ckpt else None
+        # norms and attention on the fp32 one; with checkpointing, whose recompute in backward would take
+        # fresh room for every layer, only the per-op scratch is reused
+        self.arena = (ScratchOnly() if grad_ckpt else Arena()) if device.type == "cpu" else None
         self._step_arena: Arena | None = None
 
     def _lin8(self, x, i: int, fused: str, ffn: int = 0):

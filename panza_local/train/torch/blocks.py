@@ -264,7 +264,8 @@ def embedding(ids: torch.Tensor, w: BlockWeight, dtype: torch.dtype) -> torch.Te
 
 # Exponents under this are dropped (their exp is 0): a probability under e^-60 cannot change a sum that is at least 1
 # in float32, even 150k of them, and letting it underflow instead makes denormal floats, in the exp and in the
-# products that follow, which MKL runs ~10-20x slower (measured: the vocabulary pass of a 0.5B model 4x slower).
+# products that follow, which MKL runs an order of magnitude slower (the random-weight layouts of bench/train.py
+# hit this on every step: their logits lie hundreds apart).
 _LOG_DROP = -60.0
 
 
