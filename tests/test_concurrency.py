@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -19,11 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+import usermail
 
 pytestmark = pytest.mark.slow
 
-SENT = "enron/formats/maildir/.Sent/cur"
-TRASH = "enron/formats/maildir/.Trash/cur"
 LOCKED = re.compile(r"database is locked|database table is locked|SQLITE_BUSY", re.IGNORECASE)
 
 
@@ -33,29 +31,17 @@ def _env(home: Path) -> dict:
     return env
 
 
-def _maildir(root: Path, files: list[Path]) -> Path:
-    for sub in ("cur", "new", "tmp"):
-        (root / sub).mkdir(parents=True)
-    for f in files:
-        shutil.copy(f, root / "cur" / f.name)
-    return root
-
-
-def _files(data: Path, rel: str, n: int) -> list[Path]:
-    return sorted((data / rel).iterdir(), key=lambda p: int(re.search(r"Q(\d+)", p.name).group(1)))[:n]
-
-
-def test_readers_and_a_second_writer_during_ingest(home, shared_data, tmp_path):
+def test_readers_and_a_second_writer_during_ingest(home, tmp_path):
     from panza_local import store
 
-    sent = _maildir(tmp_path / "sent", _files(shared_data, SENT, 300))
-    other = _maildir(tmp_path / "trash", _files(shared_data, TRASH, 150))
+    sent = usermail.maildir(tmp_path / "sent", 1000)
+    other = usermail.maildir(tmp_path / "trash", 400, start=1000)
     env = _env(home)
     # the store exists (migrated) before the race, as it does for a user who has run panza once
     store.connect().close()
 
     writer = subprocess.Popen([sys.executable, "-m", "panza_local", "ingest", str(sent), "--json",
-                               "--me", "phillip.allen@enron.com"],
+                               "--me", usermail.ME],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     second = subprocess.Popen([sys.executable, "-m", "panza_local", "ingest", str(other), "--json"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -126,7 +112,7 @@ def test_readers_and_a_second_writer_during_ingest(home, shared_data, tmp_path):
           f"final {final} messages")
 
 
-def test_a_writer_never_waits_long_for_ingest(home, shared_data, tmp_path):
+def test_a_writer_never_waits_long_for_ingest(home, tmp_path):
     """While ingest writes, another writer (the TUI saving chat, serve saving a draft) gets the lock quickly.
 
     With the default 30 s busy timeout a batch that held the lock longer would surface "database is
@@ -134,7 +120,7 @@ def test_a_writer_never_waits_long_for_ingest(home, shared_data, tmp_path):
     """
     from panza_local import store
 
-    sent = _maildir(tmp_path / "sent", _files(shared_data, SENT, 700))
+    sent = usermail.maildir(tmp_path / "sent", 1500)
     env = _env(home)
     store.connect().close()
     waits: list[float] = []
@@ -159,7 +145,7 @@ def test_a_writer_never_waits_long_for_ingest(home, shared_data, tmp_path):
             conn.close()
 
     writer = subprocess.Popen([sys.executable, "-m", "panza_local", "ingest", str(sent), "--json",
-                               "--me", "phillip.allen@enron.com"],
+                               "--me", usermail.ME],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t = threading.Thread(target=write_often, daemon=True)
     t.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import usermail
 
 from panza_local import evaluate, sample
 from panza_local.errors import NoDataError
@@ -65,9 +66,9 @@ def test_seed_spread_is_the_std_across_seeds():
     assert st["bleu_std"] == pytest.approx(abs(1.0 - st["per_seed"]["1235"]["bleu"]) / 2 ** 0.5)
 
 
-def test_items_from_a_panza_jsonl(shared_data):
+def test_items_from_a_panza_jsonl(tmp_path):
     notes: list[str] = []
-    items = evaluate.items_from_jsonl(shared_data / "panza" / "jeff_johnson_clean.jsonl", limit=5, notes=notes)
+    items = evaluate.items_from_jsonl(usermail.jsonl("jeff_johnson_clean.jsonl", tmp_path), limit=5, notes=notes)
     assert len(items) == 5
     assert all(it.instruction.startswith("Write an email about: ") for it in items)
     assert any("TF-IDF" in n for n in notes)  # says that the instructions are a fallback

@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+import usermail
 
 from panza_local import config, store
 from panza_local.errors import NoDataError
@@ -157,8 +158,8 @@ def test_training_context_never_leaks_the_target(conn):
         index.training_context(999, 3, conn=conn)
 
 
-def test_training_context_on_real_mail(conn, shared_data):
-    rows = [json.loads(line) for line in (shared_data / "panza" / "marcus_anonymous_clean.jsonl").open()][:40]
+def test_training_context_on_real_mail(conn, tmp_path):
+    rows = [json.loads(line) for line in usermail.jsonl("marcus_anonymous_clean.jsonl", tmp_path).open()][:40]
     conn.execute("DELETE FROM messages")
     for i, r in enumerate(rows, 1):
         add_message(conn, 100 + i, r.get("subject") or "", r["email"], date=f"2024-{1 + i // 28:02d}-"

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import usermail
 
 from panza_local import store
 from panza_local.ingest import authorship, detect, ingest, mbox
@@ -188,22 +189,21 @@ def test_grown_changed_and_deleted_files(tmp_path, conn):
     assert s.deleted == 1
 
 
-def test_duplicates_across_folders_and_sources(shared_data, conn):
-    sent = shared_data / "enron" / "sent"
-    files = [str(sent / f"enron.allen-p.{n}.mbox") for n in ("sent", "_sent_mail")]
-    s = ingest(conn, files, ALLEN)
+def test_duplicates_across_folders_and_sources(conn, tmp_path):
+    files = [str(usermail.mbox(tmp_path / f"{tag}.mbox", usermail.messages(300, tag=tag))) for tag in ("a", "b")]
+    s = ingest(conn, files, [usermail.ME])
     _check_accounting(s)
-    assert s.duplicates > 400  # the two folders hold the same mail under different Message-IDs
+    assert s.duplicates > 250  # the two folders hold the same mail under different Message-IDs
     n = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
-    s2 = ingest(conn, [str(shared_data / "enron" / "formats" / "eml" / "Sent")], ALLEN)
+    s2 = ingest(conn, [str(usermail.maildir(tmp_path / "Sent", 400, tag="c"))], [usermail.ME])
     assert s2.stored < s2.seen // 2  # the same user's mail again, in another container
     assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] - n == s2.stored
 
 
-def test_ctrl_c_then_rerun_gives_the_same_counts(shared_data, tmp_path, conn, monkeypatch):
+def test_ctrl_c_then_rerun_gives_the_same_counts(tmp_path, conn, monkeypatch):
     import panza_local.ingest as ing
 
-    root = shared_data / "enron" / "formats" / "eml" / "Sent"
+    root = usermail.maildir(tmp_path / "Sent", 300)
     monkeypatch.setattr(ing, "BATCH", 40)
     calls = {"n": 0}
 
@@ -213,13 +213,13 @@ def test_ctrl_c_then_rerun_gives_the_same_counts(shared_data, tmp_path, conn, mo
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ingest(conn, [str(root)], ALLEN, interrupt)
+        ingest(conn, [str(root)], [usermail.ME], interrupt)
     partial = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
     assert 0 < partial
-    ingest(conn, [str(root)], ALLEN)
+    ingest(conn, [str(root)], [usermail.ME])
     got = conn.execute("SELECT count(*), sum(is_mine) FROM messages").fetchone()
     fresh = store.connect(tmp_path / "fresh.db")
-    ingest(fresh, [str(root)], ALLEN)
+    ingest(fresh, [str(root)], [usermail.ME])
     want = fresh.execute("SELECT count(*), sum(is_mine) FROM messages").fetchone()
     assert tuple(got) == tuple(want)
     assert conn.execute("SELECT count(*) FROM (SELECT content_hash FROM messages GROUP BY content_hash "
@@ -307,16 +307,16 @@ def test_shared_documents(shared_data, conn):
 
 # --- CLI ------------------------------------------------------------------------------------------------
 
-def test_cli_ingest_json_and_export(shared_data, home, tmp_path, capsys):
+def test_cli_ingest_json_and_export(home, tmp_path, capsys):
     from panza_local.cli import main
 
-    src = shared_data / "enron" / "sent" / "enron.allen-p.sent_items.mbox"
+    src = usermail.mbox(tmp_path / "sent_items.mbox", usermail.messages(150))
     assert main(["ingest", str(src), "--json"]) == 1  # no address known: says what to do
     err = capsys.readouterr().err
     assert "--me" in err and "@" not in err  # no addresses in error messages unless debug
     assert main(["ingest", "--guess-me", str(src), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["candidates"][0]["address"] in ALLEN
-    assert main(["ingest", str(src), "--me", ALLEN[0], "--me", ALLEN[1], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["candidates"][0]["address"] == usermail.ME
+    assert main(["ingest", str(src), "--me", usermail.ME, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     for key in ("seen", "stored", "duplicates", "skipped", "errors"):
         assert key in out

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 import sqlite3
@@ -18,9 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import usermail
 
-SENT = "enron/formats/maildir/.Sent/cur"
-ME = "phillip.allen@enron.com"
+ME = usermail.ME
 
 
 def _env(home: Path) -> dict:
@@ -36,19 +35,6 @@ def _unshare_m() -> None:
                        capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"unshare -m with mount is not permitted here ({r.stderr.strip()})")
-
-
-def _maildir(root: Path, files: list[Path]) -> Path:
-    for sub in ("cur", "new", "tmp"):
-        (root / sub).mkdir(parents=True)
-    for f in files:
-        shutil.copy(f, root / "cur" / f.name)
-    return root
-
-
-def _sent(data: Path, n: int, skip: int = 0) -> list[Path]:
-    files = sorted((data / SENT).iterdir(), key=lambda p: int(re.search(r"Q(\d+)", p.name).group(1)))
-    return files[skip:skip + n]
 
 
 def _panza(*args: str) -> str:
@@ -75,9 +61,9 @@ def _assert_clear(stderr: str, *words: str) -> None:
 
 
 @pytest.mark.slow
-def test_disk_full_during_ingest_is_a_clear_error_and_the_store_resumes(shared_data, tmp_path):
+def test_disk_full_during_ingest_is_a_clear_error_and_the_store_resumes(tmp_path):
     _unshare_m()
-    mail = _maildir(tmp_path / "mail", _sent(shared_data, 700))
+    mail = usermail.maildir(tmp_path / "mail", 3000)  # ~2 MB of mail and its index: more than the 1 MiB disk
     mnt, saved = tmp_path / "small", tmp_path / "saved"
     mnt.mkdir()
     home = mnt / "home"
@@ -107,11 +93,11 @@ def test_disk_full_during_ingest_is_a_clear_error_and_the_store_resumes(shared_d
 
 
 @pytest.mark.slow
-def test_read_only_home_is_a_clear_error_and_nothing_changes(shared_data, tmp_path):
+def test_read_only_home_is_a_clear_error_and_nothing_changes(tmp_path):
     _unshare_m()
     home = tmp_path / "home"
-    first = _maildir(tmp_path / "first", _sent(shared_data, 40))
-    more = _maildir(tmp_path / "more", _sent(shared_data, 40, skip=40))
+    first = usermail.maildir(tmp_path / "first", 40)
+    more = usermail.maildir(tmp_path / "more", 40, start=40)
     ok = subprocess.run(shlex.split(_panza("ingest", str(first), "--me", ME, "--json")), check=False, env=_env(home),
                         capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0, ok.stderr[-2000:]

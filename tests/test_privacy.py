@@ -23,10 +23,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import usermail
+from conftest import SHARED
 
 REPO = Path(__file__).resolve().parents[1]
-SENT = "enron/formats/maildir/.Sent/cur"
-ME = ["phillip.allen@enron.com", "k..allen@enron.com"]
+ME = [usermail.ME]
 N_MAIL = 14
 
 # Loaded into every Python process of the run (PYTHONPATH): records each attempt to reach a non-loopback
@@ -200,12 +201,21 @@ def _leaks(text: str, secrets: set[str], allowed: set[str] = frozenset()) -> lis
 
 
 @pytest.mark.slow
-def test_ingest_of_malformed_mail_prints_no_subject_address_or_body(home, shared_data, tmp_path):
+@pytest.mark.parametrize("corpus", ["project", "parsers"])
+def test_ingest_of_malformed_mail_prints_no_subject_address_or_body(home, tmp_path, corpus):
+    """`project`: the broken mail tests/usermail.py writes; `parsers`: ~900 messages from 15 mail parsers' test
+    suites in ../shared/data/tricky (skipped without it)."""
+    if corpus == "parsers":
+        if not (SHARED / "tricky").is_dir():
+            pytest.skip(f"needs the shared data set at {SHARED} (absent in a fresh clone)")
+        folder = SHARED / "tricky"
+    else:
+        folder = usermail.malformed(tmp_path / "tricky")
     env = _clean_env(home)
     runs = {}
     for mode in ("human", "json"):
         extra = ["--json"] if mode == "json" else []
-        r = subprocess.run([sys.executable, "-m", "panza_local", "ingest", str(shared_data / "tricky"),
+        r = subprocess.run([sys.executable, "-m", "panza_local", "ingest", str(folder),
                             "--me", "nobody@example.invalid", *extra], check=False, env=env,
                            capture_output=True, text=True,
                            timeout=600)
@@ -229,17 +239,15 @@ def test_ingest_of_malformed_mail_prints_no_subject_address_or_body(home, shared
 
 
 @pytest.fixture(scope="module")
-def offline_run(tmp_path_factory, shared_data):
+def offline_run(tmp_path_factory):
     why = _unshare_ok()
     if why:
         pytest.skip(why)
     root = tmp_path_factory.mktemp("offline")
     home, mail, hook, out = root / "home", root / "mail", root / "hook", root / "out"
-    for d in (mail / "cur", mail / "new", mail / "tmp", hook, out):
+    for d in (hook, out):
         d.mkdir(parents=True)
-    files = sorted((shared_data / SENT).iterdir(), key=lambda p: int(re.search(r"Q(\d+)", p.name).group(1)))
-    for f in files[:N_MAIL]:
-        shutil.copy(f, mail / "cur" / f.name)
+    usermail.maildir(mail, N_MAIL)  # the sample person's mail, written by the test
     (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
     (root / "driver.py").write_text(DRIVER)
     netlog = root / "netlog.txt"

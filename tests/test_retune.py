@@ -17,12 +17,11 @@ from pathlib import Path
 
 import loras
 import pytest
+import usermail
 from test_ingest_imap import dovecot, keyring_memory  # noqa: F401  (the IMAP suite's real Dovecot fixture)
 
 from panza_local import retune, store
 from panza_local.results import RetuneResult
-
-MAILDIR = "enron/formats/maildir"
 
 
 def _add_pairs(conn, n: int, start: int = 0, created: str = "2026-01-01T00:00:00+00:00") -> None:
@@ -146,17 +145,12 @@ def test_watch_debounces_waits_the_interval_and_ignores_reads(home, tmp_path):
     assert said[0].startswith("watching 1 folder/file source(s) and 0 IMAP mailbox(es); polling 0")
 
 
-def test_a_pass_without_own_mail_is_recorded_and_log_shows_killed_passes(home, tmp_path, shared_data, capsys,
-                                                                        monkeypatch):
+def test_a_pass_without_own_mail_is_recorded_and_log_shows_killed_passes(home, tmp_path, capsys, monkeypatch):
     """Real ingest of received mail only (nothing the user wrote): the pass stops honestly before playback."""
     from panza_local import cli
 
-    monkeypatch.setenv("PANZA_ME", "nobody@example.org")
-    mail = tmp_path / "mail"
-    (mail / "cur").mkdir(parents=True)
-    src = shared_data / MAILDIR / ".Discussion Threads" / "cur"
-    for f in sorted(src.iterdir())[:5]:
-        shutil.copy(f, mail / "cur")
+    monkeypatch.setenv("PANZA_ME", "nobody@example.org")  # the sample person's mail, as someone else's
+    mail = usermail.maildir(tmp_path / "mail", 5)
     assert cli.main(["sources", "add", str(mail)]) == 0
     out = retune.run_once()
     ing = out.ingest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import usermail
 
 from panza_local.train import data
 
@@ -95,8 +96,8 @@ def test_examples_from_the_store(home):
     assert data.data_hash(tr) == data.data_hash(list(reversed(tr))) != data.data_hash(va)
 
 
-def test_examples_from_jsonl(shared_data):
-    exs = data.examples_from_jsonl(shared_data / "panza" / "marcus_anonymous_clean.jsonl")
+def test_examples_from_jsonl(tmp_path):
+    exs = data.examples_from_jsonl(usermail.jsonl("marcus_anonymous_clean.jsonl", tmp_path))
     assert len(exs) >= 100
     assert all(e.target and e.messages[-1]["role"] == "user" and e.messages[-1]["content"].startswith("Write") for e in exs)
 
