@@ -531,8 +531,7 @@ static void dq_q6_k(const uint8_t *b, float *y) {
   }
 }
 
-/* Dequantize nblk blocks of GGUF type `type` (ggml's numbering: 2 Q4_0, 3 Q4_1, 6 Q5_0, 7 Q5_1, 8 Q8_0,
- * 10 Q2_K .. 14 Q6_K) from src into out (nblk x the block's weights, contiguous). */
+/* Bytes and weights per block of GGUF type `type` (ggml's numbering); 0 for a type these kernels do not read. */
 static int block_info(int type, long *bytes, long *n) {
   switch (type) {
     case 2: *bytes = 18; *n = 32; return 1;
