@@ -152,6 +152,49 @@ def test_mailing_list_rewritten_from(shared_data, conn):
     assert _residual_share(conn) < 0.01
 
 
+LIST_FOOTER = ("\n_______________________________________________\nGardeners mailing list\n"
+               "gardeners@lists.example.org\nhttps://lists.example.org/mailman/listinfo/gardeners\n")
+
+
+def _as(raw: bytes, footer: str = "", **headers: str) -> bytes:
+    """`raw` with headers replaced (Reply_To -> Reply-To) and a footer under its body."""
+    import email
+
+    m = email.message_from_bytes(raw)
+    for key, value in headers.items():
+        del m[key.replace("_", "-")]
+        m[key.replace("_", "-")] = value
+    if footer:
+        m.set_payload(m.get_payload(decode=True).decode() + footer, "utf-8")
+    return m.as_bytes()
+
+
+def test_assistant_and_list_traps_on_project_mail(tmp_path, conn):
+    """The lay-k and mailing-list traps of ../shared, on the sample person's mail: her assistant sends from
+    her address (Sender: the assistant) and is not her; a list that rewrites From to its own address (the
+    author in Reply-To, a bounce Sender, a Mailman footer) and one that keeps From but sets a bounce Sender
+    are both still hers, without the footer."""
+    me = usermail.ME
+    hers = [r for r in usermail.messages(150) if me.encode() in r.split(b"\n\n", 1)[0].split(b"To:", 1)[0]]
+    assert len(hers) >= 120
+    third = len(hers) // 3
+    bounce = "gardeners-bounces@lists.example.org"
+    lst = {"List_Id": "Gardeners <gardeners.lists.example.org>", "List_Post": "<mailto:gardeners@lists.example.org>"}
+    raws = ([_as(r, Sender="Ola Berg <ola@lindqvist-studio.example>") for r in hers[:third]]
+            + [_as(r, LIST_FOOTER, From="Maya Lindqvist via Gardeners <gardeners@lists.example.org>",
+                   Reply_To=f"Maya Lindqvist <{me}>", Sender=bounce, **lst) for r in hers[third:2 * third]]
+            + [_as(r, LIST_FOOTER, Sender=bounce, **lst) for r in hers[2 * third:]])
+    s = ingest(conn, [str(usermail.mbox(tmp_path / "sent.mbox", raws))], [me])
+    _check_accounting(s)
+    assert s.stored >= len(raws) - 3, s  # a body repeated within the year is folded, nothing else dropped
+    rows = conn.execute("SELECT from_addr, is_mine, body FROM messages").fetchall()
+    by_assistant = [r for r in rows if not r["is_mine"]]
+    assert len(by_assistant) >= third - 1 and all(r["from_addr"] == me for r in by_assistant)
+    assert s.mine == len(rows) - len(by_assistant) >= 2 * third - 2
+    assert sum(r["from_addr"] == "gardeners@lists.example.org" for r in rows if r["is_mine"]) >= third - 1
+    assert not [r for r in rows if "listinfo" in r["body"] or "mailing list" in r["body"]]
+
+
 def test_new_address_relabels_without_reparsing(tmp_path, conn):
     p = _mbox(tmp_path / "sent.mbox", [("me@example.com", "a", "first message with enough words"),
                                        ("other@example.com", "b", "second message with enough words")])
