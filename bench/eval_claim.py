@@ -2,6 +2,7 @@
 
     python bench/eval_claim.py marcus            # a Panza user (../shared/data/panza/marcus_*.jsonl)
     python bench/eval_claim.py allen-p --pairs 200
+    python bench/eval_claim.py marcus --model qwen2.5-coder-0.5b   # a catalogue model instead of the embedded one
 
 Runs the real pipeline through the CLI a user would type, in a home of its own
 (bench/out/eval_<user>/home, resumable: every step is idempotent, so re-running after a kill goes on
@@ -79,11 +80,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=20, help="held-out emails to draft")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--fresh", action="store_true", help="start from an empty home")
+    ap.add_argument("--model", default="", help="a catalogue model (`panza models use NAME`); default: the embedded one")
     args = ap.parse_args()
     for f in USERS[args.user]:
         if not f.exists():
             raise SystemExit(f"{f} is missing: this benchmark needs ../shared/data")
-    work = ROOT / "bench" / "out" / f"eval_{args.user}"
+    tag = f"{args.user}_{args.model}" if args.model else args.user
+    work = ROOT / "bench" / "out" / f"eval_{tag}"
     home = work / "home"
     if args.fresh and home.exists():
         import shutil
@@ -98,6 +101,8 @@ def main() -> None:
         steps[name] = round(steps.get(name, 0) + time.perf_counter() - s, 1)
         return got
 
+    if args.model:
+        step("model", "models", "use", args.model, json_out=False)
     if ME.get(args.user):
         step("config", "config", "set", "me", ",".join(ME[args.user]), json_out=False)
     step("sources", "sources", "add", *map(str, USERS[args.user]), json_out=False)
@@ -105,21 +110,21 @@ def main() -> None:
     pb = step("playback", "playback", *(["--limit", str(args.pairs)] if args.pairs else []))
     step("index", "index")
     train = step("train", "train", "--preset", args.preset)
-    report = ROOT / "bench" / "results" / f"eval_{args.user}"   # report.md + plots, kept with the figures
+    report = ROOT / "bench" / "results" / f"eval_{tag}"   # report.md + plots, kept with the figures
     ev = step("eval", "eval", "--limit", str(args.limit), "--seeds", str(args.seeds), "--report", str(report))
     without_mail(report / "report.md")
-    out = {"user": args.user, "sources": [str(p.relative_to(DATA)) for p in USERS[args.user]],
+    out = {"user": args.user, "model": args.model or "embedded", "sources": [str(p.relative_to(DATA)) for p in USERS[args.user]],
            "mine": ingest.get("mine"), "playback": {k: pb.get(k) for k in ("pairs", "quality", "generated")},
            "train": {k: v for k, v in train.items() if not isinstance(v, (list, dict))},
            "eval": ev, "steps_s": steps, "total_s": round(time.perf_counter() - t0, 1)}
     res = report.parent
-    (res / f"eval_{args.user}.json").write_text(json.dumps(out, indent=2, default=str))
+    (res / f"eval_{tag}.json").write_text(json.dumps(out, indent=2, default=str))
     md = [f"# Evaluation: {args.user} ({', '.join(out['sources'])})", "",
-          (f"{ev.get('n')} held-out emails x {ev.get('seeds')} seeds, embedded model, preset {args.preset}; "
+          (f"{ev.get('n')} held-out emails x {ev.get('seeds')} seeds, {args.model or 'embedded'} model, preset {args.preset}; "
            f"adapter {ev.get('adapter')}."), "", table(ev), "",
           "Scoring models: " + "; ".join(f"{k}: {v}" for k, v in dict(ev.get("scoring_models") or {}).items()), "",
           "Step times (s): " + ", ".join(f"{k} {v}" for k, v in steps.items())]
-    (res / f"eval_{args.user}.md").write_text("\n".join(md) + "\n")
+    (res / f"eval_{tag}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -114,3 +114,14 @@ def _no_network(request):
     new = _violations[start:]
     if new and not request.node.get_closest_marker("allow_network_attempt"):
         pytest.fail(f"test tried to use the network: {new}")
+
+
+HEAVY_TIMEOUT_S = 2400
+
+
+def pytest_collection_modifyitems(config, items):
+    """A heavy test is minutes of real work (training, a whole pipeline), several times that on a busy laptop:
+    it gets HEAVY_TIMEOUT_S unless it names its own, so pyproject's 600 s cannot fail it on a loaded machine."""
+    for item in items:
+        if item.get_closest_marker("heavy") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(HEAVY_TIMEOUT_S))
