@@ -236,8 +236,9 @@ GGML_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10,
 def dequant_blocks(raw: torch.Tensor, qtype: str, out: torch.Tensor) -> None:
     """out (fp32, contiguous) = the weights of the GGUF blocks in `raw` (uint8, contiguous), see blocks.py."""
     assert raw.is_contiguous() and out.is_contiguous() and out.dtype == torch.float32
-    nblk = raw.numel() // {2: 18, 3: 20, 6: 22, 7: 24, 8: 34, 10: 84, 11: 110, 12: 144, 13: 176, 14: 210}[
-        GGML_TYPES[qtype]]
+    from .blocks import SIZES
+
+    nblk = raw.numel() // SIZES[qtype][1]
     lib().pz_dequant_blocks(raw.data_ptr(), nblk, GGML_TYPES[qtype], out.data_ptr(), torch.get_num_threads())
 
 
