@@ -141,7 +141,9 @@ def markdown(r: dict, machine: str) -> str:
         note += (f" Reference (`--compare`, untimed, same home and held-out rows): `train --preset standard` without a "
                  f"budget on {ref['chosen']} of {ref['available']} train pairs, {ref['steps']} steps at {ref['step_s']} s "
                  f"({ref['wall_s']} s, ended: {ref['stop_reason']}): val loss {_f(ref['val_loss_before'])} -> "
-                 f"{_f(ref['val_loss_after'])}. The pipeline's adapter: {_f(ours)}, {verdict} than the reference.")
+                 f"{_f(ref['val_loss_after'])}. The pipeline's adapter: {_f(ours)}, {verdict} than the reference. "
+                 f"Ingest, playback, index and the reference's training: "
+                 f"{round(sum(s[k]['wall_s'] for k in ('ingest', 'playback', 'index')) + ref['wall_s'], 1)} s.")
     else:
         note += (" Not measured in this run: the comparison with training on all pairs with the standard preset "
                  "(`--compare`).")
