@@ -45,6 +45,18 @@ def panza(home: Path, *args: str, json_out: bool = True) -> dict:
     return json.loads(out.stdout) if json_out and out.stdout.strip() else {}
 
 
+def pairs_in(home: Path) -> int:
+    """Emails already played back in `home` (0 before its first playback)."""
+    import sqlite3
+
+    db = home / "panza.db"
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as conn:
+        has = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'pairs'").fetchone()[0]
+        return conn.execute("SELECT count(*) FROM pairs").fetchone()[0] if has else 0
+
+
 def without_mail(report_md: Path) -> None:
     """Drop the report's examples (held-out emails quoted in full): the results live in the repository, and
     ../shared/data is used in place, never copied into it. `panza eval --report` keeps them for a user."""
@@ -107,7 +119,9 @@ def main() -> None:
         step("config", "config", "set", "me", ",".join(ME[args.user]), json_out=False)
     step("sources", "sources", "add", *map(str, USERS[args.user]), json_out=False)
     ingest = step("ingest", "ingest")
-    pb = step("playback", "playback", *(["--limit", str(args.pairs)] if args.pairs else []))
+    # --limit is "at most N new pairs": a re-run after a kill asks only for what is missing, so it stays at N
+    left = max(0, args.pairs - pairs_in(home)) if args.pairs else None
+    pb = step("playback", "playback", *(["--limit", str(left)] if left is not None else []))
     step("index", "index")
     train = step("train", "train", "--preset", args.preset)
     report = ROOT / "bench" / "results" / f"eval_{tag}"   # report.md + plots, kept with the figures
