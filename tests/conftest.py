@@ -30,12 +30,17 @@ def home(tmp_path, monkeypatch) -> Path:
     return h
 
 
+def needs_shared(path: Path = SHARED) -> Path:
+    """`path` (a file or folder of ../shared/data), or a skip that says why."""
+    if not path.exists():
+        pytest.skip(f"needs the shared data set at {SHARED} (absent in a fresh clone)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data, or a skip that says why."""
-    if not SHARED.is_dir():
-        pytest.skip(f"needs the shared data set at {SHARED} (absent in a fresh clone)")
-    return SHARED
+    return needs_shared()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import usermail
-from conftest import SHARED
+from conftest import SHARED, needs_shared
 
 from panza_local.ingest.clean import clean, content_hash, language, residual_markers
 
@@ -85,9 +85,7 @@ def test_clean_corpora_pass_through_unchanged(corpus):
     from panza_local.ingest.clean import _tidy, normalise
 
     if corpus == "panza":
-        if not (SHARED / "panza").is_dir():
-            pytest.skip(f"needs the shared data set at {SHARED} (absent in a fresh clone)")
-        texts = [json.loads(line)["email"] for f in sorted((SHARED / "panza").glob("*.jsonl"))
+        texts = [json.loads(line)["email"] for f in sorted(needs_shared(SHARED / "panza").glob("*.jsonl"))
                  for line in f.read_text(encoding="utf-8").splitlines()]
         assert len(texts) > 1500
     else:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import usermail
-from conftest import SHARED
+from conftest import SHARED, needs_shared
 
 ME = usermail.ME
 
@@ -211,9 +211,7 @@ def test_slimming_keeps_what_the_parser_reads(corpus, tmp_path):
     from panza_local.ingest.slim import slim
 
     if corpus == "parsers":
-        if not (SHARED / "tricky").is_dir():
-            pytest.skip(f"needs the shared data set at {SHARED} (absent in a fresh clone)")
-        folder, least = SHARED / "tricky", 900
+        folder, least = needs_shared(SHARED / "tricky"), 900
     else:
         folder, least = usermail.malformed(tmp_path / "tricky"), 300
     same, differ = 0, []

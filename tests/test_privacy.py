@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import usermail
-from conftest import SHARED
+from conftest import SHARED, needs_shared
 
 REPO = Path(__file__).resolve().parents[1]
 ME = [usermail.ME]
@@ -206,9 +206,7 @@ def test_ingest_of_malformed_mail_prints_no_subject_address_or_body(home, tmp_pa
     """`project`: the broken mail tests/usermail.py writes; `parsers`: ~900 messages from 15 mail parsers' test
     suites in ../shared/data/tricky (skipped without it)."""
     if corpus == "parsers":
-        if not (SHARED / "tricky").is_dir():
-            pytest.skip(f"needs the shared data set at {SHARED} (absent in a fresh clone)")
-        folder = SHARED / "tricky"
+        folder = needs_shared(SHARED / "tricky")
     else:
         folder = usermail.malformed(tmp_path / "tricky")
     env = _clean_env(home)

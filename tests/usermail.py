@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-from conftest import SHARED
+from conftest import SHARED, needs_shared
 
 MARCUS = SHARED / "panza" / "marcus_anonymous_clean.jsonl"
 
@@ -25,8 +24,8 @@ def sample_emails(seed: int | None = None, *, mine_only: bool = True) -> list[di
 def user_emails(n: int, who: str = "") -> list[dict]:
     """`n` emails of one user: Marcus's from ../shared/data when it is there (or `who="marcus"`, which skips
     without it), else (or `who="maya"`) the sample person's own."""
-    if who == "marcus" and not MARCUS.is_file():
-        pytest.skip(f"needs the shared data set at {SHARED} (absent in a fresh clone)")
+    if who == "marcus":
+        needs_shared(MARCUS)
     if who != "maya" and MARCUS.is_file():
         rows = [json.loads(line) for line in MARCUS.read_text(encoding="utf-8").splitlines()]
         rows = [{"subject": d.get("subject"), "email": d["email"].strip()} for d in rows if d.get("email", "").strip()]
