@@ -17,6 +17,7 @@ import re
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import PanzaError, SourceError
@@ -215,8 +216,10 @@ def append_draft(cfg: dict, raw: bytes, mailbox: str | None = None) -> str:
 
 # --- watching -------------------------------------------------------------------------------------------
 
-def idle_wait(uri: str, timeout: float) -> bool | None:
+def idle_wait(uri: str, timeout: float, ready: Callable[[], None] | None = None) -> bool | None:
     """Wait on an IMAP mailbox with IDLE until it reports new mail (True) or `timeout` s pass (False).
+
+    `ready` is called once the server has accepted IDLE: from then on new mail wakes the wait.
 
     None when the server does not offer IDLE (the caller polls instead). Read-only: EXAMINE, never SELECT.
     imaplib (before 3.14) has no IDLE: the command is sent with a tag of our own, and the connection is
@@ -230,6 +233,8 @@ def idle_wait(uri: str, timeout: float) -> bool | None:
         conn.send(f"PZI{next(_IDLE_TAGS)} IDLE\r\n".encode())
         if not conn.readline().startswith(b"+"):
             return None
+        if ready is not None:
+            ready()
         conn.socket().settimeout(max(0.1, min(timeout, IDLE_MAX_S)))
         try:
             while True:

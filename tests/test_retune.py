@@ -209,6 +209,16 @@ def test_watch_wakes_on_imap_idle_and_the_pass_fetches_the_new_message(dovecot, 
     conn = store.connect()
     conn.execute("INSERT INTO sources (uri, kind, registered, added_at) VALUES (?, 'imap', 1, ?)", (uri, store.now()))
     conn.close()
+    idling = threading.Event()  # set while the server has IDLE in place, cleared when the wait returns
+    real_idle_wait = imap.idle_wait
+
+    def idle_wait(uri, timeout, ready=None):
+        try:
+            return real_idle_wait(uri, timeout, ready=idling.set)
+        finally:
+            idling.clear()
+
+    monkeypatch.setattr(imap, "idle_wait", idle_wait)
     said: list[str] = []
     stop = threading.Event()
     t = threading.Thread(target=lambda: retune.watch(debounce_s=0.5, poll_s=3600, min_interval_s=0,
@@ -219,7 +229,7 @@ def test_watch_wakes_on_imap_idle_and_the_pass_fetches_the_new_message(dovecot, 
         while not any(s.startswith("pass done") for s in said) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "pass done: 1 new messages" in " ".join(said), said
-        time.sleep(2)  # the IDLE command is in place
+        assert idling.wait(60), said  # the IDLE command is in place: the next message wakes it
         t0 = time.monotonic()
         admin.append("INBOX", None, None, _message(1, frm="dave@example.com"))
         t.join(60)
