@@ -99,8 +99,9 @@ def run(data: Path, author: str, limit: int | None, threads: int, preset: str, m
             ref = train(conn, preset="standard", settings=settings, promote=False, on_progress=said)
             reference = {k: getattr(ref, k) for k in ("adapter_id", "n_train", "n_val", "steps", "stop_reason",
                                                       "val_loss_before", "val_loss_after", "step_s")}
-            reference.update(wall_s=round(time.perf_counter() - t0, 1),
-                             chosen=(ref.selection or {}).get("chosen"), available=(ref.selection or {}).get("available"))
+            ref_sel = ref.selection or {}
+            reference.update(wall_s=round(time.perf_counter() - t0, 1), chosen=ref_sel.get("chosen"),
+                             available=ref_sel.get("available"))
         conn.close()
     return {"author": author, "files": [f.name for f in files], "limit": limit, "emails_used": used,
             "set_aside": set_aside, "threads": threads, "preset": preset, "minutes": minutes,
