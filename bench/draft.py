@@ -8,17 +8,20 @@ Cold rows, one fresh process each, rounds interleaved (the order rotates) so loa
   from before the process is spawned to its first stdout byte, then to its exit), after an earlier draft
   (another instruction) left its prompt cache (prefix_cache: the prefix drafts share is not re-evaluated);
 - ours, first draft: the same with no prompt cache on disk (the first draft after install or training);
+- ours, runtime adapter: `ours` with `merge_adapter = false`: the adapter applied by llama.cpp at run time
+  on the Q4_1 base instead of the serving copy (serving.py: base + adapter merged, Q8_0 projections);
 - direct: `python direct.py`: imports llama_cpp, loads the base GGUF with `lora_path=` (llama-cpp-python's
   own adapter path), and streams `create_completion` on the prompt text panza rendered (same template,
   same sampling, greedy, the same stop), in the default environment;
 - direct+omp: the same with the OpenMP wait setting panza's engine gives llama.cpp (`engine.OMP_ENV`; so the
   two baselines separate what that setting does from what the rest of panza does, see bench/omp_wait.py).
-Both sides generate the same tokens (greedy, same prompt): the results record whether the texts matched.
+With the runtime adapter ours generates direct's tokens (greedy, same prompt); the serving copy rounds
+differently (Q8_0), so its greedy text can part from direct's after some tokens: the results record both.
 
     python -m bench.draft [--quick] [--rounds N] [--threads 2] [--max-tokens 48] [--home PANZA_HOME]
 
 Writes bench/results/draft.{json,md}. Without --home it builds a home from the bundled sample mailbox
-(ingest + index) with a random rank-8 q/v LoRA (written by the training stage's exporter) as the adapter.
+(ingest + index) with a random rank-8 all-linear LoRA (written by the training stage's exporter) as the adapter.
 Up to 7 agents share the 2 cores here: read the ratios, and the load average printed beside every figure.
 """
 
@@ -92,7 +95,11 @@ def _timed(cmd: list[str], env: dict) -> dict:
 
 # -- the home ----------------------------------------------------------------------------------------------
 
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
 def _random_lora(base: Path, out: Path) -> Path:
+    """A rank-8 LoRA on all seven projections of every layer (what `panza train` trains), random weights."""
     import numpy as np
 
     from panza_local import gguf_header
@@ -100,13 +107,15 @@ def _random_lora(base: Path, out: Path) -> Path:
 
     meta = gguf_header.read_header(base)["metadata"]
     arch = meta["general.architecture"]
-    d, heads, kv = (int(meta[f"{arch}.{k}"]) for k in ("embedding_length", "attention.head_count",
-                                                        "attention.head_count_kv"))
+    d, heads, kv, ffn = (int(meta[f"{arch}.{k}"]) for k in ("embedding_length", "attention.head_count",
+                                                             "attention.head_count_kv", "feed_forward_length"))
+    shapes = {"q_proj": (d, d), "k_proj": (d // heads * kv, d), "v_proj": (d // heads * kv, d), "o_proj": (d, d),
+              "gate_proj": (ffn, d), "up_proj": (ffn, d), "down_proj": (d, ffn)}  # (out, in)
     rng, r, tensors = np.random.default_rng(0), 8, {}
     for layer in range(int(meta[f"{arch}.block_count"])):
-        for mod, rows in (("q_proj", d), ("v_proj", d // heads * kv)):
-            pre = f"base_model.model.model.layers.{layer}.self_attn.{mod}"
-            tensors[f"{pre}.lora_A.weight"] = rng.normal(0, 0.02, (r, d)).astype("float32")
+        for mod, (rows, cols) in shapes.items():
+            pre = f"base_model.model.model.layers.{layer}.{'self_attn' if mod in ATTENTION else 'mlp'}.{mod}"
+            tensors[f"{pre}.lora_A.weight"] = rng.normal(0, 0.02, (r, cols)).astype("float32")
             tensors[f"{pre}.lora_B.weight"] = rng.normal(0, 0.02, (rows, r)).astype("float32")
     return export.write_gguf_lora(tensors, alpha=16, rank=r, base_gguf_path=base, out_path=out)
 
@@ -234,18 +243,21 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
         n_prompt.append(engine.count_tokens(text, model_path, settings=settings))
     engine.unload_all()
 
-    variants = ["ours", "ours, first draft", "direct+omp"] + ([] if args.no_spin_baseline else ["direct"])
+    variants = (["ours", "ours, first draft", "ours, runtime adapter", "direct+omp"]
+                + ([] if args.no_spin_baseline else ["direct"]))
     kv_dir = home / "cache" / "kv"
     cold: dict[str, list[dict]] = {v: [] for v in variants}
     same_text: list[bool] = []
+    copy_same_text: list[bool] = []
     print(f"cold: {rounds} rounds of {variants}, {args.threads} threads, {args.max_tokens} tokens; "
           f"load {load():.1f}", flush=True)
     cached = {"job": None}  # which job's draft wrote the prompt cache on disk
 
-    def ours(j: int) -> dict:
+    def ours(j: int, merge: bool = True) -> dict:
         cached["job"] = j
         return _timed([PY, "-m", "panza_local", "draft", JOBS[j][0], "--to", JOBS[j][1], "--max-tokens",
-                       str(args.max_tokens), "--seed", "1", "--temperature", "0", "-q"], env)
+                       str(args.max_tokens), "--seed", "1", "--temperature", "0", "-q"],
+                      env if merge else {**env, "PANZA_MERGE_ADAPTER": "false"})
 
     for i in range(rounds):
         j = i % len(JOBS)
@@ -263,13 +275,17 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
             elif v == "ours, first draft":
                 shutil.rmtree(kv_dir, ignore_errors=True)
                 got[v] = ours(j)
+            elif v == "ours, runtime adapter":  # its own prompt cache (another model file): another email's first
+                ours((j + 1) % len(JOBS), merge=False)
+                got[v] = ours(j, merge=False)
             else:
                 got[v] = _timed([PY, str(work / "direct.py"), str(spec)],
                                 {**env, **engine.OMP_ENV} if v == "direct+omp" else env)
             cold[v].append(got[v])
         # the same tokens: ours is direct's text, plus the sign-off the clean-up appends to a draft cut short
-        same_text.append(got["ours"]["text"] == got["ours, first draft"]["text"]
-                         and got["ours"]["text"].startswith(got["direct+omp"]["text"]))
+        same_text.append(got["ours, runtime adapter"]["text"].startswith(got["direct+omp"]["text"]))
+        copy_same_text.append(got["ours"]["text"] == got["ours, first draft"]["text"]
+                              and got["ours"]["text"].startswith(got["direct+omp"]["text"]))
         if not same_text[-1]:
             print("  texts differ:\n" + "\n".join(f"    {v}: {got[v]['text']!r}" for v in variants), flush=True)
         print(f"  round {i + 1}: " + ", ".join(f"{v} {got[v]['ttft']:.2f}/{got[v]['total']:.2f} s" for v in variants)
@@ -278,7 +294,7 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
     # CPU seconds up to the first token (one token, then exit): the work, which on busy cores inflates far
     # less than wall time. On idle cores a cold draft's first token comes between cpu/2 (everything on both
     # threads) and cpu (nothing in parallel): the estimate printed beside the goal.
-    first_cpu: dict[str, list[float]] = {v: [] for v in variants if v != "direct"}
+    first_cpu: dict[str, list[float]] = {v: [] for v in variants if v not in ("direct", "ours, runtime adapter")}
     for i in range(rounds):
         j = i % len(JOBS)
         spec = work / f"one{j}.json"
@@ -312,9 +328,13 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
                 if server.poll() is not None:
                     raise SystemExit(f"panza serve exited: {server.stderr.read().decode()[-1500:]}") from None
                 time.sleep(0.2)
-        warm: dict[str, list[dict]] = {"serve": [], "tui": [], "tui, after a pause in typing": [], "direct warm": []}
+        warm: dict[str, list[dict]] = {"serve": [], "tui": [], "tui, after a pause in typing": [],
+                                       "tui, runtime adapter": [], "direct warm": []}
+        runtime = config.load({"threads": args.threads, "temperature": 0.0, "seed": 1, "max_tokens": args.max_tokens,
+                               "merge_adapter": False})
         _serve_request(url, *JOBS[-1], args.max_tokens)  # the first request loads the model: not timed
         _tui_draft(*JOBS[-1], settings)
+        _tui_draft(*JOBS[-1], runtime)
         lib = engine.llama_cpp()
         direct = lib.Llama(model_path=str(model_path), lora_path=str(choice.gguf), n_ctx=settings.n_ctx,
                            n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
@@ -326,8 +346,9 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
                      # another email than the plain TUI row's, so neither finds the other's prompt cached
                      ("tui, after a pause in typing", lambda j=j: _tui_after_pause(*JOBS[(j + 3) % len(JOBS)],
                                                                                    settings)),
+                     ("tui, runtime adapter", lambda j=j: _tui_draft(*JOBS[j], runtime)),
                      ("direct warm", lambda j=j: _direct_warm(direct, prompts_text[j], args))]
-            for name, fn in steps[i % 4:] + steps[:i % 4]:
+            for name, fn in steps[i % len(steps):] + steps[:i % len(steps)]:
                 warm[name].append(fn())
             print(f"  warm {i + 1}: " + ", ".join(f"{k} {v[-1]['ttft']:.2f}/{v[-1]['total']:.2f} s"
                                                  for k, v in warm.items()) + f", load {load():.1f}", flush=True)
@@ -336,8 +357,9 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
         server.wait(timeout=30)
 
     out = {"bench": "draft", "threads": args.threads, "max_tokens": args.max_tokens, "rounds": rounds,
-           "home": "sample mailbox + random rank-8 q/v LoRA" if args.home is None else str(args.home),
+           "home": "sample mailbox + random rank-8 all-linear LoRA" if args.home is None else str(args.home),
            "adapter": choice.id, "prompt_tokens": n_prompt, "same_text_as_direct": same_text,
+           "serving_copy_same_text_as_direct": copy_same_text,
            "goals_s": {"cold_first_token": 3.0, "warm_first_token": 0.5},
            "cold": {v: {"ttft": _summary(r, "ttft"), "total": _summary(r, "total"), "cpu": _summary(r, "cpu"),
                         "load": _summary(r, "load")} for v, r in cold.items()},
@@ -360,7 +382,7 @@ def _rows(out: dict) -> list[dict]:
     c, w = out["cold"], out["warm"]
     rows = [row(f"cold draft first token: {o} vs llama-cpp-python direct (same OMP env)", c[o]["ttft"]["median"],
                 c["direct+omp"]["ttft"]["median"], "s", higher_is_better=False)
-            for o in ("ours", "ours, first draft")]
+            for o in ("ours", "ours, first draft", "ours, runtime adapter")]
     if "direct" in c:
         rows.append(row("cold draft first token: ours vs llama-cpp-python direct (default env)",
                         c["ours"]["ttft"]["median"], c["direct"]["ttft"]["median"], "s", higher_is_better=False))
@@ -368,7 +390,7 @@ def _rows(out: dict) -> list[dict]:
                     c["direct+omp"]["total"]["median"], "s", higher_is_better=False))
     rows += [row(f"warm draft first token: {name} vs warm direct", w[name]["ttft"]["median"],
                  w["direct warm"]["ttft"]["median"], "s", higher_is_better=False)
-             for name in ("serve", "tui", "tui, after a pause in typing")]
+             for name in ("serve", "tui", "tui, after a pause in typing", "tui, runtime adapter")]
     return rows
 
 
@@ -378,9 +400,9 @@ def _ratios(out: dict) -> dict:
     for base in ("direct", "direct+omp"):
         if base in c:
             for k in ("ttft", "total"):
-                for o in ("ours", "ours, first draft"):
+                for o in ("ours", "ours, first draft", "ours, runtime adapter"):
                     r[f"cold {k}: {base} / {o}"] = round(c[base][k]["median"] / c[o][k]["median"], 2)
-    for name in ("serve", "tui", "tui, after a pause in typing"):
+    for name in ("serve", "tui", "tui, after a pause in typing", "tui, runtime adapter"):
         for k in ("ttft", "total"):
             r[f"warm {k}: direct warm / {name}"] = round(w["direct warm"][k]["median"] / w[name][k]["median"], 2)
     return r
@@ -411,7 +433,9 @@ def _write(out: dict) -> None:
     lines += ["", "Same-run ratios (baseline / ours; > 1 means panza is faster):", ""]
     lines += [f"- {k}: {v}" for k, v in out["ratios"].items()]
     goals = out["goals_s"]
-    lines += ["", f"Same generated tokens as direct (greedy, same prompt; ours may add the sign-off): {out['same_text_as_direct']}.",
+    lines += ["", ("Same generated tokens as direct (greedy, same prompt; ours may add the sign-off), runtime adapter: "
+                   f"{out['same_text_as_direct']}; serving copy (Q8_0 rounding, may part after some tokens): "
+                   f"{out['serving_copy_same_text_as_direct']}."),
               f"Goals: first token <= {goals['cold_first_token']} s cold, <= {goals['warm_first_token']} s warm."]
     (RESULTS / "draft.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -112,8 +112,12 @@ class Stats:
 
 
 def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: int = 4096,
-         threads: int = 0, gpu_layers: int = 0, logits_all: bool = False, disk_prefix: bool = False):
+         threads: int = 0, gpu_layers: int = 0, logits_all: bool = False, disk_prefix: bool = False,
+         merge: bool = False):
     """Return the llama_cpp.Llama for this (model, adapter, context, threads), loading it once.
+
+    `merge`: load the adapter merged into a serving copy of the base where that is faster on this machine
+    (serving.py: CPU, a Q4_1/Q5_1 base); built the first time, a few seconds.
 
     `disk_prefix`: a fresh load starts from the last draft's KV cache on disk and saves its own after each
     generation (prefix_cache: what lets a cold `panza draft` skip the prompt prefix drafts share)."""
@@ -122,6 +126,10 @@ def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: 
         raise ModelNotFound(f"model file {model_path} does not exist", fix="panza models list")
     if lora_path is not None and not Path(lora_path).exists():
         raise AdapterError(f"adapter file {lora_path} does not exist", fix="panza adapters list")
+    if merge and lora_path is not None and not gpu_layers:
+        from . import serving
+
+        model_path, lora_path = serving.resolve(model_path, lora_path)
     threads = threads or physical_cores()
     key = (str(model_path), str(lora_path or ""), n_ctx, threads, gpu_layers, logits_all)
     with _LOCK:
@@ -199,7 +207,8 @@ def preload(settings=None, *, adapter: bool = True) -> threading.Thread:
                 from .train import registry
 
                 lora = registry.adapter_for(s).gguf
-            load(model_path, lora, n_ctx=s.n_ctx, threads=s.threads, gpu_layers=s.gpu_layers, disk_prefix=True)
+            load(model_path, lora, n_ctx=s.n_ctx, threads=s.threads, gpu_layers=s.gpu_layers, disk_prefix=True,
+                 merge=s.merge_adapter)
         except Exception as exc:  # noqa: BLE001 - the foreground load raises the real error with its fix
             log.debug("preload failed (%s: %s)", type(exc).__name__, exc)
 
@@ -251,7 +260,8 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
             grammar=grammar, stats=stats))
     if model_path is None:
         model_path, _ = default_model(settings)
-    llm = load(model_path, lora_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers)
+    llm = load(model_path, lora_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers,
+               merge=settings.merge_adapter)
     kwargs = {"messages": messages, "stream": True,
               "max_tokens": max_tokens if max_tokens is not None else settings.max_tokens,
               "temperature": settings.temperature if temperature is None else temperature,
@@ -319,7 +329,8 @@ def prefill(messages: list[dict], *, model_path: str | Path | None = None, lora_
         return 0
     if model_path is None:
         model_path, _ = default_model(settings)
-    llm = load(model_path, lora_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers)
+    llm = load(model_path, lora_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers,
+               merge=settings.merge_adapter)
     with _LOCK:
         tokens = fit.chat_tokens(messages, llm)
         cached = _cached(llm._input_ids[:llm.n_tokens], tokens)

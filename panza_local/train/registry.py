@@ -193,7 +193,28 @@ def use(adapter_id: str | None, conn: sqlite3.Connection | None = None) -> dict 
         raise AdapterError(f"{row['gguf']} is missing", fix=f"`panza adapters rm {row['id']}` and train again")
     paths.atomic_symlink(row["id"], link)  # relative target: the home may move
     row["current"] = True
+    _serving_copy(row)
     return row
+
+
+def _serving_copy(row: dict) -> None:
+    """Build the newly served adapter's serving copy now (serving.py), so the next draft does not wait for
+    it (a re-tune does this in the background). The copies of the previously served adapter stay (switching
+    back costs nothing), older ones are deleted."""
+    from .. import catalogue, config, serving
+    from ..errors import PanzaError
+
+    settings = config.load()
+    if settings.merge_adapter and not settings.gpu_layers and not settings.engine_url \
+            and row.get("base_model") == settings.model:
+        try:
+            serving.resolve(catalogue.resolve(settings.model), row["gguf"])
+        except PanzaError as exc:  # the base is gone: drafts say so with its fix; nothing to build
+            import logging
+
+            logging.getLogger(__name__).debug("no serving copy: %s", exc.message)
+    serving.keep_latest([d for d in adapters_dir().iterdir() if d.name != CURRENT and d.is_dir()],
+                        served=Path(row["path"]))
 
 
 def rm(adapter_id: str, conn: sqlite3.Connection | None = None) -> dict:

@@ -1,0 +1,195 @@
+"""The serving copy: the base model with the adapter merged in, in a block type this CPU evaluates prompts fast.
+
+A draft's time to its first token is prompt evaluation (a few hundred tokens: the profile, three retrieved
+emails as earlier chat turns, the instruction). The embedded model ships in Q4_1, a block type without
+llama.cpp's fast CPU matrix kernels (no sgemm or repacked path for the `_1` types), and a LoRA applied at run
+time adds two small matrix products per projection. So for a base whose file type is Q4_1 or Q5_1, the
+adapter is merged into a copy of the base whose projections are Q8_0: faster prompt evaluation, slightly
+slower decoding (figures: bench/results/draft.md, `python -m bench.draft`, rows "runtime adapter" beside
+the default).
+
+Why Q8_0 and not a 4-bit type: re-quantizing a 4-bit base to 4 bits again drowns the adapter's change in
+rounding, while Q8_0's step is a small fraction of Q4_1's and keeps it (tests/test_serving.py checks the
+adapter's effect survives, against llama.cpp applying the same adapter at run time). Only small bases are
+copied: a Q8_0 copy is larger than the 4-bit base, and larger models decode memory-bound, where the bigger
+file would cost more on every token than it saves on the prompt.
+
+The copy lives beside its adapter (`adapters/ID/serve-q8_0.gguf`, with a JSON sidecar naming the exact base
+and adapter files it came from), is written atomically, rebuilt when either input changes, built when an
+adapter starts serving (registry.use) or else on first use, dropped when another adapter takes over, and
+loaded by every path that loads an adapter through `engine.stream_chat`: draft, chat, serve, the TUI and
+eval (which therefore scores what is served). `merge_adapter = false` turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SLOW_FILE_TYPES = {3: "Q4_1", 9: "Q5_1"}
+"""llama.cpp file types (`general.file_type`) without a fast CPU prompt kernel: measured on the embedded model
+re-quantized to each type, these two evaluate prompts slowest, Q5_0, Q4_K, Q8_0 and Q4_0 faster."""
+MAX_COPY_BYTES = 1_500_000_000
+"""Larger bases decode memory-bound: a Q8_0 copy would slow every token more than it speeds the prompt."""
+FORMAT = 1  # sidecar layout; a change rebuilds every copy
+_BUILD_LOCK = threading.Lock()
+
+
+def copy_path(lora_path: str | Path) -> Path:
+    return Path(lora_path).parent / "serve-q8_0.gguf"
+
+
+def _stamp(base: Path, lora: Path, scale: float) -> dict:
+    b, a = base.stat(), lora.stat()
+    return {"format": FORMAT, "base": str(base.resolve()), "base_size": b.st_size, "base_mtime_ns": b.st_mtime_ns,
+            "adapter_size": a.st_size, "adapter_mtime_ns": a.st_mtime_ns, "scale": scale}
+
+
+def remove(adapter_folder: str | Path) -> None:
+    """Delete the serving copy kept in an adapter's folder (it is rebuilt when that adapter serves again)."""
+    out = copy_path(Path(adapter_folder) / "adapter.gguf")
+    for f in (out, out.with_suffix(".json")):
+        f.unlink(missing_ok=True)
+
+
+def keep_latest(folders: list[Path], served: Path, keep: int = 2) -> None:
+    """`served` has just started serving: mark its copy as the latest served and delete the copies in all but
+    the `keep` latest served folders (the one before stays, so switching back is instant)."""
+    side = copy_path(served / "adapter.gguf").with_suffix(".json")
+    if side.exists():
+        os.utime(side)  # the sidecar's mtime is when its adapter last started serving
+    stamped = []
+    for d in folders:
+        s = copy_path(d / "adapter.gguf").with_suffix(".json")
+        with contextlib.suppress(OSError):
+            stamped.append((s.stat().st_mtime_ns, d))
+    for _, d in sorted(stamped, reverse=True)[keep:]:
+        remove(d)
+
+
+def worth_it(base: str | Path) -> bool:
+    """Whether a merged Q8_0 copy of `base` prompts faster than base + runtime LoRA (its file type, its size)."""
+    base = Path(base)
+    try:
+        st = base.stat()
+    except OSError:
+        return False
+    return _worth_it(base, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _worth_it(base: Path, size: int, mtime_ns: int) -> bool:  # every draft asks: read each header once
+    from . import gguf_header
+
+    try:
+        ftype = gguf_header.read_header(base)["metadata"].get("general.file_type")
+    except Exception as exc:  # noqa: BLE001 - engine.load reports an unreadable model with its own fix
+        log.debug("serving copy: cannot read %s (%s)", base.name, exc)
+        return False
+    return ftype in SLOW_FILE_TYPES and size * 1.7 <= MAX_COPY_BYTES
+
+
+def fresh(base: str | Path, lora: str | Path, scale: float = 1.0) -> Path | None:
+    """The serving copy for (base, adapter) when it exists and was built from exactly these files."""
+    out = copy_path(lora)
+    try:
+        stamp = json.loads(out.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    return out if out.exists() and stamp == _stamp(Path(base), Path(lora), scale) else None
+
+
+def resolve(base: str | Path, lora: str | Path | None, *, scale: float = 1.0, build: bool = True
+            ) -> tuple[Path, Path | None]:
+    """(model, adapter) to load: (the serving copy, None) when one is worth having (built here the first
+    time, a few seconds on the embedded model), else the inputs unchanged. A failed build is logged and
+    falls back to the runtime adapter: a draft never fails for want of the faster file."""
+    base = Path(base)
+    if lora is None:
+        return base, None
+    got = fresh(base, lora, scale)
+    if got:
+        return got, None
+    if not build or not worth_it(base):
+        return base, Path(lora)
+    try:
+        return merge(base, Path(lora), scale=scale), None
+    except Exception as exc:  # noqa: BLE001 - disk full, a file the merge cannot read: keep drafting
+        log.warning("serving copy not built (%s: %s): applying the adapter at run time", type(exc).__name__, exc)
+        return base, Path(lora)
+
+
+def merge(base: Path, lora: Path, *, scale: float = 1.0) -> Path:
+    """Write `base` + `scale` x the LoRA in `lora` as a GGUF whose merged and slow-type weights are Q8_0 (the
+    rest, embeddings and norms, byte for byte), beside the adapter; return its path."""
+    with _BUILD_LOCK:  # the preload thread and the foreground may both ask; the second finds it built
+        got = fresh(base, lora, scale)
+        if got:
+            return got
+        out = copy_path(lora)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        try:
+            _write(base, lora, scale, tmp)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        side = out.with_suffix(".json")
+        side_tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+        side_tmp.write_text(json.dumps(_stamp(base, lora, scale)))
+        os.chmod(side_tmp, 0o600)
+        os.replace(side_tmp, side)
+        log.info("serving copy built: %s", out)
+        return out
+
+
+def _write(base: Path, lora: Path, scale: float, out: Path) -> None:
+    import gguf
+    import numpy as np
+    from gguf.quants import dequantize, quantize
+
+    from .errors import AdapterError
+
+    Q8 = gguf.GGMLQuantizationType.Q8_0
+    slow = {gguf.GGMLQuantizationType[name] for name in SLOW_FILE_TYPES.values()}
+    br, lr = gguf.GGUFReader(base), gguf.GGUFReader(lora)
+    alpha_field = lr.fields.get("adapter.lora.alpha")
+    alpha = float(alpha_field.contents()) if alpha_field else 0.0
+    pairs = {t.name: t for t in lr.tensors}
+    w = gguf.GGUFWriter(str(out), br.fields["general.architecture"].contents())
+    for key, f in br.fields.items():
+        if key.startswith("GGUF.") or key in ("general.architecture", "general.alignment", "general.file_type"):
+            continue
+        vtype = f.types[0]
+        w.add_key_value(key, f.contents(), vtype, f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    used = 0
+    for t in br.tensors:
+        a, b = pairs.get(f"{t.name}.lora_a"), pairs.get(f"{t.name}.lora_b")
+        if a is None and t.tensor_type not in slow:
+            w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)  # byte rows: shape follows
+            continue
+        weight = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+        if a is not None:
+            if b is None:
+                raise AdapterError(f"{lora} has {t.name}.lora_a without its lora_b", fix="re-export the adapter")
+            la, lb = np.asarray(a.data, dtype=np.float32), np.asarray(b.data, dtype=np.float32)
+            rank = la.shape[0]
+            weight = weight + (scale * (alpha / rank if alpha else 1.0)) * (lb @ la)
+            used += 1
+        if weight.shape[-1] % 32:  # Q8_0 needs whole 32-weight blocks per row: keep such a tensor in F32
+            w.add_tensor(t.name, weight)
+        else:
+            w.add_tensor(t.name, quantize(weight, Q8), raw_dtype=Q8)
+    if used * 2 != len(pairs):
+        raise AdapterError(f"{lora} has LoRA tensors for weights {base.name} does not have",
+                           fix="use an adapter exported for this base model")
+    for step in (w.write_header_to_file, w.write_kv_data_to_file, w.write_tensors_to_file, w.close):
+        step()

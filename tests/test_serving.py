@@ -1,0 +1,145 @@
+"""The serving copy (serving.py): base + adapter merged into Q8_0 projections keeps what the adapter does,
+against llama.cpp applying the same adapter at run time on the same text; it is built once, rebuilt when its
+inputs change, used by the draft path, made when an adapter starts serving, and never makes a draft fail."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import loras
+import numpy as np
+import pytest
+
+from panza_local import config, engine, gguf_header, serving
+
+TEXTS = ["Hi Bob,\n\nCan we move our site visit to Friday? The council wants the drawings by Thursday.\n\nCheers,\nMaya",
+         "Thank you for the permit update. When does the council decide on the courtyard plan?",
+         "I have attached the invoice for the garden design. Let me know if anything is unclear."]
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, embedded_model) -> Path:
+    """An all-linear rank-8 LoRA large enough to change ~1 in 6 greedy next tokens (as a trained one does)."""
+    return loras.random_lora(embedded_model, tmp_path_factory.mktemp("ad") / "adapter.gguf", std=0.03,
+                             modules=loras.ALL_LINEAR)
+
+
+def _logits(model: Path, lora: Path | None) -> np.ndarray:
+    engine.unload_all()
+    llm = engine.load(model, lora, n_ctx=512, threads=2, logits_all=True)
+    out = []
+    for text in TEXTS:
+        toks = llm.tokenize(text.encode(), add_bos=True)
+        llm.reset()
+        llm.eval(toks)
+        out.append(np.array(llm.scores[:len(toks)], dtype=np.float64))
+    engine.unload_all()
+    return np.concatenate(out)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(1, keepdims=True)
+    return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+
+def test_the_copy_keeps_what_the_adapter_does(adapter, embedded_model):
+    base, runtime = _logits(embedded_model, None), _logits(embedded_model, adapter)
+    copy, lora = serving.resolve(embedded_model, adapter)
+    assert lora is None and copy == adapter.parent / "serve-q8_0.gguf"
+    merged = _logits(copy, None)
+    changed = (base.argmax(1) != runtime.argmax(1)).mean()
+    assert changed > 0.05, "the test adapter must change the model for this to mean anything"
+    effect_rt, effect_copy = (runtime - base).ravel(), (merged - base).ravel()
+    cos = effect_rt @ effect_copy / np.linalg.norm(effect_rt) / np.linalg.norm(effect_copy)
+    assert cos >= 0.9, f"the adapter's logit change survives the merge: cosine {cos:.3f}"
+    agree = (runtime.argmax(1) == merged.argmax(1)).mean()
+    assert agree >= 0.9, f"greedy next token as with the runtime adapter at {agree:.2f} of positions"
+    lr, lm = _log_softmax(runtime), _log_softmax(merged)
+    kl = (np.exp(lr) * (lr - lm)).sum(1).mean()
+    kl_adapter = (np.exp(lr) * (lr - _log_softmax(base))).sum(1).mean()
+    assert kl < kl_adapter / 4, f"merge noise (KL {kl:.4f}) well under the adapter's own effect ({kl_adapter:.4f})"
+    # the projections are Q8_0 now; the embedding table is the base's bytes unchanged
+    meta = gguf_header.read_header(copy)["metadata"]
+    assert meta["general.file_type"] == 7 and meta["general.architecture"] == "llama"
+    assert meta.get("tokenizer.chat_template") == gguf_header.read_header(embedded_model)["metadata"].get(
+        "tokenizer.chat_template")
+    assert oct(copy.stat().st_mode & 0o777) == "0o600"
+
+
+def test_built_once_rebuilt_when_the_adapter_changes(tmp_path, adapter, embedded_model):
+    mine = tmp_path / "adapter.gguf"
+    shutil.copy(adapter, mine)
+    first, _ = serving.resolve(embedded_model, mine)
+    stamp = first.stat().st_mtime_ns
+    again, _ = serving.resolve(embedded_model, mine)
+    assert again == first and first.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    loras.random_lora(embedded_model, mine, std=0.03, seed=7)  # a re-export in place
+    assert serving.fresh(embedded_model, mine) is None
+    rebuilt, _ = serving.resolve(embedded_model, mine)
+    assert rebuilt == first and serving.fresh(embedded_model, mine) == first
+    assert not list(tmp_path.glob(".*tmp"))  # no half-written file left behind
+    serving.remove(tmp_path)
+    assert not first.exists() and not first.with_suffix(".json").exists()
+
+
+def test_a_fast_base_is_left_alone(tmp_path):
+    from panza_local.train.torch import synth
+
+    base = synth.write(tmp_path / "q8.gguf", types="Q8_0")
+    lora = loras.random_lora(base, tmp_path / "ad" / "adapter.gguf")
+    assert not serving.worth_it(base)
+    assert serving.resolve(base, lora) == (base, lora)
+    assert not (tmp_path / "ad" / "serve-q8_0.gguf").exists()
+
+
+def test_a_merge_that_fails_falls_back_to_the_runtime_adapter(tmp_path, embedded_model, caplog):
+    from panza_local.train.torch import synth
+
+    other = synth.write(tmp_path / "other.gguf", n_layers=2, types="Q8_0")
+    wrong = loras.random_lora(other, tmp_path / "ad" / "adapter.gguf")  # for another model's shapes
+    with caplog.at_level(logging.WARNING, logger="panza_local.serving"):
+        got = serving.resolve(embedded_model, wrong)
+    assert got == (Path(embedded_model), wrong)
+    assert "serving copy not built" in caplog.text
+    assert not list((tmp_path / "ad").glob("serve-*")) and not list((tmp_path / "ad").glob(".*tmp"))
+
+
+def test_drafts_load_the_copy_unless_the_setting_says_no(tmp_path, home, adapter, embedded_model):
+    mine = tmp_path / "adapter.gguf"
+    shutil.copy(adapter, mine)
+    msgs = [{"role": "user", "content": "Ask Bob to move our meeting to Friday"}]
+    for merge, expect in ((True, serving.copy_path(mine)), (False, Path(embedded_model))):
+        engine.unload_all()
+        settings = config.load({"merge_adapter": merge, "threads": 2, "max_tokens": 4, "temperature": 0.0})
+        "".join(engine.stream_chat(msgs, model_path=embedded_model, lora_path=mine, settings=settings))
+        (key, llm), = engine._MODELS.items()
+        assert Path(llm.model_path) == expect and bool(key[1]) is (not merge)
+    engine.unload_all()
+
+
+def test_serving_an_adapter_builds_its_copy_and_keeps_only_the_previous_ones(home, adapter, embedded_model):
+    from panza_local import store
+    from panza_local.train import registry
+
+    conn = store.connect()
+    ids = []
+    for n in range(3):
+        aid = f"ad-test{n}"
+        d = registry.adapter_dir(aid)
+        d.mkdir(parents=True)
+        shutil.copy(adapter, d / "adapter.gguf")
+        registry.begin(conn, aid, base_model="smollm2-135m", base_sha256="x", data_hash=str(n), config={})
+        registry.finish(conn, aid, {})
+        ids.append(aid)
+    copies = [serving.copy_path(registry.adapter_dir(a) / "adapter.gguf") for a in ids]
+    registry.use(ids[0], conn)
+    assert serving.fresh(embedded_model, registry.adapter_dir(ids[0]) / "adapter.gguf") == copies[0]
+    registry.use(ids[1], conn)
+    built = copies[1].stat().st_mtime_ns
+    registry.use(ids[0], conn)  # back to the previous adapter: its copy was kept
+    registry.use(ids[1], conn)
+    assert copies[0].exists() and copies[1].stat().st_mtime_ns == built  # neither was rebuilt
+    registry.use(ids[2], conn)
+    assert copies[2].exists() and copies[1].exists() and not copies[0].exists()  # the oldest gives its disk back
