@@ -143,3 +143,7 @@ def test_serving_an_adapter_builds_its_copy_and_keeps_only_the_previous_ones(hom
     assert copies[0].exists() and copies[1].stat().st_mtime_ns == built  # neither was rebuilt
     registry.use(ids[2], conn)
     assert copies[2].exists() and copies[1].exists() and not copies[0].exists()  # the oldest gives its disk back
+    from panza_local.cli.adapters import _brief
+
+    assert _brief(registry.get(ids[2], conn))["serving_copy"] == str(copies[2])  # `adapters list` shows it
+    assert _brief(registry.get(ids[0], conn))["serving_copy"] is None

@@ -31,7 +31,15 @@ def _brief(r: dict) -> dict:
     m = r.get("metrics") or {}
     return {"id": r["id"], "current": r.get("current", False), "status": r["status"], "base_model": r["base_model"],
             "created_at": r["created_at"], "val_loss_before": m.get("val_loss_before"),
-            "val_loss_after": m.get("val_loss_after"), "n_train": m.get("n_train"), "gguf": r["gguf"]}
+            "val_loss_after": m.get("val_loss_after"), "n_train": m.get("n_train"), "gguf": r["gguf"],
+            "serving_copy": _copy(r["gguf"])}
+
+
+def _copy(gguf: str) -> str | None:
+    from .. import serving
+
+    out = serving.copy_path(gguf)
+    return str(out) if out.exists() else None
 
 
 def list_cmd(args) -> int:
@@ -46,7 +54,7 @@ def list_cmd(args) -> int:
             loss = (f"val {r['val_loss_before']:.3f} -> {r['val_loss_after']:.3f}"
                     if r["val_loss_after"] is not None else "")
             print(f"{'*' if r['current'] else ' '} {r['id']}  {r['status']:8} {r['base_model']:16} "
-                  f"{r['created_at']}  {loss}")
+                  f"{r['created_at']}  {loss}{'  (merged copy)' if r['serving_copy'] else ''}")
 
     emit(args, {"adapters": rows, "current": next((r["id"] for r in rows if r["current"]), None)}, human)
     return 0
