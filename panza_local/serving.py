@@ -14,7 +14,7 @@ adapter's effect survives, against llama.cpp applying the same adapter at run ti
 copied: a Q8_0 copy is larger than the 4-bit base, and larger models decode memory-bound, where the bigger
 file would cost more on every token than it saves on the prompt.
 
-The copy lives beside its adapter (`adapters/ID/serve-q8_0.gguf`, with a JSON sidecar naming the exact base
+The copy lives beside its adapter (`adapters/ID/adapter.serve-q8_0.gguf`, with a JSON sidecar naming the exact base
 and adapter files it came from), is written atomically, rebuilt when either input changes, built when an
 adapter starts serving (registry.use) or else on first use, dropped when another adapter takes over, and
 loaded by every path that loads an adapter through `engine.stream_chat`: draft, chat, serve, the TUI and
@@ -43,7 +43,9 @@ _BUILD_LOCK = threading.Lock()
 
 
 def copy_path(lora_path: str | Path) -> Path:
-    return Path(lora_path).parent / "serve-q8_0.gguf"
+    """Where the serving copy of (its base +) this adapter lives: beside it, named after it."""
+    lora_path = Path(lora_path)
+    return lora_path.with_name(f"{lora_path.stem}.serve-q8_0.gguf")
 
 
 def _stamp(base: Path, lora: Path, scale: float) -> dict:
@@ -55,7 +57,7 @@ def _stamp(base: Path, lora: Path, scale: float) -> dict:
 def remove(adapter_folder: str | Path) -> None:
     """Delete the serving copy kept in an adapter's folder (it is rebuilt when that adapter serves again)."""
     out = copy_path(Path(adapter_folder) / "adapter.gguf")
-    for f in (out, out.with_suffix(".json")):
+    for f in (out, out.with_suffix(".json"), out.with_suffix(".failed")):
         f.unlink(missing_ok=True)
 
 
@@ -93,7 +95,7 @@ def _worth_it(base: Path, size: int, mtime_ns: int) -> bool:  # every draft asks
     except Exception as exc:  # noqa: BLE001 - engine.load reports an unreadable model with its own fix
         log.debug("serving copy: cannot read %s (%s)", base.name, exc)
         return False
-    return ftype in SLOW_FILE_TYPES and size * 1.7 <= MAX_COPY_BYTES
+    return ftype in SLOW_FILE_TYPES and size * 8.5 / 5 <= MAX_COPY_BYTES  # Q8_0: 8.5 bits a weight, Q4_1: 5
 
 
 def fresh(base: str | Path, lora: str | Path, scale: float = 1.0) -> Path | None:
@@ -119,10 +121,17 @@ def resolve(base: str | Path, lora: str | Path | None, *, scale: float = 1.0, bu
         return got, None
     if not build or not worth_it(base):
         return base, Path(lora)
+    failed = copy_path(lora).with_suffix(".failed")
+    stamp = _stamp(base, Path(lora), scale)
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(failed.read_text()) == stamp:  # this exact merge failed before: do not retry every draft
+            return base, Path(lora)
     try:
         return merge(base, Path(lora), scale=scale), None
     except Exception as exc:  # noqa: BLE001 - disk full, a file the merge cannot read: keep drafting
         log.warning("serving copy not built (%s: %s): applying the adapter at run time", type(exc).__name__, exc)
+        with contextlib.suppress(OSError):
+            failed.write_text(json.dumps(stamp))
         return base, Path(lora)
 
 

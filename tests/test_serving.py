@@ -47,7 +47,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 def test_the_copy_keeps_what_the_adapter_does(adapter, embedded_model):
     base, runtime = _logits(embedded_model, None), _logits(embedded_model, adapter)
     copy, lora = serving.resolve(embedded_model, adapter)
-    assert lora is None and copy == adapter.parent / "serve-q8_0.gguf"
+    assert lora is None and copy == adapter.parent / "adapter.serve-q8_0.gguf"
     merged = _logits(copy, None)
     changed = (base.argmax(1) != runtime.argmax(1)).mean()
     assert changed > 0.05, "the test adapter must change the model for this to mean anything"
@@ -91,7 +91,7 @@ def test_a_fast_base_is_left_alone(tmp_path):
     lora = loras.random_lora(base, tmp_path / "ad" / "adapter.gguf")
     assert not serving.worth_it(base)
     assert serving.resolve(base, lora) == (base, lora)
-    assert not (tmp_path / "ad" / "serve-q8_0.gguf").exists()
+    assert not list((tmp_path / "ad").glob("*.serve-*"))
 
 
 def test_a_merge_that_fails_falls_back_to_the_runtime_adapter(tmp_path, embedded_model, caplog):
@@ -103,7 +103,15 @@ def test_a_merge_that_fails_falls_back_to_the_runtime_adapter(tmp_path, embedded
         got = serving.resolve(embedded_model, wrong)
     assert got == (Path(embedded_model), wrong)
     assert "serving copy not built" in caplog.text
-    assert not list((tmp_path / "ad").glob("serve-*")) and not list((tmp_path / "ad").glob(".*tmp"))
+    assert not list((tmp_path / "ad").glob("*.gguf.*")) and not list((tmp_path / "ad").glob("*serve*.gguf"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="panza_local.serving"):
+        assert serving.resolve(embedded_model, wrong) == (Path(embedded_model), wrong)
+    assert "serving copy not built" not in caplog.text  # the failure is remembered: no retry on every draft
+    loras.random_lora(other, wrong, seed=3)  # a new adapter file: worth another try
+    with caplog.at_level(logging.WARNING, logger="panza_local.serving"):
+        serving.resolve(embedded_model, wrong)
+    assert "serving copy not built" in caplog.text
 
 
 def test_drafts_load_the_copy_unless_the_setting_says_no(tmp_path, home, adapter, embedded_model):
