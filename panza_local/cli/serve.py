@@ -17,6 +17,9 @@ def run(args) -> int:
 
     settings = config.load({"serve_host": args.host, "serve_port": args.port})
     serve.check_bind(settings.serve_host, settings.api_key)
+    from .. import engine
+
+    engine.preload(settings)  # model, adapter (and its serving copy) load while the server starts listening
     host = f"[{settings.serve_host}]" if ":" in settings.serve_host else settings.serve_host
     console().print(f"panza serve: http://{host}:{settings.serve_port}/v1  "
                     f"(models: {', '.join(serve.MODELS)}; "
