@@ -95,43 +95,21 @@ def _timed(cmd: list[str], env: dict) -> dict:
 
 # -- the home ----------------------------------------------------------------------------------------------
 
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-def _random_lora(base: Path, out: Path) -> Path:
-    """A rank-8 LoRA on all seven projections of every layer (what `panza train` trains), random weights."""
-    import numpy as np
-
-    from panza_local import gguf_header
-    from panza_local.train import export
-
-    meta = gguf_header.read_header(base)["metadata"]
-    arch = meta["general.architecture"]
-    d, heads, kv, ffn = (int(meta[f"{arch}.{k}"]) for k in ("embedding_length", "attention.head_count",
-                                                             "attention.head_count_kv", "feed_forward_length"))
-    shapes = {"q_proj": (d, d), "k_proj": (d // heads * kv, d), "v_proj": (d // heads * kv, d), "o_proj": (d, d),
-              "gate_proj": (ffn, d), "up_proj": (ffn, d), "down_proj": (d, ffn)}  # (out, in)
-    rng, r, tensors = np.random.default_rng(0), 8, {}
-    for layer in range(int(meta[f"{arch}.block_count"])):
-        for mod, (rows, cols) in shapes.items():
-            pre = f"base_model.model.model.layers.{layer}.{'self_attn' if mod in ATTENTION else 'mlp'}.{mod}"
-            tensors[f"{pre}.lora_A.weight"] = rng.normal(0, 0.02, (r, cols)).astype("float32")
-            tensors[f"{pre}.lora_B.weight"] = rng.normal(0, 0.02, (rows, r)).astype("float32")
-    return export.write_gguf_lora(tensors, alpha=16, rank=r, base_gguf_path=base, out_path=out)
-
-
 def build_home(home: Path) -> None:
     """Sample mailbox ingested and indexed, a random adapter registered and in use."""
     from panza_local import catalogue, ingest, sample, store
     from panza_local.retrieval import index
     from panza_local.train import registry
+    from panza_local.train.torch import synth
 
     conn = store.connect()
     mbox = sample.write_sample_mailbox(home.parent / "mail")
     ingest.ingest(conn, [str(mbox)], me=[sample.SAMPLE_ME])
     index.sync(conn)
     registry.begin(conn, "ad-bench", base_model="smollm2-135m", base_sha256="-", data_hash="-", config={})
-    _random_lora(catalogue.embedded_path("smollm2-135m"), registry.adapter_dir("ad-bench") / "adapter.gguf")
+    # rank 8 on all seven projections (what `panza train` trains), random weights
+    synth.random_lora(catalogue.embedded_path("smollm2-135m"), registry.adapter_dir("ad-bench") / "adapter.gguf",
+                      std=0.02, modules=synth.ALL_LINEAR)
     registry.finish(conn, "ad-bench", {})
     registry.use("ad-bench", conn)
     conn.close()

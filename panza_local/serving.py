@@ -31,6 +31,8 @@ import os
 import threading
 from pathlib import Path
 
+from . import paths
+
 log = logging.getLogger(__name__)
 
 SLOW_FILE_TYPES = {3: "Q4_1", 9: "Q5_1"}
@@ -131,7 +133,7 @@ def resolve(base: str | Path, lora: str | Path | None, *, scale: float = 1.0, bu
     except Exception as exc:  # noqa: BLE001 - disk full, a file the merge cannot read: keep drafting
         log.warning("serving copy not built (%s: %s): applying the adapter at run time", type(exc).__name__, exc)
         with contextlib.suppress(OSError):
-            failed.write_text(json.dumps(stamp))
+            paths.write_private(failed, json.dumps(stamp))
         return base, Path(lora)
 
 
@@ -146,15 +148,11 @@ def merge(base: Path, lora: Path, *, scale: float = 1.0) -> Path:
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         try:
             _write(base, lora, scale, tmp)
-            os.chmod(tmp, 0o600)
+            os.chmod(tmp, paths.FILE_MODE)
             os.replace(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
-        side = out.with_suffix(".json")
-        side_tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
-        side_tmp.write_text(json.dumps(_stamp(base, lora, scale)))
-        os.chmod(side_tmp, 0o600)
-        os.replace(side_tmp, side)
+        paths.write_private(out.with_suffix(".json"), json.dumps(_stamp(base, lora, scale)))
         log.info("serving copy built: %s", out)
         return out
 
