@@ -5,7 +5,7 @@ uses) and the same seeds; between them the pairs are deleted, so both generate e
 store's own metric: recall@1 against the user's whole mailbox, the median copy ratio, and the share of
 instructions that came from the keyword fallback.
 
-    python bench/playback.py [--mbox FILE] [--me ADDRESS] [--n 80] [--threads 1] [--parallel 8]
+    python bench/playback.py [--mbox FILE] [--me ADDRESS] [--n 80] [--threads 1] [--parallel 8] [--model NAME]
 
 Writes bench/results/playback.json and playback.md. On a shared 2-core machine wall time swings with the
 other work on it, so the CPU seconds of this process (one llama.cpp thread: the work itself) are reported
@@ -56,7 +56,7 @@ def _one(conn, n: int, parallel: int, settings) -> dict:
             "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
-def measure(mbox: Path, me: str, n: int, threads: int, parallel: int) -> dict:
+def measure(mbox: Path, me: str, n: int, threads: int, parallel: int, model: str | None = None) -> dict:
     os.environ["PANZA_HOME"] = tempfile.mkdtemp(prefix="panza-bench-")
     from panza_local import catalogue, config, engine, ingest, store
 
@@ -64,6 +64,7 @@ def measure(mbox: Path, me: str, n: int, threads: int, parallel: int) -> dict:
     ing = ingest.ingest(conn, [str(mbox)], me=[me])
     settings = config.load()
     settings.threads = threads
+    settings.model = model or settings.model  # both paths play back with it
     model_path = catalogue.resolve(settings.model)
     engine.chat([{"role": "user", "content": "hi"}], model_path=model_path, settings=settings, max_tokens=1)
     pool = conn.execute("SELECT count(*) FROM messages WHERE is_mine = 1 AND deleted = 0").fetchone()[0]
@@ -113,11 +114,12 @@ def cli() -> int:
     ap.add_argument("--n", type=int, default=80, help="emails per path")
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 on a loaded shared machine)")
     ap.add_argument("--parallel", type=int, default=8, help="sequences per decode on the batched path")
+    ap.add_argument("--model", default=None, help="catalogue model to play back with (default: the active one)")
     ap.add_argument("--out", default="playback", help="results file name under bench/results")
     args = ap.parse_args()
     if not args.mbox.exists():
         sys.exit(f"{args.mbox} not found: pass --mbox FILE (../shared/data/enron/sent/*.mbox) and --me ADDRESS")
-    res = measure(args.mbox, args.me, args.n, args.threads, args.parallel)
+    res = measure(args.mbox, args.me, args.n, args.threads, args.parallel, args.model)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps({"machine": machine(), **res}, indent=2))
     (RESULTS / f"{args.out}.md").write_text(_md(res))

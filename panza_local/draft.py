@@ -105,8 +105,11 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
             reply_to: str | Path | bytes | Reply | None = None, use_rag: bool = True,
             use_adapter: bool | str | Path = True, seed: int | None = None, settings=None,
             examples: list[Retrieved] | None = None, profile: prompts.Profile | None = None,
-            exclude_ids: list[str] | None = None) -> DraftPlan:
-    """Build the prompt for a draft: profile, past emails (recipient first), thread, adapter."""
+            exclude_ids: list[str] | None = None, infer_to: bool = True) -> DraftPlan:
+    """Build the prompt for a draft: profile, past emails (recipient first), thread, adapter.
+
+    Without a recipient or a thread, the person the instruction addresses ("Ask Priya to ...") is looked up
+    among the people the user writes to (`infer_to`): their greeting and emails to them then shape the draft."""
     from . import config
     from . import profile as profiles
 
@@ -120,6 +123,8 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
     if reply:
         to = to or reply.sender
         subject = subject or _re(reply.subject)
+    elif not to and infer_to:
+        to = _addressed(instruction, notices)
     prof = profiles.prompt_profile(to, profile if profile is not None else _safe(profiles.load, notices, prompts.Profile()),
                                    notices=notices, hint=instruction)
     if examples is None:
@@ -148,6 +153,22 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
                      notices=notices, render=render)
     fit.fit_plan(plan)  # trims to the context with a notice; ContextTooLong when the instruction cannot fit
     return plan
+
+
+def _addressed(instruction: str, notices: list[str]) -> str | None:
+    """The recipient the instruction names, when exactly one person the user writes to fits (a notice says so)."""
+    from .profile import recipient_named
+
+    try:
+        to, several = recipient_named(instruction)
+    except PanzaError:  # no store yet, or unreadable: the draft goes on without a recipient
+        return None
+    if to:
+        notices.append(f"to {to}: the person the instruction names, from your mail (give a recipient to change it)")
+    elif several:
+        notices.append(f"the instruction names more than one person you write to ({', '.join(several[:4])}): "
+                       "drafting without a recipient; give one to choose")
+    return to or None
 
 
 def _safe(fn, notices: list[str], default):
@@ -426,7 +447,7 @@ def finish(plan: DraftPlan, *, record: bool = True) -> Draft:
     # cleaned from the raw text, not the streamed pieces: a stream stopped early never got its tail
     cleaner = cleanup.Cleaner(plan.profile, plan.to, plan.instruction)
     text = (cleaner.feed("".join(plan.raw)) + cleaner.close()).strip()
-    subject = plan.subject or cleaner.subject or _subject_from(plan.instruction)
+    subject = plan.subject or cleaner.subject or prompts.subject_line(plan.instruction)
     reply = plan.reply
     refs = [*reply.references, reply.message_id] if reply and reply.message_id else []
     notices = list(plan.notices)
@@ -516,12 +537,6 @@ def copied_from(text: str, retrieved: list[Retrieved], n: int = COPY_WORDS) -> l
         if any(tuple(src[i:i + n]) in grams for i in range(len(src) - n + 1)):
             out.append(r.id)
     return out
-
-
-def _subject_from(instruction: str) -> str:
-    words = instruction.split()
-    s = " ".join(words[:8]).rstrip(".,;:!?")
-    return (s[:1].upper() + s[1:] + (" ..." if len(words) > 8 else "")) if s else ""
 
 
 def _record(d: Draft) -> None:

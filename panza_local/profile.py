@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-from . import paths
+from . import paths, prompts
 from .errors import ConfigError, PanzaError
 from .prompts import Profile
 
@@ -272,6 +272,52 @@ def first_name_of(to: str | None, hint: str = "") -> str:
     if (len(parts) == 2 and parts[1].isalpha() and len(parts[1]) > 1) or re.search(rf"\b{first}\b", hint or ""):
         return first
     return ""
+
+
+DOMINANT = 3  # several people share the name: take the one written to this many times as often as the next
+
+
+def recipient_named(instruction: str, conn=None) -> tuple[str, list[str]]:
+    """Whom an instruction addresses among the people the user writes to: "Ask Priya to ..." ->
+    ("Priya Natarajan <priya.natarajan@...>", []). The first name is matched against each correspondent's display
+    name, else their address's first part ("priya.natarajan@"); several matches -> the one written to
+    DOMINANT times as often as the next, else ("", [the candidates]) for the caller to ask. ("", []) when the
+    instruction names nobody this way or nobody by that name has been written to."""
+    from email.utils import formataddr
+
+    from . import store
+    from .ingest import messages
+
+    name = prompts.addressed_name(instruction).lower()
+    if not name:
+        return "", []
+    own = conn is None
+    conn = conn or store.connect()
+    try:
+        people = messages.correspondents(conn)
+    finally:
+        if own:
+            conn.close()
+    hits = [(addr, shown, n) for addr, shown, n in people if _first_of(shown, addr) == name]
+    if not hits:
+        return "", []
+    as_to = [formataddr((shown, addr)) if shown else addr for addr, shown, _ in hits]
+    if len(hits) == 1 or hits[0][2] >= DOMINANT * hits[1][2]:
+        return as_to[0], []
+    return "", as_to
+
+
+def _first_of(shown: str, addr: str) -> str:
+    """A correspondent's first name, lower case: their display name's first word, else the address's first part
+    when the address reads as a name (letters only: "priya.natarajan@", "tom@"; not "orders-desk2@")."""
+    if shown:
+        first = shown.split()[0].strip(",\"'")
+        if "," in shown:  # "Berg, Jonas"
+            first = shown.split(",", 1)[1].split()[0] if shown.split(",", 1)[1].split() else first
+        return first.lower()
+    local = addr.split("@")[0]
+    parts = re.split(r"[._+-]", local)
+    return parts[0].lower() if parts[0].isalpha() and len(parts[0]) > 1 and len(parts) <= 3 else ""
 
 
 def address_of(value: str) -> str:

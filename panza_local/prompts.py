@@ -165,6 +165,60 @@ def other_weekdays(*texts: str | None) -> list[str]:
     return [d for d in WEEKDAYS if d not in named] if named else []
 
 
+# "Ask Priya to ...", "Let Jonas know ...", "Reply to Sam about ...": the person an instruction is addressed to
+# is the word after its leading verb (drafts without a To: look them up among the people the user writes to).
+_ADDRESSED = re.compile(
+    r"^\s*(?:please\s+)?(?P<verb>thank|ask|tell|remind|invite|let|email|e-mail|mail|message|ping|text|update|inform|"
+    r"congratulate|welcome|warn|answer|brief|nudge|send|write(?:\s+back)?\s+to|write|reply\s+to|respond\s+to|"
+    r"get\s+back\s+to|follow\s+up\s+with|check\s+(?:in\s+)?with|confirm\s+with|apologi[sz]e\s+to|"
+    r"say\s+(?:thanks|sorry|hi|hello)\s+to)\s+(?P<name>[^\W\d_][\w'\u2019-]*)(?P<rest>.*)$",
+    re.IGNORECASE | re.DOTALL)
+_NOT_A_NAME = frozenset("""him her them me us you everyone everybody all the a an my our his their your team someone
+somebody whoever back that this it people folks guys""".split())  # noqa: SIM905
+_PEOPLE = frozenset(("him", "her", "them", "everyone", "everybody", "all"))  # "Email everyone the minutes": no name, same shape
+# What joins the verb's person to the content: "Ask Bob TO move", "Tell Jonas THAT", "Let Sam KNOW (that)".
+_JOIN = re.compile(r"^\s*(?:know\s+)?(?:(?:that|about|regarding|re:?|to|for|if|whether|when)\s+)?", re.IGNORECASE)
+_ASKED_PERSON = re.compile(r"^(?:you|he|she|they|we|it)\s+(?:can|could|would|will|might|is|are|has|have|had|did|does|do|"
+                           r"wants?\s+to|needs?\s+to)?\s*", re.IGNORECASE)
+_CLAUSE_END = re.compile(r"[,;.!?\n]|\s(?:and|but|so|because)\s", re.IGNORECASE)
+SUBJECT_WORDS = 10
+
+
+def addressed_name(instruction: str) -> str:
+    """The first name an instruction is addressed to ("Ask Priya to ..." -> "Priya"), else ''."""
+    m = _ADDRESSED.match(instruction or "")
+    if not m:
+        return ""
+    name = re.sub(r"['\u2019]s$", "", m.group("name"))
+    return "" if name.lower() in _NOT_A_NAME else name
+
+
+def subject_line(instruction: str) -> str:
+    """A subject for an instruction given none: what it is about, not the order to the assistant ("Ask Bob to
+    move our meeting to Friday" -> "Move our meeting to Friday"; "Thank Jonas for the quick delivery and ..."
+    -> "Thanks for the quick delivery"): its first clause, at most SUBJECT_WORDS words."""
+    text = " ".join((instruction or "").split())
+    m = _ADDRESSED.match(text)
+    if m and (addressed_name(text) or m.group("name").lower() in _PEOPLE):
+        rest = m.group("rest").strip(" ,;:.!?-")
+        if m.group("verb").lower() == "thank":
+            rest = "Thanks" + (" for" if rest and not re.match(r"for\b", rest, re.IGNORECASE) else "") + " " + rest
+        else:
+            rest = _JOIN.sub("", rest, count=1)
+            if re.match(r"(?:if|whether)\b", m.group("rest").strip(" ,;:"), re.IGNORECASE):
+                rest = _ASKED_PERSON.sub("", rest, count=1)
+        text = _first_clause(rest) and rest.strip() or text
+    return _first_clause(text)
+
+
+def _first_clause(text: str) -> str:
+    cut = _CLAUSE_END.search(text)
+    head = text[:cut.start()] if cut and cut.start() > 0 else text
+    words = head.split()
+    s = " ".join(words[:SUBJECT_WORDS]).rstrip(".,;:!?-")
+    return (s[:1].upper() + s[1:] + (" ..." if len(words) > SUBJECT_WORDS else "")) if s else ""
+
+
 def user_turn(instruction: str, *, thread: str | None = None, to: str | None = None,
               subject: str | None = None, documents: list[tuple[str, str]] | None = None, **_context) -> str:
     """The last user message: passages of the user's documents and the email being answered (fenced,

@@ -120,7 +120,8 @@ def generate(item: Item, config: str, seed: int, settings, examples: list | None
     reply = draft.Reply(body=item.thread) if item.thread else None
     plan = draft.prepare(item.instruction, to=item.to, subject=item.subject, reply_to=reply, use_rag=False,
                          use_adapter=adapter if opts["use_adapter"] else False, seed=seed, settings=settings,
-                         examples=list(examples or []) if opts["use_rag"] else [])
+                         examples=list(examples or []) if opts["use_rag"] else [],
+                         infer_to=False)  # the held-out email's own recipient, or none: as it was sent
     for _ in draft.stream(plan):
         pass
     d = draft.finish(plan, record=False)

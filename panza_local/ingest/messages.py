@@ -3,8 +3,11 @@ recent mail the TUI's draft form offers to reply to."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections import Counter
 from collections.abc import Iterator
+from email.utils import getaddresses
 
 from .. import store
 from ..errors import NoDataError
@@ -107,6 +110,28 @@ def mine_to(conn: sqlite3.Connection, address: str, limit: int = 200) -> list[st
     rows = conn.execute("SELECT body FROM messages WHERE is_mine = 1 AND deleted = 0 AND "
                         "lower(to_addrs) LIKE ? ORDER BY date DESC LIMIT ?", (f"%{address.lower()}%", limit))
     return [r["body"] for r in rows]
+
+
+def correspondents(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    """(address, display name or '', emails) of everyone the user has written to, the most written to first."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
+    names_col = "to_names" if "to_names" in cols else "NULL"
+    emails: Counter[str] = Counter()
+    names: dict[str, str] = {}
+    for addrs, raw in conn.execute(f"SELECT to_addrs, {names_col} FROM messages WHERE is_mine = 1 AND deleted = 0"):
+        try:
+            shown = json.loads(raw) if raw else []
+        except ValueError:
+            shown = []
+        for i, (written, addr) in enumerate(getaddresses([addrs or ""])):
+            addr = addr.strip().lower()
+            if "@" not in addr:
+                continue
+            emails[addr] += 1
+            name = shown[i] if i < len(shown) and isinstance(shown[i], str) and shown[i].strip() else written
+            if not names.get(addr) and name.strip():
+                names[addr] = " ".join(name.split())
+    return [(a, names.get(a, ""), n) for a, n in emails.most_common()]
 
 
 def counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -1,0 +1,83 @@
+"""A draft without a recipient: the person the instruction addresses, looked up among the people the user writes
+to, and a subject that says what the email is about rather than repeating the order given to the assistant."""
+
+from __future__ import annotations
+
+import pytest
+from test_draft import add_message
+
+from panza_local import draft, ingest, profile, prompts, store
+from panza_local.sample import write_sample_mailbox
+
+
+@pytest.mark.parametrize("instruction, subject", [
+    ("Ask Bob to move our meeting to Friday", "Move our meeting to Friday"),
+    ("Invite Hannah to book club at mine on Thursday at 7:30", "Book club at mine on Thursday at 7:30"),
+    ("Thank Jonas for the quick delivery and ask for the invoice", "Thanks for the quick delivery"),
+    ("thank tom!", "Thanks"),
+    ("Tell Priya I can't make the garden meeting on Wednesday, but Tom can go", "I can't make the garden meeting on Wednesday"),
+    ("Ask Hannah if she can bring the new book to club next week", "Bring the new book to club next week"),
+    ("Let Sam know that the plans are ready", "The plans are ready"),
+    ("Reply to Tom about the invoice", "The invoice"),
+    ("Email everyone the minutes", "The minutes"),
+    ("Ask Bob.", "Ask Bob"),  # nothing after the person: the instruction itself
+    ("Send the invoice to Jonas", "Send the invoice to Jonas"),  # no person after the verb: as written
+    ("write a note about the budget review for next quarter and the one after that",
+     "Write a note about the budget review for next quarter"),
+    ("one two three four five six seven eight nine ten eleven twelve", "One two three four five six seven eight nine ten ..."),
+])
+def test_subject_says_what_the_email_is_about(instruction, subject):
+    assert prompts.subject_line(instruction) == subject
+
+
+def test_the_person_an_instruction_addresses():
+    named = {"Ask Priya to send the list": "Priya", "please let Sam know": "Sam", "Reply to O'Neil about it": "O'Neil",
+             "Write back to Jonas": "Jonas", "Follow up with Hannah's team": "Hannah", "Ask him about it": "",
+             "Email everyone": "", "Tell the team": "", "Move the meeting to Friday": "", "": ""}
+    assert {k: prompts.addressed_name(k) for k in named} == named
+
+
+@pytest.fixture
+def sample_home(home):
+    """The quickstart's sample person's mailbox, ingested for real (display names and all)."""
+    conn = store.connect()
+    box = write_sample_mailbox(home / "sample.mbox")
+    ingest.ingest(conn, [str(box)], me=["maya@lindqvist-studio.example"])
+    yield conn
+    conn.close()
+
+
+def test_the_named_person_is_found_among_the_people_the_user_writes_to(sample_home):
+    conn = sample_home
+    to, several = profile.recipient_named("Ask Priya to send me the seed order list by Monday", conn)
+    assert several == [] and profile.address_of(to).startswith("priya.") and to.startswith("Priya ")
+    assert profile.recipient_named("Thank jonas for the delivery", conn)[0].startswith("Jonas ")
+    assert profile.recipient_named("Ask Zed about the car", conn) == ("", [])  # never written to
+    assert profile.recipient_named("Move the meeting to Friday", conn) == ("", [])  # names nobody
+
+
+def test_two_people_of_one_name_are_not_guessed_between(home):
+    conn = store.connect()
+    add_message(conn, "Hi Ann, see you.", to="Ann Lee <ann.lee@example.org>", date="2024-01-01T10:00:00+00:00")
+    add_message(conn, "Hi Ann, thanks.", to="Ann Roe <ann.roe@example.org>", date="2024-01-02T10:00:00+00:00")
+    to, several = profile.recipient_named("Ask Ann about the report", conn)
+    assert to == "" and sorted(several) == ["Ann Lee <ann.lee@example.org>", "Ann Roe <ann.roe@example.org>"]
+    for i in range(3):  # written to three times as often as the other Ann: that is the one
+        add_message(conn, f"Hi Ann, note {i}.", to="ann.lee@example.org", date=f"2024-02-0{i + 1}T10:00:00+00:00")
+    assert profile.recipient_named("Ask Ann about the report", conn) == ("Ann Lee <ann.lee@example.org>", [])
+
+
+def test_a_draft_without_a_recipient_goes_to_the_person_named(sample_home, monkeypatch):
+    from panza_local import config
+
+    settings = config.load({"n_ctx": 2048, "threads": 1, "max_tokens": 8, "temperature": 0.0})
+    plan = draft.prepare("Ask Priya to send me the seed order list by Monday", use_rag=False, use_adapter=False,
+                         settings=settings)
+    assert plan.to and profile.address_of(plan.to).startswith("priya.")
+    assert any("the person the instruction names" in n for n in plan.notices)
+    assert "Priya" in plan.messages[-1]["content"]  # the request names her: "Email to Priya ...: ..."
+    given = draft.prepare("Ask Priya to send the list", to="someone@example.org", use_rag=False, use_adapter=False,
+                          settings=settings)
+    assert given.to == "someone@example.org"  # a recipient given is never replaced
+    assert draft.prepare("Ask Priya to send the list", use_rag=False, use_adapter=False, settings=settings,
+                         infer_to=False).to is None
