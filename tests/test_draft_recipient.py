@@ -81,3 +81,12 @@ def test_a_draft_without_a_recipient_goes_to_the_person_named(sample_home, monke
     assert given.to == "someone@example.org"  # a recipient given is never replaced
     assert draft.prepare("Ask Priya to send the list", use_rag=False, use_adapter=False, settings=settings,
                          infer_to=False).to is None
+
+
+def test_a_person_nobody_has_written_to_is_greeted_by_the_name_given(home):
+    from panza_local.prompts import Profile
+
+    maya = Profile(name="Maya", greeting="Hi <name>,", signoff="Cheers,\nMaya")
+    assert profile.prompt_profile(None, maya, hint="ask zed about the car").greeting == "Hi Zed,"
+    assert profile.prompt_profile(None, maya, hint="Move the meeting to Friday").greeting == "Hi,"
+    assert profile.prompt_profile("bob@example.org", maya, hint="Ask Zed about it").greeting == "Hi,"  # to wins

@@ -368,6 +368,9 @@ async def test_draft_prompt_is_evaluated_while_typing(seeded):
         stats = screen.result.stats
         assert stats["prompt_tokens"] > 50 and stats["cached_tokens"] >= stats["prompt_tokens"] - 2, stats
         assert f"prompt {stats['prompt_tokens']} tokens, {stats['cached_tokens']} ready" in visible_text(app)
+        # To was left empty: the draft went to the Bob the user writes to, and To and Subject say so
+        assert screen.query_one("#draft-to").value == "bob@example.com"
+        assert screen.query_one("#draft-subject").value == "Thanks for the quarterly report"
 
 
 # -- status screen --------------------------------------------------------------------------------------------
