@@ -296,7 +296,7 @@ def recipient_named(instruction: str, conn=None) -> tuple[str, list[str]]:
     own = conn is None
     conn = conn or store.connect()
     try:
-        people = messages.correspondents(conn)
+        people = messages.correspondents(conn, mentioning=name)
     finally:
         if own:
             conn.close()
