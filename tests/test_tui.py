@@ -373,6 +373,47 @@ async def test_draft_prompt_is_evaluated_while_typing(seeded):
         assert screen.query_one("#draft-subject").value == "Thanks for the quarterly report"
 
 
+async def test_to_and_subject_filled_by_a_draft_follow_the_next_instruction(seeded):
+    """To and Subject left empty are filled from the instruction; the next instruction, to someone else, gets
+    its own (a value the user typed is kept)."""
+    conn = store.connect()
+    conn.execute("INSERT INTO messages (id, content_hash, date, from_addr, to_addrs, to_names, subject, body, "
+                 "is_mine, ingested_at) VALUES (99, 'h99', '2026-02-20T10:00:00+00:00', 'ada@example.com', "
+                 "'dana.diaz@example.com', '[\"Dana Diaz\"]', 'Plans', 'Hi Dana,\n\nSee you soon.\n\nAda', 1, "
+                 "'2026-03-01T00:00:00+00:00')")
+    conn.execute("INSERT INTO messages (id, content_hash, date, from_addr, to_addrs, subject, body, is_mine, "
+                 "ingested_at) VALUES (98, 'h98', '2026-02-21T10:00:00+00:00', 'ada@example.com', "
+                 "'carol.king@example.com', 'Books', 'Carol, the books.', 1, '2026-03-01T00:00:00+00:00')")
+    conn.commit()
+    conn.close()
+    app = make_app(max_tokens=8, seed=3, use_rag=False)
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await open_draft(app, pilot)
+        to, subject = screen.query_one("#draft-to"), screen.query_one("#draft-subject")
+
+        async def draft(instruction: str) -> None:
+            box = screen.query_one("#draft-instruction")
+            box.text = instruction
+            box.focus()
+            screen.action_generate()
+            await wait_until(pilot, lambda: screen.result is not None and not screen.streaming, "no draft")
+            await wait_workers(app, pilot)
+
+        await draft("thank Bob for the quarterly report")
+        assert (to.value, subject.value) == ("bob@example.com", "Thanks for the quarterly report")
+        await draft("Ask Dana to send the plans by Friday")
+        assert (to.value, subject.value) == ("Dana Diaz <dana.diaz@example.com>", "Send the plans by Friday")
+        assert screen.result.to == to.value
+        await draft("Ask Dana to send the plans by Friday, and the photos")  # the same person: To stays
+        assert to.value == "Dana Diaz <dana.diaz@example.com>" and subject.value == "Send the plans by Friday"
+        await draft("Ask Carol about lunch")  # two Carols written to (carol@, carol.king@): ask
+        assert to.value == "" and screen.result.to == ""
+        assert any("more than one person" in n for n in screen.result.notices)  # the side panel lists notices
+        to.value = "someone@example.org"  # typed by the user: kept whatever the instruction says
+        await draft("thank Bob for the quarterly report")
+        assert screen.result.to == to.value == "someone@example.org"
+
+
 # -- status screen --------------------------------------------------------------------------------------------
 
 async def test_status_screen_shows_pipeline(seeded):

@@ -8,11 +8,16 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from panza_local import chat, config, draft, engine, outbox, store
+from panza_local import chat, config, draft, engine, outbox, prompts, store
 from panza_local.errors import NoDataError, PanzaError
 from panza_local.results import RetuneResult
 
 Draft = draft.Draft  # the finished draft the draft screen holds
+
+
+def addressed_name(instruction: str) -> str:
+    """The first name an instruction addresses ("Ask Priya to ..." -> "Priya"), else ''."""
+    return prompts.addressed_name(instruction)
 
 
 # --- conversations and the store ------------------------------------------------------------------------

@@ -50,6 +50,8 @@ class DraftScreen(Screen):
         self.prefilled: str | None = None
         """The instruction whose prompt was last evaluated ahead of Enter (None: none yet)."""
         self._prefill_timer = None
+        self._filled: dict[str, tuple[str, str]] = {}
+        """To and Subject as a draft filled them in: field id -> (value, the instruction it came from)."""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -78,7 +80,19 @@ class DraftScreen(Screen):
         return self.query_one("#draft-text", TextArea).text
 
     def _fields(self) -> tuple[str, str]:
-        return (self.query_one("#draft-to", Input).value.strip(), self.query_one("#draft-subject", Input).value.strip())
+        """To and Subject for the next draft. A value an earlier draft filled in (not typed by the user) is left
+        out once the instruction moves on: Subject when the instruction changed, To when it addresses someone
+        else ("Ask Priya ..." then "Thank Jonas ..." must not go to Priya)."""
+        typed = self.query_one("#draft-instruction", PromptInput).text.strip() or self.instruction
+
+        def value(field: str, stale) -> str:
+            v = self.query_one(f"#{field}", Input).value.strip()
+            filled = self._filled.get(field)
+            return "" if filled and v == filled[0] and stale(filled[1]) else v
+
+        named = backend.addressed_name(typed).lower()
+        return (value("draft-to", lambda was: bool(named) and named != backend.addressed_name(was).lower()),
+                value("draft-subject", lambda was: was != typed))
 
     # -- generating ----------------------------------------------------------------------------------------
 
@@ -182,10 +196,13 @@ class DraftScreen(Screen):
                                                             stats.get("tokens_per_s", 0.0), stats.get("ttft_s", 0.0),
                                                             stats.get("prompt_tokens", 0), stats.get("cached_tokens", 0))
         to, subject = self._fields()
-        if not subject and event.result is not None:
-            self.query_one("#draft-subject", Input).value = event.result.subject
-        if not to and event.result is not None and event.result.to:
-            self.query_one("#draft-to", Input).value = event.result.to
+        done = event.result
+        if not subject and done is not None:
+            self.query_one("#draft-subject", Input).value = done.subject
+            self._filled["draft-subject"] = (done.subject, done.instruction)
+        if not to and done is not None:  # empty, or filled for an earlier instruction: this draft's recipient
+            self.query_one("#draft-to", Input).value = done.to
+            self._filled["draft-to"] = (done.to, done.instruction)
         if self.focused is None or self.focused.id == "draft-instruction":  # never steal focus from a typed field
             area.focus()
         self.notify("Draft ready: edit it, then ctrl+s saves .eml, ctrl+o saves to Drafts, f7 copies.",
@@ -216,6 +233,7 @@ class DraftScreen(Screen):
         if choice is None:
             return
         self.thread = mails[choice]
+        self._filled.clear()  # the thread's sender and subject are chosen, not filled in
         subject = self.thread["subject"] or ""
         self.query_one("#draft-to", Input).value = self.thread["from_addr"] or ""
         self.query_one("#draft-subject", Input).value = subject if subject.lower().startswith("re:") else f"Re: {subject}"
