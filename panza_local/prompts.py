@@ -174,8 +174,8 @@ _ADDRESSED = re.compile(
     r"say\s+(?:thanks|sorry|hi|hello)\s+to)\s+(?P<name>[^\W\d_][\w'\u2019-]*)(?P<rest>.*)$",
     re.IGNORECASE | re.DOTALL)
 _NOT_A_NAME = frozenset("""him her them me us you everyone everybody all the a an my our his their your team someone
-somebody whoever back that this it people folks guys monday tuesday wednesday thursday friday saturday sunday
-january february march april may june july august september october november december""".split())  # noqa: SIM905
+somebody whoever back that this it people folks guys january february march april may june july august september
+october november december""".split()) | {d.lower() for d in WEEKDAYS}  # noqa: SIM905
 _PEOPLE = frozenset(("him", "her", "them", "everyone", "everybody", "all"))  # "Email everyone the minutes": no name, same shape
 # What joins the verb's person to the content: "Ask Bob TO move", "Tell Jonas THAT", "Let Sam KNOW (that)".
 _JOIN = re.compile(r"^\s*(?:know\s+)?(?:(?:that|about|regarding|re:?|to|for|if|whether|when)\s+)?", re.IGNORECASE)
@@ -208,7 +208,9 @@ def subject_line(instruction: str) -> str:
             rest = _JOIN.sub("", rest, count=1)
             if re.match(r"(?:if|whether)\b", m.group("rest").strip(" ,;:"), re.IGNORECASE):
                 rest = _ASKED_PERSON.sub("", rest, count=1)
-        text = _first_clause(rest) and rest.strip() or text
+        about = _first_clause(rest)
+        if about:  # else nothing follows the person ("Ask Bob."): the instruction itself
+            return about
     return _first_clause(text)
 
 
