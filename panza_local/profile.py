@@ -263,9 +263,9 @@ def first_name_of(to: str | None, hint: str = "") -> str:
     from email.utils import getaddresses
 
     pairs = getaddresses([to or ""])
-    names = [n for n, _ in pairs if n.strip()]
-    if names:
-        return names[0].split()[0].strip(",")
+    names = [display_first(n) for n, _ in pairs if n.strip()]
+    if names and names[0]:
+        return names[0]
     addr = next((a for _, a in pairs if "@" in a), "")
     parts = re.split(r"[._+-]", addr.split("@")[0]) if addr else []
     if not parts or not parts[0].isalpha() or len(parts[0]) < 2:
@@ -313,13 +313,19 @@ def _first_of(shown: str, addr: str) -> str:
     """A correspondent's first name, lower case: their display name's first word, else the address's first part
     when the address reads as a name (letters only: "priya.natarajan@", "tom@"; not "orders-desk2@")."""
     if shown:
-        first = shown.split()[0].strip(",\"'")
-        if "," in shown:  # "Berg, Jonas"
-            first = shown.split(",", 1)[1].split()[0] if shown.split(",", 1)[1].split() else first
-        return first.lower()
+        return display_first(shown).lower()
     local = addr.split("@")[0]
     parts = re.split(r"[._+-]", local)
     return parts[0].lower() if parts[0].isalpha() and len(parts[0]) > 1 and len(parts) <= 3 else ""
+
+
+def display_first(shown: str) -> str:
+    """The first name in a display name: "Jonas Berg" -> Jonas, "Berg, Jonas" and "Allen, Phillip K." -> Jonas,
+    Phillip (a one-word surname before the comma), "Jonas Berg, PhD" -> Jonas."""
+    shown = shown.strip().strip("\"'")
+    last, comma, rest = shown.partition(",")
+    words = rest.split() if comma and len(last.split()) == 1 else shown.split()
+    return words[0].strip(",.\"'") if words else ""
 
 
 def address_of(value: str) -> str:

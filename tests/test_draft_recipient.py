@@ -90,3 +90,24 @@ def test_a_person_nobody_has_written_to_is_greeted_by_the_name_given(home):
     assert profile.prompt_profile(None, maya, hint="ask zed about the car").greeting == "Hi Zed,"
     assert profile.prompt_profile(None, maya, hint="Move the meeting to Friday").greeting == "Hi,"
     assert profile.prompt_profile("bob@example.org", maya, hint="Ask Zed about it").greeting == "Hi,"  # to wins
+
+
+@pytest.mark.parametrize("to, first", [
+    ('"Berg, Jonas" <jonas@example.org>', "Jonas"),  # surname first, as address books write it
+    ('"Allen, Phillip K." <pallen@enron.com>', "Phillip"),
+    ("Jonas Berg <jonas@example.org>", "Jonas"),
+    ('"Jonas Berg, PhD" <jonas@example.org>', "Jonas"),  # a comma after the whole name is not a surname
+    ("jonas.berg@example.org", "Jonas"),
+    ("desk@example.org", ""),
+])
+def test_the_first_name_greeted_and_matched_is_the_same(home, to, first):
+    from panza_local.prompts import Profile
+
+    assert profile.first_name_of(to) == first
+    maya = Profile(name="Maya", greeting="Hi <name>,", signoff="Cheers,\nMaya")
+    assert profile.prompt_profile(to, maya).greeting == (f"Hi {first}," if first else "Hi,")
+    if first and "<" in to:  # the instruction's name finds the same person the greeting names
+        conn = store.connect()
+        add_message(conn, "Hello.", to=to, date="2024-01-01T10:00:00+00:00")
+        assert profile.address_of(profile.recipient_named(f"Ask {first} about the report", conn)[0]) == \
+            profile.address_of(to)
