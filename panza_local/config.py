@@ -40,6 +40,10 @@ class Settings:
     merge_adapter: bool = True
     """On CPU, serve an adapter merged into a Q8_0 copy of a Q4_1/Q5_1 base (the embedded model): about twice
     as fast to the first token, built once in a few seconds; false applies the adapter at run time."""
+    flash_attention: bool = True
+    """llama.cpp's fused attention for drafts, chat and playback: the prompt before a draft's first token is
+    evaluated faster (bench/results/draft.md); false uses the separate matrix products llama-cpp-python defaults
+    to (same results up to rounding)."""
     embedding_model: str = "all-minilm-l6-v2"
     """Embedding model for the retrieval index (catalogue name)."""
     chroma_url: str = ""

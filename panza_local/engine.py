@@ -113,14 +113,19 @@ class Stats:
 
 def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: int = 4096,
          threads: int = 0, gpu_layers: int = 0, logits_all: bool = False, disk_prefix: bool = False,
-         merge: bool = False):
+         merge: bool = False, flash_attn: bool = True):
     """Return the llama_cpp.Llama for this (model, adapter, context, threads), loading it once.
 
     `merge`: load the adapter merged into a serving copy of the base where that is faster on this machine
     (serving.py: CPU, a Q4_1/Q5_1 base); built the first time, a few seconds.
 
     `disk_prefix`: a fresh load starts from the last draft's KV cache on disk and saves its own after each
-    generation (prefix_cache: what lets a cold `panza draft` skip the prompt prefix drafts share)."""
+    generation (prefix_cache: what lets a cold `panza draft` skip the prompt prefix drafts share).
+
+    `flash_attn`: llama.cpp's fused attention kernel (settings.flash_attention), for generation: on CPU it
+    evaluates a draft's prompt faster at the same decode speed (bench/results/draft.md). Its products run in
+    half precision, so scoring (target_nll, next_token_logits) keeps the exact path: adapters compared across
+    re-tunes are scored the same way as before."""
     model_path = Path(model_path)
     if not model_path.exists():
         raise ModelNotFound(f"model file {model_path} does not exist", fix="panza models list")
@@ -131,14 +136,14 @@ def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: 
 
         model_path, lora_path = serving.resolve(model_path, lora_path)
     threads = threads or physical_cores()
-    key = (str(model_path), str(lora_path or ""), n_ctx, threads, gpu_layers, logits_all)
+    key = (str(model_path), str(lora_path or ""), n_ctx, threads, gpu_layers, logits_all, flash_attn)
     with _LOCK:
         if key in _MODELS:
             _MODELS.move_to_end(key)
             return _MODELS[key]
         lib = llama_cpp()
         kwargs = {"model_path": str(model_path), "n_ctx": n_ctx, "n_threads": threads, "n_threads_batch": threads,
-                  "n_gpu_layers": gpu_layers, "verbose": False, "logits_all": logits_all}
+                  "n_gpu_layers": gpu_layers, "verbose": False, "logits_all": logits_all, "flash_attn": flash_attn}
         runtime_lora = bool(lora_path) and _can_attach_lora(lib)
         if lora_path and not runtime_lora:
             kwargs["lora_path"] = str(lora_path)
@@ -157,7 +162,8 @@ def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: 
         if disk_prefix:
             from . import prefix_cache
 
-            llm._panza_prefix = prefix_cache.path_for(model_path, lora_path, n_ctx, lib.__version__)
+            llm._panza_prefix = prefix_cache.path_for(model_path, lora_path, n_ctx,
+                                                      f"{lib.__version__}{'-fa' if flash_attn else ''}")
             prefix_cache.restore(lib, llm, llm._panza_prefix)
         _MODELS[key] = llm
         while len(_MODELS) > _MAX_LOADED:
@@ -208,7 +214,7 @@ def preload(settings=None, *, adapter: bool = True) -> threading.Thread:
 
                 lora = registry.adapter_for(s).gguf
             load(model_path, lora, n_ctx=s.n_ctx, threads=s.threads, gpu_layers=s.gpu_layers, disk_prefix=True,
-                 merge=s.merge_adapter)
+                 merge=s.merge_adapter, flash_attn=s.flash_attention)
         except Exception as exc:  # noqa: BLE001 - the foreground load raises the real error with its fix
             log.debug("preload failed (%s: %s)", type(exc).__name__, exc)
 
@@ -261,7 +267,7 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
     if model_path is None:
         model_path, _ = default_model(settings)
     llm = load(model_path, lora_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers,
-               merge=settings.merge_adapter)
+               merge=settings.merge_adapter, flash_attn=settings.flash_attention)
     kwargs = {"messages": messages, "stream": True,
               "max_tokens": max_tokens if max_tokens is not None else settings.max_tokens,
               "temperature": settings.temperature if temperature is None else temperature,
@@ -330,7 +336,7 @@ def prefill(messages: list[dict], *, model_path: str | Path | None = None, lora_
     if model_path is None:
         model_path, _ = default_model(settings)
     llm = load(model_path, lora_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers,
-               merge=settings.merge_adapter)
+               merge=settings.merge_adapter, flash_attn=settings.flash_attention)
     with _LOCK:
         tokens = fit.chat_tokens(messages, llm)
         cached = _cached(llm._input_ids[:llm.n_tokens], tokens)
@@ -353,7 +359,8 @@ def count_tokens(text: str, model_path: str | Path | None = None, settings=None)
     settings = settings or config.load()
     if model_path is None:
         model_path, _ = default_model(settings)
-    llm = load(model_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers)
+    llm = load(model_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers,
+               flash_attn=settings.flash_attention)
     return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
 
@@ -362,7 +369,7 @@ def next_token_logits(prompt: str, model_path: str | Path, lora_path: str | Path
     """Logits (numpy, vocab-sized) for the token after `prompt`: used by adapter parity tests."""
     import numpy as np
 
-    llm = load(model_path, lora_path, n_ctx=n_ctx, threads=threads, logits_all=True)
+    llm = load(model_path, lora_path, n_ctx=n_ctx, threads=threads, logits_all=True, flash_attn=False)
     with _LOCK:
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         llm.reset()
@@ -433,7 +440,7 @@ def target_nll(messages: list[dict], target: str, model_path: str | Path, lora_p
     import numpy as np
 
     prompt = render_chat(messages, model_path)
-    llm = load(model_path, lora_path, n_ctx=n_ctx, threads=threads)
+    llm = load(model_path, lora_path, n_ctx=n_ctx, threads=threads, flash_attn=False)
     lib = llama_cpp()
     with _LOCK:
         p_tok = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)

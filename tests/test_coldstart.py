@@ -35,11 +35,11 @@ def _last_logits(llm, text: str = "Hi Bob, about Friday's meeting") -> np.ndarra
 def test_adapter_applied_at_run_time_on_a_mapped_base(random_lora, embedded_model):
     lib = engine.llama_cpp()
     engine.unload_all()
-    ours = engine.load(embedded_model, random_lora, n_ctx=256, threads=1, logits_all=True)
+    ours = engine.load(embedded_model, random_lora, n_ctx=256, threads=1, logits_all=True, flash_attn=False)
     assert ours.model_params.load_mode == lib.LLAMA_LOAD_MODE_MMAP  # the base stays mapped, not copied
     reference = lib.Llama(model_path=str(embedded_model), lora_path=str(random_lora), n_ctx=256, n_threads=1,
                           logits_all=True, verbose=False)  # llama-cpp-python's own adapter path
-    base = engine.load(embedded_model, None, n_ctx=256, threads=1, logits_all=True)
+    base = engine.load(embedded_model, None, n_ctx=256, threads=1, logits_all=True, flash_attn=False)
     want, got, stock = _last_logits(reference), _last_logits(ours), _last_logits(base)
     assert np.abs(got - want).max() < 1e-3  # the same adapter, applied the same way
     assert np.abs(stock - want).max() > 0.1  # ... and it is applied at all

@@ -135,3 +135,40 @@ def test_target_nll_is_the_email_tokens_loss_and_a_kept_prefix_changes_nothing(s
     engine.chat(other, model_path=embedded_model, settings=settings, max_tokens=3)  # the same Llama object
     again = engine.target_nll(other, "Hi Ann, the report will be a day late. Maya", embedded_model, threads=1)
     assert abs(again[0] - fresh[0]) / again[1] < 1e-3
+
+
+def _distributions(llm, text: str):
+    import numpy as np
+
+    toks = llm.tokenize(text.encode(), add_bos=True, special=True)
+    llm.reset()
+    llm.eval(toks)
+    rows = np.asarray(llm.scores[:len(toks)], dtype=np.float64)
+    rows -= rows.max(axis=1, keepdims=True)
+    return rows - np.log(np.exp(rows).sum(axis=1, keepdims=True))
+
+
+def test_generation_uses_flash_attention_and_it_changes_the_next_token_only_by_rounding(settings, embedded_model):
+    """Drafts, chat and playback evaluate prompts with llama.cpp's fused attention (faster on CPU), whose products
+    run in half precision; scoring keeps the exact path. On a real prompt the two agree: the next-token
+    distributions differ by rounding (KL well under what the Q8_0 serving copy's rounding costs, ~0.005), the
+    most likely next token is the same almost everywhere. (A greedy draft may part from the exact path's after a
+    few words, as it does on the serving copy.) `flash_attention = false` turns it off."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    engine.unload_all()
+    engine.chat(MSGS, model_path=embedded_model, max_tokens=2, settings=settings)
+    used = engine.load(embedded_model, n_ctx=settings.n_ctx, threads=settings.threads)  # what the chat loaded
+    assert used.context_params.flash_attn_type == engine.llama_cpp().LLAMA_FLASH_ATTN_TYPE_ENABLED
+    text = engine.render_chat(MSGS, embedded_model) + "Hi Bob,\n\nCould we move our meeting to Friday? Thanks."
+    fused = _distributions(engine.load(embedded_model, n_ctx=512, threads=1, logits_all=True), text)
+    exact = _distributions(engine.load(embedded_model, n_ctx=512, threads=1, logits_all=True, flash_attn=False), text)
+    kl = (np.exp(exact) * (exact - fused)).sum(axis=1)
+    assert kl.mean() < 0.005 and (exact.argmax(axis=1) == fused.argmax(axis=1)).mean() >= 0.9, kl.mean()
+    assert 0 < np.abs(exact - fused).max()  # two kernels, not one loaded twice
+    lib = engine.llama_cpp()
+    engine.chat(MSGS, model_path=embedded_model, max_tokens=2, settings=replace(settings, flash_attention=False))
+    plain = engine.load(embedded_model, n_ctx=settings.n_ctx, threads=settings.threads, flash_attn=False)
+    assert plain is not used and plain.context_params.flash_attn_type == lib.LLAMA_FLASH_ATTN_TYPE_DISABLED

@@ -34,7 +34,7 @@ def llama_server(model: Path, log: Path, lora: Path | None = None, threads: int 
     port = _free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
            "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
-           "--n_ctx", str(n_ctx), "--verbose", "False"]
+           "--n_ctx", str(n_ctx), "--verbose", "False", "--flash_attn", "True"]  # as the local engine
     if lora:
         cmd += ["--lora_path", str(lora)]
     with open(log, "wb") as out:

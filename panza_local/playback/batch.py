@@ -65,7 +65,8 @@ def generate_many(rows: Iterable[dict], *, model_path: str | Path, settings, idf
     from .. import engine
 
     lib = engine.llama_cpp()
-    llm = engine.load(model_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers)
+    llm = engine.load(model_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers,
+                      flash_attn=settings.flash_attention)
     todo = iter(rows)
     fmt = _formatter(llm)
 
@@ -205,7 +206,7 @@ def _context(lib, llm, n_ctx: int, n_seq: int, settings):
 
     from .. import engine
 
-    # The one-at-a-time context's own parameters (flash attention off, its RoPE settings): same arithmetic.
+    # The one-at-a-time context's own parameters (flash attention, RoPE settings): same arithmetic.
     params = type(llm.context_params).from_buffer_copy(llm.context_params)
     params.n_ctx = n_ctx
     params.n_batch = params.n_ubatch = N_BATCH
