@@ -15,8 +15,10 @@ Cold rows, one fresh process each, rounds interleaved (the order rotates) so loa
   same sampling, greedy, the same stop), in the default environment;
 - direct+omp: the same with the OpenMP wait setting panza's engine gives llama.cpp (`engine.OMP_ENV`; so the
   two baselines separate what that setting does from what the rest of panza does, see bench/omp_wait.py).
-With the runtime adapter ours generates direct's tokens (greedy, same prompt); the serving copy rounds
-differently (Q8_0), so its greedy text can part from direct's after some tokens: the results record both.
+Ours evaluates prompts with llama.cpp's fused attention (settings.flash_attention), which llama-cpp-python
+leaves off, and the serving copy rounds differently (Q8_0): so even with the runtime adapter ours' greedy text
+can part from direct's after some tokens (same prompt, same adapter); the results record both. The warm row
+"tui, without flash attention" shows what the fused attention alone gives.
 
     python -m bench.draft [--quick] [--rounds N] [--threads 2] [--max-tokens 48] [--home PANZA_HOME]
 
@@ -307,12 +309,16 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
                     raise SystemExit(f"panza serve exited: {server.stderr.read().decode()[-1500:]}") from None
                 time.sleep(0.2)
         warm: dict[str, list[dict]] = {"serve": [], "tui": [], "tui, after a pause in typing": [],
-                                       "tui, runtime adapter": [], "direct warm": []}
+                                       "tui, runtime adapter": [], "tui, without flash attention": [],
+                                       "direct warm": []}
         runtime = config.load({"threads": args.threads, "temperature": 0.0, "seed": 1, "max_tokens": args.max_tokens,
                                "merge_adapter": False})
+        plain = config.load({"threads": args.threads, "temperature": 0.0, "seed": 1, "max_tokens": args.max_tokens,
+                             "flash_attention": False})
         _serve_request(url, *JOBS[-1], args.max_tokens)  # the first request loads the model: not timed
         _tui_draft(*JOBS[-1], settings)
         _tui_draft(*JOBS[-1], runtime)
+        _tui_draft(*JOBS[-1], plain)
         lib = engine.llama_cpp()
         direct = lib.Llama(model_path=str(model_path), lora_path=str(choice.gguf), n_ctx=settings.n_ctx,
                            n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
@@ -325,6 +331,7 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
                      ("tui, after a pause in typing", lambda j=j: _tui_after_pause(*JOBS[(j + 3) % len(JOBS)],
                                                                                    settings)),
                      ("tui, runtime adapter", lambda j=j: _tui_draft(*JOBS[j], runtime)),
+                     ("tui, without flash attention", lambda j=j: _tui_draft(*JOBS[j], plain)),
                      ("direct warm", lambda j=j: _direct_warm(direct, prompts_text[j], args))]
             for name, fn in steps[i % len(steps):] + steps[:i % len(steps)]:
                 warm[name].append(fn())
@@ -368,7 +375,8 @@ def _rows(out: dict) -> list[dict]:
                     c["direct+omp"]["total"]["median"], "s", higher_is_better=False))
     rows += [row(f"warm draft first token: {name} vs warm direct", w[name]["ttft"]["median"],
                  w["direct warm"]["ttft"]["median"], "s", higher_is_better=False)
-             for name in ("serve", "tui", "tui, after a pause in typing", "tui, runtime adapter")]
+             for name in ("serve", "tui", "tui, after a pause in typing", "tui, runtime adapter",
+                          "tui, without flash attention")]
     return rows
 
 
@@ -380,7 +388,8 @@ def _ratios(out: dict) -> dict:
             for k in ("ttft", "total"):
                 for o in ("ours", "ours, first draft", "ours, runtime adapter"):
                     r[f"cold {k}: {base} / {o}"] = round(c[base][k]["median"] / c[o][k]["median"], 2)
-    for name in ("serve", "tui", "tui, after a pause in typing", "tui, runtime adapter"):
+    for name in ("serve", "tui", "tui, after a pause in typing", "tui, runtime adapter",
+                 "tui, without flash attention"):
         for k in ("ttft", "total"):
             r[f"warm {k}: direct warm / {name}"] = round(w["direct warm"][k]["median"] / w[name][k]["median"], 2)
     return r
