@@ -81,6 +81,21 @@ def save(name: str, data: dict) -> Path:
     return p
 
 
+def publish(name: str, data: dict, command: str) -> Path:
+    """Keep a run's rows as the README's evidence: bench/results/<name>.json and a .md table, each naming the
+    machine and the command that wrote it."""
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    full = {"machine": machine(), "command": command, **data}
+    (results / f"{name}.json").write_text(json.dumps(full, indent=2) + "\n")
+    lines = [f"# {name} (`{command}`)", "", f"{full['machine']}; load average {os.getloadavg()[0]:.1f} at the end.",
+             "", "| benchmark | ours | baseline | unit | ratio | note |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['ours']} | {r['baseline']} | {r['unit']} | {r['ratio'] or '-'} | {r.get('note', '')} |"
+              for r in data.get("rows", [])]
+    (results / f"{name}.md").write_text("\n".join(lines) + "\n")
+    return results / f"{name}.json"
+
+
 def print_rows(rows: list[dict]) -> None:
     print(f"{'benchmark':52} {'ours':>12} {'baseline':>12} {'unit':>10} {'ratio':>7}")
     for r in rows:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from bench._common import print_rows, row, save
+from bench._common import print_rows, publish, row, save
 
 PROMPT = [{"role": "system", "content": "You write short emails."},
           {"role": "user", "content": "Write an email asking Bob to move our meeting to Friday."}]
@@ -120,6 +120,8 @@ def main(quick: bool = False) -> dict:
     result = {"bench": "engine", "threads": threads, "model": model.name, "rows": rows,
               "load": os.getloadavg()[0]}
     save("engine", result)
+    if not quick:
+        publish("engine", result, "python -m bench.engine")
     return result
 
 
