@@ -252,7 +252,7 @@ def prompt_profile(to: str | None, prof: Profile, *, conn=None, notices: list[st
 def _named(greeting: str, to: str | None, hint: str = "") -> str:
     """A seeded greeting form ("Hi <name>,") filled with the recipient's first name (with no recipient, the name
     the instruction addresses: "Ask Zed about ..." -> "Hi Zed,"), or without a name."""
-    first = first_name_of(to, hint) if to else prompts.addressed_name(hint)
+    first = first_name_of(to, hint) if to else prompts.addressed_name(hint, person=True)
     first = first[:1].upper() + first[1:]
     return greeting.replace("<name>", first) if first else greeting.replace(" <name>", "").replace("<name>", "")
 

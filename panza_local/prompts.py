@@ -185,13 +185,28 @@ _CLAUSE_END = re.compile(r"[,;.!?\n]|\s(?:and|but|so|because)\s", re.IGNORECASE)
 SUBJECT_WORDS = 10
 
 
-def addressed_name(instruction: str) -> str:
-    """The first name an instruction is addressed to ("Ask Priya to ..." -> "Priya"), else ''."""
+# Whom an instruction may address that no greeting names: a team or role ("Email support about ..."), an
+# acronym ("Tell HR ..."), or a company, known by the word after its name ("Write to Acme Corp ...").
+_ROLES = frozenset("""support sales billing accounts accounting finance legal admin office reception helpdesk desk
+landlord boss manager client customer supplier vendor council bank school staff management board committee
+orders info service""".split())  # noqa: SIM905
+_ORG_WORD = re.compile(r"^\s*(?:inc|corp|corporation|co|company|ltd|llc|llp|plc|gmbh|ag|sa|group|holdings|"
+                       r"partners|associates|builders|studio|studios|nursery|bank|council|agency|team|support|"
+                       r"services|solutions|systems|labs|media|foods|insurance)\b\.?", re.IGNORECASE)
+
+
+def addressed_name(instruction: str, *, person: bool = False) -> str:
+    """The first name an instruction is addressed to ("Ask Priya to ..." -> "Priya"), else ''. `person`: only
+    a person's name, one a greeting may use: not a role, an acronym or a company ("Email Acme Corp ...")."""
     m = _ADDRESSED.match(instruction or "")
     if not m:
         return ""
     name = re.sub(r"['\u2019]s$", "", m.group("name"))
-    return "" if name.lower() in _NOT_A_NAME else name
+    if name.lower() in _NOT_A_NAME:
+        return ""
+    if person and (name.lower() in _ROLES or (len(name) > 1 and name.isupper()) or _ORG_WORD.match(m.group("rest"))):
+        return ""
+    return name
 
 
 def subject_line(instruction: str) -> str:

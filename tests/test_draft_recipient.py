@@ -111,3 +111,27 @@ def test_the_first_name_greeted_and_matched_is_the_same(home, to, first):
         add_message(conn, "Hello.", to=to, date="2024-01-01T10:00:00+00:00")
         assert profile.address_of(profile.recipient_named(f"Ask {first} about the report", conn)[0]) == \
             profile.address_of(to)
+
+
+@pytest.mark.parametrize("instruction, greeting", [
+    ("Email Acme Corp about the overdue invoice", "Hi,"),  # a company
+    ("Write to Northfield Builders about the delay", "Hi,"),
+    ("Tell HR I'm off sick today", "Hi,"),  # an acronym
+    ("email support about the login bug", "Hi,"),  # a role
+    ("Ask the landlord to fix the boiler", "Hi,"),
+    ("ask zed about the car", "Hi Zed,"),  # a person nobody has written to yet
+    ("Remind Mum about Sunday lunch", "Hi Mum,"),
+])
+def test_a_greeting_names_people_not_companies_or_roles(home, instruction, greeting):
+    from panza_local.prompts import Profile
+
+    maya = Profile(name="Maya", greeting="Hi <name>,", signoff="Cheers,\nMaya")
+    assert profile.prompt_profile(None, maya, hint=instruction).greeting == greeting
+    assert prompts.subject_line(instruction)  # the subject still says what it is about
+
+
+def test_a_role_still_finds_the_address_written_to_before(home):
+    conn = store.connect()
+    add_message(conn, "Hello, my login fails.", to="support@example.org", date="2024-01-01T10:00:00+00:00")
+    assert profile.recipient_named("email support about the login bug", conn)[0] == "support@example.org"
+    assert prompts.subject_line("email support about the login bug") == "The login bug"
