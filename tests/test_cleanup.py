@@ -28,7 +28,7 @@ WELCOME = ("You're welcome. I'll be in touch tomorrow at 10:30am to discuss the 
 MENTION = "Hi Bob,\n\nFriday works for me.\nMention: Friday, meeting, move.\n\nCheers,\nMaya"
 SUBJECT_FIRST = ('Subject: Draft a sample message to Bob, with a subject line of "Lunch"\n\nHere\'s the email:\n\n'
                  "Dear Bob,\n\nI am writing to ask whether you are free for lunch on Thursday.")
-LEAKS = re.compile(r"mention:|subject:|chat history|^(?:hi|hello)\b.*\n(?:.*\n)*(?:hi|hello)\b|message body|\[your name\]|\*\*|^#|---|here'?s a|the message is from",
+LEAKS = re.compile(r"mention:|subject:|chat history|^(?:hi|hello)\b.*\n(?:.*\n)*(?:hi|hello)\b|message body|\[your name\]|\*\*|^#|---|\bhere'?s a\b|the message is from",
                    re.IGNORECASE | re.MULTILINE)
 # The stock model's draft in the quickstart (issue 21 layout): a second greeting, a bare label, more lines.
 STOCK_REPEAT = ("Hi Hannah,\nI hope you're doing well. I'm Maya Lindqvist and I'll be inviting Hannah to a book club "

@@ -20,7 +20,7 @@ from panza_local.prompts import Profile
 INSTR = "Draft a sample message to Bob, with a Subject: line, about lunch"
 TO = "bob@example.com"
 MAX = 72
-LEAKS = re.compile(r"subject:|here'?s the|\*\*|---|\[your name\]", re.IGNORECASE)
+LEAKS = re.compile(r"subject:|\bhere'?s the\b|\*\*|---|\[your name\]", re.IGNORECASE)
 
 pytestmark = pytest.mark.slow
 

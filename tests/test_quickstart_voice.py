@@ -31,7 +31,7 @@ VOICE = (
 # The `home` fixture clears PANZA_* settings; a run on a busy machine may still ask for fewer threads
 # (PANZA_THREADS=1: llama.cpp's and torch's spinning threads crawl when the cores are shared).
 THREADS = os.environ.get("PANZA_THREADS")
-LEAKS = re.compile(r"subject:|chat history|message body|\[your name\]|\*\*|^#|^-{3,}|here'?s (a|the)|"
+LEAKS = re.compile(r"subject:|chat history|message body|\[your name\]|\*\*|^#|^-{3,}|\bhere'?s (a|the)\b|"
                    r"the message is from", re.IGNORECASE | re.MULTILINE)
 
 
