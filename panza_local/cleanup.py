@@ -25,7 +25,12 @@ _SIGNOFF_WORDS = (r"thanks(?: again| so much| a lot)?|thank you(?: so much)?|man
                   r"un saluto|saludos|un abrazo|atenciosamente|met vriendelijke groet|groeten|hälsningar|mvh")
 # "Cheers," / "Best regards, Bob" / "Thanks!": a sign-off word alone on its line, maybe with a short name.
 _NAME = r"[A-Z\[][\w'\[\]-]*\.?"
-_SIGNOFF = re.compile(rf"^(?i:{_SIGNOFF_WORDS})\s*[,.!]*\s*(?P<name>{_NAME}(?:\s+{_NAME}){{0,2}})?\s*[,.!]?$")
+# Closing phrases are a sign-off only with their comma ("Looking forward to seeing you soon,"): "See you then."
+# ends a body.
+_CLOSING_WORDS = r"looking forward to|look forward to|see you|hope to see you|talk to you|speak to you|have a (?:great|good|nice|lovely)"
+_CLOSING = rf"(?:{_CLOSING_WORDS})\b[\w' ]{{0,40}},"
+_SIGNOFF = re.compile(rf"^(?i:(?:{_SIGNOFF_WORDS})\s*[,.!]*|{_CLOSING})\s*(?P<name>{_NAME}(?:\s+{_NAME}){{0,2}})?\s*[,.!]?$")
+_MAYBE_CLOSING = re.compile(rf"^(?:{_CLOSING_WORDS})\b", re.IGNORECASE)  # a partial line that may be one
 _PLACEHOLDER = re.compile(r"\[[^\[\]\n]{0,40}\b(?:name|signature|sender|recipient)\b[^\[\]\n]{0,20}\]", re.IGNORECASE)
 _TRAILING_SIGNATURE = re.compile(r"(?<=[.?!])\s+(?=[^.?!\n]{0,40}" + _PLACEHOLDER.pattern + r"[\s*_-]*$)",
                                  re.IGNORECASE)
@@ -46,6 +51,9 @@ _NEW_EMAIL = re.compile(r"^(?:\w+:\s*)?(?P<g>\S.{0,40}[,!:])$")
 _RULE = re.compile(r"\s*(?:-{3,}|\*{3,}|_{3,}|={3,})\s*")
 _BULLET = re.compile(r"^(?:[-*+•]\s*)+")  # "-Chat History:", "- Subject: ...": scaffolding as a list item
 _BRACKETED = re.compile(r"^\[[^\[\]]*\]$")
+_LIST_MARK = re.compile(r"^(?:\d{1,3}[.)]|[-*+•])\s*")  # "1. Hello,", "- Hi,": a numbered or bulleted line
+# A line seen this often is the model in a loop ("1. Hello," "2. Hello," ...): long lines twice, short ones 3x.
+_LOOP_LONG_WORDS, _LOOP_LONG, _LOOP_SHORT = 6, 2, 3
 # A partial line may be shown before it ends only if its start cannot turn out to be one of the above.
 _MAYBE_LABEL = re.compile(r"^[-*+•]?\s*(?:sure|certainly|of course|okay|ok|here|below|this|the|i'?ve|i have|subject|chat|"
                           r"message|email|body|draft|answer|response|reply|output|instruction|request|re|to|from|"
@@ -80,6 +88,14 @@ class Cleaner:
         self._line_out = ""  # part of the current (unfinished) line already shown
         self._line_hold = False
         self._last_blank = False
+        self._seen: dict[str, int] = {}  # body lines so far (`_norm`), for the loop guard
+        self._last_key = ""
+
+    @property
+    def done(self) -> bool:
+        """Nothing the model writes from now on can be part of this email (it signed off and named itself,
+        started another email, or went into a loop): the caller may stop generating."""
+        return self._named
 
     # -- streaming -------------------------------------------------------------------------------------------
     def feed(self, piece: str) -> str:
@@ -106,6 +122,7 @@ class Cleaner:
             first = parts.pop(0) if parts else ""
             rest = first[len(self._line_out):] if first.startswith(self._line_out) else ""
             out.append(rest)
+            self._count(first)
         self._line_out, self._line_hold = "", False
         for part in parts:
             out.append(self._judge(part))
@@ -155,6 +172,11 @@ class Cleaner:
             self._ended = self._named = True  # what follows is another email: cut here, sign off below
             return ""
         if self._ended:
+            if not self._named and _SIGNOFF.match(line):  # "Have a great weekend," then "Best,": the first
+                self._ended = False  # was a line of the body
+                while self._pending and not self._pending[-1]:
+                    self._pending.pop()  # the blank before the sign-off is the tail's to write
+                return self._flush() + self._judge(line)
             if not self._named and _is_body(line) and not _GREETING.match(line):
                 self._ended = False  # "Thanks," then a sentence: it was the body after all
                 self._pending.append(line)
@@ -169,11 +191,31 @@ class Cleaner:
             self._named = bool(sig.group("name"))
             self._pending.append(line)
             return ""
+        if self._is_loop(line):
+            return ""
         if _is_short(line) and self._started:
             self._pending.append(line)
             return ""
         self._pending.append(line)
         return self._flush()
+
+    def _is_loop(self, line: str) -> bool:
+        """Count `line`; when it is one repeat too many, drop its held copies and end the email here."""
+        key = _norm(line)
+        if not key:
+            return False
+        again = key == self._last_key  # the same line twice in a row is a loop whatever its length
+        limit = _LOOP_LONG if again or len(key.split()) >= _LOOP_LONG_WORDS else _LOOP_SHORT
+        if self._count(line) < limit or not self._started:
+            return False
+        self._pending = [ln for ln in self._pending if _norm(ln) != key]
+        self._ended = self._named = True
+        return True
+
+    def _count(self, line: str) -> int:
+        key = self._last_key = _norm(line)
+        self._seen[key] = self._seen.get(key, 0) + 1
+        return self._seen[key]
 
     def _flush(self) -> str:
         lines, self._pending = self._pending, []
@@ -200,7 +242,12 @@ class Cleaner:
         if self._line_out:
             new, self._line_out = head[len(self._line_out):], head
             return new
-        if len(head.split()) < 4 or _MAYBE_LABEL.match(head) or _SIGNOFF.match(head) or _GREETING.match(head):
+        if (len(head.split()) < 4 or _MAYBE_LABEL.match(head) or _SIGNOFF.match(head) or _GREETING.match(head)
+                or _MAYBE_CLOSING.match(head)):
+            return ""
+        start = _norm(head)
+        if any(seen.startswith(start) for seen in self._seen):  # may be a repeat: judged when the line ends
+            self._line_hold = True
             return ""
         self._pending.append(head)
         out = self._flush()
@@ -291,9 +338,14 @@ def _split_greeting(line: str) -> tuple[str | None, str]:
 
 
 def _starts_another_email(line: str) -> bool:
-    """A greeting alone on its line ("Hello,", "Chair: Hi Hannah,") once the body has begun."""
-    m = _NEW_EMAIL.match(line)
+    """A greeting alone on its line ("Hello,", "Chair: Hi Hannah,", "1. Hello,") once the body has begun."""
+    m = _NEW_EMAIL.match(_LIST_MARK.sub("", line))
     return bool(m) and bool(_GREETING.match(m.group("g"))) and len(m.group("g").split()) <= 4
+
+
+def _norm(line: str) -> str:
+    """A line as the loop guard compares it: no list number or bullet, case or punctuation."""
+    return " ".join(re.sub(r"[\W_]+", " ", _LIST_MARK.sub("", line.strip())).lower().split())
 
 
 def _is_short(line: str) -> bool:

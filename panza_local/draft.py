@@ -411,7 +411,8 @@ def stream(plan: DraftPlan, *, seed: int | None = None, temperature: float | Non
     """Yield the draft's cleaned text pieces (`cleanup.Cleaner`); `plan.pieces` holds them, `plan.raw` the
     model's own. `cancelled` is asked after every token the model writes, also while the clean-up holds text
     back (a front end's stop button must not wait for the next visible piece): when it says so, the engine
-    stops."""
+    stops. It also stops once the clean-up is `done` (the email signed off, another one begun, a loop): what
+    follows would be cut anyway."""
     plan.pieces, plan.raw = [], []
     st = engine.Stats()
     cleaner = cleanup.Cleaner(plan.profile, plan.to, plan.instruction)
@@ -430,6 +431,8 @@ def stream(plan: DraftPlan, *, seed: int | None = None, temperature: float | Non
             if out:
                 plan.pieces.append(out)
                 yield out
+            if cleaner.done:
+                break
     finally:
         gen.close()  # frees the engine (its lock) now, not when the generator is collected
     plan.stats = {"prompt_tokens": st.prompt_tokens, "cached_tokens": st.cached_tokens,

@@ -38,7 +38,15 @@ STOCK_REPEAT = ("Hi Hannah,\nI hope you're doing well. I'm Maya Lindqvist and I'
 STOCK_BULLET = ("Hi Hannah,\nI hope you're doing well. I'm Maya Lindqvist and I'll be inviting Hannah to a book club "
                 "at my home on Thursday at 7:30pm. What do you think?\n-Chat History:\n- [hannah.cole@postbox.example]"
                 "\n\nBest,\nMaya")
-ALL = [STOCK_REPEAT, ECHO, SCAFFOLD, SCAFFOLD_ONE_LINE, FROM_BOB, WELCOME, SUBJECT_FIRST, MENTION, STOCK_BULLET]
+# The stock model's invitation in a quickstart of 2026-12-04: a numbered list of greetings until max_tokens.
+STOCK_LOOP = ("Hi Hannah,\nI hope you're doing well. I'm Maya Lindqvist and I'll be inviting Hannah to a book club on "
+              "Thursday at 7:30pm. It's a great idea to join a community of fellow readers!\n\n1. Hello,\n2. Hi,\n"
+              + "".join(f"{i}. Hello,\n" for i in range(3, 28)) + "2")
+# ... and its note to Jonas, which closed with a phrase of its own before her name.
+STOCK_CLOSING = ("Hi Jonas,\nI'm sure they're going to be delivered in time for the upcoming Oakwood Festival.\n\n"
+                 "Looking forward to seeing you soon,\nMaya")
+ALL = [STOCK_REPEAT, ECHO, SCAFFOLD, SCAFFOLD_ONE_LINE, FROM_BOB, WELCOME, SUBJECT_FIRST, MENTION, STOCK_BULLET,
+       STOCK_LOOP, STOCK_CLOSING]
 
 
 def streamed(text: str, rng: random.Random, profile=MAYA, to=TO) -> tuple[str, list[str]]:
@@ -53,7 +61,7 @@ def streamed(text: str, rng: random.Random, profile=MAYA, to=TO) -> tuple[str, l
 
 
 @pytest.mark.parametrize("text", ALL, ids=["stock-repeat", "echo", "scaffold", "one-line", "from-bob", "welcome", "subject", "mention",
-                                       "stock-bullet"])
+                                       "stock-bullet", "stock-loop", "stock-closing"])
 def test_real_bad_outputs_become_clean_emails(text):
     out = cleanup.clean(text, MAYA, TO)
     assert not LEAKS.search(out), out
@@ -61,7 +69,9 @@ def test_real_bad_outputs_become_clean_emails(text):
     if text is FROM_BOB:
         assert out == ""  # nothing in it was an email: no email, rather than a greeting and a sign-off
         return
-    assert out.endswith("\n\nBest,\nMaya" if text is STOCK_BULLET else "\n\nCheers,\nMaya")  # hers kept, or hers put
+    ending = {id(STOCK_BULLET): "\n\nBest,\nMaya", id(STOCK_CLOSING): "\n\nLooking forward to seeing you soon,\nMaya"}
+    assert out.endswith(ending.get(id(text), "\n\nCheers,\nMaya"))  # hers kept, or hers put
+    assert out.count("Cheers,") + out.count("Best,") + out.count("Looking forward") == 1  # one closing
     if text in (SCAFFOLD, SCAFFOLD_ONE_LINE):
         assert out.startswith("Hi Bob,\n\n") and "Friday" in out  # her greeting, the content kept
 
@@ -147,6 +157,29 @@ def test_scaffolding_as_a_list_item_goes_and_the_users_own_list_stays():
     assert cleanup.clean(listed, MAYA, TO) == "Hi Bob,\n\nFor Friday:\n- the signed contract\n- the keys\n\nCheers,\nMaya"
     c = cleanup.Cleaner(MAYA, TO)
     assert c.feed("Hi Bob,\n\nThe plan for Friday is set.\n-Chat History of the") == "Hi Bob,\n\nThe plan for Friday is set."
+
+
+def test_a_loop_ends_the_email_and_says_so_as_soon_as_it_shows():
+    """A line again and again (numbered or not) is the model in a loop: the email ends before it, and `done`
+    tells the caller to stop generating the moment nothing more can belong to the email."""
+    assert cleanup.clean(STOCK_LOOP, MAYA, "hannah@x.org").endswith("fellow readers!\n\nCheers,\nMaya")
+    twice = "I will bring the cake and the plates for everyone.\n" * 2
+    text = "Hi Bob,\nFriday works.\n" + twice + "I will bring"
+    assert cleanup.clean(text, MAYA, TO) == ("Hi Bob,\nFriday works.\nI will bring the cake and the plates for "
+                                              "everyone.\n\nCheers,\nMaya")
+    assert cleanup.clean("Hi Bob,\nCan you?\nYes.\nYes.\nYes.", MAYA, TO) == "Hi Bob,\nCan you?\nYes.\n\nCheers,\nMaya"
+    # the user's own list stays, even with a line like another's
+    items = "Hi Bob,\nFor Friday:\n- 2 eggs\n- 3 eggs\n- flour\n- milk\n\nCheers,\nMaya"
+    assert cleanup.clean(items, MAYA, TO) == items
+    # done: at the loop, at another email's greeting, at her name under the sign-off; not before
+    for case, at in ((text, twice), (STOCK_LOOP, "1. Hello,\n"),
+                     ("Hi Bob,\nFriday works.\n\nCheers,\nMaya\nHi Jonas,", "Maya\n")):
+        c = cleanup.Cleaner(MAYA, TO)
+        end = case.index(at) + len(at)
+        c.feed(case[:end - 1])
+        assert not c.done
+        c.feed(case[end - 1:end])
+        assert c.done, at
 
 
 def test_nothing_but_scaffolding_is_no_email():

@@ -101,3 +101,29 @@ async def test_tui_draft_screen(maya):
         await wait_workers(app, pilot, timeout=900)
         shown = screen.query_one("#draft-text", TextArea).text.strip()
         assert is_clean(shown) and screen.result is not None and screen.result.text == shown
+
+
+def test_generation_stops_once_the_email_is_over(home):
+    """The engine stops when the clean-up is `done` (her name under the sign-off, another email, a loop): the
+    raw text ends at the token that made it so, never runs on to max_tokens writing what would be cut."""
+    from panza_local import config
+
+    profile.save(Profile(name="Maya Lindqvist", greeting="Hi <name>,", signoff="Cheers,\nMaya", typical_words=50))
+    settings = config.load({"threads": 1, "n_ctx": 2048, "seed": 1, "temperature": 0.0, "max_tokens": 200})
+    stopped = 0
+    for instruction, to in (("Invite Hannah to book club at mine on Thursday at 7:30", "hannah@postbox.example"),
+                            ("Tell Jonas the oak sleepers can be delivered on Tuesday morning", "jonas@x.example"),
+                            ("Ask Bob to move our meeting to Friday", TO)):
+        plan = draft.prepare(instruction, to=to, use_rag=False, use_adapter=False, settings=settings)
+        text = "".join(draft.stream(plan)).strip()
+        before = cleanup.Cleaner(plan.profile, to, instruction)
+        before.feed("".join(plan.raw[:-1]))
+        assert not before.done, plan.raw  # it was not over one token earlier ...
+        after = cleanup.Cleaner(plan.profile, to, instruction)
+        after.feed("".join(plan.raw))
+        if after.done:  # ... and where it is over, the engine stopped right there
+            stopped += 1
+            assert plan.stats["completion_tokens"] < 200
+        assert text == draft.finish(plan, record=False).text and text.endswith("Maya")
+    engine.unload_all()
+    assert stopped >= 1  # the stock model signs off (or loops) on at least one of them within 200 tokens
