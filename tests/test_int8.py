@@ -195,7 +195,7 @@ def test_int8_step_keeps_its_tensors_in_a_reused_arena(models, embedded_model):
         torch.manual_seed(0)
         loss, n = m8(row)
         (loss / n).backward()
-        runs.append((float(loss), torch.cat([p.grad.flatten() for p in m8.lora.values()]),
+        runs.append((float(loss.detach()), torch.cat([p.grad.flatten() for p in m8.lora.values()]),
                      [b.data_ptr() for b in (arena.blocks if arena else [])]))
     m8.arena = kept
     (l1, g1, p1), (l2, g2, p2), (l3, g3, _) = runs
