@@ -121,12 +121,14 @@ def _no_network(request):
         pytest.fail(f"test tried to use the network: {new}")
 
 
-HEAVY_TIMEOUT_S = 2400
+HEAVY_TIMEOUT_S = 3600
 
 
 def pytest_collection_modifyitems(config, items):
     """A heavy test is minutes of real work (training, a whole pipeline), several times that on a busy laptop:
-    it gets HEAVY_TIMEOUT_S unless it names its own, so pyproject's 600 s cannot fail it on a loaded machine."""
+    it gets HEAVY_TIMEOUT_S unless it names its own, so pyproject's 600 s cannot fail it on a loaded machine.
+    The timeout only catches a hang: on two cores shared with a CPU hog each and another test suite, the
+    quickstart voice test took five times as long as on idle ones, and must not fail there."""
     for item in items:
         if item.get_closest_marker("heavy") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(HEAVY_TIMEOUT_S))

@@ -21,7 +21,6 @@ TRAIN = {"max_steps": 8, "grad_accum": 1, "seq_len": 256, "lr": 1e-3, "evals": 2
 
 
 @pytest.mark.heavy
-@pytest.mark.timeout(1800)  # ~4 min idle; a busy machine may take three times that
 def test_qwen_coder_playback_train_export_draft(home, monkeypatch):
     if catalogue.chunk_paths(catalogue.get(QWEN)) is None:
         pytest.skip(f"needs {catalogue.get(QWEN).pip!r} installed (the dev extra)")

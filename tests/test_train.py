@@ -105,6 +105,7 @@ def test_kill9_resumes_from_last_checkpoint(home):
 
 
 @pytest.mark.parametrize("who", ["maya", pytest.param("marcus", marks=pytest.mark.heavy)])
+@pytest.mark.timeout(3600)  # a hang guard only: minutes of training, several times that on busy cores
 def test_training_on_a_users_mail_lowers_val_loss_and_changes_drafts(home, who):
     """One epoch on all of a user's emails: the sample person's 118 (every run), Marcus's 150 (-m heavy)."""
     from panza_local import catalogue, engine, store
