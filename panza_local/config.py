@@ -38,8 +38,9 @@ class Settings:
     gpu_layers: int = 0
     """Layers to offload to a GPU when llama.cpp was built with one (-1 = all)."""
     merge_adapter: bool = True
-    """On CPU, serve an adapter merged into a Q8_0 copy of a Q4_1/Q5_1 base (the embedded model): about twice
-    as fast to the first token, built once in a few seconds; false applies the adapter at run time."""
+    """On CPU, serve an adapter merged into a Q8_0 copy of a Q4_1/Q5_1 base (the embedded model), and play
+    back and draft without an adapter on a Q8_0 copy of the base: faster prompts, built once in a few
+    seconds (serving.py); false loads the shipped file and applies the adapter at run time."""
     flash_attention: bool = True
     """llama.cpp's fused attention for drafts, chat and playback: the prompt before a draft's first token is
     evaluated faster (bench/results/draft.md); false uses the separate matrix products llama-cpp-python defaults

@@ -116,8 +116,9 @@ def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: 
          merge: bool = False, flash_attn: bool = True):
     """Return the llama_cpp.Llama for this (model, adapter, context, threads), loading it once.
 
-    `merge`: load the adapter merged into a serving copy of the base where that is faster on this machine
-    (serving.py: CPU, a Q4_1/Q5_1 base); built the first time, a few seconds.
+    `merge`: load the serving copy where that is faster on this machine (serving.py: CPU, a Q4_1/Q5_1 base):
+    the base with the adapter merged in (built the first time, a few seconds), or with no adapter the base
+    alone in Q8_0 once playback has built it.
 
     `disk_prefix`: a fresh load starts from the last draft's KV cache on disk and saves its own after each
     generation (prefix_cache: what lets a cold `panza draft` skip the prompt prefix drafts share).
@@ -131,10 +132,12 @@ def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: 
         raise ModelNotFound(f"model file {model_path} does not exist", fix="panza models list")
     if lora_path is not None and not Path(lora_path).exists():
         raise AdapterError(f"adapter file {lora_path} does not exist", fix="panza adapters list")
-    if merge and lora_path is not None and not gpu_layers:
+    if merge and not gpu_layers:
         from . import serving
 
-        model_path, lora_path = serving.resolve(model_path, lora_path)
+        # an adapter's copy is built on first use; the base's alone only by a long job (playback.run), so a
+        # short one (a draft in a new home) never waits for it, and uses it once it is there
+        model_path, lora_path = serving.resolve(model_path, lora_path, build=lora_path is not None)
     threads = threads or physical_cores()
     key = (str(model_path), str(lora_path or ""), n_ctx, threads, gpu_layers, logits_all, flash_attn)
     with _LOCK:

@@ -19,6 +19,12 @@ and adapter files it came from), is written atomically, rebuilt when either inpu
 adapter starts serving (registry.use) or else on first use, dropped when another adapter takes over, and
 loaded by every path that loads an adapter through `engine.stream_chat`: draft, chat, serve, the TUI and
 eval (which therefore scores what is served). `merge_adapter = false` turns it off.
+
+The base alone has a copy too (`cache/serving/BASE.serve-q8_0.gguf`): playback is prompt evaluation above
+all (each email read once, a one-sentence answer), so `playback.run` builds it before a job long enough to
+repay the build (`playback.BASE_COPY_AT` emails) and plays back on it; from then on whatever loads the base
+without an adapter (stock drafts, chat, eval's stock rows) loads the copy. A short job never waits for it.
+Scoring (`target_nll`, the re-tune gate) keeps the shipped file either way.
 """
 
 from __future__ import annotations
@@ -50,10 +56,23 @@ def copy_path(lora_path: str | Path) -> Path:
     return lora_path.with_name(f"{lora_path.stem}.serve-q8_0.gguf")
 
 
-def _stamp(base: Path, lora: Path, scale: float) -> dict:
-    b, a = base.stat(), lora.stat()
-    return {"format": FORMAT, "base": str(base.resolve()), "base_size": b.st_size, "base_mtime_ns": b.st_mtime_ns,
-            "adapter_size": a.st_size, "adapter_mtime_ns": a.st_mtime_ns, "scale": scale}
+def base_copy_path(base: str | Path) -> Path:
+    """Where the serving copy of a base with no adapter lives (stock drafts, playback, chat without an
+    adapter): in this home's cache, named after the base file."""
+    return paths.subdir("cache") / "serving" / f"{Path(base).stem}.serve-q8_0.gguf"
+
+
+def _out(base: Path, lora: Path | None) -> Path:
+    return copy_path(lora) if lora is not None else base_copy_path(base)
+
+
+def _stamp(base: Path, lora: Path | None, scale: float) -> dict:
+    b = base.stat()
+    stamp = {"format": FORMAT, "base": str(base.resolve()), "base_size": b.st_size, "base_mtime_ns": b.st_mtime_ns}
+    if lora is None:
+        return stamp
+    a = lora.stat()
+    return {**stamp, "adapter_size": a.st_size, "adapter_mtime_ns": a.st_mtime_ns, "scale": scale}
 
 
 def remove(adapter_folder: str | Path) -> None:
@@ -100,51 +119,56 @@ def _worth_it(base: Path, size: int, mtime_ns: int) -> bool:  # every draft asks
     return ftype in SLOW_FILE_TYPES and size * 8.5 / 5 <= MAX_COPY_BYTES  # Q8_0: 8.5 bits a weight, Q4_1: 5
 
 
-def fresh(base: str | Path, lora: str | Path, scale: float = 1.0) -> Path | None:
-    """The serving copy for (base, adapter) when it exists and was built from exactly these files."""
-    out = copy_path(lora)
+def fresh(base: str | Path, lora: str | Path | None, scale: float = 1.0) -> Path | None:
+    """The serving copy for (base, adapter or None) when it exists and was built from exactly these files."""
+    lora = Path(lora) if lora is not None else None
+    out = _out(Path(base), lora)
     try:
         stamp = json.loads(out.with_suffix(".json").read_text())
     except (OSError, ValueError):
         return None
-    return out if out.exists() and stamp == _stamp(Path(base), Path(lora), scale) else None
+    return out if out.exists() and stamp == _stamp(Path(base), lora, scale) else None
 
 
 def resolve(base: str | Path, lora: str | Path | None, *, scale: float = 1.0, build: bool = True
             ) -> tuple[Path, Path | None]:
     """(model, adapter) to load: (the serving copy, None) when one is worth having (built here the first
-    time, a few seconds on the embedded model), else the inputs unchanged. A failed build is logged and
-    falls back to the runtime adapter: a draft never fails for want of the faster file."""
+    time, a few seconds on the embedded model), else the inputs unchanged. With no adapter the copy is the
+    base alone in Q8_0 (stock drafts and playback evaluate their prompts in the fast kernels too). A failed
+    build is logged and falls back to the inputs: a draft never fails for want of the faster file."""
     base = Path(base)
-    if lora is None:
-        return base, None
+    lora = Path(lora) if lora is not None else None
     got = fresh(base, lora, scale)
     if got:
         return got, None
     if not build or not worth_it(base):
-        return base, Path(lora)
-    failed = copy_path(lora).with_suffix(".failed")
-    stamp = _stamp(base, Path(lora), scale)
+        return base, lora
+    failed = _out(base, lora).with_suffix(".failed")
+    stamp = _stamp(base, lora, scale)
     with contextlib.suppress(OSError, ValueError):
         if json.loads(failed.read_text()) == stamp:  # this exact merge failed before: do not retry every draft
-            return base, Path(lora)
+            return base, lora
     try:
-        return merge(base, Path(lora), scale=scale), None
+        return merge(base, lora, scale=scale), None
     except Exception as exc:  # noqa: BLE001 - disk full, a file the merge cannot read: keep drafting
-        log.warning("serving copy not built (%s: %s): applying the adapter at run time", type(exc).__name__, exc)
+        log.warning("serving copy not built (%s: %s): loading %s as it is", type(exc).__name__, exc,
+                    "the base with the adapter at run time" if lora else "the base")
         with contextlib.suppress(OSError):
             paths.write_private(failed, json.dumps(stamp))
-        return base, Path(lora)
+        return base, lora
 
 
-def merge(base: Path, lora: Path, *, scale: float = 1.0) -> Path:
-    """Write `base` + `scale` x the LoRA in `lora` as a GGUF whose merged and slow-type weights are Q8_0 (the
-    rest, embeddings and norms, byte for byte), beside the adapter; return its path."""
+def merge(base: Path, lora: Path | None, *, scale: float = 1.0) -> Path:
+    """Write `base` + `scale` x the LoRA in `lora` (none: the base alone) as a GGUF whose merged and slow-type
+    weights are Q8_0 (the rest, embeddings and norms, byte for byte), beside the adapter or in the cache;
+    return its path."""
     with _BUILD_LOCK:  # the preload thread and the foreground may both ask; the second finds it built
         got = fresh(base, lora, scale)
         if got:
             return got
-        out = copy_path(lora)
+        out = _out(base, lora)
+        paths.ensure_dir(out.parent)
+        _drop_orphans(out)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         try:
             _write(base, lora, scale, tmp)
@@ -157,7 +181,19 @@ def merge(base: Path, lora: Path, *, scale: float = 1.0) -> Path:
         return out
 
 
-def _write(base: Path, lora: Path, scale: float, out: Path) -> None:
+def _drop_orphans(out: Path) -> None:
+    """Delete half-written copies of `out` whose writer is gone (a build killed with SIGKILL or a power cut
+    leaves its temporary file: a hundred megabytes and more, never read)."""
+    for tmp in out.parent.glob(f".{out.name}.*.tmp"):
+        try:
+            os.kill(int(tmp.name.rsplit(".", 2)[-2]), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, OSError):  # not our name pattern, or a process of another user: leave it
+            continue
+
+
+def _write(base: Path, lora: Path | None, scale: float, out: Path) -> None:
     import gguf
     import numpy as np
     from gguf.quants import dequantize, quantize
@@ -166,10 +202,11 @@ def _write(base: Path, lora: Path, scale: float, out: Path) -> None:
 
     Q8 = gguf.GGMLQuantizationType.Q8_0
     slow = {gguf.GGMLQuantizationType[name] for name in SLOW_FILE_TYPES.values()}
-    br, lr = gguf.GGUFReader(base), gguf.GGUFReader(lora)
-    alpha_field = lr.fields.get("adapter.lora.alpha")
+    br = gguf.GGUFReader(base)
+    lr = gguf.GGUFReader(lora) if lora is not None else None
+    alpha_field = lr.fields.get("adapter.lora.alpha") if lr else None
     alpha = float(alpha_field.contents()) if alpha_field else 0.0
-    pairs = {t.name: t for t in lr.tensors}
+    pairs = {t.name: t for t in lr.tensors} if lr else {}
     w = gguf.GGUFWriter(str(out), br.fields["general.architecture"].contents())
     for key, f in br.fields.items():
         if key.startswith("GGUF.") or key in ("general.architecture", "general.alignment", "general.file_type"):

@@ -155,3 +155,60 @@ def test_serving_an_adapter_builds_its_copy_and_keeps_only_the_previous_ones(hom
 
     assert _brief(registry.get(ids[2], conn))["serving_copy"] == str(copies[2])  # `adapters list` shows it
     assert _brief(registry.get(ids[0], conn))["serving_copy"] is None
+
+
+def test_the_base_alone_has_a_q8_copy_that_is_the_same_model(home, embedded_model):
+    """With no adapter the copy is the base in Q8_0 (stock drafts and playback evaluate prompts in the fast
+    kernels): nearly always the same next token, a divergence of rounding; private files in the home's cache."""
+    assert serving.resolve(embedded_model, None, build=False) == (Path(embedded_model), None)  # not built yet
+    copy, lora = serving.resolve(embedded_model, None)
+    assert lora is None and copy == home / "cache" / "serving" / "SmolLM2-135M-Instruct.Q4_1.serve-q8_0.gguf"
+    assert gguf_header.read_header(copy)["metadata"]["general.file_type"] == 7  # MOSTLY_Q8_0
+    assert copy.stat().st_mode & 0o777 == 0o600 and copy.parent.stat().st_mode & 0o777 == 0o700
+    assert serving.resolve(embedded_model, None, build=False) == (copy, None)
+    base, q8 = _logits(embedded_model, None), _logits(copy, None)
+    agree = (base.argmax(1) == q8.argmax(1)).mean()
+    lb, lq = _log_softmax(base), _log_softmax(q8)
+    kl = (np.exp(lb) * (lb - lq)).sum(1).mean()
+    assert agree >= 0.9 and kl < 0.01, f"next token agreement {agree:.3f}, KL {kl:.4f}"
+
+
+def test_a_killed_build_leaves_no_orphan(home, embedded_model):
+    import subprocess
+    import sys
+
+    out = serving.base_copy_path(embedded_model)
+    out.parent.mkdir(parents=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    orphan = out.with_name(f".{out.name}.{gone}.tmp")
+    orphan.write_bytes(b"half a model")
+    serving.merge(Path(embedded_model), None)
+    assert not orphan.exists() and serving.fresh(embedded_model, None) == out
+    assert sorted(f.name for f in out.parent.iterdir()) == sorted([out.name, out.with_suffix(".json").name])
+
+
+def test_playback_builds_the_base_copy_for_a_long_job_and_drafts_then_use_it(home, embedded_model, monkeypatch):
+    from panza_local import ingest, playback, sample, store
+
+    conn = store.connect()
+    ingest.ingest(conn, [str(sample.write_sample_mailbox(home.parent / "mail"))], me=[sample.SAMPLE_ME])
+    monkeypatch.setattr(playback, "BASE_COPY_AT", 3)
+    settings = config.load({"threads": 2, "merge_adapter": False})
+    playback.run(conn, limit=3, settings=settings, parallel=1)
+    assert serving.fresh(embedded_model, None) is None  # the setting says no
+    settings = config.load({"threads": 2})
+    playback.run(conn, limit=2, settings=settings, parallel=1)
+    assert serving.fresh(embedded_model, None) is None  # too short a job to pay for the copy
+    engine.unload_all()
+    playback.run(conn, limit=3, settings=settings, parallel=2)
+    copy = serving.fresh(embedded_model, None)
+    assert copy is not None
+    assert [Path(llm.model_path) for llm in engine._MODELS.values()] == [copy]  # the batch played back on it
+    engine.unload_all()
+    "".join(engine.stream_chat([{"role": "user", "content": "Ask Bob to move our meeting to Friday"}],
+                               model_path=embedded_model, settings=config.load({"max_tokens": 2, "threads": 2})))
+    (key, llm), = engine._MODELS.items()
+    assert Path(llm.model_path) == copy and not key[1]  # a stock draft loads it now that it exists
+    engine.unload_all()
+    conn.close()
