@@ -285,7 +285,7 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
             from .. import serving
 
             progress(0, len(todo), "a Q8_0 copy of the model (once)")
-            serving.resolve(model_path, None)  # engine.load then loads it: prompts evaluate ~2x faster
+            serving.resolve(model_path, None)  # built now, so engine.load (merge=True) finds it and loads it
         if batched:
             results = batch.generate_many(todo, model_path=model_path, settings=settings, idf=idf,
                                           user_name=settings.user_name, slots=min(slots, len(todo)))
