@@ -132,9 +132,9 @@ def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: 
         raise ModelNotFound(f"model file {model_path} does not exist", fix="panza models list")
     if lora_path is not None and not Path(lora_path).exists():
         raise AdapterError(f"adapter file {lora_path} does not exist", fix="panza adapters list")
-    if merge and not gpu_layers:
-        from . import serving
+    from . import serving
 
+    if serving.applies(merge, gpu_layers):
         # an adapter's copy is built on first use; the base's alone only by a long job (playback.run), so a
         # short one (a draft in a new home) never waits for it, and uses it once it is there
         model_path, lora_path = serving.resolve(model_path, lora_path, build=lora_path is not None)

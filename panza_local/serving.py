@@ -59,7 +59,13 @@ def copy_path(lora_path: str | Path) -> Path:
 def base_copy_path(base: str | Path) -> Path:
     """Where the serving copy of a base with no adapter lives (stock drafts, playback, chat without an
     adapter): in this home's cache, named after the base file."""
-    return paths.subdir("cache") / "serving" / f"{Path(base).stem}.serve-q8_0.gguf"
+    return paths.home() / "cache" / "serving" / f"{Path(base).stem}.serve-q8_0.gguf"  # merge() creates it 0700
+
+
+def applies(merge: bool, gpu_layers: int) -> bool:
+    """Whether serving copies are used at all: the setting on (merge_adapter), and a CPU run (on a GPU the
+    shipped quantization's kernels are fast)."""
+    return bool(merge) and not gpu_layers
 
 
 def _out(base: Path, lora: Path | None) -> Path:
@@ -169,6 +175,8 @@ def merge(base: Path, lora: Path | None, *, scale: float = 1.0) -> Path:
         out = _out(base, lora)
         paths.ensure_dir(out.parent)
         _drop_orphans(out)
+        if lora is None:
+            _prune_base_copies(out.parent)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         try:
             _write(base, lora, scale, tmp)
@@ -179,6 +187,19 @@ def merge(base: Path, lora: Path | None, *, scale: float = 1.0) -> Path:
         paths.write_private(out.with_suffix(".json"), json.dumps(_stamp(base, lora, scale)))
         log.info("serving copy built: %s", out)
         return out
+
+
+def _prune_base_copies(folder: Path, keep: int = 1) -> None:
+    """Before a base's copy is built, delete those of other bases but the `keep` latest built (a model
+    switched away from with `panza models use` leaves hundreds of megabytes; the one before stays, so
+    switching back plays back fast at once)."""
+    built = []
+    for side in folder.glob("*.serve-q8_0.json"):
+        with contextlib.suppress(OSError):
+            built.append((side.stat().st_mtime_ns, side))
+    for _, side in sorted(built, reverse=True)[keep:]:
+        for f in (side.with_suffix(".gguf"), side, side.with_suffix(".failed")):
+            f.unlink(missing_ok=True)
 
 
 def _drop_orphans(out: Path) -> None:

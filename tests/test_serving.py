@@ -5,6 +5,7 @@ inputs change, used by the draft path, made when an adapter starts serving, and 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -171,6 +172,23 @@ def test_the_base_alone_has_a_q8_copy_that_is_the_same_model(home, embedded_mode
     lb, lq = _log_softmax(base), _log_softmax(q8)
     kl = (np.exp(lb) * (lb - lq)).sum(1).mean()
     assert agree >= 0.9 and kl < 0.01, f"next token agreement {agree:.3f}, KL {kl:.4f}"
+
+
+def test_a_new_base_copy_keeps_one_other_and_a_stock_draft_creates_no_cache(home, embedded_model):
+    """After `models use` another base and back, the copies of bases no longer used give their disk back
+    (the one before stays: switching back is instant); asking whether a copy exists writes nothing."""
+    assert serving.fresh(embedded_model, None) is None and not (home / "cache").exists()
+    folder = home / "cache" / "serving"
+    folder.mkdir(parents=True)
+    for age, stem in enumerate(["Older-0.5B.Q4_1", "Previous-1B.Q4_1"]):
+        for suffix in (".gguf", ".json"):
+            f = folder / f"{stem}.serve-q8_0{suffix}"
+            f.write_bytes(b"x")
+            os.utime(f, ns=(10**18 + age, 10**18 + age))
+    serving.merge(Path(embedded_model), None)
+    assert sorted(f.name for f in folder.iterdir()) == sorted(
+        ["Previous-1B.Q4_1.serve-q8_0.gguf", "Previous-1B.Q4_1.serve-q8_0.json",
+         "SmolLM2-135M-Instruct.Q4_1.serve-q8_0.gguf", "SmolLM2-135M-Instruct.Q4_1.serve-q8_0.json"])
 
 
 def test_a_killed_build_leaves_no_orphan(home, embedded_model):

@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import failpoint, prompts, store
+from .. import failpoint, prompts, serving, store
 from ..errors import NoDataError
 from ..results import PlaybackResult
 from . import scoring as q
@@ -280,10 +280,8 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
     t0 = time.perf_counter()
     with store.run(conn, "playback") as summary:
         progress(0, len(todo), "")
-        if len(todo) >= BASE_COPY_AT and settings.merge_adapter and not settings.gpu_layers \
+        if len(todo) >= BASE_COPY_AT and serving.applies(settings.merge_adapter, settings.gpu_layers) \
                 and not settings.engine_url:
-            from .. import serving
-
             progress(0, len(todo), "a Q8_0 copy of the model (once)")
             serving.resolve(model_path, None)  # built now, so engine.load (merge=True) finds it and loads it
         if batched:
