@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,27 @@ def test_clean_corpora_pass_through_unchanged(corpus):
         assert len(texts) > 200
     same = sum(clean(text).body == _tidy(normalise(text)) for text in texts)
     assert same / len(texts) >= 0.99
+
+
+def test_a_threads_gist_is_what_was_said_without_the_quoted_headers():
+    """playback reads a reply's thread through `gist`: the quoted header is ~150 characters of names and dates
+    that would take the prompt's budget (and half its tokens) before the first word of the message replied to."""
+    from panza_local.ingest.clean import gist
+
+    outlook = ("-----Original Message-----\nFrom: \tFraser, Bryce\nSent:\tWednesday, September 05, 2001 2:26 PM\n"
+               "To:\tBass, Eric\nCc: Lee, Ann\nSubject:\tRE: venture\n\nEric - it was good to see you again.\n\n"
+               "-----Original Message-----\nFrom: Bass, Eric\nSent: Tuesday\n\nolder words")
+    assert gist(outlook, 300) == "venture. Eric - it was good to see you again. older words"
+    assert gist(outlook, 40) == "venture. Eric - it was good to see you a"
+    gmail = "On Mon, 3 Jan 2022 at 10:00, Ann Lee <ann@x.com> wrote:\n> Can we meet on Friday?\n>\n> Ann\n"
+    assert gist(gmail, 300) == "Can we meet on Friday? Ann"
+    notes = "Phillip K Allen  12/13/2000 02:14 PM\nTo: John Arnold\ncc: \nSubject: gas\n\nPlease call me."
+    assert gist(notes, 300) == "gas. Please call me."
+    assert gist("", 300) == ""
+    for name in CASES:
+        if name in NO_THREAD:
+            continue
+        thread = clean((FIXTURES / f"{name}.in.txt").read_text(encoding="utf-8")).thread
+        got = gist(thread, 300)
+        assert got and len(got) <= 300, name
+        assert not re.search(r"(?i)\b(?:from|sent|to|cc|date):|original message|\bwrote:|^>", got), (name, got)

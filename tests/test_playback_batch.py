@@ -75,6 +75,54 @@ def test_batched_pairs_have_the_quality_of_sequential_ones(maya):
     assert same >= len(rows) // 3  # most first attempts are greedy: the same sentence, not a different run
 
 
+def test_a_greedy_draw_the_grammar_rejects_picks_what_filtering_the_whole_vocabulary_picks(maya):
+    """The shortcut (the best allowed of the top logits, batch._Candidates.best_allowed) against the full path
+    (the grammar filters all 49,152 tokens, then the chain draws) at every step of real greedy generations,
+    on the last attempt's words-only grammar, where the model's own choice is rejected most often."""
+    from panza_local import engine
+
+    _, mine, _, settings, model = maya
+    lib, llm = engine.llama_cpp(), engine.load(model, n_ctx=2048, threads=1)
+    ctx = batch._context(lib, llm, 1024, 1, settings)
+    b = lib.llama_batch_init(batch.N_BATCH, 0, 1)
+    scratch = batch._Candidates(lib, llm.n_vocab())
+    fmt, rejected = batch._formatter(llm), 0
+    try:
+        for row in mine[:3]:
+            p = playback.plan(row)
+            a = playback.attempt(p, playback.ATTEMPTS - 1)
+            prompt = fmt(messages=a["messages"]).prompt.encode()
+            toks = llm.tokenize(prompt, add_bos=False, special=True)
+            lib.llama_memory_clear(lib.llama_get_memory(ctx.ctx), True)
+            fast = batch._Sampler(lib, llm, a["grammar"], 0.0, 1, scratch)
+            full = batch._Sampler(lib, llm, a["grammar"], 0.0, 1, scratch)
+            batch._decode_all(lib, ctx.ctx, b, toks[:-1], 0)
+            tok, pos = toks[-1], len(toks) - 1
+            for _ in range(20):
+                b.token[0], b.pos[0], b.n_seq_id[0], b.logits[0], b.n_tokens = tok, pos, 1, True, 1
+                b.seq_id[0][0] = 0
+                assert lib.llama_decode(ctx.ctx, b) == 0
+                scratch.load(lib.llama_get_logits_ith(ctx.ctx, 0))
+                lib.llama_sampler_apply(full.chain.sampler, scratch.ref)
+                rejected += not scratch.allows(full.grammar, scratch.selected())
+                scratch.load(lib.llama_get_logits_ith(ctx.ctx, 0))
+                lib.llama_sampler_apply(full.grammar, scratch.ref)
+                lib.llama_sampler_apply(full.chain.sampler, scratch.ref)
+                want = scratch.selected()
+                lib.llama_sampler_accept(full.chain.sampler, want)
+                lib.llama_sampler_accept(full.grammar, want)
+                tok, pos = fast.sample(ctx.ctx, 0), pos + 1
+                assert tok == want, (row["id"], pos)
+                if lib.llama_vocab_is_eog(llm._model.vocab, tok) or b"." in llm.detokenize([tok]):
+                    break
+            fast.close()
+            full.close()
+    finally:
+        lib.llama_batch_free(b)
+        ctx.close()
+    assert rejected >= 3  # the shortcut was taken, not only the model's own choice
+
+
 def test_each_sequence_keeps_its_own_grammar(home, monkeypatch):
     # Four emails to four different people decode together; each grammar names its own recipient.
     monkeypatch.setenv("PANZA_THREADS", "1")

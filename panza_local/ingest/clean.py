@@ -369,3 +369,38 @@ def language(text: str) -> str:
     lang = max(scores, key=scores.get)
     n_words = sum(counts.values())
     return lang if scores[lang] >= 2 or (scores[lang] >= 1 and n_words < 8) else "und"
+
+
+_SUBJECT_KEY = re.compile(r"^\W*(?:subject|objet|betreff|asunto|oggetto|onderwerp|assunto|ämne|emne|temat|тема|aihe|"
+                          r"sujet)\b", re.IGNORECASE)
+_REPLY_PREFIX = re.compile(r"^(?:(?:re|fw|fwd|aw|wg|sv|tr|rv|enc)\s*:\s*)+", re.IGNORECASE)
+
+
+def gist(thread: str, limit: int) -> str:
+    """The words of a quoted thread, on one line, at most `limit` characters: its separators, attribution
+    lines and From/Sent/To/Cc header fields dropped (a quoted Outlook header is ~150 characters of names and
+    dates before the first word of the message replied to), `>` marks removed, a Subject field kept as
+    "Subject. " before the text it heads. For prompts that read a thread (playback): the budget goes to what
+    was said."""
+    lines = normalise(thread).split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines) and sum(len(x) + 1 for x in out) < limit:
+        line = re.sub(r"^(?:\s*>)+", "", lines[i]).strip()
+        span = _attribution(lines, i)
+        if span:
+            i += span
+            continue
+        i += 1
+        if not line or _SEPARATOR.match(line) or _FORWARD.match(line) or _NOTES_DATE_LINE.match(line) \
+                or _NOTES_INLINE.match(line):
+            continue
+        m = _HEADER_LINE.match(line)
+        if m:
+            if _SUBJECT_KEY.match(line):
+                subject = _REPLY_PREFIX.sub("", line[m.end():].strip(" *"))
+                if subject:
+                    out.append(subject.rstrip(".") + ".")
+            continue
+        out.append(line)
+    return re.sub(r"\s+", " ", " ".join(out)).strip()[:limit]

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .. import failpoint, prompts, serving, store
 from ..errors import NoDataError
+from ..ingest.clean import gist
 from ..results import PlaybackResult
 from . import scoring as q
 from .export import count_ok, export, instructions, new_since, pairs, played_back, split_of, splits  # noqa: F401  (public API lives here too)
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, "int | None", "str | None"], None]
 
-VERSION = 9  # bump when the prompt, grammar or guards change meaning: every pair regenerates
+VERSION = 10  # bump when the prompt, grammar or guards change meaning: every pair regenerates
 ATTEMPTS = 4
 MAX_TOKENS = 40
 EMAIL_CHARS = 1200  # the head of a long email carries its ask; the rest only slows the prompt
@@ -123,8 +124,8 @@ def grammar(to_name: str | None, words: list[str] | None = None, verbs: list[str
 
 def _user_msg(email: str, to_name: str | None, thread: str | None, hint: str | None = None) -> str:
     head = f"To {to_name}." if to_name else "To the recipient."
-    if thread:
-        t = re.sub(r"\s+", " ", thread).strip()[:THREAD_CHARS]
+    t = gist(thread or "", THREAD_CHARS)
+    if t:
         head += f" It replies to: {t}"
     # A retry's hint goes after the email, so the retry re-reads only the hint (the rest is in the KV cache).
     return f"{head}\nEmail:\n{email.strip()[:EMAIL_CHARS]}" + (f"\n\n({hint})" if hint else "")
@@ -180,7 +181,7 @@ def attempt(p: dict, k: int) -> dict:
 
 def _own_words(p: dict) -> list[str]:
     """Words an instruction may use on the last try: the email's, its thread's and subject's, and glue words."""
-    text = " ".join([p["email"][:EMAIL_CHARS], p["thread"][:THREAD_CHARS], p["row"].get("subject") or ""])
+    text = " ".join([p["email"][:EMAIL_CHARS], gist(p["thread"], THREAD_CHARS), p["row"].get("subject") or ""])
     own = {w.strip(".,") for w in q.words(text)}
     own = {w for w in own if w and "." not in w and len(w) < 30}
     own |= {w.lower() for w in own} | q.STOP | q.INSTRUCTION_WORDS | {"asking", "telling", "saying", "that", "if"}

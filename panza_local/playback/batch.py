@@ -178,6 +178,9 @@ def _fill(lib, batch, busy: list[_Slot]) -> None:
             s.logit_at = n
         n += 1
 
+    # In the order of their sequence ids: llama.cpp splits a batch over separate KV streams into one compute
+    # per run of consecutive ids, so 16 generating sequences in shuffled order cost 2.3x one ordered step.
+    busy = sorted(busy, key=lambda s: s.seq)
     for s in busy:
         s.logit_at = -1
         if not s.pending and s.out:  # generating: feed back its last token
@@ -231,6 +234,7 @@ class _Sampler:
         from llama_cpp import _internals
 
         self.lib, self.scratch = lib, scratch
+        self.greedy = temperature == 0.0
         self.chain = _internals.LlamaSampler()
         self.chain.add_penalties(n_vocab=llm.n_vocab(), penalty_last_n=PENALTY_LAST_N,
                                  penalty_repeat=REPEAT_PENALTY, penalty_freq=0.0, penalty_present=0.0)
@@ -253,10 +257,13 @@ class _Sampler:
         lib.llama_sampler_apply(self.chain.sampler, arr.ref)
         tok = arr.selected()
         if not arr.allows(self.grammar, tok):
-            arr.load(lib.llama_get_logits_ith(ctx, i))
-            lib.llama_sampler_apply(self.grammar, arr.ref)
-            lib.llama_sampler_apply(self.chain.sampler, arr.ref)
-            tok = arr.selected()
+            if self.greedy:  # the allowed token of highest (penalised) logit: what filtering all of them picks
+                tok = arr.best_allowed(self.grammar)
+            if tok is None or not self.greedy:
+                arr.load(lib.llama_get_logits_ith(ctx, i))
+                lib.llama_sampler_apply(self.grammar, arr.ref)
+                lib.llama_sampler_apply(self.chain.sampler, arr.ref)
+                tok = arr.selected()
         lib.llama_sampler_accept(self.chain.sampler, tok)
         lib.llama_sampler_accept(self.grammar, tok)
         return tok
@@ -291,6 +298,18 @@ class _Candidates:
 
     def selected(self) -> int:
         return int(self.data["id"][self.arr.selected])
+
+    def best_allowed(self, grammar, top: int = 64) -> int | None:
+        """After a greedy chain ran (its penalties are in the logits, nothing reordered): the token of highest
+        logit among the `top` highest that `grammar` allows, None if it allows none of them. Filtering the
+        whole vocabulary through a grammar costs ~5 ms; a greedy draw needs only the best allowed one."""
+        np, logits = self.np, self.data["logit"][:self.arr.size]
+        head = np.argpartition(-logits, top)[:top]
+        for j in head[np.lexsort((head, -logits[head]))]:  # ties: the lower index first, as greedy does
+            tok = int(self.data["id"][j])
+            if self.allows(grammar, tok):
+                return tok
+        return None
 
     def allows(self, grammar, tok: int) -> bool:
         self.one[0].id, self.one[0].logit, self.one[0].p = tok, 1.0, 0.0
