@@ -104,8 +104,11 @@ def test_a_threads_gist_is_what_was_said_without_the_quoted_headers():
     outlook = ("-----Original Message-----\nFrom: \tFraser, Bryce\nSent:\tWednesday, September 05, 2001 2:26 PM\n"
                "To:\tBass, Eric\nCc: Lee, Ann\nSubject:\tRE: venture\n\nEric - it was good to see you again.\n\n"
                "-----Original Message-----\nFrom: Bass, Eric\nSent: Tuesday\n\nolder words")
-    assert gist(outlook, 300) == "venture. Eric - it was good to see you again. older words"
-    assert gist(outlook, 40) == "venture. Eric - it was good to see you a"
+    assert gist(outlook, 300) == ("From Bryce Fraser: venture. Eric - it was good to see you again. From Eric Bass: "
+                                  "older words")
+    assert gist(outlook, 40) == "From Bryce Fraser: venture. Eric - it wa"
+    assert gist("From: Larry Bass [mailto:lwb@x.net]\nSent: Monday\nTo: Eric\n\nHow was Austin?", 300) == \
+        "From Larry Bass: How was Austin?"
     gmail = "On Mon, 3 Jan 2022 at 10:00, Ann Lee <ann@x.com> wrote:\n> Can we meet on Friday?\n>\n> Ann\n"
     assert gist(gmail, 300) == "Can we meet on Friday? Ann"
     notes = "Phillip K Allen  12/13/2000 02:14 PM\nTo: John Arnold\ncc: \nSubject: gas\n\nPlease call me."
@@ -117,4 +120,4 @@ def test_a_threads_gist_is_what_was_said_without_the_quoted_headers():
         thread = clean((FIXTURES / f"{name}.in.txt").read_text(encoding="utf-8")).thread
         got = gist(thread, 300)
         assert got and len(got) <= 300, name
-        assert not re.search(r"(?i)\b(?:from|sent|to|cc|date):|original message|\bwrote:|^>", got), (name, got)
+        assert not re.search(r"(?i)\b(?:sent|to|cc|date):|original message|\bwrote:|^>|@|mailto", got), (name, got)

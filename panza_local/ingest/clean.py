@@ -378,9 +378,9 @@ _REPLY_PREFIX = re.compile(r"^(?:(?:re|fw|fwd|aw|wg|sv|tr|rv|enc)\s*:\s*)+", re.
 
 def gist(thread: str, limit: int) -> str:
     """The words of a quoted thread, on one line, at most `limit` characters: its separators, attribution
-    lines and From/Sent/To/Cc header fields dropped (a quoted Outlook header is ~150 characters of names and
-    dates before the first word of the message replied to), `>` marks removed, a Subject field kept as
-    "Subject. " before the text it heads. For prompts that read a thread (playback): the budget goes to what
+    lines and Sent/To/Cc/Date header fields dropped (a quoted Outlook header is ~150 characters of names,
+    addresses and dates before the first word of the message replied to), `>` marks removed; a From field
+    kept as "From First Last:" and a Subject as "Subject. " before the text they head. For prompts that read a thread (playback): the budget goes to what
     was said."""
     lines = normalise(thread).split("\n")
     out: list[str] = []
@@ -397,7 +397,13 @@ def gist(thread: str, limit: int) -> str:
             continue
         m = _HEADER_LINE.match(line)
         if m:
-            if _SUBJECT_KEY.match(line):
+            if _FROM_LINE.match(line):  # who said it, without the address
+                who = re.sub(r"\[mailto:[^\]]*\]|<[^>]*>|\S+@\S+", "", line[m.end():]).strip(' *"')
+                if "," in who and len(who.split(",")) == 2:
+                    who = " ".join(x.strip() for x in reversed(who.split(",")))
+                if who:
+                    out.append(f"From {who}:")
+            elif _SUBJECT_KEY.match(line):
                 subject = _REPLY_PREFIX.sub("", line[m.end():].strip(" *"))
                 if subject:
                     out.append(subject.rstrip(".") + ".")
