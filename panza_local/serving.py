@@ -83,9 +83,22 @@ def _stamp(base: Path, lora: Path | None, scale: float) -> dict:
 
 def remove(adapter_folder: str | Path) -> None:
     """Delete the serving copy kept in an adapter's folder (it is rebuilt when that adapter serves again)."""
-    out = copy_path(Path(adapter_folder) / "adapter.gguf")
+    _delete(copy_path(Path(adapter_folder) / "adapter.gguf"))
+
+
+def _delete(out: Path) -> None:
+    """A serving copy's files: the GGUF, its stamp and the stamp of a failed build."""
     for f in (out, out.with_suffix(".json"), out.with_suffix(".failed")):
         f.unlink(missing_ok=True)
+
+
+def _all_but_newest(stamps: list[Path], keep: int) -> list[Path]:
+    """The stamps (sidecar .json files) but the `keep` most recently touched; missing ones are skipped."""
+    dated = []
+    for side in stamps:
+        with contextlib.suppress(OSError):
+            dated.append((side.stat().st_mtime_ns, side))
+    return [side for _, side in sorted(dated, reverse=True)[keep:]]
 
 
 def keep_latest(folders: list[Path], served: Path, keep: int = 2) -> None:
@@ -94,13 +107,9 @@ def keep_latest(folders: list[Path], served: Path, keep: int = 2) -> None:
     side = copy_path(served / "adapter.gguf").with_suffix(".json")
     if side.exists():
         os.utime(side)  # the sidecar's mtime is when its adapter last started serving
-    stamped = []
-    for d in folders:
-        s = copy_path(d / "adapter.gguf").with_suffix(".json")
-        with contextlib.suppress(OSError):
-            stamped.append((s.stat().st_mtime_ns, d))
-    for _, d in sorted(stamped, reverse=True)[keep:]:
-        remove(d)
+    stamps = [copy_path(d / "adapter.gguf").with_suffix(".json") for d in folders]
+    for side in _all_but_newest(stamps, keep):
+        _delete(side.with_suffix(".gguf"))
 
 
 def worth_it(base: str | Path) -> bool:
@@ -193,13 +202,8 @@ def _prune_base_copies(folder: Path, keep: int = 1) -> None:
     """Before a base's copy is built, delete those of other bases but the `keep` latest built (a model
     switched away from with `panza models use` leaves hundreds of megabytes; the one before stays, so
     switching back plays back fast at once)."""
-    built = []
-    for side in folder.glob("*.serve-q8_0.json"):
-        with contextlib.suppress(OSError):
-            built.append((side.stat().st_mtime_ns, side))
-    for _, side in sorted(built, reverse=True)[keep:]:
-        for f in (side.with_suffix(".gguf"), side, side.with_suffix(".failed")):
-            f.unlink(missing_ok=True)
+    for side in _all_but_newest(list(folder.glob("*.serve-q8_0.json")), keep):
+        _delete(side.with_suffix(".gguf"))
 
 
 def _drop_orphans(out: Path) -> None:

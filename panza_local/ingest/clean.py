@@ -380,8 +380,8 @@ def gist(thread: str, limit: int) -> str:
     """The words of a quoted thread, on one line, at most `limit` characters: its separators, attribution
     lines and Sent/To/Cc/Date header fields dropped (a quoted Outlook header is ~150 characters of names,
     addresses and dates before the first word of the message replied to), `>` marks removed; a From field
-    kept as "From First Last:" and a Subject as "Subject. " before the text they head. For prompts that read a thread (playback): the budget goes to what
-    was said."""
+    kept as "From First Last:" and a Subject as "Subject. " before the text they head. For prompts that read
+    a thread (playback): the budget goes to what was said."""
     lines = normalise(thread).split("\n")
     out: list[str] = []
     i = 0
@@ -399,8 +399,9 @@ def gist(thread: str, limit: int) -> str:
         if m:
             if _FROM_LINE.match(line):  # who said it, without the address
                 who = re.sub(r"\[mailto:[^\]]*\]|<[^>]*>|\S+@\S+", "", line[m.end():]).strip(' *"')
-                if "," in who and len(who.split(",")) == 2:
-                    who = " ".join(x.strip() for x in reversed(who.split(",")))
+                last_first = who.split(",")
+                if len(last_first) == 2:  # Outlook's "Last, First"
+                    who = " ".join(x.strip() for x in reversed(last_first))
                 if who:
                     out.append(f"From {who}:")
             elif _SUBJECT_KEY.match(line):

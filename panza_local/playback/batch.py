@@ -257,9 +257,9 @@ class _Sampler:
         lib.llama_sampler_apply(self.chain.sampler, arr.ref)
         tok = arr.selected()
         if not arr.allows(self.grammar, tok):
-            if self.greedy:  # the allowed token of highest (penalised) logit: what filtering all of them picks
-                tok = arr.best_allowed(self.grammar)
-            if tok is None or not self.greedy:
+            # greedy: the allowed token of highest (penalised) logit, what filtering all of them picks
+            tok = arr.best_allowed(self.grammar) if self.greedy else None
+            if tok is None:
                 arr.load(lib.llama_get_logits_ith(ctx, i))
                 lib.llama_sampler_apply(self.grammar, arr.ref)
                 lib.llama_sampler_apply(self.chain.sampler, arr.ref)
