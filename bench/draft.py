@@ -9,14 +9,14 @@ Cold rows, one fresh process each, rounds interleaved (the order rotates) so loa
   (another instruction) left its prompt cache (prefix_cache: the prefix drafts share is not re-evaluated);
 - ours, first draft: the same with no prompt cache on disk (the first draft after install or training);
 - ours, runtime adapter: `ours` with `merge_adapter = false`: the adapter applied by llama.cpp at run time
-  on the Q4_1 base instead of the serving copy (serving.py: base + adapter merged, Q8_0 projections);
+  on the Q4_1 base instead of the serving copy (serving.py: base + adapter merged, BF16 or Q8_0 projections);
 - direct: `python direct.py`: imports llama_cpp, loads the base GGUF with `lora_path=` (llama-cpp-python's
   own adapter path), and streams `create_completion` on the prompt text panza rendered (same template,
   same sampling, greedy, the same stop), in the default environment;
 - direct+omp: the same with the OpenMP wait setting panza's engine gives llama.cpp (`engine.OMP_ENV`; so the
   two baselines separate what that setting does from what the rest of panza does, see bench/omp_wait.py).
 Ours evaluates prompts with llama.cpp's fused attention (settings.flash_attention), which llama-cpp-python
-leaves off, and the serving copy rounds differently (Q8_0): so even with the runtime adapter ours' greedy text
+leaves off, and the serving copy rounds differently (BF16 or Q8_0): so even with the runtime adapter ours' greedy text
 can part from direct's after some tokens (same prompt, same adapter); the results record both. The warm row
 "tui, without flash attention" shows what the fused attention alone gives.
 
@@ -201,7 +201,7 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
     home = args.home or Path(tempfile.mkdtemp(prefix="panza-bench-draft-")) / "home"
     os.environ["PANZA_HOME"] = str(home)
     os.environ["PANZA_THREADS"] = str(args.threads)
-    from panza_local import config, draft, engine, prompts
+    from panza_local import config, draft, engine, prompts, serving
     from panza_local.train import registry
 
     if args.home is None:
@@ -343,7 +343,8 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
 
     out = {"bench": "draft", "threads": args.threads, "max_tokens": args.max_tokens, "rounds": rounds,
            "home": "sample mailbox + random rank-8 all-linear LoRA" if args.home is None else str(args.home),
-           "adapter": choice.id, "prompt_tokens": n_prompt, "same_text_as_direct": same_text,
+           "adapter": choice.id, "copy_type": serving.copy_type(), "prompt_tokens": n_prompt,
+           "same_text_as_direct": same_text,
            "serving_copy_same_text_as_direct": copy_same_text,
            "goals_s": {"cold_first_token": 3.0, "warm_first_token": 0.5},
            "cold": {v: {"ttft": _summary(r, "ttft"), "total": _summary(r, "total"), "cpu": _summary(r, "cpu"),
@@ -421,7 +422,7 @@ def _write(out: dict) -> None:
     lines += [f"- {k}: {v}" for k, v in out["ratios"].items()]
     goals = out["goals_s"]
     lines += ["", ("Same generated tokens as direct (greedy, same prompt; ours may add the sign-off), runtime adapter: "
-                   f"{out['same_text_as_direct']}; serving copy (Q8_0 rounding, may part after some tokens): "
+                   f"{out['same_text_as_direct']}; serving copy ({out['copy_type']} rounding, may part after some tokens): "
                    f"{out['serving_copy_same_text_as_direct']}."),
               f"Goals: first token <= {goals['cold_first_token']} s cold, <= {goals['warm_first_token']} s warm."]
     (RESULTS / "draft.md").write_text("\n".join(lines) + "\n")

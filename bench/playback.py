@@ -1,5 +1,5 @@
 """Playback: batched (several emails per llama.cpp decode, `playback/batch.py`) vs one at a time, same run,
-each on the base model as shipped and on its Q8_0 serving copy (serving.py: the embedded model's Q4_1 has
+each on the base model as shipped and on its serving copy (serving.py: the embedded model's Q4_1 has
 no fast prompt kernel; playback builds the copy once and evaluates its prompts there).
 
 Every path runs `playback.run` on the same store, the same emails (the oldest N of an Enron user no eval
@@ -36,8 +36,8 @@ RESULTS = REPO / "bench" / "results"
 
 
 # (label, sequences per decode or None for --parallel, the serving copy): the baseline first
-PATHS = (("one at a time", 1, False), ("batched", None, False), ("batched, Q8_0 copy", None, True),
-         ("one at a time, Q8_0 copy", 1, True))
+PATHS = (("one at a time", 1, False), ("batched", None, False), ("batched, serving copy", None, True),
+         ("one at a time, serving copy", 1, True))
 
 
 def _one(conn, n: int, parallel: int, settings) -> dict:
@@ -102,7 +102,7 @@ def _md(res: dict) -> str:
               f"{' / '.join(str(v['load_avg_1m']) for v in res['paths'].values())} after each run "
               f"(in the order of the columns)."), "",
              "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for key, label in [("parallel", "sequences per decode"), ("serving_copy", "Q8_0 serving copy"),
+    for key, label in [("parallel", "sequences per decode"), ("serving_copy", "serving copy (BF16 or Q8_0: serving.copy_type)"),
                        ("emails_per_min", "emails/min (wall)"), ("emails_per_cpu_min", "emails per CPU-minute"),
                        ("cpu_seconds", "CPU seconds"), ("recall_at_1", "recall@1 (whole mailbox)"),
                        ("copy_ratio_median", "median copy ratio"), ("fallback_share", "keyword fallback share"),

@@ -48,6 +48,8 @@ _ABOUT = re.compile(r"^(?:the|this) (?:message|email|e-mail) (?:is|was) (?:from|
 _BARE_LABEL = re.compile(r"^(?:chat history|message body|email body|subject line|subject|instruction|request|"
                          r"answer|response|output)\s*[:.]?$", re.IGNORECASE)
 _NEW_EMAIL = re.compile(r"^(?:\w+:\s*)?(?P<g>\S.{0,40}[,!:])$")
+_TURN = re.compile(r"^[A-Z]\w{0,20}:\s+(?P<g>\S.*)$")  # "Chair: Hi, I hope ...": a speaker's label, then their words
+_TURN_GREETING = re.compile(r"^\w+(?![-'])(?:\s+\S+){0,3}?[,!](?:\s|$)")  # "Hi," "Hi Hannah!" "Good morning all,"
 _RULE = re.compile(r"\s*(?:-{3,}|\*{3,}|_{3,}|={3,})\s*")
 _BULLET = re.compile(r"^(?:[-*+•]\s*)+")  # "-Chat History:", "- Subject: ...": scaffolding as a list item
 _BRACKETED = re.compile(r"^\[[^\[\]]*\]$")
@@ -59,6 +61,9 @@ _MAYBE_LABEL = re.compile(r"^[-*+•]?\s*(?:sure|certainly|of course|okay|ok|her
                           r"message|email|body|draft|answer|response|reply|output|instruction|request|re|to|from|"
                           r"cc|bcc|date|sent|mention)\b",
                           re.IGNORECASE)
+# Words that may begin a sign-off or a closing line ("Thanks,", "All the best,", "Looking forward to it,"): a
+# greeting is shown as soon as the line after it begins with any other word.
+_HOLD_WORDS = frozenset(re.findall(r"[^\W\d_]+", f"{_SIGNOFF_WORDS}|{_CLOSING_WORDS}".lower())) | {"of", "i", "i've"}
 _RISKY = re.compile(r"[*\[\]#~<>_=]|-{2,}|[A-Za-z]\s*:|\b(?:subject|chat history|message body)\b", re.IGNORECASE)
 
 
@@ -217,42 +222,56 @@ class Cleaner:
         self._seen[key] = self._seen.get(key, 0) + 1
         return self._seen[key]
 
-    def _flush(self) -> str:
+    def _flush(self, start: bool = True) -> str:
+        """The pending lines as shown text; `start`: they begin the email (a greeting alone does not: its
+        line after is judged as `clean` judges it)."""
         lines, self._pending = self._pending, []
         while lines and not lines[0] and not self._shown_lines:
             lines.pop(0)
         out = "".join(("\n" if self._shown_lines + i else "") + ln for i, ln in enumerate(lines))
         self._shown_lines += len(lines)
         self._last_blank = lines[-1] == "" if lines else self._last_blank
-        self._started = self._started or bool(lines)
+        self._started = self._started or (start and bool(lines))
         return out
 
     def _partial(self) -> str:
-        """Show the unfinished line's complete words now when its start is plainly email text."""
+        """Show the unfinished line's complete words now when its start is plainly email text; a greeting held
+        back is shown once the line after it plainly begins the body (its first word)."""
         if self._ended or self._line_hold:
             return ""
         text = self._buf.lstrip()
         cut = text.rfind(" ")
         if cut <= 0:
             return ""
+        greeting = self._flush(start=False) if self._opens_body(text[:text.find(" ")]) else ""
         head = text[:cut].rstrip()
         if _RISKY.search(head):
             self._line_hold = True
-            return ""
+            return greeting
         if self._line_out:
             new, self._line_out = head[len(self._line_out):], head
             return new
         if (len(head.split()) < 4 or _MAYBE_LABEL.match(head) or _SIGNOFF.match(head) or _GREETING.match(head)
                 or _MAYBE_CLOSING.match(head)):
-            return ""
+            return greeting
         start = _norm(head)
         if any(seen.startswith(start) for seen in self._seen):  # may be a repeat: judged when the line ends
             self._line_hold = True
-            return ""
+            return greeting
         self._pending.append(head)
         out = self._flush()
         self._line_out = head
-        return out
+        return greeting + out
+
+    def _opens_body(self, word: str) -> bool:
+        """Whether a greeting is all that is held and `word`, the first of the next line, begins the body: a
+        word no label, header, preamble ("Of course, here is", "I have written"), sign-off, closing or second
+        greeting begins with (the line is then judged a body line when it ends, so showing the greeting now
+        shows nothing `clean` would not)."""
+        if self._started or not self._pending or not _GREETING.match(self._pending[0]) or any(self._pending[1:]):
+            return False
+        return (word[:1].isalpha() and not _RISKY.search(word) and not _MAYBE_LABEL.match(word)
+                and not _GREETING.match(word) and word.strip(",.!:;").lower() not in _HOLD_WORDS)
 
     # -- the end ----------------------------------------------------------------------------------------------
     def _tail(self) -> str:
@@ -338,9 +357,14 @@ def _split_greeting(line: str) -> tuple[str | None, str]:
 
 
 def _starts_another_email(line: str) -> bool:
-    """A greeting alone on its line ("Hello,", "Chair: Hi Hannah,", "1. Hello,") once the body has begun."""
-    m = _NEW_EMAIL.match(_LIST_MARK.sub("", line))
-    return bool(m) and bool(_GREETING.match(m.group("g"))) and len(m.group("g").split()) <= 4
+    """A greeting alone on its line ("Hello,", "Chair: Hi Hannah,", "1. Hello,"), or a speaker's label and a
+    greeting ("Chair: Hi, I hope you're doing well."), once the body has begun."""
+    line = _LIST_MARK.sub("", line)
+    m = _NEW_EMAIL.match(line)
+    if m and _GREETING.match(m.group("g")) and len(m.group("g").split()) <= 4:
+        return True
+    turn = _TURN.match(line)
+    return bool(turn) and bool(_GREETING.match(turn.group("g"))) and bool(_TURN_GREETING.match(turn.group("g")))
 
 
 def _norm(line: str) -> str:

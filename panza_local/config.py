@@ -38,8 +38,8 @@ class Settings:
     gpu_layers: int = 0
     """Layers to offload to a GPU when llama.cpp was built with one (-1 = all)."""
     merge_adapter: bool = True
-    """On CPU, serve an adapter merged into a Q8_0 copy of a Q4_1/Q5_1 base (the embedded model), and play
-    back and draft without an adapter on a Q8_0 copy of the base: faster prompts, built once in a few
+    """On CPU, serve an adapter merged into a BF16 or Q8_0 copy of a Q4_1/Q5_1 base (the embedded model), and
+    play back and draft without an adapter on such a copy of the base: faster prompts, built once in a few
     seconds (serving.py); false loads the shipped file and applies the adapter at run time."""
     flash_attention: bool = True
     """llama.cpp's fused attention for drafts, chat and playback: the prompt before a draft's first token is

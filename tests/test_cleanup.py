@@ -28,7 +28,7 @@ WELCOME = ("You're welcome. I'll be in touch tomorrow at 10:30am to discuss the 
 MENTION = "Hi Bob,\n\nFriday works for me.\nMention: Friday, meeting, move.\n\nCheers,\nMaya"
 SUBJECT_FIRST = ('Subject: Draft a sample message to Bob, with a subject line of "Lunch"\n\nHere\'s the email:\n\n'
                  "Dear Bob,\n\nI am writing to ask whether you are free for lunch on Thursday.")
-LEAKS = re.compile(r"mention:|subject:|chat history|^(?:hi|hello)\b.*\n(?:.*\n)*(?:hi|hello)\b|message body|\[your name\]|\*\*|^#|---|\bhere'?s a\b|the message is from",
+LEAKS = re.compile(r"^\w+: |mention:|subject:|chat history|^(?:hi|hello)\b.*\n(?:.*\n)*(?:hi|hello)\b|message body|\[your name\]|\*\*|^#|---|\bhere'?s a\b|the message is from",
                    re.IGNORECASE | re.MULTILINE)
 # The stock model's draft in the quickstart (issue 21 layout): a second greeting, a bare label, more lines.
 STOCK_REPEAT = ("Hi Hannah,\nI hope you're doing well. I'm Maya Lindqvist and I'll be inviting Hannah to a book club "
@@ -45,8 +45,12 @@ STOCK_LOOP = ("Hi Hannah,\nI hope you're doing well. I'm Maya Lindqvist and I'll
 # ... and its note to Jonas, which closed with a phrase of its own before her name.
 STOCK_CLOSING = ("Hi Jonas,\nI'm sure they're going to be delivered in time for the upcoming Oakwood Festival.\n\n"
                  "Looking forward to seeing you soon,\nMaya")
+# ... and in the CI run of 2026-12-05: a speaker's label, a greeting and a sentence (another turn begins).
+STOCK_TURN = ("Hi Hannah,\nI hope you're doing well. I'm Maya Lindqvist and I'll be inviting Hannah to a book club on "
+              "Thursday at 7:30 at the Bluebird Inn. It's a great opportunity for her to meet some of the best in the "
+              "book world!\n\nChair: Hi, I hope you're doing well.\n\nCheers,\nMaya")
 ALL = [STOCK_REPEAT, ECHO, SCAFFOLD, SCAFFOLD_ONE_LINE, FROM_BOB, WELCOME, SUBJECT_FIRST, MENTION, STOCK_BULLET,
-       STOCK_LOOP, STOCK_CLOSING]
+       STOCK_LOOP, STOCK_CLOSING, STOCK_TURN]
 
 
 def streamed(text: str, rng: random.Random, profile=MAYA, to=TO) -> tuple[str, list[str]]:
@@ -61,7 +65,7 @@ def streamed(text: str, rng: random.Random, profile=MAYA, to=TO) -> tuple[str, l
 
 
 @pytest.mark.parametrize("text", ALL, ids=["stock-repeat", "echo", "scaffold", "one-line", "from-bob", "welcome", "subject", "mention",
-                                       "stock-bullet", "stock-loop", "stock-closing"])
+                                       "stock-bullet", "stock-loop", "stock-closing", "stock-turn"])
 def test_real_bad_outputs_become_clean_emails(text):
     out = cleanup.clean(text, MAYA, TO)
     assert not LEAKS.search(out), out
@@ -104,7 +108,8 @@ def test_streaming_gives_the_same_text_in_any_chunking(seed):
 def test_streaming_holds_back_only_what_it_must():
     c = cleanup.Cleaner(MAYA, TO)
     assert c.feed("Hi Bob,\n") == ""  # a greeting alone may be all there is: held until the body starts
-    assert c.feed("\nCould we move our meeting to Fri") == "Hi Bob,\n\nCould we move our meeting to"  # mid-line
+    assert c.feed("\nCould ") == "Hi Bob,\n"  # ... which its first word shows
+    assert c.feed("we move our meeting to Fri") == "\nCould we move our meeting to"  # mid-line
     assert c.feed("day?\n") == " Friday?"
     assert c.feed("Thursday is packed on my side.\n\nCheers,\n") == "\nThursday is packed on my side."
     assert c.feed("Bob\n") == ""  # a possible sign-off: held until the end
@@ -114,6 +119,21 @@ def test_streaming_holds_back_only_what_it_must():
     assert c.feed("Here is the email I would send to Bob about") == ""
     assert c.feed(" it: Hi Bob,\nCould we meet?\n") == "Hi Bob,\nCould we meet?"
     assert c.feed("Thursday is packed on my side, so we") == "\nThursday is packed on my side, so"  # streams again
+
+
+def test_a_greeting_waits_for_a_word_that_begins_the_body():
+    """The greeting is shown with the next line's first word unless that word may begin a sign-off, a label,
+    a preamble or another greeting: then what the whole line is decides, as in `clean`."""
+    for then, shown in [("Could ", "Hi Bob,\n"), ("Quick ", "Hi Bob,\n"), ("Thanks ", ""), ("All ", ""),
+                        ("Subject: ", ""), ("Of ", ""), ("I ", ""), ("Hello ", ""), ("[Your ", ""), ("Here ", ""),
+                        ("Looking ", ""), ("Cheers", "")]:
+        c = cleanup.Cleaner(MAYA, TO)
+        assert c.feed("Hi Bob,\n\n" + then) == shown, then
+    for text in ["Hi Bob,\n\nThanks,\nMaya", "Hi Bob,\n\nAll the best,\nMaya", "Hi Bob,\n\nOf course, here is the email:",
+                 "Hi Bob,\n\nI have written the email below:\n", "Hi Bob,\n\nSubject: Friday\n\nCheers,\nMaya",
+                 "Hi Bob,\n\nLooking forward to it,\nMaya", "Hi Bob,\n\n\nCould we meet Friday?\n\nBob Smith\nCheers"]:
+        for seed in range(20):
+            assert streamed(text, random.Random(seed))[0] == cleanup.clean(text, MAYA, TO), text
 
 
 def test_sign_off_rules():

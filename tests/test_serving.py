@@ -1,4 +1,4 @@
-"""The serving copy (serving.py): base + adapter merged into Q8_0 projections keeps what the adapter does,
+"""The serving copy (serving.py): base + adapter merged into BF16 or Q8_0 projections keeps what the adapter does,
 against llama.cpp applying the same adapter at run time on the same text; it is built once, rebuilt when its
 inputs change, used by the draft path, made when an adapter starts serving, and never makes a draft fail."""
 
@@ -45,10 +45,16 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(1, keepdims=True))
 
 
-def test_the_copy_keeps_what_the_adapter_does(adapter, embedded_model):
+FILE_TYPE = {"bf16": 32, "q8_0": 7}  # general.file_type: MOSTLY_BF16, MOSTLY_Q8_0
+
+
+@pytest.mark.parametrize("kind", list(serving.TYPES))
+def test_the_copy_keeps_what_the_adapter_does(adapter, embedded_model, kind, monkeypatch):
+    """Either type a machine may build (BF16 where llama.cpp has the CPU's BF16 instructions, else Q8_0)."""
+    monkeypatch.setattr(serving, "copy_type", lambda: kind)
     base, runtime = _logits(embedded_model, None), _logits(embedded_model, adapter)
     copy, lora = serving.resolve(embedded_model, adapter)
-    assert lora is None and copy == adapter.parent / "adapter.serve-q8_0.gguf"
+    assert lora is None and copy == adapter.parent / f"adapter.serve-{kind}.gguf"
     merged = _logits(copy, None)
     changed = (base.argmax(1) != runtime.argmax(1)).mean()
     assert changed > 0.05, "the test adapter must change the model for this to mean anything"
@@ -61,9 +67,9 @@ def test_the_copy_keeps_what_the_adapter_does(adapter, embedded_model):
     kl = (np.exp(lr) * (lr - lm)).sum(1).mean()
     kl_adapter = (np.exp(lr) * (lr - _log_softmax(base))).sum(1).mean()
     assert kl < kl_adapter / 4, f"merge noise (KL {kl:.4f}) well under the adapter's own effect ({kl_adapter:.4f})"
-    # the projections are Q8_0 now; the embedding table is the base's bytes unchanged
+    # the projections are of the copy's type now; the embedding table is the base's bytes unchanged
     meta = gguf_header.read_header(copy)["metadata"]
-    assert meta["general.file_type"] == 7 and meta["general.architecture"] == "llama"
+    assert meta["general.file_type"] == FILE_TYPE[kind] and meta["general.architecture"] == "llama"
     assert meta.get("tokenizer.chat_template") == gguf_header.read_header(embedded_model)["metadata"].get(
         "tokenizer.chat_template")
     assert oct(copy.stat().st_mode & 0o777) == "0o600"
@@ -83,6 +89,25 @@ def test_built_once_rebuilt_when_the_adapter_changes(tmp_path, adapter, embedded
     assert not list(tmp_path.glob(".*tmp"))  # no half-written file left behind
     serving.remove(tmp_path)
     assert not first.exists() and not first.with_suffix(".json").exists()
+
+
+def test_a_copy_of_another_type_is_replaced_not_kept_beside(tmp_path, adapter, embedded_model, monkeypatch):
+    """A home moved to a machine whose copy type differs (or a copy built before types were chosen) gets one
+    copy of this machine's type; the other's files go, and `remove` deletes a copy of any type."""
+    mine = tmp_path / "adapter.gguf"
+    shutil.copy(adapter, mine)
+    monkeypatch.setattr(serving, "copy_type", lambda: "q8_0")
+    old, _ = serving.resolve(embedded_model, mine)
+    assert old.name == "adapter.serve-q8_0.gguf" and serving.fresh(embedded_model, mine) == old
+    monkeypatch.setattr(serving, "copy_type", lambda: "bf16")
+    assert serving.fresh(embedded_model, mine) is None
+    new, _ = serving.resolve(embedded_model, mine)
+    assert new.name == "adapter.serve-bf16.gguf"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["adapter.gguf", "adapter.serve-bf16.gguf",
+                                                          "adapter.serve-bf16.json"]
+    monkeypatch.setattr(serving, "copy_type", lambda: "q8_0")
+    serving.remove(tmp_path)
+    assert [f.name for f in tmp_path.iterdir()] == ["adapter.gguf"]
 
 
 def test_a_fast_base_is_left_alone(tmp_path):
@@ -163,8 +188,8 @@ def test_the_base_alone_has_a_q8_copy_that_is_the_same_model(home, embedded_mode
     kernels): nearly always the same next token, a divergence of rounding; private files in the home's cache."""
     assert serving.resolve(embedded_model, None, build=False) == (Path(embedded_model), None)  # not built yet
     copy, lora = serving.resolve(embedded_model, None)
-    assert lora is None and copy == home / "cache" / "serving" / "SmolLM2-135M-Instruct.Q4_1.serve-q8_0.gguf"
-    assert gguf_header.read_header(copy)["metadata"]["general.file_type"] == 7  # MOSTLY_Q8_0
+    assert lora is None and copy == home / "cache" / "serving" / f"SmolLM2-135M-Instruct.Q4_1.serve-{serving.copy_type()}.gguf"
+    assert gguf_header.read_header(copy)["metadata"]["general.file_type"] == FILE_TYPE[serving.copy_type()]
     assert copy.stat().st_mode & 0o777 == 0o600 and copy.parent.stat().st_mode & 0o777 == 0o700
     assert serving.resolve(embedded_model, None, build=False) == (copy, None)
     base, q8 = _logits(embedded_model, None), _logits(copy, None)
@@ -188,7 +213,8 @@ def test_a_new_base_copy_keeps_one_other_and_a_stock_draft_creates_no_cache(home
     serving.merge(Path(embedded_model), None)
     assert sorted(f.name for f in folder.iterdir()) == sorted(
         ["Previous-1B.Q4_1.serve-q8_0.gguf", "Previous-1B.Q4_1.serve-q8_0.json",
-         "SmolLM2-135M-Instruct.Q4_1.serve-q8_0.gguf", "SmolLM2-135M-Instruct.Q4_1.serve-q8_0.json"])
+         f"SmolLM2-135M-Instruct.Q4_1.serve-{serving.copy_type()}.gguf",
+         f"SmolLM2-135M-Instruct.Q4_1.serve-{serving.copy_type()}.json"])
 
 
 def test_a_killed_build_leaves_no_orphan(home, embedded_model):
