@@ -18,7 +18,9 @@ Cold rows, one fresh process each, rounds interleaved (the order rotates) so loa
 Ours evaluates prompts with llama.cpp's fused attention (settings.flash_attention), which llama-cpp-python
 leaves off, and the serving copy rounds differently (BF16 or Q8_0): so even with the runtime adapter ours' greedy text
 can part from direct's after some tokens (same prompt, same adapter); the results record both. The warm row
-"tui, without flash attention" shows what the fused attention alone gives.
+"tui, without flash attention" shows what the fused attention alone gives; where the serving copy is BF16
+(serving.copy_type), "serve, Q8_0 copy" is a second server on a home built the same way whose copy is Q8_0
+(PANZA_SERVING_COPY=q8_0), asked the same requests in the same rounds.
 
     python -m bench.draft [--quick] [--rounds N] [--threads 2] [--max-tokens 48] [--home PANZA_HOME]
 
@@ -123,6 +125,24 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _start_server(env: dict) -> tuple[subprocess.Popen, str]:
+    """`panza serve` on a free port, once it answers: (process, base URL)."""
+    port = _free_port()
+    server = subprocess.Popen([PY, "-m", "panza_local", "serve", "--port", str(port)], env=env, cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(600):  # a benchmark may poll: wait for the server to answer
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2).read()
+            return server, url
+        except OSError:
+            if server.poll() is not None:
+                raise SystemExit(f"panza serve exited: {server.stderr.read().decode()[-1500:]}") from None
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit("panza serve did not answer in 2 minutes")
 
 
 def _serve_request(url: str, instruction: str, to: str, max_tokens: int) -> dict:
@@ -294,23 +314,27 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
     print("  CPU s to the first token: " + ", ".join(f"{v} {statistics.median(c):.2f}" for v, c in first_cpu.items()),
           flush=True)
 
-    # warm: a running server (its second and later requests), the TUI's in-process path, a warm direct Llama
-    port = _free_port()
-    server = subprocess.Popen([PY, "-m", "panza_local", "serve", "--port", str(port)], env=env, cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}/v1"
+    # warm: a running server (its second and later requests), the TUI's in-process path, a warm direct Llama;
+    # where the serving copy is BF16, a second server on a home of its own (the same sample home and adapter)
+    # serves a Q8_0 copy, so the two types are compared on the same requests in the same run
+    servers = [_start_server(env)]
+    other = None
+    if args.home is None and serving.copy_type() == "bf16":
+        other = home.parent / "q8" / "home"
+        code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from pathlib import Path; "
+                f"from bench.draft import build_home; build_home(Path({str(other)!r}))")
+        subprocess.run([PY, "-c", code],
+                       env={**env, "PANZA_HOME": str(other)}, cwd=ROOT, check=True, capture_output=True)
+        servers.append(_start_server({**env, "PANZA_HOME": str(other), "PANZA_SERVING_COPY": "q8_0"}))
+    url = servers[0][1]
     try:
-        for _ in range(600):  # a benchmark may poll: wait for the server to answer
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    raise SystemExit(f"panza serve exited: {server.stderr.read().decode()[-1500:]}") from None
-                time.sleep(0.2)
         warm: dict[str, list[dict]] = {"serve": [], "tui": [], "tui, after a pause in typing": [],
                                        "tui, runtime adapter": [], "tui, without flash attention": [],
                                        "direct warm": []}
+        if other is not None:
+            warm["serve, Q8_0 copy"] = []
+            for _ in range(2):
+                _serve_request(servers[1][1], *JOBS[-1], args.max_tokens)
         runtime = config.load({"threads": args.threads, "temperature": 0.0, "seed": 1, "max_tokens": args.max_tokens,
                                "merge_adapter": False})
         plain = config.load({"threads": args.threads, "temperature": 0.0, "seed": 1, "max_tokens": args.max_tokens,
@@ -333,13 +357,17 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
                      ("tui, runtime adapter", lambda j=j: _tui_draft(*JOBS[j], runtime)),
                      ("tui, without flash attention", lambda j=j: _tui_draft(*JOBS[j], plain)),
                      ("direct warm", lambda j=j: _direct_warm(direct, prompts_text[j], args))]
+            if other is not None:
+                steps.insert(1, ("serve, Q8_0 copy", lambda j=j: _serve_request(servers[1][1], *JOBS[j],
+                                                                               args.max_tokens)))
             for name, fn in steps[i % len(steps):] + steps[:i % len(steps)]:
                 warm[name].append(fn())
             print(f"  warm {i + 1}: " + ", ".join(f"{k} {v[-1]['ttft']:.2f}/{v[-1]['total']:.2f} s"
                                                  for k, v in warm.items()) + f", load {load():.1f}", flush=True)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for server, _ in servers:
+            server.terminate()
+            server.wait(timeout=30)
 
     out = {"bench": "draft", "threads": args.threads, "max_tokens": args.max_tokens, "rounds": rounds,
            "home": "sample mailbox + random rank-8 all-linear LoRA" if args.home is None else str(args.home),
@@ -378,6 +406,9 @@ def _rows(out: dict) -> list[dict]:
                  w["direct warm"]["ttft"]["median"], "s", higher_is_better=False)
              for name in ("serve", "tui", "tui, after a pause in typing", "tui, runtime adapter",
                           "tui, without flash attention")]
+    if "serve, Q8_0 copy" in w:
+        rows.append(row("warm draft first token: serve on the BF16 copy vs on a Q8_0 copy", w["serve"]["ttft"]["median"],
+                        w["serve, Q8_0 copy"]["ttft"]["median"], "s", higher_is_better=False))
     return rows
 
 
@@ -393,6 +424,9 @@ def _ratios(out: dict) -> dict:
                  "tui, without flash attention"):
         for k in ("ttft", "total"):
             r[f"warm {k}: direct warm / {name}"] = round(w["direct warm"][k]["median"] / w[name][k]["median"], 2)
+    if "serve, Q8_0 copy" in w:
+        for k in ("ttft", "total"):
+            r[f"warm {k}: serve, Q8_0 copy / serve"] = round(w["serve, Q8_0 copy"][k]["median"] / w["serve"][k]["median"], 2)
     return r
 
 

@@ -256,3 +256,15 @@ def test_playback_builds_the_base_copy_for_a_long_job_and_drafts_then_use_it(hom
     assert Path(llm.model_path) == copy and not key[1]  # a stock draft loads it now that it exists
     engine.unload_all()
     conn.close()
+
+
+def test_the_copy_type_is_the_cpus_unless_the_user_chooses(monkeypatch):
+    """BF16 where llama.cpp reports the CPU's BF16 instructions, else Q8_0; PANZA_SERVING_COPY picks either."""
+    monkeypatch.delenv("PANZA_SERVING_COPY", raising=False)
+    native = "bf16" if "AVX512_BF16 = 1" in engine.system_info() else "q8_0"
+    assert serving.copy_type() == native
+    for chosen in ("q8_0", "BF16 "):
+        monkeypatch.setenv("PANZA_SERVING_COPY", chosen)
+        assert serving.copy_type() == chosen.strip().lower()
+    monkeypatch.setenv("PANZA_SERVING_COPY", "q4_0")  # not a type a copy is made in: the machine's own
+    assert serving.copy_type() == native
