@@ -50,6 +50,11 @@ _BARE_LABEL = re.compile(r"^(?:chat history|message body|email body|subject line
 _NEW_EMAIL = re.compile(r"^(?:\w+:\s*)?(?P<g>\S.{0,40}[,!:])$")
 _TURN = re.compile(r"^[A-Z]\w{0,20}:\s+(?P<g>\S.*)$")  # "Chair: Hi, I hope ...": a speaker's label, then their words
 _TURN_GREETING = re.compile(r"^\w+(?![-'])(?:\s+\S+){0,3}?[,!](?:\s|$)")  # "Hi," "Hi Hannah!" "Good morning all,"
+# A model's notes on its own edits ('- Changed "Hi" to "Hello"', '2. Added "in York" to the date'): a list item
+# that opens with an editing verb and quotes what it changed. Everything from there on is about the email.
+_MAYBE_EDIT_NOTE = re.compile(r"^(?:[-*+•]\s*|\d{1,2}[.)]\s*)(?:changed|added|removed|replaced|corrected|fixed|"
+                              r"rephrased|reworded|updated|deleted|edited|shortened|simplified|moved|kept)\b", re.IGNORECASE)
+_EDIT_NOTE = re.compile(_MAYBE_EDIT_NOTE.pattern + r".*[\"“”']", re.IGNORECASE)
 _RULE = re.compile(r"\s*(?:-{3,}|\*{3,}|_{3,}|={3,})\s*")
 _BULLET = re.compile(r"^(?:[-*+•]\s*)+")  # "-Chat History:", "- Subject: ...": scaffolding as a list item
 _BRACKETED = re.compile(r"^\[[^\[\]]*\]$")
@@ -173,7 +178,7 @@ class Cleaner:
                 rest = rest[:1].upper() + rest[1:]
                 self._pending += [self._greeting(greet)] + (["", rest] if rest else [])
                 return self._flush() if rest and _is_body(rest) else ""
-        if self._started and _starts_another_email(line):
+        if self._started and (_starts_another_email(line) or _EDIT_NOTE.match(line)):
             self._ended = self._named = True  # what follows is another email: cut here, sign off below
             return ""
         if self._ended:
@@ -245,7 +250,7 @@ class Cleaner:
             return ""
         greeting = self._flush(start=False) if self._opens_body(text[:text.find(" ")]) else ""
         head = text[:cut].rstrip()
-        if _RISKY.search(head):
+        if _RISKY.search(head) or _MAYBE_EDIT_NOTE.match(head):  # judged when the line ends
             self._line_hold = True
             return greeting
         if self._line_out:

@@ -28,7 +28,7 @@ WELCOME = ("You're welcome. I'll be in touch tomorrow at 10:30am to discuss the 
 MENTION = "Hi Bob,\n\nFriday works for me.\nMention: Friday, meeting, move.\n\nCheers,\nMaya"
 SUBJECT_FIRST = ('Subject: Draft a sample message to Bob, with a subject line of "Lunch"\n\nHere\'s the email:\n\n'
                  "Dear Bob,\n\nI am writing to ask whether you are free for lunch on Thursday.")
-LEAKS = re.compile(r"^\w+: |mention:|subject:|chat history|^(?:hi|hello)\b.*\n(?:.*\n)*(?:hi|hello)\b|message body|\[your name\]|\*\*|^#|---|\bhere'?s a\b|the message is from",
+LEAKS = re.compile(r"^\w+: |^- (?:changed|added) |mention:|subject:|chat history|^(?:hi|hello)\b.*\n(?:.*\n)*(?:hi|hello)\b|message body|\[your name\]|\*\*|^#|---|\bhere'?s a\b|the message is from",
                    re.IGNORECASE | re.MULTILINE)
 # The stock model's draft in the quickstart (issue 21 layout): a second greeting, a bare label, more lines.
 STOCK_REPEAT = ("Hi Hannah,\nI hope you're doing well. I'm Maya Lindqvist and I'll be inviting Hannah to a book club "
@@ -49,8 +49,13 @@ STOCK_CLOSING = ("Hi Jonas,\nI'm sure they're going to be delivered in time for 
 STOCK_TURN = ("Hi Hannah,\nI hope you're doing well. I'm Maya Lindqvist and I'll be inviting Hannah to a book club on "
               "Thursday at 7:30 at the Bluebird Inn. It's a great opportunity for her to meet some of the best in the "
               "book world!\n\nChair: Hi, I hope you're doing well.\n\nCheers,\nMaya")
+# ... and in the next: the model's notes on its own edits as a list after the body.
+STOCK_NOTES = ("Hi Hannah,\nI hope you're doing well. I'm Maya Lindqvist and I'll be inviting Hannah to a book club on "
+               "Thursday at 7:30pm at the Hannah Cole Book Clubs in New York City. It's a great opportunity for her to "
+               "meet some of the best and make new friends!\n\n- Changed \"Hi\" to \"I hope you're doing well\"\n"
+               "- Added \"in New York City\" to \"New York City\"\n\nCheers,\nMaya")
 ALL = [STOCK_REPEAT, ECHO, SCAFFOLD, SCAFFOLD_ONE_LINE, FROM_BOB, WELCOME, SUBJECT_FIRST, MENTION, STOCK_BULLET,
-       STOCK_LOOP, STOCK_CLOSING, STOCK_TURN]
+       STOCK_LOOP, STOCK_CLOSING, STOCK_TURN, STOCK_NOTES]
 
 
 def streamed(text: str, rng: random.Random, profile=MAYA, to=TO) -> tuple[str, list[str]]:
@@ -65,7 +70,8 @@ def streamed(text: str, rng: random.Random, profile=MAYA, to=TO) -> tuple[str, l
 
 
 @pytest.mark.parametrize("text", ALL, ids=["stock-repeat", "echo", "scaffold", "one-line", "from-bob", "welcome", "subject", "mention",
-                                       "stock-bullet", "stock-loop", "stock-closing", "stock-turn"])
+                                       "stock-bullet", "stock-loop", "stock-closing", "stock-turn",
+                                       "stock-notes"])
 def test_real_bad_outputs_become_clean_emails(text):
     out = cleanup.clean(text, MAYA, TO)
     assert not LEAKS.search(out), out
@@ -134,6 +140,13 @@ def test_a_greeting_waits_for_a_word_that_begins_the_body():
                  "Hi Bob,\n\nLooking forward to it,\nMaya", "Hi Bob,\n\n\nCould we meet Friday?\n\nBob Smith\nCheers"]:
         for seed in range(20):
             assert streamed(text, random.Random(seed))[0] == cleanup.clean(text, MAYA, TO), text
+
+
+def test_a_list_of_the_users_own_stays_and_a_list_of_edits_ends_the_email():
+    own = "Hi Bob,\n\nFor Friday:\n- Added the new tree survey\n- Kept the two limes\n\nCheers,\nMaya"
+    assert cleanup.clean(own, MAYA, TO) == own
+    notes = "Hi Bob,\n\nCould we meet on Friday?\n\n1. Replaced \"Thursday\" with \"Friday\"\n2. Kept the tone"
+    assert cleanup.clean(notes, MAYA, TO) == "Hi Bob,\n\nCould we meet on Friday?\n\nCheers,\nMaya"
 
 
 def test_sign_off_rules():
