@@ -177,6 +177,9 @@ _NOT_A_NAME = frozenset("""him her them me us you everyone everybody all the a a
 somebody whoever back that this it people folks guys january february march april may june july august september
 october november december""".split()) | {d.lower() for d in WEEKDAYS}  # noqa: SIM905
 _PEOPLE = frozenset(("him", "her", "them", "everyone", "everybody", "all"))  # "Email everyone the minutes": no name, same shape
+# "Ask the team to ...": a group addressed as a person is (what follows "the" in the verb's person)
+_GROUP = re.compile(r"\s+(?:team|group|committee|board|staff|crew|class|family|club|department|office|others)\b",
+                    re.IGNORECASE)
 # What joins the verb's person to the content: "Ask Bob TO move", "Tell Jonas THAT", "Let Sam KNOW (that)".
 _JOIN = re.compile(r"^\s*(?:know\s+)?(?:(?:that|about|regarding|re:?|to|for|if|whether|when)\s+)?", re.IGNORECASE)
 _ASKED_PERSON = re.compile(r"^(?:you|he|she|they|we|it)\s+(?:can|could|would|will|might|is|are|has|have|had|did|does|do|"
@@ -215,13 +218,18 @@ def subject_line(instruction: str) -> str:
     -> "Thanks for the quick delivery"): its first clause, at most SUBJECT_WORDS words."""
     text = " ".join((instruction or "").split())
     m = _ADDRESSED.match(text)
-    if m and (addressed_name(text) or m.group("name").lower() in _PEOPLE):
-        rest = m.group("rest").strip(" ,;:.!?-")
+    rest = m.group("rest") if m else ""
+    group = _GROUP.match(rest) if m and m.group("name").lower() == "the" else None
+    if group:
+        rest = rest[group.end():]
+    if m and (group or addressed_name(text) or m.group("name").lower() in _PEOPLE):
+        rest = rest.strip(" ,;:.!?-")
         if m.group("verb").lower() == "thank":
             rest = "Thanks" + (" for" if rest and not re.match(r"for\b", rest, re.IGNORECASE) else "") + " " + rest
         else:
+            asks = re.match(r"(?:if|whether)\b", rest, re.IGNORECASE)
             rest = _JOIN.sub("", rest, count=1)
-            if re.match(r"(?:if|whether)\b", m.group("rest").strip(" ,;:"), re.IGNORECASE):
+            if asks:
                 rest = _ASKED_PERSON.sub("", rest, count=1)
         about = _first_clause(rest)
         if about:  # else nothing follows the person ("Ask Bob."): the instruction itself

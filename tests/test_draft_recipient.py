@@ -20,6 +20,9 @@ from panza_local.sample import write_sample_mailbox
     ("Let Sam know that the plans are ready", "The plans are ready"),
     ("Reply to Tom about the invoice", "The invoice"),
     ("Email everyone the minutes", "The minutes"),
+    ("Ask the team to send their slides by Thursday for the board review", "Send their slides by Thursday for the board review"),
+    ("Tell the board that the audit is done", "The audit is done"),
+    ("Ask the question again", "Ask the question again"),  # "the" and no group: as written
     ("Ask Bob.", "Ask Bob"),  # nothing after the person: the instruction itself
     ("Send the invoice to Jonas", "Send the invoice to Jonas"),  # no person after the verb: as written
     ("write a note about the budget review for next quarter and the one after that",
