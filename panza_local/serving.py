@@ -7,9 +7,10 @@ time adds two small matrix products per projection. So for a base whose file typ
 adapter is merged into a copy of the base whose projections are in a type this CPU multiplies fast: BF16
 where llama.cpp has the CPU's BF16 dot products (AVX512_BF16), Q8_0 elsewhere (`copy_type`). Faster prompt
 evaluation, slightly slower decoding (figures: bench/results/draft.md, `python -m bench.draft`, rows "runtime
-adapter" and "Q8_0 copy" beside the default). Measured on the embedded model, 2 threads of an AMD EPYC with
-AVX512_BF16, fused attention: 450 prompt tokens in 0.43 s on BF16, 0.63 on Q8_0, 1.63 on the shipped Q4_1;
-a token decoded in 9.1, 7.7 and 8.5 ms (the BF16 file is 1.7x the Q8_0 one, 244 MB).
+adapter" and "serve, Q8_0 copy" beside the default). On the embedded model, 2 threads of an AMD EPYC with
+AVX512_BF16, fused attention: 450 prompt tokens in 0.44 s on BF16, 0.60 on Q8_0, 1.22 on the shipped Q4_1;
+a token decoded in 9.1, 6.6 and 7.3 ms (bench/results/copy_types.md, `python -m bench.copy_types`; the BF16
+file is 1.7x the Q8_0 one, 244 MB).
 
 Why not a 4-bit type: re-quantizing a 4-bit base to 4 bits again drowns the adapter's change in rounding,
 while Q8_0's step is a small fraction of Q4_1's and BF16 rounds each weight to 3 significant digits; both keep
@@ -82,10 +83,10 @@ def copy_path(lora_path: str | Path, kind: str | None = None) -> Path:
     return lora_path.with_name(f"{lora_path.stem}.serve-{kind or copy_type()}.gguf")
 
 
-def base_copy_path(base: str | Path) -> Path:
+def base_copy_path(base: str | Path, kind: str | None = None) -> Path:
     """Where the serving copy of a base with no adapter lives (stock drafts, playback, chat without an
     adapter): in this home's cache, named after the base file and the copy's type."""
-    return paths.home() / "cache" / "serving" / f"{Path(base).stem}.serve-{copy_type()}.gguf"  # merge(): 0700
+    return paths.home() / "cache" / "serving" / f"{Path(base).stem}.serve-{kind or copy_type()}.gguf"  # merge(): 0700
 
 
 def applies(merge: bool, gpu_layers: int) -> bool:
@@ -94,8 +95,8 @@ def applies(merge: bool, gpu_layers: int) -> bool:
     return bool(merge) and not gpu_layers
 
 
-def _out(base: Path, lora: Path | None) -> Path:
-    return copy_path(lora) if lora is not None else base_copy_path(base)
+def _out(base: Path, lora: Path | None, kind: str | None = None) -> Path:
+    return copy_path(lora, kind) if lora is not None else base_copy_path(base, kind)
 
 
 def _stamp(base: Path, lora: Path | None, scale: float) -> dict:
@@ -147,11 +148,11 @@ def worth_it(base: str | Path) -> bool:
         st = base.stat()
     except OSError:
         return False
-    return _worth_it(base, st.st_size, st.st_mtime_ns)
+    return _worth_it(base, st.st_size, st.st_mtime_ns, copy_type())
 
 
 @functools.lru_cache(maxsize=16)
-def _worth_it(base: Path, size: int, mtime_ns: int) -> bool:  # every draft asks: read each header once
+def _worth_it(base: Path, size: int, mtime_ns: int, kind: str) -> bool:  # every draft asks: each header once
     from . import gguf_header
 
     try:
@@ -159,7 +160,7 @@ def _worth_it(base: Path, size: int, mtime_ns: int) -> bool:  # every draft asks
     except Exception as exc:  # noqa: BLE001 - engine.load reports an unreadable model with its own fix
         log.debug("serving copy: cannot read %s (%s)", base.name, exc)
         return False
-    return ftype in SLOW_FILE_TYPES and size * TYPES[copy_type()] / 5 <= MAX_COPY_BYTES  # Q4_1: 5 bits a weight
+    return ftype in SLOW_FILE_TYPES and size * TYPES[kind] / 5 <= MAX_COPY_BYTES  # Q4_1: 5 bits a weight
 
 
 def fresh(base: str | Path, lora: str | Path | None, scale: float = 1.0) -> Path | None:
@@ -209,17 +210,17 @@ def merge(base: Path, lora: Path | None, *, scale: float = 1.0) -> Path:
         got = fresh(base, lora, scale)
         if got:
             return got
-        out = _out(base, lora)
+        kind = copy_type()
+        out = _out(base, lora, kind)
         paths.ensure_dir(out.parent)
         _drop_orphans(out)
-        for kind in TYPES:  # a copy of another type (built before this machine's type was chosen or changed)
-            if kind != copy_type():
-                _delete(out.with_name(out.name.replace(f".serve-{copy_type()}.", f".serve-{kind}.")))
+        for other in TYPES.keys() - {kind}:  # a copy of another type (built before this machine's type was chosen)
+            _delete(_out(base, lora, other))
         if lora is None:
             _prune_base_copies(out.parent)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         try:
-            _write(base, lora, scale, tmp)
+            _write(base, lora, scale, tmp, kind)
             os.chmod(tmp, paths.FILE_MODE)
             os.replace(tmp, out)
         finally:
@@ -249,14 +250,13 @@ def _drop_orphans(out: Path) -> None:
             continue
 
 
-def _write(base: Path, lora: Path | None, scale: float, out: Path) -> None:
+def _write(base: Path, lora: Path | None, scale: float, out: Path, kind: str) -> None:
     import gguf
     import numpy as np
     from gguf.quants import dequantize, quantize
 
     from .errors import AdapterError
 
-    kind = copy_type()
     to = gguf.GGMLQuantizationType.BF16 if kind == "bf16" else gguf.GGMLQuantizationType.Q8_0
     slow = {gguf.GGMLQuantizationType[name] for name in SLOW_FILE_TYPES.values()}
     br = gguf.GGUFReader(base)
