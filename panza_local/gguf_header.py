@@ -8,6 +8,7 @@ tokenizer vocabulary costs little. Every malformed input raises NotAGGUF, never 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -40,6 +41,15 @@ class _Reader:
                            fix="the file is corrupt: download it again")
         return self.take(n).decode("utf-8", errors="replace")
 
+    def skip_strings(self, count: int) -> None:
+        fh, unpack = self.fh, struct.Struct("<Q").unpack
+        for _ in range(count):
+            n = unpack(self.take(8))[0]
+            if n > _MAX_STR:
+                raise NotAGGUF(f"{self.name}: implausible string length {n} in GGUF header",
+                               fix="the file is corrupt: download it again")
+            fh.seek(n, 1)
+
     def value(self, vtype: int, keep_arrays: bool) -> Any:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype])
@@ -53,6 +63,9 @@ class _Reader:
                 raise NotAGGUF(f"{self.name}: nested arrays are not supported", fix="the file is corrupt")
             if not keep_arrays and itype in _SCALARS:
                 self.fh.seek(count * struct.calcsize(_SCALARS[itype]), 1)
+                return _ArrayLen(count)
+            if not keep_arrays and itype == 8:  # a vocabulary: step over each string, decode none
+                self.skip_strings(count)
                 return _ArrayLen(count)
             items = [self.value(itype, keep_arrays) for _ in range(count)]
             return items if keep_arrays else _ArrayLen(count)
@@ -104,3 +117,48 @@ def summary(path: str | Path) -> dict[str, Any]:
         "file_type": meta.get("general.file_type"),
         "chat_template": isinstance(meta.get("tokenizer.chat_template"), str),
     }
+
+
+@dataclass
+class Layout:
+    """Where everything of a GGUF file is: metadata, each key/value entry's bytes, the tensor table.
+
+    `kv_spans[key]` is the byte range of the whole entry (key, type, value) in the file, so a writer can
+    copy entries it does not change byte for byte (a 50k-entry vocabulary is one slice, never parsed);
+    `tensors` are (name, dims in GGML order, type number, offset from `data_start`)."""
+
+    version: int
+    meta: dict[str, Any]
+    kv_spans: dict[str, tuple[int, int]]
+    tensors: list[tuple[str, list[int], int, int]]
+    data_start: int
+    alignment: int
+
+
+def layout(path: str | Path) -> Layout:
+    """The Layout of a GGUF file (tokenizer arrays skipped), or NotAGGUF."""
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        r = _Reader(fh, size, str(path))
+        if fh.read(4) != MAGIC:
+            raise NotAGGUF(f"{path} is not a GGUF file", fix="give a .gguf model file")
+        version = r.scalar("<I")
+        n_tensors, n_kv = r.scalar("<Q"), r.scalar("<Q")
+        if n_kv > _MAX_KV or n_tensors > size:
+            raise NotAGGUF(f"{path}: implausible GGUF header counts", fix="the file is corrupt")
+        meta: dict[str, Any] = {}
+        spans: dict[str, tuple[int, int]] = {}
+        for _ in range(n_kv):
+            start = fh.tell()
+            key = r.string()
+            meta[key] = r.value(r.scalar("<I"), False)
+            spans[key] = (start, fh.tell())
+        tensors = []
+        for _ in range(n_tensors):
+            name = r.string()
+            dims = [r.scalar("<Q") for _ in range(r.scalar("<I"))]
+            tensors.append((name, dims, r.scalar("<I"), r.scalar("<Q")))
+        align = int(meta.get("general.alignment", 32))
+        data_start = (fh.tell() + align - 1) // align * align
+    return Layout(version, meta, spans, tensors, data_start, align)

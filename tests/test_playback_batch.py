@@ -215,3 +215,20 @@ def test_ctrl_c_in_a_batched_run_keeps_the_pairs_written_and_the_rerun_does_the_
     after = {r[0]: r[1] for r in conn.execute("SELECT content_hash, created_at FROM pairs")}
     assert len(after) == 4 and all(after[h] == first[h] for h in first)
     conn.close()
+
+
+def test_the_default_slot_count_follows_the_kv_memory_a_model_needs(embedded_model):
+    """16 sequences on small models; a model whose KV cells are larger gets fewer, never fewer than 8; a
+    count the caller gives is kept when it is smaller."""
+    from panza_local import gguf_header
+
+    small = gguf_header.read_header(embedded_model)["metadata"]  # SmolLM2-135M: 30 layers x 3 KV heads x 64
+    assert batch.fit_slots(small, 1024) == batch.SLOTS == 16
+    qwen = {"general.architecture": "qwen2", "qwen2.block_count": "24", "qwen2.attention.head_count": "14",
+            "qwen2.attention.head_count_kv": "2", "qwen2.embedding_length": "896"}
+    assert batch.fit_slots(qwen, 1024) == 16
+    llama3b = {"general.architecture": "llama", "llama.block_count": 28, "llama.attention.head_count": 24,
+               "llama.attention.head_count_kv": 8, "llama.embedding_length": 3072}  # 114 KB a cell
+    assert batch.fit_slots(llama3b, 1024) == batch.MIN_SLOTS
+    assert batch.fit_slots(llama3b, 512) == 16 and batch.fit_slots(llama3b, 768) == 11
+    assert batch.fit_slots(small, 1024, most=4) == 4 and batch.fit_slots({}, 1024) == batch.MIN_SLOTS

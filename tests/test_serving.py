@@ -70,9 +70,26 @@ def test_the_copy_keeps_what_the_adapter_does(adapter, embedded_model, kind, mon
     # the projections are of the copy's type now; the embedding table is the base's bytes unchanged
     meta = gguf_header.read_header(copy)["metadata"]
     assert meta["general.file_type"] == FILE_TYPE[kind] and meta["general.architecture"] == "llama"
-    assert meta.get("tokenizer.chat_template") == gguf_header.read_header(embedded_model)["metadata"].get(
-        "tokenizer.chat_template")
     assert oct(copy.stat().st_mode & 0o777) == "0o600"
+    _same_file_but_the_weights(copy, embedded_model)
+
+
+def _same_file_but_the_weights(copy: Path, base: Path) -> None:
+    """The copy's metadata is the base's (tokenizer arrays included) but for its file type; its tensor table
+    names the same tensors and shapes; a tensor of the same type (norms, the embedding table) has the same bytes."""
+    ours, theirs = (gguf_header.read_header(p, keep_arrays=True)["metadata"] for p in (copy, base))
+    assert ours.pop("general.file_type") != theirs.pop("general.file_type")
+    assert ours == theirs and len(ours["tokenizer.ggml.tokens"]) > 40000
+    a, b = gguf_header.layout(copy), gguf_header.layout(base)
+    assert [(n, d) for n, d, *_ in a.tensors] == [(n, d) for n, d, *_ in b.tensors]
+    kept = 0
+    for (name, dims, qtype, off), (_, _, qtype_b, off_b) in zip(a.tensors, b.tensors):
+        if qtype == qtype_b:
+            n = serving._nbytes(dims, qtype)
+            assert (np.fromfile(copy, np.uint8, n, offset=a.data_start + off).tobytes()
+                    == np.fromfile(base, np.uint8, n, offset=b.data_start + off_b).tobytes()), name
+            kept += 1
+    assert kept >= 60  # the 61 norms and the embedding table
 
 
 def test_built_once_rebuilt_when_the_adapter_changes(tmp_path, adapter, embedded_model):
@@ -190,6 +207,7 @@ def test_the_base_alone_has_a_q8_copy_that_is_the_same_model(home, embedded_mode
     copy, lora = serving.resolve(embedded_model, None)
     assert lora is None and copy == home / "cache" / "serving" / f"SmolLM2-135M-Instruct.Q4_1.serve-{serving.copy_type()}.gguf"
     assert gguf_header.read_header(copy)["metadata"]["general.file_type"] == FILE_TYPE[serving.copy_type()]
+    _same_file_but_the_weights(copy, embedded_model)
     assert copy.stat().st_mode & 0o777 == 0o600 and copy.parent.stat().st_mode & 0o777 == 0o700
     assert serving.resolve(embedded_model, None, build=False) == (copy, None)
     base, q8 = _logits(embedded_model, None), _logits(copy, None)

@@ -253,7 +253,7 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
     """Generate the missing pairs (at most `limit`); return what was generated, reused, failed, and the quality.
 
     `parallel`: emails generated together in one llama.cpp context (`playback.batch`; default
-    `batch.SLOTS`); 1 runs them one at a time (`generate`), which an OpenAI-compatible server always does."""
+    `batch.fit_slots`: up to `batch.SLOTS` as the KV memory allows); 1 runs them one at a time (`generate`), which an OpenAI-compatible server always does."""
     from .. import catalogue, config
     from ..ingest import messages
 
@@ -277,7 +277,8 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
 
     slots = batch.SLOTS if parallel is None else max(1, parallel)
     batched = slots > 1 and len(todo) > 1 and not settings.engine_url
-    out |= {"batched": batched, "parallel": slots if batched else 1}
+    used = {"slots": min(slots, len(todo)) if batched else 1}
+    out["batched"] = batched
     t0 = time.perf_counter()
     with store.run(conn, "playback") as summary:
         progress(0, len(todo), "")
@@ -287,7 +288,8 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
             serving.resolve(model_path, None)  # built now, so engine.load (merge=True) finds it and loads it
         if batched:
             results = batch.generate_many(todo, model_path=model_path, settings=settings, idf=idf,
-                                          user_name=settings.user_name, slots=min(slots, len(todo)))
+                                          user_name=settings.user_name, used=used,
+                                          slots=None if parallel is None and len(todo) > slots else min(slots, len(todo)))
         else:
             results = ((row, generate(row, model_path=model_path, settings=settings, idf=idf,
                                       user_name=settings.user_name)) for row in todo)
@@ -302,6 +304,7 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
                 _count(out, res)
                 progress(i, len(todo), f"model {out['model']} fallback {out['fallback']} failed {out['failed']}")
         out["seconds"] = round(time.perf_counter() - t0, 1)
+        out["parallel"] = used["slots"]
         out["emails_per_min"] = round(60 * len(todo) / out["seconds"], 1) if out["seconds"] else None
         out.update(quality(conn, cfg_hash, recompute=out["generated"] > 0 or out["failed"] > 0))
         summary.update(out)

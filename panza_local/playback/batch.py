@@ -28,9 +28,12 @@ from .. import playback as pb
 
 log = logging.getLogger(__name__)
 
-# Sequences decoded together. Measured here (one core, the embedded Q4_1 model): a decode step costs 12.1 ms
-# a token for one sequence, 10.8 for four, 9.9 for eight; prompt tokens cost 7.2 ms each either way.
-SLOTS = 8
+# Sequences decoded together, at most: 16 played back 120 emails of bass-e in 43.2 s against 46.8 s for 8 (two
+# cores, the BF16 copy, three alternating runs each; 12 and 24-32 no faster than 16). Fewer where their KV
+# streams would outgrow KV_BUDGET (a larger model's cells are bigger), never fewer than MIN_SLOTS.
+SLOTS = 16
+MIN_SLOTS = 8
+KV_BUDGET = 1 << 30  # bytes: 17 streams of 1,024 cells are ~400 MB on the embedded model, ~210 MB on Qwen2.5-0.5B
 # One KV stream per sequence: a sequence's attention reads only its own cells (a unified cache would make
 # every token attend over all slots' cells, masked); the preamble is then copied whole into each stream.
 UNIFIED = False
@@ -57,11 +60,11 @@ class _Slot:
 
 
 def generate_many(rows: Iterable[dict], *, model_path: str | Path, settings, idf: dict, user_name: str = "",
-                  slots: int = SLOTS) -> Iterator[tuple[dict, dict]]:
+                  slots: int | None = None, used: dict | None = None) -> Iterator[tuple[dict, dict]]:
     """Yield (row, result) for every row as soon as its instruction is final (not in input order).
 
     Results are what `playback.generate` returns for the same row; stop iterating at any time (the
-    context is freed)."""
+    context is freed). `slots`: sequences decoded together (default: `fit_slots`), written to `used["slots"]`."""
     from .. import engine
 
     lib = engine.llama_cpp()
@@ -77,6 +80,10 @@ def generate_many(rows: Iterable[dict], *, model_path: str | Path, settings, idf
     # The preamble: what the prompts of two different emails share (token by token, so BPE merges agree).
     prefix = _common(tokens(pb.prompt("Alpha.", "Ann")), tokens(pb.prompt("Beta!", "Bob")))
     stream = -(-(len(prefix) + PER_SLOT) // 256) * 256  # KV cells of each sequence
+    if slots is None:
+        slots = fit_slots(llm.metadata, stream)
+    if used is not None:
+        used["slots"] = slots
     n_ctx = (slots + 1) * stream
     ctx = _context(lib, llm, n_ctx, slots + 1, settings)
     batch = lib.llama_batch_init(N_BATCH, 0, 1)
@@ -160,6 +167,24 @@ def generate_many(rows: Iterable[dict], *, model_path: str | Path, settings, idf
             s.sampler.close()
         lib.llama_batch_free(batch)
         ctx.close()
+
+
+def fit_slots(metadata: dict, stream: int, most: int = SLOTS) -> int:
+    """Sequences to decode together: `most`, fewer where their KV streams (and the preamble's) of `stream`
+    cells each would pass KV_BUDGET in F16, never fewer than MIN_SLOTS."""
+    arch = metadata.get("general.architecture", "llama")
+
+    def num(key: str, default: int) -> int:
+        try:
+            return int(metadata.get(f"{arch}.{key}", default))
+        except (TypeError, ValueError):
+            return default
+
+    heads = num("attention.head_count", 1)
+    head_dim = num("attention.key_length", num("embedding_length", 64 * heads) // max(1, heads))
+    cell = num("block_count", 32) * 2 * num("attention.head_count_kv", heads) * head_dim * 2  # K and V, F16
+    fits = KV_BUDGET // max(1, cell * stream) - 1  # one stream holds the preamble
+    return max(min(most, MIN_SLOTS), min(most, fits))
 
 
 def _fill(lib, batch, busy: list[_Slot]) -> None:

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...errors import NotAGGUF
-from ...gguf_header import _Reader
+from ... import gguf_header
 
 _TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 8: "Q8_0", 30: "BF16"}
 
@@ -35,28 +34,11 @@ def read(path: str | Path) -> tuple[dict, dict[str, TensorInfo]]:
     """(metadata, tensors by name) of a GGUF file; tensor bytes are a read-only memory map."""
     import gguf
 
-    path = Path(path)
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        r = _Reader(fh, size, str(path))
-        if fh.read(4) != b"GGUF":
-            raise NotAGGUF(f"{path} is not a GGUF file", fix="give a .gguf model file")
-        r.scalar("<I")
-        n_tensors, n_kv = r.scalar("<Q"), r.scalar("<Q")
-        meta = {}
-        for _ in range(n_kv):
-            key = r.string()
-            meta[key] = r.value(r.scalar("<I"), False)
-        infos = []
-        for _ in range(n_tensors):
-            name = r.string()
-            dims = [r.scalar("<Q") for _ in range(r.scalar("<I"))]
-            infos.append((name, dims, r.scalar("<I"), r.scalar("<Q")))
-        align = int(meta.get("general.alignment", 32))
-        start = (fh.tell() + align - 1) // align * align
+    lay = gguf_header.layout(path)
+    start = lay.data_start
     mm = np.memmap(path, dtype=np.uint8, mode="c")  # copy-on-write: torch views it without a copy, nothing writes
     out = {}
-    for name, dims, qtype, offset in infos:
+    for name, dims, qtype, offset in lay.tensors:
         qt = gguf.GGMLQuantizationType(qtype)
         block, tbytes = gguf.GGML_QUANT_SIZES[qt]
         shape = tuple(int(d) for d in reversed(dims))
@@ -64,7 +46,7 @@ def read(path: str | Path) -> tuple[dict, dict[str, TensorInfo]]:
         nbytes = n // block * tbytes
         raw = mm[start + offset: start + offset + nbytes]
         out[name] = TensorInfo(name, qtype, _TYPES.get(qtype, qt.name), shape, raw)
-    return meta, out
+    return lay.meta, out
 
 
 def dequantize(t: TensorInfo, dtype: torch.dtype = torch.float32) -> torch.Tensor:
