@@ -173,16 +173,13 @@ def fit_slots(metadata: dict, stream: int, most: int = SLOTS) -> int:
     """Sequences to decode together: `most`, fewer where their KV streams (and the preamble's) of `stream`
     cells each would pass KV_BUDGET in F16, never fewer than MIN_SLOTS."""
     arch = metadata.get("general.architecture", "llama")
-
-    def num(key: str, default: int) -> int:
-        try:
-            return int(metadata.get(f"{arch}.{key}", default))
-        except (TypeError, ValueError):
-            return default
-
-    heads = num("attention.head_count", 1)
-    head_dim = num("attention.key_length", num("embedding_length", 64 * heads) // max(1, heads))
-    cell = num("block_count", 32) * 2 * num("attention.head_count_kv", heads) * head_dim * 2  # K and V, F16
+    try:
+        layers, heads = int(metadata[f"{arch}.block_count"]), int(metadata[f"{arch}.attention.head_count"])
+        kv_heads = int(metadata.get(f"{arch}.attention.head_count_kv", heads))
+        head_dim = int(metadata.get(f"{arch}.attention.key_length") or int(metadata[f"{arch}.embedding_length"]) // heads)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):  # a model that does not say: as many as before
+        return min(most, MIN_SLOTS)
+    cell = layers * 2 * kv_heads * head_dim * 2  # K and V, F16
     fits = KV_BUDGET // max(1, cell * stream) - 1  # one stream holds the preamble
     return max(min(most, MIN_SLOTS), min(most, fits))
 
