@@ -8,7 +8,7 @@ what playback did before either change: one at a time on the shipped file. Quali
 metric: recall@1 against the user's whole mailbox, the median copy ratio, and the share of instructions that
 came from the keyword fallback.
 
-    python bench/playback.py [--mbox FILE] [--me ADDRESS] [--n 80] [--threads 1] [--parallel 8] [--model NAME]
+    python bench/playback.py [--mbox FILE] [--me ADDRESS] [--n 80] [--threads 1] [--parallel N] [--model NAME]
 
 Writes bench/results/playback.json and playback.md. On a shared 2-core machine wall time swings with the
 other work on it, so the CPU seconds of this process (one llama.cpp thread: the work itself) are reported
@@ -40,7 +40,7 @@ PATHS = (("one at a time", 1, False), ("batched", None, False), ("batched, servi
          ("one at a time, serving copy", 1, True))
 
 
-def _one(conn, n: int, parallel: int, settings) -> dict:
+def _one(conn, n: int, parallel: int | None, settings) -> dict:
     from panza_local import playback
 
     conn.execute("DELETE FROM pairs")
@@ -64,7 +64,7 @@ def _one(conn, n: int, parallel: int, settings) -> dict:
             "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
-def measure(mbox: Path, me: str, n: int, threads: int, parallel: int, model: str | None = None) -> dict:
+def measure(mbox: Path, me: str, n: int, threads: int, parallel: int | None, model: str | None = None) -> dict:
     os.environ["PANZA_HOME"] = tempfile.mkdtemp(prefix="panza-bench-")
     import dataclasses
 
@@ -83,7 +83,7 @@ def measure(mbox: Path, me: str, n: int, threads: int, parallel: int, model: str
         if copy and not serving.worth_it(model_path):
             continue  # a base with fast kernels already: playback makes no copy of it
         s = dataclasses.replace(settings, merge_adapter=copy)
-        paths[label] = _one(conn, n, par or parallel, s)
+        paths[label] = _one(conn, n, par if par is not None else parallel, s)
         print(f"{label}: {paths[label]['emails_per_min']} emails/min, recall@1 {paths[label]['recall_at_1']}",
               flush=True)
     conn.close()
@@ -117,7 +117,7 @@ def _md(res: dict) -> str:
 
 def main(quick: bool = False) -> dict:
     """bench/run_all.py contract: a few emails when quick."""
-    res = measure(DEFAULT, ME, 8 if quick else 80, 1, 8)
+    res = measure(DEFAULT, ME, 8 if quick else 80, 1, None)
     base, best = res["paths"]["one at a time"], res["paths"][list(res["paths"])[2 if len(res["paths"]) > 2 else 1]]
     note = f"{res['n']} emails of {res['mbox']}, 1 thread"
     res["rows"] = [row("playback emails/min (batched + copy vs one at a time)", best["emails_per_min"],
@@ -133,7 +133,8 @@ def cli() -> int:
     ap.add_argument("--me", default=ME, help="that person's address")
     ap.add_argument("--n", type=int, default=80, help="emails per path")
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 on a loaded shared machine)")
-    ap.add_argument("--parallel", type=int, default=8, help="sequences per decode on the batched path")
+    ap.add_argument("--parallel", type=int, default=None,
+                    help="sequences per decode on the batched path (default: playback's own, batch.fit_slots)")
     ap.add_argument("--model", default=None, help="catalogue model to play back with (default: the active one)")
     ap.add_argument("--out", default="playback", help="results file name under bench/results")
     args = ap.parse_args()

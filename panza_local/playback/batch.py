@@ -207,9 +207,13 @@ def _fill(lib, batch, busy: list[_Slot]) -> None:
         s.logit_at = -1
         if not s.pending and s.out:  # generating: feed back its last token
             put(s, s.out[-1], True)
-    for s in busy:
-        while s.pending and n < N_BATCH:
-            put(s, s.pending.pop(0), not s.pending)
+    # Prompt tokens of one sequence a decode: over separate KV streams llama.cpp cuts a batch into equal
+    # shares per sequence, so prompts of unequal lengths in one batch become many small computes (measured:
+    # 8 prompts of 22-100 tokens 922 ms in one decode, 509 ms for 8 of 64; 200 + 56 tokens 367 ms, 256 of
+    # one sequence 287 ms). Generation tokens beside them cost what they cost alone.
+    s = next((s for s in busy if s.pending), None)
+    while s is not None and s.pending and n < N_BATCH:
+        put(s, s.pending.pop(0), not s.pending)
     batch.n_tokens = n
 
 
