@@ -165,6 +165,7 @@ def test_killed_batched_run_resumes_without_regenerating(home, monkeypatch):
     assert len(before) == 2
     out = playback.run(conn)
     assert out.batched and (out.generated, out.reused) == (2, 2)
+    assert out.parallel == 2  # the default slot count, no more than the emails left
     after = {r[0]: r[1] for r in conn.execute("SELECT content_hash, created_at FROM pairs")}
     assert len(after) == 4 and all(after[h] == before[h] for h in before)  # kept, not regenerated
     conn.close()

@@ -252,8 +252,9 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
         on_progress: Progress | None = None, settings=None, parallel: int | None = None) -> PlaybackResult:
     """Generate the missing pairs (at most `limit`); return what was generated, reused, failed, and the quality.
 
-    `parallel`: emails generated together in one llama.cpp context (`playback.batch`; default
-    `batch.fit_slots`: up to `batch.SLOTS` as the KV memory allows); 1 runs them one at a time (`generate`), which an OpenAI-compatible server always does."""
+    `parallel`: emails generated together in one llama.cpp context (`playback.batch`; default `batch.fit_slots`:
+    up to `batch.SLOTS` as the KV memory allows); 1 runs them one at a time (`generate`), which an
+    OpenAI-compatible server always does."""
     from .. import catalogue, config
     from ..ingest import messages
 
@@ -289,7 +290,7 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
         if batched:
             results = batch.generate_many(todo, model_path=model_path, settings=settings, idf=idf,
                                           user_name=settings.user_name, used=used,
-                                          slots=None if parallel is None and len(todo) > slots else min(slots, len(todo)))
+                                          slots=None if parallel is None else min(slots, len(todo)))
         else:
             results = ((row, generate(row, model_path=model_path, settings=settings, idf=idf,
                                       user_name=settings.user_name)) for row in todo)

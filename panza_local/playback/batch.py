@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,8 +81,8 @@ def generate_many(rows: Iterable[dict], *, model_path: str | Path, settings, idf
     # The preamble: what the prompts of two different emails share (token by token, so BPE merges agree).
     prefix = _common(tokens(pb.prompt("Alpha.", "Ann")), tokens(pb.prompt("Beta!", "Bob")))
     stream = -(-(len(prefix) + PER_SLOT) // 256) * 256  # KV cells of each sequence
-    if slots is None:
-        slots = fit_slots(llm.metadata, stream)
+    if slots is None:  # no more than there are emails, when that is known
+        slots = fit_slots(llm.metadata, stream, most=min(SLOTS, len(rows)) if isinstance(rows, Sized) else SLOTS)
     if used is not None:
         used["slots"] = slots
     n_ctx = (slots + 1) * stream
