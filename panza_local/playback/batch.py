@@ -210,7 +210,7 @@ def _fill(lib, batch, busy: list[_Slot]) -> None:
             put(s, s.out[-1], True)
     # Prompts whole, one after another, up to N_BATCH. Over separate KV streams llama.cpp cuts a batch into
     # equal shares per sequence, so unequal prompts in one decode make several smaller computes; still, 120
-    # emails took 45.6 s so against 48.0 s with one prompt a decode and 55.5 s with equal shares of each.
+    # emails took 45.6 s this way against 48.0 s with one prompt a decode and 55.5 s with equal shares of each.
     for s in busy:
         while s.pending and n < N_BATCH:
             put(s, s.pending.pop(0), not s.pending)
