@@ -81,25 +81,35 @@ def read_header(path: str | Path, keep_arrays: bool = False) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise NotAGGUF(f"{path}: no such file", fix="check the path")
-    size = path.stat().st_size
     with path.open("rb") as fh:
-        r = _Reader(fh, size, str(path))
-        magic = fh.read(4)
-        if magic != MAGIC:
-            raise NotAGGUF(f"{path} is not a GGUF model file (it starts with {magic!r}, not b'GGUF')",
-                           fix="give a .gguf file; convert safetensors with llama.cpp's convert_hf_to_gguf.py")
-        version = r.scalar("<I")
-        if version not in (2, 3):
-            raise NotAGGUF(f"{path}: GGUF version {version} is not supported (2 and 3 are)",
-                           fix="re-convert the model with a current llama.cpp")
-        tensor_count, kv_count = r.scalar("<Q"), r.scalar("<Q")
-        if kv_count > _MAX_KV or tensor_count > size:
-            raise NotAGGUF(f"{path}: implausible GGUF header counts", fix="the file is corrupt")
-        meta: dict[str, Any] = {}
-        for _ in range(kv_count):
-            key = r.string()
-            meta[key] = r.value(r.scalar("<I"), keep_arrays)
+        version, tensor_count, meta, _ = _header(fh, path, keep_arrays)
     return {"version": version, "tensor_count": tensor_count, "metadata": meta}
+
+
+def _header(fh: BinaryIO, path: Path, keep_arrays: bool) -> tuple[int, int, dict[str, Any], dict[str, tuple[int, int]]]:
+    """(version, tensor count, metadata, each entry's byte range) read from the start of an open GGUF file;
+    `fh` is left at the tensor table."""
+    size = path.stat().st_size
+    r = _Reader(fh, size, str(path))
+    magic = fh.read(4)
+    if magic != MAGIC:
+        raise NotAGGUF(f"{path} is not a GGUF model file (it starts with {magic!r}, not b'GGUF')",
+                       fix="give a .gguf file; convert safetensors with llama.cpp's convert_hf_to_gguf.py")
+    version = r.scalar("<I")
+    if version not in (2, 3):
+        raise NotAGGUF(f"{path}: GGUF version {version} is not supported (2 and 3 are)",
+                       fix="re-convert the model with a current llama.cpp")
+    tensor_count, kv_count = r.scalar("<Q"), r.scalar("<Q")
+    if kv_count > _MAX_KV or tensor_count > size:
+        raise NotAGGUF(f"{path}: implausible GGUF header counts", fix="the file is corrupt")
+    meta: dict[str, Any] = {}
+    spans: dict[str, tuple[int, int]] = {}
+    for _ in range(kv_count):
+        start = fh.tell()
+        key = r.string()
+        meta[key] = r.value(r.scalar("<I"), keep_arrays)
+        spans[key] = (start, fh.tell())
+    return version, tensor_count, meta, spans
 
 
 def summary(path: str | Path) -> dict[str, Any]:
@@ -138,22 +148,9 @@ class Layout:
 def layout(path: str | Path) -> Layout:
     """The Layout of a GGUF file (tokenizer arrays skipped), or NotAGGUF."""
     path = Path(path)
-    size = path.stat().st_size
     with path.open("rb") as fh:
-        r = _Reader(fh, size, str(path))
-        if fh.read(4) != MAGIC:
-            raise NotAGGUF(f"{path} is not a GGUF file", fix="give a .gguf model file")
-        version = r.scalar("<I")
-        n_tensors, n_kv = r.scalar("<Q"), r.scalar("<Q")
-        if n_kv > _MAX_KV or n_tensors > size:
-            raise NotAGGUF(f"{path}: implausible GGUF header counts", fix="the file is corrupt")
-        meta: dict[str, Any] = {}
-        spans: dict[str, tuple[int, int]] = {}
-        for _ in range(n_kv):
-            start = fh.tell()
-            key = r.string()
-            meta[key] = r.value(r.scalar("<I"), False)
-            spans[key] = (start, fh.tell())
+        version, n_tensors, meta, spans = _header(fh, path, False)
+        r = _Reader(fh, path.stat().st_size, str(path))
         tensors = []
         for _ in range(n_tensors):
             name = r.string()
@@ -162,3 +159,14 @@ def layout(path: str | Path) -> Layout:
         align = int(meta.get("general.alignment", 32))
         data_start = (fh.tell() + align - 1) // align * align
     return Layout(version, meta, spans, tensors, data_start, align)
+
+
+def tensor_nbytes(dims: list[int], qtype: int) -> int:
+    """Bytes of a tensor of GGML `dims` and type number `qtype` (whole blocks of its type)."""
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
+    n = 1
+    for d in dims:
+        n *= d
+    return n // block * size

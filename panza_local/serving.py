@@ -277,7 +277,7 @@ def _write(base: Path, lora: Path | None, scale: float, out: Path, kind: str) ->
         """One tensor's bytes in the copy, as type `want` (`_copy_type`)."""
         a, b = pairs.get(f"{name}.lora_a"), pairs.get(f"{name}.lora_b")
         if a is None and want == qtype:
-            return mm[src.data_start + offset: src.data_start + offset + _nbytes(dims, qtype)]
+            return mm[src.data_start + offset: src.data_start + offset + gguf_header.tensor_nbytes(dims, qtype)]
         weight = _dense(mm, src.data_start, dims, qtype, offset)
         if a is not None:
             if b is None:
@@ -304,12 +304,13 @@ def _write(base: Path, lora: Path | None, scale: float, out: Path, kind: str) ->
         offset = 0
         for (name, dims, _, _), qtype in zip(src.tensors, types):
             w.write(_gguf_string(name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, qtype, offset))
-            offset += -(-_nbytes(dims, qtype) // align) * align
+            offset += -(-gguf_header.tensor_nbytes(dims, qtype) // align) * align
         w.write(b"\0" * (-w.tell() % align))
         for (name, dims, qtype, off), want in zip(src.tensors, types):
             data = memoryview(np.ascontiguousarray(converted(name, dims, qtype, off, want))).cast("B")
-            if len(data) != _nbytes(dims, want):  # the table above promised this size
-                raise RuntimeError(f"serving copy: {name} came out as {len(data)} bytes, not {_nbytes(dims, want)}")
+            promised = gguf_header.tensor_nbytes(dims, want)  # the size the table above gave it
+            if len(data) != promised:
+                raise RuntimeError(f"serving copy: {name} came out as {len(data)} bytes, not {promised}")
             w.write(data)
             w.write(b"\0" * (-len(data) % align))
 
@@ -326,23 +327,15 @@ def _copy_type(name: str, qtype: int, dims: list[int], pairs: dict, slow: set, t
     return to
 
 
-def _nbytes(dims: list[int], qtype: int) -> int:
-    import gguf
-
-    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
-    n = 1
-    for d in dims:
-        n *= d
-    return n // block * size
-
-
 def _dense(mm, data_start: int, dims: list[int], qtype: int, offset: int):
     """One tensor as float32 in numpy order ([rows, cols]), dequantized from its bytes in `mm`."""
     import gguf
     import numpy as np
     from gguf.quants import dequantize
 
-    raw = np.asarray(mm[data_start + offset: data_start + offset + _nbytes(dims, qtype)])
+    from . import gguf_header
+
+    raw = np.asarray(mm[data_start + offset: data_start + offset + gguf_header.tensor_nbytes(dims, qtype)])
     rows = int(np.prod(dims[1:])) if len(dims) > 1 else 1
     shape = tuple(int(d) for d in reversed(dims))
     return dequantize(raw.reshape(rows, -1), gguf.GGMLQuantizationType(qtype)).astype(

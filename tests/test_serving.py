@@ -85,7 +85,7 @@ def _same_file_but_the_weights(copy: Path, base: Path) -> None:
     kept = 0
     for (name, dims, qtype, off), (_, _, qtype_b, off_b) in zip(a.tensors, b.tensors):
         if qtype == qtype_b:
-            n = serving._nbytes(dims, qtype)
+            n = gguf_header.tensor_nbytes(dims, qtype)
             assert (np.fromfile(copy, np.uint8, n, offset=a.data_start + off).tobytes()
                     == np.fromfile(base, np.uint8, n, offset=b.data_start + off_b).tobytes()), name
             kept += 1

@@ -39,13 +39,9 @@ def read(path: str | Path) -> tuple[dict, dict[str, TensorInfo]]:
     mm = np.memmap(path, dtype=np.uint8, mode="c")  # copy-on-write: torch views it without a copy, nothing writes
     out = {}
     for name, dims, qtype, offset in lay.tensors:
-        qt = gguf.GGMLQuantizationType(qtype)
-        block, tbytes = gguf.GGML_QUANT_SIZES[qt]
         shape = tuple(int(d) for d in reversed(dims))
-        n = int(np.prod(shape))
-        nbytes = n // block * tbytes
-        raw = mm[start + offset: start + offset + nbytes]
-        out[name] = TensorInfo(name, qtype, _TYPES.get(qtype, qt.name), shape, raw)
+        raw = mm[start + offset: start + offset + gguf_header.tensor_nbytes(dims, qtype)]
+        out[name] = TensorInfo(name, qtype, _TYPES.get(qtype, gguf.GGMLQuantizationType(qtype).name), shape, raw)
     return lay.meta, out
 
 
