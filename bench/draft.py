@@ -65,10 +65,14 @@ from llama_cpp import Llama
 a = json.load(open(sys.argv[1]))
 llm = Llama(model_path=a["model"], lora_path=a["lora"], n_ctx=a["n_ctx"], n_threads=a["threads"],
             n_threads_batch=a["threads"], verbose=False)
+opening = a["opening"]  # the greeting the prompt ends with: shown with the first word written after it
 for ch in llm.create_completion(a["prompt"], max_tokens=a["max_tokens"], temperature=0.0, top_p=0.95,
                                 repeat_penalty=1.1, seed=a["seed"], stop=a["stop"], stream=True):
-    sys.stdout.write(ch["choices"][0]["text"])
-    sys.stdout.flush()
+    piece = ch["choices"][0]["text"]
+    if piece:
+        sys.stdout.write(opening + piece)
+        sys.stdout.flush()
+        opening = ""
 """
 
 
@@ -189,17 +193,18 @@ def _tui_after_pause(instruction: str, to: str, settings) -> dict:
     return _tui_draft(instruction, to, settings)
 
 
-def _direct_warm(llm, prompt: str, args) -> dict:
+def _direct_warm(llm, prompt: list[int], opening: str, max_tokens: int) -> dict:
     from panza_local import prompts
 
     t0 = time.perf_counter()
     first, text = None, []
-    for ch in llm.create_completion(prompt, max_tokens=args.max_tokens, temperature=0.0, top_p=0.95,
+    for ch in llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, top_p=0.95,
                                     repeat_penalty=1.1, seed=1, stop=[prompts.FENCE], stream=True):
         piece = ch["choices"][0]["text"]
         if piece:
             first = first or time.perf_counter() - t0
-            text.append(piece)
+            text.append(opening + piece)
+            opening = ""
     return {"ttft": first or time.perf_counter() - t0, "total": time.perf_counter() - t0, "text": "".join(text),
             "load": load()}
 
@@ -235,12 +240,15 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
     work = Path(tempfile.mkdtemp(prefix="panza-bench-direct-"))
     (work / "direct.py").write_text(DIRECT)
 
-    prompts_text, n_prompt = [], []
-    for instruction, to in JOBS:  # the prompt text panza builds, for the direct baseline
+    # the prompt panza builds, for the direct baseline: its tokens (the chat template's, then the user's
+    # greeting that the adapter's draft starts from) and that greeting
+    prompts_ids, openings, given = [], [], []
+    for instruction, to in JOBS:
         plan = draft.prepare(instruction, to=to, settings=settings, seed=1)
-        text = engine.render_chat(plan.messages, model_path)
-        prompts_text.append(text)
-        n_prompt.append(engine.count_tokens(text, model_path, settings=settings))
+        prompts_ids.append(engine.prompt_tokens(plan.messages, model_path, plan.opening))
+        openings.append(plan.opening)
+        given.append(len(prompts_ids[-1]) - len(engine.prompt_tokens(plan.messages, model_path)))  # max_tokens
+    n_prompt = [len(ids) for ids in prompts_ids]  # counts the greeting's tokens, as ours does
     engine.unload_all()
 
     variants = (["ours", "ours, first draft", "ours, runtime adapter", "direct+omp"]
@@ -263,8 +271,8 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
         j = i % len(JOBS)
         spec = work / f"job{j}.json"
         spec.write_text(json.dumps({"model": str(model_path), "lora": str(choice.gguf), "n_ctx": settings.n_ctx,
-                                    "threads": args.threads, "prompt": prompts_text[j],
-                                    "max_tokens": args.max_tokens, "seed": 1, "stop": [prompts.FENCE]}))
+                                    "threads": args.threads, "prompt": prompts_ids[j], "opening": openings[j],
+                                    "max_tokens": args.max_tokens - given[j], "seed": 1, "stop": [prompts.FENCE]}))
         order = variants[i % len(variants):] + variants[:i % len(variants)]
         got = {}
         for v in order:
@@ -346,7 +354,7 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
         lib = engine.llama_cpp()
         direct = lib.Llama(model_path=str(model_path), lora_path=str(choice.gguf), n_ctx=settings.n_ctx,
                            n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
-        _direct_warm(direct, prompts_text[-1], args)
+        _direct_warm(direct, prompts_ids[-1], openings[-1], args.max_tokens - given[-1])
         for i in range(max(rounds, 3)):
             j = i % len(JOBS)
             steps = [("serve", lambda j=j: _serve_request(url, *JOBS[j], args.max_tokens)),
@@ -356,7 +364,8 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
                                                                                    settings)),
                      ("tui, runtime adapter", lambda j=j: _tui_draft(*JOBS[j], runtime)),
                      ("tui, without flash attention", lambda j=j: _tui_draft(*JOBS[j], plain)),
-                     ("direct warm", lambda j=j: _direct_warm(direct, prompts_text[j], args))]
+                     ("direct warm", lambda j=j: _direct_warm(direct, prompts_ids[j], openings[j],
+                                                               args.max_tokens - given[j]))]
             if other is not None:
                 steps.insert(1, ("serve, Q8_0 copy", lambda j=j: _serve_request(servers[1][1], *JOBS[j],
                                                                                args.max_tokens)))

@@ -74,6 +74,11 @@ class DraftPlan:
     raw: list[str] = field(default_factory=list)
     """The model's own pieces, before clean-up (tests and benchmarks judge the model by these)."""
     stats: dict = field(default_factory=dict)
+    opening: str = ""
+    """The reply's given start (`prompts.opening`: the user's greeting), evaluated with the prompt. Only with
+    the user's adapter, which learned her emails greeting first and writes on from it; the stock model asked
+    to start after a greeting it did not write often greets again a line later ("I hope this finds you
+    well. Dear Priya,"), which the clean-up must cut as a second email."""
     render: object = None  # (retrieved, thread) -> messages: what fit.py trims the prompt with
 
 
@@ -150,7 +155,8 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
     plan = DraftPlan(instruction=instruction, messages=[], settings=settings, model_path=Path(model_path),
                      to=to, subject=subject, reply=reply, retrieved=list(examples), adapter=adapter,
                      lora_path=lora, profile=prof, max_tokens=_budget(prof, settings), seed=seed,
-                     notices=notices, render=render)
+                     notices=notices, render=render,
+                     opening=prompts.opening(prof) if lora is not None and not settings.engine_url else "")
     fit.fit_plan(plan)  # trims to the context with a notice; ContextTooLong when the instruction cannot fit
     return plan
 
@@ -416,12 +422,15 @@ def stream(plan: DraftPlan, *, seed: int | None = None, temperature: float | Non
     plan.pieces, plan.raw = [], []
     st = engine.Stats()
     cleaner = cleanup.Cleaner(plan.profile, plan.to, plan.instruction)
+    if plan.opening:  # the greeting the prompt ends with: held by the clean-up like one the model wrote
+        plan.raw.append(plan.opening)
+        cleaner.feed(plan.opening)
     # a day the user did not give is not written (only when they gave one: "move it to Friday")
     days = prompts.other_weekdays(plan.instruction, plan.reply.body if plan.reply else None)
     gen = engine.stream_chat(plan.messages, model_path=plan.model_path, lora_path=plan.lora_path,
                              max_tokens=max_tokens or plan.max_tokens, temperature=temperature,
                              seed=plan.seed if seed is None else seed, stop=[prompts.FENCE],
-                             settings=plan.settings, stats=st, banned_words=days)
+                             settings=plan.settings, stats=st, banned_words=days, prefix=plan.opening)
     try:
         for piece in gen:
             plan.raw.append(piece)

@@ -248,8 +248,12 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
                 max_tokens: int | None = None, temperature: float | None = None, stop: list[str] | None = None,
                 seed: int | None = None, grammar: str | None = None, top_p: float = 0.95,
                 repeat_penalty: float = 1.1, settings=None, stats: Stats | None = None,
-                banned_words: list[str] | None = None) -> Iterator[str]:
+                banned_words: list[str] | None = None, prefix: str = "") -> Iterator[str]:
     """Yield the assistant's reply to `messages` piece by piece (chat template from the GGUF).
+
+    `prefix`: the reply's first words, already decided (the user's greeting, `prompts.opening`): evaluated
+    with the prompt and not yielded, the model writes on from there; `max_tokens` counts them. A remote engine
+    (OpenAI's API has no such field) gets no prefix: it writes the reply whole.
 
     `stats` (optional) is filled with this generation's token counts and timings; the generator's return
     value is the same Stats. `banned_words`: words the reply should not contain: their one-token spellings
@@ -287,21 +291,54 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
     t0 = time.perf_counter()
     with _LOCK:
         before = llm._input_ids[:llm.n_tokens].copy()  # what the KV cache holds: the prompt's reused prefix
-        for chunk in llm.create_chat_completion(**kwargs):
-            delta = chunk["choices"][0].get("delta", {}).get("content")
+        if prefix:  # the chat handler's own prompt tokens, then the reply's given start
+            from . import fit
+
+            given = prefix_tokens(llm, prefix)
+            kwargs["max_tokens"] = max(1, kwargs["max_tokens"] - len(given))
+            prompt = fit.chat_tokens(kwargs.pop("messages"), llm) + given
+            n_prompt = len(prompt)
+            chunks = llm.create_completion(prompt, **kwargs)
+        else:
+            n_prompt = None  # what the chat handler evaluates: counted from the KV cache below
+            chunks = llm.create_chat_completion(**kwargs)
+        for chunk in chunks:
+            choice = chunk["choices"][0]
+            delta = choice.get("text") if prefix else choice.get("delta", {}).get("content")
             if delta:
                 if not stats.completion_tokens:
                     stats.ttft_s = time.perf_counter() - t0
                 stats.completion_tokens += 1
                 yield delta
         stats.total_s = time.perf_counter() - t0
-        stats.prompt_tokens = llm.n_tokens - stats.completion_tokens
+        stats.prompt_tokens = n_prompt or llm.n_tokens - stats.completion_tokens
         stats.cached_tokens = _cached(before, llm._input_ids[:stats.prompt_tokens])
         if getattr(llm, "_panza_prefix", None):  # a cold process's model: the next one starts from here
             from . import prefix_cache
 
             prefix_cache.save(llama_cpp(), llm, llm._panza_prefix)
     return stats
+
+
+def prefix_tokens(llm, prefix: str) -> list[int]:
+    """`prefix`'s tokens as they stand before the body's first word: "Hi Ann,\\n\\n" tokenized on its own
+    can merge its line breaks into one token that the model never saw before a word (SmolLM2's "\\n\\n"), so
+    it is tokenized with a word after it and that word's tokens dropped."""
+    word = b"I"
+    ids = llm.tokenize(prefix.encode("utf-8") + word, add_bos=False, special=False)
+    tail = llm.tokenize(word, add_bos=False, special=False)
+    if len(ids) > len(tail) and ids[-len(tail):] == tail:
+        return ids[:-len(tail)]
+    return llm.tokenize(prefix.encode("utf-8"), add_bos=False, special=False)  # pragma: no cover - merged
+
+
+def prompt_tokens(messages: list[dict], model_path: str | Path, prefix: str = "") -> list[int]:
+    """The tokens `stream_chat(messages, prefix=prefix)` evaluates before it generates (the model's chat
+    template and tokenizer; a vocab-only load): what a benchmark hands llama-cpp-python to compare like with like."""
+    from . import fit
+
+    vocab = fit.vocab(model_path)
+    return fit.chat_tokens(messages, vocab) + (prefix_tokens(vocab, prefix) if prefix else [])
 
 
 def single_tokens(llm, words: list[str]) -> set[int]:
@@ -353,18 +390,6 @@ def prefill(messages: list[dict], *, model_path: str | Path | None = None, lora_
 def chat(messages: list[dict], **kwargs) -> str:
     """The whole reply to `messages` (collects `stream_chat`)."""
     return "".join(stream_chat(messages, **kwargs))
-
-
-def count_tokens(text: str, model_path: str | Path | None = None, settings=None) -> int:
-    """Number of tokens `text` takes for the active model."""
-    from . import config
-
-    settings = settings or config.load()
-    if model_path is None:
-        model_path, _ = default_model(settings)
-    llm = load(model_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers,
-               flash_attn=settings.flash_attention)
-    return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
 
 def next_token_logits(prompt: str, model_path: str | Path, lora_path: str | Path | None = None,

@@ -68,7 +68,7 @@ def is_notice(text: str) -> bool:
 
 # -- counting ------------------------------------------------------------------------------------------------
 
-def _vocab(model_path: str | Path):
+def vocab(model_path: str | Path):
     """The model's tokenizer and chat handlers: the engine's loaded model for this file when there is one
     (a warm TUI, serve or eval: nothing to load), else a vocab-only llama.cpp load, cached per file."""
     key = str(model_path)
@@ -119,7 +119,7 @@ class _Probe:
 
 def count(messages: Sequence[dict], model_path: str | Path) -> int:
     """Exact prompt tokens of `messages` for this model (its chat template, its tokenizer)."""
-    return len(chat_tokens(messages, _vocab(model_path)))
+    return len(chat_tokens(messages, vocab(model_path)))
 
 
 def chat_tokens(messages: Sequence[dict], llm) -> list[int]:
@@ -139,14 +139,14 @@ def chat_tokens(messages: Sequence[dict], llm) -> list[int]:
 
 def count_text(text: str, model_path: str | Path) -> int:
     """Tokens of plain `text` for this model (no template, no BOS)."""
-    llm = _vocab(model_path)
+    llm = vocab(model_path)
     with _LOCK:
         return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
 
 def trained_context(model_path: str | Path) -> int | None:
     """The context length the model was trained for (GGUF metadata), or None when it does not say."""
-    meta = _vocab(model_path).metadata
+    meta = vocab(model_path).metadata
     arch = meta.get("general.architecture", "")
     try:
         return int(meta[f"{arch}.context_length"])

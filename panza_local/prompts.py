@@ -67,6 +67,16 @@ def system_preamble(profile: Profile | None = None) -> str:
     return "\n".join(lines)
 
 
+def opening(profile: Profile | None = None) -> str:
+    """The start of the reply that the profile already fixes: the user's greeting for this recipient (the line
+    the system message asks for), or "" when it has none or needs a name it does not know. The engine is
+    handed it as the reply's first words (`engine.stream_chat(prefix=)`), so the model writes from the body
+    on: the greeting is always the user's, and its tokens are evaluated with the prompt, not generated."""
+    p = profile or Profile()
+    greeting = _one_line(p.greeting) if p.greeting and "<name>" not in p.greeting else ""
+    return greeting + "\n\n" if greeting else ""
+
+
 def neutralise(text: str) -> str:
     """Make untrusted text inert inside a prompt: no fence can be closed, no chat-template token opened."""
     text = _SPECIAL.sub(lambda m: m.group(0)[0] + "\u200b" + m.group(0)[1:], text)

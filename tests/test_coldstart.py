@@ -193,7 +193,7 @@ def test_loads_in_two_threads_leave_stdout_and_stderr_where_they_were(embedded_m
         try:
             for _ in range(6):
                 fit._VOCABS.clear()
-                fit._vocab(embedded_model)
+                fit.vocab(embedded_model)
         except BaseException as exc:  # noqa: BLE001 - reported by the assert below
             errors.append(exc)
 

@@ -307,3 +307,26 @@ def test_stream_draft_yields_pieces_then_returns_the_draft(settings):
             pieces.append(next(gen))
     d = stop.value.value
     assert len(pieces) >= 2 and isinstance(d, draft.Draft) and d.text == "".join(pieces).strip()
+
+
+def test_the_adapters_draft_starts_from_the_users_greeting(settings, random_lora):
+    """With her adapter (trained on emails that open with her greeting) the greeting the profile gives for the
+    recipient ends the prompt: evaluated with it, not generated, so her draft opens the way she does and its
+    first words come sooner. The stock model writes its own (the clean-up puts hers in its place)."""
+    from panza_local import cleanup, engine, profile
+
+    profile.save(prompts.Profile(name="Ann Lee", greeting="Hi <name>,", signoff="Best,\nAnn"))
+    s = dataclasses.replace(settings, max_tokens=24)
+    tuned = draft.prepare(INSTR, to="bob@example.com", use_rag=False, use_adapter=random_lora, settings=s)
+    stock = draft.prepare(INSTR, to="bob@example.com", use_rag=False, use_adapter=False, settings=s)
+    assert tuned.opening == "Hi Bob,\n\n" and stock.opening == ""
+    nobody = draft.prepare("Write a note about the budget", use_rag=False, use_adapter=random_lora, settings=s)
+    assert nobody.opening == "Hi,\n\n"  # to nobody named: her greeting without a name, as the system message says
+    text = "".join(draft.stream(tuned))
+    assert tuned.raw[0] == "Hi Bob,\n\n" and not tuned.raw[1].startswith("Hi")  # the model wrote on from it
+    assert text.startswith("Hi Bob,\n\n") and text == draft.finish(tuned, record=False).text
+    assert text == cleanup.clean("".join(tuned.raw), tuned.profile, "bob@example.com")
+    n = len(engine.prompt_tokens(tuned.messages, tuned.model_path, "Hi Bob,\n\n"))  # the base's tokenizer
+    assert tuned.stats["prompt_tokens"] == n > len(engine.prompt_tokens(tuned.messages, tuned.model_path))
+    profile.save(prompts.Profile(name="Ann Lee", signoff="Best,\nAnn"))  # she greets nobody: nothing is given
+    assert draft.prepare(INSTR, to="bob@example.com", use_rag=False, use_adapter=random_lora, settings=s).opening == ""

@@ -172,3 +172,27 @@ def test_generation_uses_flash_attention_and_it_changes_the_next_token_only_by_r
     engine.chat(MSGS, model_path=embedded_model, max_tokens=2, settings=replace(settings, flash_attention=False))
     plain = engine.load(embedded_model, n_ctx=settings.n_ctx, threads=settings.threads, flash_attn=False)
     assert plain is not used and plain.context_params.flash_attn_type == lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+
+
+def test_a_given_reply_start_is_evaluated_with_the_prompt_and_the_model_writes_on(settings, embedded_model):
+    """`prefix`: the reply's first words (the user's greeting) are prompt tokens, tokenized as they stand before
+    a word (SmolLM2 merges a trailing "\\n\\n" into one token it never saw before a word); the model's
+    continuation is what llama-cpp-python writes after the same tokens, and max_tokens counts the given ones."""
+    from panza_local import fit
+
+    llm = engine.load(embedded_model, n_ctx=settings.n_ctx, threads=settings.threads)
+    given = engine.prefix_tokens(llm, "Hi Bob,\n\n")
+    whole = llm.tokenize(b"Hi Bob,\n\nThanks for", add_bos=False, special=False)
+    assert whole[:len(given)] == given and llm.detokenize(given) == b"Hi Bob,\n\n"
+    assert len(llm.tokenize(b"Hi Bob,\n\n", add_bos=False, special=False)) < len(given)  # the merge it avoids
+    stats = engine.Stats()
+    ours = "".join(engine.stream_chat(MSGS, model_path=embedded_model, max_tokens=24, settings=settings, stats=stats,
+                                      prefix="Hi Bob,\n\n"))
+    assert not ours.startswith("Hi Bob")  # the given start is not written again ...
+    prompt = fit.chat_tokens(MSGS, llm) + given
+    direct = llm.create_completion(prompt, max_tokens=24 - len(given), temperature=0.0, top_p=0.95,
+                                   repeat_penalty=1.1, seed=1)["choices"][0]["text"]
+    assert ours == direct and stats.completion_tokens <= 24 - len(given)  # ... the model writes on from it
+    assert stats.prompt_tokens == len(prompt)
+    plain = engine.chat(MSGS, model_path=embedded_model, max_tokens=24, settings=settings)
+    assert plain != ours

@@ -64,7 +64,7 @@ def test_count_is_exactly_what_llama_cpp_evaluates(embedded_model):
     cold = [fit.count(msgs, embedded_model) for msgs in cases]  # a vocab-only load (the cold CLI)
     fit._VOCABS.clear()
     llm = engine.load(embedded_model, n_ctx=1024, threads=1)
-    assert fit._vocab(embedded_model) is llm  # warm: the engine's own model, nothing loaded twice
+    assert fit.vocab(embedded_model) is llm  # warm: the engine's own model, nothing loaded twice
     for msgs, n in zip(cases, cold):
         got = llm.create_chat_completion(messages=msgs, max_tokens=1, temperature=0.0)
         assert n == fit.count(msgs, embedded_model) == got["usage"]["prompt_tokens"]

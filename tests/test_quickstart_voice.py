@@ -84,5 +84,6 @@ def test_quickstart_adapter_drafts_in_her_voice(home, monkeypatch):
           {k: v.get("seconds") for k, v in out.items() if isinstance(v, dict) and "seconds" in v})
     assert counts["greeting"] >= 4 and counts["signoff"] >= 4 and counts["content"] >= 4
     assert counts["thanks_unasked"] <= 1
-    # the model itself, not the clean-up, writes her greeting and sign-off
+    # her greeting for the recipient is the reply's given start (draft.DraftPlan.opening), so the raw text has it;
+    # the model itself, not the clean-up, writes her sign-off
     assert counts["raw_greeting"] >= 4 and counts["raw_signoff"] >= 4
