@@ -363,11 +363,11 @@ def _cached(cache, tokens) -> int:
 
 
 def prefill(messages: list[dict], *, model_path: str | Path | None = None, lora_path: str | Path | None = None,
-            settings=None) -> int:
+            settings=None, prefix: str = "") -> int:
     """Evaluate the prompt of `messages` into the model's KV cache now, generating nothing worth keeping, so
     that a generation whose prompt starts the same way evaluates only the rest (the TUI calls it while the
-    user is still typing). Returns the prompt tokens evaluated now (0: already cached). A remote engine
-    does nothing."""
+    user is still typing). `prefix`: the reply's given start, as `stream_chat` takes it. Returns the prompt
+    tokens evaluated now (0: already cached). A remote engine does nothing."""
     from . import config, fit
 
     settings = settings or config.load()
@@ -378,7 +378,7 @@ def prefill(messages: list[dict], *, model_path: str | Path | None = None, lora_
     llm = load(model_path, lora_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers,
                merge=settings.merge_adapter, flash_attn=settings.flash_attention)
     with _LOCK:
-        tokens = fit.chat_tokens(messages, llm)
+        tokens = fit.chat_tokens(messages, llm) + (prefix_tokens(llm, prefix) if prefix else [])
         cached = _cached(llm._input_ids[:llm.n_tokens], tokens)
         if cached >= len(tokens) - 1:
             return 0

@@ -196,3 +196,9 @@ def test_a_given_reply_start_is_evaluated_with_the_prompt_and_the_model_writes_o
     assert stats.prompt_tokens == len(prompt)
     plain = engine.chat(MSGS, model_path=embedded_model, max_tokens=24, settings=settings)
     assert plain != ours
+    # what the TUI evaluates while the user types takes the same start: the draft then evaluates nothing new
+    assert engine.prefill(MSGS, model_path=embedded_model, settings=settings, prefix="Hi Bob,\n\n") > 0
+    ahead = engine.Stats()
+    assert "".join(engine.stream_chat(MSGS, model_path=embedded_model, max_tokens=24, settings=settings,
+                                      stats=ahead, prefix="Hi Bob,\n\n")) == ours
+    assert ahead.cached_tokens >= ahead.prompt_tokens - 1, ahead

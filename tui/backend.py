@@ -161,7 +161,8 @@ def prefill_draft(instruction: str, **fields) -> int:
     """Evaluate the prompt the draft form would send now (engine.prefill), while the user is still typing:
     a draft whose prompt starts the same way then evaluates only the rest. Returns the tokens evaluated."""
     plan = plan_draft(instruction, **fields)
-    return engine.prefill(plan.messages, model_path=plan.model_path, lora_path=plan.lora_path, settings=plan.settings)
+    return engine.prefill(plan.messages, model_path=plan.model_path, lora_path=plan.lora_path, settings=plan.settings,
+                          prefix=plan.opening)
 
 
 def stream_draft(plan: draft.DraftPlan, cancelled=None):
