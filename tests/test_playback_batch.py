@@ -233,3 +233,47 @@ def test_the_default_slot_count_follows_the_kv_memory_a_model_needs(embedded_mod
     assert batch.fit_slots(llama3b, 1024) == batch.MIN_SLOTS
     assert batch.fit_slots(llama3b, 512) == 16 and batch.fit_slots(llama3b, 768) == 11
     assert batch.fit_slots(small, 1024, most=4) == 4 and batch.fit_slots({}, 1024) == batch.MIN_SLOTS
+
+
+def test_a_finished_email_leaves_no_gap_the_highest_sequence_moves_into_it(embedded_model):
+    """batch._compact: when a low sequence id is freed, the highest busy sequence moves into it (its KV stream
+    copied whole), so the busy ids stay consecutive; the moved sequence goes on exactly where it was (the
+    same next-token logits) and its old id holds nothing."""
+    import numpy as np
+
+    from panza_local import engine
+
+    settings = config.Settings(threads=1)
+    lib, llm = engine.llama_cpp(), engine.load(embedded_model, n_ctx=2048, threads=1)
+    ctx = batch._context(lib, llm, 3 * 256, 3, settings)
+    mem = lib.llama_get_memory(ctx.ctx)
+    b = lib.llama_batch_init(batch.N_BATCH, 0, 1)
+    prompts = [llm.tokenize(t.encode(), add_bos=True) for t in
+               ("Dear Ann, the invoice is attached.", "Hi Bob, lunch on Friday?", "Hello team, the deploy is done and")]
+
+    def next_logits(seq: int, tok: int, pos: int):
+        b.token[0], b.pos[0], b.n_seq_id[0], b.logits[0], b.n_tokens = tok, pos, 1, True, 1
+        b.seq_id[0][0] = seq
+        assert lib.llama_decode(ctx.ctx, b) == 0
+        out = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx.ctx, 0), shape=(llm.n_vocab(),)).copy()
+        lib.llama_memory_seq_rm(mem, seq, pos, -1)  # the probe token leaves the cache as it was
+        return out
+
+    try:
+        for seq, toks in enumerate(prompts):
+            batch._decode_all(lib, ctx.ctx, b, toks[:-1], seq)
+        last = prompts[2]
+        before = next_logits(2, last[-1], len(last) - 1)
+        slots = [batch._Slot(seq=i) for i in range(3)]
+        busy, free = [slots[1], slots[2]], [slots[0]]  # the email on id 0 finished
+        batch._compact(lib, mem, busy, free)
+        assert sorted(s.seq for s in busy) == [0, 1] and free[0].seq == 2 and slots[2].seq == 0
+        after = next_logits(0, last[-1], len(last) - 1)
+        assert np.array_equal(before, after)
+        assert lib.llama_memory_seq_pos_max(mem, 2) == -1  # the old id is empty
+        assert lib.llama_memory_seq_pos_max(mem, 0) == len(last) - 2
+        batch._compact(lib, mem, busy, free)  # nothing to move: the busy ids are the lowest already
+        assert sorted(s.seq for s in busy) == [0, 1] and free[0].seq == 2
+    finally:
+        lib.llama_batch_free(b)
+        ctx.close()

@@ -6,8 +6,10 @@ multiplies a single row through the weights, which on a CPU costs nearly what ei
 generating plus the prompt tokens of those being filled, so the weights are read once for all of them.
 
 The shared preamble (system prompt and few-shot turns) is evaluated once into a template sequence and
-copied into each slot with `llama_memory_seq_cp` (a unified KV cache: the copy shares cells, it moves no
-data). A retry keeps what its slot already holds up to the first token where the new prompt differs.
+copied into each slot with `llama_memory_seq_cp` (each sequence has a KV stream of its own: the copy is the
+template's stream, a few MB). A retry keeps what its slot already holds up to the first token where the new
+prompt differs. The busy sequences keep the lowest ids (`_compact`): llama.cpp computes each run of
+consecutive ids apart.
 
 Everything that decides an instruction is the one-at-a-time path's own code: `playback.plan`, `attempt`
 (prompt, temperature and seed of attempt k), `judge` (the guards) and `fallback`; each sequence has its own
@@ -135,7 +137,8 @@ def generate_many(rows: Iterable[dict], *, model_path: str | Path, settings, idf
                     yield row, pb.generate(row, model_path=model_path, settings=settings, idf=idf,
                                            user_name=user_name)
                     continue
-                s = free.pop()
+                s = min(free, key=lambda f: f.seq)  # the lowest free id: the busy ones stay consecutive
+                free.remove(s)
                 s.plan, s.k = p, 0
                 start(s, fresh=True)
                 busy.append(s)
@@ -163,6 +166,7 @@ def generate_many(rows: Iterable[dict], *, model_path: str | Path, settings, idf
                 s.sampler.close()
                 s.sampler = None
                 free.append(s)
+                _compact(lib, mem, busy, free)
     finally:
         for s in busy:  # an interrupted run: the slots still generating
             s.sampler.close()
@@ -183,6 +187,22 @@ def fit_slots(metadata: dict, stream: int, most: int = SLOTS) -> int:
     cell = layers * 2 * kv_heads * head_dim * 2  # K and V, F16
     fits = KV_BUDGET // max(1, cell * stream) - 1  # one stream holds the preamble
     return max(min(most, MIN_SLOTS), min(most, fits))
+
+
+def _compact(lib, mem, busy: list[_Slot], free: list[_Slot]) -> None:
+    """Keep the busy sequences on the lowest ids. Over separate KV streams llama.cpp computes each run of
+    consecutive sequence ids apart, so the gap a finished email leaves costs a pass over all the weights every
+    step until it is filled (Qwen2.5-0.5B Q4_K_M, 8 sequences generating on ids 0-7: 86 ms a step; on the even
+    ids: 161 ms). The highest busy sequence moves into the lowest free id: its KV stream is copied whole (a few
+    MB, at the next decode) and the two slots swap ids."""
+    while busy and free:
+        low = min(free, key=lambda f: f.seq)
+        high = max(busy, key=lambda b: b.seq)
+        if low.seq > high.seq:
+            return
+        lib.llama_memory_seq_cp(mem, high.seq, low.seq, -1, -1)
+        lib.llama_memory_seq_rm(mem, high.seq, -1, -1)
+        low.seq, high.seq = high.seq, low.seq
 
 
 def _fill(lib, batch, busy: list[_Slot]) -> None:
