@@ -26,6 +26,18 @@ def enron_data(arg: str | None) -> Path | None:
     return None
 
 
+def scratch(prefix: str) -> Path:
+    """A temporary folder for a benchmark's home or files, removed when the process exits (homes hold serving
+    copies and models of ~250 MB each: left behind, a few benchmark runs fill a disk)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 def row(name: str, ours: float, baseline: float, unit: str, higher_is_better: bool = True, note: str = "") -> dict:
     """One result row: ratio > 1 always means panza-local is better."""
     if ours and baseline:

@@ -19,14 +19,13 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from bench._common import machine, row
+from bench._common import machine, row, scratch
 
 RESULTS = REPO / "bench" / "results"
 TEXT = (REPO / "README.md").read_text()[:8000]
@@ -69,11 +68,11 @@ def _measure(llm, toks: list[int]) -> dict:
 def main(quick: bool = False, rounds: int | None = None, threads: int = 2) -> dict:
     """bench/run_all.py contract: `main(quick)` returning "rows"."""
     rounds = rounds or (2 if quick else 5)
-    os.environ["PANZA_HOME"] = tempfile.mkdtemp(prefix="panza-bench-types-")
+    os.environ["PANZA_HOME"] = str(scratch("panza-bench-types-"))
     from panza_local import catalogue, config, engine, serving
 
     base = Path(catalogue.resolve(config.load().model))
-    work = Path(tempfile.mkdtemp(prefix="panza-bench-types-files-"))
+    work = scratch("panza-bench-types-files-")
     files = _files(base, work)
     lib = engine.llama_cpp()
     models = {name: lib.Llama(model_path=str(p), n_ctx=1024, n_threads=threads, n_threads_batch=threads,

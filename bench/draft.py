@@ -40,7 +40,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -223,7 +222,9 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
                               no_spin_baseline=not spin_baseline)
     rounds = args.rounds or (2 if args.quick else 5)
 
-    home = args.home or Path(tempfile.mkdtemp(prefix="panza-bench-draft-")) / "home"
+    from bench._common import scratch
+
+    home = args.home or scratch("panza-bench-draft-") / "home"
     os.environ["PANZA_HOME"] = str(home)
     os.environ["PANZA_THREADS"] = str(args.threads)
     from panza_local import config, draft, engine, prompts, serving
@@ -237,7 +238,7 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
         raise SystemExit(f"{home}: {choice.reason}")
     model_path, _ = engine.default_model(settings)
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    work = Path(tempfile.mkdtemp(prefix="panza-bench-direct-"))
+    work = scratch("panza-bench-direct-")
     (work / "direct.py").write_text(DIRECT)
 
     # the prompt panza builds, for the direct baseline: its tokens (the chat template's, then the user's

@@ -21,14 +21,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from bench._common import SHARED, machine, row
+from bench._common import SHARED, machine, row, scratch
 
 DEFAULT = SHARED / "enron" / "sent" / "enron.bass-e.sent_items.mbox"
 ME = "eric.bass@enron.com"
@@ -65,7 +64,7 @@ def _one(conn, n: int, parallel: int | None, settings) -> dict:
 
 
 def measure(mbox: Path, me: str, n: int, threads: int, parallel: int | None, model: str | None = None) -> dict:
-    os.environ["PANZA_HOME"] = tempfile.mkdtemp(prefix="panza-bench-")
+    os.environ["PANZA_HOME"] = str(scratch("panza-bench-"))
     import dataclasses
 
     from panza_local import catalogue, config, engine, ingest, serving, store
