@@ -227,7 +227,7 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
     home = args.home or scratch("panza-bench-draft-") / "home"
     os.environ["PANZA_HOME"] = str(home)
     os.environ["PANZA_THREADS"] = str(args.threads)
-    from panza_local import config, draft, engine, prompts, serving
+    from panza_local import config, draft, engine, fit, prompts, serving
     from panza_local.train import registry
 
     if args.home is None:
@@ -243,12 +243,13 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
 
     # the prompt panza builds, for the direct baseline: its tokens (the chat template's, then the user's
     # greeting that the adapter's draft starts from) and that greeting
+    vocab = fit.vocab(model_path)
     prompts_ids, openings, given = [], [], []
     for instruction, to in JOBS:
         plan = draft.prepare(instruction, to=to, settings=settings, seed=1)
-        prompts_ids.append(engine.prompt_tokens(plan.messages, model_path, plan.opening))
+        prompts_ids.append(engine.prompt_tokens(plan.messages, vocab, plan.opening))
         openings.append(plan.opening)
-        given.append(len(prompts_ids[-1]) - len(engine.prompt_tokens(plan.messages, model_path)))  # max_tokens
+        given.append(len(engine.prefix_tokens(vocab, plan.opening)))  # max_tokens counts them
     n_prompt = [len(ids) for ids in prompts_ids]  # counts the greeting's tokens, as ours does
     engine.unload_all()
 

@@ -323,7 +323,9 @@ def stream_chat(messages: list[dict], *, model_path: str | Path | None = None, l
 def prefix_tokens(llm, prefix: str) -> list[int]:
     """`prefix`'s tokens as they stand before the body's first word: "Hi Ann,\\n\\n" tokenized on its own
     can merge its line breaks into one token that the model never saw before a word (SmolLM2's "\\n\\n"), so
-    it is tokenized with a word after it and that word's tokens dropped."""
+    it is tokenized with a word after it and that word's tokens dropped. No prefix: no tokens."""
+    if not prefix:
+        return []
     word = b"I"
     ids = llm.tokenize(prefix.encode("utf-8") + word, add_bos=False, special=False)
     tail = llm.tokenize(word, add_bos=False, special=False)
@@ -332,13 +334,15 @@ def prefix_tokens(llm, prefix: str) -> list[int]:
     return llm.tokenize(prefix.encode("utf-8"), add_bos=False, special=False)  # pragma: no cover - merged
 
 
-def prompt_tokens(messages: list[dict], model_path: str | Path, prefix: str = "") -> list[int]:
-    """The tokens `stream_chat(messages, prefix=prefix)` evaluates before it generates (the model's chat
-    template and tokenizer; a vocab-only load): what a benchmark hands llama-cpp-python to compare like with like."""
+def prompt_tokens(messages: list[dict], llm, prefix: str = "") -> list[int]:
+    """The tokens `stream_chat(messages, prefix=prefix)` evaluates before it generates: the chat handler's own
+    (`fit.chat_tokens`), then the prefix's. `llm`: a loaded model, or a model path (its tokenizer from
+    `fit.vocab`: what a benchmark hands llama-cpp-python to compare like with like)."""
     from . import fit
 
-    vocab = fit.vocab(model_path)
-    return fit.chat_tokens(messages, vocab) + (prefix_tokens(vocab, prefix) if prefix else [])
+    if isinstance(llm, (str, Path)):
+        llm = fit.vocab(llm)
+    return fit.chat_tokens(messages, llm) + prefix_tokens(llm, prefix)
 
 
 def single_tokens(llm, words: list[str]) -> set[int]:
@@ -368,7 +372,7 @@ def prefill(messages: list[dict], *, model_path: str | Path | None = None, lora_
     that a generation whose prompt starts the same way evaluates only the rest (the TUI calls it while the
     user is still typing). `prefix`: the reply's given start, as `stream_chat` takes it. Returns the prompt
     tokens evaluated now (0: already cached). A remote engine does nothing."""
-    from . import config, fit
+    from . import config
 
     settings = settings or config.load()
     if settings.engine_url:
@@ -378,7 +382,7 @@ def prefill(messages: list[dict], *, model_path: str | Path | None = None, lora_
     llm = load(model_path, lora_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers,
                merge=settings.merge_adapter, flash_attn=settings.flash_attention)
     with _LOCK:
-        tokens = fit.chat_tokens(messages, llm) + (prefix_tokens(llm, prefix) if prefix else [])
+        tokens = prompt_tokens(messages, llm, prefix)
         cached = _cached(llm._input_ids[:llm.n_tokens], tokens)
         if cached >= len(tokens) - 1:
             return 0

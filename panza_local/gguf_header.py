@@ -82,15 +82,14 @@ def read_header(path: str | Path, keep_arrays: bool = False) -> dict[str, Any]:
     if not path.is_file():
         raise NotAGGUF(f"{path}: no such file", fix="check the path")
     with path.open("rb") as fh:
-        version, tensor_count, meta, _ = _header(fh, path, keep_arrays)
+        version, tensor_count, meta, _ = _header(_Reader(fh, path.stat().st_size, str(path)), path, keep_arrays)
     return {"version": version, "tensor_count": tensor_count, "metadata": meta}
 
 
-def _header(fh: BinaryIO, path: Path, keep_arrays: bool) -> tuple[int, int, dict[str, Any], dict[str, tuple[int, int]]]:
-    """(version, tensor count, metadata, each entry's byte range) read from the start of an open GGUF file;
-    `fh` is left at the tensor table."""
-    size = path.stat().st_size
-    r = _Reader(fh, size, str(path))
+def _header(r: _Reader, path: Path, keep_arrays: bool) -> tuple[int, int, dict[str, Any], dict[str, tuple[int, int]]]:
+    """(version, tensor count, metadata, each entry's byte range) read by `r` from the start of its GGUF file;
+    its file is left at the tensor table."""
+    fh, size = r.fh, r.size
     magic = fh.read(4)
     if magic != MAGIC:
         raise NotAGGUF(f"{path} is not a GGUF model file (it starts with {magic!r}, not b'GGUF')",
@@ -149,8 +148,8 @@ def layout(path: str | Path) -> Layout:
     """The Layout of a GGUF file (tokenizer arrays skipped), or NotAGGUF."""
     path = Path(path)
     with path.open("rb") as fh:
-        version, n_tensors, meta, spans = _header(fh, path, False)
         r = _Reader(fh, path.stat().st_size, str(path))
+        version, n_tensors, meta, spans = _header(r, path, False)
         tensors = []
         for _ in range(n_tensors):
             name = r.string()
