@@ -1,6 +1,7 @@
 """Playback: batched (several emails per llama.cpp decode, `playback/batch.py`) vs one at a time, same run,
 each on the base model as shipped and on its serving copy (serving.py: the embedded model's Q4_1 has
-no fast prompt kernel; playback builds the copy once and evaluates its prompts there).
+no fast prompt kernel; a Q4_K_M base gets a BF16 copy for playback alone where the CPU has BF16 dot products;
+playback builds the copy once, inside the timed run, and evaluates its prompts there).
 
 Every path runs `playback.run` on the same store, the same emails (the oldest N of an Enron user no eval
 uses) and the same seeds; between them the pairs are deleted, so each generates everything. The baseline is
@@ -35,8 +36,9 @@ RESULTS = REPO / "bench" / "results"
 
 
 # (label, sequences per decode or None for --parallel, the serving copy): the baseline first
+# (the copy is built inside the first timed run that uses it; the next finds it, as every later playback does)
 PATHS = (("one at a time", 1, False), ("batched", None, False), ("batched, serving copy", None, True),
-         ("one at a time, serving copy", 1, True))
+         ("batched, copy built before", None, True), ("one at a time, serving copy", 1, True))
 
 
 def _one(conn, n: int, parallel: int | None, settings) -> dict:
@@ -79,8 +81,10 @@ def measure(mbox: Path, me: str, n: int, threads: int, parallel: int | None, mod
     pool = conn.execute("SELECT count(*) FROM messages WHERE is_mine = 1 AND deleted = 0").fetchone()[0]
     paths = {}
     for label, par, copy in PATHS:
-        if copy and not serving.worth_it(model_path):
-            continue  # a base with fast kernels already: playback makes no copy of it
+        if copy and not (serving.worth_it(model_path) or serving.prompt_copy_worth_it(model_path)):
+            continue  # playback makes no copy of this base on this CPU
+        if copy and par == 1 and not serving.worth_it(model_path):
+            continue  # playback's copy of a base with fast kernels is for batches only (serving.py)
         s = dataclasses.replace(settings, merge_adapter=copy)
         paths[label] = _one(conn, n, par if par is not None else parallel, s)
         print(f"{label}: {paths[label]['emails_per_min']} emails/min, recall@1 {paths[label]['recall_at_1']}",

@@ -113,12 +113,13 @@ class Stats:
 
 def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: int = 4096,
          threads: int = 0, gpu_layers: int = 0, logits_all: bool = False, disk_prefix: bool = False,
-         merge: bool = False, flash_attn: bool = True):
+         merge: bool = False, flash_attn: bool = True, prompt_bound: bool = False):
     """Return the llama_cpp.Llama for this (model, adapter, context, threads), loading it once.
 
     `merge`: load the serving copy where that is faster on this machine (serving.py: CPU, a Q4_1/Q5_1 base):
     the base with the adapter merged in (built the first time, a few seconds), or with no adapter the base
-    alone in Q8_0 once playback has built it.
+    alone once playback has built it; `prompt_bound` (playback): a base with fast kernels loads its BF16 copy
+    when playback has built it (serving.prompt_copy_worth_it).
 
     `disk_prefix`: a fresh load starts from the last draft's KV cache on disk and saves its own after each
     generation (prefix_cache: what lets a cold `panza draft` skip the prompt prefix drafts share).
@@ -137,7 +138,8 @@ def load(model_path: str | Path, lora_path: str | Path | None = None, *, n_ctx: 
     if serving.applies(merge, gpu_layers):
         # an adapter's copy is built on first use; the base's alone only by a long job (playback.run), so a
         # short one (a draft in a new home) never waits for it, and uses it once it is there
-        model_path, lora_path = serving.resolve(model_path, lora_path, build=lora_path is not None)
+        model_path, lora_path = serving.resolve(model_path, lora_path, build=lora_path is not None,
+                                              prompt_bound=prompt_bound)
     threads = threads or physical_cores()
     key = (str(model_path), str(lora_path or ""), n_ctx, threads, gpu_layers, logits_all, flash_attn)
     with _LOCK:

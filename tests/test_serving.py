@@ -286,3 +286,45 @@ def test_the_copy_type_is_the_cpus_unless_the_user_chooses(monkeypatch):
         assert serving.copy_type() == chosen.strip().lower()
     monkeypatch.setenv("PANZA_SERVING_COPY", "q4_0")  # not a type a copy is made in: the machine's own
     assert serving.copy_type() == native
+
+
+def test_a_base_with_fast_kernels_gets_a_bf16_copy_for_playback_alone(home, monkeypatch):
+    """A Q4_K base gets no copy for drafts (one sequence's token decodes slower on the bigger file) but playback
+    has one of its own where the CPU multiplies BF16 (serving.prompt_copy_worth_it): every weight BF16, the
+    same model; a draft keeps loading the shipped file once it exists; a CPU without BF16 makes none."""
+    from panza_local import catalogue, ingest, playback, sample, store
+    from panza_local.train.torch import synth
+
+    base = synth.write(home.parent / "fast.gguf", types="Q4_K", dim=256, ffn=512, seed=3)
+    monkeypatch.setattr(serving, "copy_type", lambda: "q8_0")
+    assert not serving.prompt_copy_worth_it(base)
+    assert serving.resolve(base, None, prompt_bound=True) == (base, None)
+    monkeypatch.setattr(serving, "copy_type", lambda: "bf16")
+    assert not serving.worth_it(base) and serving.prompt_copy_worth_it(base)
+    assert serving.resolve(base, None, prompt_bound=True, build=False) == (base, None)  # not built yet
+
+    conn = store.connect()
+    ingest.ingest(conn, [str(sample.write_sample_mailbox(home.parent / "mail"))], me=[sample.SAMPLE_ME])
+    catalogue.add(base, "fast")
+    monkeypatch.setattr(playback, "BASE_COPY_AT", 3)
+    engine.unload_all()
+    playback.run(conn, limit=3, settings=config.load({"threads": 2, "model": "fast"}), parallel=2)
+    conn.close()
+    copy = serving.fresh(base, None, prompt=True)
+    assert copy == home / "cache" / "serving" / "fast-prompt.serve-bf16.gguf"
+    assert [Path(llm.model_path) for llm in engine._MODELS.values()] == [copy]  # the batch played back on it
+    assert copy.stat().st_mode & 0o777 == 0o600
+    ours, theirs = ({name: (dims, qtype) for name, dims, qtype, _ in gguf_header.layout(p).tensors} for p in (copy, base))
+    assert ours.keys() == theirs.keys() and all(ours[n][0] == theirs[n][0] for n in ours)
+    assert {ours[n][1] for n in ours if theirs[n][1] == 12} == {30}  # every Q4_K weight BF16
+    assert all(ours[n][1] == theirs[n][1] for n in ours if theirs[n][1] != 12)  # the F32 norms as they are
+
+    engine.unload_all()
+    assert serving.resolve(base, None) == (base, None)  # a draft (no prompt_bound) loads the shipped file
+    assert Path(engine.load(base, merge=True, n_ctx=256, threads=2).model_path) == base
+    assert Path(engine.load(base, merge=True, n_ctx=256, threads=2, prompt_bound=True).model_path) == copy
+    shipped, bf16 = _logits(base, None), _logits(copy, None)
+    agree = (shipped.argmax(1) == bf16.argmax(1)).mean()
+    ls, lb = _log_softmax(shipped), _log_softmax(bf16)
+    kl = (np.exp(ls) * (ls - lb)).sum(1).mean()
+    assert agree >= 0.9 and kl < 0.01, f"next token agreement {agree:.3f}, KL {kl:.4f}"

@@ -286,7 +286,7 @@ def run(conn: sqlite3.Connection, limit: int | None = None, model: str | None = 
         if len(todo) >= BASE_COPY_AT and serving.applies(settings.merge_adapter, settings.gpu_layers) \
                 and not settings.engine_url:
             progress(0, len(todo), "a faster copy of the model (once)")
-            serving.resolve(model_path, None)  # built now, so engine.load (merge=True) finds it and loads it
+            serving.resolve(model_path, None, prompt_bound=True)  # built now: engine.load (merge=True) loads it
         if batched:
             results = batch.generate_many(todo, model_path=model_path, settings=settings, idf=idf,
                                           user_name=settings.user_name, used=used,

@@ -72,7 +72,7 @@ def generate_many(rows: Iterable[dict], *, model_path: str | Path, settings, idf
 
     lib = engine.llama_cpp()
     llm = engine.load(model_path, n_ctx=settings.n_ctx, threads=settings.threads, gpu_layers=settings.gpu_layers,
-                      merge=settings.merge_adapter, flash_attn=settings.flash_attention)
+                      merge=settings.merge_adapter, flash_attn=settings.flash_attention, prompt_bound=True)
     todo = iter(rows)
     fmt = _formatter(llm)
 
