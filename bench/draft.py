@@ -349,6 +349,9 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
                                "merge_adapter": False})
         plain = config.load({"threads": args.threads, "temperature": 0.0, "seed": 1, "max_tokens": args.max_tokens,
                              "flash_attention": False})
+        # This process drafts with three engine models (the copy, the runtime adapter, no fused attention) where
+        # the TUI holds one: keep all three loaded, or each row would time a reload (engine keeps two).
+        engine._MAX_LOADED = max(engine._MAX_LOADED, 3)
         _serve_request(url, *JOBS[-1], args.max_tokens)  # the first request loads the model: not timed
         _tui_draft(*JOBS[-1], settings)
         _tui_draft(*JOBS[-1], runtime)

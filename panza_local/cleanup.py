@@ -68,7 +68,26 @@ _MAYBE_LABEL = re.compile(r"^[-*+•]?\s*(?:sure|certainly|of course|okay|ok|her
                           re.IGNORECASE)
 # Words that may begin a sign-off or a closing line ("Thanks,", "All the best,", "Looking forward to it,"): a
 # greeting is shown as soon as the line after it begins with any other word.
-_HOLD_WORDS = frozenset(re.findall(r"[^\W\d_]+", f"{_SIGNOFF_WORDS}|{_CLOSING_WORDS}".lower())) | {"of", "i", "i've"}
+# ("the" only ends "all the best"; "I" and "I've" are `_may_be_scaffolding`'s to decide, "of" is "Of course, here is")
+_HOLD_WORDS = frozenset(re.findall(r"[^\W\d_]+", f"{_SIGNOFF_WORDS}|{_CLOSING_WORDS}".lower())) - {"the"} | {"of"}
+# Line starts `_PREAMBLE`, `_LABEL` and `_ABOUT` drop, told apart from a body's by the word after them: "The email
+# is:", "This is the draft:", "I've written ..." against "The drawings are ...", "This week ...", "I've attached ...".
+_DECIDED_BY_NEXT = {"the": {"answer", "response", "reply", "email", "e-mail", "message", "draft"},
+                    "this": {"is", "message", "email", "e-mail"}, "i've": {"written"}, "ive": {"written"}}
+
+
+def _may_be_scaffolding(head: str) -> bool:
+    """Whether a partial line's complete words may still begin a line `clean` drops: a line opening with "The",
+    "This", "I've" or "I have" is decided by its next word (a body line's words then show at once, where they
+    waited for the line's end), one opening with another word `_MAYBE_LABEL` names waits for its end."""
+    words = [w.strip(",.:;!").lower().replace("\u2019", "'") for w in head.split()]
+    if not words:
+        return True
+    if words[0] == "i":  # "I have written the email below:"
+        return len(words) < 2 or (words[1] == "have" and (len(words) < 3 or words[2] == "written"))
+    if words[0] in _DECIDED_BY_NEXT:
+        return len(words) < 2 or words[1] in _DECIDED_BY_NEXT[words[0]]
+    return bool(_MAYBE_LABEL.match(head))
 _RISKY = re.compile(r"[*\[\]#~<>_=]|-{2,}|[A-Za-z]\s*:|\b(?:subject|chat history|message body)\b", re.IGNORECASE)
 
 
@@ -248,7 +267,7 @@ class Cleaner:
         cut = text.rfind(" ")
         if cut <= 0:
             return ""
-        greeting = self._flush(start=False) if self._opens_body(text[:text.find(" ")]) else ""
+        greeting = self._flush(start=False) if self._opens_body(text[:cut]) else ""
         head = text[:cut].rstrip()
         if _RISKY.search(head) or _MAYBE_EDIT_NOTE.match(head):  # judged when the line ends
             self._line_hold = True
@@ -256,7 +275,7 @@ class Cleaner:
         if self._line_out:
             new, self._line_out = head[len(self._line_out):], head
             return new
-        if (len(head.split()) < 4 or _MAYBE_LABEL.match(head) or _SIGNOFF.match(head) or _GREETING.match(head)
+        if (len(head.split()) < 4 or _may_be_scaffolding(head) or _SIGNOFF.match(head) or _GREETING.match(head)
                 or _MAYBE_CLOSING.match(head)):
             return greeting
         start = _norm(head)
@@ -268,14 +287,16 @@ class Cleaner:
         self._line_out = head
         return greeting + out
 
-    def _opens_body(self, word: str) -> bool:
-        """Whether a greeting is all that is held and `word`, the first of the next line, begins the body: a
-        word no label, header, preamble ("Of course, here is", "I have written"), sign-off, closing or second
-        greeting begins with (the line is then judged a body line when it ends, so showing the greeting now
-        shows nothing `clean` would not)."""
+    def _opens_body(self, head: str) -> bool:
+        """Whether a greeting is all that is held and `head`, the complete words of the next line so far, begins
+        the body: its first word begins no label, header, preamble ("Of course, here is", "I have written"),
+        sign-off, closing or second greeting (`_may_be_scaffolding` decides "The", "This", "I", "I've" by the next
+        word; the line is then judged a body line when it ends, so showing the greeting now shows nothing `clean`
+        would not)."""
         if self._started or not self._pending or not _GREETING.match(self._pending[0]) or any(self._pending[1:]):
             return False
-        return (word[:1].isalpha() and not _RISKY.search(word) and not _MAYBE_LABEL.match(word)
+        word = head.split()[0] if head.split() else ""
+        return (word[:1].isalpha() and not _RISKY.search(word) and not _may_be_scaffolding(head)
                 and not _GREETING.match(word) and word.strip(",.!:;").lower() not in _HOLD_WORDS)
 
     # -- the end ----------------------------------------------------------------------------------------------

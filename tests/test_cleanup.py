@@ -125,6 +125,11 @@ def test_streaming_holds_back_only_what_it_must():
     assert c.feed("Here is the email I would send to Bob about") == ""
     assert c.feed(" it: Hi Bob,\nCould we meet?\n") == "Hi Bob,\nCould we meet?"
     assert c.feed("Thursday is packed on my side, so we") == "\nThursday is packed on my side, so"  # streams again
+    # a line opening with "The", "This", "I" or "I've" streams once its next word shows it is no scaffolding
+    c = cleanup.Cleaner(MAYA, TO)
+    assert c.feed("Hi Bob,\n\nI've attached the revised drawings for the") == "Hi Bob,\n\nI've attached the revised drawings for"
+    c = cleanup.Cleaner(MAYA, TO)
+    assert c.feed("Could we meet?\nThe email is below and I think you") == "Could we meet?"  # held until it ends
 
 
 def test_a_greeting_waits_for_a_word_that_begins_the_body():
@@ -132,12 +137,18 @@ def test_a_greeting_waits_for_a_word_that_begins_the_body():
     a preamble or another greeting: then what the whole line is decides, as in `clean`."""
     for then, shown in [("Could ", "Hi Bob,\n"), ("Quick ", "Hi Bob,\n"), ("Thanks ", ""), ("All ", ""),
                         ("Subject: ", ""), ("Of ", ""), ("I ", ""), ("Hello ", ""), ("[Your ", ""), ("Here ", ""),
-                        ("Looking ", ""), ("Cheers", "")]:
+                        ("Looking ", ""), ("Cheers", ""), ("I've ", ""), ("The ", ""), ("This ", ""),
+                        ("I have ", ""), ("The email ", ""), ("This is ", ""), ("I've written ", ""),
+                        ("I have written ", ""), ("I've attached ", "Hi Bob,\n"), ("I have attached ", "Hi Bob,\n"),
+                        ("I hope ", "Hi Bob,\n"), ("The drawings ", "Hi Bob,\n"), ("This week ", "Hi Bob,\n")]:
         c = cleanup.Cleaner(MAYA, TO)
         assert c.feed("Hi Bob,\n\n" + then) == shown, then
     for text in ["Hi Bob,\n\nThanks,\nMaya", "Hi Bob,\n\nAll the best,\nMaya", "Hi Bob,\n\nOf course, here is the email:",
                  "Hi Bob,\n\nI have written the email below:\n", "Hi Bob,\n\nSubject: Friday\n\nCheers,\nMaya",
-                 "Hi Bob,\n\nLooking forward to it,\nMaya", "Hi Bob,\n\n\nCould we meet Friday?\n\nBob Smith\nCheers"]:
+                 "Hi Bob,\n\nLooking forward to it,\nMaya", "Hi Bob,\n\n\nCould we meet Friday?\n\nBob Smith\nCheers",
+                 "Hi Bob,\n\nThe email is below:\n\nHi Bob,\n\nCould we meet Friday?", "Hi Bob,\n\nThis is the draft:\nHi Bob,",
+                 "Hi Bob,\n\nThe message is from Bob.", "Hi Bob,\n\nI've written the email below:\n\nHi Bob,\nFriday?",
+                 "Hi Bob,\n\nI've attached the drawings.\n\nCheers,\nMaya", "Hi Bob,\n\nThe drawings are in.\nCheers,"]:
         for seed in range(20):
             assert streamed(text, random.Random(seed))[0] == cleanup.clean(text, MAYA, TO), text
 
