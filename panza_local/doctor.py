@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import platform
 import shutil
 import subprocess
@@ -118,6 +119,38 @@ def store_counts(conn) -> dict[str, int]:
             "indexed": index.count(conn), "adapters": registry.count(conn), "sources": c["sources"]}
 
 
+def disk(home: Path | None = None) -> dict:
+    """What the home holds on disk: bytes per top-level folder (and the store's files at its root), and the
+    faster copies of models (`serving.py`: `*.serve-*.gguf` in cache/serving and beside adapters), which
+    are safe to delete: each is rebuilt when it is next needed."""
+    home = Path(home or paths.home())
+    by: dict[str, int] = {}
+    copies = {"files": 0, "bytes": 0}
+    stack = [home]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(Path(e.path))
+                    continue
+                size = e.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+            rel = Path(e.path).relative_to(home)
+            key = rel.parts[0] if len(rel.parts) > 1 else "(files)"
+            by[key] = by.get(key, 0) + size
+            if ".serve-" in e.name and e.name.endswith(".gguf"):
+                copies["files"] += 1
+                copies["bytes"] += size
+    return {"total_bytes": sum(by.values()), "by_folder": dict(sorted(by.items(), key=lambda kv: -kv[1])),
+            "model_copies": copies}
+
+
 def report(deep: bool = False) -> dict:
     """Everything `panza doctor` shows, as one dict (the --json output)."""
     settings = config.load()
@@ -151,4 +184,5 @@ def report(deep: bool = False) -> dict:
         "embedding_model": embedder,
         "store": health,
         "counts": counts,
+        "disk": disk(),
     }

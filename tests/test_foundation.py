@@ -179,6 +179,30 @@ def test_doctor_json(home):
     assert d["home"] == str(home) and d["store"]["integrity"] == "ok" and d["store"]["schema_version"] >= 1
     assert d["embedded_model"].endswith(".gguf") and d["version"]
     assert any(m["name"] == "smollm2-135m" and m["present"] for m in d["models"])
+    assert d["disk"]["total_bytes"] == sum(d["disk"]["by_folder"].values()) > 0  # the store at least
+    assert d["disk"]["model_copies"] == {"files": 0, "bytes": 0}
+
+
+def test_doctor_shows_where_the_disk_went(home):
+    """Model copies (serving.py) are counted apart: a user who wonders where a GB went is told what is safe to
+    delete."""
+    from panza_local import doctor, paths
+
+    paths.ensure_dir(home)
+    (home / "cache" / "serving").mkdir(parents=True)
+    (home / "cache" / "serving" / "base-prompt.serve-bf16.gguf").write_bytes(b"x" * 3000)
+    (home / "adapters" / "ad-1").mkdir(parents=True)
+    (home / "adapters" / "ad-1" / "adapter.gguf").write_bytes(b"x" * 500)
+    (home / "adapters" / "ad-1" / "adapter.serve-bf16.gguf").write_bytes(b"x" * 2000)
+    (home / "notes.txt").write_bytes(b"x" * 10)
+    d = doctor.disk(home)
+    assert d["model_copies"] == {"files": 2, "bytes": 5000}
+    assert d["by_folder"] == {"cache": 3000, "adapters": 2500, "(files)": 10} and d["total_bytes"] == 5510
+    env = {**os.environ, "PANZA_HOME": str(home)}
+    r = subprocess.run([sys.executable, "-m", "panza_local", "doctor"], check=False, capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    assert "2 faster copies of models, 5.0 kB" in r.stdout and "safe to delete" in r.stdout
 
 
 @pytest.mark.allow_network_attempt

@@ -49,3 +49,17 @@ def _human(d: dict) -> None:
     s = d["store"]
     print(f"store       schema v{s['schema_version']}, integrity {s['integrity']}")
     print("counts      " + ", ".join(f"{k} {v}" for k, v in d["counts"].items()))
+    disk = d["disk"]
+    print(f"disk        {_size(disk['total_bytes'])} in the home: "
+          + ", ".join(f"{k} {_size(v)}" for k, v in list(disk["by_folder"].items())[:6]))
+    c = disk["model_copies"]
+    if c["files"]:
+        print(f"            of which {c['files']} faster cop{'y' if c['files'] == 1 else 'ies'} of models, {_size(c['bytes'])} "
+              "(*.serve-*.gguf in cache/serving and adapters/: safe to delete, rebuilt when next needed)")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
