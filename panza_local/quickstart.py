@@ -18,12 +18,14 @@ INSTRUCTIONS = (
 )
 INSTRUCTION = INSTRUCTIONS[0][0]
 SEED = 7
-# Training budget: every one of her emails is a pair, but the steps are capped so the whole quickstart
-# stays within a few minutes on two laptop cores: 16 steps of 2 rows, about a third of her emails seen
-# once at a high LoRA rate; enough for her greeting and sign-off to show in the adapter's drafts
-# (tests/test_quickstart_voice.py checks it).
-TRAIN = {"max_steps": 16, "grad_accum": 2, "seq_len": 320, "lr": 8e-4, "evals": 2, "max_val_rows": 4,
-         "ckpt_every": 4}
+# Training budget: every one of her emails is a pair, and the adapter sees each once (one epoch: 56 steps of
+# 2 rows for her 112 training pairs, ~1.3 s a step on two laptop cores), so the whole quickstart stays under
+# five minutes (2 min 33 s on 2 cores of an AMD EPYC, load ~1.5). A third of them (16 steps, what this ran
+# before) gave her greeting and sign-off but drafts vague about the ask: "Friday is on the 10th." for "Ask Bob
+# to move our meeting to Friday", where one pass gives "I'd love to meet with you on Friday ..." (validation
+# loss 1.20 and 1.00, from 1.55). tests/test_quickstart_voice.py checks the drafts.
+TRAIN = {"epochs": 1.0, "grad_accum": 2, "seq_len": 320, "lr": 8e-4, "evals": 2, "max_val_rows": 4,
+         "ckpt_every": 8}
 
 Bar = Callable[[str], AbstractContextManager]
 
