@@ -46,6 +46,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import struct
 import threading
@@ -201,15 +202,8 @@ def _prompt_worth_it(base: Path, size: int, mtime_ns: int) -> bool:
         log.debug("prompt copy: cannot read %s (%s)", base.name, exc)
         return False
     weights = [(dims, qtype) for _, dims, qtype, _ in tensors if len(dims) > 1]
-    bf16_bytes = sum(2 * _count(dims) for dims, _ in weights)
+    bf16_bytes = sum(2 * math.prod(int(d) for d in dims) for dims, _ in weights)
     return any(qtype not in _UNQUANTIZED for _, qtype in weights) and bf16_bytes <= MAX_COPY_BYTES
-
-
-def _count(dims: list[int]) -> int:
-    n = 1
-    for d in dims:
-        n *= int(d)
-    return n
 
 
 def fresh(base: str | Path, lora: str | Path | None, scale: float = 1.0, prompt: bool = False) -> Path | None:
@@ -267,7 +261,7 @@ def merge(base: Path, lora: Path | None, *, scale: float = 1.0, prompt: bool = F
         paths.ensure_dir(out.parent)
         _drop_orphans(out)
         for other in TYPES.keys() - {kind}:  # a copy of another type (built before this machine's type was chosen)
-            _delete(_out(base, lora, other))
+            _delete(_out(base, lora, other, prompt))
         if lora is None:
             _prune_base_copies(out.parent)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
