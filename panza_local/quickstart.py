@@ -18,8 +18,8 @@ INSTRUCTIONS = (
 )
 INSTRUCTION = INSTRUCTIONS[0][0]
 SEED = 7
-# Training budget: every one of her emails is a pair, and the adapter sees each once (one epoch: 56 steps of
-# 2 rows for her 112 training pairs, ~1.3 s a step on two laptop cores), so the whole quickstart stays under
+# Training budget: every one of her emails is a pair, and the adapter sees each once (one epoch: ~56 steps of
+# 2 rows for her 112 training pairs, 53-56 as their token lengths fall, ~1.3 s a step on two laptop cores), so the whole quickstart stays under
 # five minutes (2 min 33 s on 2 cores of an AMD EPYC, load ~1.5). A third of them (16 steps, what this ran
 # before) gave her greeting and sign-off but drafts vague about the ask: "Friday is on the 10th." for "Ask Bob
 # to move our meeting to Friday", where one pass gives "I'd love to meet with you on Friday ..." (validation
