@@ -60,8 +60,8 @@ def system_preamble(profile: Profile | None = None) -> str:
         lines.append(f"You write in {', '.join(_one_line(x) for x in p.languages)}; answer in the language of the request.")
     if p.typical_words:
         lines.append(f"Keep it short: about {p.typical_words} words.")
-    if p.greeting and "<name>" not in p.greeting:
-        lines.append(f'Start with "{_one_line(p.greeting)}"')
+    if greeting := _fixed_greeting(p):
+        lines.append(f'Start with "{greeting}"')
     if p.signoff:
         lines.append("End with:\n" + "\n".join(_one_line(x) for x in p.signoff.splitlines() if x.strip()))
     return "\n".join(lines)
@@ -72,9 +72,13 @@ def opening(profile: Profile | None = None) -> str:
     the system message asks for), or "" when it has none or needs a name it does not know. The engine is
     handed it as the reply's first words (`engine.stream_chat(prefix=)`), so the model writes from the body
     on: the greeting is always the user's, and its tokens are evaluated with the prompt, not generated."""
-    p = profile or Profile()
-    greeting = _one_line(p.greeting) if p.greeting and "<name>" not in p.greeting else ""
+    greeting = _fixed_greeting(profile or Profile())
     return greeting + "\n\n" if greeting else ""
+
+
+def _fixed_greeting(p: Profile) -> str:
+    """The profile's greeting as one line, or "" when it has none or it needs a name it does not know."""
+    return _one_line(p.greeting) if p.greeting and "<name>" not in p.greeting else ""
 
 
 def neutralise(text: str) -> str:
