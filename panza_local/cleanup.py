@@ -91,17 +91,77 @@ def _may_be_scaffolding(head: str) -> bool:
 _RISKY = re.compile(r"[*\[\]#~<>_=]|-{2,}|[A-Za-z]\s*:|\b(?:subject|chat history|message body)\b", re.IGNORECASE)
 
 
-def clean(text: str, profile: Profile | None = None, to: str | None = None, hint: str = "") -> str:
+def clean(text: str, profile: Profile | None = None, to: str | None = None, hint: str = "",
+          reflow: bool = True) -> str:
     """The email in `text`: no scaffolding, the user's greeting and sign-off (same result as streaming it)."""
-    c = Cleaner(profile, to, hint)
+    c = Cleaner(profile, to, hint, reflow=reflow)
     return (c.feed(text) + c.close()).strip()
+
+
+# A line of this many characters that ends where the next word would not have fitted a mail client's ~72-78
+# columns was wrapped there: the models learned hard wraps from plain-text mail (Gmail's, Outlook's, every
+# sample of ours wrap at 72-78), and a draft pasted into a client that wraps by itself shows them as breaks in
+# mid-sentence. Shorter lines (a greeting, a sign-off, an address, a short sentence kept alone) and longer
+# ones (no wrapping at all) keep their breaks, and so does a line ending in ":" or followed by a list item.
+REFLOW_MIN, REFLOW_MAX = 50, 90
+_OWN_LINE = re.compile(r"^(?:\d{1,3}[.)]\s|[-*+•>|]\s?)")  # a list item or a quote begins its own line
+
+
+class _Reflow:
+    """Streaming: the shown text with the line breaks of wrapped paragraphs turned into spaces. A break after
+    a line that may have been wrapped is held until the next line's first word shows what follows it."""
+
+    def __init__(self):
+        self._line = 0  # characters of the current line so far (shown or held)
+        self._ends_colon = False
+        self._held = False  # a break after a wrapped-looking line, not yet shown
+        self._look = ""  # the next line's start, held with it
+
+    def feed(self, text: str) -> str:
+        out = []
+        for ch in text:
+            if self._held:
+                if ch == "\n" and not self._look:  # a blank line follows: a paragraph ends here
+                    out.append("\n\n")
+                    self._held, self._line = False, 0
+                    continue
+                if not ch.isspace():
+                    self._look += ch
+                    continue
+                if not self._look:  # the next line's indent
+                    continue
+                out.append(self._decide())
+            if ch == "\n":
+                if REFLOW_MIN <= self._line <= REFLOW_MAX and not self._ends_colon:
+                    self._held = True
+                else:
+                    out.append(ch)
+                self._line, self._ends_colon = 0, False
+                continue
+            out.append(ch)
+            self._line += 1
+            if not ch.isspace():
+                self._ends_colon = ch == ":"
+        return "".join(out)
+
+    def _decide(self) -> str:
+        look, self._look, self._held = self._look, "", False
+        joined = not _OWN_LINE.match(look + " ")
+        self._line, self._ends_colon = (len(look), look.endswith(":"))
+        return (" " if joined else "\n") + look
+
+    def close(self) -> str:
+        return self._decide() if self._held and self._look else ""
 
 
 class Cleaner:
     """Streaming clean-up of one draft: `feed(piece)` -> text to show now; `close()` -> the rest."""
 
-    def __init__(self, profile: Profile | None = None, to: str | None = None, hint: str = ""):
-        """`to`: the recipient; `hint`: the instruction (names in it may be greeted: "Reply to Jo ...")."""
+    def __init__(self, profile: Profile | None = None, to: str | None = None, hint: str = "",
+                 reflow: bool = True):
+        """`to`: the recipient; `hint`: the instruction (names in it may be greeted: "Reply to Jo ...");
+        `reflow`: join the lines of wrapped paragraphs (`_Reflow`)."""
+        self._reflow = _Reflow() if reflow else None
         self.profile = profile or Profile()
         self.me = _first_name(self.profile)
         self.them = _recipient_names(to)
@@ -135,13 +195,17 @@ class Cleaner:
             line, self._buf = self._buf.split("\n", 1)
             out.append(self._complete(line))
         out.append(self._partial())
-        return "".join(out)
+        return self._shown("".join(out))
 
     def close(self) -> str:
         """The rest of the draft (the judged tail: the user's own sign-off) once the model has finished."""
         out = self._complete(self._buf) if self._buf.strip() or self._line_out else ""
         self._buf = ""
-        return out + self._tail()
+        out = self._shown(out + self._tail())
+        return out + (self._reflow.close() if self._reflow else "")
+
+    def _shown(self, text: str) -> str:
+        return self._reflow.feed(text) if self._reflow and text else text
 
     # -- lines -------------------------------------------------------------------------------------------------
     def _complete(self, raw: str) -> str:

@@ -45,6 +45,10 @@ class Settings:
     """llama.cpp's fused attention for drafts, chat and playback: the prompt before a draft's first token is
     evaluated faster (bench/results/draft.md); false uses the separate matrix products llama-cpp-python defaults
     to (same results up to rounding)."""
+    reflow: bool = True
+    """Drafts join the lines a model wraps inside a paragraph (it learned hard wraps from plain-text mail, which
+    mail clients add at ~72-78 characters): each paragraph is one line, for the mail client to wrap. false
+    keeps the model's line breaks (a plain-text user who wraps by hand)."""
     embedding_model: str = "all-minilm-l6-v2"
     """Embedding model for the retrieval index (catalogue name)."""
     chroma_url: str = ""

@@ -229,3 +229,55 @@ def test_a_loop_ends_the_email_and_says_so_as_soon_as_it_shows():
 def test_nothing_but_scaffolding_is_no_email():
     for text in ("", "---\n**Subject: x**\n---", "Hi Bob,\n\nCheers,\nMaya", "[Bob@example.com]"):
         assert cleanup.clean(text, MAYA, TO) == ""
+
+
+# The sample person's adapter draft in a quickstart home (2026-12-05), as the model wrote it: hard wraps at ~72
+# columns, learned from her plain-text mail; a mail client would show "as" / "before." as a broken line.
+WRAPPED = ("Hi Jonas,\n\nI've had another look at the oak sleepers for the Brookfield school\ngarden. Delivery on "
+           "Tuesday morning is fine - the gate code is the same as\nbefore.\n\nLet me know what you think.\n\n"
+           "Cheers,\nMaya")
+# Wrapped at 76 as Gmail's plain text is, with a list whose first item wraps, a colon before it and short lines.
+WRAPPED_LIST = ("Hi Jonas,\nRegarding the Mill Lane patio, the quote looks right to me but two things are missing\n"
+                "from it:\n- the edging stones along the north wall, which we agreed to replace with\n  the "
+                "reclaimed brick\n- the drainage channel by the shed\nAlso:\nCould you send the revised quote "
+                "by Friday so I can pass it on to the client\nbefore the weekend? The sooner the better.\n"
+                "Thanks again\n\nCheers,\nMaya")
+
+
+def test_wrapped_paragraphs_are_joined_and_other_breaks_kept():
+    assert cleanup.clean(WRAPPED, MAYA, TO) == (
+        "Hi Bob,\n\nI've had another look at the oak sleepers for the Brookfield school garden. Delivery on Tuesday "
+        "morning is fine - the gate code is the same as before.\n\nLet me know what you think.\n\nCheers,\nMaya")
+    assert cleanup.clean(WRAPPED_LIST, MAYA, TO) == (
+        "Hi Bob,\nRegarding the Mill Lane patio, the quote looks right to me but two things are missing from it:\n"
+        "- the edging stones along the north wall, which we agreed to replace with the reclaimed brick\n"
+        "- the drainage channel by the shed\nAlso:\nCould you send the revised quote by Friday so I can pass it on "
+        "to the client before the weekend? The sooner the better.\nThanks again\n\nCheers,\nMaya")
+    # the setting's off switch keeps the model's own breaks (a plain-text user who wraps by hand)
+    assert cleanup.clean(WRAPPED, MAYA, TO, reflow=False) == "Hi Bob" + WRAPPED[len("Hi Jonas"):]
+    for seed in range(8):  # streamed in any chunking: the same text, and a break is held one word at most
+        rng = random.Random(seed)
+        for text in (WRAPPED, WRAPPED_LIST):
+            out, _ = streamed(text, rng)
+            assert out == cleanup.clean(text, MAYA, TO)
+    c = cleanup.Cleaner(MAYA, TO)
+    assert c.feed(WRAPPED[:WRAPPED.index("school\n") + 7]).endswith("for the Brookfield school")  # the break waits
+    assert c.feed("garden. Delivery on Tuesday morning") == " garden. Delivery on Tuesday"  # ... for the next
+    # line's words, which join it
+
+
+def test_the_terminal_wraps_a_streamed_draft_at_word_boundaries():
+    from panza_local.cli.draft import TermWrap
+
+    text = cleanup.clean(WRAPPED, MAYA, TO)
+    for width, seed in ((30, 0), (41, 1), (79, 2)):
+        rng, wrap, pieces, i = random.Random(seed), TermWrap(width), [], 0
+        while i < len(text):
+            n = rng.randint(1, 9)
+            pieces.append(wrap.feed(text[i:i + n]))
+            i += n
+        shown = "".join(pieces) + wrap.close()
+        assert max(map(len, shown.split("\n"))) <= width
+        assert shown.split() == text.split()  # every word, in order, none cut
+        assert shown.endswith("\n\nCheers,\nMaya") and "\n\n" in shown.split("Let me know")[0][-3:]  # breaks kept
+    assert TermWrap(0).feed(text) == text  # a pipe gets the paragraphs whole

@@ -7,6 +7,7 @@ Heavy (the whole pipeline: playback of her 138 emails, training, drafts on the r
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 
@@ -49,6 +50,14 @@ def ends_with_her_signoff(text: str) -> bool:
 THANKS_OPENING = re.compile(r"^\s*hi [^,\n]+,\s*(thanks|thank you)\b", re.IGNORECASE)
 
 
+def wrapped_pairs(text: str) -> list[tuple[str, str]]:
+    """(line, next line) inside a paragraph where the line is as long as a mail client's wrap (her mail is
+    wrapped at 72): the model writes such breaks, the clean-up joins them (cleanup.REFLOW_MIN, REFLOW_MAX)."""
+    lines = text.split("\n")
+    return [(a, b) for a, b in itertools.pairwise(lines) if 50 <= len(a.strip()) <= 90 and b.strip()
+            and not a.rstrip().endswith(":") and not re.match(r"\s*(?:[-*+>|]|\d{1,3}[.)]\s)", b)]
+
+
 def carries(text: str, groups) -> bool:
     low = text.lower()
     return all(any(w in low for w in group) for group in groups)
@@ -67,11 +76,14 @@ def test_quickstart_adapter_drafts_in_her_voice(home, monkeypatch):
     assert out["train"]["promoted"], out["train"]
     rows = quickstart.compare([(i, to) for i, to, _ in VOICE])
     counts = {"greeting": 0, "signoff": 0, "raw_greeting": 0, "raw_signoff": 0, "content": 0, "stock_content": 0,
-              "thanks_unasked": 0}
+              "thanks_unasked": 0, "raw_wrapped": 0}
     for (instruction, to, groups), row in zip(VOICE, rows):
         print(f"\n=== {instruction} (to {to})\n--- stock:\n{row['stock']}\n--- adapter (raw):\n{row['adapter_raw']}"
               f"\n--- adapter:\n{row['adapter']}")
         assert not LEAKS.search(row["adapter"]) and not LEAKS.search(row["stock"])
+        pairs = wrapped_pairs(row["adapter_raw"])
+        assert not [p for p in pairs if f"{p[0].strip()}\n{p[1].strip()}" in row["adapter"]]  # paragraphs whole,
+        counts["raw_wrapped"] += bool(pairs)  # for the mail client to wrap
         counts["greeting"] += opens_with_her_greeting(row["adapter"], to)
         counts["signoff"] += ends_with_her_signoff(row["adapter"])
         counts["raw_greeting"] += opens_with_her_greeting(row["adapter_raw"], to)

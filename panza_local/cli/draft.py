@@ -18,6 +18,7 @@ def register(sub) -> None:
     p.add_argument("--subject")
     p.add_argument("--reply-to", metavar="FILE.eml|MESSAGE-ID", help="the email this draft answers")
     p.add_argument("--format", choices=["text", "eml", "json"], default="text")
+    p.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
     p.add_argument("--save-draft", metavar="maildir:PATH|imap|imaps://USER@HOST/Drafts",
                    help="also store the draft in a Maildir drafts folder or the IMAP Drafts mailbox")
     p.add_argument("--from", dest="sender", metavar="ADDRESS", help="From: of eml/saved drafts (default: settings.me)")
@@ -46,6 +47,50 @@ class _LazyConsole:
             self._c = _console()
             self._c.quiet = self.quiet
         self._c.print(*args, **kwargs)
+
+
+class TermWrap:
+    """Streamed text wrapped at word boundaries for a terminal of `width` columns (a draft's paragraphs are
+    one line each, for the mail client to wrap; a terminal would cut their words at its edge). A word is held
+    until it ends, to know whether it fits. width 0: the text as it comes (stdout is a pipe or a file)."""
+
+    def __init__(self, width: int = 0):
+        self.width, self._col, self._word, self._space = width, 0, "", ""
+
+    @classmethod
+    def for_stdout(cls) -> TermWrap:
+        import shutil
+
+        return cls(min(shutil.get_terminal_size((80, 24)).columns, 100) - 1 if sys.stdout.isatty() else 0)
+
+    def feed(self, text: str) -> str:
+        if not self.width:
+            return text
+        out = []
+        for ch in text:
+            if ch == "\n":
+                out.append(self._flush() + "\n")
+                self._col, self._space = 0, ""
+            elif ch.isspace():
+                out.append(self._flush())
+                self._space += ch
+            else:
+                self._word += ch
+        return "".join(out)
+
+    def _flush(self) -> str:
+        word, space, self._word = self._word, self._space, ""
+        if not word:
+            return ""
+        self._space = ""
+        if self._col and self._col + len(space) + len(word) > self.width:
+            self._col = len(word)
+            return "\n" + word
+        self._col += len(space) + len(word)
+        return space + word
+
+    def close(self) -> str:
+        return self._flush() if self.width else ""
 
 
 def split_stdin(text: str) -> tuple[str, str | None]:
@@ -90,10 +135,11 @@ def run(args) -> int:
         plan = draft.prepare(instruction, **kw)
         for note in plan.notices:
             err.print(f"[dim]note: {note}[/]")
+        wrap = TermWrap.for_stdout()
         for piece in draft.stream(plan):
-            sys.stdout.write(piece)
+            sys.stdout.write(wrap.feed(piece))
             sys.stdout.flush()
-        sys.stdout.write("\n")
+        sys.stdout.write(wrap.close() + "\n")
         drafts = [draft.finish(plan)]
         if drafts[0].copied:
             err.print("[yellow]warning: this draft repeats a past email word for word; "
@@ -126,7 +172,8 @@ def _print(args, drafts, settings) -> None:
         for i, d in enumerate(drafts, 1):
             if len(drafts) > 1:
                 print(f"--- alternative {i} ---")
-            print(d.text)
+            wrap = TermWrap.for_stdout()
+            print(wrap.feed(d.text) + wrap.close())
 
 
 def _save(d, target: str, sender: str | None, settings) -> str:
