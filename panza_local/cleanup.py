@@ -102,9 +102,12 @@ def clean(text: str, profile: Profile | None = None, to: str | None = None, hint
 # columns was wrapped there: the models learned hard wraps from plain-text mail (Gmail's, Outlook's, every
 # sample of ours wrap at 72-78), and a draft pasted into a client that wraps by itself shows them as breaks in
 # mid-sentence. Shorter lines (a greeting, a sign-off, an address, a short sentence kept alone) and longer
-# ones (no wrapping at all) keep their breaks, and so does a line ending in ":" or followed by a list item.
+# ones (no wrapping at all) keep their breaks, and so does a line ending in ":" or followed by a list item. A
+# break between two sentences is kept too: it may be the writer's own ("... by Friday.\nGate code: 4471"), and
+# a wrap that fell there reads as one.
 REFLOW_MIN, REFLOW_MAX = 50, 90
 _OWN_LINE = re.compile(r"^(?:\d{1,3}[.)]\s|[-*+•>|]\s?)")  # a list item or a quote begins its own line
+_SENTENCE_END = frozenset(".!?")
 
 
 class _Reflow:
@@ -113,7 +116,7 @@ class _Reflow:
 
     def __init__(self):
         self._line = 0  # characters of the current line so far (shown or held)
-        self._ends_colon = False
+        self._last = ""  # its last character that is not a space or a closing quote or bracket
         self._held = False  # a break after a wrapped-looking line, not yet shown
         self._look = ""  # the next line's start, held with it
 
@@ -123,7 +126,7 @@ class _Reflow:
             if self._held:
                 if ch == "\n" and not self._look:  # a blank line follows: a paragraph ends here
                     out.append("\n\n")
-                    self._held, self._line = False, 0
+                    self._held, self._line, self._last = False, 0, ""
                     continue
                 if not ch.isspace():
                     self._look += ch
@@ -132,23 +135,27 @@ class _Reflow:
                     continue
                 out.append(self._decide())
             if ch == "\n":
-                if REFLOW_MIN <= self._line <= REFLOW_MAX and not self._ends_colon:
-                    self._held = True
+                if REFLOW_MIN <= self._line <= REFLOW_MAX and self._last != ":":
+                    self._held = True  # the line's end is kept for `_decide`
                 else:
                     out.append(ch)
-                self._line, self._ends_colon = 0, False
+                    self._line, self._last = 0, ""
                 continue
             out.append(ch)
-            self._line += 1
-            if not ch.isspace():
-                self._ends_colon = ch == ":"
+            self._note(ch)
         return "".join(out)
+
+    def _note(self, text: str) -> None:
+        self._line += len(text)
+        tail = text.rstrip(" \t\"')]\u201d\u2019")
+        self._last = tail[-1:] or self._last
 
     def _decide(self) -> str:
         look, self._look, self._held = self._look, "", False
-        joined = not _OWN_LINE.match(look + " ")
-        self._line, self._ends_colon = (len(look), look.endswith(":"))
-        return (" " if joined else "\n") + look
+        own = _OWN_LINE.match(look + " ") or (self._last in _SENTENCE_END and (look[:1].isupper() or look[:1].isdigit()))
+        self._line, self._last = 0, ""
+        self._note(look)
+        return ("\n" if own else " ") + look
 
     def close(self) -> str:
         return self._decide() if self._held and self._look else ""

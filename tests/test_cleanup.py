@@ -253,6 +253,10 @@ def test_wrapped_paragraphs_are_joined_and_other_breaks_kept():
         "- the edging stones along the north wall, which we agreed to replace with the reclaimed brick\n"
         "- the drainage channel by the shed\nAlso:\nCould you send the revised quote by Friday so I can pass it on "
         "to the client before the weekend? The sooner the better.\nThanks again\n\nCheers,\nMaya")
+    # a break between sentences may be the writer's own: kept ("... later." / "Gate code: 4471")
+    own = ("Hi Bob,\n\nThe delivery can come on Tuesday morning, the crew will unload it later.\nGate code: 4471, "
+           "and the key is with the caretaker\nas before.\n\nCheers,\nMaya")
+    assert cleanup.clean(own, MAYA, TO) == own.replace("caretaker\nas", "caretaker as")
     # the setting's off switch keeps the model's own breaks (a plain-text user who wraps by hand)
     assert cleanup.clean(WRAPPED, MAYA, TO, reflow=False) == "Hi Bob" + WRAPPED[len("Hi Jonas"):]
     for seed in range(8):  # streamed in any chunking: the same text, and a break is held one word at most
