@@ -16,7 +16,8 @@ import re
 from email.utils import getaddresses
 
 from .profile import GREETING as _GREETING
-from .prompts import Profile
+from .profile import first_name_of
+from .prompts import WEEKDAYS, Profile, addressed_name
 
 _SIGNOFF_WORDS = (r"thanks(?: again| so much| a lot)?|thank you(?: so much)?|many thanks|thx|best(?: wishes)?|"
                   r"(?:best|kind|warm|warmest|many)? ?regards|cheers|sincerely(?: yours)?|yours(?: truly| sincerely)?|"
@@ -30,6 +31,12 @@ _NAME = r"[A-Z\[][\w'\[\]-]*\.?"
 _CLOSING_WORDS = r"looking forward to|look forward to|see you|hope to see you|talk to you|speak to you|have a (?:great|good|nice|lovely)"
 _CLOSING = rf"(?:{_CLOSING_WORDS})\b[\w' ]{{0,40}},"
 _SIGNOFF = re.compile(rf"^(?i:(?:{_SIGNOFF_WORDS})\s*[,.!]*|{_CLOSING})\s*(?P<name>{_NAME}(?:\s+{_NAME}){{0,2}})?\s*[,.!]?$")
+# A name alone opening an email, as a greeting ("Mike," "John and Greg,"): the form many people greet in.
+_BARE_NAME = re.compile(r"^[A-Z][a-z][\w'-]*(?:\s+(?:and|&)\s+[A-Z][a-z][\w'-]*)?\s*[,:]$")
+# Words that open an email with a comma and name no one ("Yes," "All," "Team,"; sign-offs are `_SIGNOFF`'s).
+_NOT_NAMES = frozenset("""all everyone everybody folks guys team there both you friends colleagues gentlemen ladies
+sir madam yes no sure great ok okay sorry morning also well absolutely agreed done perfect right understood noted
+apologies congratulations congrats welcome""".split())  # noqa: SIM905
 _MAYBE_CLOSING = re.compile(rf"^(?:{_CLOSING_WORDS})\b", re.IGNORECASE)  # a partial line that may be one
 _PLACEHOLDER = re.compile(r"\[[^\[\]\n]{0,40}\b(?:name|signature|sender|recipient)\b[^\[\]\n]{0,20}\]", re.IGNORECASE)
 _TRAILING_SIGNATURE = re.compile(r"(?<=[.?!])\s+(?=[^.?!\n]{0,40}" + _PLACEHOLDER.pattern + r"[\s*_-]*$)",
@@ -173,6 +180,10 @@ class Cleaner:
         self.me = _first_name(self.profile)
         self.them = _recipient_names(to)
         self.named = self.them | {w.lower() for w in re.findall(r"\b[A-Z][a-z]+\b", hint or "")}
+        # the recipient's first name as a greeting writes it ("Mike" for mike.grigsby@..., "Keith" for "Ask Keith
+        # whether ..."), '' when neither says it: the name a greeting that guessed gets instead
+        first = first_name_of(to, hint) if to else (addressed_name(hint or "", person=True) or _sent_to(hint or ""))
+        self.their_name = "" if first.lower() == self.me.lower() else first[:1].upper() + first[1:]
         self.subject = ""
         """A "Subject:" line the model wrote (removed from the text)."""
         self._buf = ""
@@ -262,6 +273,12 @@ class Cleaner:
             if (self._started or self._pending) and not last_blank:
                 self._pending.append("")
             return ""
+        if not self._started and not any(self._pending) and _BARE_NAME.match(line) and not _SIGNOFF.match(line):
+            line = self._named_greeting(line, [])  # "Mike," opens the email as a greeting does
+            if not line:
+                return ""
+            self._pending.append(line)
+            return self._flush()
         if not self._started and not any(self._pending) and _GREETING.match(line):
             greet, rest = _split_greeting(line)
             if greet is not None:
@@ -414,13 +431,28 @@ class Cleaner:
             signer = self.me  # signed by the recipient or a stranger: sign as the user
         return words.rstrip() + ("\n" + signer if signer else "")
 
+    def _named_greeting(self, names: str, words: list[str]) -> str:
+        """A greeting of `words` ("Hi") and `names` ("Lucy,"; no words: the names alone open it) with no profile
+        greeting to put in its place: kept when it names the recipient or someone the instruction names; a
+        name the model guessed (the user's own, a past email's recipient) becomes the recipient's first name,
+        or goes when that is not known ("Hi Lucy," -> "Hi,"; "Lucy," -> nothing)."""
+        who = {w.lower() for w in re.findall(r"[^\W\d_][\w'-]*", names)} - {"and"}
+        punct = names.rstrip()[-1:] if names.rstrip()[-1:] in ",:!" else ","
+        mine = bool(self.me) and self.me.lower() in who
+        if not mine and (not who or who <= self.named or who & _NOT_NAMES or not self.their_name):
+            return " ".join([*words, names]).strip()  # theirs, a group ("Hi all,"), or no name to put instead
+        if self.their_name:
+            return " ".join([*words, self.their_name]) + punct
+        return " ".join(words).rstrip(",:!") + punct if words else ""
+
     def _greeting(self, model_greeting: str) -> str:
         """The user's greeting for this recipient in place of the model's; the model's when the profile's is
         the same word without a name ("Hi,") and the model's names the recipient ("Hi Bob,"), never a guess
         ("Hi Re,", "Hi Alex," to someone else)."""
         own = self.profile.greeting.strip()
         if not own or "<name>" in own:
-            return model_greeting
+            word = model_greeting.split()[0] if model_greeting.split() else ""
+            return self._named_greeting(model_greeting[len(word):].strip(), [word]) if word else model_greeting
         word = own.split()[0].strip(",!:.").lower()
         nameless = len(own.rstrip(",!:.").split()) == 1
         names = {w.strip(",!:.").lower() for w in model_greeting.split()[1:]} - {""}
@@ -484,6 +516,14 @@ def _first_name(profile: Profile) -> str:
     if len(lines) > 1:
         return lines[1].split()[0].strip(",.")
     return profile.name.split()[0].strip(",.") if profile.name.strip() else ""
+
+
+def _sent_to(hint: str) -> str:
+    """The first name an instruction sends something to ("Send the rent roll to George and ..."), else ''."""
+    for m in re.finditer(r"\bto ([A-Z][a-z]+)\b(?! [A-Z])", hint):
+        if m.group(1) not in WEEKDAYS and m.group(1).lower() not in _NOT_NAMES:
+            return m.group(1)
+    return ""
 
 
 def _recipient_names(to: str | None) -> set[str]:

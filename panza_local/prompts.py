@@ -189,7 +189,8 @@ _ADDRESSED = re.compile(
     re.IGNORECASE | re.DOTALL)
 _NOT_A_NAME = frozenset("""him her them me us you everyone everybody all the a an my our his their your team someone
 somebody whoever back that this it people folks guys january february march april may june july august september
-october november december""".split()) | {d.lower() for d in WEEKDAYS}  # noqa: SIM905
+october november december about regarding on for to with up in into it this these those some any what when where
+why how whether if""".split()) | {d.lower() for d in WEEKDAYS}  # noqa: SIM905
 _PEOPLE = frozenset(("him", "her", "them", "everyone", "everybody", "all"))  # "Email everyone the minutes": no name, same shape
 # "Ask the team to ...": a group addressed as a person is (what follows "the" in the verb's person)
 _GROUP = re.compile(r"\s+(?:team|group|committee|board|staff|crew|class|family|club|department|office|others)\b",

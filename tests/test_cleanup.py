@@ -285,3 +285,29 @@ def test_the_terminal_wraps_a_streamed_draft_at_word_boundaries():
         assert shown.split() == text.split()  # every word, in order, none cut
         assert shown.endswith("\n\nCheers,\nMaya") and "\n\n" in shown.split("Let me know")[0][-3:]  # breaks kept
     assert TermWrap(0).feed(text) == text  # a pipe gets the paragraphs whole
+
+
+# An Enron user's adapter (allen-p, the README's evaluation home; he greets with the name alone and has no
+# seeded greeting), drafts with no recipient given: it greeted the user himself, and a stranger.
+PHILLIP = Profile(name="Phillip", greeting="", signoff="", typical_words=30)
+SELF_GREETED = "Phillip,\n\nHow about next week?  I'm available to meet on Tuesday morning."
+STRANGER = ("Lucy,\n\nI just updated the rent roll to San Marcos.  I want him to review the vacancies\nand check out "
+            "the rest of George's property as soon as possible.")
+
+
+def test_a_greeting_never_names_the_user_or_a_guess():
+    keith = "Ask Keith whether the new office in Houston is available next week"
+    assert cleanup.clean(SELF_GREETED, PHILLIP, None, keith) == (
+        "Keith,\n\nHow about next week?  I'm available to meet on Tuesday morning.")
+    george = "Send the updated rent roll for the San Marcos property to George and ask him to review the vacancies"
+    assert cleanup.clean(STRANGER, PHILLIP, None, george).startswith("George,\n\nI just updated the rent roll")
+    assert cleanup.clean(STRANGER, PHILLIP, "mike.grigsby@enron.com", george).startswith("Mike,\n\n")
+    # no name to put instead: the user's own goes, a name that may be theirs stays
+    assert cleanup.clean(SELF_GREETED, PHILLIP, None, "Write about next week").startswith("How about next week?")
+    assert cleanup.clean(STRANGER, PHILLIP, None, "Write about the rent roll").startswith("Lucy,\n\n")
+    assert cleanup.clean("Hi Phillip,\n\nSee you then.", PHILLIP, None, keith).startswith("Hi Keith,\n\n")
+    # the recipient, a group, a reply's first word and a sign-off word are no guesses
+    for opening in ("Keith,", "All,", "Yes,", "Thanks,", "Hi all,"):
+        assert cleanup.clean(f"{opening}\n\nSee you on Tuesday morning then.", PHILLIP, None, keith).startswith(opening)
+    for seed in range(6):  # and the same when streamed
+        assert streamed(STRANGER, random.Random(seed), PHILLIP, None)[0] == cleanup.clean(STRANGER, PHILLIP, None)
