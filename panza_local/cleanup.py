@@ -16,7 +16,8 @@ import re
 from email.utils import getaddresses
 
 from .profile import GREETING as _GREETING
-from .profile import first_name_of
+from .profile import NOT_NAMES as _NOT_NAMES
+from .profile import bare_name, first_name_of
 from .prompts import WEEKDAYS, Profile, addressed_name
 
 _SIGNOFF_WORDS = (r"thanks(?: again| so much| a lot)?|thank you(?: so much)?|many thanks|thx|best(?: wishes)?|"
@@ -31,12 +32,6 @@ _NAME = r"[A-Z\[][\w'\[\]-]*\.?"
 _CLOSING_WORDS = r"looking forward to|look forward to|see you|hope to see you|talk to you|speak to you|have a (?:great|good|nice|lovely)"
 _CLOSING = rf"(?:{_CLOSING_WORDS})\b[\w' ]{{0,40}},"
 _SIGNOFF = re.compile(rf"^(?i:(?:{_SIGNOFF_WORDS})\s*[,.!]*|{_CLOSING})\s*(?P<name>{_NAME}(?:\s+{_NAME}){{0,2}})?\s*[,.!]?$")
-# A name alone opening an email, as a greeting ("Mike," "John and Greg,"): the form many people greet in.
-_BARE_NAME = re.compile(r"^[A-Z][a-z][\w'-]*(?:\s+(?:and|&)\s+[A-Z][a-z][\w'-]*)?\s*[,:]$")
-# Words that open an email with a comma and name no one ("Yes," "All," "Team,"; sign-offs are `_SIGNOFF`'s).
-_NOT_NAMES = frozenset("""all everyone everybody folks guys team there both you friends colleagues gentlemen ladies
-sir madam yes no sure great ok okay sorry morning also well absolutely agreed done perfect right understood noted
-apologies congratulations congrats welcome""".split())  # noqa: SIM905
 _MAYBE_CLOSING = re.compile(rf"^(?:{_CLOSING_WORDS})\b", re.IGNORECASE)  # a partial line that may be one
 _PLACEHOLDER = re.compile(r"\[[^\[\]\n]{0,40}\b(?:name|signature|sender|recipient)\b[^\[\]\n]{0,20}\]", re.IGNORECASE)
 _TRAILING_SIGNATURE = re.compile(r"(?<=[.?!])\s+(?=[^.?!\n]{0,40}" + _PLACEHOLDER.pattern + r"[\s*_-]*$)",
@@ -273,8 +268,8 @@ class Cleaner:
             if (self._started or self._pending) and not last_blank:
                 self._pending.append("")
             return ""
-        if not self._started and not any(self._pending) and _BARE_NAME.match(line) and not _SIGNOFF.match(line):
-            line = self._named_greeting(line, [])  # "Mike," opens the email as a greeting does
+        if not self._started and not any(self._pending) and bare_name(line):
+            line = self._greeting(line, bare=True)  # "Mike," opens the email as a greeting does
             if not line:
                 return ""
             self._pending.append(line)
@@ -445,14 +440,18 @@ class Cleaner:
             return " ".join([*words, self.their_name]) + punct
         return " ".join(words).rstrip(",:!") + punct if words else ""
 
-    def _greeting(self, model_greeting: str) -> str:
+    def _greeting(self, model_greeting: str, bare: bool = False) -> str:
         """The user's greeting for this recipient in place of the model's; the model's when the profile's is
         the same word without a name ("Hi,") and the model's names the recipient ("Hi Bob,"), never a guess
         ("Hi Re,", "Hi Alex," to someone else)."""
         own = self.profile.greeting.strip()
         if not own or "<name>" in own:
+            if bare:
+                return self._named_greeting(model_greeting, [])
             word = model_greeting.split()[0] if model_greeting.split() else ""
             return self._named_greeting(model_greeting[len(word):].strip(), [word]) if word else model_greeting
+        if bare:
+            return own
         word = own.split()[0].strip(",!:.").lower()
         nameless = len(own.rstrip(",!:.").split()) == 1
         names = {w.strip(",!:.").lower() for w in model_greeting.split()[1:]} - {""}

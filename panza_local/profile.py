@@ -35,6 +35,19 @@ _SIGNOFF = re.compile(
     r"cordialement|bien à vous|saluti|cordiali saluti|un saluto|saludos|un abrazo|atenciosamente|"
     r"met vriendelijke groet|groeten|hälsningar|mvh)\b[ ,.!]*$", re.IGNORECASE)
 MIN_SHARE = 0.15  # a habit is one seen in at least this share of emails
+# A name alone opening an email, as its greeting ("Lucy," "John and Greg,"): how many people greet (allen-p opens
+# 390 of his 606 emails so). Words that open an email with a comma and name no one are not names ("Yes," "All,").
+BARE_NAME = re.compile(r"^[A-Z][a-z][\w'-]*(?:\s+(?:and|&)\s+[A-Z][a-z][\w'-]*)?\s*[,:]$")
+NOT_NAMES = frozenset("""all everyone everybody folks guys team there both you friends colleagues gentlemen ladies
+sir madam yes no sure great ok okay sorry morning also well absolutely agreed done perfect right understood noted
+apologies congratulations congrats welcome""".split())  # noqa: SIM905
+
+
+def bare_name(line: str) -> bool:
+    """Whether `line` is a greeting made of a name alone ("Lucy,"), not a sign-off or a reply's first word."""
+    if not BARE_NAME.match(line) or _SIGNOFF.match(line):
+        return False
+    return not {w.lower() for w in re.findall(r"[^\W\d_][\w'-]*", line)} & NOT_NAMES
 
 
 def path() -> Path:
@@ -169,6 +182,8 @@ def greeting_of(body: str) -> str | None:
     if not lines:
         return None
     first = lines[0]
+    if bare_name(first) and len(lines) > 1:
+        return f"<name>{first[-1]}"
     m = GREETING.match(first)
     if not m or len(first.split()) > 5:
         return None
@@ -222,7 +237,7 @@ def greeting_for(to: str | None, conn=None) -> str | None:
     firsts = []
     for body in bodies:
         lines = _lines(body or "")
-        if lines and GREETING.match(lines[0]) and len(lines[0].split()) <= 5:
+        if lines and ((GREETING.match(lines[0]) and len(lines[0].split()) <= 5) or (bare_name(lines[0]) and len(lines) > 1)):
             firsts.append(lines[0])
     if not firsts:
         return None
@@ -254,7 +269,8 @@ def _named(greeting: str, to: str | None, hint: str = "") -> str:
     the instruction addresses: "Ask Zed about ..." -> "Hi Zed,"), or without a name."""
     first = first_name_of(to, hint) if to else prompts.addressed_name(hint, person=True)
     first = first[:1].upper() + first[1:]
-    return greeting.replace("<name>", first) if first else greeting.replace(" <name>", "").replace("<name>", "")
+    out = greeting.replace("<name>", first) if first else greeting.replace(" <name>", "").replace("<name>", "")
+    return out if re.search(r"\w", out) else ""  # "<name>," with no name: no greeting
 
 
 def first_name_of(to: str | None, hint: str = "") -> str:
