@@ -45,7 +45,7 @@ apologies congratulations congrats welcome""".split())  # noqa: SIM905
 
 def bare_name(line: str) -> bool:
     """Whether `line` is a greeting made of a name alone ("Lucy,"), not a sign-off or a reply's first word."""
-    if not BARE_NAME.match(line) or _SIGNOFF.match(line):
+    if not BARE_NAME.match(line) or _SIGNOFF.match(line) or GREETING.match(line):  # "Hi," is a greeting word
         return False
     return not {w.lower() for w in re.findall(r"[^\W\d_][\w'-]*", line)} & NOT_NAMES
 

@@ -89,8 +89,8 @@ def test_a_greeting_of_the_name_alone_is_learned_and_filled(home):
                     to=addr, date=f"2001-0{i + 1}-02T10:00:00+00:00")
     add_message(conn, "Yes,\n\nThat works for me.\n\nPhillip", to="ina@enron.com")  # a reply's first word, no name
     add_message(conn, "Thanks,\n\nPhillip", to="ina@enron.com")
-    assert [profile.greeting_of(b) for b in ("Lucy,\n\nSee you.", "Yes,\n\nSure.", "Thanks,\nPhillip", "Lucy,")] == \
-        ["<name>,", None, None, None]
+    assert [profile.greeting_of(b) for b in ("Lucy,\n\nSee you.", "Yes,\n\nSure.", "Thanks,\nPhillip", "Lucy,",
+                                             "Hi,\n\nSee you.")] == ["<name>,", None, None, None, "Hi,"]
     assert profile.seed(conn).greeting == "<name>,"
     assert profile.greeting_for("lucy.gonzalez@enron.com", conn) == "Lucy,"
     # filled for the recipient, and no greeting (not a bare ",") when their name is not known
