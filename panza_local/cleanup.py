@@ -269,11 +269,10 @@ class Cleaner:
                 self._pending.append("")
             return ""
         if not self._started and not any(self._pending) and bare_name(line):
-            line = self._greeting(line, bare=True)  # "Mike," opens the email as a greeting does
-            if not line:
-                return ""
-            self._pending.append(line)
-            return self._flush()
+            line = self._greeting(line, bare=True)  # "Mike," opens the email as a greeting does: held with it
+            if line:
+                self._pending.append(line)
+            return ""
         if not self._started and not any(self._pending) and _GREETING.match(line):
             greet, rest = _split_greeting(line)
             if greet is not None:
@@ -376,7 +375,8 @@ class Cleaner:
         sign-off, closing or second greeting (`_may_be_scaffolding` decides "The", "This", "I", "I've" by the next
         word; the line is then judged a body line when it ends, so showing the greeting now shows nothing `clean`
         would not)."""
-        if self._started or not self._pending or not _GREETING.match(self._pending[0]) or any(self._pending[1:]):
+        first = self._pending[0] if self._pending else ""
+        if self._started or not (_GREETING.match(first) or bare_name(first)) or any(self._pending[1:]):
             return False
         word = head.split()[0] if head.split() else ""
         return (word[:1].isalpha() and not _RISKY.search(word) and not _may_be_scaffolding(head)

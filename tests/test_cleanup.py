@@ -311,3 +311,8 @@ def test_a_greeting_never_names_the_user_or_a_guess():
         assert cleanup.clean(f"{opening}\n\nSee you on Tuesday morning then.", PHILLIP, None, keith).startswith(opening)
     for seed in range(6):  # and the same when streamed
         assert streamed(STRANGER, random.Random(seed), PHILLIP, None)[0] == cleanup.clean(STRANGER, PHILLIP, None)
+    # a name-alone greeting is held until the body starts, as "Hi Keith," is: draft.stream feeds the opening it
+    # gave the engine and shows only what comes after
+    c = cleanup.Cleaner(Profile(name="Phillip", greeting="Keith,"), "kholst@enron.com", keith)
+    assert c.feed("Keith,\n\n") == ""
+    assert (c.feed("How about next week? I can") + c.close()).startswith("Keith,\n\nHow about next week?")

@@ -79,23 +79,21 @@ def test_seeded_greeting_is_filled_for_the_recipient(home):
     assert 'Start with "Hi Carol,"' in plan.messages[0]["content"] and "<name>" not in str(plan.messages)
 
 
-def test_a_greeting_of_the_name_alone_is_learned_and_filled(home):
-    """allen-p opens 390 of his 606 emails with the name alone ("Lucy,"): a habit like "Hi <name>,"."""
+def test_a_greeting_of_the_name_alone_is_filled_for_the_recipient(home):
+    """allen-p opens 390 of his 606 emails with the name alone ("Lucy,"). Seeding does not learn it (given as the
+    adapter's opening, it scored lower in his evaluation); set by hand ("<name>,"), it is filled like "Hi <name>,"."""
     from panza_local import draft, prompts
 
     conn = store.connect()
     for i, (name, addr) in enumerate([("Lucy", "lucy.gonzalez@enron.com"), ("Jeff", "jeff.richter@enron.com")] * 3):
         add_message(conn, f"{name},\n\nThe rent roll for week {i} is attached.  Call me with questions.\n\nPhillip",
                     to=addr, date=f"2001-0{i + 1}-02T10:00:00+00:00")
-    add_message(conn, "Yes,\n\nThat works for me.\n\nPhillip", to="ina@enron.com")  # a reply's first word, no name
-    add_message(conn, "Thanks,\n\nPhillip", to="ina@enron.com")
-    assert [profile.greeting_of(b) for b in ("Lucy,\n\nSee you.", "Yes,\n\nSure.", "Thanks,\nPhillip", "Lucy,",
-                                             "Hi,\n\nSee you.")] == ["<name>,", None, None, None, "Hi,"]
-    assert profile.seed(conn).greeting == "<name>,"
-    assert profile.greeting_for("lucy.gonzalez@enron.com", conn) == "Lucy,"
-    # filled for the recipient, and no greeting (not a bare ",") when their name is not known
+    assert profile.seed(conn).greeting == "" and profile.greeting_for("lucy.gonzalez@enron.com", conn) is None
+    assert [profile.bare_name(x) for x in ("Lucy,", "John and Greg,", "Yes,", "Thanks,", "Hi,", "All,")] == \
+        [True, True, False, False, False, False]
+    profile.save(Profile(name="Phillip", greeting="<name>,"))
     assert profile._named("<name>,", "Keith Holst <kholst@enron.com>") == "Keith,"
-    assert profile._named("<name>,", "pallen70@hotmail.com") == ""
+    assert profile._named("<name>,", "pallen70@hotmail.com") == ""  # no name known: no greeting, not a bare ","
     plan = draft.prepare("Ask Keith whether the office is free", to="Keith Holst <kholst@enron.com>",
                          use_rag=False, use_adapter=False)
     assert 'Start with "Keith,"' in plan.messages[0]["content"] and prompts.opening(plan.profile) == "Keith,\n\n"
