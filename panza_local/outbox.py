@@ -53,10 +53,35 @@ def to_eml(d: Draft, sender: str | None = None, *, date: str | None = None, sett
     if d.references:
         msg["References"] = " ".join(d.references)
     msg["X-Mailer"] = "panza-local"
-    text = d.text if d.text.endswith("\n") else d.text + "\n"
+    text = flowed(d.text)
+    text = text if text.endswith("\n") else text + "\n"
     cte = "7bit" if text.isascii() and max(map(len, text.splitlines() or [""])) <= 998 else "quoted-printable"
-    msg.set_content(text, charset="utf-8", cte=cte)
+    msg.set_content(text, charset="utf-8", cte=cte, params={"format": "flowed"})
     return msg.as_bytes()
+
+
+FLOWED_WIDTH = 76
+
+
+def flowed(text: str, width: int = FLOWED_WIDTH) -> str:
+    """`text` as RFC 3676 format=flowed: a draft's paragraphs are one line each (cleanup._Reflow), so each is cut
+    into lines of at most `width` characters that end in a space (a soft break, which a mail client joins
+    again to rewrap the paragraph as it likes, and a client that does not know the format shows as wrapped
+    text); the draft's own line breaks stay hard (no trailing space). Lines that begin with a space, ">" or
+    "From " are space-stuffed."""
+    out = []
+    for line in text.split("\n"):
+        line = line.rstrip(" ")
+        while len(line) > width:
+            cut = line.rfind(" ", 0, width)
+            if cut <= 0:  # a word longer than the width: break after it
+                cut = line.find(" ", width)
+                if cut < 0:
+                    break
+            out.append(line[:cut + 1])
+            line = line[cut + 1:]
+        out.append(line)
+    return "\n".join(" " + ln if ln.startswith((" ", ">", "From ")) else ln for ln in out)
 
 
 _DRAFT_FOLDERS = (".Drafts", "Drafts", ".drafts", "drafts", ".INBOX.Drafts")
