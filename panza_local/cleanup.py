@@ -17,8 +17,8 @@ from email.utils import getaddresses
 
 from .profile import GREETING as _GREETING
 from .profile import NOT_NAMES as _NOT_NAMES
-from .profile import bare_name, first_name_of
-from .prompts import WEEKDAYS, Profile, addressed_name
+from .profile import bare_name, name_words, recipient_first
+from .prompts import WEEKDAYS, Profile
 
 _SIGNOFF_WORDS = (r"thanks(?: again| so much| a lot)?|thank you(?: so much)?|many thanks|thx|best(?: wishes)?|"
                   r"(?:best|kind|warm|warmest|many)? ?regards|cheers|sincerely(?: yours)?|yours(?: truly| sincerely)?|"
@@ -177,8 +177,8 @@ class Cleaner:
         self.named = self.them | {w.lower() for w in re.findall(r"\b[A-Z][a-z]+\b", hint or "")}
         # the recipient's first name as a greeting writes it ("Mike" for mike.grigsby@..., "Keith" for "Ask Keith
         # whether ..."), '' when neither says it: the name a greeting that guessed gets instead
-        first = first_name_of(to, hint) if to else (addressed_name(hint or "", person=True) or _sent_to(hint or ""))
-        self.their_name = "" if first.lower() == self.me.lower() else first[:1].upper() + first[1:]
+        first = recipient_first(to, hint or "") or ("" if to else _sent_to(hint or ""))
+        self.their_name = "" if first.lower() == self.me.lower() else first
         self.subject = ""
         """A "Subject:" line the model wrote (removed from the text)."""
         self._buf = ""
@@ -431,7 +431,7 @@ class Cleaner:
         greeting to put in its place: kept when it names the recipient or someone the instruction names; a
         name the model guessed (the user's own, a past email's recipient) becomes the recipient's first name,
         or goes when that is not known ("Hi Lucy," -> "Hi,"; "Lucy," -> nothing)."""
-        who = {w.lower() for w in re.findall(r"[^\W\d_][\w'-]*", names)} - {"and"}
+        who = name_words(names) - {"and"}
         punct = names.rstrip()[-1:] if names.rstrip()[-1:] in ",:!" else ","
         mine = bool(self.me) and self.me.lower() in who
         if not mine and (not who or who <= self.named or who & _NOT_NAMES or not self.their_name):

@@ -412,8 +412,9 @@ def _re(subject: str) -> str:
 
 # -- generation ---------------------------------------------------------------------------------------------
 
-def _reflow(plan: DraftPlan) -> bool:
-    return bool(getattr(plan.settings, "reflow", True))
+def _cleaner(plan: DraftPlan) -> cleanup.Cleaner:
+    """The clean-up of one draft: `stream` shows what it lets through, `finish` cleans the raw text again."""
+    return cleanup.Cleaner(plan.profile, plan.to, plan.instruction, reflow=bool(getattr(plan.settings, "reflow", True)))
 
 
 def stream(plan: DraftPlan, *, seed: int | None = None, temperature: float | None = None,
@@ -425,7 +426,7 @@ def stream(plan: DraftPlan, *, seed: int | None = None, temperature: float | Non
     follows would be cut anyway."""
     plan.pieces, plan.raw = [], []
     st = engine.Stats()
-    cleaner = cleanup.Cleaner(plan.profile, plan.to, plan.instruction, reflow=_reflow(plan))
+    cleaner = _cleaner(plan)
     if plan.opening:  # the greeting the prompt ends with: held by the clean-up like one the model wrote
         plan.raw.append(plan.opening)
         cleaner.feed(plan.opening)
@@ -461,7 +462,7 @@ def stream(plan: DraftPlan, *, seed: int | None = None, temperature: float | Non
 def finish(plan: DraftPlan, *, record: bool = True) -> Draft:
     """The Draft made of what `stream(plan)` produced (stored in the drafts table when `record`)."""
     # cleaned from the raw text, not the streamed pieces: a stream stopped early never got its tail
-    cleaner = cleanup.Cleaner(plan.profile, plan.to, plan.instruction, reflow=_reflow(plan))
+    cleaner = _cleaner(plan)
     text = (cleaner.feed("".join(plan.raw)) + cleaner.close()).strip()
     subject = plan.subject or cleaner.subject or prompts.subject_line(plan.instruction)
     reply = plan.reply

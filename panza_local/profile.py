@@ -49,7 +49,12 @@ def bare_name(line: str) -> bool:
     """Whether `line` is a greeting made of a name alone ("Lucy,"), not a sign-off or a reply's first word."""
     if not BARE_NAME.match(line) or _SIGNOFF.match(line) or GREETING.match(line):  # "Hi," is a greeting word
         return False
-    return not {w.lower() for w in re.findall(r"[^\W\d_][\w'-]*", line)} & NOT_NAMES
+    return not name_words(line) & NOT_NAMES
+
+
+def name_words(text: str) -> set[str]:
+    """The lower-cased words of a greeting's names ("John and Greg," -> {"john", "and", "greg"})."""
+    return {w.lower() for w in re.findall(r"[^\W\d_][\w'-]*", text)}
 
 
 def path() -> Path:
@@ -267,10 +272,16 @@ def prompt_profile(to: str | None, prof: Profile, *, conn=None, notices: list[st
 def _named(greeting: str, to: str | None, hint: str = "") -> str:
     """A seeded greeting form ("Hi <name>,") filled with the recipient's first name (with no recipient, the name
     the instruction addresses: "Ask Zed about ..." -> "Hi Zed,"), or without a name."""
-    first = first_name_of(to, hint) if to else prompts.addressed_name(hint, person=True)
-    first = first[:1].upper() + first[1:]
+    first = recipient_first(to, hint)
     out = greeting.replace("<name>", first) if first else greeting.replace(" <name>", "").replace("<name>", "")
     return out if re.search(r"\w", out) else ""  # "<name>," with no name: no greeting
+
+
+def recipient_first(to: str | None, hint: str = "") -> str:
+    """The first name a greeting gives the recipient: from `to` (`first_name_of`), with no recipient the person the
+    instruction addresses ("Ask Zed about ..." -> "Zed"), capitalised; '' when neither says it."""
+    first = first_name_of(to, hint) if to else prompts.addressed_name(hint, person=True)
+    return first[:1].upper() + first[1:]
 
 
 def first_name_of(to: str | None, hint: str = "") -> str:
