@@ -58,7 +58,10 @@ def test_cli_json_and_text(maya, capsys):
 
     args = ["draft", INSTR, "--to", TO, "--no-rag", "--no-adapter"]
     assert main([*args, "--format", "json"]) == 0
-    assert is_clean(json.loads(capsys.readouterr().out)["text"])
+    as_json = json.loads(capsys.readouterr().out)
+    assert is_clean(as_json["text"])
+    assert main([*args, "--json"]) == 0  # the flag every other command takes means the same here
+    assert json.loads(capsys.readouterr().out).keys() == as_json.keys()
     assert main(args) == 0  # streamed to the terminal piece by piece
     assert is_clean(capsys.readouterr().out.strip())
 
