@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -256,7 +257,7 @@ def _retrieve(query: str, to: str | None, settings, exclude_ids, notices: list[s
         hits = list(index.search(query, k if act == "reply" else 3 * k, kinds=["sent"], to=addr or None,
                                  min_score=settings.rag_min_score, exclude_ids=list(exclude_ids or [])))
     except NoDataError as exc:
-        notices.append(f"no index yet: drafting without past emails (fix: {exc.fix or 'panza index'})")
+        notices.append(_no_index_notice(exc))
         return []
     except PanzaError as exc:
         notices.append(f"retrieval failed, drafting without past emails: {exc.message}")
@@ -284,6 +285,26 @@ def _retrieve(query: str, to: str | None, settings, exclude_ids, notices: list[s
     if docs:
         log.info("retrieved %d document passages", len(docs))
     return out[:k] + docs
+
+
+def _no_index_notice(exc: NoDataError) -> str:
+    """What a draft without an index says: build the index, or, where none of the user's mail is in the store
+    yet, ingest it first (`panza index` alone would index nothing)."""
+    from . import store
+    from .ingest import messages
+
+    try:
+        conn = store.connect()
+        try:
+            mine = messages.counts(conn)["mine"]
+        finally:
+            conn.close()
+    except (PanzaError, sqlite3.Error):
+        mine = None
+    if mine == 0:
+        return ("none of your sent mail is ingested yet: drafting without past emails in your voice (fix: panza "
+                "ingest MAILBOX --me YOUR@ADDRESS, then panza index)")
+    return f"no index yet: drafting without past emails (fix: {exc.fix or 'panza index'})"
 
 
 def _as_retrieved(hit) -> Retrieved | None:

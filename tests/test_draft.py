@@ -61,6 +61,19 @@ def test_stock_draft_degrades_without_index_or_adapter(settings):
     assert row["instruction"] == INSTR and row["text"] == d.text and "retrieved" in json.loads(row["meta"])
 
 
+def test_without_an_index_the_notice_names_the_step_that_is_missing(settings):
+    """A home with none of the user's mail says to ingest it (then index); one with mail but no index, to index."""
+    empty = draft.prepare(INSTR, use_adapter=False, settings=settings)
+    (note,) = [n for n in empty.notices if "past emails" in n]
+    assert "panza ingest MAILBOX --me YOUR@ADDRESS, then panza index" in note, note
+    conn = store.connect()
+    add_message(conn, "Hi Bob, can we talk on Friday? Ann", to="bob@example.com", subject="Friday")
+    conn.close()
+    ingested = draft.prepare(INSTR, use_adapter=False, settings=settings)
+    (note,) = [n for n in ingested.notices if "past emails" in n]
+    assert "ingest" not in note and "panza index" in note, note
+
+
 def test_adapter_changes_the_draft(settings, random_lora):
     stock = draft.draft(INSTR, use_rag=False, use_adapter=False, settings=settings)
     tuned = draft.draft(INSTR, use_rag=False, use_adapter=random_lora, settings=settings)

@@ -217,6 +217,13 @@ def test_the_base_alone_has_a_q8_copy_that_is_the_same_model(home, embedded_mode
     assert agree >= 0.9 and kl < 0.01, f"next token agreement {agree:.3f}, KL {kl:.4f}"
 
 
+def _tensor_bytes(path: Path, name: str) -> bytes:
+    import gguf
+
+    (t,) = [t for t in gguf.GGUFReader(path).tensors if t.name == name]
+    return np.asarray(t.data).tobytes()
+
+
 def test_a_new_base_copy_keeps_one_other_and_a_stock_draft_creates_no_cache(home, embedded_model):
     """After `models use` another base and back, the copies of bases no longer used give their disk back
     (the one before stays: switching back is instant); asking whether a copy exists writes nothing."""
@@ -290,7 +297,8 @@ def test_the_copy_type_is_the_cpus_unless_the_user_chooses(monkeypatch):
 
 def test_a_base_with_fast_kernels_gets_a_bf16_copy_for_playback_alone(home, monkeypatch):
     """A Q4_K base gets no copy for drafts (one sequence's token decodes slower on the bigger file) but playback
-    has one of its own where the CPU multiplies BF16 (serving.prompt_copy_worth_it): every weight BF16, the
+    has one of its own where the CPU multiplies BF16 (serving.prompt_copy_worth_it): its layers BF16 (the vocabulary
+    matrices as shipped), the
     same model; a draft keeps loading the shipped file once it exists; a CPU without BF16 makes none."""
     from panza_local import catalogue, ingest, playback, sample, store
     from panza_local.train.torch import synth
@@ -316,8 +324,11 @@ def test_a_base_with_fast_kernels_gets_a_bf16_copy_for_playback_alone(home, monk
     assert copy.stat().st_mode & 0o777 == 0o600
     ours, theirs = ({name: (dims, qtype) for name, dims, qtype, _ in gguf_header.layout(p).tensors} for p in (copy, base))
     assert ours.keys() == theirs.keys() and all(ours[n][0] == theirs[n][0] for n in ours)
-    assert {ours[n][1] for n in ours if theirs[n][1] == 12} == {30}  # every Q4_K weight BF16
-    assert all(ours[n][1] == theirs[n][1] for n in ours if theirs[n][1] != 12)  # the F32 norms as they are
+    layer = {n for n in ours if n not in serving.PROMPT_KEEP}
+    assert {ours[n][1] for n in layer if theirs[n][1] == 12} == {30}  # every Q4_K weight of the layers BF16
+    assert all(ours[n][1] == theirs[n][1] for n in layer if theirs[n][1] != 12)  # the F32 norms as they are
+    kept = serving.PROMPT_KEEP.keys() & theirs.keys()
+    assert kept and all(_tensor_bytes(copy, n) == _tensor_bytes(base, n) for n in kept)  # vocabulary: byte for byte
 
     engine.unload_all()
     assert serving.resolve(base, None) == (base, None)  # a draft (no prompt_bound) loads the shipped file
