@@ -108,6 +108,15 @@ def publish(name: str, data: dict, command: str) -> Path:
     return results / f"{name}.json"
 
 
+def write_result(name: str, data: dict, md: str) -> None:
+    """bench/results/<name>.json (the figures) and .md (the bench's own table), and the table on stdout."""
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(data, indent=2))
+    (results / f"{name}.md").write_text(md)
+    print(md)
+
+
 def print_rows(rows: list[dict]) -> None:
     print(f"{'benchmark':52} {'ours':>12} {'baseline':>12} {'unit':>10} {'ratio':>7}")
     for r in rows:

@@ -14,7 +14,6 @@ Writes bench/results/copy_types.{json,md}. The type panza picks on the machine i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -25,9 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from bench._common import machine, row, scratch
+from bench._common import machine, row, scratch, write_result
 
-RESULTS = REPO / "bench" / "results"
 TEXT = (REPO / "README.md").read_text()[:8000]
 
 
@@ -123,10 +121,7 @@ def cli() -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     res = main(rounds=args.rounds, threads=args.threads)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "copy_types.json").write_text(json.dumps(res, indent=2))
-    (RESULTS / "copy_types.md").write_text(_md(res))
-    print(_md(res))
+    write_result("copy_types", res, _md(res))
     return 0
 
 

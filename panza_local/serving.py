@@ -67,9 +67,11 @@ MAX_COPY_BYTES = 1_500_000_000
 FORMAT = 1  # sidecar layout; a change rebuilds every copy
 PROMPT_KEEP = {"token_embd.weight": "token_embedding_type", "output.weight": "output_tensor_type"}
 """The tensors playback's BF16 copy keeps in their shipped type, and the quantizer parameter that keeps each. On
-Qwen2.5-0.5B Q4_K_M (Q5_0 and Q8_0 there) the copy is 960 MB instead of 1,266 MB and builds in 1.1 s instead of
-2.8 (2 threads, file in the page cache); 64 emails of bass-e played back at the same speed on either (91-98
-emails/min, two alternating runs each)."""
+Qwen2.5-0.5B Q4_K_M (Q5_0 and Q8_0 there) the copy is 0.96 GB instead of 1.27 GB and builds in ~1 s instead of
+~2.2 (2 threads, file in the page cache); batched playback on it ran at 93.6 against 96.7 emails/min with every
+weight BF16 (medians of 3 rounds; `python -m bench.prompt_copy`, bench/results/prompt_copy.md), inside the spread
+of rounds on one copy (93-99): a 0.5B output product of 16 rows is no slower in its Q8_0 blocks than in BF16
+by any margin these runs can show."""
 TYPES = {"bf16": 16.0, "q8_0": 8.5}
 """The copy's projection types and their bits a weight."""
 _BUILD_LOCK = threading.Lock()
@@ -312,7 +314,7 @@ def _drop_orphans(out: Path) -> None:
 def _requantize(base: Path, out: Path) -> None:
     """`base` with every weight of its layers dequantized and stored as BF16, the `PROMPT_KEEP` tensors as they
     are (the quantizer copies a tensor whose type it is asked to keep), by llama.cpp's quantizer (C, all cores:
-    1.1 s for Qwen2.5-0.5B, where the numpy path of `_write` takes 8 s)."""
+    ~1 s for Qwen2.5-0.5B, where the numpy path of `_write` takes 8 s)."""
     import ctypes
 
     from . import engine, gguf_header
