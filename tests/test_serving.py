@@ -40,6 +40,13 @@ def _logits(model: Path, lora: Path | None) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _tensor_bytes(path: Path, name: str) -> bytes:
+    import gguf
+
+    (t,) = [t for t in gguf.GGUFReader(path).tensors if t.name == name]
+    return np.asarray(t.data).tobytes()
+
+
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(1, keepdims=True)
     return x - np.log(np.exp(x).sum(1, keepdims=True))
@@ -217,13 +224,6 @@ def test_the_base_alone_has_a_q8_copy_that_is_the_same_model(home, embedded_mode
     assert agree >= 0.9 and kl < 0.01, f"next token agreement {agree:.3f}, KL {kl:.4f}"
 
 
-def _tensor_bytes(path: Path, name: str) -> bytes:
-    import gguf
-
-    (t,) = [t for t in gguf.GGUFReader(path).tensors if t.name == name]
-    return np.asarray(t.data).tobytes()
-
-
 def test_a_new_base_copy_keeps_one_other_and_a_stock_draft_creates_no_cache(home, embedded_model):
     """After `models use` another base and back, the copies of bases no longer used give their disk back
     (the one before stays: switching back is instant); asking whether a copy exists writes nothing."""
@@ -297,9 +297,9 @@ def test_the_copy_type_is_the_cpus_unless_the_user_chooses(monkeypatch):
 
 def test_a_base_with_fast_kernels_gets_a_bf16_copy_for_playback_alone(home, monkeypatch):
     """A Q4_K base gets no copy for drafts (one sequence's token decodes slower on the bigger file) but playback
-    has one of its own where the CPU multiplies BF16 (serving.prompt_copy_worth_it): its layers BF16 (the vocabulary
-    matrices as shipped), the
-    same model; a draft keeps loading the shipped file once it exists; a CPU without BF16 makes none."""
+    has one of its own where the CPU multiplies BF16 (serving.prompt_copy_worth_it): its layers BF16, the vocabulary
+    matrices as shipped, the same model; a draft keeps loading the shipped file once it exists; a CPU without BF16
+    makes none."""
     from panza_local import catalogue, ingest, playback, sample, store
     from panza_local.train.torch import synth
 
