@@ -135,10 +135,27 @@ def validate(data: dict, source: str) -> Model:
 
 
 def load_catalogue(directory: Path | None = None) -> dict[str, Model]:
-    """All catalogue entries by name."""
+    """All catalogue entries by name (read again only when a file in `directory` changed: every draft asks)."""
     directory = directory or catalogue_dir()
+    files = sorted(directory.glob("*.toml"))
+    try:
+        key = (str(directory), *((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+    except OSError:  # a file went away while listed: read what is there
+        key = None
+    if key is not None and _READ.get("key") == key:
+        return dict(_READ["models"])
+    out = _read_catalogue(files)
+    if key is not None:
+        _READ.update(key=key, models=dict(out))
+    return out
+
+
+_READ: dict = {}  # the last catalogue read: its files' names, times and sizes, and its entries (frozen)
+
+
+def _read_catalogue(files: list[Path]) -> dict[str, Model]:
     out: dict[str, Model] = {}
-    for f in sorted(directory.glob("*.toml")):
+    for f in files:
         try:
             data = tomllib.loads(f.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:

@@ -140,18 +140,20 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
         examples = [e if isinstance(e, Retrieved) else _as_retrieved(e) for e in examples]
         examples = [e for e in examples if e is not None]
     adapter, lora = _adapter(use_adapter, settings, notices)
+    names = _known_names()  # requests name people as training showed them: "Email to Jonas Berg: ..."
+    shown_to = profiles.with_names(to, names)
 
     # An adapter learned from playback pairs, whose requests end with " Mention: <specific terms>": the
     # user's request takes that shape too (the words are the user's own), so the adapter keeps them. A remote
     # engine holds the user's adapter (settings.engine_url), so its requests take the shape as well.
     tuned = lora is not None or bool(settings.engine_url)
     asked = instruction if not tuned else prompts.mention(instruction, prompts.instruction_specifics(
-        instruction, [prompts.recipient(to), profiles.first_name_of(to, instruction)]))
+        instruction, [prompts.recipient(shown_to), profiles.first_name_of(to, instruction)]))
 
     def render(retrieved: list[Retrieved], thread: str | None) -> list[dict]:
         return prompts.build(  # past emails as train/data.py builds its prompts
-            asked, profile=prof, to=to, subject=subject, thread=thread,
-            examples=prompt_examples([e for e in retrieved if e.kind != "doc"]),
+            asked, profile=prof, to=shown_to, subject=subject, thread=thread,
+            examples=prompt_examples([e for e in retrieved if e.kind != "doc"], names),
             documents=[(e.cite.rsplit("/", 1)[-1], e.text) for e in retrieved if e.kind == "doc"])
     plan = DraftPlan(instruction=instruction, messages=[], settings=settings, model_path=Path(model_path),
                      to=to, subject=subject, reply=reply, retrieved=list(examples), adapter=adapter,
@@ -186,15 +188,27 @@ def _safe(fn, notices: list[str], default):
         return default
 
 
-def prompt_examples(retrieved: list[Retrieved]) -> list[prompts.Example]:
+def _known_names() -> dict[str, str]:
+    """`profile.display_names`; none when the store cannot be read (retrieval reports that, with its fix)."""
+    from .profile import display_names
+
+    try:
+        return display_names()
+    except (PanzaError, sqlite3.Error):
+        return {}
+
+
+def prompt_examples(retrieved: list[Retrieved], names: dict[str, str] | None = None) -> list[prompts.Example]:
     """Retrieved emails as prompt turns: each with the request it answered (its playback instruction from the
-    store, else its subject), the way training shows them."""
+    store, else its subject), the way training shows them; `names`: `profile.display_names`."""
+    from .profile import with_names
+
     missing = [r.id for r in retrieved if not r.instruction]
     found = _instructions(missing) if missing else {}
     out = []
     for r in retrieved:
         ask = r.instruction or found.get(r.id) or (f'Write about "{r.subject}".' if r.subject else "")
-        out.append(prompts.Example(text=r.text, request=ask, to=r.to))
+        out.append(prompts.Example(text=r.text, request=ask, to=with_names(r.to, names or {})))
     return out
 
 

@@ -72,7 +72,12 @@ def load(*, seed_if_missing: bool = True) -> Profile:
             raise ConfigError(f"{p} is not valid TOML: {exc}",
                               fix=f"fix it with `panza profile edit`, or delete {p} and run `panza profile seed`")
         return from_dict(data)
-    return seed() if seed_if_missing else Profile()
+    if not seed_if_missing:
+        return Profile()
+    from . import config
+
+    settings = config.load()  # a seeded profile is read afresh from the mail, which every draft asks for
+    return replace(_kept("seed", (settings.user_name,), lambda c: seed(c, settings)))
 
 
 def load_or_none() -> Profile | None:
@@ -312,8 +317,6 @@ def recipient_named(instruction: str, conn=None) -> tuple[str, list[str]]:
     name, else their address's first part ("priya.natarajan@"); several matches -> the one written to
     DOMINANT times as often as the next, else ("", [the candidates]) for the caller to ask. ("", []) when the
     instruction names nobody this way or nobody by that name has been written to."""
-    from email.utils import formataddr
-
     from . import store
     from .ingest import messages
 
@@ -330,7 +333,7 @@ def recipient_named(instruction: str, conn=None) -> tuple[str, list[str]]:
     hits = [(addr, shown, n) for addr, shown, n in people if _first_of(shown, addr) == name]
     if not hits:
         return "", []
-    as_to = [formataddr((shown, addr)) if shown else addr for addr, shown, _ in hits]
+    as_to = [shown_address(shown, addr) for addr, shown, _ in hits]
     if len(hits) == 1 or hits[0][2] >= DOMINANT * hits[1][2]:
         return as_to[0], []
     return "", as_to
@@ -353,6 +356,68 @@ def display_first(shown: str) -> str:
     last, comma, rest = shown.partition(",")
     words = rest.split() if comma and len(last.split()) == 1 else shown.split()
     return words[0].strip(",.\"'") if words else ""
+
+
+def display_names(conn=None) -> dict[str, str]:
+    """{address (lower case): display name} of the people the user has written to whose To: header named them
+    (`messages.correspondents`). Requests in prompts name people by these ("Email to Jonas Berg:": 3 tokens
+    where "jonas.berg@northfield-builders.example" takes 12), the same in training and drafting. Without `conn`
+    the store's own map, kept while the store is unchanged (`store.version`: a warm server reads it once)."""
+    from .ingest import messages
+
+    if conn is not None:
+        return _names_of(messages.correspondents(conn))
+    if not paths.db_path().exists():
+        return {}
+    return _kept("names", (), lambda c: _names_of(messages.correspondents(c)))
+
+
+_KEPT: dict = {}  # what was derived from the store, by what and the store's version: {what: (key, value)}
+
+
+def _kept(what: str, extra: tuple, derive):
+    """`derive(conn)` on the store, or what it gave last time the store and `extra` were as now."""
+    from . import store
+
+    key = (store.version(), extra)
+    got = _KEPT.get(what)
+    if got and got[0] == key:
+        return got[1]
+    conn = store.connect()
+    try:
+        value = derive(conn)
+    finally:
+        conn.close()
+    _KEPT[what] = (key, value)
+    return value
+
+
+def _names_of(people) -> dict[str, str]:
+    return {addr: shown for addr, shown, _ in people if shown and "@" not in shown}
+
+
+def with_names(to: str | None, names: dict[str, str]) -> str:
+    """`to` with the display name of each bare address that `names` knows ("jonas.berg@x" -> "Jonas Berg
+    <jonas.berg@x>"); a name the caller wrote stays."""
+    from email.utils import getaddresses
+
+    if not to or not names:
+        return to or ""
+    pairs = [(n.strip(), a.strip()) for n, a in getaddresses([to]) if n.strip() or a.strip()]
+    if not pairs or all(n or a.lower() not in names for n, a in pairs):
+        return to
+    return ", ".join(shown_address(n or names.get(a.lower(), ""), a) if "@" in a else (n or a) for n, a in pairs)
+
+
+def shown_address(name: str, addr: str) -> str:
+    """"Name <addr>" as a person reads it (email.utils.formataddr would write a non-ASCII name as an RFC 2047
+    word, "=?utf-8?q?Jos=C3=A9?=", which a prompt must not show); quoted where the name has a comma."""
+    name = " ".join(name.split())
+    if not name:
+        return addr
+    if re.search(r'[,;:<>@()\[\]"\\]', name):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{addr}>"
 
 
 def address_of(value: str) -> str:

@@ -127,12 +127,13 @@ def _pair_scores(conn, adapter_gguf: str | None, test: list[dict], settings) -> 
     scorer = [model.name, model.stat().st_size, str(adapter_gguf or "base"),
               Path(adapter_gguf).stat().st_size if adapter_gguf else 0]
     base_profile = profiles.load_or_none()
+    names = profiles.display_names(conn)
     for p in test:
         # the very prompt training and drafting build (per-recipient profile block included)
         prof = (profiles.prompt_profile(p.get("to"), base_profile, conn=conn, hint=p["instruction"])
                 if base_profile else None)
-        msgs = prompts.build(p["instruction"], thread=p.get("thread"), to=p.get("to"), subject=p.get("subject"),
-                             profile=prof)
+        msgs = prompts.build(p["instruction"], thread=p.get("thread"), to=profiles.with_names(p.get("to"), names),
+                             subject=p.get("subject"), profile=prof)
         key = hashlib.sha256(json.dumps([scorer, msgs, p["email"]], sort_keys=True).encode()).hexdigest()[:32]
         hit = conn.execute("SELECT nll, n FROM retune_scores WHERE key = ?", (key,)).fetchone()
         if hit:

@@ -77,6 +77,22 @@ def connect(path: Path | None = None, *, migrate: bool = True) -> sqlite3.Connec
     return conn
 
 
+def version(path: Path | None = None) -> tuple:
+    """A key that changes whenever the store's content may have: its path and its files' modification times
+    and sizes (a WAL write touches the -wal file, a checkpoint the database). For what a long-running process
+    (`panza serve`, the TUI) derives from the store on every draft and may keep until the store changes."""
+    path = Path(path) if path else paths.db_path()
+    out: list = [str(path)]
+    for p in (path, Path(f"{path}-wal")):
+        try:
+            st = p.stat()
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
 def _set_wal(conn: sqlite3.Connection, tries: int = 50) -> None:
     """Switch to WAL. On a new store, several connections (a command and its preload thread) may race to
     switch it; the switch does not wait on the busy handler, so a loser retries (once in WAL, it is a no-op)."""

@@ -147,3 +147,22 @@ def test_use_qwen_coder_then_draft(home):
     d = json.loads(r.stdout)
     assert len(d["text"].split()) >= 5 and "Traceback" not in r.stderr
     assert d["stats"]["completion_tokens"] > 0
+
+
+def test_the_catalogue_is_read_again_when_a_file_changes(tmp_path):
+    """Every draft asks the catalogue for its model: it is kept between asks, and a file added, edited or
+    removed is seen on the next one."""
+    src = Path(catalogue.__file__).resolve().parents[1] / "models" / "qwen2.5-0.5b.toml"
+    text = src.read_text()
+    (tmp_path / "qwen2.5-0.5b.toml").write_text(text)
+    assert list(catalogue.load_catalogue(tmp_path)) == ["qwen2.5-0.5b"]
+    assert catalogue.load_catalogue(tmp_path) == catalogue.load_catalogue(tmp_path)
+    (tmp_path / "mine.toml").write_text(text.replace('name = "qwen2.5-0.5b"', 'name = "mine"'))
+    assert sorted(catalogue.load_catalogue(tmp_path)) == ["mine", "qwen2.5-0.5b"]
+    (tmp_path / "mine.toml").write_text(text.replace('name = "qwen2.5-0.5b"', 'name = "mine"')
+                                        .replace("context_length = 32768", "context_length = 8192"))
+    assert catalogue.load_catalogue(tmp_path)["mine"].context_length == 8192
+    (tmp_path / "mine.toml").unlink()
+    assert list(catalogue.load_catalogue(tmp_path)) == ["qwen2.5-0.5b"]
+    catalogue.load_catalogue(tmp_path).clear()  # a caller's copy: the kept entries are not touched
+    assert list(catalogue.load_catalogue(tmp_path)) == ["qwen2.5-0.5b"]

@@ -99,3 +99,18 @@ def test_a_greeting_of_the_name_alone_is_filled_for_the_recipient(home):
     assert 'Start with "Keith,"' in plan.messages[0]["content"] and prompts.opening(plan.profile) == "Keith,\n\n"
     plan = draft.prepare("Send the rent roll", to="pallen70@hotmail.com", use_rag=False, use_adapter=False)
     assert "Start with" not in plan.messages[0]["content"] and prompts.opening(plan.profile) == ""
+
+
+def test_a_seeded_profile_follows_the_mail_as_it_comes_in(home):
+    """Without profile.toml every draft's profile is seeded from the mail: kept while the store is unchanged
+    (a warm server does not re-read thousands of emails per draft), read again once new mail is in."""
+    conn = store.connect()
+    _mail(conn)
+    first = profile.load()
+    assert first.signoff == "Thanks,\nPhillip" and profile.load() == first
+    profile.load().languages.append("xx")  # a caller's copy
+    assert profile.load() == first
+    for i in range(30):
+        add_message(conn, f"Hey Bob,\n\nWeek {i} is done, the curve {i} is in the folder.\n\nBest,\nPhil",
+                    to="bob@example.org", date=f"2002-01-{i + 1:02d}T10:00:00+00:00")
+    assert profile.load().signoff == "Best,\nPhil"

@@ -59,6 +59,35 @@ def test_the_named_person_is_found_among_the_people_the_user_writes_to(sample_ho
     assert profile.recipient_named("Move the meeting to Friday", conn) == ("", [])  # names nobody
 
 
+def test_requests_name_people_as_their_to_header_did(home):
+    """A request names the recipient the way the user's own To: headers did ("Email to José Núñez: ..."), in
+    the user's own letters (not as an RFC 2047 word); someone only ever written to by address stays an address;
+    the draft's To: is what was given."""
+    from panza_local import config
+
+    conn = store.connect()
+    add_message(conn, "Hola José, the tiles came.", to="José Núñez <jose@example.org>")
+    add_message(conn, "Hi, the invoice is attached.", to="desk@example.org")
+    add_message(conn, "Hi Jonas, the plans.", to='"Berg, Jonas" <jonas@example.org>')
+    assert profile.recipient_named("Ask José about the tiles", conn) == ("José Núñez <jose@example.org>", [])
+    assert profile.display_names() == {"jose@example.org": "José Núñez", "jonas@example.org": "Berg, Jonas"}
+    settings = config.load({"n_ctx": 2048, "threads": 1, "max_tokens": 8, "temperature": 0.0})
+
+    def request(to):
+        plan = draft.prepare("Ask about the tiles", to=to, use_rag=False, use_adapter=False, settings=settings)
+        assert plan.to == to
+        return plan.messages[-1]["content"]
+
+    assert request("jose@example.org").startswith("Email to José Núñez: ")
+    assert request("Pepe <jose@example.org>").startswith("Email to Pepe: ")  # a name given is kept
+    assert request("desk@example.org").startswith("Email to desk@example.org: ")
+    assert request("jonas@example.org").startswith("Email to Berg, Jonas: ")
+    assert profile.with_names("jonas@example.org, desk@example.org", profile.display_names()) == \
+        '"Berg, Jonas" <jonas@example.org>, desk@example.org'
+    add_message(conn, "Hi Desk team, thanks.", to="Desk Team <desk@example.org>")  # new mail names them
+    assert request("desk@example.org").startswith("Email to Desk Team: ")
+
+
 def test_two_people_of_one_name_are_not_guessed_between(home):
     conn = store.connect()
     add_message(conn, "Hi Ann, see you.", to="Ann Lee <ann.lee@example.org>", date="2024-01-01T10:00:00+00:00")

@@ -104,7 +104,8 @@ def test_examples_from_jsonl(tmp_path):
 
 def test_training_prompts_are_the_drafts_prompts_with_past_emails(home, monkeypatch):
     """With retrieved context, a training example shows its past emails exactly as a draft would: earlier
-    turns asking for each (its own playback instruction) and answering with the email, recipient's first."""
+    turns asking for each (its own playback instruction) and answering with the email, recipient's first; a
+    person whose To: header named them is named so in every request, an address alone stays an address."""
     from panza_local import config, draft, store
     from panza_local.retrieval import index
 
@@ -113,9 +114,10 @@ def test_training_prompts_are_the_drafts_prompts_with_past_emails(home, monkeypa
               "Hi Cy,\n\nThe tomato seedlings arrive Monday.\n\nThanks,\nAnn",
               "Hi Bob,\n\nCould you water the tomatoes again on Sunday?\n\nThanks,\nAnn"]
     for i, (body, to) in enumerate(zip(bodies, ["bob@x.org", "cy@x.org", "bob@x.org"])):
-        conn.execute("INSERT INTO messages (id, content_hash, body, subject, to_addrs, date, is_mine, ingested_at) "
-                     "VALUES (?, ?, ?, 'Garden', ?, ?, 1, '2024-01-01')",
-                     (i + 1, f"h{i}", body, to, f"2024-01-0{i + 1}T10:00:00"))
+        conn.execute("INSERT INTO messages (id, content_hash, body, subject, to_addrs, to_names, date, is_mine, "
+                     "ingested_at) VALUES (?, ?, ?, 'Garden', ?, ?, ?, 1, '2024-01-01')",
+                     (i + 1, f"h{i}", body, to, '["Bob Stone"]' if to.startswith("bob") else "[]",
+                      f"2024-01-0{i + 1}T10:00:00"))
         conn.execute("INSERT INTO pairs (message_id, content_hash, gen_config, status, instruction, created_at) "
                      "VALUES (?, ?, 'g', 'ok', ?, '2024-01-01')", (i + 1, f"h{i}", f"Tomato note {i}"))
     settings = config.load({"raft_context_share": 1.0, "rag_k": 2, "rag_min_score": 0.0})
@@ -124,9 +126,10 @@ def test_training_prompts_are_the_drafts_prompts_with_past_emails(home, monkeypa
     (ex,) = [e for e in data.examples(conn, "all", settings) if e.meta["message_id"] == 3]
     assert [m["role"] for m in ex.messages] == ["system", "user", "assistant", "user", "assistant", "user"]
     # the past email to Bob himself sits nearest the request, asked for by its own instruction
-    assert ex.messages[3:5] == [{"role": "user", "content": "Email to bob@x.org: Tomato note 0"},
+    assert ex.messages[3:5] == [{"role": "user", "content": "Email to Bob Stone: Tomato note 0"},
                                 {"role": "assistant", "content": bodies[0]}]
     assert ex.messages[1]["content"] == "Email to cy@x.org: Tomato note 1"
+    assert ex.messages[-1]["content"].startswith("Email to Bob Stone")
     # and a draft given the same past emails builds the very same prompt
     hits = [draft.Retrieved(id=f"msg:{i}", score=1.0, text=bodies[i - 1], to=to) for i, to in ((1, "bob@x.org"),
                                                                                                   (2, "cy@x.org"))]

@@ -95,11 +95,13 @@ def count_ok(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT count(*) FROM pairs WHERE status = 'ok'").fetchone()[0]
 
 
-def chat_record(pair: dict) -> dict:
-    """One training example: the prompt the drafts use, with the email as the assistant turn."""
+def chat_record(pair: dict, names: dict[str, str] | None = None) -> dict:
+    """One training example: the prompt the drafts use, with the email as the assistant turn (`names`:
+    `profile.display_names`, whom the request names as drafts do)."""
     from .. import prompts
+    from ..profile import with_names
 
-    msgs = prompts.build(pair["instruction"], thread=pair.get("thread"), to=pair.get("to"),
+    msgs = prompts.build(pair["instruction"], thread=pair.get("thread"), to=with_names(pair.get("to"), names or {}),
                          subject=pair.get("subject"))
     return {"messages": [*msgs, {"role": "assistant", "content": pair["email"]}]}
 
@@ -115,9 +117,12 @@ def export(conn: sqlite3.Connection, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise NoDataError(f"{out_dir} is a file, not a folder", fix="give a folder path to export into")
+    from ..profile import display_names
+
+    names = display_names(conn)
     counts, digest = {}, hashlib.sha256()
     for name in SPLITS:
-        lines = [json.dumps(chat_record(p), ensure_ascii=False) for p in rows if p["split"] == name]
+        lines = [json.dumps(chat_record(p, names), ensure_ascii=False) for p in rows if p["split"] == name]
         text = "\n".join(lines) + ("\n" if lines else "")
         digest.update(text.encode())
         paths.write_private(out_dir / f"{name}.jsonl", text)

@@ -78,6 +78,7 @@ def examples(conn: sqlite3.Connection, split: str, settings=None, *, context: bo
 
     settings = settings or config.load()
     base_profile = profiles.load_or_none()
+    names = profiles.display_names(conn)  # requests name people as drafts do: "Email to Jonas Berg: ..."
     out = []
     for r in playback.pairs(conn, split):
         instruction, email = _row_get(r, "instruction"), _row_get(r, "email")
@@ -85,18 +86,20 @@ def examples(conn: sqlite3.Connection, split: str, settings=None, *, context: bo
             continue
         mid = _row_get(r, "message_id")
         to = _row_get(r, "to")
-        ctx = _training_context(conn, mid, settings, to) if context and mid is not None else None
+        ctx = _training_context(conn, mid, settings, to, names) if context and mid is not None else None
         # the same profile block drafts show (usual greeting for this recipient, sign-off, length)
         prof = profiles.prompt_profile(to, base_profile, conn=conn, hint=instruction) if base_profile else None
         out.append(make_example(instruction, email, _row_get(r, "content_hash", default=""),
-                                thread=_row_get(r, "thread"), to=to, subject=_row_get(r, "subject"),
+                                thread=_row_get(r, "thread"), to=profiles.with_names(to, names),
+                                subject=_row_get(r, "subject"),
                                 examples=ctx, profile=prof,
                                 meta={"message_id": mid, "split": _row_get(r, "split"), "date": _row_get(r, "date"),
                                       "to": to, "subject": _row_get(r, "subject"), "thread": _row_get(r, "thread")}))
     return out
 
 
-def _training_context(conn, message_id: int, settings, to: str | None = None) -> list | None:
+def _training_context(conn, message_id: int, settings, to: str | None = None,
+                      names: dict[str, str] | None = None) -> list | None:
     """Past emails retrieved for one training email (never itself), for the RAFT share of examples, as the
     prompt turns drafts show them (each with its own playback instruction as the request)."""
     from .. import playback, prompts
@@ -115,7 +118,7 @@ def _training_context(conn, message_id: int, settings, to: str | None = None) ->
     hits = hits[:CONTEXT_K]
     asks = playback.instructions(conn, [h.ref_id for h in hits])
     return [prompts.Example(text=h.text, request=asks.get(h.ref_id) or (f'Write about "{h.subject}".' if h.subject else ""),
-                            to=", ".join(h.to)) for h in hits] or None
+                            to=profiles.with_names(", ".join(h.to), names or {})) for h in hits] or None
 
 
 def examples_from_jsonl(path: str | Path, split: str = "all", limit: int | None = None) -> list[Example]:
