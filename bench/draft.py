@@ -26,7 +26,8 @@ can part from direct's after some tokens (same prompt, same adapter); the result
 
 Writes bench/results/draft.{json,md}. Without --home it builds a home from the bundled sample mailbox
 (ingest + index) with a random rank-8 all-linear LoRA (written by the training stage's exporter) as the adapter.
-Up to 7 agents share the 2 cores here: read the ratios, and the load average printed beside every figure.
+The warm rows draft each of the six emails twice (--quick: once). Other work on the 2 cores slows every row:
+read the ratios, and the load average printed beside every figure.
 """
 
 from __future__ import annotations
@@ -361,7 +362,10 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
         direct = lib.Llama(model_path=str(model_path), lora_path=str(choice.gguf), n_ctx=settings.n_ctx,
                            n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
         _direct_warm(direct, prompts_ids[-1], openings[-1], args.max_tokens - given[-1])
-        for i in range(max(rounds, 3)):
+        # every email twice (--quick: each once): the six prompts run from 349 to 451 tokens, so a median of
+        # five rounds would say as much about which emails came up as about the path
+        warm_rounds = len(JOBS) * (1 if args.quick else 2)
+        for i in range(warm_rounds):
             j = i % len(JOBS)
             steps = [("serve", lambda j=j: _serve_request(url, *JOBS[j], args.max_tokens)),
                      ("tui", lambda j=j: _tui_draft(*JOBS[j], settings)),
@@ -387,6 +391,7 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
     out = {"bench": "draft", "threads": args.threads, "max_tokens": args.max_tokens, "rounds": rounds,
            "home": "sample mailbox + random rank-8 all-linear LoRA" if args.home is None else str(args.home),
            "adapter": choice.id, "copy_type": serving.copy_type(), "prompt_tokens": n_prompt,
+           "warm_rounds": warm_rounds,
            "same_text_as_direct": same_text,
            "serving_copy_same_text_as_direct": copy_same_text,
            "goals_s": {"cold_first_token": 3.0, "warm_first_token": 0.5},
@@ -453,7 +458,8 @@ def _write(out: dict) -> None:
     (RESULTS / "draft.json").write_text(json.dumps(out, indent=2))
     head = (f"{out['machine']}; {out['threads']} threads, {out['max_tokens']} tokens max, {out['rounds']} cold "
             f"rounds, home: {out['home']}, prompts of {min(out['prompt_tokens'])}-{max(out['prompt_tokens'])} "
-            "tokens. Seconds: median (min-max); load = 1-minute load average on 2 cores shared with other agents.\n")
+            f"tokens, {out['warm_rounds']} warm rounds (each email {out['warm_rounds'] // len(JOBS)}x). Seconds: median "
+            "(min-max); load = 1-minute load average on 2 cores (this run's own threads and any other work).\n")
     lines = ["# Draft latency (`python -m bench.draft`)\n", head, "| path | first token | end | load |",
              "|---|---|---|---|"]
 

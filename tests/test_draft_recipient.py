@@ -167,3 +167,13 @@ def test_a_role_still_finds_the_address_written_to_before(home):
     add_message(conn, "Hello, my login fails.", to="support@example.org", date="2024-01-01T10:00:00+00:00")
     assert profile.recipient_named("email support about the login bug", conn)[0] == "support@example.org"
     assert prompts.subject_line("email support about the login bug") == "The login bug"
+
+
+def test_the_readme_users_requests_name_nobody(home, shared_data):
+    """The README's evaluation users: naming people in requests left their prompts as they were (allen-p's
+    sent mail never names a recipient in its To: header; marcus's has no recipients at all)."""
+    conn = store.connect()
+    boxes = [shared_data / "enron" / "sent" / f"enron.allen-p.{f}.mbox" for f in ("_sent_mail", "sent", "sent_items")]
+    ingest.ingest(conn, [str(b) for b in boxes], me=["phillip.allen@enron.com", "k..allen@enron.com"])
+    assert conn.execute("SELECT count(*) FROM messages WHERE is_mine = 1").fetchone()[0] > 500
+    assert profile.display_names(conn) == {}
