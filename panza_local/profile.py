@@ -7,6 +7,7 @@ recipient, so a draft to someone the user has written to before opens the way th
 
 from __future__ import annotations
 
+import copy
 import re
 import statistics
 import sys
@@ -77,7 +78,7 @@ def load(*, seed_if_missing: bool = True) -> Profile:
     from . import config
 
     settings = config.load()  # a seeded profile is read afresh from the mail, which every draft asks for
-    return replace(_kept("seed", (settings.user_name,), lambda c: seed(c, settings)))
+    return copy.deepcopy(_kept("seed", (settings.user_name,), lambda c: seed(c, settings)))
 
 
 def load_or_none() -> Profile | None:
@@ -369,7 +370,7 @@ def display_names(conn=None) -> dict[str, str]:
         return _names_of(messages.correspondents(conn))
     if not paths.db_path().exists():
         return {}
-    return _kept("names", (), lambda c: _names_of(messages.correspondents(c)))
+    return dict(_kept("names", (), lambda c: _names_of(messages.correspondents(c))))
 
 
 _KEPT: dict = {}  # what was derived from the store, by what and the store's version: {what: (key, value)}

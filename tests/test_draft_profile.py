@@ -109,7 +109,7 @@ def test_a_seeded_profile_follows_the_mail_as_it_comes_in(home):
     first = profile.load()
     assert first.signoff == "Thanks,\nPhillip" and profile.load() == first
     profile.load().languages.append("xx")  # a caller's copy
-    assert profile.load() == first
+    assert "xx" not in profile.load().languages and profile.load() == first
     for i in range(30):
         add_message(conn, f"Hey Bob,\n\nWeek {i} is done, the curve {i} is in the folder.\n\nBest,\nPhil",
                     to="bob@example.org", date=f"2002-01-{i + 1:02d}T10:00:00+00:00")
