@@ -22,9 +22,12 @@ can part from direct's after some tokens (same prompt, same adapter); the result
 (serving.copy_type), "serve, Q8_0 copy" is a second server on a home built the same way whose copy is Q8_0
 (PANZA_SERVING_COPY=q8_0), asked the same requests in the same rounds.
 
-    python -m bench.draft [--quick] [--rounds N] [--threads 2] [--max-tokens 48] [--home PANZA_HOME]
+    python -m bench.draft [--quick] [--rounds N] [--threads 2] [--max-tokens 48] [--home PANZA_HOME --out NAME]
 
-Writes bench/results/draft.{json,md}. Without --home it builds a home from the bundled sample mailbox
+Writes bench/results/draft.{json,md} (--out: NAME.{json,md}). The quickstart's own home, whose past emails
+are asked for by their playback instructions (longer prompts than the bench's home, whose requests are the
+subjects) and whose adapter is trained: `PANZA_HOME=DIR panza quickstart`, then `python -m bench.draft --home
+DIR/quickstart --out draft_quickstart`. Without --home it builds a home from the bundled sample mailbox
 (ingest + index) with a random rank-8 all-linear LoRA (written by the training stage's exporter) as the adapter.
 The warm rows draft each of the six emails twice (--quick: once). Other work on the 2 cores slows every row:
 read the ratios, and the load average printed beside every figure.
@@ -217,7 +220,7 @@ def _summary(xs: list[dict], key: str) -> dict:
 
 
 def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_tokens: int = 48,
-         home: Path | None = None, spin_baseline: bool = True) -> dict:
+         home: Path | None = None, spin_baseline: bool = True, out_name: str = "draft") -> dict:
     """Run the benchmark (the contract of bench/run_all.py: `main(quick)` returning "rows")."""
     args = argparse.Namespace(quick=quick, rounds=rounds, threads=threads, max_tokens=max_tokens, home=home,
                               no_spin_baseline=not spin_baseline)
@@ -389,7 +392,7 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
             server.wait(timeout=30)
 
     out = {"bench": "draft", "threads": args.threads, "max_tokens": args.max_tokens, "rounds": rounds,
-           "home": "sample mailbox + random rank-8 all-linear LoRA" if args.home is None else str(args.home),
+           "home": "sample mailbox + random rank-8 all-linear LoRA" if args.home is None else _home_words(args.home),
            "adapter": choice.id, "copy_type": serving.copy_type(), "prompt_tokens": n_prompt,
            "warm_rounds": warm_rounds,
            "same_text_as_direct": same_text,
@@ -406,7 +409,7 @@ def main(quick: bool = False, rounds: int | None = None, threads: int = 2, max_t
                             for v, rs in warm.items()}}}
     out["ratios"] = _ratios(out)
     out["rows"] = _rows(out)
-    _write(out)
+    _write(out, out_name)
     return out
 
 
@@ -450,17 +453,25 @@ def _ratios(out: dict) -> dict:
     return r
 
 
-def _write(out: dict) -> None:
+def _home_words(home: Path) -> str:
+    """A home given with --home, as the results name it (a quickstart's home by what it holds, not its path)."""
+    if home.name == "quickstart":
+        return "the quickstart's home (sample mailbox, playback, its trained adapter)"
+    return str(home)
+
+
+def _write(out: dict, out_name: str = "draft") -> None:
     from bench._common import machine
 
     out = {"machine": machine(), **out}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "draft.json").write_text(json.dumps(out, indent=2))
+    (RESULTS / f"{out_name}.json").write_text(json.dumps(out, indent=2))
     head = (f"{out['machine']}; {out['threads']} threads, {out['max_tokens']} tokens max, {out['rounds']} cold "
             f"rounds, home: {out['home']}, prompts of {min(out['prompt_tokens'])}-{max(out['prompt_tokens'])} "
             f"tokens, {out['warm_rounds']} warm rounds (each email {out['warm_rounds'] // len(JOBS)}x). Seconds: median "
             "(min-max); load = 1-minute load average on 2 cores (this run's own threads and any other work).\n")
-    lines = ["# Draft latency (`python -m bench.draft`)\n", head, "| path | first token | end | load |",
+    command = "python -m bench.draft" + (f" --home HOME --out {out_name}" if out_name != "draft" else "")
+    lines = [f"# Draft latency (`{command}`)\n", head, "| path | first token | end | load |",
              "|---|---|---|---|"]
 
     def f(d: dict) -> str:
@@ -480,7 +491,7 @@ def _write(out: dict) -> None:
                    f"{out['same_text_as_direct']}; serving copy ({out['copy_type']} rounding, may part after some tokens): "
                    f"{out['serving_copy_same_text_as_direct']}."),
               f"Goals: first token <= {goals['cold_first_token']} s cold, <= {goals['warm_first_token']} s warm."]
-    (RESULTS / "draft.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{out_name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -491,7 +502,8 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--home", type=Path, help="an existing PANZA_HOME with an index and an adapter in use")
+    ap.add_argument("--out", default="draft", help="results name: bench/results/OUT.{json,md} (default draft)")
     ap.add_argument("--no-spin-baseline", action="store_true",
                     help="skip llama-cpp-python in the default environment (very slow on busy cores)")
     a = ap.parse_args()
-    main(a.quick, a.rounds, a.threads, a.max_tokens, a.home, not a.no_spin_baseline)
+    main(a.quick, a.rounds, a.threads, a.max_tokens, a.home, not a.no_spin_baseline, a.out)

@@ -71,7 +71,8 @@ _MAYBE_LABEL = re.compile(r"^[-*+•]?\s*(?:sure|certainly|of course|okay|ok|her
 # Words that may begin a sign-off or a closing line ("Thanks,", "All the best,", "Looking forward to it,"): a
 # greeting is shown as soon as the line after it begins with any other word.
 # ("the" only ends "all the best"; "I" and "I've" are `_may_be_scaffolding`'s to decide, "of" is "Of course, here is")
-_HOLD_WORDS = frozenset(re.findall(r"[^\W\d_]+", f"{_SIGNOFF_WORDS}|{_CLOSING_WORDS}".lower())) - {"the"} | {"of"}
+_SIGNOFF_VOCAB = frozenset(re.findall(r"[^\W\d_]+", f"{_SIGNOFF_WORDS}|{_CLOSING_WORDS}".lower()))
+_HOLD_WORDS = _SIGNOFF_VOCAB - {"the"} | {"of"}
 # Line starts `_PREAMBLE`, `_LABEL` and `_ABOUT` drop, told apart from a body's by the word after them: "The email
 # is:", "This is the draft:", "I've written ..." against "The drawings are ...", "This week ...", "I've attached ...".
 _DECIDED_BY_NEXT = {"the": {"answer", "response", "reply", "email", "e-mail", "message", "draft"},
@@ -380,7 +381,8 @@ class Cleaner:
             return False
         word = head.split()[0] if head.split() else ""
         return (word[:1].isalpha() and not _RISKY.search(word) and not _may_be_scaffolding(head)
-                and not _GREETING.match(word) and word.strip(",.!:;").lower() not in _HOLD_WORDS)
+                and not _GREETING.match(word)
+                and (word.strip(",.!:;").lower() not in _HOLD_WORDS or _past_signoff(head)))
 
     # -- the end ----------------------------------------------------------------------------------------------
     def _tail(self) -> str:
@@ -459,6 +461,18 @@ class Cleaner:
         if nameless and same and names and names <= self.named - {self.me.lower()}:
             return model_greeting
         return own
+
+
+def _past_signoff(head: str) -> bool:
+    """Whether a line opening with a word a sign-off may begin ("Thanks", "Best") has gone on as no sign-off
+    can: a later complete word in lower case that no sign-off or closing has ("Thanks for ...", "Thank you for
+    ..."), the first word bare ("Thanks," may be all), and no closing phrase begun ("Looking forward to the
+    visit," is one, whatever its words). `clean` judges such a line a body line, so the greeting before it may
+    show now: two tokens sooner than at the line's fourth word."""
+    words = head.split()
+    if not words or not words[0].isalpha() or _MAYBE_CLOSING.match(head):
+        return False
+    return any(w.isalpha() and w.islower() and w not in _SIGNOFF_VOCAB for w in words[1:])
 
 
 def _inline(part: str, me: str) -> str | None:

@@ -140,7 +140,11 @@ def test_a_greeting_waits_for_a_word_that_begins_the_body():
                         ("Looking ", ""), ("Cheers", ""), ("I've ", ""), ("The ", ""), ("This ", ""),
                         ("I have ", ""), ("The email ", ""), ("This is ", ""), ("I've written ", ""),
                         ("I have written ", ""), ("I've attached ", "Hi Bob,\n"), ("I have attached ", "Hi Bob,\n"),
-                        ("I hope ", "Hi Bob,\n"), ("The drawings ", "Hi Bob,\n"), ("This week ", "Hi Bob,\n")]:
+                        ("I hope ", "Hi Bob,\n"), ("The drawings ", "Hi Bob,\n"), ("This week ", "Hi Bob,\n"),
+                        # a sign-off word, then a word no sign-off or closing has: the body
+                        ("Thanks for ", "Hi Bob,\n"), ("Thank you for ", "Hi Bob,\n"), ("Best of luck ", "Hi Bob,\n"),
+                        ("Thanks, ", ""), ("Thank you so ", ""), ("Thanks Bob ", ""), ("Many thanks ", ""),
+                        ("Looking forward to the ", ""), ("See you on ", "")]:
         c = cleanup.Cleaner(MAYA, TO)
         assert c.feed("Hi Bob,\n\n" + then) == shown, then
     for text in ["Hi Bob,\n\nThanks,\nMaya", "Hi Bob,\n\nAll the best,\nMaya", "Hi Bob,\n\nOf course, here is the email:",
@@ -148,7 +152,10 @@ def test_a_greeting_waits_for_a_word_that_begins_the_body():
                  "Hi Bob,\n\nLooking forward to it,\nMaya", "Hi Bob,\n\n\nCould we meet Friday?\n\nBob Smith\nCheers",
                  "Hi Bob,\n\nThe email is below:\n\nHi Bob,\n\nCould we meet Friday?", "Hi Bob,\n\nThis is the draft:\nHi Bob,",
                  "Hi Bob,\n\nThe message is from Bob.", "Hi Bob,\n\nI've written the email below:\n\nHi Bob,\nFriday?",
-                 "Hi Bob,\n\nI've attached the drawings.\n\nCheers,\nMaya", "Hi Bob,\n\nThe drawings are in.\nCheers,"]:
+                 "Hi Bob,\n\nI've attached the drawings.\n\nCheers,\nMaya", "Hi Bob,\n\nThe drawings are in.\nCheers,",
+                 "Hi Bob,\n\nThanks for the drawings.\n\nCheers,\nMaya", "Hi Bob,\n\nThanks for everything,\nMaya",
+                 "Hi Bob,\n\nThank you for the update, see you Friday.\n\nBest,\nMaya",
+                 "Hi Bob,\n\nLooking forward to the visit,\nMaya", "Hi Bob,\n\nThanks so much for it.\nBest,"]:
         for seed in range(20):
             assert streamed(text, random.Random(seed))[0] == cleanup.clean(text, MAYA, TO), text
 
