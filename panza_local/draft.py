@@ -140,7 +140,8 @@ def prepare(instruction: str, *, to: str | None = None, subject: str | None = No
         examples = [e if isinstance(e, Retrieved) else _as_retrieved(e) for e in examples]
         examples = [e for e in examples if e is not None]
     adapter, lora = _adapter(use_adapter, settings, notices)
-    names = _known_names()  # requests name people as training showed them: "Email to Jonas Berg: ..."
+    # requests name people as training showed them ("Email to Jonas Berg: ..."): the recipient, the past emails'
+    names = _known_names([to or "", *(e.to for e in examples)])
     shown_to = profiles.with_names(to, names)
 
     # An adapter learned from playback pairs, whose requests end with " Mention: <specific terms>": the
@@ -188,12 +189,15 @@ def _safe(fn, notices: list[str], default):
         return default
 
 
-def _known_names() -> dict[str, str]:
-    """`profile.display_names`; none when the store cannot be read (retrieval reports that, with its fix)."""
+def _known_names(recipients: list[str]) -> dict[str, str]:
+    """`profile.display_names` of the addresses in `recipients` (To: values); none when the store cannot be read
+    (retrieval reports that, with its fix)."""
+    from email.utils import getaddresses
+
     from .profile import display_names
 
     try:
-        return display_names()
+        return display_names(addresses=[a for _, a in getaddresses([r for r in recipients if r])])
     except (PanzaError, sqlite3.Error):
         return {}
 

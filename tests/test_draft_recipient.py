@@ -71,6 +71,9 @@ def test_requests_name_people_as_their_to_header_did(home):
     add_message(conn, "Hi Jonas, the plans.", to='"Berg, Jonas" <jonas@example.org>')
     assert profile.recipient_named("Ask José about the tiles", conn) == ("José Núñez <jose@example.org>", [])
     assert profile.display_names() == {"jose@example.org": "José Núñez", "jonas@example.org": "Berg, Jonas"}
+    # a draft asks for its own recipients' only (any case), from the rows that name them
+    assert profile.display_names(addresses=["JOSE@example.org", "desk@example.org", "nobody@example.org"]) == \
+        {"jose@example.org": "José Núñez"}
     settings = config.load({"n_ctx": 2048, "threads": 1, "max_tokens": 8, "temperature": 0.0})
 
     def request(to):
