@@ -49,7 +49,6 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 
 JOBS = [  # (instruction, recipient) in the sample person's world
@@ -461,11 +460,9 @@ def _home_words(home: Path) -> str:
 
 
 def _write(out: dict, out_name: str = "draft") -> None:
-    from bench._common import machine
+    from bench._common import machine, write_result
 
     out = {"machine": machine(), **out}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{out_name}.json").write_text(json.dumps(out, indent=2))
     head = (f"{out['machine']}; {out['threads']} threads, {out['max_tokens']} tokens max, {out['rounds']} cold "
             f"rounds, home: {out['home']}, prompts of {min(out['prompt_tokens'])}-{max(out['prompt_tokens'])} "
             f"tokens, {out['warm_rounds']} warm rounds (each email {out['warm_rounds'] // len(JOBS)}x). Seconds: median "
@@ -491,8 +488,7 @@ def _write(out: dict, out_name: str = "draft") -> None:
                    f"{out['same_text_as_direct']}; serving copy ({out['copy_type']} rounding, may part after some tokens): "
                    f"{out['serving_copy_same_text_as_direct']}."),
               f"Goals: first token <= {goals['cold_first_token']} s cold, <= {goals['warm_first_token']} s warm."]
-    (RESULTS / f"{out_name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(out_name, out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

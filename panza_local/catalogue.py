@@ -139,7 +139,7 @@ def load_catalogue(directory: Path | None = None) -> dict[str, Model]:
     directory = directory or catalogue_dir()
     files = sorted(directory.glob("*.toml"))
     try:
-        key = (str(directory), *((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+        key = (str(directory), *((f.name, st.st_mtime_ns, st.st_size) for f in files for st in (f.stat(),)))
     except OSError:  # a file went away while listed: read what is there
         key = None
     if key is not None and _READ.get("key") == key:

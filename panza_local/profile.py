@@ -78,7 +78,10 @@ def load(*, seed_if_missing: bool = True) -> Profile:
     from . import config
 
     settings = config.load()  # a seeded profile is read afresh from the mail, which every draft asks for
-    return copy.deepcopy(_kept("seed", (settings.user_name,), lambda c: seed(c, settings)))
+    kept = _kept("seed", (settings.user_name,))
+    if "profile" not in kept:
+        kept["profile"] = seed(settings=settings)
+    return copy.deepcopy(kept["profile"])
 
 
 def load_or_none() -> Profile | None:
@@ -364,61 +367,43 @@ def display_names(conn=None, addresses=None) -> dict[str, str]:
     (`messages.correspondents`). Requests in prompts name people by these ("Email to Jonas Berg:": 3 tokens
     where "jonas.berg@northfield-builders.example" takes 12), the same in training and drafting.
 
-    Without `conn`, the store's own. `addresses` (a draft's recipient and its past emails' recipients): only
-    those, each read once while the store is unchanged (`store.version`), from the rows that name it: reading
-    every name of a 7,000-email mailbox takes ~0.1 s, which a cold draft would pay."""
-    from .ingest import messages
-
-    if conn is not None and addresses is None:
-        return _names_of(messages.correspondents(conn))
-    if conn is None and not paths.db_path().exists():
-        return {}
-    if addresses is None:
-        return dict(_kept("names", (), lambda c: _names_of(messages.correspondents(c))))
-    return _names_for({a.strip().lower() for a in addresses if a and "@" in a}, conn)
-
-
-def _names_for(wanted: set[str], conn=None) -> dict[str, str]:
+    `conn`: every name in that store (training reads them once). `addresses` (a draft's recipient and its past
+    emails' recipients): only those, from the store's rows that name each, kept while the store is unchanged
+    (`store.version`): reading every name of a 7,000-email mailbox takes ~0.1 s, which a cold draft would pay."""
     from . import store
     from .ingest import messages
 
-    key = store.version() if conn is None else None
-    got = _KEPT.get("some names")
-    known = got[1] if key is not None and got and got[0] == key else {}
+    if addresses is None:
+        return _names_of(messages.correspondents(conn))
+    wanted = {a.strip().lower() for a in addresses if a and "@" in a}
+    if not wanted or not paths.db_path().exists():
+        return {}
+    known = _kept("names")
     missing = wanted - known.keys()
     if missing:
-        own = conn is None
-        conn = conn or store.connect()
+        conn = store.connect()
         try:
             for addr in sorted(missing):
                 people = messages.correspondents(conn, mentioning=addr)
                 known[addr] = _names_of(p for p in people if p[0] == addr).get(addr, "")
         finally:
-            if own:
-                conn.close()
-        if key is not None:
-            _KEPT["some names"] = (key, known)
-    return {a: known[a] for a in wanted if known.get(a)}
+            conn.close()
+    return {a: known[a] for a in wanted if known[a]}
 
 
-_KEPT: dict = {}  # what was derived from the store, by what and the store's version: {what: (key, value)}
+_KEPT: dict = {}  # what was derived from the store: {what: (the store's version and what else it hangs on, {...})}
 
 
-def _kept(what: str, extra: tuple, derive):
-    """`derive(conn)` on the store, or what it gave last time the store and `extra` were as now."""
+def _kept(what: str, extra: tuple = ()) -> dict:
+    """The dict that holds what `what` derived from the store, emptied whenever the store (`store.version`) or
+    `extra` changed since it was filled."""
     from . import store
 
     key = (store.version(), extra)
     got = _KEPT.get(what)
-    if got and got[0] == key:
-        return got[1]
-    conn = store.connect()
-    try:
-        value = derive(conn)
-    finally:
-        conn.close()
-    _KEPT[what] = (key, value)
-    return value
+    if not got or got[0] != key:
+        got = _KEPT[what] = (key, {})
+    return got[1]
 
 
 def _names_of(people) -> dict[str, str]:

@@ -70,7 +70,7 @@ def test_requests_name_people_as_their_to_header_did(home):
     add_message(conn, "Hi, the invoice is attached.", to="desk@example.org")
     add_message(conn, "Hi Jonas, the plans.", to='"Berg, Jonas" <jonas@example.org>')
     assert profile.recipient_named("Ask José about the tiles", conn) == ("José Núñez <jose@example.org>", [])
-    assert profile.display_names() == {"jose@example.org": "José Núñez", "jonas@example.org": "Berg, Jonas"}
+    assert profile.display_names(conn) == {"jose@example.org": "José Núñez", "jonas@example.org": "Berg, Jonas"}
     # a draft asks for its own recipients' only (any case), from the rows that name them
     assert profile.display_names(addresses=["JOSE@example.org", "desk@example.org", "nobody@example.org"]) == \
         {"jose@example.org": "José Núñez"}
@@ -85,7 +85,7 @@ def test_requests_name_people_as_their_to_header_did(home):
     assert request("Pepe <jose@example.org>").startswith("Email to Pepe: ")  # a name given is kept
     assert request("desk@example.org").startswith("Email to desk@example.org: ")
     assert request("jonas@example.org").startswith("Email to Berg, Jonas: ")
-    assert profile.with_names("jonas@example.org, desk@example.org", profile.display_names()) == \
+    assert profile.with_names("jonas@example.org, desk@example.org", profile.display_names(conn)) == \
         '"Berg, Jonas" <jonas@example.org>, desk@example.org'
     add_message(conn, "Hi Desk team, thanks.", to="Desk Team <desk@example.org>")  # new mail names them
     assert request("desk@example.org").startswith("Email to Desk Team: ")
