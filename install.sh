@@ -17,18 +17,19 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "panza-l
 # A CMAKE_ARGS of your own is used as you gave it. Else: no mtmd (llama-cpp-python's image and audio library
 # for multimodal chat, which panza never loads; the build takes 189 s instead of 225 s on 2 cores without it),
 # and on x86-64 the flags below.
-if [ -z "${CMAKE_ARGS:-}" ] && [ "$(uname -m)" != "x86_64" ]; then
-  export CMAKE_ARGS="-DLLAVA_BUILD=OFF"
-elif [ -z "${CMAKE_ARGS:-}" ]; then
-  flags=$(grep -m1 -E '^flags' /proc/cpuinfo 2>/dev/null || true)
-  args="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF"
-  # VNNI and BF16 are plain AVX-512 encodings (faster int8 dot products in prompt processing). AMX stays
-  # off: on a Xeon VM that reports amx_tile its tile instructions died with SIGILL (tileloadd in ggml's AMX
-  # matmul), which is what kills a native build on such machines.
-  for f in avx avx2 fma f16c avx512_vnni avx512_bf16; do
-    case " $flags " in *" $f "*) args="$args -DGGML_$(echo $f | tr a-z A-Z)=ON";; esac
-  done
-  case " $flags " in *" avx512f "*) args="$args -DGGML_AVX512=ON";; esac
+if [ -z "${CMAKE_ARGS:-}" ]; then
+  args="-DLLAVA_BUILD=OFF"
+  if [ "$(uname -m)" = "x86_64" ]; then
+    flags=$(grep -m1 -E '^flags' /proc/cpuinfo 2>/dev/null || true)
+    args="$args -DGGML_NATIVE=OFF"
+    # VNNI and BF16 are plain AVX-512 encodings (faster int8 dot products in prompt processing). AMX stays
+    # off: on a Xeon VM that reports amx_tile its tile instructions died with SIGILL (tileloadd in ggml's AMX
+    # matmul), which is what kills a native build on such machines.
+    for f in avx avx2 fma f16c avx512_vnni avx512_bf16; do
+      case " $flags " in *" $f "*) args="$args -DGGML_$(echo $f | tr a-z A-Z)=ON";; esac
+    done
+    case " $flags " in *" avx512f "*) args="$args -DGGML_AVX512=ON";; esac
+  fi
   export CMAKE_ARGS="$args"
 fi
 echo "building llama-cpp-python with CMAKE_ARGS=${CMAKE_ARGS:-<default>} (about 4 minutes on 2 cores, once)"
