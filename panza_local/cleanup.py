@@ -73,23 +73,58 @@ _MAYBE_LABEL = re.compile(r"^[-*+•]?\s*(?:sure|certainly|of course|okay|ok|her
 # ("the" only ends "all the best"; "I" and "I've" are `_may_be_scaffolding`'s to decide, "of" is "Of course, here is")
 _SIGNOFF_VOCAB = frozenset(re.findall(r"[^\W\d_]+", f"{_SIGNOFF_WORDS}|{_CLOSING_WORDS}".lower()))
 _HOLD_WORDS = _SIGNOFF_VOCAB - {"the"} | {"of"}
+
+
+def _phrase_neighbours(alternation: str) -> dict[str, frozenset]:
+    """{word: the words that may come next to it in one sign-off or closing phrase} for a regex alternation of
+    phrases: every word of a top-level alternative counts as next to every other ("(?:best|kind)? ?regards":
+    best, kind and regards), more than the phrases allow, never less."""
+    out: dict[str, set] = {}
+    depth, start = 0, 0
+    for i, ch in enumerate(alternation + "|"):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "|" and depth == 0:
+            words = set(re.findall(r"[^\W\d_]+", alternation[start:i].lower()))
+            for w in words:
+                out.setdefault(w, set()).update(words)
+            start = i + 1
+    return {w: frozenset(n) for w, n in out.items()}
+
+
+_NEXT_IN_PHRASE = _phrase_neighbours(f"{_SIGNOFF_WORDS}|{_CLOSING_WORDS}")
 # Line starts `_PREAMBLE`, `_LABEL` and `_ABOUT` drop, told apart from a body's by the word after them: "The email
 # is:", "This is the draft:", "I've written ..." against "The drawings are ...", "This week ...", "I've attached ...".
 _DECIDED_BY_NEXT = {"the": {"answer", "response", "reply", "email", "e-mail", "message", "draft"},
                     "this": {"is", "message", "email", "e-mail"}, "i've": {"written"}, "ive": {"written"}}
 
 
-def _may_be_scaffolding(head: str) -> bool:
+def _word(w: str) -> str:
+    return w.strip(",.:;!").lower().replace("\u2019", "'")
+
+
+def _may_become(partial: str, words) -> bool:
+    """Whether the line's last word, still being written (`partial`: its letters so far, "" when none), may
+    turn out to be one of `words`: "wr" may be "written", "was" may not (the model writes on from a token
+    that ends a word as often as from one that does not, so this decides a token sooner than waiting)."""
+    p = _word(partial)
+    return not p or any(w.startswith(p) for w in words)
+
+
+def _may_be_scaffolding(head: str, partial: str = "") -> bool:
     """Whether a partial line's complete words may still begin a line `clean` drops: a line opening with "The",
     "This", "I've" or "I have" is decided by its next word (a body line's words then show at once, where they
-    waited for the line's end), one opening with another word `_MAYBE_LABEL` names waits for its end."""
-    words = [w.strip(",.:;!").lower().replace("\u2019", "'") for w in head.split()]
+    waited for the line's end), one opening with another word `_MAYBE_LABEL` names waits for its end.
+    `partial`: the word being written after `head`, which decides as soon as it cannot become the next word
+    a dropped line has ("I wa" is no "I have")."""
+    words = [_word(w) for w in head.split()]
     if not words:
         return True
     if words[0] == "i":  # "I have written the email below:"
-        return len(words) < 2 or (words[1] == "have" and (len(words) < 3 or words[2] == "written"))
+        if len(words) < 2:
+            return _may_become(partial, ("have",))
+        return words[1] == "have" and (_may_become(partial, ("written",)) if len(words) < 3 else words[2] == "written")
     if words[0] in _DECIDED_BY_NEXT:
-        return len(words) < 2 or words[1] in _DECIDED_BY_NEXT[words[0]]
+        return _may_become(partial, _DECIDED_BY_NEXT[words[0]]) if len(words) < 2 else words[1] in _DECIDED_BY_NEXT[words[0]]
     return bool(_MAYBE_LABEL.match(head))
 _RISKY = re.compile(r"[*\[\]#~<>_=]|-{2,}|[A-Za-z]\s*:|\b(?:subject|chat history|message body)\b", re.IGNORECASE)
 
@@ -350,7 +385,7 @@ class Cleaner:
         cut = text.rfind(" ")
         if cut <= 0:
             return ""
-        greeting = self._flush(start=False) if self._opens_body(text[:cut]) else ""
+        greeting = self._flush(start=False) if self._opens_body(text[:cut], text[cut + 1:]) else ""
         head = text[:cut].rstrip()
         if _RISKY.search(head) or _MAYBE_EDIT_NOTE.match(head):  # judged when the line ends
             self._line_hold = True
@@ -370,7 +405,7 @@ class Cleaner:
         self._line_out = head
         return greeting + out
 
-    def _opens_body(self, head: str) -> bool:
+    def _opens_body(self, head: str, partial: str = "") -> bool:
         """Whether a greeting is all that is held and `head`, the complete words of the next line so far, begins
         the body: its first word begins no label, header, preamble ("Of course, here is", "I have written"),
         sign-off, closing or second greeting (`_may_be_scaffolding` decides "The", "This", "I", "I've" by the next
@@ -380,9 +415,9 @@ class Cleaner:
         if self._started or not (_GREETING.match(first) or bare_name(first)) or any(self._pending[1:]):
             return False
         word = head.split()[0] if head.split() else ""
-        return (word[:1].isalpha() and not _RISKY.search(word) and not _may_be_scaffolding(head)
+        return (word[:1].isalpha() and not _RISKY.search(word) and not _may_be_scaffolding(head, partial)
                 and not _GREETING.match(word)
-                and (word.strip(",.!:;").lower() not in _HOLD_WORDS or _past_signoff(head)))
+                and (word.strip(",.!:;").lower() not in _HOLD_WORDS or _past_signoff(head, partial)))
 
     # -- the end ----------------------------------------------------------------------------------------------
     def _tail(self) -> str:
@@ -463,7 +498,7 @@ class Cleaner:
         return own
 
 
-def _past_signoff(head: str) -> bool:
+def _past_signoff(head: str, partial: str = "") -> bool:
     """Whether a line opening with a word a sign-off may begin ("Thanks", "Best") has gone on as no sign-off
     can: a later complete word in lower case that no sign-off or closing has ("Thanks for ...", "Thank you for
     ..."), the first word bare ("Thanks," may be all), and no closing phrase begun ("Looking forward to the
@@ -472,7 +507,13 @@ def _past_signoff(head: str) -> bool:
     words = head.split()
     if not words or not words[0].isalpha() or _MAYBE_CLOSING.match(head):
         return False
-    return any(w.isalpha() and w.islower() and w not in _SIGNOFF_VOCAB for w in words[1:])
+    if any(w.isalpha() and w.islower() and w not in _SIGNOFF_VOCAB for w in words[1:]):
+        return True
+    # the word being written ("Thanks fo"): lower case, and no word that may come next to the one before it in
+    # a sign-off or closing begins so (nor "course": "Of course, here is"): the line is no sign-off
+    p = partial.strip()
+    after = _NEXT_IN_PHRASE.get(_word(words[-1]), frozenset())
+    return p.isalpha() and p.islower() and not _may_become(p, after | {"course"})
 
 
 def _inline(part: str, me: str) -> str | None:

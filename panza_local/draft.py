@@ -273,7 +273,8 @@ def _retrieve(query: str, to: str | None, settings, exclude_ids, notices: list[s
     addr = address_of(to) if to else ""
     try:  # with `to`, the index puts past mail to that person first
         hits = list(index.search(query, k if act == "reply" else 3 * k, kinds=["sent"], to=addr or None,
-                                 min_score=settings.rag_min_score, exclude_ids=list(exclude_ids or [])))
+                                 min_score=settings.rag_min_score, exclude_ids=list(exclude_ids or []),
+                                 settings=settings))
     except NoDataError as exc:
         notices.append(_no_index_notice(exc))
         return []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -32,11 +33,16 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def migrations() -> list[tuple[str, str]]:
-    """All migrations as (name, sql), in the order they apply."""
+@functools.lru_cache(maxsize=1)
+def _migration_files() -> tuple[tuple[str, str], ...]:
     pkg = resources.files("panza_local.migrations")
     files = sorted((p.name, p) for p in pkg.iterdir() if p.name.endswith(".sql"))
-    return [(name, p.read_text(encoding="utf-8")) for name, p in files]
+    return tuple((name, p.read_text(encoding="utf-8")) for name, p in files)
+
+
+def migrations() -> list[tuple[str, str]]:
+    """All migrations as (name, sql), in the order they apply (read from the package once per process)."""
+    return list(_migration_files())
 
 
 def _explain(exc: sqlite3.Error, path: Path) -> StoreError:
@@ -112,7 +118,13 @@ def apply_migrations(conn: sqlite3.Connection) -> list[str]:
     """Apply every migration not yet applied, each in its own transaction; return their names.
 
     Safe against another connection migrating at the same time: each migration is checked again inside
-    its IMMEDIATE transaction, so the loser of a race skips what the winner applied."""
+    its IMMEDIATE transaction, so the loser of a race skips what the winner applied. A store that has them
+    all (every connection but a new store's first) is only read: no write lock, ~0.2 ms less per connect."""
+    try:
+        if {r[0] for r in conn.execute("SELECT name FROM schema_migrations")} >= {n for n, _ in _migration_files()}:
+            return []
+    except sqlite3.OperationalError:  # no such table yet: a new store
+        pass
     with transaction(conn):
         conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
     done = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}

@@ -160,6 +160,27 @@ def test_a_greeting_waits_for_a_word_that_begins_the_body():
             assert streamed(text, random.Random(seed))[0] == cleanup.clean(text, MAYA, TO), text
 
 
+def test_a_word_still_being_written_decides_the_greeting_when_it_can():
+    """The model writes a word in pieces ("I", " wa", "s"): once its first letters rule out the word that
+    would make the line scaffolding or a sign-off ("wa" is no "have"), the greeting shows a token sooner."""
+    for then, shown in [("I wa", "Hi Bob,\n"), ("I h", ""), ("I ha", ""), ("I have wr", ""), ("I have ma", "Hi Bob,\n"),
+                        ("I've re", "Hi Bob,\n"), ("I've wri", ""), ("The dr", ""), ("The drawi", "Hi Bob,\n"),
+                        ("This i", ""), ("This we", "Hi Bob,\n"), ("Thanks ev", "Hi Bob,\n"), ("Thanks a", ""),
+                        ("Thanks fo", "Hi Bob,\n"), ("Thank yo", ""), ("Thank you fo", "Hi Bob,\n"), ("Thank you s", ""),
+                        ("Thanks Bo", ""), ("Of co", ""), ("Looking fo", ""), ("Looking forward t", ""), ("Kind re", ""),
+                        ("Best wi", ""), ("Best of", "Hi Bob,\n"), ("All the be", ""), ("I", ""), ("The", "")]:
+        c = cleanup.Cleaner(MAYA, TO)
+        assert c.feed("Hi Bob,\n\n" + then) == shown, then
+    for text in ["Hi Bob,\n\nI was at the site.\n\nCheers,\nMaya", "Hi Bob,\n\nThe draft is below:\n\nHi Bob,\nFriday?",
+                 "Hi Bob,\n\nThis is the email:\nHi Bob,\nCould we meet?", "Hi Bob,\n\nThanks everyone,\nMaya",
+                 "Hi Bob,\n\nThanks again,\nMaya", "Hi Bob,\n\nI have made the changes.\nBest,",
+                 "Hi Bob,\n\nThanks for the drawings.", "Hi Bob,\n\nThank you so much,\nMaya",
+                 "Hi Bob,\n\nKind regards,\nMaya", "Hi Bob,\n\nAll the best,\nMaya", "Hi Bob,\n\nBest wishes\nMaya",
+                 "Hi Bob,\n\nOf course, here is the email:\n\nHi Bob,\nFriday works."]:
+        for seed in range(20):
+            assert streamed(text, random.Random(seed))[0] == cleanup.clean(text, MAYA, TO), text
+
+
 def test_a_list_of_the_users_own_stays_and_a_list_of_edits_ends_the_email():
     own = "Hi Bob,\n\nFor Friday:\n- Added the new tree survey\n- Kept the two limes\n\nCheers,\nMaya"
     assert cleanup.clean(own, MAYA, TO) == own

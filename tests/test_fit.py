@@ -63,12 +63,17 @@ def test_count_is_exactly_what_llama_cpp_evaluates(embedded_model):
     fit._VOCABS.clear()
     cold = [fit.count(msgs, embedded_model) for msgs in cases]  # a vocab-only load (the cold CLI)
     fit._VOCABS.clear()
+    fit._TOKENS.clear()  # tokenized again below, by the engine's model
     llm = engine.load(embedded_model, n_ctx=1024, threads=1)
     assert fit.vocab(embedded_model) is llm  # warm: the engine's own model, nothing loaded twice
     for msgs, n in zip(cases, cold):
         got = llm.create_chat_completion(messages=msgs, max_tokens=1, temperature=0.0)
         assert n == fit.count(msgs, embedded_model) == got["usage"]["prompt_tokens"]
     assert fit.trained_context(embedded_model) == 8192
+    # the engine tokenizes the prompt its plan was fitted with: the second time it is a copy of the first
+    first = fit.chat_tokens(cases[1], llm)
+    first.append(-1)
+    assert fit.chat_tokens(cases[1], llm) == first[:-1]
 
 
 # -- trimming order -----------------------------------------------------------------------------------------------

@@ -87,6 +87,26 @@ def test_migrations_ordered_and_idempotent(home):
     assert mode(paths.db_path()) == 0o600
 
 
+def test_opening_a_migrated_store_takes_no_write_lock(home):
+    """A draft opens the store several times while ingest may hold the write lock for a batch: on a store
+    that has every migration, opening only reads, so it does not wait for the writer."""
+    import time
+
+    store.connect().close()
+    writer = store.connect()
+    writer.execute("BEGIN IMMEDIATE")  # what an ingest batch holds
+    try:
+        t0 = time.monotonic()
+        reader = store.connect()
+        waited = time.monotonic() - t0
+        assert reader.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == len(store.migrations())
+        reader.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert waited < 5, f"opening the store waited {waited:.1f} s for the writer"
+
+
 def test_transaction_rolls_back(home):
     conn = store.connect()
     with pytest.raises(RuntimeError), store.transaction(conn):

@@ -136,6 +136,63 @@ def test_diversity_drops_near_duplicates(conn):
     assert len(hits) == 3
 
 
+def _plain_mmr(pool, k, chosen, lam=index.MMR_LAMBDA):
+    """MMR as written first: every candidate against every item picked, again at each pick."""
+    picked, pool = [], list(pool)
+    while pool and len(picked) < k:
+        best, best_val = None, -1e9
+        for c in list(pool):
+            redundancy = 0.0
+            for p in chosen + picked:
+                dup, sim = index._redundant(c, p)
+                if dup:
+                    pool.remove(c)
+                    break
+                redundancy = max(redundancy, sim)
+            else:
+                val = lam * c.score - (1 - lam) * redundancy
+                if val > best_val:
+                    best, best_val = c, val
+        if best is None:
+            break
+        picked.append(best)
+        pool.remove(best)
+    return picked
+
+
+def test_mmr_picks_what_the_plain_quadratic_version_picks():
+    """`_mmr` compares each pair once; it must pick the same items in the same order, ties and duplicates
+    (near-identical vectors, texts contained in others) included."""
+    rng = np.random.default_rng(7)
+    words = ["gas", "price", "winter", "hedge", "budget", "report", "meeting", "friday", "call", "deal"]
+    for trial in range(200):
+        centres = rng.normal(size=(3, 16))
+        cands = []
+        for i in range(int(rng.integers(0, 14))):
+            v = centres[rng.integers(3)] + rng.normal(scale=rng.choice([0.01, 0.4, 2.0]), size=16)
+            text = " ".join(rng.choice(words, size=int(rng.integers(2, 12))))
+            hit = index.Hit(f"c{i}", i, 0.5, "sent", None, "", "", text)
+            cands.append(index._Cand(f"c{i}", {}, (v / np.linalg.norm(v)).astype(np.float32),
+                                     round(float(rng.random()), 1), hit))
+        n = int(rng.integers(0, 3))
+        k = int(rng.integers(0, 6))
+        want = [c.id for c in _plain_mmr(cands[n:], k, cands[:n])]
+        assert [c.id for c in index._mmr(cands[n:], k, cands[:n])] == want, trial
+
+
+def test_mail_to_the_recipient_that_fills_k_needs_no_wider_search(conn, monkeypatch):
+    index.sync(conn)
+    wheres = []
+    real = index._dated_candidates
+    monkeypatch.setattr(index, "_dated_candidates", lambda cols, qv, before, where, n: wheres.append(where)
+                        or real(cols, qv, before, where, n))
+    assert {h.ref_id for h in index.search("natural gas winter", k=2, to="dan@corp.com", conn=conn)} == {4, 9}
+    assert len(wheres) == 1 and wheres[0] is not None  # past mail to Dan only
+    wheres.clear()
+    assert len(index.search("natural gas winter", k=3, to="dan@corp.com", conn=conn)) == 3
+    assert len(wheres) == 2 and wheres[1] is None  # two to Dan: the third from everything
+
+
 def test_training_context_never_leaks_the_target(conn):
     # an older near-copy of message 11 (the same email sent earlier to someone else) must not be its context
     add_message(conn, 30, "Gas storage", MAIL[10][1] + " Thanks.", "old@corp.com", date="2000-12-01T00:00:00+00:00")

@@ -8,6 +8,7 @@ embedding model that built it, so a re-run embeds only what changed and removes 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -82,13 +83,19 @@ def addresses(raw: str | Iterable[str] | None) -> list[str]:
     """Lower-cased bare addresses from a header-like string or a list of them."""
     if not raw:
         return []
-    parts = [raw] if isinstance(raw, str) else list(raw)
-    out = []
-    for _, addr in getaddresses(parts):
+    return list(_addresses((raw,) if isinstance(raw, str) else tuple(raw)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _addresses(parts: tuple[str, ...]) -> tuple[str, ...]:
+    # a search reads the To: of each of its ~60 candidates, the same few people's again and again: parsed
+    # once (email.utils is ~10 us a header)
+    out: list[str] = []
+    for _, addr in getaddresses(list(parts)):
         addr = addr.strip().lower()
         if "@" in addr and addr not in out:
             out.append(addr)
-    return out
+    return tuple(out)
 
 
 def timestamp(value) -> int | None:
@@ -377,27 +384,33 @@ def _redundant(c: _Cand, p: _Cand) -> tuple[bool, float]:
 
 
 def _mmr(pool: list[_Cand], k: int, chosen: list[_Cand], lam: float = MMR_LAMBDA) -> list[_Cand]:
-    """Maximal marginal relevance: pick relevant items unlike those already picked; skip near-duplicates."""
+    """Maximal marginal relevance: pick relevant items unlike those already picked; skip near-duplicates.
+
+    Each candidate's redundancy (its highest similarity to an item chosen or picked) is raised as each item is
+    picked, so every pair is compared once, not once per pick; ties go to the earlier candidate."""
     picked: list[_Cand] = []
+    if k <= 0:
+        return picked
     pool = list(pool)
+    redundancy = [0.0] * len(pool)
+
+    def absorb(p: _Cand) -> None:  # pool items that duplicate `p` go; the rest count their likeness to it
+        nonlocal pool, redundancy
+        keep = []
+        for c, red in zip(pool, redundancy):
+            dup, sim = _redundant(c, p)
+            if not dup:
+                keep.append((c, max(red, sim)))
+        pool, redundancy = [c for c, _ in keep], [r for _, r in keep]
+
+    for p in chosen:
+        absorb(p)
     while pool and len(picked) < k:
-        best, best_val = None, -1e9
-        for c in list(pool):
-            redundancy = 0.0
-            for p in chosen + picked:
-                dup, sim = _redundant(c, p)
-                if dup:
-                    pool.remove(c)
-                    break
-                redundancy = max(redundancy, sim)
-            else:
-                val = lam * c.score - (1 - lam) * redundancy
-                if val > best_val:
-                    best, best_val = c, val
-        if best is None:
-            break
-        picked.append(best)
-        pool.remove(best)
+        vals = [lam * c.score - (1 - lam) * red for c, red in zip(pool, redundancy)]
+        best = vals.index(max(vals))
+        picked.append(pool.pop(best))
+        redundancy.pop(best)
+        absorb(picked[-1])
     return picked
 
 
@@ -450,15 +463,19 @@ def _search(query, k, kinds, before, exclude_ids, min_score, to, conn, settings,
     clause = _before_clause(before) if before is not None else None
     excluded = {_item_id(x) for x in exclude_ids}
     fetch = max(4 * k, 20) + len(excluded)
-    pools = [_dated_candidates(cols, qv, clause, None, fetch)]
-    if not pools[0] and not any(c.count() for c in every.values()):  # counted only when nothing came back
-        raise NoDataError("the retrieval index is empty", fix="run `panza index` (after `panza ingest`)")
+    wheres: list[dict | None] = [None]  # the Chroma filter of each pool, searched in turn while k are not chosen
     people = addresses(to) if to else []
     if people:  # selective, so Chroma's metadata filter is cheap here
         keys = [person_key(a) for a in people]
-        match = {"people": {"$contains": keys[0]}} if len(keys) == 1 else \
-            {"$or": [{"people": {"$contains": a}} for a in keys]}
-        pools.insert(0, _dated_candidates(cols, qv, clause, match, fetch))
+        wheres.insert(0, {"people": {"$contains": keys[0]}} if len(keys) == 1 else
+                      {"$or": [{"people": {"$contains": a}} for a in keys]})
+
+    def pool_of(where: dict | None) -> list[_Cand]:
+        found = _dated_candidates(cols, qv, clause, where, fetch)
+        if where is None and not found and not any(c.count() for c in every.values()):  # counted only then
+            raise NoDataError("the retrieval index is empty", fix="run `panza index` (after `panza ingest`)")
+        return found
+
     target = None
     if near_dup_of is not None:  # a text (vector + word overlap checks) or a bare vector
         tvec = vecs[1] if dup_text is not None else np.asarray(near_dup_of, dtype=np.float32)
@@ -467,7 +484,10 @@ def _search(query, k, kinds, before, exclude_ids, min_score, to, conn, settings,
     conn = conn or store.connect()
     try:
         chosen: list[_Cand] = []
-        for pool in pools:
+        for where in wheres:
+            if len(chosen) >= k and where is None:  # past mail to the person filled the k: no wider search
+                break
+            pool = pool_of(where)
             taken = {c.id for c in chosen}
             pool = [c for c in pool if c.id not in excluded and c.id not in taken
                     and (min_score is None or c.score >= min_score)]

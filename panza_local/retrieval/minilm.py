@@ -13,6 +13,7 @@ to cosine >= 0.99999 (tests/test_embed_light.py), so indexes built with either s
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import threading
@@ -24,6 +25,14 @@ import numpy as np
 # Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): BERT's GELU is the exact erf one, and numpy has no erf.
 _P, _A = 0.3275911, (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 _ROWS = 256  # row block of the feed-forward: its 1536-wide activations stay in cache while GELU runs
+_FEW = 64  # rows up to which `_linear` multiplies the weight by the rows (a query's tokens)
+
+
+def _linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w.T for a weight `w` stored (out, in). For a few rows (a search query: ~20 tokens) OpenBLAS computes
+    the same product sooner as w @ x.T (a warm query: bench/results/embed.md); from ~256 rows on both take the
+    same time, and the plain product keeps its rows contiguous."""
+    return (w @ x.T).T if len(x) <= _FEW else x @ w.T
 
 
 def _gelu_(x: np.ndarray) -> np.ndarray:
@@ -156,12 +165,12 @@ class Encoder:
         scale = np.float32(1.0 / math.sqrt(hd))
         ctx = np.empty_like(x)
         for L in self.layers:
-            q = x @ L.q_w.T
+            q = _linear(x, L.q_w)
             q += L.q_b
             q *= scale
-            k = x @ L.k_w.T
+            k = _linear(x, L.k_w)
             k += L.k_b
-            v = x @ L.v_w.T
+            v = _linear(x, L.v_w)
             v += L.v_b
             for i, n in enumerate(lens):
                 r = slice(starts[i], starts[i] + n)
@@ -173,15 +182,15 @@ class Encoder:
                 np.exp(s, out=s)
                 s /= s.sum(-1, keepdims=True)
                 ctx[r] = (s @ vi).transpose(1, 0, 2).reshape(n, d)
-            y = ctx @ L.o_w.T
+            y = _linear(ctx, L.o_w)
             y += L.o_b
             y += x
             x = _layer_norm(y, L.ln1_w, L.ln1_b, self.eps)
             y = np.empty_like(x)
             for j in range(0, len(x), _ROWS):
-                hid = x[j:j + _ROWS] @ L.i_w.T
+                hid = _linear(x[j:j + _ROWS], L.i_w)
                 hid += L.i_b
-                y[j:j + _ROWS] = _gelu_(hid) @ L.out_w.T
+                y[j:j + _ROWS] = _linear(_gelu_(hid), L.out_w)
             y += L.out_b
             y += x
             x = _layer_norm(y, L.ln2_w, L.ln2_b, self.eps)
@@ -221,10 +230,20 @@ def _one_blas_thread():
     """OpenBLAS at one thread while encoding. Its worker threads spin while they wait: on 2 cores shared with
     other programs (load ~10) 32 emails took 13.6 s with its 2 threads and 2.3 s with one. This encoder
     parallelises over batches instead (`workers`)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional: correct without it, only slower on busy cores
+    controller = _blas_controller()
+    if controller is None:  # pragma: no cover - optional: correct without it, only slower on busy cores
         yield
         return
-    with _BLAS_LOCK, threadpool_limits(1, user_api="blas"):
+    with _BLAS_LOCK, controller.limit(limits=1, user_api="blas"):
         yield
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    """threadpoolctl's view of the BLAS numpy loaded, found once: `threadpool_limits` looks for the libraries
+    in /proc/self/maps on every call (0.25 ms, on every search query)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover
+        return None
+    return ThreadpoolController()
