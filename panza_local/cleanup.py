@@ -110,6 +110,13 @@ def _may_become(partial: str, words) -> bool:
     return not p or any(w.startswith(p) for w in words)
 
 
+def _contraction_of_i(word: str) -> bool:
+    """"I'd", "I'm", "I'll" (being written): no line `clean` drops opens so, unlike "I've" ("I've written the
+    email below:") and "I" ("I have written ..."), so the greeting may show with the body's second token."""
+    w = _word(word)
+    return len(w) > 2 and w.startswith("i'") and w[2].isalpha() and not "i've".startswith(w)
+
+
 def _may_be_scaffolding(head: str, partial: str = "") -> bool:
     """Whether a partial line's complete words may still begin a line `clean` drops: a line opening with "The",
     "This", "I've" or "I have" is decided by its next word (a body line's words then show at once, where they
@@ -383,8 +390,8 @@ class Cleaner:
             return ""
         text = self._buf.lstrip()
         cut = text.rfind(" ")
-        if cut <= 0:
-            return ""
+        if cut <= 0:  # the line's first word is still being written
+            return self._flush(start=False) if self._opens_body("", text) else ""
         greeting = self._flush(start=False) if self._opens_body(text[:cut], text[cut + 1:]) else ""
         head = text[:cut].rstrip()
         if _RISKY.search(head) or _MAYBE_EDIT_NOTE.match(head):  # judged when the line ends
@@ -414,7 +421,9 @@ class Cleaner:
         first = self._pending[0] if self._pending else ""
         if self._started or not (_GREETING.match(first) or bare_name(first)) or any(self._pending[1:]):
             return False
-        word = head.split()[0] if head.split() else ""
+        if not head.split():  # only the first word's start: "I'd", "I'm", "I'll" begin a body whatever follows
+            return _contraction_of_i(partial)
+        word = head.split()[0]
         return (word[:1].isalpha() and not _RISKY.search(word) and not _may_be_scaffolding(head, partial)
                 and not _GREETING.match(word)
                 and (word.strip(",.!:;").lower() not in _HOLD_WORDS or _past_signoff(head, partial)))

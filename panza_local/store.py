@@ -119,7 +119,8 @@ def apply_migrations(conn: sqlite3.Connection) -> list[str]:
 
     Safe against another connection migrating at the same time: each migration is checked again inside
     its IMMEDIATE transaction, so the loser of a race skips what the winner applied. A store that has them
-    all (every connection but a new store's first) is only read: no write lock, ~0.2 ms less per connect."""
+    all (every connection but a new store's first) is only read: opening it takes no write lock, so it
+    never waits for a writer (an ingest batch)."""
     try:
         if {r[0] for r in conn.execute("SELECT name FROM schema_migrations")} >= {n for n, _ in _migration_files()}:
             return []

@@ -168,7 +168,9 @@ def test_a_word_still_being_written_decides_the_greeting_when_it_can():
                         ("This i", ""), ("This we", "Hi Bob,\n"), ("Thanks ev", "Hi Bob,\n"), ("Thanks a", ""),
                         ("Thanks fo", "Hi Bob,\n"), ("Thank yo", ""), ("Thank you fo", "Hi Bob,\n"), ("Thank you s", ""),
                         ("Thanks Bo", ""), ("Of co", ""), ("Looking fo", ""), ("Looking forward t", ""), ("Kind re", ""),
-                        ("Best wi", ""), ("Best of", "Hi Bob,\n"), ("All the be", ""), ("I", ""), ("The", "")]:
+                        ("Best wi", ""), ("Best of", "Hi Bob,\n"), ("All the be", ""), ("I", ""), ("The", ""),
+                        ("I'd", "Hi Bob,\n"), ("I\u2019m", "Hi Bob,\n"), ("I'll", "Hi Bob,\n"), ("I'", ""), ("I'v", ""),
+                        ("Id", ""), ("Could", "")]:
         c = cleanup.Cleaner(MAYA, TO)
         assert c.feed("Hi Bob,\n\n" + then) == shown, then
     for text in ["Hi Bob,\n\nI was at the site.\n\nCheers,\nMaya", "Hi Bob,\n\nThe draft is below:\n\nHi Bob,\nFriday?",
@@ -176,6 +178,8 @@ def test_a_word_still_being_written_decides_the_greeting_when_it_can():
                  "Hi Bob,\n\nThanks again,\nMaya", "Hi Bob,\n\nI have made the changes.\nBest,",
                  "Hi Bob,\n\nThanks for the drawings.", "Hi Bob,\n\nThank you so much,\nMaya",
                  "Hi Bob,\n\nKind regards,\nMaya", "Hi Bob,\n\nAll the best,\nMaya", "Hi Bob,\n\nBest wishes\nMaya",
+                 "Hi Bob,\n\nI'd like to order ten.\nCheers,", "Hi Bob,\n\nI'd\n\nCheers,\nMaya",
+                 "Hi Bob,\n\nI've written the email:\nHi Bob,\nFriday?",
                  "Hi Bob,\n\nOf course, here is the email:\n\nHi Bob,\nFriday works."]:
         for seed in range(20):
             assert streamed(text, random.Random(seed))[0] == cleanup.clean(text, MAYA, TO), text
