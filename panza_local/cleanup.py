@@ -426,7 +426,7 @@ class Cleaner:
         word = head.split()[0]
         return (word[:1].isalpha() and not _RISKY.search(word) and not _may_be_scaffolding(head, partial)
                 and not _GREETING.match(word)
-                and (word.strip(",.!:;").lower() not in _HOLD_WORDS or _past_signoff(head, partial)))
+                and (_word(word) not in _HOLD_WORDS or _past_signoff(head, partial)))
 
     # -- the end ----------------------------------------------------------------------------------------------
     def _tail(self) -> str:

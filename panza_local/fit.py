@@ -141,11 +141,11 @@ def chat_tokens(messages: Sequence[dict], llm) -> list[int]:
     meta = llm.metadata or {}
     key = (llm.chat_format, llm.n_vocab(), *(meta.get(k) for k in _TOKENIZER_KEYS),
            json.dumps(list(messages), sort_keys=True, default=str))
-    handler = (llm.chat_handler or llm._chat_handlers.get(llm.chat_format)
-               or llama_chat_format.get_chat_completion_handler(llm.chat_format))
     with _LOCK:
         if key in _TOKENS:
             return list(_TOKENS[key])
+        handler = (llm.chat_handler or llm._chat_handlers.get(llm.chat_format)
+                   or llama_chat_format.get_chat_completion_handler(llm.chat_format))
         try:
             handler(llama=_Probe(llm), messages=list(messages), max_tokens=1)
         except _Captured as got:

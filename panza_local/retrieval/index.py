@@ -485,7 +485,7 @@ def _search(query, k, kinds, before, exclude_ids, min_score, to, conn, settings,
     try:
         chosen: list[_Cand] = []
         for where in wheres:
-            if len(chosen) >= k and where is None:  # past mail to the person filled the k: no wider search
+            if len(chosen) >= k:  # past mail to the person filled the k: no wider search
                 break
             pool = pool_of(where)
             taken = {c.id for c in chosen}
